@@ -1,0 +1,121 @@
+"""Checkpoint files: one self-describing format for training, testing and prediction.
+
+A checkpoint is a dict saved with ``torch.save`` and read with ``weights_only=True``::
+
+    format        "organseg-checkpoint/1"
+    model         state dict (reference key names)
+    model_name    registry name, e.g. "swin_unet"
+    model_args    constructor overrides used to build it (plain data)
+    class_names   list of class names, index 0 background
+    preprocessing plain dict describing how raw intensities were mapped to [0, 1] (see organseg.data)
+    config        the resolved run configuration (plain data), may be {}
+    ...           training state (optimizer, scheduler, RNG, epoch, iteration) when written by ``train``
+
+Everything is written atomically: a temporary file in the same folder, then ``os.replace``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from organseg.errors import CheckpointError
+
+FORMAT = "organseg-checkpoint/1"
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see either the old file or the whole new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` through a temporary file and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Load an organseg checkpoint safely; a missing, corrupt or foreign file raises CheckpointError."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises many types for truncated / non-torch files
+        raise CheckpointError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {exc})") from None
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{path}: not an organseg checkpoint (expected a dict with format={FORMAT!r}); "
+            "official Swin-Unet or ImageNet weights are loaded with organseg.models.pretrained"
+        )
+    return obj
+
+
+def make_checkpoint(
+    model: nn.Module,
+    *,
+    model_name: str,
+    model_args: dict | None = None,
+    class_names: list[str] | tuple[str, ...] = (),
+    preprocessing: dict | None = None,
+    config: dict | None = None,
+    **extra: Any,
+) -> dict:
+    """The dict :func:`read_checkpoint` returns; ``extra`` carries training state."""
+    module = model.module if hasattr(model, "module") else model  # DDP / DataParallel
+    module = getattr(module, "_orig_mod", module)  # torch.compile
+    return {
+        "format": FORMAT,
+        "model": {k: v.detach().cpu() for k, v in module.state_dict().items()},
+        "model_name": model_name,
+        "model_args": dict(model_args or {}),
+        "class_names": list(class_names),
+        "preprocessing": dict(preprocessing or {}),
+        "config": dict(config or {}),
+        **extra,
+    }
+
+
+def model_from_checkpoint(ckpt: dict | str | Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """Rebuild the network a checkpoint describes, load its weights strictly, return (model in eval mode, ckpt)."""
+    from organseg.models import create_model
+
+    if not isinstance(ckpt, dict):
+        ckpt = read_checkpoint(ckpt, map_location)
+    model = create_model(ckpt["model_name"], **ckpt.get("model_args", {}))
+    missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"checkpoint does not fit {ckpt['model_name']}: missing keys {missing[:5]}"
+            f"{'...' if len(missing) > 5 else ''}, unexpected keys {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
+        )
+    return model.eval(), ckpt

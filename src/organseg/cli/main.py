@@ -1,0 +1,54 @@
+"""``organseg`` entry point. Each verb lives in ``organseg/cli/<verb>.py`` and exposes
+``add_parser(subparsers)`` and ``run(args) -> int``; verbs are discovered, so adding one touches one file."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+
+from organseg import __version__
+from organseg.errors import OrgansegError
+
+# The order verbs appear in --help: the path a user walks.
+_ORDER = ["demo", "info", "phantom", "prepare", "train", "test", "predict", "report", "compare"]
+
+
+def _verb_modules() -> list[str]:
+    import organseg.cli as pkg
+
+    names = [m.name for m in pkgutil.iter_modules(pkg.__path__) if m.name not in ("main",) and not m.name.startswith("_")]
+    return sorted(names, key=lambda n: (_ORDER.index(n) if n in _ORDER else len(_ORDER), n))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="organseg",
+        description="U-Net and Swin-Unet for multi-organ CT and cardiac MRI: reproduce, compare, apply.",
+    )
+    parser.add_argument("--version", action="version", version=f"organseg {__version__}")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    sub.required = True
+    for name in _verb_modules():
+        module = importlib.import_module(f"organseg.cli.{name}")
+        p = module.add_parser(sub)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except OrgansegError as exc:
+        print(f"organseg {args.verb}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"organseg {args.verb}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,96 @@
+"""The one dataset interface every source (Synapse, ACDC, nnU-Net layout, in-memory) provides.
+
+Training code sees 2-D slices, evaluation code sees 3-D volumes; neither needs to know the file format.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class Volume:
+    """One evaluation case.
+
+    ``image`` is (D, H, W) float32 in [0, 1]; ``label`` is (D, H, W) int64 or None when unlabelled;
+    ``spacing`` is (z, y, x) in millimetres, or None when the source has none (distances are then in voxels).
+    """
+
+    case_id: str
+    image: np.ndarray
+    label: np.ndarray | None
+    spacing: tuple[float, float, float] | None = None
+    meta: dict = field(default_factory=dict)
+
+
+class SegmentationDataset(ABC):
+    """A labelled segmentation dataset with train slices and evaluation volumes."""
+
+    name: str = "dataset"
+    #: class index -> human-readable name; index 0 is background.
+    class_names: tuple[str, ...] = ()
+    #: how raw scanner intensities were mapped to [0, 1], as plain data; recorded in checkpoints so that
+    #: ``predict`` applies the same mapping to a new scan (see ``organseg.data.preprocess``).
+    preprocessing: dict = {"kind": "none"}  # noqa: RUF012
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @abstractmethod
+    def train_slices(self) -> Sequence[tuple[np.ndarray, np.ndarray]]:
+        """Training slices: item i is (image (H, W) float32 in [0, 1], label (H, W) int64)."""
+
+    @abstractmethod
+    def case_ids(self, split: str) -> list[str]:
+        """Case ids of an evaluation split ("val" or "test"); empty when the split does not exist."""
+
+    @abstractmethod
+    def volume(self, case_id: str) -> Volume:
+        """Load one evaluation case."""
+
+    def volumes(self, split: str) -> Iterator[Volume]:
+        for case_id in self.case_ids(split):
+            yield self.volume(case_id)
+
+    def info(self) -> dict:
+        """Plain description (written into run folders)."""
+        return {"name": self.name, "class_names": list(self.class_names), "preprocessing": dict(self.preprocessing)}
+
+
+class ArrayDataset(SegmentationDataset):
+    """An in-memory dataset from numpy arrays: for tests, notebooks and synthetic data."""
+
+    def __init__(
+        self,
+        slices: Sequence[tuple[np.ndarray, np.ndarray]],
+        volumes: dict[str, Sequence[Volume]] | None = None,
+        class_names: Sequence[str] | None = None,
+        name: str = "arrays",
+    ) -> None:
+        self._slices = list(slices)
+        self._volumes = {split: list(v) for split, v in (volumes or {}).items()}
+        if class_names is None:
+            top = max(int(lab.max()) for _, lab in self._slices) if self._slices else 1
+            class_names = ["background"] + [f"class_{i}" for i in range(1, top + 1)]
+        self.class_names = tuple(class_names)
+        self.name = name
+
+    def train_slices(self) -> Sequence[tuple[np.ndarray, np.ndarray]]:
+        return self._slices
+
+    def case_ids(self, split: str) -> list[str]:
+        return [v.case_id for v in self._volumes.get(split, [])]
+
+    def volume(self, case_id: str) -> Volume:
+        for vols in self._volumes.values():
+            for v in vols:
+                if v.case_id == case_id:
+                    return v
+        raise KeyError(f"no case {case_id!r} in {self.name}")

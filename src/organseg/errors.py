@@ -1,0 +1,19 @@
+"""Errors that the command line reports as one clear line (no traceback) with a non-zero exit."""
+
+from __future__ import annotations
+
+
+class OrgansegError(Exception):
+    """Base class of user-facing errors: bad input, bad checkpoint, bad configuration."""
+
+
+class DataError(OrgansegError):
+    """A data file or folder is missing, corrupt, or inconsistent. The message names the file."""
+
+
+class CheckpointError(OrgansegError):
+    """A checkpoint cannot be read, or does not fit the architecture. The message names the keys."""
+
+
+class ConfigError(OrgansegError):
+    """A configuration value is unknown or invalid."""

@@ -1,0 +1,1 @@
+"""Test protocol (reference and corrected metrics), volume inference, prediction and reports."""

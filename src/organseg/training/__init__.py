@@ -1,0 +1,1 @@
+"""The training loop, configuration presets, checkpoints and distributed set-up."""
