@@ -61,7 +61,11 @@ class SegmentationDataset(ABC):
 
     def info(self) -> dict:
         """Plain description (written into run folders)."""
-        return {"name": self.name, "class_names": list(self.class_names), "preprocessing": dict(self.preprocessing)}
+        return {
+            "name": self.name,
+            "class_names": list(self.class_names),
+            "preprocessing": dict(self.preprocessing),
+        }
 
 
 class ArrayDataset(SegmentationDataset):

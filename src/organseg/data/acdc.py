@@ -1,0 +1,95 @@
+"""ACDC cardiac cine-MRI in the SSL4MIS h5 layout (the form TransUNet/Swin-Unet-era code reads).
+
+Layout::
+
+    slices/patientNNN_frameMM_slice_K.h5    'image' (H, W) float32 in [0, 1], 'label' (H, W) uint8
+    volumes/patientNNN_frameMM.h5           'image' (D, H, W), 'label' (D, H, W)
+    train_slices.list                       training slice names (without .h5)
+    val.list                                validation volume names
+    test.list                               optional test volume names
+
+Classes: 0 background, 1 RV, 2 Myo, 3 LV. In-plane size varies per patient (augmentation resizes to 224). No
+spacing is stored, so distances are in pixels (``Volume.spacing`` is None). The images were made with
+per-volume min-max scaling (every volume spans exactly [0, 1]); ``preprocessing`` is therefore ``{"kind":
+"minmax"}``, the spec to apply to a raw ACDC NIfTI at prediction time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from organseg.data.base import SegmentationDataset, Volume
+from organseg.data.classes import ACDC_CLASSES
+from organseg.data.io import read_h5_pair, read_list, require_files
+from organseg.data.slices import FileSlices
+from organseg.errors import ConfigError, DataError
+
+
+class ACDCDataset(SegmentationDataset):
+    """Reader for the SSL4MIS ACDC layout (see module docstring)."""
+
+    name = "acdc"
+    class_names = ACDC_CLASSES
+    preprocessing = {"kind": "minmax"}  # noqa: RUF012
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.slice_dir = self.root / "slices"
+        self.volume_dir = self.root / "volumes"
+        if not self.slice_dir.is_dir() and not self.volume_dir.is_dir():
+            raise DataError(f"{self.root}: not an ACDC folder (no slices/ or volumes/)")
+        train_list = self.root / "train_slices.list"
+        if train_list.is_file():
+            self._train = read_list(train_list, what="slice list")
+            require_files([self.slice_dir / f"{n}.h5" for n in self._train], train_list, "slices")
+        else:
+            self._train = (
+                sorted(p.stem for p in self.slice_dir.glob("*.h5")) if self.slice_dir.is_dir() else []
+            )
+        self._splits: dict[str, list[str]] = {}
+        for split in ("val", "test"):
+            path = self.root / f"{split}.list"
+            if path.is_file():
+                names = read_list(path, what=f"{split} list")
+                require_files([self.volume_dir / f"{n}.h5" for n in names], path, "volumes")
+                self._splits[split] = names
+            else:
+                self._splits[split] = []
+        overlap = set(self._splits["val"]) & set(self._splits["test"])
+        if overlap:
+            raise DataError(f"{self.root}: case(s) {sorted(overlap)[:5]} are in both val.list and test.list")
+        train_cases = {n.split("_slice")[0] for n in self._train}
+        leak = sorted(train_cases & (set(self._splits["val"]) | set(self._splits["test"])))
+        if leak:
+            raise DataError(f"{self.root}: evaluation case(s) {leak[:5]} also appear in train_slices.list")
+        if not self._train and not any(self._splits.values()):
+            raise DataError(f"{self.root}: empty ACDC folder (no training slices and no volumes)")
+
+    def train_slices(self) -> FileSlices:
+        return FileSlices([self.slice_dir / f"{n}.h5" for n in self._train], "h5", self.num_classes)
+
+    def case_ids(self, split: str) -> list[str]:
+        if split in self._splits:
+            return list(self._splits[split])
+        if split == "train":
+            return sorted({n.split("_slice")[0] for n in self._train})
+        raise ConfigError(f"unknown split {split!r}; expected 'train', 'val' or 'test'")
+
+    def volume(self, case_id: str) -> Volume:
+        path = self.volume_dir / f"{case_id}.h5"
+        if not path.is_file():
+            raise DataError(f"{path}: no volume for case {case_id!r}")
+        image, label = read_h5_pair(path, ndim=3)
+        if label.size and int(label.max()) >= self.num_classes:
+            raise DataError(f"{path}: label id {int(label.max())} is outside the 4 ACDC classes")
+        return Volume(case_id, image, label, None, {"source": str(path)})
+
+    def info(self) -> dict:
+        out = super().info()
+        out.update(
+            root=str(self.root),
+            layout="acdc",
+            train_slices=len(self._train),
+            splits={s: len(v) for s, v in self._splits.items()},
+        )
+        return out

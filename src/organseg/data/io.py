@@ -1,0 +1,483 @@
+"""Reading and writing medical images (NIfTI, DICOM series, anything SimpleITK reads) and the
+TransUNet/SSL4MIS ``.npz`` / ``.h5`` arrays, with one clear :class:`~organseg.errors.DataError` per bad file.
+
+Arrays are (D, H, W) = SimpleITK's (z, y, x) voxel order, which is also the order the reference's SAMed-style
+preprocessing produces (nibabel data transposed by (2, 1, 0)). No reorientation is applied: a file's own voxel
+order is kept, exactly as the reference pipeline does.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+import zipfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from organseg.checkpoint import atomic_write_bytes
+from organseg.errors import DataError
+
+if TYPE_CHECKING:  # SimpleITK is imported where it is used: augmentation and the phantom do not need it
+    import SimpleITK as sitk
+
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where a (D, H, W) array sits in the patient.
+
+    ``spacing`` is in array-axis order (z, y, x) mm, like :class:`~organseg.data.base.Volume`. ``origin`` is
+    the physical (x, y, z) position in mm of voxel [0, 0, 0] and ``direction`` the 3x3 direction cosines,
+    row-major, both in SimpleITK's (LPS) convention, so they round-trip through any ITK-based tool unchanged.
+    """
+
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    origin: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    direction: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+
+    @classmethod
+    def from_sitk(cls, image: sitk.Image) -> Geometry:
+        sx, sy, sz = image.GetSpacing()
+        return cls(
+            spacing=(float(sz), float(sy), float(sx)),
+            origin=tuple(float(v) for v in image.GetOrigin()),
+            direction=tuple(float(v) for v in image.GetDirection()),
+        )
+
+    def apply_to(self, image: sitk.Image) -> sitk.Image:
+        image.SetSpacing(tuple(float(v) for v in reversed(self.spacing)))
+        image.SetOrigin(tuple(float(v) for v in self.origin))
+        image.SetDirection(tuple(float(v) for v in self.direction))
+        return image
+
+    def to_dict(self) -> dict:
+        return {"spacing": list(self.spacing), "origin": list(self.origin), "direction": list(self.direction)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Geometry:
+        return cls(
+            spacing=tuple(float(v) for v in d["spacing"]),
+            origin=tuple(float(v) for v in d.get("origin", (0.0, 0.0, 0.0))),
+            direction=tuple(float(v) for v in d.get("direction", cls().direction)),
+        )
+
+    def close_to(self, other: Geometry, tol_mm: float = 1e-3, tol_dir: float = 1e-4) -> bool:
+        return (
+            np.allclose(self.spacing, other.spacing, atol=tol_mm, rtol=1e-5)
+            and np.allclose(self.origin, other.origin, atol=max(tol_mm, 1e-2), rtol=1e-5)
+            and np.allclose(self.direction, other.direction, atol=tol_dir)
+        )
+
+
+def _affine(shape: Sequence[int], geom: Geometry) -> tuple[np.ndarray, np.ndarray]:
+    d = np.asarray(geom.direction, dtype=np.float64).reshape(3, 3)
+    s = np.asarray(list(reversed(geom.spacing)), dtype=np.float64)
+    return d * s[None, :], np.asarray(geom.origin, dtype=np.float64)
+
+
+def grid_relation(
+    shape_a: Sequence[int], geom_a: Geometry, shape_b: Sequence[int], geom_b: Geometry
+) -> str | None:
+    """'same' when two (D, H, W) grids coincide, 'reoriented' when they hold the same voxel centres in another
+    axis order / flip (e.g. a label saved RAS, image LPS), None otherwise."""
+    if tuple(shape_a) == tuple(shape_b) and geom_a.close_to(geom_b):
+        return "same"
+    a_m, a_o = _affine(shape_a, geom_a)
+    b_m, b_o = _affine(shape_b, geom_b)
+    try:
+        m = np.linalg.solve(b_m, a_m)
+        b = np.linalg.solve(b_m, a_o - b_o)
+    except np.linalg.LinAlgError:
+        return None
+    rounded = np.round(m)
+    if not np.allclose(m, rounded, atol=1e-3) or not np.allclose(b, np.round(b), atol=1e-2):
+        return None
+    if not (np.abs(rounded).sum(axis=0) == 1).all() or not (np.abs(rounded).sum(axis=1) == 1).all():
+        return None
+    size_a = np.asarray(list(reversed(shape_a)), dtype=np.float64)
+    size_b = np.asarray(list(reversed(shape_b)), dtype=np.float64)
+    corners = np.array(np.meshgrid(*[[0, n - 1] for n in size_a], indexing="ij")).reshape(3, -1)
+    mapped = rounded @ corners + np.round(b)[:, None]
+    if (mapped.min(axis=1) != 0).any() or (mapped.max(axis=1) != size_b - 1).any():
+        return None
+    return "reoriented"
+
+
+def image_name(path: str | Path) -> str:
+    """File name without its image suffix (``img0001.nii.gz`` -> ``img0001``)."""
+    name = Path(path).name
+    for suffix in IMAGE_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem
+
+
+def _describe_exc(exc: BaseException) -> str:
+    # SimpleITK errors are multi-line C++ dumps; the last non-empty line says what went wrong.
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return lines[-1] if lines else type(exc).__name__
+
+
+def _dicom_series(folder: Path, series_uid: str | None) -> list[str]:
+    import SimpleITK as sitk
+
+    entries = [p for p in folder.iterdir() if not p.name.startswith(".")]
+    if not entries:
+        raise DataError(f"{folder}: empty folder (expected a DICOM series)")
+    ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    if not ids:
+        raise DataError(f"{folder}: no DICOM series found in this folder")
+    if series_uid is None:
+        if len(ids) > 1:
+            raise DataError(
+                f"{folder}: {len(ids)} DICOM series in one folder ({', '.join(ids)}); "
+                "pass series_uid= or give each series its own folder"
+            )
+        series_uid = ids[0]
+    elif series_uid not in ids:
+        raise DataError(f"{folder}: no DICOM series {series_uid!r} (found {', '.join(ids)})")
+    return list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_uid))
+
+
+_NIFTI_FLOATS = {16: "f4", 64: "f8"}  # NIfTI datatype codes of float32 / float64
+
+
+def _nifti_layout(header: bytes) -> tuple[int, int, str | None] | None:
+    """(data start, data end, numpy dtype if float else None) of a NIfTI-1/2 header; None if not NIfTI."""
+    import struct
+
+    for endian in ("<", ">"):
+        if len(header) >= 348 and struct.unpack(endian + "i", header[:4])[0] == 348:
+            datatype = struct.unpack(endian + "h", header[70:72])[0]
+            bitpix = struct.unpack(endian + "h", header[72:74])[0]
+            dims = struct.unpack(endian + "8h", header[40:56])
+            offset = int(struct.unpack(endian + "f", header[108:112])[0])
+            break
+        if len(header) >= 540 and struct.unpack(endian + "i", header[:4])[0] == 540:
+            datatype, bitpix = struct.unpack(endian + "2h", header[12:16])
+            dims = struct.unpack(endian + "8q", header[16:80])
+            offset = int(struct.unpack(endian + "q", header[168:176])[0])
+            break
+    else:
+        return None
+    ndim = int(dims[0])
+    if not 1 <= ndim <= 7 or bitpix <= 0:
+        return None
+    count = 1
+    for n in dims[1 : ndim + 1]:
+        count *= max(int(n), 1)
+    fdtype = _NIFTI_FLOATS.get(int(datatype))
+    return offset, offset + count * int(bitpix) // 8, (endian + fdtype if fdtype else None)
+
+
+def _check_nifti_file(path: Path) -> None:
+    """Checks ITK does not do for NIfTI: it fills a truncated .nii.gz with zeros, and it turns NaN/inf voxels
+    into 0, both without a word. Integer files cost one look at gzip's stored length; float files are
+    scanned."""
+    import gzip
+    import zlib
+
+    name = path.name.lower()
+    if not name.endswith((".nii", ".nii.gz")):
+        return
+    opener = gzip.open if name.endswith(".gz") else open
+    try:
+        with opener(path, "rb") as fh:
+            layout = _nifti_layout(fh.read(540))
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DataError(f"{path}: cannot read image, file is truncated or corrupt ({exc})") from None
+    if layout is None:
+        return
+    start, end, float_dtype = layout
+    if float_dtype is None:
+        if name.endswith(".gz"):
+            with open(path, "rb") as fh:
+                fh.seek(-4, os.SEEK_END)
+                if int.from_bytes(fh.read(4), "little") == end % 2**32:
+                    return  # gzip's stored length agrees with the header: complete
+        elif path.stat().st_size >= end:
+            return
+    try:
+        with opener(path, "rb") as fh:
+            data = fh.read(end)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DataError(f"{path}: file is truncated or corrupt ({exc})") from None
+    if len(data) < end:
+        raise DataError(f"{path}: file is truncated ({len(data)} of {end} bytes)")
+    if float_dtype is not None:
+        bad = int((~np.isfinite(np.frombuffer(data, dtype=float_dtype, offset=start))).sum())
+        if bad:
+            raise DataError(f"{path}: image has {bad} NaN/inf voxels")
+
+
+def read_sitk(path: str | Path, *, series_uid: str | None = None) -> sitk.Image:
+    """Read a 3-D scalar image (file or DICOM series folder) as a SimpleITK image; DataError on any
+    problem."""
+    import SimpleITK as sitk
+
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    try:
+        if path.is_dir():
+            files = _dicom_series(path, series_uid)
+            reader = sitk.ImageSeriesReader()
+            reader.SetFileNames(files)
+            image = reader.Execute()
+        else:
+            if path.stat().st_size == 0:
+                raise DataError(f"{path}: empty file")
+            _check_nifti_file(path)
+            image = sitk.ReadImage(str(path))
+    except DataError:
+        raise
+    except Exception as exc:  # SimpleITK raises RuntimeError for unreadable, truncated or non-image files
+        raise DataError(
+            f"{path}: cannot read image, file is truncated, corrupt or not an image ({_describe_exc(exc)})"
+        ) from None
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise DataError(
+            f"{path}: {image.GetNumberOfComponentsPerPixel()}-component pixels; "
+            "a scalar (grey-value) image is needed"
+        )
+    dim = image.GetDimension()
+    if dim == 4 and image.GetSize()[3] == 1:
+        # A trailing singleton time axis is a common NIfTI export artefact; it carries no data.
+        size = list(image.GetSize())
+        image = sitk.Extract(
+            image, [*size[:3], 0], [0, 0, 0, 0], sitk.ExtractImageFilter.DIRECTION_COLLAPSETOSUBMATRIX
+        )
+        dim = 3
+    if dim != 3:
+        raise DataError(f"{path}: {dim}-D image of size {tuple(image.GetSize())}; a 3-D volume is needed")
+    return image
+
+
+def read_image(path: str | Path, *, series_uid: str | None = None) -> tuple[np.ndarray, Geometry]:
+    """Read a NIfTI (or other ITK) file or a DICOM series folder.
+
+    Returns the (D, H, W) array in the file's own intensities and dtype (HU for CT) and its :class:`Geometry`.
+    Raises DataError naming the path for a missing, empty, truncated, non-image, non-3-D or multi-series
+    input.
+    """
+    import SimpleITK as sitk
+
+    image = read_sitk(path, series_uid=series_uid)
+    return sitk.GetArrayFromImage(image), Geometry.from_sitk(image)
+
+
+def read_image_info(path: str | Path) -> tuple[tuple[int, int, int], Geometry]:
+    """Shape (D, H, W) and geometry from the header only (cheap); DataError like :func:`read_image`."""
+    import SimpleITK as sitk
+
+    path = Path(path)
+    if path.is_dir():
+        image = read_sitk(path)
+        return tuple(reversed(image.GetSize())), Geometry.from_sitk(image)
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except Exception as exc:
+        raise DataError(
+            f"{path}: cannot read image header, file is truncated, corrupt or not an image "
+            f"({_describe_exc(exc)})"
+        ) from None
+    size = list(reader.GetSize())
+    dim = reader.GetDimension()
+    if dim == 4 and size[3] == 1:
+        size, dim = size[:3], 3
+    if dim != 3:
+        raise DataError(f"{path}: {dim}-D image of size {tuple(reader.GetSize())}; a 3-D volume is needed")
+    if reader.GetNumberOfComponents() != 1:
+        raise DataError(
+            f"{path}: {reader.GetNumberOfComponents()}-component pixels; a scalar image is needed"
+        )
+    sx, sy, sz = reader.GetSpacing()[:3]
+    direction = reader.GetDirection()
+    if len(direction) == 16:
+        direction = tuple(direction[r * 4 + c] for r in range(3) for c in range(3))
+    geom = Geometry(spacing=(sz, sy, sx), origin=tuple(reader.GetOrigin()[:3]), direction=tuple(direction))
+    return (size[2], size[1], size[0]), geom
+
+
+def _storage_dtype(array: np.ndarray) -> np.ndarray:
+    """Integer arrays go out in the smallest common type that holds them (NIfTI viewers dislike int64)."""
+    if array.dtype == bool:
+        return array.astype(np.uint8)
+    if np.issubdtype(array.dtype, np.integer) and array.dtype.itemsize > 2:
+        lo, hi = (int(array.min()), int(array.max())) if array.size else (0, 0)
+        for dt in (np.uint8, np.int16, np.int32):
+            info = np.iinfo(dt)
+            if info.min <= lo and hi <= info.max:
+                return array.astype(dt)
+    if array.dtype == np.float64:
+        return array.astype(np.float32)
+    return array
+
+
+def _atomic_path(path: Path) -> tuple[Path, Path]:
+    """A temporary name in the same folder that keeps the suffix, so writers pick the right format."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix="-" + path.name, dir=path.parent)
+    os.close(fd)
+    return Path(tmp), path
+
+
+def write_image(
+    array: np.ndarray, geometry: Geometry | None, path: str | Path, *, description: str | None = None
+) -> None:
+    """Write a (D, H, W) array with ``geometry`` (spacing, origin, direction kept) atomically.
+
+    The format follows the suffix (``.nii.gz`` compressed NIfTI). Integer arrays are stored in the smallest of
+    uint8 / int16 / int32 that holds their range; float64 is stored as float32. ``description`` goes into the
+    NIfTI ``descrip`` field (used to label synthetic data).
+    """
+    import SimpleITK as sitk
+
+    array = np.asarray(array)
+    if array.ndim != 3:
+        raise DataError(f"{path}: cannot write a {array.ndim}-D array as a volume; (D, H, W) is needed")
+    image = sitk.GetImageFromArray(_storage_dtype(np.ascontiguousarray(array)))
+    (geometry or Geometry()).apply_to(image)
+    if description:
+        image.SetMetaData("ITK_FileNotes", description[:79])  # ITK writes it to the NIfTI descrip field
+    tmp, final = _atomic_path(Path(path))
+    try:
+        sitk.WriteImage(image, str(tmp), useCompression=str(final).lower().endswith(".gz"))
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def check_finite(array: np.ndarray, path: str | Path, what: str = "image") -> None:
+    """DataError if a float array holds NaN or inf voxels."""
+    if np.issubdtype(array.dtype, np.floating):
+        bad = ~np.isfinite(array)
+        if bad.any():
+            raise DataError(f"{path}: {what} has {int(bad.sum())} NaN/inf voxels")
+
+
+def read_npz_slice(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """One TransUNet training slice: (image (H, W) float32, label (H, W) int64)."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            missing = [k for k in ("image", "label") if k not in data.files]
+            if missing:
+                raise DataError(
+                    f"{path}: missing array(s) {missing} (a slice .npz holds 'image' and 'label')"
+                )
+            image, label = data["image"], data["label"]
+    except DataError:
+        raise
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as exc:
+        raise DataError(f"{path}: cannot read .npz, file is truncated or corrupt ({exc})") from None
+    return _check_pair(image, label, path, ndim=2)
+
+
+def read_h5_pair(path: str | Path, *, ndim: int) -> tuple[np.ndarray, np.ndarray]:
+    """``image`` and ``label`` datasets of an SSL4MIS / TransUNet ``.h5`` (2-D slice or 3-D volume)."""
+    import h5py
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        with h5py.File(path, "r") as fh:
+            missing = [k for k in ("image", "label") if k not in fh]
+            if missing:
+                raise DataError(f"{path}: missing dataset(s) {missing} (expected 'image' and 'label')")
+            image, label = fh["image"][()], fh["label"][()]
+    except DataError:
+        raise
+    except (OSError, KeyError, ValueError, RuntimeError) as exc:
+        raise DataError(f"{path}: cannot read .h5, file is truncated or corrupt ({exc})") from None
+    return _check_pair(image, label, path, ndim=ndim)
+
+
+def _check_pair(
+    image: np.ndarray, label: np.ndarray, path: Path, *, ndim: int
+) -> tuple[np.ndarray, np.ndarray]:
+    kind = "slice" if ndim == 2 else "volume"
+    if image.ndim != ndim:
+        raise DataError(
+            f"{path}: image is {image.ndim}-D with shape {image.shape}; a {ndim}-D {kind} is needed"
+        )
+    if label.shape != image.shape:
+        raise DataError(f"{path}: image shape {image.shape} and label shape {label.shape} differ")
+    check_finite(image, path)
+    image = image.astype(np.float32, copy=False)
+    if np.issubdtype(label.dtype, np.floating):
+        check_finite(label, path, "label")
+        if not np.array_equal(label, np.round(label)):
+            raise DataError(f"{path}: label holds non-integer values")
+    if label.size and label.min() < 0:
+        raise DataError(f"{path}: label holds negative ids")
+    return image, label.astype(np.int64)
+
+
+def atomic_write_npz(path: str | Path, *, compress: bool = False, **arrays: np.ndarray) -> None:
+    buf = io.BytesIO()
+    (np.savez_compressed if compress else np.savez)(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def atomic_write_h5(path: str | Path, *, compression: str | None = None, **arrays: np.ndarray) -> None:
+    import h5py
+
+    tmp, final = _atomic_path(Path(path))
+    try:
+        with h5py.File(tmp, "w") as fh:
+            for key, value in arrays.items():
+                fh.create_dataset(key, data=value, compression=compression)
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def find_duplicates(names: Iterable[str]) -> list[str]:
+    seen: set[str] = set()
+    dups: list[str] = []
+    for n in names:
+        if n in seen and n not in dups:
+            dups.append(n)
+        seen.add(n)
+    return dups
+
+
+def read_list(path: str | Path, *, what: str = "list") -> list[str]:
+    """Non-empty stripped lines of a list file; DataError for a missing file or duplicate lines."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: {what} file not found")
+    try:
+        lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot read {what} ({exc})") from None
+    lines = [ln for ln in lines if ln]
+    dups = find_duplicates(lines)
+    if dups:
+        raise DataError(f"{path}: duplicate case id(s) {dups[:5]}")
+    return lines
+
+
+def require_files(paths: Sequence[Path], listed_in: Path, what: str) -> None:
+    """DataError naming the list and the first entries that have no file."""
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        names = ", ".join(str(p) for p in missing[:3])
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise DataError(f"{listed_in}: {len(missing)} listed {what} have no file: {names}{more}")

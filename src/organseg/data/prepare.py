@@ -1,0 +1,487 @@
+"""``organseg prepare synapse``: raw BTCV release -> the TransUNet Synapse format (the step the papers never
+published; rule from TransUNet's datasets/README and the SAMed script, reference_protocol.md §3.4).
+
+Per case: read the CT (HU) and its label map, clip HU to [-125, 275] and scale to [0, 1] (float32), map the 13
+BTCV ids to the 9 Synapse classes (esophagus, IVC, veins and adrenals -> background), keep the file's own
+axial voxel order (no resampling, no cropping). Training cases become ``train_npz/caseNNNN_sliceKKK.npz``,
+test cases ``test_vol_h5/caseNNNN.npy.h5``; lists go to ``lists_Synapse/``; ``organseg_synapse.json`` keeps
+what the reference drops (each case's spacing, origin and direction, the split and the rule that chose it).
+
+Guarantees: every input problem is found *before* anything is written (pass 1 reads headers, pass 2 reads the
+voxels), so a bad input leaves no partial output; every file is written atomically; a re-run skips cases whose
+outputs are complete and whose sources and options are unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+from tqdm.auto import tqdm
+
+from organseg.checkpoint import atomic_write_text
+from organseg.data.classes import BTCV_CLASSES, BTCV_TO_SYNAPSE, SYNAPSE_CLASSES, remap_labels, unknown_ids
+from organseg.data.io import (
+    IMAGE_SUFFIXES,
+    Geometry,
+    atomic_write_h5,
+    atomic_write_npz,
+    check_finite,
+    grid_relation,
+    read_image_info,
+    read_sitk,
+)
+from organseg.data.preprocess import SYNAPSE_WINDOW, apply_preprocessing, ct_window_spec
+from organseg.data.synapse import SIDECAR
+from organseg.errors import ConfigError, DataError
+
+log = logging.getLogger("organseg.data")
+
+REFERENCE_TEST_IDS: tuple[int, ...] = (1, 2, 3, 4, 8, 22, 25, 29, 32, 35, 36, 38)
+REFERENCE_TRAIN_IDS: tuple[int, ...] = (5, 6, 7, 9, 10, 21, 23, 24, 26, 27, 28, 30, 31, 33, 34, 37, 39, 40)
+DEFAULT_TEST_FRACTION = 0.4  # 12 of 30, the reference proportion
+MARKERS = ".organseg_prepare"
+FORMAT = "organseg-synapse/1"
+
+
+@dataclass(frozen=True)
+class RawCase:
+    number: int
+    image: Path
+    label: Path
+
+    @property
+    def name(self) -> str:
+        return f"case{self.number:04d}"
+
+
+def _strip_suffix(name: str) -> str | None:
+    low = name.lower()
+    for suffix in IMAGE_SUFFIXES:
+        if low.endswith(suffix):
+            return name[: -len(suffix)]
+    return None
+
+
+def _scan(folder: Path, prefix: str) -> dict[int, Path]:
+    pattern = re.compile(rf"^{prefix}(\d+)$", re.IGNORECASE)
+    found: dict[int, list[Path]] = {}
+    for p in sorted(folder.iterdir()):
+        if p.name.startswith("."):
+            continue
+        stem = p.name if p.is_dir() else _strip_suffix(p.name)  # a folder imgNNNN/ is a DICOM series
+        m = pattern.match(stem) if stem else None
+        if not m:
+            log.warning("%s: ignored (not %sNNNN.nii.gz)", p, prefix)
+            continue
+        found.setdefault(int(m.group(1)), []).append(p)
+    dups = {k: v for k, v in found.items() if len(v) > 1}
+    if dups:
+        k, paths = next(iter(sorted(dups.items())))
+        raise DataError(f"{folder}: duplicate case id {k}: {', '.join(p.name for p in paths)}")
+    return {k: v[0] for k, v in found.items()}
+
+
+def find_raw_cases(raw: str | Path) -> dict[int, RawCase]:
+    """Pairs ``img/imgNNNN.nii.gz`` + ``label/labelNNNN.nii.gz`` of a BTCV-release folder, keyed by number."""
+    raw = Path(raw)
+    if not raw.exists():
+        raise DataError(f"{raw}: folder not found")
+    if not raw.is_dir():
+        raise DataError(f"{raw}: not a folder (expected the BTCV layout img/ + label/)")
+    for sub in ("", "Training", "RawData/Training"):  # the BTCV zip nests the folders
+        if (raw / sub / "img").is_dir() or (raw / sub / "label").is_dir():
+            raw = raw / sub
+            break
+    else:
+        if not any(p for p in raw.iterdir() if not p.name.startswith(".")):
+            raise DataError(f"{raw}: empty folder (expected img/imgNNNN.nii.gz and label/labelNNNN.nii.gz)")
+        raise DataError(f"{raw}: no img/ and label/ folders (expected the BTCV layout)")
+    for sub in ("img", "label"):
+        if not (raw / sub).is_dir():
+            raise DataError(f"{raw / sub}: folder not found (every image needs its label)")
+    images, labels = _scan(raw / "img", "img"), _scan(raw / "label", "label")
+    if not images and not labels:
+        raise DataError(f"{raw}: empty folder, no imgNNNN / labelNNNN files in img/ and label/")
+    for k in sorted(set(images) - set(labels)):
+        raise DataError(f"{images[k]}: missing label (expected {raw / 'label'}/label{k:04d}.nii.gz)")
+    for k in sorted(set(labels) - set(images)):
+        raise DataError(f"{labels[k]}: missing image (expected {raw / 'img'}/img{k:04d}.nii.gz)")
+    return {k: RawCase(k, images[k], labels[k]) for k in sorted(images)}
+
+
+def parse_case_id(value: str | int) -> int:
+    """'1', '0001', 'case0001', 'img0001' -> 1."""
+    m = re.search(r"(\d+)$", str(value).strip())
+    if not m:
+        raise ConfigError(f"bad case id {value!r}: expected a number such as 1, 0001 or case0001")
+    return int(m.group(1))
+
+
+def decide_split(
+    available: Sequence[int],
+    train_cases: Sequence[str | int] | None = None,
+    test_cases: Sequence[str | int] | None = None,
+    *,
+    test_fraction: float = DEFAULT_TEST_FRACTION,
+    seed: int = 1234,
+) -> tuple[list[int], list[int], str]:
+    """(train ids, test ids, rule). See docs/data.md "Synapse split" for the rule.
+
+    - explicit ``train_cases`` / ``test_cases``: used as given; one of them alone means "the rest" for
+      the other;
+    - otherwise, when all 30 reference ids are present: the reference 18/12 split (other ids are left
+      out, with a warning);
+    - otherwise: a seeded random split with ``test_fraction`` of the cases for test, with a warning.
+    """
+    avail = sorted(set(int(a) for a in available))
+    where = "--train-cases/--test-cases"
+
+    def _ids(values: Sequence[str | int], what: str) -> list[int]:
+        ids = [parse_case_id(v) for v in values]
+        seen: set[int] = set()
+        for i in ids:
+            if i in seen:
+                raise ConfigError(f"{what}: duplicate case id {i}")
+            seen.add(i)
+        absent = [i for i in ids if i not in avail]
+        if absent:
+            raise DataError(f"{what}: case id(s) {absent} not in the raw folder (it has {_fmt(avail)})")
+        return sorted(ids)
+
+    if train_cases is not None or test_cases is not None:
+        train = _ids(train_cases, "train cases") if train_cases is not None else None
+        test = _ids(test_cases, "test cases") if test_cases is not None else None
+        if train is None:
+            train = [i for i in avail if i not in set(test)]
+        if test is None:
+            test = [i for i in avail if i not in set(train)]
+        both = sorted(set(train) & set(test))
+        if both:
+            raise ConfigError(f"{where}: case id(s) {both} are in both the training and the test split")
+        if not train and not test:
+            raise ConfigError(f"{where}: the split is empty")
+        return train, test, "explicit"
+
+    ref = set(REFERENCE_TRAIN_IDS) | set(REFERENCE_TEST_IDS)
+    if ref <= set(avail):
+        extra = [i for i in avail if i not in ref]
+        if extra:
+            log.warning(
+                "reference split: case id(s) %s are not in it and are left out; pass %s to use them",
+                _fmt(extra),
+                where,
+            )
+        return list(REFERENCE_TRAIN_IDS), sorted(REFERENCE_TEST_IDS), "reference"
+
+    if not 0.0 <= test_fraction < 1.0:
+        raise ConfigError(f"--test-fraction must be in [0, 1), got {test_fraction}")
+    n = len(avail)
+    n_test = 0 if n < 2 else min(n - 1, max(1, int(round(n * test_fraction))))
+    if test_fraction == 0.0:
+        n_test = 0
+    order = np.random.default_rng(seed).permutation(n)
+    test = sorted(avail[i] for i in order[:n_test])
+    train = [i for i in avail if i not in set(test)]
+    missing = sorted(ref - set(avail))
+    log.warning(
+        "the reference split needs BTCV ids %s; %d of them are absent, so %d case(s) were split "
+        "automatically: %d train / %d test (test fraction %g, seed %d). Pass %s to choose.",
+        _fmt(sorted(ref)),
+        len(missing),
+        n,
+        len(train),
+        len(test),
+        test_fraction,
+        seed,
+        where,
+    )
+    return train, test, f"auto(test_fraction={test_fraction}, seed={seed})"
+
+
+def _fmt(ids: Sequence[int]) -> str:
+    ids = list(ids)
+    return (
+        "["
+        + ", ".join(str(i) for i in ids[:12])
+        + (f", ... ({len(ids)} in all)" if len(ids) > 12 else "")
+        + "]"
+    )
+
+
+def _check_headers(case: RawCase) -> str:
+    shape_i, geom_i = read_image_info(case.image)
+    shape_l, geom_l = read_image_info(case.label)
+    relation = grid_relation(shape_i, geom_i, shape_l, geom_l)
+    if relation is None:
+        if tuple(sorted(shape_i)) != tuple(sorted(shape_l)):
+            raise DataError(
+                f"{case.label}: label shape {shape_l} does not match image shape {shape_i} ({case.image})"
+            )
+        raise DataError(
+            f"{case.label}: label geometry does not match {case.image.name} (image spacing {geom_i.spacing}, "
+            f"origin {geom_i.origin}; label spacing {geom_l.spacing}, origin {geom_l.origin})"
+        )
+    return relation
+
+
+def _load_case(
+    case: RawCase, unknown_labels: str, *, warn: bool = True
+) -> tuple[np.ndarray, np.ndarray, Geometry, dict]:
+    """Image (HU), BTCV label on the image grid, the image geometry and label statistics; all checks."""
+    img = read_sitk(case.image)
+    lab = read_sitk(case.label)
+    relation = grid_relation(
+        tuple(reversed(img.GetSize())),
+        Geometry.from_sitk(img),
+        tuple(reversed(lab.GetSize())),
+        Geometry.from_sitk(lab),
+    )
+    if relation is None:  # pass 1 checked headers; keep the guard for files changed in between
+        raise DataError(f"{case.label}: label geometry does not match {case.image.name}")
+    if relation == "reoriented":
+        # Same voxel centres in another axis order: nearest-neighbour resampling is an exact reindexing.
+        lab = sitk.Resample(lab, img, sitk.Transform(), sitk.sitkNearestNeighbor, 0, lab.GetPixelID())
+    image = sitk.GetArrayFromImage(img)
+    label = sitk.GetArrayFromImage(lab)
+    check_finite(image, case.image)
+    if np.issubdtype(label.dtype, np.floating):
+        check_finite(label, case.label, "label")
+        if not np.array_equal(label, np.round(label)):
+            raise DataError(
+                f"{case.label}: label holds non-integer values (is this an image, not a label map?)"
+            )
+        label = label.astype(np.int64)
+    unknown = unknown_ids(label, range(len(BTCV_CLASSES)))
+    if unknown:
+        detail = ", ".join(f"id {k}: {v} voxels" for k, v in sorted(unknown.items())[:8])
+        if unknown_labels == "error":
+            raise DataError(
+                f"{case.label}: label ids outside the BTCV map 0..13 ({detail}); "
+                "fix the file or pass --unknown-labels background to map them to background"
+            )
+        if warn:
+            log.warning(
+                "%s: label ids outside the BTCV map 0..13 mapped to background (%s)", case.label, detail
+            )
+    values, counts = np.unique(label, return_counts=True)
+    dropped = {
+        BTCV_CLASSES[int(v)]: int(c)
+        for v, c in zip(values, counts, strict=True)
+        if 0 < v < len(BTCV_CLASSES) and int(v) not in BTCV_TO_SYNAPSE
+    }
+    stats = {
+        "relation": relation,
+        "dropped_btcv_voxels": dropped,
+        "unknown_id_voxels": {str(k): v for k, v in unknown.items()},
+    }
+    return image, label, Geometry.from_sitk(img), stats
+
+
+# ---------------------------------------------------------------------------------------------------- writing
+def _fingerprint(case: RawCase) -> dict:
+    out = {}
+    for key, p in (("image", case.image), ("label", case.label)):
+        st = p.stat()
+        out[key] = {"path": str(p.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    return out
+
+
+def _outputs(out: Path, name: str, role: str, n_slices: int) -> list[Path]:
+    if role == "test":
+        return [out / "test_vol_h5" / f"{name}.npy.h5"]
+    return [out / "train_npz" / f"{name}_slice{k:03d}.npz" for k in range(n_slices)]
+
+
+def _remove_outputs(out: Path, name: str) -> None:
+    (out / "test_vol_h5" / f"{name}.npy.h5").unlink(missing_ok=True)
+    train_dir = out / "train_npz"
+    if train_dir.is_dir():
+        for p in train_dir.glob(f"{name}_slice*.npz"):
+            p.unlink()
+
+
+def _done(out: Path, case: RawCase, role: str, options: dict) -> dict | None:
+    marker = out / MARKERS / f"{case.name}.json"
+    if not marker.is_file():
+        return None
+    try:
+        meta = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    if meta.get("role") != role or meta.get("options") != options or meta.get("source") != _fingerprint(case):
+        return None
+    if not all(p.is_file() for p in _outputs(out, case.name, role, int(meta.get("slices", 0)))):
+        return None
+    return meta
+
+
+def prepare_synapse(
+    raw: str | Path,
+    out: str | Path,
+    *,
+    train_cases: Sequence[str | int] | None = None,
+    test_cases: Sequence[str | int] | None = None,
+    val_cases: Sequence[str | int] | None = None,
+    test_fraction: float = DEFAULT_TEST_FRACTION,
+    split_seed: int = 1234,
+    window: Sequence[float] = SYNAPSE_WINDOW,
+    unknown_labels: str = "error",
+    compress: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Convert a raw BTCV folder to the TransUNet Synapse format in ``out``; returns a summary dict.
+
+    ``unknown_labels``: "error" (default) rejects label ids outside BTCV's 0..13; "background" maps them to 0
+    with a warning giving the voxel counts (the reference script would have kept them and crashed in the
+    loss). BTCV organs outside the 8 Synapse classes always become background (counts recorded in the
+    sidecar).
+    """
+    if unknown_labels not in ("error", "background"):
+        raise ConfigError(f"unknown_labels must be 'error' or 'background', got {unknown_labels!r}")
+    spec = ct_window_spec(window)
+    raw, out = Path(raw), Path(out)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out}: exists and is not a folder")
+    cases = find_raw_cases(raw)
+    train, test, rule = decide_split(
+        list(cases), train_cases, test_cases, test_fraction=test_fraction, seed=split_seed
+    )
+    val = [parse_case_id(v) for v in (val_cases or [])]
+    not_train = [v for v in val if v not in train]
+    if not_train:
+        raise DataError(
+            f"--val-cases: case id(s) {not_train} are not training cases of this split ({_fmt(train)})"
+        )
+    roles = {**{i: "train" for i in train}, **{i: "test" for i in test}}
+    options = {
+        "window": spec["window"],
+        "unknown_labels": unknown_labels,
+        "compress": bool(compress),
+        "format": FORMAT,
+    }
+
+    # Pass 1: headers of every selected case (cheap): shapes and geometry.
+    selected = [cases[i] for i in sorted(roles)]
+    for case in selected:
+        _check_headers(case)
+    todo = [c for c in selected if _done(out, c, roles[c.number], options) is None]
+
+    # Pass 2: voxels of every case still to convert (NaN/inf, label ids, truncated data). Nothing written yet.
+    for case in tqdm(todo, desc="checking", unit="case", disable=not progress or not todo, leave=False):
+        _load_case(case, unknown_labels, warn=False)
+
+    # Pass 3: convert.
+    converted = []
+    for case in tqdm(selected, desc="prepare synapse", unit="case", disable=not progress):
+        role = roles[case.number]
+        if case not in todo:
+            continue
+        image, label, geom, stats = _load_case(case, unknown_labels)
+        image01 = apply_preprocessing(image, spec, source=str(case.image))
+        classes = remap_labels(label, BTCV_TO_SYNAPSE)
+        del image, label
+        _remove_outputs(out, case.name)
+        if role == "test":
+            atomic_write_h5(
+                out / "test_vol_h5" / f"{case.name}.npy.h5",
+                image=image01,
+                label=classes,
+                compression="gzip" if compress else None,
+            )
+        else:
+            for k in range(image01.shape[0]):
+                atomic_write_npz(
+                    out / "train_npz" / f"{case.name}_slice{k:03d}.npz",
+                    compress=compress,
+                    image=image01[k],
+                    label=classes[k],
+                )
+        counts = np.bincount(classes.ravel(), minlength=len(SYNAPSE_CLASSES))
+        meta = {
+            "case": case.name,
+            "role": role,
+            "slices": int(image01.shape[0]),
+            "shape": list(image01.shape),
+            **geom.to_dict(),
+            "class_voxels": {SYNAPSE_CLASSES[i]: int(c) for i, c in enumerate(counts) if c},
+            **stats,
+            "options": options,
+            "source": _fingerprint(case),
+        }
+        atomic_write_text(out / MARKERS / f"{case.name}.json", json.dumps(meta, indent=1))
+        converted.append(case.name)
+
+    metas = {c.name: _done(out, c, roles[c.number], options) for c in selected}
+    broken = [k for k, v in metas.items() if v is None]
+    if broken:  # only possible if files vanish while we run
+        raise DataError(f"{out}: outputs of {broken} disappeared during preparation")
+
+    # Lists (reference names and order conventions) and the sidecar, written last.
+    names = {i: cases[i].name for i in roles}
+    train_lines = [f"{names[i]}_slice{k:03d}" for i in train for k in range(metas[names[i]]["slices"])]
+    lists = out / "lists_Synapse"
+    atomic_write_text(lists / "train.txt", "".join(f"{n}\n" for n in train_lines))
+    atomic_write_text(lists / "test_vol.txt", "".join(f"{names[i]}\n" for i in test))
+    atomic_write_text(lists / "all.lst", "".join(f"{names[i]}.npy.h5\n" for i in sorted(roles)))
+    if val:
+        atomic_write_text(lists / "val.txt", "".join(f"{names[i]}\n" for i in sorted(val)))
+    else:
+        (lists / "val.txt").unlink(missing_ok=True)
+
+    synthetic_note = None
+    for cand in (raw / "SYNTHETIC.txt", raw.parent / "SYNTHETIC.txt"):
+        if cand.is_file():
+            synthetic_note = cand.read_text(encoding="utf-8")
+            break
+    if synthetic_note is not None:
+        atomic_write_text(out / "SYNTHETIC.txt", synthetic_note)
+    sidecar = {
+        "format": FORMAT,
+        "source": str(raw.resolve()),
+        "synthetic": synthetic_note is not None,
+        "class_names": list(SYNAPSE_CLASSES),
+        "btcv_to_synapse": {str(k): v for k, v in BTCV_TO_SYNAPSE.items()},
+        "preprocessing": spec,
+        "split": {
+            "rule": rule,
+            "train": [names[i] for i in train],
+            "test": [names[i] for i in test],
+            "val": [names[i] for i in sorted(val)],
+        },
+        "cases": {
+            name: {
+                k: m[k]
+                for k in (
+                    "role",
+                    "slices",
+                    "shape",
+                    "spacing",
+                    "origin",
+                    "direction",
+                    "class_voxels",
+                    "dropped_btcv_voxels",
+                    "unknown_id_voxels",
+                )
+            }
+            for name, m in sorted(metas.items())
+        },
+    }
+    atomic_write_text(out / SIDECAR, json.dumps(sidecar, indent=1))
+    return {
+        "out": str(out),
+        "rule": rule,
+        "train": sidecar["split"]["train"],
+        "test": sidecar["split"]["test"],
+        "val": sidecar["split"]["val"],
+        "train_slices": len(train_lines),
+        "converted": converted,
+        "skipped": [c.name for c in selected if c.name not in converted],
+        "synthetic": synthetic_note is not None,
+    }

@@ -1,0 +1,223 @@
+"""Synapse multi-organ CT in the TransUNet format, read exactly as the reference loader does.
+
+Layout (``root`` is the folder holding these; the lists may also sit in ``root/lists/lists_Synapse`` as in the
+reference repositories, or anywhere via ``list_dir=``)::
+
+    train_npz/caseNNNN_sliceKKK.npz     'image' (512, 512) in [0, 1], 'label' (512, 512) class indices
+    test_vol_h5/caseNNNN.npy.h5         'image' (D, 512, 512), 'label' (D, 512, 512)
+    lists_Synapse/train.txt             slice names, one a line (2211 in the reference)
+    lists_Synapse/test_vol.txt          case names (12 in the reference)
+    lists_Synapse/val.txt               optional: case names held out for validation
+    organseg_synapse.json               optional sidecar from ``organseg prepare synapse`` (spacing, split)
+
+Splits: ``test`` is ``test_vol.txt``. The reference has **no validation split** (it evaluates the last epoch);
+``val`` exists only when ``val.txt`` exists or when ``val_cases=N`` holds out N training cases (seeded).
+Held-out cases are removed from the training slices, and their volumes are rebuilt by stacking their slices.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from organseg.data.base import SegmentationDataset, Volume
+from organseg.data.classes import SYNAPSE_CLASSES
+from organseg.data.io import read_h5_pair, read_list, read_npz_slice, require_files
+from organseg.data.preprocess import ct_window_spec
+from organseg.data.slices import FileSlices, holdout
+from organseg.errors import ConfigError, DataError
+
+SIDECAR = "organseg_synapse.json"
+_SLICE_RE = re.compile(r"^(?P<case>.+)_slice(?P<index>\d+)$")
+
+
+def _case_of(slice_name: str) -> str:
+    m = _SLICE_RE.match(slice_name)
+    return m.group("case") if m else slice_name
+
+
+def _slice_index(slice_name: str) -> int:
+    m = _SLICE_RE.match(slice_name)
+    return int(m.group("index")) if m else 0
+
+
+def _case_name(entry: str) -> str:
+    """List entries are 'case0001' or 'case0001.npy.h5' (all.lst style) or a slice name."""
+    for suffix in (".npy.h5", ".h5", ".npz"):
+        if entry.endswith(suffix):
+            entry = entry[: -len(suffix)]
+    return _case_of(entry)
+
+
+def find_list_dir(root: Path) -> Path | None:
+    for cand in (root / "lists_Synapse", root / "lists" / "lists_Synapse", root / "lists"):
+        if (cand / "train.txt").is_file() or (cand / "test_vol.txt").is_file():
+            return cand
+    return None
+
+
+class SynapseDataset(SegmentationDataset):
+    """Reader for the TransUNet Synapse format (see module docstring)."""
+
+    name = "synapse"
+    class_names = SYNAPSE_CLASSES
+
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        list_dir: str | Path | None = None,
+        val_cases: int | Sequence[str] = 0,
+        val_seed: int = 1234,
+    ) -> None:
+        self.root = Path(root)
+        self.train_dir = self.root / "train_npz"
+        self.test_dir = self.root / "test_vol_h5"
+        if not self.train_dir.is_dir() and not self.test_dir.is_dir():
+            raise DataError(f"{self.root}: not a Synapse folder (no train_npz/ or test_vol_h5/)")
+        self.list_dir = Path(list_dir) if list_dir is not None else find_list_dir(self.root)
+        self.sidecar = self._read_sidecar()
+        self.preprocessing = dict(self.sidecar.get("preprocessing") or ct_window_spec())
+        self.synthetic = bool(self.sidecar.get("synthetic")) or (self.root / "SYNTHETIC.txt").is_file()
+        self._cases_meta: dict = self.sidecar.get("cases", {})
+
+        # Slice names from train.txt as the reference; else (lists missing from a download) the folder.
+        train_list = self.list_dir / "train.txt" if self.list_dir else None
+        if train_list is not None and train_list.is_file():
+            names = read_list(train_list, what="slice list")
+            require_files([self.train_dir / f"{n}.npz" for n in names], train_list, "slices")
+            self.lists_source = "lists"
+        else:
+            names = (
+                sorted(p.name[: -len(".npz")] for p in self.train_dir.glob("*.npz"))
+                if self.train_dir.is_dir()
+                else []
+            )
+            self.lists_source = "folder"
+        self._train_names = names
+        self._train_cases: dict[str, list[str]] = {}
+        for n in names:
+            self._train_cases.setdefault(_case_of(n), []).append(n)
+
+        test_list = self.list_dir / "test_vol.txt" if self.list_dir else None
+        if test_list is not None and test_list.is_file():
+            self._test = [_case_name(e) for e in read_list(test_list, what="test list")]
+            require_files([self._h5_path(c) for c in self._test], test_list, "test volumes")
+        else:
+            self._test = (
+                sorted(p.name[: -len(".npy.h5")] for p in self.test_dir.glob("*.npy.h5"))
+                if self.test_dir.is_dir()
+                else []
+            )
+
+        self._val = self._resolve_val(val_cases, val_seed)
+        if not self._train_names and not self._test:
+            raise DataError(f"{self.root}: no training slices and no test volumes found")
+
+    # ----------------------------------------------------------------------------------------------- helpers
+    def _read_sidecar(self) -> dict:
+        path = self.root / SIDECAR
+        if not path.is_file():
+            return {}
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise DataError(f"{path}: cannot read sidecar JSON ({exc})") from None
+        if not isinstance(data, dict):
+            raise DataError(f"{path}: sidecar must be a JSON object")
+        return data
+
+    def _h5_path(self, case_id: str) -> Path:
+        return self.test_dir / f"{case_id}.npy.h5"
+
+    def _resolve_val(self, val_cases: int | Sequence[str], seed: int) -> list[str]:
+        val_list = self.list_dir / "val.txt" if self.list_dir else None
+        has_list = val_list is not None and val_list.is_file()
+        asked = bool(val_cases) if isinstance(val_cases, int) else len(val_cases) > 0
+        if has_list and asked:
+            raise ConfigError(f"{val_list} already defines the validation cases; do not also pass val_cases")
+        if has_list:
+            val = []
+            for e in read_list(val_list, what="validation list"):
+                c = _case_name(e)
+                if c not in val:
+                    val.append(c)
+            source = val_list
+        elif isinstance(val_cases, int):
+            val = holdout(sorted(self._train_cases), val_cases, seed)
+            source = None
+        else:
+            val = [_case_name(str(c)) for c in val_cases]
+            source = "val_cases"
+        unknown = [c for c in val if c not in self._train_cases and not self._h5_path(c).is_file()]
+        if unknown:
+            raise DataError(
+                f"{source or self.root}: validation case(s) {unknown[:5]} have no slices and no volume"
+            )
+        overlap = [c for c in val if c in self._test]
+        if overlap:
+            raise DataError(f"{source or self.root}: validation case(s) {overlap[:5]} are also test cases")
+        return val
+
+    # ------------------------------------------------------------------------------------------- interface
+    def train_slices(self) -> FileSlices:
+        held = set(self._val)
+        names = [n for n in self._train_names if _case_of(n) not in held]
+        return FileSlices([self.train_dir / f"{n}.npz" for n in names], "npz", self.num_classes)
+
+    def case_ids(self, split: str) -> list[str]:
+        if split == "test":
+            return list(self._test)
+        if split == "val":
+            return list(self._val)
+        if split == "train":
+            held = set(self._val)
+            return [c for c in sorted(self._train_cases) if c not in held]
+        raise ConfigError(f"unknown split {split!r}; expected 'train', 'val' or 'test'")
+
+    def spacing(self, case_id: str) -> tuple[float, float, float] | None:
+        meta = self._cases_meta.get(case_id, {})
+        sp = meta.get("spacing")
+        return tuple(float(v) for v in sp) if sp else None
+
+    def volume(self, case_id: str) -> Volume:
+        h5 = self._h5_path(case_id)
+        if h5.is_file():
+            image, label = read_h5_pair(h5, ndim=3)
+            source = str(h5)
+        elif case_id in self._train_cases:
+            names = sorted(self._train_cases[case_id], key=_slice_index)
+            pairs = [read_npz_slice(self.train_dir / f"{n}.npz") for n in names]
+            shapes = {p[0].shape for p in pairs}
+            if len(shapes) != 1:
+                raise DataError(f"{self.train_dir}: slices of {case_id} differ in shape {sorted(shapes)}")
+            image = np.stack([p[0] for p in pairs])
+            label = np.stack([p[1] for p in pairs])
+            source = str(self.train_dir / f"{case_id}_slice*.npz")
+        else:
+            raise DataError(f"{self.root}: no case {case_id!r} (neither {h5.name} nor training slices)")
+        if label.size and int(label.max()) >= self.num_classes:
+            raise DataError(
+                f"{source}: label id {int(label.max())} is outside the {self.num_classes} Synapse classes"
+            )
+        meta = {"source": source, "synthetic": self.synthetic}
+        meta.update(
+            {k: v for k, v in self._cases_meta.get(case_id, {}).items() if k in ("origin", "direction")}
+        )
+        return Volume(case_id, image, label, self.spacing(case_id), meta)
+
+    def info(self) -> dict:
+        out = super().info()
+        out.update(
+            root=str(self.root),
+            layout="synapse",
+            synthetic=self.synthetic,
+            lists=self.lists_source,
+            train_slices=len(self.train_slices()),
+            splits={s: len(self.case_ids(s)) for s in ("train", "val", "test")},
+        )
+        return out
