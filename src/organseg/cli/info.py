@@ -1,0 +1,78 @@
+"""``organseg info``: the registered networks side by side: size, cost per image, configuration."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from organseg.errors import ConfigError
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "info",
+        help="parameters, GFLOPs and configuration of the networks",
+        description="Parameters and forward GFLOPs per image (torch FlopCounterMode: a multiply-add is "
+        "2 FLOPs, GMACs = GFLOPs / 2) of every registered network, beside the reference figures.",
+    )
+    p.add_argument("--models", nargs="+", metavar="NAME", help="networks to show (default: all registered)")
+    p.add_argument("--img-size", type=int, default=224, help="square input size to count at (224)")
+    p.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    return p
+
+
+def _fmt(value: float | int | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def format_table(rows: list[dict]) -> str:
+    """The human-readable table ``organseg info`` prints."""
+    header = ["model", "params", "ref params", "GFLOPs", "ref GFLOPs", "GMACs", "configuration"]
+    body = [
+        [
+            r["name"],
+            _fmt(r["params"], ","),
+            _fmt(r["ref_params"], ","),
+            _fmt(r["gflops"], ".2f"),
+            _fmt(r["ref_gflops"], ".1f"),
+            _fmt(r["gmacs"], ".2f"),
+            r["description"],
+        ]
+        for r in rows
+    ]
+    widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
+    right = {1, 2, 3, 4, 5}  # numbers right-aligned
+
+    def line(cells: list[str]) -> str:
+        pairs = enumerate(zip(cells, widths, strict=True))
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in pairs).rstrip()
+
+    size = rows[0]["img_size"] if rows else 224
+    notes = [
+        f"FLOPs per {size}x{size} image, batch 1, forward only; multiply-add = 2 FLOPs (GMACs = GFLOPs / 2).",
+        "ref: parameter counts of the reference state dicts; GFLOPs of the reference implementations.",
+    ]
+    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, body), "", *notes])
+
+
+def run(args: argparse.Namespace) -> int:
+    from organseg.models import list_models
+    from organseg.models.flops import model_profile
+
+    names = args.models or list_models()
+    unknown = [n for n in names if n not in list_models()]
+    if unknown:
+        raise ConfigError(f"unknown model(s) {', '.join(unknown)}; available: {', '.join(list_models())}")
+    if args.img_size < 16 or args.img_size % 16:
+        raise ConfigError(f"--img-size must be a positive multiple of 16, got {args.img_size}")
+    rows = []
+    for name in names:
+        try:
+            rows.append(model_profile(name, img_size=args.img_size))
+        except ValueError as exc:  # e.g. a Swin-Unet window grid that does not fit this size
+            raise ConfigError(f"{name} at {args.img_size}x{args.img_size}: {exc}") from None
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(format_table(rows))
+    return 0
