@@ -201,3 +201,21 @@ def test_bad_input_shape_is_a_clear_error(small_unet, shape):
 def test_bad_constructor_arguments():
     with pytest.raises(ValueError, match="num_classes"):
         create_model("unet", num_classes=0)
+
+
+def test_width_multiplier_scales_channels_and_keeps_keys():
+    from organseg.models import create_model
+
+    full = create_model("unet")
+    small = create_model("unet", width=0.25, num_classes=4)
+    assert list(full.state_dict()) == list(small.state_dict())
+    assert small.encoder.features[0].out_channels == 16
+    assert small.decoder.final.in_channels == 16
+    assert small.config == {"num_classes": 4, "in_chans": 1, "width": 0.25}
+    n_full = sum(p.numel() for p in full.parameters())
+    n_small = sum(p.numel() for p in small.parameters())
+    assert n_small < n_full / 12
+    out = small(torch.randn(2, 1, 64, 64))
+    assert out.shape == (2, 4, 64, 64)
+    rebuilt = create_model("unet", **small.config)
+    rebuilt.load_state_dict(small.state_dict())

@@ -135,16 +135,24 @@ class UNet(nn.Module):
     Args:
         num_classes: output channels (9 for Synapse: background + 8 organs; 4 for ACDC).
         in_chans: input channels (1 for CT / MRI slices).
+        width: multiplier on every channel count (1.0 is the seed's network; 0.25 gives a 16x cheaper
+            U-Net of the same shape, used by the CPU demo). Channels are rounded to multiples of 8.
     """
 
-    def __init__(self, num_classes: int = 9, in_chans: int = 1) -> None:
+    def __init__(self, num_classes: int = 9, in_chans: int = 1, width: float = 1.0) -> None:
         super().__init__()
         if num_classes < 1 or in_chans < 1:
             raise ValueError(f"num_classes and in_chans must be >= 1, got {num_classes} and {in_chans}")
+        if not 0 < width <= 4:
+            raise ValueError(f"width must be in (0, 4], got {width}")
         self.num_classes = num_classes
         self.in_chans = in_chans
+        self.width = width
         self.config: dict = {"num_classes": num_classes, "in_chans": in_chans}
-        self.encoder = Encoder(in_chans)
+        if width != 1.0:
+            self.config["width"] = width
+        cfg = tuple(v if v == "M" else max(8, int(round(int(v) * width / 8)) * 8) for v in VGG16_CFG)
+        self.encoder = Encoder(in_chans, cfg)
         self.decoder = Decoder(num_classes, tuple(self.encoder.out_channels))
 
     @property
@@ -177,6 +185,6 @@ def prepare_for_speed(model: UNet, channels_last: bool = True) -> UNet:
 
 
 @register_model("unet")
-def unet(num_classes: int = 9, in_chans: int = 1) -> UNet:
-    """The seed's U-Net, 24,898,953 parameters for 1 input channel and 9 classes."""
-    return UNet(num_classes=num_classes, in_chans=in_chans)
+def unet(num_classes: int = 9, in_chans: int = 1, width: float = 1.0) -> UNet:
+    """The seed's U-Net, 24,898,953 parameters for 1 input channel and 9 classes (``width`` 1.0)."""
+    return UNet(num_classes=num_classes, in_chans=in_chans, width=width)
