@@ -107,8 +107,12 @@ def make_checkpoint(
     }
 
 
-def model_from_checkpoint(ckpt: dict | str | Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
-    """Rebuild the network a checkpoint describes, load its weights strictly, return (model in eval mode, ckpt)."""
+def model_from_checkpoint(
+    ckpt: dict | str | Path, map_location: str | torch.device = "cpu"
+) -> tuple[nn.Module, dict]:
+    """Rebuild the network a checkpoint describes and load its weights strictly.
+
+    Returns (model in eval mode, checkpoint dict)."""
     from organseg.models import create_model
 
     if not isinstance(ckpt, dict):
@@ -116,8 +120,10 @@ def model_from_checkpoint(ckpt: dict | str | Path, map_location: str | torch.dev
     model = create_model(ckpt["model_name"], **ckpt.get("model_args", {}))
     missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
     if missing or unexpected:
+        more_m = "..." if len(missing) > 5 else ""
+        more_u = "..." if len(unexpected) > 5 else ""
         raise CheckpointError(
-            f"checkpoint does not fit {ckpt['model_name']}: missing keys {missing[:5]}"
-            f"{'...' if len(missing) > 5 else ''}, unexpected keys {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
+            f"checkpoint does not fit {ckpt['model_name']}: missing keys {missing[:5]}{more_m}, "
+            f"unexpected keys {unexpected[:5]}{more_u}"
         )
     return model.eval(), ckpt

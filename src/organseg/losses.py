@@ -56,7 +56,9 @@ class DiceCELoss(nn.Module):
         self.ce_weight = ce_weight
         self.dice_weight = dice_weight
 
-    def components(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def components(
+        self, logits: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         labels = labels.long()
         ce = F.cross_entropy(logits.float(), labels)
         dice = soft_dice_loss(logits, labels, self.num_classes, all_reduce=self.all_reduce)

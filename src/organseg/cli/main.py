@@ -18,7 +18,11 @@ _ORDER = ["demo", "info", "phantom", "prepare", "train", "test", "predict", "rep
 def _verb_modules() -> list[str]:
     import organseg.cli as pkg
 
-    names = [m.name for m in pkgutil.iter_modules(pkg.__path__) if m.name not in ("main",) and not m.name.startswith("_")]
+    names = [
+        m.name
+        for m in pkgutil.iter_modules(pkg.__path__)
+        if m.name not in ("main",) and not m.name.startswith("_")
+    ]
     return sorted(names, key=lambda n: (_ORDER.index(n) if n in _ORDER else len(_ORDER), n))
 
 

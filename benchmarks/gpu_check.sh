@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# GPU check (under 8 minutes): training images/s of both networks x fp32 / bf16 / bf16+compile, then as many
+# epochs of ACDC Swin-Unet training (bf16) as fit, with epoch times and validation DSC.
+#
+#   benchmarks/gpu_check.sh              on a CUDA machine
+#   benchmarks/gpu_check.sh --dry-run    the same steps in miniature on the CPU (tiny sizes, seconds each)
+#
+# env: PYTHON (default .venv/bin/python if present, else python3), ACDC_DIR (default ../shared/data/acdc),
+#      TRAIN_MIN (ACDC training minutes, default 3), OUT (default runs/gpu_check)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+dry=0
+[[ "${1:-}" == "--dry-run" ]] && dry=1
+py=${PYTHON:-$( [[ -x .venv/bin/python ]] && echo .venv/bin/python || echo python3 )}
+out=${OUT:-runs/gpu_check}
+acdc=${ACDC_DIR:-../shared/data/acdc}
+mkdir -p "$out"
+
+# 1. Install what is missing. The device machines have no internet: torch (with CUDA) and the scientific stack
+#    must already be there; organseg itself installs from this checkout without touching the network.
+if ! "$py" -c "import organseg.training" 2>/dev/null; then
+  "$py" -m pip install --no-deps --no-build-isolation -e . >/dev/null
+fi
+missing=$("$py" - <<'PY'
+import importlib.util as u
+print(" ".join(m for m in ("torch", "numpy", "scipy", "h5py", "yaml", "tqdm", "SimpleITK") if u.find_spec(m) is None))
+PY
+)
+if [[ -n "$missing" ]]; then
+  "$py" -m pip install -q $missing || { echo "gpu_check: cannot install: $missing" >&2; exit 2; }
+fi
+"$py" - <<'PY'
+import torch
+print(f"torch {torch.__version__}, CUDA {torch.version.cuda},",
+      torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU", flush=True)
+PY
+
+if (( dry )); then
+  device=cpu; img=32; batch=2; iters=1; repeats=1
+  swin='{"embed_dim": 12, "num_heads": [1, 2, 3, 4], "window_size": 2}'
+  acdc_sets=(--set train.img_size=32 --set model.args.embed_dim=12 --set "model.args.num_heads=[1,2,3,4]"
+             --set model.args.window_size=2 --set data.max_train_slices=8 --set train.batch_size=4
+             --set train.max_iterations=4 --set val.max_cases=1 --set val.every=1 --set train.progress=false)
+  precisions=(fp32 bf16)
+  compile=()  # torch.compile builds C++ kernels on a CPU: many minutes on a small shared machine
+else
+  device=cuda; img=224; batch=24; iters=10; repeats=1; swin='{}'
+  acdc_sets=(--set train.time_budget_min="${TRAIN_MIN:-3}" --set val.every=1 --set train.progress=false)
+  precisions=(fp32 bf16)
+  compile=(--compile)
+fi
+
+# 2. Throughput table: reference-style loop (fp32, per-sample SciPy augmentation) vs organseg, both networks.
+"$py" benchmarks/bench_train.py --device "$device" --img "$img" --batch "$batch" --warmup 2 --iters "$iters" \
+  --repeats "$repeats" --ref-workers "$(( dry ? 0 : 8 ))" --precisions "${precisions[@]}" "${compile[@]}" \
+  --swin-args "$swin" --json "$out/bench_train.json"
+
+# 3. ACDC Swin-Unet, bf16, as many epochs as fit: one line per epoch (time, img/s) and per validation (DSC).
+if [[ -d "$acdc" ]]; then
+  rm -rf "$out/acdc_swin_unet"
+  "$py" -m organseg train swin_unet_acdc --data "$acdc" --out "$out/acdc_swin_unet" --device "$device" \
+    --precision bf16 "${acdc_sets[@]}" | grep -E "^(epoch |val |organseg train: (completed|time_budget))"
+else
+  echo "gpu_check: $acdc not found (set ACDC_DIR); skipping the ACDC training" >&2
+fi

@@ -1,0 +1,161 @@
+"""Training batches for one process: the reference per-sample path and the fast batched path.
+
+Every random draw is a pure function of the run seed and the position in training, never of the history:
+
+* the sample order of epoch ``e`` is ``DistributedSampler(seed, epoch=e)`` (one process is ``world_size=1``),
+  so a torchrun job sees the same global batches as a single process with the same global batch size;
+* ``augment="reference"`` re-seeds Python ``random`` and NumPy per sample from ``(seed, epoch, index)`` before
+  calling the reference ``RandomGenerator``, so neither the number of DataLoader workers nor a resume changes
+  the augmentation;
+* ``augment="batched"`` runs the same augmentation (same SciPy geometry, same zoom, to float rounding) on
+  the whole batch with ``BatchAugment``, its choices drawn from a generator seeded by
+  ``(seed, epoch, batch, rank)``.
+
+That is what lets ``--resume`` restart from any iteration and end bit-identical to an uninterrupted run,
+with nothing but the iteration number in the checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from tqdm import tqdm
+
+from organseg.data.base import SegmentationDataset
+from organseg.errors import ConfigError, DataError
+from organseg.training.distributed import STREAM_BATCH, STREAM_SAMPLE, DistEnv, derive_seed
+
+
+class _SeededSlices(Dataset):
+    """Indexed by ``(epoch, i)``: slice ``i`` through the reference ``RandomGenerator``, seeded per sample."""
+
+    def __init__(self, slices: Sequence[tuple[np.ndarray, np.ndarray]], size: int, seed: int) -> None:
+        from organseg.data.augment import RandomGenerator
+
+        self.slices, self.seed = slices, seed
+        self.transform = RandomGenerator((size, size))
+
+    def __len__(self) -> int:
+        return len(self.slices)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        epoch, i = key
+        s = derive_seed(self.seed, STREAM_SAMPLE, epoch, i)
+        random.seed(s)  # RandomGenerator draws from the global generators, exactly as the reference
+        np.random.seed(s % 2**32)
+        image, label = self.slices[i]
+        return self.transform(image, label)
+
+
+class _EpochBatches(Sampler):
+    """A batch sampler whose batches are set per epoch (works with persistent DataLoader workers)."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[tuple[int, int]]] = []
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def _load_all(
+    slices: Sequence[tuple[np.ndarray, np.ndarray]], device: torch.device, show: bool
+) -> tuple[torch.Tensor | list[torch.Tensor], torch.Tensor | list[torch.Tensor]]:
+    """Every training slice in memory at its own size (one stacked tensor when all sizes agree, as Synapse's
+    512²; a list otherwise, as ACDC). Labels as uint8: a quarter of the memory of int64."""
+    images, labels = [], []
+    for i in tqdm(range(len(slices)), desc="loading training slices", disable=not show, leave=False):
+        image, label = slices[i]
+        images.append(torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).to(device))
+        labels.append(torch.from_numpy(np.ascontiguousarray(label)).to(device=device, dtype=torch.uint8))
+    if len({tuple(x.shape) for x in images}) == 1:
+        return torch.stack(images), torch.stack(labels)
+    return images, labels
+
+
+class TrainBatches:
+    """One epoch of this process's ``(images (b,1,S,S) float32, labels (b,S,S) int64)`` on its device."""
+
+    def __init__(self, dataset: SegmentationDataset, cfg: dict, env: DistEnv) -> None:
+        t = cfg["train"]
+        slices = dataset.train_slices()
+        limit = cfg["data"]["max_train_slices"]
+        if limit is not None and limit < len(slices):
+            slices = [slices[i] for i in range(limit)]
+        if len(slices) == 0:
+            raise DataError(f"{dataset.name}: the dataset has no training slices")
+        if dataset.num_classes > 256:
+            raise DataError(f"{dataset.name}: {dataset.num_classes} classes; at most 256 are supported")
+        if t["batch_size"] % env.world_size:
+            raise ConfigError(
+                f"train.batch_size={t['batch_size']} is the global batch and must divide evenly over "
+                f"{env.world_size} processes"
+            )
+        self.env, self.seed, self.mode = env, t["seed"], t["augment"]
+        self.batch = t["batch_size"] // env.world_size
+        self.num_slices = len(slices)
+        # drop_last=False as the reference: the last batch of an epoch is smaller.
+        self.sampler = DistributedSampler(
+            range(len(slices)), num_replicas=env.world_size, rank=env.rank, shuffle=True, seed=self.seed
+        )
+        pin = env.device.type == "cuda"
+        if self.mode == "reference":
+            self._batches = _EpochBatches()
+            workers = t["num_workers"]
+            self._loader = DataLoader(
+                _SeededSlices(slices, t["img_size"], self.seed),
+                batch_sampler=self._batches,
+                num_workers=workers,
+                pin_memory=pin,
+                persistent_workers=workers > 0,
+            )
+        else:
+            from organseg.data.augment import BatchAugment
+
+            # The slices live in memory (Synapse: 2211 x 512² = 2.9 GB with uint8 labels; on a GPU they live
+            # there), so a batch is one gather; BatchAugment then does the reference's geometry and its zoom
+            # to img_size on the whole batch, on the training device.
+            self.images, self.labels = _load_all(slices, env.device, show=env.is_main and t["progress"])
+            self._augment = BatchAugment((t["img_size"], t["img_size"]))
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.sampler) / self.batch)
+
+    @property
+    def images_per_iteration(self) -> int:
+        return self.batch * self.env.world_size
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches ``start..`` of epoch ``epoch`` (``start`` > 0 when resuming mid-epoch)."""
+        self.sampler.set_epoch(epoch)
+        order = list(self.sampler)
+        batches = [order[i : i + self.batch] for i in range(0, len(order), self.batch)]
+        dev = self.env.device
+        if self.mode == "reference":
+            self._batches.batches = [[(epoch, i) for i in b] for b in batches[start:]]
+            for images, labels in self._loader:
+                yield images.to(dev, non_blocking=True), labels.to(dev, non_blocking=True).long()
+            return
+        for k in range(start, len(batches)):
+            if isinstance(self.images, torch.Tensor):
+                idx = torch.tensor(batches[k], device=dev)
+                images, labels = self.images[idx], self.labels[idx]
+            else:
+                images, labels = [self.images[i] for i in batches[k]], [self.labels[i] for i in batches[k]]
+            if self.mode == "batched":
+                gen = torch.Generator(dev).manual_seed(
+                    derive_seed(self.seed, STREAM_BATCH, epoch, k, self.env.rank)
+                )
+                params = self._augment.sample_params(len(images), gen)
+            else:  # "none": the reference resize only
+                params = dict.fromkeys(
+                    ("branch", "k", "axis", "angle"), torch.zeros(len(images), dtype=torch.long)
+                )
+            yield self._augment.apply(images, labels, params)

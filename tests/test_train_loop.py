@@ -1,0 +1,316 @@
+"""The training loop on a tiny network: run folder, records, checkpoints, resume (also after SIGKILL),
+time budget, NaN stop, validation split, precision paths and the two real networks."""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import organseg.training.loop as loop
+from organseg.checkpoint import model_from_checkpoint, read_checkpoint
+from organseg.data.augment import resize_slice
+from organseg.errors import ConfigError
+from organseg.training import TrainingDiverged, poly_lr, read_metrics, train
+from organseg.training.data import TrainBatches
+from organseg.training.distributed import DistEnv
+from test_train_support import SIZE, TINY, state_dict_of, tiny_config, tiny_dataset
+
+TESTS = Path(__file__).resolve().parent
+# 12 slices at batch 4: 3 iterations per epoch, 3 epochs, 9 iterations.
+N_SLICES, IPE, EPOCHS = 12, 3, 3
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("runs") / "full"
+    summary = train(tiny_config(), tiny_dataset(N_SLICES), out)
+    return out, summary
+
+
+def test_run_folder_records_and_checkpoints(uninterrupted):
+    out, summary = uninterrupted
+    assert summary["stopped"] == "completed" and summary["iterations"] == IPE * EPOCHS
+
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["model"] == {"name": TINY, "args": {}}
+    assert (
+        cfg["train"]["batch_size"] == 4
+        and cfg["train"]["seed"] == 1234
+        and cfg["train"]["precision"] == "fp32"
+    )
+
+    env = json.loads((out / "env.json").read_text())
+    assert {"git", "packages", "device", "precision", "torch_threads", "command"} <= set(env)
+    assert set(env["git"]) == {"commit", "dirty"} and env["packages"]["torch"] == torch.__version__
+    assert env["device"] == "cpu" and env["torch_threads"] == 1
+
+    train_recs = read_metrics(out, "train")
+    assert [r["iter"] for r in train_recs] == list(range(1, IPE * EPOCHS + 1))
+    assert [r["epoch"] for r in train_recs] == [i // IPE for i in range(IPE * EPOCHS)]
+    assert set(train_recs[0]) == {"kind", "iter", "epoch", "loss", "ce", "dice", "lr", "time"}
+    for r in train_recs:
+        assert r["loss"] == pytest.approx(0.4 * r["ce"] + 0.6 * r["dice"], rel=1e-6)
+    # The LR each step used: base for steps 1 and 2, then the poly value set after the previous step.
+    total = IPE * EPOCHS
+    expected = [0.05] + [poly_lr(0.05, i, total, 0.9) for i in range(total - 1)]
+    assert [r["lr"] for r in train_recs] == pytest.approx(expected, rel=1e-12)
+
+    val_recs = read_metrics(out, "val")
+    assert [(r["epoch"], r["iter"]) for r in val_recs] == [(e, IPE * (e + 1)) for e in range(EPOCHS)]
+    assert set(val_recs[0]["per_class"]) == {"box", "bar"}
+    assert val_recs[0]["cases"] == 2  # the two validation volumes, not the test one
+
+    names = sorted(p.name for p in (out / "checkpoints").iterdir())
+    # save_interval 1 and 3 epochs: epoch_2 only (past half-way), as the reference cadence.
+    assert names == ["best.pt", "epoch_2.pt", "last.pt"]
+    last = read_checkpoint(out / "checkpoints" / "last.pt")  # weights_only=True inside
+    assert last["iteration"] == total and last["epoch"] == EPOCHS and "optimizer" in last
+    assert (
+        last["class_names"] == ["background", "box", "bar"]
+        and last["config"]["train"]["max_epochs"] == EPOCHS
+    )
+    best = read_checkpoint(out / "checkpoints" / "best.pt")
+    assert best["val"]["mean_dice"] == max(r["mean_dice"] for r in val_recs)
+    assert "optimizer" not in best
+    model, _ = model_from_checkpoint(out / "checkpoints" / "last.pt")
+    assert all(torch.equal(v, last["model"][k]) for k, v in model.state_dict().items())
+    assert json.loads((out / "summary.json").read_text())["iterations"] == total
+
+
+def test_training_learns_the_tiny_task(uninterrupted):
+    recs = read_metrics(uninterrupted[0], "train")
+    assert np.mean([r["loss"] for r in recs[-3:]]) < np.mean([r["loss"] for r in recs[:3]])
+
+
+def test_resume_after_sigkill_mid_epoch_is_bit_identical(uninterrupted, tmp_path):
+    out = tmp_path / "killed"
+    kill_at = IPE + 2  # the second batch of epoch 2, after epoch 1's last.pt
+    script = textwrap.dedent(
+        f"""
+        import os, signal, sys
+        sys.path.insert(0, {str(TESTS)!r})
+        from test_train_support import tiny_config, tiny_dataset
+        import organseg.training.loop as loop
+
+        class KillingLoss(loop.DiceCELoss):
+            calls = 0
+            def components(self, logits, labels):
+                KillingLoss.calls += 1
+                if KillingLoss.calls == {kill_at}:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                return super().components(logits, labels)
+
+        loop.DiceCELoss = KillingLoss
+        loop.train(tiny_config(), tiny_dataset({N_SLICES}), {str(out)!r})
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert read_checkpoint(out / "checkpoints" / "last.pt")["iteration"] == IPE
+    assert max(r["iter"] for r in read_metrics(out, "train")) == kill_at - 1  # records past the checkpoint
+
+    summary = train(tiny_config(), tiny_dataset(N_SLICES), out, resume=True)
+    assert summary["iterations"] == IPE * EPOCHS
+    ref, got = (
+        state_dict_of(uninterrupted[0] / "checkpoints" / "last.pt"),
+        state_dict_of(out / "checkpoints" / "last.pt"),
+    )
+    assert all(torch.equal(ref[k], got[k]) for k in ref)
+    # The half-done epoch's records were dropped and redone: the log reads like the uninterrupted one.
+    assert [r["loss"] for r in read_metrics(out, "train")] == [
+        r["loss"] for r in read_metrics(uninterrupted[0], "train")
+    ]
+
+
+def test_time_budget_stops_resumably_mid_epoch(uninterrupted, tmp_path):
+    out = tmp_path / "budget"
+    summary = train(tiny_config(train={"time_budget_min": 1e-9}), tiny_dataset(N_SLICES), out)
+    assert summary["stopped"] == "time_budget" and summary["iterations"] == 1
+    assert summary["last_val"] is not None  # a stopped run is still validated
+    assert read_checkpoint(out / "checkpoints" / "last.pt")["iteration"] == 1
+    # The budget is a runtime key: raising it (here: removing it) continues the same run.
+    summary = train(tiny_config(), tiny_dataset(N_SLICES), out, resume=True)
+    assert summary["stopped"] == "completed" and summary["iterations"] == IPE * EPOCHS
+    ref, got = (
+        state_dict_of(uninterrupted[0] / "checkpoints" / "last.pt"),
+        state_dict_of(out / "checkpoints" / "last.pt"),
+    )
+    assert all(torch.equal(ref[k], got[k]) for k in ref)
+
+
+def test_existing_run_needs_resume_and_the_same_recipe(uninterrupted, tmp_path):
+    out = uninterrupted[0]
+    with pytest.raises(ConfigError, match="already holds a run"):
+        train(tiny_config(), tiny_dataset(N_SLICES), out)
+    with pytest.raises(ConfigError, match=r"differs from the run being resumed: train.base_lr: 0.05 -> 0.01"):
+        train(tiny_config(train={"base_lr": 0.01}), tiny_dataset(N_SLICES), out, resume=True)
+    # Resuming a finished run does nothing and says so.
+    assert train(tiny_config(), tiny_dataset(N_SLICES), out, resume=True)["iterations"] == IPE * EPOCHS
+    # --resume without a checkpoint starts fresh (same command for first start and restarts).
+    fresh = train(tiny_config(train={"max_epochs": 1}), tiny_dataset(N_SLICES), tmp_path / "new", resume=True)
+    assert fresh["iterations"] == IPE
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    bad_at = IPE + 2
+
+    class NaNLoss(loop.DiceCELoss):
+        calls = 0
+
+        def components(self, logits, labels):
+            NaNLoss.calls += 1
+            total, ce, dice = super().components(logits, labels)
+            return (total * math.nan if NaNLoss.calls >= bad_at else total), ce, dice
+
+    monkeypatch.setattr(loop, "DiceCELoss", NaNLoss)
+    out = tmp_path / "nan"
+    with pytest.raises(TrainingDiverged, match=rf"loss is nan at iteration {bad_at} \(epoch 2\).*last\.pt"):
+        train(tiny_config(), tiny_dataset(N_SLICES), out)
+    last = read_checkpoint(out / "checkpoints" / "last.pt")
+    assert last["iteration"] == IPE
+    assert all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
+
+
+class _Recorder:
+    def __init__(self):
+        self.scalars: list[tuple[str, float, int]] = []
+
+    def add_scalar(self, tag, value, step):
+        self.scalars.append((tag, value, step))
+
+    def close(self):
+        pass
+
+
+def test_tensorboard_mirrors_the_records_when_installed(tmp_path, monkeypatch):
+    import organseg.training.runlog as runlog
+
+    rec = _Recorder()
+    monkeypatch.setattr(runlog, "_summary_writer", lambda log_dir: rec)
+    train(tiny_config(train={"max_epochs": 1}), tiny_dataset(N_SLICES), tmp_path / "tb")
+    tags = {t for t, _, _ in rec.scalars}
+    assert {"train/loss", "train/ce", "train/dice", "train/lr", "val/mean_dice", "val_dice/box"} <= tags
+    losses = [v for t, v, _ in rec.scalars if t == "train/loss"]
+    assert losses == [r["loss"] for r in read_metrics(tmp_path / "tb", "train")]
+
+
+class _Guarded(type(tiny_dataset(1))):
+    """Fails the test if training touches the test split."""
+
+    def case_ids(self, split):
+        assert split != "test", "train read the test split"
+        return super().case_ids(split)
+
+    def volume(self, case_id):
+        assert not case_id.startswith("test"), "train loaded a test volume"
+        return super().volume(case_id)
+
+
+def test_validation_never_reads_test_volumes(tmp_path):
+    ds = tiny_dataset(N_SLICES)
+    ds.__class__ = _Guarded
+    summary = train(tiny_config(train={"max_epochs": 1}), ds, tmp_path / "guard")
+    assert summary["last_val"]["cases"] == 2
+
+
+def _epoch_batches(ds, **train_cfg) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    cfg = loop.resolve_config(tiny_config(train=train_cfg))
+    return list(TrainBatches(ds, cfg, DistEnv()).epoch(0))
+
+
+def test_reference_augmentation_does_not_depend_on_workers():
+    ds = tiny_dataset(8, sizes=((SIZE, SIZE), (40, 36)))  # mixed sizes, as ACDC
+    a = _epoch_batches(ds, augment="reference", num_workers=0)
+    b = _epoch_batches(ds, augment="reference", num_workers=2)
+    assert len(a) == 2 and all(
+        torch.equal(x[0], y[0]) and torch.equal(x[1], y[1]) for x, y in zip(a, b, strict=True)
+    )
+    assert a[0][0].shape == (4, 1, SIZE, SIZE) and a[0][1].dtype == torch.int64
+
+
+def test_unaugmented_batches_are_the_reference_resize():
+    ds = tiny_dataset(8, sizes=((SIZE, SIZE), (40, 36)))
+    cfg = loop.resolve_config(tiny_config(train={"augment": "none"}))
+    batches = TrainBatches(ds, cfg, DistEnv())
+    batches.sampler.set_epoch(0)
+    order = list(batches.sampler)
+    images = torch.cat([b[0] for b in batches.epoch(0)])
+    labels = torch.cat([b[1] for b in batches.epoch(0)])
+    for pos, i in enumerate(order):
+        img, lab = resize_slice(*ds.train_slices()[i], (SIZE, SIZE))
+        torch.testing.assert_close(images[pos, 0], torch.from_numpy(img), atol=1e-5, rtol=0)
+        assert torch.equal(labels[pos], torch.from_numpy(lab))
+
+
+def test_batched_augmentation_differs_per_epoch_and_is_repeatable():
+    ds = tiny_dataset(8)
+    cfg = loop.resolve_config(tiny_config())
+    batches = TrainBatches(ds, cfg, DistEnv())
+    e0, e0_again, e1 = list(batches.epoch(0)), list(batches.epoch(0)), list(batches.epoch(1))
+    assert all(torch.equal(x[0], y[0]) for x, y in zip(e0, e0_again, strict=True))
+    assert not all(torch.equal(x[0], y[0]) for x, y in zip(e0, e1, strict=True))
+    # Resuming at batch 1 gives exactly batch 1 of the full epoch.
+    assert torch.equal(next(iter(batches.epoch(0, start=1)))[0], e0[1][0])
+
+
+def test_bf16_channels_last_path_tracks_the_fp32_path(tmp_path):
+    cfg = {"max_epochs": 1, "augment": "none"}
+    plain = train(tiny_config(train=cfg), tiny_dataset(N_SLICES), tmp_path / "fp32")
+    fast = train(
+        tiny_config(train={**cfg, "precision": "bf16", "channels_last": True}),
+        tiny_dataset(N_SLICES),
+        tmp_path / "bf16",
+    )
+    assert fast["iterations"] == plain["iterations"]
+    a, b = read_metrics(tmp_path / "fp32", "train"), read_metrics(tmp_path / "bf16", "train")
+    assert a[0]["loss"] != b[0]["loss"]  # bf16 really ran
+    for x, y in zip(a, b, strict=True):
+        assert y["loss"] == pytest.approx(x["loss"], rel=2e-2)
+    assert json.loads((tmp_path / "bf16" / "env.json").read_text())["channels_last"] is True
+
+
+def test_fp16_on_cpu_is_refused_clearly(tmp_path):
+    with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
+        train(tiny_config(train={"precision": "fp16"}), tiny_dataset(4), tmp_path / "fp16")
+
+
+def test_global_batch_must_split_over_processes(tmp_path):
+    cfg = loop.resolve_config(tiny_config(train={"batch_size": 5}))
+    with pytest.raises(ConfigError, match="must divide evenly over 2 processes"):
+        TrainBatches(tiny_dataset(4), cfg, DistEnv(rank=0, world_size=2))
+
+
+@pytest.mark.parametrize(
+    ("name", "args"),
+    [("unet", {}), ("swin_unet", {"embed_dim": 12, "num_heads": [1, 2, 3, 4], "window_size": 2})],
+)
+def test_the_real_networks_train_and_reload(tmp_path, name, args):
+    cfg = tiny_config(
+        model={"name": name, "args": args}, train={"max_epochs": 1, "batch_size": 4}, val={"every": 0}
+    )
+    summary = train(cfg, tiny_dataset(8), tmp_path / name)
+    assert summary["iterations"] == 2 and math.isfinite(read_metrics(tmp_path / name, "train")[-1]["loss"])
+    model, ckpt = model_from_checkpoint(tmp_path / name / "checkpoints" / "last.pt")
+    if name == "swin_unet":
+        assert ckpt["model_args"]["img_size"] == SIZE  # filled from train.img_size
+    assert model(torch.zeros(1, 1, SIZE, SIZE)).shape == (1, 3, SIZE, SIZE)
+
+
+def test_max_iterations_sets_the_horizon_mid_epoch(tmp_path):
+    out = tmp_path / "iters"
+    summary = train(tiny_config(train={"max_iterations": 4}), tiny_dataset(N_SLICES), out)
+    assert summary["iterations"] == 4 and summary["max_iterations"] == 4
+    recs = read_metrics(out, "train")
+    assert [r["lr"] for r in recs] == pytest.approx([0.05] + [poly_lr(0.05, i, 4, 0.9) for i in range(3)])
+    assert [r["iter"] for r in read_metrics(out, "val")] == [3, 4]  # end of epoch 1, and the final one
+    assert read_checkpoint(out / "checkpoints" / "last.pt")["iteration"] == 4
