@@ -1,0 +1,202 @@
+"""Evaluation speed: metrics (MedPy vs organseg) and volume inference (reference slice loop vs batched).
+
+    python benchmarks/bench_eval.py                         # 512x512x100 phantom case, both parts
+    python benchmarks/bench_eval.py --infer-slices 16       # fewer slices for inference (slow on a CPU)
+    python benchmarks/bench_eval.py --skip-inference --json out.json
+
+Metrics: a synthetic abdominal CT phantom (``organseg.data.phantom``) of 512x512x100 voxels with the 8 Synapse
+organs; the "prediction" is the truth with every organ shifted by a few voxels and its surface roughened
+(``clean``), plus scattered false-positive voxels all over the volume (``stray``: they stretch bounding boxes,
+the worst case for box-restricted distance transforms). MedPy runs TransUNet's ``calculate_metric_percase``;
+every number must be equal.
+
+Inference: both networks at the paper configuration (random weights unless ``--checkpoint``), the phantom's
+CT window as input, reference loop (one slice per forward pass) vs batched (``--batch-size`` slices, fp32,
+and bf16 on CUDA). Predictions must be equal in fp32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from organseg.data.classes import BTCV_TO_SYNAPSE, remap_labels
+from organseg.data.phantom import make_phantom_case
+from organseg.data.preprocess import apply_preprocessing, ct_window_spec
+from organseg.evaluation.inference import predict_volume
+from organseg.evaluation.metrics import case_metrics, dice, hd95
+
+
+def phantom(num_slices: int, size: int) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+    hu, btcv, spacing = make_phantom_case(0, size=size, num_slices=num_slices)
+    return apply_preprocessing(hu, ct_window_spec()), remap_labels(btcv, BTCV_TO_SYNAPSE), spacing
+
+
+def perturbed(gt: np.ndarray, stray: float, seed: int = 0) -> np.ndarray:
+    """Each organ shifted by up to (1, 4, 4) voxels with a roughened surface; optional stray voxels."""
+    rng = np.random.default_rng(seed)
+    pred = np.zeros_like(gt)
+    for c in range(1, int(gt.max()) + 1):
+        m = gt == c
+        if not m.any():
+            continue
+        shift = (int(rng.integers(-1, 2)), int(rng.integers(-4, 5)), int(rng.integers(-4, 5)))
+        m = np.roll(m, shift, (0, 1, 2))
+        edge = m ^ ndimage.binary_erosion(m)
+        m &= ~(edge & (rng.random(m.shape) < 0.3))
+        pred[m] = c
+    if stray:
+        idx = rng.random(gt.shape) < stray
+        pred[idx] = rng.integers(1, 9, int(idx.sum()))
+    return pred
+
+
+def medpy_case(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> np.ndarray:
+    from medpy.metric import binary
+
+    out = []
+    for i in range(1, num_classes):
+        p, g = pred == i, gt == i
+        if p.sum() > 0 and g.sum() > 0:
+            out.append((binary.dc(p, g), binary.hd95(p, g)))
+        elif p.sum() > 0:
+            out.append((1, 0))
+        else:
+            out.append((0, 0))
+    return np.array(out, dtype=np.float64)
+
+
+def plain_case(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> np.ndarray:
+    out = []
+    for i in range(1, num_classes):
+        p, g = pred == i, gt == i
+        if p.any() and g.any():
+            out.append((dice(p, g), hd95(p, g)))
+        else:
+            out.append((1.0, 0.0) if p.any() else (0.0, 0.0))
+    return np.array(out)
+
+
+def timed(fn, *args, repeat: int = 1):
+    best, out = float("inf"), None
+    for _ in range(repeat):
+        t = time.perf_counter()
+        out = fn(*args)
+        best = min(best, time.perf_counter() - t)
+    return best, out
+
+
+def bench_metrics(gt: np.ndarray, skip_medpy: bool) -> list[dict]:
+    rows = []
+    for name, stray in (("clean", 0.0), ("stray", 1e-5)):
+        pred = perturbed(gt, stray)
+        t_fast, fast = timed(case_metrics, pred, gt, 9, repeat=3)
+        t_plain, plain = timed(plain_case, pred, gt, 9)
+        row = {"case": name, "shape": list(gt.shape), "ours_s": t_fast, "plain_box_edt_s": t_plain,
+               "plain_equal": bool(np.array_equal(fast, plain))}
+        if not skip_medpy:
+            t_medpy, ref = timed(medpy_case, pred, gt, 9)
+            row.update(medpy_s=t_medpy, speedup=t_medpy / t_fast, equal=bool(np.array_equal(fast, ref)),
+                       max_abs_diff=float(np.abs(fast - ref).max()))
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def _timed_predict(model, image: np.ndarray, batch_size: int, device: torch.device, **kw):
+    size = getattr(model, "img_size", 224)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    out = predict_volume(model, image, size, batch_size, device=device, **kw)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t, out
+
+
+def bench_inference(image: np.ndarray, models: list[str], batch_size: int, device: torch.device,
+                    checkpoint: str | None) -> list[dict]:
+    from organseg.checkpoint import model_from_checkpoint
+    from organseg.models import create_model
+
+    rows = []
+    for name in models:
+        torch.manual_seed(0)
+        if checkpoint:
+            model, ckpt = model_from_checkpoint(checkpoint)
+            name = f"{ckpt['model_name']} ({Path(checkpoint).name})"
+        else:
+            model = create_model(name)
+        model = model.to(device).eval()
+        _timed_predict(model, image[:2], batch_size, device)  # warm-up
+        t_loop, ref = _timed_predict(model, image, batch_size, device, reference_loop=True)
+        stats: dict = {}
+        t_batch, fast = _timed_predict(model, image, batch_size, device, stats=stats)
+        t_raw, raw = _timed_predict(model, image, batch_size, device, tie_check=False)
+        row = {"model": name, "slices": image.shape[0], "device": str(device), "loop_s": t_loop,
+               "batched_fp32_s": t_batch, "speedup": t_loop / t_batch,
+               "equal": bool(np.array_equal(ref, fast)), "rerun_slices": stats["rerun_slices"],
+               "batched_no_tie_check_s": t_raw, "speedup_no_tie_check": t_loop / t_raw,
+               "no_tie_check_differing_voxels": int((raw != ref).sum())}
+        if device.type == "cuda":
+            t_bf16, bf = _timed_predict(model, image, batch_size, device, precision="bf16")
+            row.update(batched_bf16_s=t_bf16, speedup_bf16=t_loop / t_bf16,
+                       bf16_voxel_agreement=float((bf == ref).mean()))
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--slices", type=int, default=100, help="phantom slices for the metric part")
+    ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--infer-slices", type=int, default=100, help="slices for the inference part")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--models", default="unet,swin_unet")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--checkpoint", help="use this checkpoint's network instead of random weights")
+    ap.add_argument("--skip-medpy", action="store_true")
+    ap.add_argument("--skip-inference", action="store_true")
+    ap.add_argument("--skip-metrics", action="store_true")
+    ap.add_argument("--json", type=Path, help="also write the results here")
+    args = ap.parse_args()
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if args.device == "auto" else args.device)
+    image, gt, _ = phantom(args.slices, args.size)
+    results: dict = {"torch_threads": torch.get_num_threads()}
+    if not args.skip_metrics:
+        results["metrics"] = bench_metrics(gt, args.skip_medpy)
+    if not args.skip_inference:
+        if args.checkpoint:
+            args.models = "checkpoint"  # one network: the checkpoint's
+        results["inference"] = bench_inference(image[: args.infer_slices], args.models.split(","),
+                                               args.batch_size, device, args.checkpoint)
+    print("\n| part | case | MedPy / loop (s) | ours / batched (s) | speed-up | equal |")
+    print("|---|---|---|---|---|---|")
+    for r in results.get("metrics", []):
+        shape = "x".join(map(str, r["shape"]))
+        print(f"| metrics | {r['case']} {shape} | {r.get('medpy_s', float('nan')):.2f} | "
+              f"{r['ours_s']:.2f} | {r.get('speedup', float('nan')):.1f}x | {r.get('equal', '-')} |")
+    for r in results.get("inference", []):
+        print(f"| inference fp32 | {r['model']} {r['slices']} slices, {r['device']} | {r['loop_s']:.2f} | "
+              f"{r['batched_fp32_s']:.2f} | {r['speedup']:.2f}x | {r['equal']} "
+              f"({r['rerun_slices']} re-run) |")
+        print(f"| inference fp32, no tie check | {r['model']} | {r['loop_s']:.2f} | "
+              f"{r['batched_no_tie_check_s']:.2f} | {r['speedup_no_tie_check']:.2f}x | "
+              f"{r['no_tie_check_differing_voxels']} voxels differ |")
+        if "batched_bf16_s" in r:
+            print(f"| inference bf16 | {r['model']} | {r['loop_s']:.2f} | {r['batched_bf16_s']:.2f} | "
+                  f"{r['speedup_bf16']:.2f}x | {100 * r['bf16_voxel_agreement']:.3f} % voxels |")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

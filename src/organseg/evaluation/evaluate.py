@@ -1,0 +1,274 @@
+"""Evaluate a network on a dataset split: per-case, per-class metrics under both protocols, and summaries.
+
+The reference summary is TransUNet / Swin-Unet ``test.py``: the mean over cases of each class, then the mean
+over classes (every case x class pair counts, the (1, 0) and (0, 0) edge entries included). The corrected
+summary is documented in :func:`corrected_summary`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from organseg.checkpoint import atomic_write_text
+from organseg.data.base import SegmentationDataset, Volume
+from organseg.errors import DataError
+from organseg.evaluation.inference import predict_volume
+from organseg.evaluation.metrics import case_metrics_all
+
+#: status of a (case, class) pair under the corrected protocol
+SCORED, MISSED, FALSE_POSITIVE, ABSENT = "scored", "missed", "false_positive", "absent"
+
+
+def _status(pred_present: bool, gt_present: bool) -> str:
+    if gt_present:
+        return SCORED if pred_present else MISSED
+    return FALSE_POSITIVE if pred_present else ABSENT
+
+
+def _num(x: float) -> float | None:
+    """JSON has no NaN: undefined values are written as null."""
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+def reference_summary(per_case: np.ndarray, class_names: Sequence[str]) -> dict[str, Any]:
+    """``test.py``'s aggregation of a (cases, classes - 1, 2) reference array."""
+    per_class = per_case.mean(axis=0)
+    return {
+        "mean_dice": float(per_class[:, 0].mean()),
+        "mean_hd95": float(per_class[:, 1].mean()),
+        "hd95_unit": "voxel",
+        "per_class": {
+            name: {"dice": float(d), "hd95": float(h)}
+            for name, (d, h) in zip(class_names[1:], per_class, strict=True)
+        },
+    }
+
+
+def corrected_summary(
+    per_case: np.ndarray, presence_: np.ndarray, class_names: Sequence[str], hd95_unit: str
+) -> dict[str, Any]:
+    """Corrected aggregation of a (cases, classes - 1, 2) corrected array and its (cases, classes - 1, 2)
+    presence flags (prediction present, ground truth present).
+
+    * Per class: Dice is the mean over the cases whose ground truth has the organ (a missed organ counts 0);
+      HD95 the mean over the cases where both have it. Cases without the organ are counted, not scored.
+    * ``mean_dice`` / ``mean_hd95``: the mean of the per-class values over the classes that have one (as the
+      papers' DSC column is the mean of the organ columns).
+    * ``missed`` / ``false_positive`` / ``absent`` count (case, class) pairs per class and in total.
+    """
+    names = list(class_names[1:])
+    out_classes: dict[str, dict[str, Any]] = {}
+    dices, hds = [], []
+    totals = {MISSED: 0, FALSE_POSITIVE: 0, ABSENT: 0, SCORED: 0}
+    for i, name in enumerate(names):
+        d = per_case[:, i, 0]
+        h = per_case[:, i, 1]
+        dice = float(np.mean(d[~np.isnan(d)])) if np.any(~np.isnan(d)) else math.nan
+        hd = float(np.mean(h[~np.isnan(h)])) if np.any(~np.isnan(h)) else math.nan
+        counts = {SCORED: 0, MISSED: 0, FALSE_POSITIVE: 0, ABSENT: 0}
+        for p, g in presence_[:, i]:
+            counts[_status(bool(p), bool(g))] += 1
+        for k, v in counts.items():
+            totals[k] += v
+        out_classes[name] = {"dice": _num(dice), "hd95": _num(hd), **counts}
+        if math.isfinite(dice):
+            dices.append(dice)
+        if math.isfinite(hd):
+            hds.append(hd)
+    return {
+        "mean_dice": _num(float(np.mean(dices))) if dices else None,
+        "mean_hd95": _num(float(np.mean(hds))) if hds else None,
+        "hd95_unit": hd95_unit,
+        "per_class": out_classes,
+        "missed": totals[MISSED],
+        "false_positive": totals[FALSE_POSITIVE],
+        "absent": totals[ABSENT],
+    }
+
+
+@dataclass
+class EvaluationResult:
+    """Metrics of one split. Arrays are (cases, classes - 1, 2): (Dice, HD95) per case and foreground class;
+    ``presence`` holds (prediction has the class, ground truth has the class)."""
+
+    split: str
+    class_names: tuple[str, ...]
+    case_ids: list[str]
+    reference: np.ndarray
+    corrected: np.ndarray
+    presence: np.ndarray
+    spacings: list[tuple[float, float, float] | None]
+    seconds: float = 0.0
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def hd95_unit(self) -> str:
+        has = {s is not None for s in self.spacings}
+        if has == {True}:
+            return "mm"
+        return "voxel" if has <= {False} else "mixed (mm where the case has a spacing)"
+
+    def summary(self) -> dict[str, Any]:
+        """Both protocols' summaries, JSON-ready (NaN written as null)."""
+        return {
+            "split": self.split,
+            "cases": len(self.case_ids),
+            "class_names": list(self.class_names),
+            "reference": reference_summary(self.reference, self.class_names),
+            "corrected": corrected_summary(self.corrected, self.presence, self.class_names, self.hd95_unit),
+            "seconds": round(self.seconds, 2),
+            **self.meta,
+        }
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per (case, class): the per-case table written as CSV."""
+        rows = []
+        for n, case in enumerate(self.case_ids):
+            for i, name in enumerate(self.class_names[1:]):
+                p, g = self.presence[n, i]
+                rows.append(
+                    {
+                        "case": case,
+                        "class_index": i + 1,
+                        "class": name,
+                        "dice_reference": float(self.reference[n, i, 0]),
+                        "hd95_reference": float(self.reference[n, i, 1]),
+                        "dice_corrected": _num(self.corrected[n, i, 0]),
+                        "hd95_corrected": _num(self.corrected[n, i, 1]),
+                        "status": _status(bool(p), bool(g)),
+                    }
+                )
+        return rows
+
+    def per_case(self) -> list[dict[str, Any]]:
+        """The per-case JSON: each case with its spacing, per-class values and its reference-style means."""
+        out = []
+        for n, case in enumerate(self.case_ids):
+            classes = {}
+            for i, name in enumerate(self.class_names[1:]):
+                p, g = self.presence[n, i]
+                r, c = self.reference[n, i], self.corrected[n, i]
+                classes[name] = {
+                    "reference": {"dice": float(r[0]), "hd95": float(r[1])},
+                    "corrected": {"dice": _num(c[0]), "hd95": _num(c[1])},
+                    "status": _status(bool(p), bool(g)),
+                }
+            sp = self.spacings[n]
+            out.append(
+                {
+                    "case": case,
+                    "spacing": None if sp is None else [float(v) for v in sp],
+                    "mean_dice_reference": float(self.reference[n, :, 0].mean()),
+                    "mean_hd95_reference": float(self.reference[n, :, 1].mean()),
+                    "classes": classes,
+                }
+            )
+        return out
+
+    def reference_log(self) -> str:
+        """The lines the reference ``test.py`` logs, with its format strings, for side-by-side diffs."""
+        # The reference's own %-format strings, kept verbatim so logs diff cleanly.
+        lines = [f"{len(self.case_ids)} test iterations per epoch"]
+        for n, case in enumerate(self.case_ids):
+            m = self.reference[n].mean(axis=0)
+            lines.append("idx %d case %s mean_dice %f mean_hd95 %f" % (n, case, m[0], m[1]))  # noqa: UP031
+        per_class = self.reference.mean(axis=0)
+        for i, (d, h) in enumerate(per_class):
+            lines.append("Mean class %d mean_dice %f mean_hd95 %f" % (i + 1, d, h))  # noqa: UP031
+        means = (per_class[:, 0].mean(), per_class[:, 1].mean())
+        lines.append("Testing performance in best val model: mean_dice : %f mean_hd95 : %f" % means)  # noqa: UP031
+        return "\n".join(lines) + "\n"
+
+    def write(self, folder: str | Path, extra_summary: dict[str, Any] | None = None) -> dict[str, Path]:
+        """Write ``per_case.csv``, ``per_case.json``, ``summary.json``, ``reference_log.txt`` atomically."""
+        folder = Path(folder)
+        paths = {
+            "per_case_csv": folder / "per_case.csv",
+            "per_case_json": folder / "per_case.json",
+            "summary": folder / "summary.json",
+            "reference_log": folder / "reference_log.txt",
+        }
+        rows = self.rows()
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["case"], lineterminator="\n")
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: "" if v is None else v for k, v in r.items()})
+        atomic_write_text(paths["per_case_csv"], buf.getvalue())
+        atomic_write_text(paths["per_case_json"], json.dumps(self.per_case(), indent=1) + "\n")
+        summary = {**self.summary(), **(extra_summary or {})}
+        atomic_write_text(paths["summary"], json.dumps(summary, indent=1) + "\n")
+        atomic_write_text(paths["reference_log"], self.reference_log())
+        return paths
+
+
+def evaluate_dataset(
+    model: nn.Module,
+    dataset: SegmentationDataset,
+    split: str = "test",
+    *,
+    patch_size: int | Sequence[int] = 224,
+    batch_size: int = 16,
+    precision: str = "fp32",
+    device: str | torch.device | None = None,
+    reference_loop: bool = False,
+    max_cases: int | None = None,
+    progress: bool = True,
+    on_case: Callable[[Volume, np.ndarray, np.ndarray], None] | None = None,
+) -> EvaluationResult:
+    """Predict every case of ``split`` and score it under both protocols.
+
+    ``on_case(volume, prediction, reference_metrics)`` is called after each case (for saving NIfTI files or
+    picking report slices) so predictions need not stay in memory. ``max_cases`` keeps the first N cases.
+    """
+    case_ids = dataset.case_ids(split)
+    if max_cases is not None:
+        case_ids = case_ids[:max_cases]
+    if not case_ids:
+        raise DataError(f"{getattr(dataset, 'root', dataset.name)}: the {split!r} split has no cases")
+    num_classes = dataset.num_classes
+    ref, corr, pres, spacings = [], [], [], []
+    start = time.perf_counter()
+    bar = tqdm(case_ids, desc=f"{split} cases", unit="case", disable=not progress)
+    for case_id in bar:
+        vol = dataset.volume(case_id)
+        if vol.label is None:
+            where = vol.meta.get("source", case_id)
+            raise DataError(f"{where}: case {case_id!r} has no label to evaluate against")
+        pred = predict_volume(
+            model, vol.image, patch_size, batch_size, precision, device, reference_loop=reference_loop
+        )
+        m = case_metrics_all(pred, vol.label, num_classes, spacing=vol.spacing)
+        r = m["reference"]
+        ref.append(r)
+        corr.append(m["corrected"])
+        pres.append(m["presence"])
+        spacings.append(None if vol.spacing is None else tuple(float(v) for v in vol.spacing))
+        bar.set_postfix(dice=f"{r[:, 0].mean():.3f}")
+        if on_case is not None:
+            on_case(vol, pred, r)
+    bar.close()
+    shape = (0, num_classes - 1, 2)
+    return EvaluationResult(
+        split=split,
+        class_names=tuple(dataset.class_names),
+        case_ids=list(case_ids),
+        reference=np.stack(ref) if ref else np.zeros(shape),
+        corrected=np.stack(corr) if corr else np.zeros(shape),
+        presence=np.stack(pres) if pres else np.zeros(shape, bool),
+        spacings=spacings,
+        seconds=time.perf_counter() - start,
+    )

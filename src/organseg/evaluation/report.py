@@ -1,0 +1,307 @@
+"""``report.md`` with the results table and pictures: overlays, per-organ DSC bars, training curves.
+
+Figures are drawn with matplotlib's Agg backend (no display needed) and written atomically. Everything is read
+from files in the run folder, so a report can be rebuilt at any time without the data or the network:
+
+* ``results/<name>/summary.json`` -> table and DSC bars,
+* ``results/<name>/overlay_slices.npz`` (written by ``organseg test``) -> overlays,
+* ``metrics.jsonl`` -> training curves.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from organseg.checkpoint import atomic_write_bytes, atomic_write_text
+from organseg.data.base import Volume
+from organseg.errors import DataError
+from organseg.evaluation.runs import read_metrics_log
+from organseg.evaluation.tables import PUBLISHED, columns, dataset_kind, results_table
+
+# Distinct colours (RGB 0..1) for classes 1..; background is transparent.
+PALETTE: tuple[tuple[float, float, float], ...] = (
+    (0.90, 0.10, 0.10), (0.10, 0.60, 0.95), (0.15, 0.80, 0.25), (1.00, 0.80, 0.00), (0.70, 0.30, 0.90),
+    (1.00, 0.50, 0.05), (0.00, 0.85, 0.85), (0.95, 0.35, 0.70), (0.55, 0.35, 0.15), (0.60, 0.80, 0.20),
+    (0.30, 0.30, 0.95), (0.95, 0.60, 0.60),
+)  # fmt: skip
+
+OVERLAY_FILE = "overlay_slices.npz"
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)  # files only; never open a window
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def class_color(index: int) -> tuple[float, float, float]:
+    return PALETTE[(index - 1) % len(PALETTE)]
+
+
+def colorize(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """(H, W) labels -> (H, W, 4) RGBA, background transparent."""
+    lut = np.zeros((max(num_classes, int(labels.max()) + 1), 4))
+    for c in range(1, lut.shape[0]):
+        lut[c] = (*class_color(c), 1.0)
+    return lut[labels]
+
+
+def _save_figure(fig, path: Path) -> Path:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    _pyplot().close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+class OverlayCollector:
+    """``on_case`` callback for :func:`~organseg.evaluation.evaluate.evaluate_dataset`: keeps, per case, the
+    axial slice with the most ground-truth foreground (image, truth, prediction) and the case's mean DSC."""
+
+    def __init__(self) -> None:
+        self.items: list[dict[str, Any]] = []
+
+    def __call__(self, volume: Volume, prediction: np.ndarray, reference_metrics: np.ndarray) -> None:
+        label = volume.label if volume.label is not None else prediction
+        area = (np.asarray(label) > 0).reshape(label.shape[0], -1).sum(axis=1)
+        z = int(np.argmax(area))
+        self.items.append(
+            {
+                "case": volume.case_id,
+                "z": z,
+                "image": np.asarray(volume.image[z], dtype=np.float32),
+                "label": np.asarray(label[z], dtype=np.uint8),
+                "pred": np.asarray(prediction[z], dtype=np.uint8),
+                "dice": float(np.mean(reference_metrics[:, 0])),
+            }
+        )
+
+    def save(self, path: str | Path) -> None:
+        arrays: dict[str, np.ndarray] = {
+            "cases": np.array([it["case"] for it in self.items]),
+            "z": np.array([it["z"] for it in self.items], dtype=np.int64),
+            "dice": np.array([it["dice"] for it in self.items], dtype=np.float64),
+        }
+        for n, it in enumerate(self.items):
+            for key in ("image", "label", "pred"):
+                arrays[f"{key}_{n}"] = it[key]
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **arrays)
+        atomic_write_bytes(path, buf.getvalue())
+
+
+def load_overlays(path: str | Path) -> list[dict[str, Any]]:
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            n = len(f["cases"])
+            return [
+                {
+                    "case": str(f["cases"][i]),
+                    "z": int(f["z"][i]),
+                    "dice": float(f["dice"][i]),
+                    "image": f[f"image_{i}"],
+                    "label": f[f"label_{i}"],
+                    "pred": f[f"pred_{i}"],
+                }
+                for i in range(n)
+            ]
+    except (OSError, KeyError, ValueError) as exc:
+        raise DataError(f"{path}: cannot read overlay slices ({exc})") from None
+
+
+def representative(items: Sequence[dict[str, Any]], k: int = 3) -> list[dict[str, Any]]:
+    """``k`` cases spread from the best to the worst mean DSC (best, median, worst for k=3)."""
+    order = sorted(items, key=lambda it: -it["dice"])
+    if len(order) <= k:
+        return list(order)
+    picks = np.unique(np.round(np.linspace(0, len(order) - 1, k)).astype(int))
+    return [order[i] for i in picks]
+
+
+def plot_overlays(items: Sequence[dict[str, Any]], class_names: Sequence[str], path: str | Path) -> Path:
+    """Rows of (image, ground truth, prediction) with a legend of the organ names."""
+    plt = _pyplot()
+    from matplotlib.patches import Patch
+
+    rows = representative(items)
+    if not rows:
+        raise DataError(f"{path}: no slices to draw")
+    fig, axes = plt.subplots(len(rows), 3, figsize=(9.6, 3.3 * len(rows)), squeeze=False)
+    n_cls = len(class_names)
+    for r, it in enumerate(rows):
+        panels = (("image", None), ("ground truth", it["label"]), ("prediction", it["pred"]))
+        for c, (title, lab) in enumerate(panels):
+            ax = axes[r, c]
+            ax.imshow(it["image"], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+            if lab is not None:
+                ax.imshow(colorize(lab, n_cls), alpha=0.5, interpolation="nearest")
+            note = f" (DSC {100 * it['dice']:.1f})" if c == 2 else ""
+            ax.set_title(f"{it['case']} z={it['z']}: {title}{note}", fontsize=8)
+            ax.axis("off")
+    handles = [Patch(color=class_color(c), label=class_names[c]) for c in range(1, n_cls)]
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 5), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.05 if len(rows) > 1 else 0.1, 1, 1))
+    return _save_figure(fig, Path(path))
+
+
+def _pct(v: float | None) -> float:
+    return np.nan if v is None else 100.0 * v
+
+
+def plot_dice_bars(summary: dict[str, Any], path: str | Path, model_name: str | None = None) -> Path:
+    """Per-organ DSC (%) under both protocols, with the published row of the same network when known."""
+    plt = _pyplot()
+    class_names = summary["class_names"]
+    cols = columns(class_names)
+    ref = summary["reference"]["per_class"]
+    corr = summary["corrected"]["per_class"]
+    series = [
+        ("ours, reference", [_pct(ref[class_names[i]]["dice"]) for _, i in cols]),
+        ("ours, corrected", [_pct(corr[class_names[i]]["dice"]) for _, i in cols]),
+    ]
+    kind = dataset_kind(class_names)
+    target = PUBLISHED[kind]["model_row"].get(model_name or "") if kind else None
+    if target:
+        row = PUBLISHED[kind]["rows"][target]
+        series.append((f"{target} (paper)", [np.nan if row.get(t) is None else row[t] for t, _ in cols]))
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(cols) + 2), 3.6))
+    x = np.arange(len(cols))
+    width = 0.8 / len(series)
+    for k, (name, vals) in enumerate(series):
+        bars = ax.bar(x + (k - (len(series) - 1) / 2) * width, vals, width, label=name)
+        for b, v in zip(bars, vals, strict=True):
+            if np.isfinite(v):
+                ax.text(b.get_x() + b.get_width() / 2, v + 0.5, f"{v:.0f}", ha="center", va="bottom", size=6)
+    ax.set_xticks(x, [t for t, _ in cols], rotation=20, fontsize=8)
+    ax.set_ylabel("DSC (%)")
+    ax.set_ylim(0, 105)
+    ax.set_title(f"Per-organ DSC, {summary['split']} split ({summary['cases']} cases)", fontsize=9)
+    # Below the axis, so it never hides a bar.
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=len(series), frameon=False)
+    ax.grid(axis="y", alpha=0.3)
+    return _save_figure(fig, Path(path))
+
+
+def plot_training_curves(records: Sequence[dict[str, Any]], path: str | Path) -> Path | None:
+    """Loss (total, CE, Dice) and learning rate per iteration, validation mean DSC per epoch. None when the
+    log has no training records."""
+    train = [r for r in records if r.get("kind") == "train" and "iter" in r]
+    val = [r for r in records if r.get("kind") == "val" and r.get("mean_dice") is not None]
+    if not train:
+        return None
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    it = [r["iter"] for r in train]
+    for key, style in (("loss", "-"), ("ce", "--"), ("dice", ":")):
+        if all(key in r for r in train):
+            axes[0].plot(it, [r[key] for r in train], style, label=key, linewidth=1)
+    axes[0].set_xlabel("iteration")
+    axes[0].set_title("training loss", fontsize=9)
+    axes[0].legend(fontsize=7)
+    if all("lr" in r for r in train):
+        axes[1].plot(it, [r["lr"] for r in train], linewidth=1)
+    axes[1].set_xlabel("iteration")
+    axes[1].set_title("learning rate", fontsize=9)
+    if val:
+        ep = [r.get("epoch", n) + 1 for n, r in enumerate(val)]
+        mean = [100 * r["mean_dice"] for r in val]
+        axes[2].plot(ep, mean, "o-", color="black", linewidth=1.2, markersize=3, label="mean")
+        names = list(val[-1].get("per_class", {}))
+        for k, name in enumerate(names, start=1):  # the overlays' colour of each class
+            vals = [100 * r["per_class"][name]["dice"] if name in r.get("per_class", {}) else np.nan
+                    for r in val]
+            axes[2].plot(ep, vals, linewidth=0.8, alpha=0.8, color=class_color(k), label=name)
+        axes[2].legend(fontsize=6, ncol=2)
+        axes[2].xaxis.get_major_locator().set_params(integer=True)
+    else:
+        axes[2].text(0.5, 0.5, "no validation records", ha="center", va="center", transform=axes[2].transAxes)
+    axes[2].set_xlabel("epoch")
+    axes[2].set_title("validation DSC (%), reference protocol", fontsize=9)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save_figure(fig, Path(path))
+
+
+def _results_folders(root: Path) -> list[Path]:
+    # A run folder has config.yaml and its own (training) summary.json; only a results folder is its own.
+    if (root / "summary.json").is_file() and not (root / "config.yaml").is_file():
+        return [root]
+    base = root / "results"
+    return sorted(p for p in base.iterdir() if (p / "summary.json").is_file()) if base.is_dir() else []
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path}: cannot read JSON ({exc})") from None
+
+
+def _model_name(root: Path, summary: dict[str, Any]) -> str | None:
+    if summary.get("model_name"):
+        return summary["model_name"]
+    cfg = root / "config.yaml"
+    if cfg.is_file():
+        import yaml
+
+        try:
+            return (yaml.safe_load(cfg.read_text(encoding="utf-8")) or {}).get("model", {}).get("name")
+        except yaml.YAMLError:
+            return None
+    return None
+
+
+def write_report(root: str | Path) -> Path:
+    """Write ``report.md`` and ``report/*.png`` for a run folder (all its results folders and its training
+    log) or for a single results folder (one with ``summary.json``). Returns the path of ``report.md``."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: no such run or results folder")
+    folders = _results_folders(root)
+    log = root / "metrics.jsonl"
+    if not folders and not log.is_file():
+        raise DataError(f"{root}: nothing to report (no results/*/summary.json and no metrics.jsonl)")
+    fig_dir = root / "report"
+    lines = [f"# organseg report: {root.resolve().name}", ""]
+    for folder in folders:
+        summary = _read_json(folder / "summary.json")
+        model = _model_name(root, summary)
+        name = folder.name if folder != root else "results"
+        lines += [f"## {name}", ""]
+        facts = [f"{summary['cases']} {summary['split']} cases"]
+        for key in ("model_name", "checkpoint", "data", "precision", "device"):
+            if summary.get(key):
+                facts.append(f"{key.replace('_', ' ')}: `{summary[key]}`")
+        lines += ["; ".join(facts) + ".", "", results_table(summary, model), ""]
+        bars = plot_dice_bars(summary, fig_dir / f"{name}_dice.png", model)
+        lines += [f"![per-organ DSC]({bars.relative_to(root).as_posix()})", ""]
+        overlay_file = folder / OVERLAY_FILE
+        if overlay_file.is_file():
+            items = load_overlays(overlay_file)
+            if items:
+                png = plot_overlays(items, summary["class_names"], fig_dir / f"{name}_overlays.png")
+                lines += [
+                    "Overlays: the slice with the most ground truth of the best, median and worst case "
+                    "(left image, middle ground truth, right prediction).",
+                    "",
+                    f"![overlays]({png.relative_to(root).as_posix()})",
+                    "",
+                ]
+    if log.is_file():
+        curves = plot_training_curves(read_metrics_log(log), fig_dir / "training_curves.png")
+        if curves is not None:
+            lines += ["## Training", "", f"![training curves]({curves.relative_to(root).as_posix()})", ""]
+    out = root / "report.md"
+    atomic_write_text(out, "\n".join(lines))
+    return out
