@@ -314,3 +314,24 @@ def test_max_iterations_sets_the_horizon_mid_epoch(tmp_path):
     assert [r["lr"] for r in recs] == pytest.approx([0.05] + [poly_lr(0.05, i, 4, 0.9) for i in range(3)])
     assert [r["iter"] for r in read_metrics(out, "val")] == [3, 4]  # end of epoch 1, and the final one
     assert read_checkpoint(out / "checkpoints" / "last.pt")["iteration"] == 4
+
+
+def test_pretrained_weights_are_loaded_at_a_fresh_start(tmp_path):
+    from organseg.models import create_model
+
+    args = dict(img_size=32, patch_size=2, embed_dim=12, num_heads=(1, 2, 3, 4), window_size=2, num_classes=3)
+    torch.manual_seed(99)
+    source = create_model("swin_unet", **args)
+    weights = tmp_path / "official_style.pth"
+    torch.save(source.state_dict(), weights)  # the official trainer's checkpoint format
+    cfg = tiny_config(
+        model={"name": "swin_unet", "args": {k: v for k, v in args.items() if k != "num_classes"},
+               "pretrained": str(weights)},
+        train={"max_iterations": 1, "base_lr": 1e-12, "augment": "none"},
+        val={"every": 0},
+    )
+    summary = train(cfg, tiny_dataset(4), tmp_path / "run")
+    trained = state_dict_of(tmp_path / "run" / "checkpoints" / "last.pt")
+    for key, value in source.state_dict().items():
+        assert torch.allclose(trained[key], value, atol=1e-6), key
+    assert summary["iterations"] == 1

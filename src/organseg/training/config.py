@@ -23,6 +23,7 @@ DEFAULTS: dict[str, Any] = {
     "model": {
         "name": "swin_unet",
         "args": {},  # constructor overrides; num_classes always comes from the dataset
+        "pretrained": None,  # weights loaded at a fresh start (organseg.models.pretrained.load_pretrained)
     },
     "data": {
         "root": None,

@@ -179,6 +179,13 @@ def _train(
                 "(another dataset or number of processes?)"
             )
         model.load_state_dict(state["model"])
+    elif cfg["model"]["pretrained"]:
+        # Every rank loads the same file, so no broadcast is needed; a resumed run has its own weights.
+        from organseg.models.pretrained import load_pretrained
+
+        report = load_pretrained(model, cfg["model"]["pretrained"])
+        if main:
+            print(f"pretrained weights {cfg['model']['pretrained']}: {report}", flush=True)
     channels_last = _wants_channels_last(model, t["channels_last"])
     # On the device before the optimizer exists, so that its restored state lands there too.
     model.to(env.device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
