@@ -3,6 +3,7 @@ them skip with a clear reason when it is absent (a clone elsewhere)."""
 
 from __future__ import annotations
 
+import locale
 from pathlib import Path
 
 import pytest
@@ -41,3 +42,12 @@ def acdc_dir() -> Path:
 @pytest.fixture(scope="session")
 def totalseg_dir() -> Path:
     return _need(DATA / "totalseg")
+
+
+@pytest.fixture(autouse=True)
+def _restore_locale():
+    # GDCM (SimpleITK's DICOM IO, used by tests that write DICOM) leaves the process in the "C" locale,
+    # which would make every later default-encoding text read ASCII. organseg's own readers guard against it.
+    saved = locale.setlocale(locale.LC_ALL)
+    yield
+    locale.setlocale(locale.LC_ALL, saved)

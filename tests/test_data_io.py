@@ -97,3 +97,15 @@ def test_grid_relation():
     shifted = Geometry(spacing=(2.0, 1.0, 1.0), origin=(0.5, 0.0, 0.0))
     assert grid_relation((4, 6, 5), geom, (4, 6, 5), shifted) is None
     assert grid_relation((4, 6, 5), geom, (4, 6, 6), geom) is None
+
+
+def test_reading_dicom_folders_keeps_the_process_locale(tmp_path, totalseg_dir):
+    import locale
+
+    before = locale.setlocale(locale.LC_ALL)
+    enc = locale.getpreferredencoding(False)
+    read_image(totalseg_dir / "example_ct_dicom")
+    with pytest.raises(DataError):
+        read_image(tmp_path)  # an empty folder goes through the DICOM path too
+    assert locale.setlocale(locale.LC_ALL) == before
+    assert locale.getpreferredencoding(False) == enc

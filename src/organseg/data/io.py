@@ -8,7 +8,9 @@ order is kept, exactly as the reference pipeline does.
 
 from __future__ import annotations
 
+import contextlib
 import io
+import locale
 import os
 import tempfile
 import zipfile
@@ -216,9 +218,26 @@ def _check_nifti_file(path: Path) -> None:
             raise DataError(f"{path}: image has {bad} NaN/inf voxels")
 
 
+@contextlib.contextmanager
+def _keep_locale():
+    """GDCM (SimpleITK's DICOM reader) switches the process locale to "C" while scanning a folder and leaves
+    it there; Python's default text encoding would then become ASCII for the rest of the process."""
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(locale.Error):
+            locale.setlocale(locale.LC_ALL, saved)
+
+
 def read_sitk(path: str | Path, *, series_uid: str | None = None) -> sitk.Image:
     """Read a 3-D scalar image (file or DICOM series folder) as a SimpleITK image; DataError on any
     problem."""
+    with _keep_locale():
+        return _read_sitk(path, series_uid)
+
+
+def _read_sitk(path: str | Path, series_uid: str | None) -> sitk.Image:
     import SimpleITK as sitk
 
     path = Path(path)
