@@ -42,7 +42,7 @@ def test_run_folder_records_and_checkpoints(uninterrupted):
     assert summary["stopped"] == "completed" and summary["iterations"] == IPE * EPOCHS
 
     cfg = yaml.safe_load((out / "config.yaml").read_text())
-    assert cfg["model"] == {"name": TINY, "args": {}}
+    assert cfg["model"] == {"name": TINY, "args": {}, "pretrained": None}
     assert (
         cfg["train"]["batch_size"] == 4
         and cfg["train"]["seed"] == 1234
