@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml requirements-dev.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/organseg info
+	$(VENV)/bin/organseg demo
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
