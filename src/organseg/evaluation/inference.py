@@ -37,8 +37,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from organseg.errors import ConfigError
+from organseg.precision import autocast as autocast_context
 
-PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
 #: A pixel whose two largest logits are closer than this (times max(1, |largest logit|)) is a near-tie; its
 #: slice is re-run alone. 40x the largest batch-vs-single difference measured (2.6e-6 at logits ~2.6).
 TIE_TOLERANCE = 1e-4
@@ -56,18 +56,6 @@ def _device_of(model: nn.Module, device: str | torch.device | None) -> torch.dev
         return torch.device(device)
     p = next(model.parameters(), None)
     return p.device if p is not None else torch.device("cpu")
-
-
-def autocast_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
-    """``torch.autocast`` for "bf16" / "fp16", nothing for "fp32"; ConfigError for anything else."""
-    if precision not in PRECISIONS:
-        raise ConfigError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    if precision == "fp16" and device.type != "cuda":
-        raise ConfigError("precision 'fp16' needs a CUDA device; use 'bf16' or 'fp32' on the CPU")
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
 
 
 @contextlib.contextmanager

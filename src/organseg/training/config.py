@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from organseg.errors import ConfigError
+from organseg.precision import PRECISIONS
 
 # The reference recipe (Swin-Unet @f998666, protocol spec section 2); presets override the model and batch.
 DEFAULTS: dict[str, Any] = {
@@ -65,7 +66,6 @@ DEFAULTS: dict[str, Any] = {
     },
 }
 
-PRECISIONS = ("fp32", "bf16", "fp16")
 AUGMENTS = ("reference", "batched", "none")
 LR_SCALINGS = ("none", "linear", "swin_unet")
 

@@ -28,6 +28,7 @@ from organseg.checkpoint import atomic_torch_save, atomic_write_text, make_check
 from organseg.data.base import SegmentationDataset
 from organseg.errors import ConfigError, OrgansegError
 from organseg.losses import DiceCELoss
+from organseg.precision import autocast_dtype
 from organseg.training.config import config_differences, effective_lr, load_config, resolve_config, to_yaml
 from organseg.training.data import TrainBatches
 from organseg.training.distributed import (
@@ -72,14 +73,6 @@ def open_dataset_for(data: str | Path | SegmentationDataset | None, cfg: dict) -
     from organseg.data import open_dataset
 
     return open_dataset(root)
-
-
-def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    if precision == "fp16" and device.type != "cuda":
-        raise ConfigError("precision fp16 needs a CUDA device (it uses a gradient scaler); use bf16 on CPU")
-    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ConfigError(f"{torch.cuda.get_device_name(device)} has no bfloat16 support; use fp16 or fp32")
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
 def _wants_channels_last(model: nn.Module, setting: str | bool) -> bool:
@@ -163,7 +156,7 @@ def _train(
     state, error = broadcast_object((state, error), env)
     if error is not None:
         raise error
-    amp_dtype = _autocast_dtype(t["precision"], env.device)
+    amp_dtype = autocast_dtype(t["precision"], env.device)
 
     seed_all(t["seed"])
     args = model_args(cfg, dataset.num_classes)
