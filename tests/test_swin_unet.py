@@ -369,3 +369,17 @@ def test_bad_config_raises_config_error(overrides, match):
 def test_set_attn_impl_rejects_unknown():
     with pytest.raises(ConfigError):
         create_model("swin_unet", **TINY).set_attn_impl("xformers")
+
+
+def test_cpu_training_path_matches_the_official_logits(golden_dir):
+    # With gradients enabled on the CPU the sdpa path runs its explicit form (see WindowAttention); it must be
+    # the same function as the fused SDPA path and the reference.
+    ref = torch.load(golden_dir / "swin_unet_tiny_official.pt", weights_only=True)
+    model = create_model("swin_unet", **{**ref["config"], "attn_impl": "sdpa"}).eval()
+    model.load_state_dict(ref["state_dict"], strict=True)
+    logits = model(ref["input"])
+    assert logits.requires_grad
+    assert (logits.detach() - ref["logits"]).abs().max().item() <= 1e-5
+    with torch.no_grad():
+        fused = model(ref["input"])
+    assert (logits.detach() - fused).abs().max().item() <= 1e-5
