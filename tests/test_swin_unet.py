@@ -16,6 +16,7 @@ from organseg.models.swin_unet import (
     DropPath,
     SwinUnet,
     WindowAttention,
+    _PermuteTokens,
     shifted_window_mask,
     window_partition,
     window_reverse,
@@ -329,6 +330,8 @@ def test_knobs_change_the_architecture():
         ({"img_size": 256, "window_size": 8}, (1, 9, 256, 256)),  # 64/32/16/8 grids, 8x8 windows
         ({"img_size": 112, "depths": (2, 2, 2), "num_heads": (1, 2, 3)}, (1, 9, 112, 112)),  # three stages
         ({"img_size": 112, "patch_size": 2, "window_size": 7}, (1, 9, 112, 112)),  # 56/28/14/7 grids
+        # non-square: the output head's pixel rearrangement must keep rows and columns apart
+        ({"img_size": (112, 224), "depths": (2, 2, 2), "num_heads": (1, 2, 3)}, (1, 9, 112, 224)),
         ({"ape": True, "qk_scale": 0.1, "in_chans": 1, "num_classes": 4}, (1, 4, 224, 224)),
     ],
 )
@@ -383,3 +386,15 @@ def test_cpu_training_path_matches_the_official_logits(golden_dir):
     with torch.no_grad():
         fused = model(ref["input"])
     assert (logits.detach() - fused).abs().max().item() <= 1e-5
+
+
+def test_token_permutation_gradient_is_the_inverse_gather():
+    idx = window_token_index((14, 21), 7, 3)
+    inv = torch.argsort(idx)
+    x = torch.randn(2, 14 * 21, 5, requires_grad=True)
+    g = torch.randn(2, 14 * 21, 5)
+    (plain,) = torch.autograd.grad(x.index_select(1, idx), x, g)
+    out = _PermuteTokens.apply(x, idx, inv)
+    (fast,) = torch.autograd.grad(out, x, g)
+    assert torch.equal(out, x.index_select(1, idx))
+    assert torch.equal(fast, plain)
