@@ -10,6 +10,7 @@ import sys
 
 from organseg import __version__
 from organseg.errors import OrgansegError
+from organseg.runtime import tune_malloc
 
 # The order verbs appear in --help: the path a user walks.
 _ORDER = ["demo", "info", "phantom", "prepare", "train", "test", "predict", "report", "compare"]
@@ -44,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    tune_malloc()
     try:
         return int(args._run(args) or 0)
     except OrgansegError as exc:
