@@ -12,6 +12,7 @@ Modes:
     plain-fp32  Swin-Unet attn_impl="reference" (the official arithmetic), U-Net contiguous NCHW
     fast-fp32   Swin-Unet attn_impl="sdpa", U-Net channels-last (organseg.models.unet.prepare_for_speed)
     fast-bf16   fast-fp32 inside torch.autocast(device, torch.bfloat16)
+    (fast-* processes also start as the organseg command does: organseg.runtime.tune_malloc)
     plain-bf16  (only when asked for) plain-fp32 inside the same autocast, to separate layout from precision
 
 ``--profile MODEL MODE CASE`` instead prints a torch.profiler table of that case (top ops by self time).
@@ -104,6 +105,10 @@ def run_case(name: str, mode: str, case: str, repeats: int, warmup: int, threads
 
     if threads > 0:
         torch.set_num_threads(threads)
+    if mode.startswith("fast"):
+        from organseg.runtime import tune_malloc
+
+        tune_malloc()
     step = make_step(name, mode, case, device)
     batch = CASES[case][1]
     cuda = device.startswith("cuda")
@@ -147,6 +152,10 @@ def profile_case(
 
     if threads > 0:
         torch.set_num_threads(threads)
+    if mode.startswith("fast"):
+        from organseg.runtime import tune_malloc
+
+        tune_malloc()
     step = make_step(name, mode, case, device)
     step()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
