@@ -11,6 +11,7 @@ from torch import nn
 from organseg.errors import ConfigError
 from organseg.evaluation.inference import _near_tie, predict_volume
 from organseg.models import create_model
+from organseg.models.unet import prepare_for_speed
 
 
 def tiny_swin(num_classes: int = 4) -> nn.Module:
@@ -111,6 +112,21 @@ def test_bf16_runs_and_mostly_agrees(swin: nn.Module) -> None:
     bf16 = predict_volume(swin, img, 64, precision="bf16")
     assert bf16.shape == fp32.shape and bf16.dtype == fp32.dtype
     assert (bf16 == fp32).mean() > 0.8
+
+
+def test_bf16_unet_runs_channels_last_and_gets_its_layout_back() -> None:
+    model = seed_unet()
+    img = make_volume((3, 40, 29), seed=1)
+    fp32 = predict_volume(model, img, 32)
+    bf16 = predict_volume(model, img, 32, precision="bf16")
+    assert not model.is_channels_last  # the caller's layout is restored
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the same bf16 function in the contiguous layout
+        plain = predict_volume(model, img, 32, precision="fp32")
+    assert (bf16 == plain).mean() > 0.99
+    assert (bf16 == fp32).mean() > 0.9
+    prepare_for_speed(model)
+    predict_volume(model, img, 32, precision="bf16")
+    assert model.is_channels_last  # a model already in the fast layout stays there
 
 
 def test_model_mode_and_grad_state_are_kept(swin: nn.Module) -> None:

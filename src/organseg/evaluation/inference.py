@@ -37,6 +37,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from organseg.errors import ConfigError
+from organseg.models.unet import UNet, prepare_for_speed
 from organseg.precision import autocast as autocast_context
 
 #: A pixel whose two largest logits are closer than this (times max(1, |largest logit|)) is a near-tie; its
@@ -71,6 +72,22 @@ def _true_fp32(device: torch.device):
         yield
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+@contextlib.contextmanager
+def _fast_layout(model: nn.Module) -> Iterator[None]:
+    """For bf16/fp16 only: a U-Net runs channels-last for the call (oneDNN's and cuDNN's reduced-precision
+    convolutions want NHWC: 16 slices at 224² on 2 CPU cores took 6.6 s contiguous, 2.2 s channels-last,
+    10.5 s in fp32) and gets its own layout back after. fp32 keeps the caller's layout, so the fp32 paths stay
+    the reference's arithmetic."""
+    if not isinstance(model, UNet) or model.is_channels_last:
+        yield
+        return
+    prepare_for_speed(model)
+    try:
+        yield
+    finally:
+        prepare_for_speed(model, channels_last=False)
 
 
 def _check_volume(image: np.ndarray) -> np.ndarray:
@@ -108,7 +125,9 @@ def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def _labels(logits: torch.Tensor) -> torch.Tensor:
     # softmax before argmax as in the reference: after rounding, two logits can tie as probabilities.
-    return torch.argmax(torch.softmax(logits, dim=1), dim=1)
+    # argmax over the class axis of NCHW reads with a stride of H*W: 5x slower on a CPU than over the last
+    # axis of a channels-last copy, which gives the same indices (the first maximum).
+    return torch.softmax(logits, dim=1).movedim(1, -1).contiguous().argmax(dim=-1)
 
 
 def _near_tie(logits: torch.Tensor) -> torch.Tensor:
@@ -170,7 +189,7 @@ def predict_volume(
     autocast = autocast_context(precision, device)  # validates precision before any work
     was_training = model.training
     model.eval()
-    strict = _true_fp32(device) if precision == "fp32" else contextlib.nullcontext()
+    strict = _true_fp32(device) if precision == "fp32" else _fast_layout(model)
     try:
         with strict:
             if reference_loop:

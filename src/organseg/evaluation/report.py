@@ -220,7 +220,9 @@ def plot_training_curves(records: Sequence[dict[str, Any]], path: str | Path) ->
         for k, name in enumerate(names, start=1):  # the overlays' colour of each class
             vals = [100 * r["per_class"][name]["dice"] if name in r.get("per_class", {}) else np.nan
                     for r in val]
-            axes[2].plot(ep, vals, linewidth=0.8, alpha=0.8, color=class_color(k), label=name)
+            # markers too: a run validated once (a time-budget run) has one point per class, no line
+            axes[2].plot(ep, vals, ".-", linewidth=0.8, markersize=4, alpha=0.8, color=class_color(k),
+                         label=name)
         axes[2].legend(fontsize=6, ncol=2)
         axes[2].xaxis.get_major_locator().set_params(integer=True)
     else:
