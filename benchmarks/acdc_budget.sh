@@ -26,6 +26,10 @@ case "$net" in
   unet) batch=16; rate=${IMG_PER_S:-0.7} ;;
   *) echo "acdc_budget.sh: NETWORK must be swin_unet or unet, got '$net'" >&2; exit 2 ;;
 esac
+# A --set train.batch_size=N among the extra arguments changes the batch the horizon is computed for.
+for arg in "$@"; do
+  [[ "$arg" == train.batch_size=* ]] && batch=${arg#train.batch_size=}
+done
 iters=$(awk -v b="$budget" -v r="$rate" -v n="$batch" 'BEGIN { i = int(b * 60 * r / n); print (i < 1 ? 1 : i) }')
 echo "acdc_budget: $net, $budget min at ~$rate img/s -> $iters iterations of batch $batch" >&2
 

@@ -10,15 +10,22 @@ organs; the "prediction" is the truth with every organ shifted by a few voxels a
 the worst case for box-restricted distance transforms). MedPy runs TransUNet's ``calculate_metric_percase``;
 every number must be equal.
 
+organseg's parts run as the ``organseg`` command does (allocator tuning, ``organseg.runtime``); MedPy in the
+same process, the reference inference loop in a plain child process (as the official test script runs).
+
 Inference: both networks at the paper configuration (random weights unless ``--checkpoint``), the phantom's
 CT window as input, reference loop (one slice per forward pass) vs batched (``--batch-size`` slices, fp32,
-and bf16 on CUDA). Predictions must be equal in fp32.
+and bf16: channels-last for the U-Net). Predictions must be equal in fp32; bf16 reports the share of voxels
+equal to the fp32 loop's (use ``--checkpoint`` with a trained network: random ones are full of near-ties).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -31,6 +38,7 @@ from organseg.data.phantom import make_phantom_case
 from organseg.data.preprocess import apply_preprocessing, ct_window_spec
 from organseg.evaluation.inference import predict_volume
 from organseg.evaluation.metrics import case_metrics, dice, hd95
+from organseg.runtime import tune_malloc
 
 
 def phantom(num_slices: int, size: int) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
@@ -120,6 +128,39 @@ def _timed_predict(model, image: np.ndarray, batch_size: int, device: torch.devi
     return time.perf_counter() - t, out
 
 
+def _loop_in_child(
+    name: str, image: np.ndarray, batch_size: int, device: torch.device, checkpoint: str | None
+) -> tuple[float, np.ndarray]:
+    """The reference loop in a plain Python process (no allocator tuning), as the official test script runs;
+    the same weights (seed 0, or the checkpoint). Returns its time and its prediction."""
+    with tempfile.TemporaryDirectory() as tmp:
+        np.save(Path(tmp) / "image.npy", image)
+        spec = {"name": name, "dir": tmp, "batch_size": batch_size, "device": str(device),
+                "checkpoint": checkpoint}
+        proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--_loop", json.dumps(spec)],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            sys.stderr.write(proc.stderr)
+            raise SystemExit(f"bench_eval: the reference loop of {name} failed")
+        seconds = json.loads(proc.stdout.strip().splitlines()[-1])["seconds"]
+        return seconds, np.load(Path(tmp) / "pred.npy")
+
+
+def _run_loop(spec: dict) -> None:
+    from organseg.checkpoint import model_from_checkpoint
+    from organseg.models import create_model
+
+    torch.manual_seed(0)
+    model = model_from_checkpoint(spec["checkpoint"])[0] if spec["checkpoint"] else create_model(spec["name"])
+    device = torch.device(spec["device"])
+    model = model.to(device).eval()
+    image = np.load(Path(spec["dir"]) / "image.npy")
+    _timed_predict(model, image[:1], spec["batch_size"], device, reference_loop=True)  # warm-up
+    seconds, pred = _timed_predict(model, image, spec["batch_size"], device, reference_loop=True)
+    np.save(Path(spec["dir"]) / "pred.npy", pred)
+    print(json.dumps({"seconds": seconds}))
+
+
 def bench_inference(image: np.ndarray, models: list[str], batch_size: int, device: torch.device,
                     checkpoint: str | None) -> list[dict]:
     from organseg.checkpoint import model_from_checkpoint
@@ -134,8 +175,8 @@ def bench_inference(image: np.ndarray, models: list[str], batch_size: int, devic
         else:
             model = create_model(name)
         model = model.to(device).eval()
-        _timed_predict(model, image[:2], batch_size, device)  # warm-up
-        t_loop, ref = _timed_predict(model, image, batch_size, device, reference_loop=True)
+        t_loop, ref = _loop_in_child(name, image, batch_size, device, checkpoint)
+        _timed_predict(model, image[:batch_size], batch_size, device)  # warm-up (oneDNN: per shape)
         stats: dict = {}
         t_batch, fast = _timed_predict(model, image, batch_size, device, stats=stats)
         t_raw, raw = _timed_predict(model, image, batch_size, device, tie_check=False)
@@ -144,7 +185,8 @@ def bench_inference(image: np.ndarray, models: list[str], batch_size: int, devic
                "equal": bool(np.array_equal(ref, fast)), "rerun_slices": stats["rerun_slices"],
                "batched_no_tie_check_s": t_raw, "speedup_no_tie_check": t_loop / t_raw,
                "no_tie_check_differing_voxels": int((raw != ref).sum())}
-        if device.type == "cuda":
+        if device.type == "cuda" or torch.backends.mkldnn.is_available():  # CPU bf16: oneDNN (AMX/AVX-512)
+            _timed_predict(model, image[:batch_size], batch_size, device, precision="bf16")  # warm-up
             t_bf16, bf = _timed_predict(model, image, batch_size, device, precision="bf16")
             row.update(batched_bf16_s=t_bf16, speedup_bf16=t_loop / t_bf16,
                        bf16_voxel_agreement=float((bf == ref).mean()))
@@ -166,7 +208,11 @@ def main() -> None:
     ap.add_argument("--skip-inference", action="store_true")
     ap.add_argument("--skip-metrics", action="store_true")
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--_loop", help=argparse.SUPPRESS)  # child: the reference loop of one network
     args = ap.parse_args()
+    if args._loop:
+        return _run_loop(json.loads(args._loop))
+    tune_malloc()  # as the organseg command line does; the reference loop runs in a plain child process
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           "cpu" if args.device == "auto" else args.device)
     image, gt, _ = phantom(args.slices, args.size)

@@ -1,10 +1,14 @@
 """Training throughput (images/s of whole iterations, data included): reference-style loop vs organseg.
 
 reference  the official loop, written out here: a DataLoader over the slices with the per-sample SciPy
-           ``RandomGenerator`` (zoom order 3), fp32, contiguous tensors, SGD, 0.4·CE + 0.6·Dice, poly LR.
+           ``RandomGenerator`` (zoom order 3), fp32, contiguous tensors, SGD, 0.4·CE + 0.6·Dice, poly LR;
+           Swin-Unet with the official attention arithmetic (``--ref-attn sdpa``: with organseg's instead).
 organseg   ``organseg.training.train`` itself (``max_iterations`` = warm-up + timed iterations): slices in
            memory, ``BatchAugment`` on the whole batch, bf16 autocast, channels-last for the U-Net, and
            ``torch.compile`` with ``--compile``. Its rate comes from the run's own ``metrics.jsonl`` clock.
+
+Each measurement runs in its own process; organseg's start as ``organseg train`` does (allocator tuning,
+``organseg.runtime``), the reference loop's as a plain Python process.
 
 Data: ACDC slices from ../shared/data/acdc when present (``--data DIR`` for another ACDC-layout folder), else
 synthetic 512² slices (Synapse-sized). Variants are interleaved and repeated; the table reports the best
@@ -21,6 +25,7 @@ import contextlib
 import io
 import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -58,7 +63,16 @@ def load_dataset(data: str | None, n: int):
 
 
 def reference_rate(
-    name: str, ds, batch: int, warmup: int, iters: int, img: int, workers: int, device: str, args: dict
+    name: str,
+    ds,
+    batch: int,
+    warmup: int,
+    iters: int,
+    img: int,
+    workers: int,
+    device: str,
+    args: dict,
+    ref_attn: str = "reference",
 ) -> float:
     """The official trainer's loop, fp32, per-sample SciPy augmentation in a DataLoader."""
     import random
@@ -70,8 +84,10 @@ def reference_rate(
     random.seed(1234)
     np.random.seed(1234)
     torch.manual_seed(1234)
-    size = {"img_size": img} if name == "swin_unet" else {}
-    model = create_model(name, num_classes=ds.num_classes, **size, **args).to(device).train()
+    # Swin-Unet: the official attention arithmetic (explicit softmax, mask added through a 5-D view), as the
+    # official trainer runs it; --ref-attn sdpa gives the reference loop organseg's attention instead.
+    size = {"img_size": img, "attn_impl": ref_attn} if name == "swin_unet" else {}
+    model = create_model(name, num_classes=ds.num_classes, **{**size, **args}).to(device).train()
     loader = DataLoader(
         SliceDataset(ds.train_slices(), RandomGenerator((img, img))),
         batch_size=batch,
@@ -137,6 +153,42 @@ def organseg_rate(
     return batch * iters / (times[-1] - times[warmup - 1])
 
 
+def describe_data(data: str | None) -> tuple[Path | None, str]:
+    root = Path(data) if data else ACDC
+    return (root, f"ACDC slices ({root})") if root.is_dir() else (None, "synthetic 512² slices")
+
+
+def _measure_one(args: argparse.Namespace, spec: dict, n_slices: int) -> int:
+    """Child process: one (network, variant) measurement. organseg variants start as ``organseg train``
+    does (organseg.runtime.tune_malloc); the reference loop runs in a plain process, as the official code."""
+    name, kind = spec["network"], spec["kind"]
+    if kind == "organseg":
+        from organseg.runtime import tune_malloc
+
+        tune_malloc()
+    ds, _ = load_dataset(args.data, n_slices)
+    margs = json.loads(args.swin_args) if name == "swin_unet" else {}
+    common = (name, ds, args.batch, args.warmup, args.iters, args.img)
+    if kind == "reference":
+        rate = reference_rate(*common, args.ref_workers, args.device, margs, args.ref_attn)
+    else:
+        rate = organseg_rate(*common, spec["precision"], spec["compile"], args.device, margs)
+    print(json.dumps({"rate": rate}))
+    return 0
+
+
+def _in_child(argv: list[str] | None, spec: dict) -> float:
+    """Run one measurement in a fresh interpreter: no allocator or kernel-cache state carries over from one
+    variant to the next (in one process, later train() calls ran up to 20% slower than the first)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    cmd = [sys.executable, str(Path(__file__).resolve()), *args, "--_one", json.dumps(spec)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stderr)
+        raise SystemExit(f"bench_train: the {spec} measurement failed")
+    return float(json.loads(proc.stdout.strip().splitlines()[-1])["rate"])
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--networks", nargs="+", default=["swin_unet", "unet"], choices=["swin_unet", "unet"])
@@ -147,6 +199,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--img", type=int, default=224)
     p.add_argument("--data", help="ACDC-layout folder (default ../shared/data/acdc, else synthetic 512²)")
     p.add_argument("--ref-workers", type=int, default=0, help="DataLoader workers of the reference loop")
+    p.add_argument(
+        "--ref-attn",
+        default="reference",
+        choices=["reference", "sdpa"],
+        help="Swin-Unet attention of the reference loop: the official arithmetic (default) or organseg's",
+    )
     p.add_argument(
         "--precisions",
         nargs="+",
@@ -161,12 +219,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compile", action="store_true", help="also time torch.compile (last precision)")
     p.add_argument("--threads", type=int, help="torch threads for every variant (default: torch's choice)")
     p.add_argument("--json", help="write the results here")
+    p.add_argument("--_one", help=argparse.SUPPRESS)  # a child process: one measurement, JSON on stdout
     args = p.parse_args(argv)
 
     if args.threads:
         torch.set_num_threads(args.threads)  # train() keeps the caller's thread count (train.threads unset)
     n_slices = args.batch * (args.warmup + args.iters) * 2
-    ds, what = load_dataset(args.data, n_slices)
+    if args._one:
+        return _measure_one(args, json.loads(args._one), n_slices)
+    _, what = describe_data(args.data)
     where = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
     print(
         f"# {where}; {what}, batch {args.batch}, {args.iters} timed iterations after {args.warmup} warm-up, "
@@ -176,19 +237,13 @@ def main(argv: list[str] | None = None) -> int:
     variants = [("reference", "fp32", False)] + [("organseg", p, False) for p in args.precisions]
     if args.compile:  # compiling takes a while: only the last (fastest) precision
         variants.append(("organseg", args.precisions[-1], True))
-    swin_args = json.loads(args.swin_args)
     results = []
     for name in args.networks:
         rates: dict[str, list[float]] = {}
         for _ in range(args.repeats):  # interleaved, so that background load hits every variant alike
             for kind, precision, comp in variants:
                 label = f"{kind} {precision}" + (" compile" if comp else "")
-                margs = swin_args if name == "swin_unet" else {}
-                common = (name, ds, args.batch, args.warmup, args.iters, args.img)
-                if kind == "reference":
-                    r = reference_rate(*common, args.ref_workers, args.device, margs)
-                else:
-                    r = organseg_rate(*common, precision, comp, args.device, margs)
+                r = _in_child(argv, {"network": name, "kind": kind, "precision": precision, "compile": comp})
                 rates.setdefault(label, []).append(r)
                 print(f"  {name:9s} {label:22s} {r:7.2f} img/s", flush=True)
         base = max(rates["reference fp32"])
