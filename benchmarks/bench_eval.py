@@ -128,6 +128,19 @@ def _timed_predict(model, image: np.ndarray, batch_size: int, device: torch.devi
     return time.perf_counter() - t, out
 
 
+def _network(name: str, checkpoint: str | None) -> tuple[torch.nn.Module, str]:
+    """The benchmarked network and its label: the checkpoint's, or ``name`` with seed-0 random weights (the
+    same weights in the parent and in the reference-loop child)."""
+    from organseg.checkpoint import model_from_checkpoint
+    from organseg.models import create_model
+
+    torch.manual_seed(0)
+    if checkpoint:
+        model, ckpt = model_from_checkpoint(checkpoint)
+        return model, f"{ckpt['model_name']} ({Path(checkpoint).name})"
+    return create_model(name), name
+
+
 def _loop_in_child(
     name: str, image: np.ndarray, batch_size: int, device: torch.device, checkpoint: str | None
 ) -> tuple[float, np.ndarray]:
@@ -147,11 +160,7 @@ def _loop_in_child(
 
 
 def _run_loop(spec: dict) -> None:
-    from organseg.checkpoint import model_from_checkpoint
-    from organseg.models import create_model
-
-    torch.manual_seed(0)
-    model = model_from_checkpoint(spec["checkpoint"])[0] if spec["checkpoint"] else create_model(spec["name"])
+    model, _ = _network(spec["name"], spec["checkpoint"])
     device = torch.device(spec["device"])
     model = model.to(device).eval()
     image = np.load(Path(spec["dir"]) / "image.npy")
@@ -163,19 +172,12 @@ def _run_loop(spec: dict) -> None:
 
 def bench_inference(image: np.ndarray, models: list[str], batch_size: int, device: torch.device,
                     checkpoint: str | None) -> list[dict]:
-    from organseg.checkpoint import model_from_checkpoint
-    from organseg.models import create_model
-
     rows = []
     for name in models:
-        torch.manual_seed(0)
-        if checkpoint:
-            model, ckpt = model_from_checkpoint(checkpoint)
-            name = f"{ckpt['model_name']} ({Path(checkpoint).name})"
-        else:
-            model = create_model(name)
+        model, label = _network(name, checkpoint)
         model = model.to(device).eval()
         t_loop, ref = _loop_in_child(name, image, batch_size, device, checkpoint)
+        name = label
         _timed_predict(model, image[:batch_size], batch_size, device)  # warm-up (oneDNN: per shape)
         stats: dict = {}
         t_batch, fast = _timed_predict(model, image, batch_size, device, stats=stats)
