@@ -9,7 +9,11 @@ what the reference drops (each case's spacing, origin and direction, the split a
 
 Guarantees: every input problem is found *before* anything is written (pass 1 reads headers, pass 2 reads the
 voxels), so a bad input leaves no partial output; every file is written atomically; a re-run skips cases whose
-outputs are complete and whose sources and options are unchanged.
+outputs are complete and whose sources and options are unchanged. The output folder carries a completion
+record (``organseg_status.json``, see ``organseg.data.completion``): "in progress" before the first file,
+"complete" after the sidecar, so a prepare killed half-way leaves a folder every reader refuses. ``--out``
+must be new, empty, or an earlier prepare of the same raw folder (continued; finished cases are kept);
+``overwrite=True`` replaces an earlier prepare of any raw folder, deleting only prepare's own files.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +32,15 @@ from tqdm.auto import tqdm
 
 from organseg.checkpoint import atomic_write_text
 from organseg.data.classes import BTCV_CLASSES, BTCV_TO_SYNAPSE, SYNAPSE_CLASSES, remap_labels, unknown_ids
+from organseg.data.completion import (
+    delete_planned,
+    mark_complete,
+    mark_started,
+    own_entries,
+    plan_clear,
+    read_status,
+    require_complete,
+)
 from organseg.data.io import (
     IMAGE_SUFFIXES,
     Geometry,
@@ -38,7 +52,7 @@ from organseg.data.io import (
     read_sitk,
 )
 from organseg.data.preprocess import SYNAPSE_WINDOW, apply_preprocessing, ct_window_spec
-from organseg.data.synapse import SIDECAR
+from organseg.data.synapse import PREPARE_RECORDS, SIDECAR
 from organseg.errors import ConfigError, DataError
 
 log = logging.getLogger("organseg.data")
@@ -46,8 +60,18 @@ log = logging.getLogger("organseg.data")
 REFERENCE_TEST_IDS: tuple[int, ...] = (1, 2, 3, 4, 8, 22, 25, 29, 32, 35, 36, 38)
 REFERENCE_TRAIN_IDS: tuple[int, ...] = (5, 6, 7, 9, 10, 21, 23, 24, 26, 27, 28, 30, 31, 33, 34, 37, 39, 40)
 DEFAULT_TEST_FRACTION = 0.4  # 12 of 30, the reference proportion
-MARKERS = ".organseg_prepare"
+MARKERS = PREPARE_RECORDS
 FORMAT = "organseg-synapse/1"
+WRITER = "prepare synapse"
+#: What `prepare synapse` writes into --out (``overwrite=True`` deletes these and nothing else).
+SYNAPSE_LAYOUT = {
+    "train_npz": re.compile(r"^case\d+_slice\d+\.npz$"),
+    "test_vol_h5": re.compile(r"^case\d+\.npy\.h5$"),
+    "lists_Synapse": re.compile(r"^(train\.txt|test_vol\.txt|all\.lst|val\.txt)$"),
+    MARKERS: re.compile(r"^case\d+\.json$"),
+    SIDECAR: None,
+    "SYNTHETIC.txt": None,
+}
 
 
 @dataclass(frozen=True)
@@ -95,9 +119,11 @@ def find_raw_cases(raw: str | Path) -> dict[int, RawCase]:
         raise DataError(f"{raw}: folder not found")
     if not raw.is_dir():
         raise DataError(f"{raw}: not a folder (expected the BTCV layout img/ + label/)")
+    require_complete(raw)  # a phantom set (or another organseg-written raw folder) killed half-way
     for sub in ("", "Training", "RawData/Training"):  # the BTCV zip nests the folders
         if (raw / sub / "img").is_dir() or (raw / sub / "label").is_dir():
             raw = raw / sub
+            require_complete(raw)
             break
     else:
         if not any(p for p in raw.iterdir() if not p.name.startswith(".")):
@@ -322,6 +348,69 @@ def _done(out: Path, case: RawCase, role: str, options: dict) -> dict | None:
     return meta
 
 
+def _earlier_prepare_source(out: Path) -> str | None:
+    """The raw folder an earlier ``prepare synapse`` in ``out`` converted ("" when it cannot be told), or None
+    when ``out`` holds no prepare output."""
+    status = read_status(out)
+    if status is not None:
+        return str(status.get("source") or "") if status.get("writer") == WRITER else None
+    sidecar = out / SIDECAR
+    if sidecar.is_file():
+        try:
+            meta = json.loads(sidecar.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return None
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            return None
+        return str(meta.get("source") or "")
+    return "" if (out / MARKERS).is_dir() else None  # interrupted before the sidecar (older organseg)
+
+
+def _check_out_folder(out: Path, raw: Path, overwrite: bool) -> list[Path]:
+    """Decide, before anything is written, whether ``out`` may receive this prepare; returns what
+    ``overwrite`` must delete first. Rule: new or empty, or an earlier prepare of the same raw folder
+    (continued: its finished cases are kept); anything else is refused, and ``overwrite`` replaces only an
+    earlier prepare output."""
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out}: exists and is not a folder")
+    entries = own_entries(out) if out.is_dir() else []
+    if not entries:
+        return []
+    earlier = _earlier_prepare_source(out)
+    if overwrite:
+        if earlier is None:
+            raise DataError(
+                f"{out}: not an earlier `organseg prepare synapse` output; --overwrite deletes only "
+                "prepare's own files, so nothing was deleted (choose another folder or empty it yourself)"
+            )
+        return plan_clear(out, SYNAPSE_LAYOUT, writer=WRITER)
+    if earlier == str(raw.resolve()):
+        return []
+    names = ", ".join(p.name for p in entries[:4]) + (" ..." if len(entries) > 4 else "")
+    if earlier is None:
+        raise DataError(
+            f"{out}: folder is not empty ({names}) and is not an earlier `organseg prepare synapse` output; "
+            "choose a new or empty folder"
+        )
+    was = f"of {earlier}" if earlier else "of another raw folder"
+    raise DataError(
+        f"{out}: holds an earlier `organseg prepare synapse` {was}, not of {raw.resolve()}; choose a new "
+        "folder, or pass --overwrite to replace it"
+    )
+
+
+def _finish_command(raw: Path, out: Path, args: dict) -> str:
+    """The command line that repeats this prepare (shown to a reader that finds the folder half-written)."""
+    parts = ["organseg", "prepare", "synapse", "--raw", str(raw), "--out", str(out)]
+    for flag, value in args.items():
+        if value is None or value is False:
+            continue
+        parts.append(flag)
+        if value is not True:
+            parts += [str(v) for v in (value if isinstance(value, list | tuple) else [value])]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
 def prepare_synapse(
     raw: str | Path,
     out: str | Path,
@@ -335,13 +424,15 @@ def prepare_synapse(
     unknown_labels: str = "error",
     compress: bool = False,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> dict:
     """Convert a raw BTCV folder to the TransUNet Synapse format in ``out``; returns a summary dict.
 
     ``unknown_labels``: "error" (default) rejects label ids outside BTCV's 0..13; "background" maps them to 0
     with a warning giving the voxel counts (the reference script would have kept them and crashed in the
     loss). BTCV organs outside the 8 Synapse classes always become background (counts recorded in the
-    sidecar).
+    sidecar). ``out`` must be new, empty or an earlier prepare of ``raw`` (continued); ``overwrite`` replaces
+    an earlier prepare output of any raw folder (see the module docstring).
     """
     if unknown_labels not in ("error", "background"):
         raise ConfigError(f"unknown_labels must be 'error' or 'background', got {unknown_labels!r}")
@@ -350,6 +441,7 @@ def prepare_synapse(
     if out.exists() and not out.is_dir():
         raise DataError(f"{out}: exists and is not a folder")
     cases = find_raw_cases(raw)
+    planned = _check_out_folder(out, raw, overwrite)
     train, test, rule = decide_split(
         list(cases), train_cases, test_cases, test_fraction=test_fraction, seed=split_seed
     )
@@ -371,13 +463,30 @@ def prepare_synapse(
     selected = [cases[i] for i in sorted(roles)]
     for case in selected:
         _check_headers(case)
-    todo = [c for c in selected if _done(out, c, roles[c.number], options) is None]
+    # --overwrite converts every case again; otherwise finished cases of an earlier run are kept.
+    todo = [c for c in selected if planned or _done(out, c, roles[c.number], options) is None]
 
     # Pass 2: voxels of every case still to convert (NaN/inf, label ids, truncated data). Nothing written yet.
     for case in tqdm(todo, desc="checking", unit="case", disable=not progress or not todo, leave=False):
         _load_case(case, unknown_labels, warn=False)
 
-    # Pass 3: convert.
+    # Pass 3: convert. The record says "in progress" before the first file is deleted or written.
+    finish = _finish_command(
+        raw,
+        out,
+        {
+            "--train-cases": [cases[i].name for i in train] if train_cases is not None else None,
+            "--test-cases": [cases[i].name for i in test] if test_cases is not None else None,
+            "--val-cases": [cases[i].name for i in sorted(val)] or None,
+            "--test-fraction": test_fraction if test_fraction != DEFAULT_TEST_FRACTION else None,
+            "--split-seed": split_seed if split_seed != 1234 else None,
+            "--window": [*spec["window"]] if tuple(spec["window"]) != tuple(SYNAPSE_WINDOW) else None,
+            "--unknown-labels": unknown_labels if unknown_labels != "error" else None,
+            "--compress": bool(compress),
+        },
+    )
+    mark_started(out, writer=WRITER, finish=finish, source=str(raw.resolve()))
+    delete_planned(planned)
     converted = []
     for case in tqdm(selected, desc="prepare synapse", unit="case", disable=not progress):
         role = roles[case.number]
@@ -474,6 +583,15 @@ def prepare_synapse(
         },
     }
     atomic_write_text(out / SIDECAR, json.dumps(sidecar, indent=1))
+    written = [p for c in selected for p in _outputs(out, c.name, roles[c.number], metas[c.name]["slices"])]
+    written += [out / MARKERS / f"{c.name}.json" for c in selected]
+    written += [lists / n for n in ("train.txt", "test_vol.txt", "all.lst", *(["val.txt"] if val else []))]
+    written += [out / SIDECAR] + ([out / "SYNTHETIC.txt"] if synthetic_note is not None else [])
+    mark_complete(
+        out,
+        written,
+        {"train_cases": len(train), "test_cases": len(test), "train_slices": len(train_lines)},
+    )
     return {
         "out": str(out),
         "rule": rule,

@@ -26,12 +26,14 @@ import numpy as np
 
 from organseg.data.base import SegmentationDataset, Volume
 from organseg.data.classes import SYNAPSE_CLASSES
+from organseg.data.completion import require_complete
 from organseg.data.io import read_h5_pair, read_list, read_npz_slice, require_files
 from organseg.data.preprocess import ct_window_spec
 from organseg.data.slices import FileSlices, holdout
 from organseg.errors import ConfigError, DataError
 
 SIDECAR = "organseg_synapse.json"
+PREPARE_RECORDS = ".organseg_prepare"  # prepare's per-case records (organseg.data.prepare.MARKERS)
 _SLICE_RE = re.compile(r"^(?P<case>.+)_slice(?P<index>\d+)$")
 
 
@@ -79,6 +81,15 @@ class SynapseDataset(SegmentationDataset):
         self.test_dir = self.root / "test_vol_h5"
         if not self.train_dir.is_dir() and not self.test_dir.is_dir():
             raise DataError(f"{self.root}: not a Synapse folder (no train_npz/ or test_vol_h5/)")
+        # A folder `organseg prepare synapse` is writing or was killed in: its record says "in progress".
+        # (Prepare from before the record existed wrote its per-case records in .organseg_prepare/ and the
+        # sidecar last, so records without a sidecar mean the same.) A download has neither.
+        legacy = (self.root / PREPARE_RECORDS).is_dir() and not (self.root / SIDECAR).is_file()
+        if require_complete(self.root) is None and legacy:
+            raise DataError(
+                f"{self.root}: incomplete dataset: `organseg prepare synapse` did not finish (it writes "
+                f"{SIDECAR} last); re-run it with the same --raw and --out to complete it"
+            )
         self.list_dir = Path(list_dir) if list_dir is not None else find_list_dir(self.root)
         self.sidecar = self._read_sidecar()
         self.preprocessing = dict(self.sidecar.get("preprocessing") or ct_window_spec())
