@@ -3,6 +3,7 @@ values inside the documented ranges. Each test is a fault that once passed silen
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
@@ -149,3 +150,168 @@ def test_empty_series_uid_is_listed_visibly(totalseg_dir, tmp_path):
         read_image(folder)
     image, _ = read_image(folder, series_uid="")
     assert image.shape == (20, 512, 512)
+
+
+# ------------------------------------------------------------------------------------- complete datasets
+def _phantom(raw, cases: int = 3, **kw):
+    from organseg.data.phantom import write_phantom_set
+
+    return write_phantom_set(raw, cases, size=32, num_slices=4, progress=False, **kw)
+
+
+def _prepare(raw, out, **kw):
+    from organseg.data.prepare import prepare_synapse
+
+    split = {"train_cases": [1, 2], "test_cases": [3]}
+    return prepare_synapse(raw, out, progress=False, **{**split, **kw})
+
+
+class _Killed(BaseException):
+    """Stands for SIGKILL: nothing after it runs (not an Exception, so no handler tidies up)."""
+
+
+def _kill_after(monkeypatch, module, name: str, calls: int) -> None:
+    real = getattr(module, name)
+    count = {"n": 0}
+
+    def dying(*args, **kwargs):
+        count["n"] += 1
+        if count["n"] > calls:
+            raise _Killed
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, dying)
+
+
+def test_prepare_killed_half_way_is_refused_until_rerun(tmp_path, monkeypatch):
+    import organseg.data.prepare as prep
+    from organseg.data.detect import open_dataset
+
+    _phantom(tmp_path / "raw")
+    with monkeypatch.context() as m:
+        _kill_after(m, prep, "atomic_write_npz", 5)  # case 1 written (4 slices), killed inside case 2
+        with pytest.raises(_Killed):
+            _prepare(tmp_path / "raw", tmp_path / "syn")
+    assert len(list((tmp_path / "syn" / "train_npz").glob("*.npz"))) == 5
+    with pytest.raises(DataError, match=r"syn: incomplete dataset: `organseg prepare synapse` started "
+                       r"writing it .* and did not finish; re-run `organseg prepare synapse --raw .*raw "
+                       r"--out .*syn --train-cases case0001 case0002 --test-cases case0003` to complete it"):
+        open_dataset(tmp_path / "syn")
+    summary = _prepare(tmp_path / "raw", tmp_path / "syn")  # the same command finishes it
+    assert summary["skipped"] == ["case0001"]  # the finished case was kept
+    ds = open_dataset(tmp_path / "syn")
+    assert ds.case_ids("train") == ["case0001", "case0002"] and len(ds.train_slices()) == 8
+    status = json.loads((tmp_path / "syn" / "organseg_status.json").read_text())
+    assert status["state"] == "complete" and status["counts"] == {
+        "train_cases": 2, "test_cases": 1, "train_slices": 8
+    }
+    assert "train_npz/case0002_slice003.npz" in status["files"]
+    (tmp_path / "syn" / "train_npz" / "case0002_slice003.npz").unlink()
+    with pytest.raises(DataError, match=r"1 file\(s\) written by `organseg prepare synapse` are missing "
+                       r"\(train_npz/case0002_slice003.npz\)"):
+        open_dataset(tmp_path / "syn")
+
+
+def test_prepare_output_of_an_older_organseg_without_sidecar_is_refused(tmp_path):
+    from organseg.data.detect import open_dataset
+
+    _phantom(tmp_path / "raw")
+    _prepare(tmp_path / "raw", tmp_path / "syn")
+    # as an older prepare (no completion record), killed before the end
+    for name in ("organseg_status.json", "organseg_synapse.json"):
+        (tmp_path / "syn" / name).unlink()
+    shutil.rmtree(tmp_path / "syn" / "lists_Synapse")
+    with pytest.raises(DataError, match=r"incomplete dataset: `organseg prepare synapse` did not finish"):
+        open_dataset(tmp_path / "syn")
+
+
+def test_phantom_killed_half_way_is_refused_by_prepare(tmp_path, monkeypatch):
+    import organseg.data.phantom as ph
+
+    with monkeypatch.context() as m:
+        _kill_after(m, ph, "write_image", 3)  # case 1 whole, case 2 image only
+        with pytest.raises(_Killed):
+            _phantom(tmp_path / "raw")
+    with pytest.raises(DataError, match=r"raw: incomplete dataset: `organseg phantom` started writing it .* "
+                       r"re-run `organseg phantom --out .*raw --cases 3 --size 32 --seed 0 --slices 4 "
+                       r"--overwrite` to complete it"):
+        _prepare(tmp_path / "raw", tmp_path / "syn")
+    assert not (tmp_path / "syn").exists()  # refused before anything was written
+    _phantom(tmp_path / "raw", overwrite=True)
+    assert _prepare(tmp_path / "raw", tmp_path / "syn")["converted"] == ["case0001", "case0002", "case0003"]
+
+
+def test_phantom_refuses_a_non_empty_folder_and_overwrite_deletes_only_its_own(tmp_path):
+    from organseg.data.io import write_image
+
+    raw = tmp_path / "raw"
+    _phantom(raw)
+    with pytest.raises(DataError, match=r"raw: folder is not empty \(.*\); choose a new folder, or pass "
+                       r"--overwrite"):
+        _phantom(raw, cases=1)
+    _phantom(raw, cases=1, overwrite=True)
+    assert sorted(p.name for p in (raw / "img").iterdir()) == ["img0001.nii.gz"]  # no old case mixed in
+    (raw / "img" / "notes.txt").write_text("mine")
+    with pytest.raises(DataError, match=r"img/notes.txt: not written by organseg; --overwrite deletes only "
+                       r"`organseg phantom` output, so nothing was deleted"):
+        _phantom(raw, cases=1, overwrite=True)
+    assert (raw / "img" / "img0001.nii.gz").is_file() and (raw / "phantom.json").is_file()
+    # A real BTCV folder of the same layout (images without the phantom's mark) is never deleted.
+    btcv = tmp_path / "btcv"
+    write_image(np.zeros((4, 8, 8), np.int16), None, btcv / "img" / "img0001.nii.gz")
+    write_image(np.zeros((4, 8, 8), np.uint8), None, btcv / "label" / "label0001.nii.gz")
+    with pytest.raises(DataError, match=r"img0001.nii.gz: not written by organseg"):
+        _phantom(btcv, cases=1, overwrite=True)
+    assert (btcv / "img" / "img0001.nii.gz").is_file() and not (btcv / "organseg_status.json").exists()
+
+
+def test_phantom_impossible_sizes_are_refused_before_writing(tmp_path, monkeypatch, capsys):
+    import organseg.data.phantom as ph
+    from organseg.cli.main import main
+    from organseg.errors import ConfigError
+
+    assert main(["phantom", "--out", str(tmp_path / "big"), "--cases", "1", "--size", "20000"]) == 2
+    assert "--size must be between 32 and 2048 pixels, got 20000" in capsys.readouterr().err
+    monkeypatch.setattr(ph, "_available_memory", lambda: 2**30)
+    with pytest.raises(ConfigError, match=r"--size 1024 with 112 slices needs about 5.2 GiB of memory per "
+                       r"case, but 1.0 GiB is available"):
+        ph.write_phantom_set(tmp_path / "big", 1, 1024, progress=False)
+    assert not (tmp_path / "big").exists()
+
+
+def test_prepare_out_must_be_new_empty_or_the_same_raw(tmp_path):
+    raw, other, out = tmp_path / "raw", tmp_path / "raw2", tmp_path / "syn"
+    _phantom(raw)
+    _phantom(other, seed=1)
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("keep me")
+    with pytest.raises(DataError, match=r"foreign: folder is not empty \(thesis.tex\) and is not an earlier "
+                       r"`organseg prepare synapse` output"):
+        _prepare(raw, foreign)
+    with pytest.raises(DataError, match=r"foreign: not an earlier `organseg prepare synapse` output; "
+                       r"--overwrite deletes only"):
+        _prepare(raw, foreign, overwrite=True)
+    assert (foreign / "thesis.tex").read_text() == "keep me" and len(list(foreign.iterdir())) == 1
+    _prepare(raw, out)
+    assert _prepare(raw, out)["converted"] == []  # the same raw folder: continued, nothing to do
+    with pytest.raises(DataError, match=r"syn: holds an earlier `organseg prepare synapse` of .*raw, not of "
+                       r".*raw2; choose a new folder, or pass --overwrite"):
+        _prepare(other, out)
+    (out / "train_npz" / "case0009_slice000.npz").write_bytes(b"stale")
+    summary = _prepare(other, out, overwrite=True)
+    assert summary["converted"] == ["case0001", "case0002", "case0003"]
+    assert not (out / "train_npz" / "case0009_slice000.npz").exists()
+    assert json.loads((out / "organseg_synapse.json").read_text())["source"] == str(other.resolve())
+
+
+def test_prepare_checks_a_dicom_label_series(tmp_path):
+    from organseg.data.io import Geometry, write_image
+
+    raw = tmp_path / "raw"
+    geom = Geometry(spacing=(2.5, 0.5, 0.5), origin=(1.0, 2.0, 3.0))
+    write_image(np.zeros((5, 8, 8), np.int16), geom, raw / "img" / "img0001.nii.gz")
+    _series(raw / "label" / "label0001", skip=(3,))  # label map as DICOM, one slice lost
+    with pytest.raises(DataError, match=r"label0001: slice gap between s02.dcm \(8 mm\) and s04.dcm "):
+        _prepare(raw, tmp_path / "syn", train_cases=None, test_cases=None)
+    assert not (tmp_path / "syn").exists()
