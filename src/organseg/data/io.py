@@ -303,8 +303,9 @@ def _dicom_series(folder: Path, series_uid: str | None) -> list[str]:
 _NIFTI_FLOATS = {16: "f4", 64: "f8"}  # NIfTI datatype codes of float32 / float64
 
 
-def _nifti_layout(header: bytes) -> tuple[int, int, str | None] | None:
-    """(data start, data end, numpy dtype if float else None) of a NIfTI-1/2 header; None if not NIfTI."""
+def _nifti_layout(header: bytes) -> tuple[int, int, str | None, tuple[float, ...]] | None:
+    """(data start, data end, numpy dtype if float else None, spatial pixdim) of a NIfTI-1/2 header; None if
+    not NIfTI."""
     import struct
 
     for endian in ("<", ">"):
@@ -313,11 +314,13 @@ def _nifti_layout(header: bytes) -> tuple[int, int, str | None] | None:
             bitpix = struct.unpack(endian + "h", header[72:74])[0]
             dims = struct.unpack(endian + "8h", header[40:56])
             offset = int(struct.unpack(endian + "f", header[108:112])[0])
+            pixdim = struct.unpack(endian + "3f", header[80:92])
             break
         if len(header) >= 540 and struct.unpack(endian + "i", header[:4])[0] == 540:
             datatype, bitpix = struct.unpack(endian + "2h", header[12:16])
             dims = struct.unpack(endian + "8q", header[16:80])
             offset = int(struct.unpack(endian + "q", header[168:176])[0])
+            pixdim = struct.unpack(endian + "3d", header[112:136])
             break
     else:
         return None
@@ -328,28 +331,44 @@ def _nifti_layout(header: bytes) -> tuple[int, int, str | None] | None:
     for n in dims[1 : ndim + 1]:
         count *= max(int(n), 1)
     fdtype = _NIFTI_FLOATS.get(int(datatype))
-    return offset, offset + count * int(bitpix) // 8, (endian + fdtype if fdtype else None)
+    spatial = tuple(float(v) for v in pixdim[: min(ndim, 3)])
+    return offset, offset + count * int(bitpix) // 8, (endian + fdtype if fdtype else None), spatial
 
 
-def _check_nifti_file(path: Path) -> None:
-    """Checks ITK does not do for NIfTI: it fills a truncated .nii.gz with zeros, and it turns NaN/inf voxels
-    into 0, both without a word. Integer files cost one look at gzip's stored length; float files are
-    scanned."""
+def _check_nifti_header(path: Path) -> tuple[int, int, str | None, tuple[float, ...]] | None:
+    """The NIfTI layout of ``path`` (None for other formats), after the header check ITK does not do: it
+    reads a zero or NaN voxel size as 1 mm (and a negative one as its absolute value) without a word, and
+    every volume and distance would then be wrong."""
     import gzip
     import zlib
 
     name = path.name.lower()
     if not name.endswith((".nii", ".nii.gz")):
-        return
+        return None
     opener = gzip.open if name.endswith(".gz") else open
     try:
         with opener(path, "rb") as fh:
             layout = _nifti_layout(fh.read(540))
     except (OSError, EOFError, zlib.error) as exc:
         raise DataError(f"{path}: cannot read image, file is truncated or corrupt ({exc})") from None
+    if layout is not None and not all(np.isfinite(v) and v != 0 for v in layout[3]):
+        raise DataError(f"{path}: voxel spacing (pixdim) {layout[3]} mm is zero or not a number")
+    return layout
+
+
+def _check_nifti_file(path: Path) -> None:
+    """Checks ITK does not do for NIfTI: the header's voxel size (above); it fills a truncated .nii.gz with
+    zeros, and it turns NaN/inf voxels into 0, both without a word. Integer files cost one look at gzip's
+    stored length; float files are scanned."""
+    import gzip
+    import zlib
+
+    layout = _check_nifti_header(path)
     if layout is None:
         return
-    start, end, float_dtype = layout
+    name = path.name.lower()
+    opener = gzip.open if name.endswith(".gz") else open
+    start, end, float_dtype, _ = layout
     if float_dtype is None:
         if name.endswith(".gz"):
             with open(path, "rb") as fh:
@@ -439,7 +458,14 @@ def _read_sitk(path: str | Path, series_uid: str | None) -> sitk.Image:
         dim = 3
     if dim != 3:
         raise DataError(f"{path}: {dim}-D image of size {tuple(image.GetSize())}; a 3-D volume is needed")
+    _check_spacing(image.GetSpacing(), path)
     return image
+
+
+def _check_spacing(spacing: Sequence[float], path: Path) -> None:
+    """Volumes, distances and HD95 are computed from the spacing: it must be positive and finite."""
+    if not all(np.isfinite(v) and v > 0 for v in spacing[:3]):
+        raise DataError(f"{path}: voxel spacing {tuple(float(v) for v in spacing[:3])} mm is not positive")
 
 
 def read_image(path: str | Path, *, series_uid: str | None = None) -> tuple[np.ndarray, Geometry]:
@@ -465,10 +491,12 @@ def read_image_info(path: str | Path) -> tuple[tuple[int, int, int], Geometry]:
         return tuple(reversed(image.GetSize())), Geometry.from_sitk(image)
     if not path.exists():
         raise DataError(f"{path}: file not found")
+    _check_nifti_header(path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
-        reader.ReadImageInformation()
+        with _quiet_itk():
+            reader.ReadImageInformation()
     except Exception as exc:
         raise DataError(
             f"{path}: cannot read image header, file is truncated, corrupt or not an image "
@@ -484,7 +512,10 @@ def read_image_info(path: str | Path) -> tuple[tuple[int, int, int], Geometry]:
         raise DataError(
             f"{path}: {reader.GetNumberOfComponents()}-component pixels; a scalar image is needed"
         )
-    sx, sy, sz = reader.GetSpacing()[:3]
+    # ITK's header-only read keeps a negative NIfTI pixdim that its full read turns positive; follow the
+    # full read so that both agree.
+    sx, sy, sz = (abs(v) for v in reader.GetSpacing()[:3])
+    _check_spacing((sx, sy, sz), path)
     direction = reader.GetDirection()
     if len(direction) == 16:
         direction = tuple(direction[r * 4 + c] for r in range(3) for c in range(3))
@@ -550,6 +581,24 @@ def check_finite(array: np.ndarray, path: str | Path, what: str = "image") -> No
             raise DataError(f"{path}: {what} has {int(bad.sum())} NaN/inf voxels")
 
 
+#: Stored images of the TransUNet/SSL4MIS formats are in [0, 1]; float rounding of a stored min-max or window
+#: scaling can overshoot by a few ULP, a unit of HU or 8-bit grey cannot hide under this.
+UNIT_RANGE_TOLERANCE = 1e-3
+
+
+def check_unit_range(image: np.ndarray, path: str | Path) -> None:
+    """DataError when a stored image leaves [0, 1] (beyond a rounding tolerance): the networks were trained on
+    [0, 1] inputs, and an image saved in HU or raw grey values would otherwise train and test silently."""
+    if not image.size:
+        return
+    lo, hi = float(image.min()), float(image.max())
+    if lo < -UNIT_RANGE_TOLERANCE or hi > 1.0 + UNIT_RANGE_TOLERANCE:
+        raise DataError(
+            f"{path}: image values span [{lo:g}, {hi:g}], outside the [0, 1] this format stores (raw HU or "
+            "grey values? raw CT goes through `organseg prepare synapse`)"
+        )
+
+
 def read_npz_slice(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """One TransUNet training slice: (image (H, W) float32, label (H, W) int64)."""
     path = Path(path)
@@ -602,6 +651,7 @@ def _check_pair(
         raise DataError(f"{path}: image shape {image.shape} and label shape {label.shape} differ")
     check_finite(image, path)
     image = image.astype(np.float32, copy=False)
+    check_unit_range(image, path)
     if np.issubdtype(label.dtype, np.floating):
         check_finite(label, path, "label")
         if not np.array_equal(label, np.round(label)):

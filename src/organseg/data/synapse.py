@@ -140,6 +140,26 @@ class SynapseDataset(SegmentationDataset):
             raise DataError(f"{path}: cannot read sidecar JSON ({exc})") from None
         if not isinstance(data, dict):
             raise DataError(f"{path}: sidecar must be a JSON object")
+        names = data.get("class_names")
+        if names is not None and list(names) != list(SYNAPSE_CLASSES):
+            raise DataError(
+                f"{path}: class_names {names} differ from the {len(SYNAPSE_CLASSES)} Synapse classes "
+                f"{list(SYNAPSE_CLASSES)} this reader maps label ids to"
+            )
+        cases = data.get("cases", {})
+        if not isinstance(cases, dict):
+            raise DataError(f"{path}: 'cases' must map case names to their records")
+        for case, meta in cases.items():
+            sp = meta.get("spacing") if isinstance(meta, dict) else None
+            if sp is None:
+                continue
+            ok = isinstance(sp, list) and len(sp) == 3
+            ok = ok and all(isinstance(v, int | float) and not isinstance(v, bool) for v in sp)
+            if not ok or not all(np.isfinite(v) and v > 0 for v in sp):
+                raise DataError(
+                    f"{path}: case {case} spacing {sp!r} must be three positive numbers (z, y, x mm); "
+                    "every volume and surface distance is computed from it"
+                )
         return data
 
     def _h5_path(self, case_id: str) -> Path:
