@@ -315,3 +315,113 @@ def test_prepare_checks_a_dicom_label_series(tmp_path):
     with pytest.raises(DataError, match=r"label0001: slice gap between s02.dcm \(8 mm\) and s04.dcm "):
         _prepare(raw, tmp_path / "syn", train_cases=None, test_cases=None)
     assert not (tmp_path / "syn").exists()
+
+
+# ------------------------------------------------------------------------------------- documented ranges
+def _synapse(root, image_scale: float = 1.0, test_scale: float = 1.0):
+    from organseg.data.io import atomic_write_h5, atomic_write_npz
+
+    rng = np.random.default_rng(0)
+    for k in range(2):
+        atomic_write_npz(
+            root / "train_npz" / f"case0001_slice{k:03d}.npz",
+            image=rng.random((8, 8), dtype=np.float32) * image_scale,
+            label=np.zeros((8, 8), np.uint8),
+        )
+    volume = rng.random((2, 8, 8), dtype=np.float32)
+    volume[0, 0, 0] = 1.0
+    atomic_write_h5(
+        root / "test_vol_h5" / "case0002.npy.h5",
+        image=volume * np.float32(test_scale),
+        label=np.zeros((2, 8, 8), np.uint8),
+    )
+    return root
+
+
+def test_synapse_images_outside_0_1_are_refused_with_the_file_and_range(tmp_path):
+    from organseg.data.detect import open_dataset
+
+    ds = open_dataset(_synapse(tmp_path / "hu", image_scale=1000.0, test_scale=1.0005))
+    with pytest.raises(DataError, match=r"case0001_slice000.npz: image values span \[[0-9.]+, 9[0-9.]+\], "
+                       r"outside the \[0, 1\] this format stores"):
+        ds.train_slices()[0]
+    assert ds.volume("case0002").image.max() > 1.0  # a rounding overshoot within the tolerance is accepted
+    ds = open_dataset(_synapse(tmp_path / "hu_test", test_scale=-1024.0))
+    assert ds.train_slices()[1][0].max() <= 1.0
+    with pytest.raises(DataError, match=r"case0002.npy.h5: image values span \[-1[0-9.]+, -?[0-9.e-]+\]"):
+        ds.volume("case0002")
+
+
+def test_acdc_images_outside_0_1_are_refused(tmp_path):
+    from organseg.data.acdc import ACDCDataset
+    from organseg.data.io import atomic_write_h5
+
+    atomic_write_h5(
+        tmp_path / "slices" / "patient001_frame01_slice_0.h5",
+        image=np.full((8, 8), 255.0, np.float32),  # 8-bit grey, never scaled
+        label=np.zeros((8, 8), np.uint8),
+    )
+    ds = ACDCDataset(tmp_path)
+    with pytest.raises(DataError, match=r"patient001_frame01_slice_0.h5: image values span \[255, 255\]"):
+        ds.train_slices()[0]
+
+
+def test_synapse_sidecar_spacing_and_class_names_are_checked(tmp_path):
+    from organseg.data.synapse import SIDECAR, SynapseDataset
+
+    root = _synapse(tmp_path / "syn")
+    sidecar = {"cases": {"case0002": {"spacing": [-2.5, 0.7, 0.7]}}}
+    (root / SIDECAR).write_text(json.dumps(sidecar))
+    with pytest.raises(DataError, match=r"case case0002 spacing \[-2.5, 0.7, 0.7\] must be three positive"):
+        SynapseDataset(root)
+    (root / SIDECAR).write_text(json.dumps({"class_names": ["background", "liver"]}))
+    with pytest.raises(DataError, match=r"class_names \['background', 'liver'\] differ from the 9 Synapse"):
+        SynapseDataset(root)
+
+
+@pytest.mark.parametrize("pixdim", [0.0, float("nan")])
+def test_nifti_zero_or_nan_voxel_size_is_refused(tmp_path, pixdim):
+    import struct
+
+    from organseg.data.io import read_image_info, write_image
+
+    write_image(np.zeros((3, 4, 5), np.int16), None, tmp_path / "ct.nii")
+    data = bytearray((tmp_path / "ct.nii").read_bytes())
+    data[80:84] = struct.pack("<f", pixdim)  # pixdim[1]: ITK would read it as 1 mm
+    (tmp_path / "ct.nii").write_bytes(bytes(data))
+    for read in (read_image, read_image_info):
+        with pytest.raises(DataError, match=r"ct.nii: voxel spacing \(pixdim\) \((0.0|nan), 1.0, 1.0\) mm is "
+                           r"zero or not a number"):
+            read(tmp_path / "ct.nii")
+
+
+def test_nifti_negative_pixdim_header_and_full_read_agree(tmp_path):
+    import struct
+
+    from organseg.data.io import read_image_info, write_image
+
+    write_image(np.zeros((3, 4, 5), np.int16), None, tmp_path / "ct.nii")
+    data = bytearray((tmp_path / "ct.nii").read_bytes())
+    data[80:84] = struct.pack("<f", -2.0)
+    (tmp_path / "ct.nii").write_bytes(bytes(data))
+    assert read_image_info(tmp_path / "ct.nii")[1].spacing == read_image(tmp_path / "ct.nii")[1].spacing
+
+
+def test_nnunet_file_ending_that_matches_no_file_names_the_files(tmp_path):
+    from organseg.data.io import write_image
+    from organseg.data.nnunet import NnUNetDataset
+
+    for case in ("a", "b"):
+        write_image(np.zeros((3, 4, 5), np.int16), None, tmp_path / "imagesTr" / f"{case}_0000.nii")
+        write_image(np.zeros((3, 4, 5), np.uint8), None, tmp_path / "labelsTr" / f"{case}.nii")
+    (tmp_path / "imagesTr" / "README.txt").write_text("notes are ignored, as nnU-Net does")
+    meta = {"channel_names": {"0": "CT"}, "labels": {"background": 0}, "numTraining": 2}
+    meta["file_ending"] = ".nii.gz"
+    (tmp_path / "dataset.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match=r"imagesTr: 2 file\(s\) do not end with '.nii.gz', the file_ending "
+                       r"of .*dataset.json \(a_0000.nii, b_0000.nii\); fix file_ending or the file names"):
+        NnUNetDataset(tmp_path, progress=False)
+    meta["file_ending"] = ".nii"
+    (tmp_path / "dataset.json").write_text(json.dumps(meta))
+    ds = NnUNetDataset(tmp_path, progress=False)
+    assert sorted(ds.case_ids("train") + ds.case_ids("val")) == ["a", "b"]
