@@ -391,16 +391,17 @@ def _check_nifti_file(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def _quiet_itk():
+def _itk_guard(quiet: bool):
     """GDCM (SimpleITK's DICOM reader) switches the process locale to "C" while scanning a folder and leaves
-    it there; Python's default text encoding would then become ASCII for the rest of the process. ITK also
-    prints multi-line warnings (e.g. "Non uniform sampling or missing slices") straight to the terminal; our
-    own checks turn every such condition into one DataError, so the warnings are switched off meanwhile."""
+    it there; Python's default text encoding would then become ASCII for the rest of the process. With
+    ``quiet`` (DICOM series) ITK's multi-line warnings (e.g. "Non uniform sampling or missing slices") are
+    switched off meanwhile: the series checks turn every such condition into one DataError first."""
     import SimpleITK as sitk
 
     saved = locale.setlocale(locale.LC_ALL)
     warnings_on = sitk.ProcessObject_GetGlobalWarningDisplay()
-    sitk.ProcessObject_SetGlobalWarningDisplay(False)
+    if quiet:
+        sitk.ProcessObject_SetGlobalWarningDisplay(False)
     try:
         yield
     finally:
@@ -416,7 +417,7 @@ def read_sitk(path: str | Path, *, series_uid: str | None = None) -> sitk.Image:
     A DICOM folder is checked before it is read: every file must be a readable slice of the series, and the
     slices must share one orientation, matrix and pixel spacing and sit evenly spaced along the slice normal
     with no gap and no duplicate (ITK would stack what it finds and report the mean spacing)."""
-    with _quiet_itk():
+    with _itk_guard(quiet=Path(path).is_dir()):
         return _read_sitk(path, series_uid)
 
 
@@ -495,8 +496,7 @@ def read_image_info(path: str | Path) -> tuple[tuple[int, int, int], Geometry]:
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
-        with _quiet_itk():
-            reader.ReadImageInformation()
+        reader.ReadImageInformation()
     except Exception as exc:
         raise DataError(
             f"{path}: cannot read image header, file is truncated, corrupt or not an image "
