@@ -425,3 +425,36 @@ def test_nnunet_file_ending_that_matches_no_file_names_the_files(tmp_path):
     (tmp_path / "dataset.json").write_text(json.dumps(meta))
     ds = NnUNetDataset(tmp_path, progress=False)
     assert sorted(ds.case_ids("train") + ds.case_ids("val")) == ["a", "b"]
+
+
+def test_phantom_negative_seed_and_full_disk_are_refused_before_writing(tmp_path, monkeypatch, capsys):
+    from collections import namedtuple
+
+    import organseg.data.completion as completion
+    from organseg.cli.main import main
+
+    out = tmp_path / "ph"
+    assert main(["phantom", "--out", str(out), "--cases", "1", "--size", "32", "--seed", "-1"]) == 2
+    assert "--seed must be 0 or more, got -1" in capsys.readouterr().err
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(completion.shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 2**20, 2**20))
+    assert main(["phantom", "--out", str(out), "--cases", "3", "--size", "128", "--slices", "40"]) == 2
+    assert "ph: the phantom set needs about 2.1 MiB of disk space, but" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_prepare_bad_split_seed_and_full_disk_are_refused_before_writing(tmp_path, monkeypatch):
+    from collections import namedtuple
+
+    import organseg.data.completion as completion
+    from organseg.errors import ConfigError
+
+    _phantom(tmp_path / "raw")
+    with pytest.raises(ConfigError, match=r"--split-seed must be an integer 0 or more, got -1"):
+        _prepare(tmp_path / "raw", tmp_path / "syn", train_cases=None, test_cases=None, split_seed=-1)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(completion.shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 1000, 1000))
+    with pytest.raises(DataError, match=r"syn: preparing 3 case\(s\) needs about 60.0 KiB of disk space, "
+                       r"but .* has 1000 bytes free"):
+        _prepare(tmp_path / "raw", tmp_path / "syn")
+    assert not (tmp_path / "syn").exists()

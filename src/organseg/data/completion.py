@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -173,3 +174,27 @@ def delete_planned(paths: Sequence[Path]) -> None:
             p.rmdir()
         else:
             p.unlink(missing_ok=True)
+
+
+def check_disk_space(folder: str | Path, need_bytes: float, what: str) -> None:
+    """DataError, before writing, when the file system that will hold ``folder`` has less free space than the
+    writer's estimate ``need_bytes``: failing up front beats a half-written folder and a full disk."""
+    probe = Path(folder).absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        free = shutil.disk_usage(probe).free
+    except OSError:
+        return  # the writer's own errors will name the problem
+    if need_bytes > free:
+        raise DataError(
+            f"{folder}: {what} needs about {human_bytes(need_bytes)} of disk space, but {probe} has "
+            f"{human_bytes(free)} free"
+        )
+
+
+def human_bytes(n: float) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{int(n)} bytes"

@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from organseg.checkpoint import atomic_write_text
 from organseg.data.completion import (
+    check_disk_space,
     delete_planned,
     mark_complete,
     mark_started,
@@ -453,6 +454,8 @@ PHANTOM_LAYOUT = {
 #: Peak memory of make_phantom_case per voxel of one case (measured 31-46 bytes at 128-256 px, 40 slices;
 #: float32 canvases, label, noise fields), with a margin.
 BYTES_PER_VOXEL = 48
+#: On disk: the noisy int16 image compresses to about 1.07 bytes per voxel, the label to a few hundredths.
+DISK_BYTES_PER_VOXEL = 1.1
 MAX_SIZE = 2048  # no CT reconstruction matrix is larger; beyond it a typo is likelier than an intent
 MAX_SLICES = 2000
 _DEFAULT_MAX_SLICES = 112  # 280 mm at 2.5 mm, the longest default scan
@@ -473,11 +476,14 @@ def _available_memory() -> int | None:
         return None
 
 
-def check_phantom_request(cases: int, size: int, num_slices: int | None) -> None:
+def check_phantom_request(
+    cases: int, size: int, num_slices: int | None, seed: int = 0, out: Path | None = None
+) -> None:
     """ConfigError, before anything is written, for a request the generator cannot honour: counts out of
-    range, or one case needing more memory than the machine has available (it would otherwise end in a
-    NumPy MemoryError after part of the folder was written)."""
-    for name, value in (("--cases", cases), ("--size", size), ("--slices", num_slices)):
+    range, a negative seed, one case needing more memory than the machine has available (it would otherwise
+    end in a NumPy MemoryError after part of the folder was written), or the set needing more disk space than
+    ``out``'s file system has free."""
+    for name, value in (("--cases", cases), ("--size", size), ("--slices", num_slices), ("--seed", seed)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
             raise ConfigError(f"{name} must be an integer, got {value!r}")
     if cases < 1:
@@ -486,6 +492,8 @@ def check_phantom_request(cases: int, size: int, num_slices: int | None) -> None
         raise ConfigError(f"--size must be between 32 and {MAX_SIZE} pixels, got {size}")
     if num_slices is not None and not 4 <= num_slices <= MAX_SLICES:
         raise ConfigError(f"--slices must be between 4 and {MAX_SLICES}, got {num_slices}")
+    if seed < 0:
+        raise ConfigError(f"--seed must be 0 or more, got {seed}")
     slices = num_slices if num_slices is not None else _DEFAULT_MAX_SLICES
     need = BYTES_PER_VOXEL * slices * size * size
     have = _available_memory()
@@ -494,6 +502,8 @@ def check_phantom_request(cases: int, size: int, num_slices: int | None) -> None
             f"--size {size} with {slices} slices needs about {need / 2**30:.1f} GiB of memory per case, "
             f"but {have / 2**30:.1f} GiB is available; choose a smaller --size or --slices"
         )
+    if out is not None:
+        check_disk_space(out, cases * slices * size * size * DISK_BYTES_PER_VOXEL, "the phantom set")
 
 
 def _is_phantom_file(path: Path) -> bool:
@@ -531,8 +541,8 @@ def write_phantom_set(
     it with nothing deleted). The folder carries a completion record (see ``organseg.data.completion``):
     "in progress" before the first file, "complete" after the last, so ``prepare`` refuses a half-written
     set."""
-    check_phantom_request(cases, size, num_slices)
     out = Path(out)
+    check_phantom_request(cases, size, num_slices, seed, out)
     if out.exists() and not out.is_dir():
         raise DataError(f"{out}: exists and is not a folder")
     planned: list[Path] = []

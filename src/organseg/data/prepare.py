@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from organseg.checkpoint import atomic_write_text
 from organseg.data.classes import BTCV_CLASSES, BTCV_TO_SYNAPSE, SYNAPSE_CLASSES, remap_labels, unknown_ids
 from organseg.data.completion import (
+    check_disk_space,
     delete_planned,
     mark_complete,
     mark_started,
@@ -208,6 +209,8 @@ def decide_split(
 
     if not 0.0 <= test_fraction < 1.0:
         raise ConfigError(f"--test-fraction must be in [0, 1), got {test_fraction}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"--split-seed must be an integer 0 or more, got {seed!r}")
     n = len(avail)
     n_test = 0 if n < 2 else min(n - 1, max(1, int(round(n * test_fraction))))
     if test_fraction == 0.0:
@@ -241,7 +244,8 @@ def _fmt(ids: Sequence[int]) -> str:
     )
 
 
-def _check_headers(case: RawCase) -> str:
+def _check_headers(case: RawCase) -> tuple[int, int, int]:
+    """The image shape, after checking that the label's header fits the image."""
     shape_i, geom_i = read_image_info(case.image)
     shape_l, geom_l = read_image_info(case.label)
     relation = grid_relation(shape_i, geom_i, shape_l, geom_l)
@@ -254,7 +258,7 @@ def _check_headers(case: RawCase) -> str:
             f"{case.label}: label geometry does not match {case.image.name} (image spacing {geom_i.spacing}, "
             f"origin {geom_i.origin}; label spacing {geom_l.spacing}, origin {geom_l.origin})"
         )
-    return relation
+    return tuple(shape_i)
 
 
 def _load_case(
@@ -461,10 +465,13 @@ def prepare_synapse(
 
     # Pass 1: headers of every selected case (cheap): shapes and geometry.
     selected = [cases[i] for i in sorted(roles)]
-    for case in selected:
-        _check_headers(case)
+    shapes = {case.number: _check_headers(case) for case in selected}
     # --overwrite converts every case again; otherwise finished cases of an earlier run are kept.
     todo = [c for c in selected if planned or _done(out, c, roles[c.number], options) is None]
+
+    # float32 image + uint8 label per voxel, uncompressed (compression saves about half on CT).
+    need = sum(int(np.prod(shapes[c.number])) for c in todo) * (5 if not compress else 3)
+    check_disk_space(out, need, f"preparing {len(todo)} case(s)")
 
     # Pass 2: voxels of every case still to convert (NaN/inf, label ids, truncated data). Nothing written yet.
     for case in tqdm(todo, desc="checking", unit="case", disable=not progress or not todo, leave=False):
