@@ -458,3 +458,20 @@ def test_prepare_bad_split_seed_and_full_disk_are_refused_before_writing(tmp_pat
                        r"but .* has 1000 bytes free"):
         _prepare(tmp_path / "raw", tmp_path / "syn")
     assert not (tmp_path / "syn").exists()
+
+
+def test_predict_on_a_series_with_a_gap_is_one_line_and_writes_nothing(totalseg_dir, tmp_path, capfd):
+    from organseg.cli.main import main
+    from organseg.data.classes import SYNAPSE_CLASSES
+    from organseg.data.preprocess import ct_window_spec
+    from test_eval_cli import make_run
+
+    ckpt = make_run(tmp_path / "run", list(SYNAPSE_CLASSES), ct_window_spec()) / "checkpoints" / "best.pt"
+    folder, files = _real_copy(totalseg_dir, tmp_path)
+    files[7].unlink()
+    out = tmp_path / "seg.nii.gz"
+    assert main(["predict", str(ckpt), str(folder), "--out", str(out), "--device", "cpu"]) == 2
+    err = capfd.readouterr().err  # Python's and ITK's (C++) output alike
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "slice gap between" in lines[0] and "1 slice(s) missing" in lines[0]
+    assert not out.exists() and not (tmp_path / "seg.json").exists()
