@@ -475,3 +475,26 @@ def test_predict_on_a_series_with_a_gap_is_one_line_and_writes_nothing(totalseg_
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert len(lines) == 1 and "slice gap between" in lines[0] and "1 slice(s) missing" in lines[0]
     assert not out.exists() and not (tmp_path / "seg.json").exists()
+
+
+def test_prepare_refuses_a_ct_that_is_not_in_hounsfield_units(tmp_path):
+    from organseg.data.io import write_image
+
+    raw = tmp_path / "raw"
+    scaled = np.random.default_rng(0).random((4, 8, 8)).astype(np.float32)  # already in [0, 1]
+    write_image(scaled, None, raw / "img" / "img0001.nii.gz")
+    write_image(np.zeros((4, 8, 8), np.uint8), None, raw / "label" / "label0001.nii.gz")
+    with pytest.raises(DataError, match=r"img0001.nii.gz: image values span \[0.0[0-9]*, 0.9[0-9]*\]; "
+                       r"prepare expects CT in Hounsfield units"):
+        _prepare(raw, tmp_path / "syn", train_cases=[1], test_cases=None)
+    assert not (tmp_path / "syn").exists()
+
+
+def test_synapse_sidecar_preprocessing_is_validated(tmp_path):
+    from organseg.data.synapse import SIDECAR, SynapseDataset
+
+    root = _synapse(tmp_path / "syn")
+    (root / SIDECAR).write_text(json.dumps({"preprocessing": {"kind": "ct_window", "window": [275, -125]}}))
+    with pytest.raises(DataError, match=r"organseg_synapse.json: preprocessing 'ct_window': 'window' must be "
+                       r"finite with low < high"):
+        SynapseDataset(root)

@@ -281,6 +281,14 @@ def _load_case(
     image = sitk.GetArrayFromImage(img)
     label = sitk.GetArrayFromImage(lab)
     check_finite(image, case.image)
+    lo, hi = (float(image.min()), float(image.max())) if image.size else (0.0, 0.0)
+    if lo >= -0.5 and hi <= 1.5:
+        # A CT in HU spans air (about -1000) to bone; values this narrow are an image scaled already, which
+        # the window would flatten to one grey value without a word.
+        raise DataError(
+            f"{case.image}: image values span [{lo:g}, {hi:g}]; prepare expects CT in Hounsfield units "
+            "(this image looks scaled already)"
+        )
     if np.issubdtype(label.dtype, np.floating):
         check_finite(label, case.label, "label")
         if not np.array_equal(label, np.round(label)):

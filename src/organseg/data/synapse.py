@@ -28,7 +28,7 @@ from organseg.data.base import SegmentationDataset, Volume
 from organseg.data.classes import SYNAPSE_CLASSES
 from organseg.data.completion import require_complete
 from organseg.data.io import read_h5_pair, read_list, read_npz_slice, require_files
-from organseg.data.preprocess import ct_window_spec
+from organseg.data.preprocess import ct_window_spec, validate_spec
 from organseg.data.slices import FileSlices, holdout
 from organseg.errors import ConfigError, DataError
 
@@ -146,6 +146,11 @@ class SynapseDataset(SegmentationDataset):
                 f"{path}: class_names {names} differ from the {len(SYNAPSE_CLASSES)} Synapse classes "
                 f"{list(SYNAPSE_CLASSES)} this reader maps label ids to"
             )
+        if data.get("preprocessing") is not None:
+            try:
+                validate_spec(data["preprocessing"])
+            except ConfigError as exc:  # the spec travels into checkpoints and on to `predict`
+                raise DataError(f"{path}: {exc}") from None
         cases = data.get("cases", {})
         if not isinstance(cases, dict):
             raise DataError(f"{path}: 'cases' must map case names to their records")
