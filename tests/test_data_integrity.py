@@ -498,3 +498,14 @@ def test_synapse_sidecar_preprocessing_is_validated(tmp_path):
     with pytest.raises(DataError, match=r"organseg_synapse.json: preprocessing 'ct_window': 'window' must be "
                        r"finite with low < high"):
         SynapseDataset(root)
+
+
+def test_prepare_continues_an_older_organsegs_interrupted_prepare_of_the_same_raw(tmp_path):
+    _phantom(tmp_path / "raw")
+    _phantom(tmp_path / "raw2", seed=1)
+    _prepare(tmp_path / "raw", tmp_path / "syn")
+    for name in ("organseg_status.json", "organseg_synapse.json"):  # as an older prepare, killed at the end
+        (tmp_path / "syn" / name).unlink()
+    with pytest.raises(DataError, match=r"holds an earlier `organseg prepare synapse` of another raw folder"):
+        _prepare(tmp_path / "raw2", tmp_path / "syn")
+    assert _prepare(tmp_path / "raw", tmp_path / "syn")["converted"] == []  # its finished cases are kept

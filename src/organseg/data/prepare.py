@@ -378,6 +378,19 @@ def _earlier_prepare_source(out: Path) -> str | None:
     return "" if (out / MARKERS).is_dir() else None  # interrupted before the sidecar (older organseg)
 
 
+def _records_from(out: Path, raw: Path) -> bool:
+    """Whether prepare's per-case records in ``out`` name sources inside ``raw`` (an older organseg's
+    interrupted prepare of the same raw folder has only these)."""
+    root = str(raw.resolve())
+    for marker in sorted((out / MARKERS).glob("case*.json")):
+        try:
+            path = json.loads(marker.read_text(encoding="utf-8"))["source"]["image"]["path"]
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+            continue
+        return str(path).startswith(root + "/")
+    return False
+
+
 def _check_out_folder(out: Path, raw: Path, overwrite: bool) -> list[Path]:
     """Decide, before anything is written, whether ``out`` may receive this prepare; returns what
     ``overwrite`` must delete first. Rule: new or empty, or an earlier prepare of the same raw folder
@@ -396,7 +409,7 @@ def _check_out_folder(out: Path, raw: Path, overwrite: bool) -> list[Path]:
                 "prepare's own files, so nothing was deleted (choose another folder or empty it yourself)"
             )
         return plan_clear(out, SYNAPSE_LAYOUT, writer=WRITER)
-    if earlier == str(raw.resolve()):
+    if earlier == str(raw.resolve()) or (earlier == "" and _records_from(out, raw)):
         return []
     names = ", ".join(p.name for p in entries[:4]) + (" ..." if len(entries) > 4 else "")
     if earlier is None:
