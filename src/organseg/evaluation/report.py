@@ -323,6 +323,22 @@ def _model_name(root: Path, summary: dict[str, Any]) -> str | None:
     return None
 
 
+def _viewer_links(root: Path, folder: Path) -> list[str]:
+    """Markdown links to the cases' HTML viewer pages that ``organseg test`` wrote (cases of this result
+    only, in per_case.json's order; pages of an earlier run in the same folder are not listed)."""
+    from organseg.evaluation.viewer import VIEWER_DIR, viewer_name
+
+    per_case = folder / "per_case.json"
+    if not (folder / VIEWER_DIR).is_dir() or not per_case.is_file():
+        return []
+    cases = [str(c["case"]) for c in _read_json(per_case) if isinstance(c, dict) and "case" in c]
+    pages = [(c, folder / VIEWER_DIR / viewer_name(c)) for c in cases]
+    links = [f"[{c}]({p.relative_to(root).as_posix()})" for c, p in pages if p.is_file()]
+    if not links:
+        return []
+    return ["Slice viewer per case (self-contained HTML, opens from disk): " + ", ".join(links) + ".", ""]
+
+
 def write_report(root: str | Path) -> Path:
     """Write ``report.md`` and ``report/*.png`` for a run folder (all its results folders and its training
     log) or for a single results folder (one with ``summary.json``). Returns the path of ``report.md``."""
@@ -359,6 +375,7 @@ def write_report(root: str | Path) -> Path:
                     f"![overlays]({png.relative_to(root).as_posix()})",
                     "",
                 ]
+        lines += _viewer_links(root, folder)
     if log.is_file():
         curves = plot_training_curves(read_metrics_log(log), fig_dir / "training_curves.png")
         if curves is not None:

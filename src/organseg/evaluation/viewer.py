@@ -196,6 +196,13 @@ def write_viewer(
     return path
 
 
+def viewer_name(case_id: str) -> str:
+    """File name of a case's viewer page: the case id with anything but letters, digits, '-', '_', '.'
+    replaced, so that an id never reaches outside the viewer folder."""
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in case_id).lstrip(".")
+    return f"{safe or 'case'}.html"
+
+
 def volume_geometry(volume: Volume) -> Geometry | None:
     """The :class:`Geometry` of an evaluation volume when it knows its direction matrix, else None."""
     from organseg.data.io import Geometry
@@ -226,9 +233,8 @@ class CaseViewers:
             name: {"DSC": float(reference_metrics[i, 0]), f"HD95 ({hd_unit})": float(reference_metrics[i, 1])}
             for i, name in enumerate(self.class_names[1:])
         }
-        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in volume.case_id)
         self.written.append(write_viewer(
-            self.folder / f"{safe}.html",
+            self.folder / viewer_name(volume.case_id),
             volume.image,
             label=prediction,
             truth=volume.label,
