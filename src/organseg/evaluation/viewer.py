@@ -171,8 +171,10 @@ def write_viewer(
     n_display = shown.shape[0]
     note = ""
     if step > 1 or slice_step > 1:
-        note = (f"Shown subsampled to stay under {max_voxels:,} voxels: 1 pixel in {step} in-plane, "
-                f"1 slice in {slice_step} of {n_display}. Volumes and metrics are from the full resolution.")
+        parts = [f"1 pixel in {step} in-plane"] if step > 1 else []
+        parts += [f"1 slice in {slice_step} of {n_display}"] if slice_step > 1 else []
+        note = (f"Shown subsampled to stay under {max_voxels:,} voxels: {', '.join(parts)}. "
+                "Volumes and metrics are from the full resolution.")
     data = {
         "title": title,
         "shape": list(grey.shape),
