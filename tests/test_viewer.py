@@ -100,6 +100,11 @@ def test_no_geometry_keeps_array_order_and_large_volumes_are_subsampled(tmp_path
     assert small["spacing"] == [2.0, 2.0, 2.0]
     # the table is computed before subsampling
     assert small["classes"][0]["voxels"]["label"] == int((label == 1).sum())
+    many = label.astype(np.int32) * 150  # ids up to 300: stored as 16-bit
+    wide = page_data(write_viewer(tmp_path / "d.html", image, label=many, truth=label > 0))
+    assert wide["label"]["dtype"] == "uint16" and wide["truth"]["dtype"] == "uint8"
+    np.testing.assert_array_equal(unpack(wide["label"], label.shape), many)
+    assert [c["index"] for c in wide["classes"]] == [1, 150, 300]
     tiny = page_data(write_viewer(tmp_path / "c.html", image, max_voxels=3 * 10 * 13))
     assert tiny["shape"] == [3, 10, 13] and "1 slice in 2" in tiny["note"] and tiny["label"] is None
 

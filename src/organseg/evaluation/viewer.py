@@ -133,6 +133,7 @@ def write_viewer(
     if geometry is not None:
         spacing = geometry.spacing
     maps = {k: np.asarray(v) for k, v in (("label", label), ("truth", truth)) if v is not None}
+    maps = {k: a.astype(np.uint8) if a.dtype == bool else a for k, a in maps.items()}
     for what, arr in maps.items():
         if arr.size and (not np.issubdtype(arr.dtype, np.integer) or int(arr.min()) < 0):
             raise DataError(f"{path}: {what} must hold non-negative integer class ids (dtype {arr.dtype})")
