@@ -161,3 +161,47 @@ def test_bad_tolerance_raises_clear_errors() -> None:
         surface_metrics(gt, gt, 3, None, tolerance_mm=-1.0)
     with pytest.raises(ValueError, match="spacing"):
         surface_metrics(gt, gt, 3, (1.0, 1.0), tolerance_mm=1.0)
+
+
+def test_evaluate_dataset_writes_nsd_and_assd(tmp_path) -> None:
+    """The corrected protocol's per-case files and summary carry NSD / ASSD equal to surface_metrics on the
+    predictions, with the tolerance used, the slices and the prediction time."""
+    import csv
+    import json
+
+    from organseg.data.base import ArrayDataset, Volume
+    from organseg.data.classes import ACDC_CLASSES
+    from organseg.evaluation.evaluate import evaluate_dataset
+    from test_eval_cli import tiny_model
+
+    rng = np.random.default_rng(0)
+    spacing = (2.5, 0.8, 0.7)
+    vols = [Volume(f"case{i}", rng.random((3, 40, 48)).astype(np.float32),
+                   rng.integers(0, 4, (3, 40, 48)), spacing, {}) for i in range(2)]  # fmt: skip
+    ds = ArrayDataset([], {"test": vols}, class_names=ACDC_CLASSES)
+    preds: list[np.ndarray] = []
+    res = evaluate_dataset(tiny_model(4), ds, "test", patch_size=64, progress=False,
+                           on_case=lambda v, p, m: preds.append(p),
+                           nsd_tolerance_mm=[1.0, 2.0, 3.0])  # fmt: skip
+    assert res.surface is not None and res.surface.shape == (2, 3, 2)
+    for n, vol in enumerate(vols):
+        expected = surface_metrics(preds[n], vol.label, 4, spacing, [1.0, 2.0, 3.0])
+        np.testing.assert_array_equal(res.surface[n], expected)
+    paths = res.write(tmp_path)
+    summary = json.loads(paths["summary"].read_text())
+    corr = summary["corrected"]
+    assert corr["nsd_tolerance"] == [1.0, 2.0, 3.0] and corr["assd_unit"] == "mm"
+    per_class_nsd = [np.nanmean(res.surface[:, i, 0]) for i in range(3)]
+    for i, name in enumerate(ACDC_CLASSES[1:]):
+        assert corr["per_class"][name]["nsd"] == pytest.approx(per_class_nsd[i], abs=1e-12)
+    assert corr["mean_nsd"] == pytest.approx(np.mean(per_class_nsd), abs=1e-12)
+    assert summary["slices"] == 6 and summary["inference_seconds"] > 0
+    assert summary["inference_seconds_per_slice"] == pytest.approx(summary["inference_seconds"] / 6, rel=1e-2)
+    rows = list(csv.DictReader(paths["per_case_csv"].open()))
+    assert {"nsd_corrected", "assd_corrected"} <= set(rows[0])
+    assert float(rows[0]["nsd_corrected"]) == pytest.approx(res.surface[0, 0, 0], abs=1e-12)
+    case0 = json.loads(paths["per_case_json"].read_text())[0]
+    assert set(case0["classes"][ACDC_CLASSES[1]]["corrected"]) == {"dice", "hd95", "nsd", "assd"}
+    with pytest.raises(ValueError, match="one per foreground class"):
+        evaluate_dataset(tiny_model(4), ds, "test", patch_size=64, progress=False,
+                         nsd_tolerance_mm=[1.0, 2.0])  # fmt: skip
