@@ -387,14 +387,18 @@ def _significance(recs: Sequence[dict[str, Any]], a: str, b: str, metric: str, s
     if not sig:
         best = min(r["p_holm"] for r in organs)
         return (
-            f"after Holm's correction over the {len(organs)} organs none of the differences is significant "
+            f"after Holm's correction over {_organs(len(organs))} none of the differences is significant "
             f"(smallest adjusted p = {_p(best)})"
         )
     items = []
     for r in sig:
         winner = b if (r["diff"] > 0) == hib else a
         items.append(f"{r['organ']} ({winner} better, {_signed(r['diff'], scale, 2)}, p={_p(r['p_holm'])})")
-    return f"after Holm's correction over the {len(organs)} organs significant: " + "; ".join(items)
+    return f"after Holm's correction over {_organs(len(organs))} significant: " + "; ".join(items)
+
+
+def _organs(n: int) -> str:
+    return "the 1 organ" if n == 1 else f"the {n} organs"
 
 
 def _cost_sentence(cost: Sequence[dict[str, Any]], a: str, b: str, sweep: dict[str, Any]) -> str:
