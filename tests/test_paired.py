@@ -157,3 +157,27 @@ def test_paired_from_runs_reads_per_case_files(tmp_path) -> None:
     (tmp_path / "bad" / "per_case.json").write_text("{not json")
     with pytest.raises(DataError, match="per_case.json: cannot read the per-case results"):
         paired_from_runs([a], [str(tmp_path / "bad")], ["background", "liver"], [("Liver", 1)])
+
+
+def test_verdict_states_only_what_the_records_give() -> None:
+    from organseg.evaluation.paired import verdict_markdown
+
+    rng = np.random.default_rng(1)
+    a = rng.uniform(0.6, 0.8, (1, 12, 2))
+    b = a + np.array([0.05, -0.001])
+    recs = []
+    for protocol in ("reference", "corrected"):
+        for metric in ("dice", "hd95"):
+            for r in paired_table(a, b, ["Liver", "Spleen"], metric, resamples=500):
+                recs.append({"protocol": protocol, "metric": metric, "model_a": "unet",
+                             "model_b": "swin_unet",
+                             "sweep": {}, "seeds_a": 1, "seeds_b": 1, **r})  # fmt: skip
+    cost = [{"model": "unet", "sweep": {}, "params": 2e6, "gflops_per_image": 4.0},
+            {"model": "swin_unet", "sweep": {}, "params": 3e6, "gflops_per_image": 1.0}]  # fmt: skip
+    text = " ".join(verdict_markdown(recs, cost, {"cases": 12, "alpha": ALPHA}))
+    assert "DSC per organ, ahead: swin_unet on Liver; unet on Spleen" in text
+    assert "significant: Liver (swin_unet better, +5.00" in text
+    assert "Per image swin_unet needs 4.0× fewer FLOPs than unet" in text
+    assert "smallest p the exact Wilcoxon" not in text  # 12 cases can reach significance
+    few = " ".join(verdict_markdown(recs, cost, {"cases": 4, "alpha": ALPHA}))
+    assert "smallest p the exact Wilcoxon test can give is 0.12" in few

@@ -476,6 +476,14 @@ def verdict_markdown(
                     f"HD95 per organ, ahead (lower): {_ahead(h, a, b, 'hd95')}; "
                     f"{_significance(h, a, b, 'hd95', 1)}."
                 )
+        n_cases = settings.get("cases")
+        if isinstance(n_cases, int) and n_cases > 0 and 2.0 / 2**n_cases >= settings.get("alpha", ALPHA):
+            # The exact test's most extreme outcome (every case on one side) has probability 2 / 2^n.
+            sentences.append(
+                f"With {n_cases} paired case(s) the smallest p the exact Wilcoxon test can give is "
+                f"{_p(2.0 / 2**n_cases)}: more test cases are needed for significance at "
+                f"{settings.get('alpha', ALPHA):g}."
+            )
         cost_text = _cost_sentence(cost, a, b, sweep)
         if cost_text:
             sentences.append(cost_text)
