@@ -481,7 +481,7 @@ def verdict_markdown(
             # The exact test's most extreme outcome (every case on one side) has probability 2 / 2^n.
             sentences.append(
                 f"With {n_cases} paired case(s) the smallest p the exact Wilcoxon test can give is "
-                f"{_p(2.0 / 2**n_cases)}: more test cases are needed for significance at "
+                f"{2.0 / 2**n_cases:.3g}: more test cases are needed for significance at "
                 f"{settings.get('alpha', ALPHA):g}."
             )
         cost_text = _cost_sentence(cost, a, b, sweep)
