@@ -114,4 +114,12 @@ step "organseg demo --fast"
 "$V/organseg" demo --fast --out "$WORK/elsewhere/demo" --device cpu
 [[ -s $WORK/elsewhere/demo/comparison.md ]] || fail "organseg demo --fast wrote no comparison.md"
 
+# The packaging tests again, now against the installed wheel: none may skip (the version check skips only
+# where organseg is imported from outside its installed distribution).
+step "tests/test_packaging.py against the wheel install"
+"$V/python" -m pip install -q --disable-pip-version-check "pytest>=7.4"
+"$V/python" -m pytest -q -rs -p no:cacheprovider --rootdir "$WORK/tree" "$WORK/tree/tests/test_packaging.py" \
+    | tee "$WORK/pytest.log"
+if grep -q -i "skipped" "$WORK/pytest.log"; then fail "a packaging test skipped against the wheel install"; fi
+
 step "passed"
