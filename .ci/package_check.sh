@@ -29,12 +29,20 @@ else
 fi
 
 step "python -m build (sdist, then the wheel from the sdist)"
-if ! "$PY" -m build --outdir "$WORK/dist" "$WORK/tree" >"$WORK/build.log" 2>&1; then
+# PYTHONDONTWRITEBYTECODE makes setuptools warn "byte-compiling is disabled" (the wheel has no .pyc anyway):
+# unset, so that every warning left comes from organseg's own packaging.
+if ! env -u PYTHONDONTWRITEBYTECODE "$PY" -m build --outdir "$WORK/dist" "$WORK/tree" >"$WORK/build.log" 2>&1
+then
     cat "$WORK/build.log"; fail "python -m build"
 fi
-# Deprecations become build errors later (setuptools names a date); catch them while they are warnings.
+# Deprecations become build errors later (setuptools names a date); catch them, and any other setuptools
+# warning (its "!!" banners, "warning:" lines such as a MANIFEST.in pattern matching nothing), while they
+# are warnings.
 if grep -n -i -E "deprecat" "$WORK/build.log"; then
     fail "the build printed a deprecation warning (lines above; full log: python -m build)"
+fi
+if grep -n -E "^warning:|^!!$|Setuptools[A-Za-z]*Warning" "$WORK/build.log"; then
+    fail "the build printed a warning (lines above; full log: python -m build)"
 fi
 grep -E "^Successfully built|setuptools==" "$WORK/build.log"
 
