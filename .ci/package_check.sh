@@ -22,10 +22,11 @@ step "copy the source tree"
 mkdir "$WORK/tree"
 if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
     git ls-files -z --cached --others --exclude-standard \
-        | while IFS= read -r -d '' f; do [[ -e $f || -L $f ]] && printf '%s\0' "$f"; done \
+        | while IFS= read -r -d '' f; do if [[ -e $f || -L $f ]]; then printf '%s\0' "$f"; fi; done \
         | tar --null -T - -cf - | tar -xf - -C "$WORK/tree"
 else
-    tar --exclude=.venv --exclude=.git -cf - . | tar -xf - -C "$WORK/tree"
+    tar --exclude=./.venv --exclude=./.git --exclude=./demo_out --exclude=./runs --exclude=./dist --exclude=./build \
+        --exclude="*.egg-info" --exclude=__pycache__ -cf - . | tar -xf - -C "$WORK/tree"
 fi
 
 step "python -m build (sdist, then the wheel from the sdist)"
