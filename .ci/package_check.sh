@@ -99,10 +99,11 @@ print(f"wheel {wheel.name}: {wheel.stat().st_size / 1024:.0f} KiB, {len(names)} 
 PY
 
 step "fresh virtual environment: $TORCH, then the wheel"
+# --no-compile: byte-compiling all of torch costs more than this short-lived environment gains from it.
 "$PY" -m venv "$WORK/venv"
 V="$WORK/venv/bin"
-"$V/python" -m pip install -q --disable-pip-version-check "$TORCH"
-"$V/python" -m pip install -q --disable-pip-version-check "$WORK"/dist/organseg-*.whl
+"$V/python" -m pip install -q --no-compile --disable-pip-version-check "$TORCH"
+"$V/python" -m pip install -q --no-compile --disable-pip-version-check "$WORK"/dist/organseg-*.whl
 
 # From a folder outside the checkout, with nothing of the checkout on the path: only the wheel is importable.
 mkdir "$WORK/elsewhere"
@@ -126,7 +127,7 @@ step "organseg demo --fast"
 # The packaging tests again, now against the installed wheel: none may skip (the version check skips only
 # where organseg is imported from outside its installed distribution).
 step "tests/test_packaging.py against the wheel install"
-"$V/python" -m pip install -q --disable-pip-version-check "pytest>=7.4"
+"$V/python" -m pip install -q --no-compile --disable-pip-version-check "pytest>=7.4"
 "$V/python" -m pytest -q -rs -p no:cacheprovider --rootdir "$WORK/tree" "$WORK/tree/tests/test_packaging.py" \
     | tee "$WORK/pytest.log"
 if grep -q -i "skipped" "$WORK/pytest.log"; then fail "a packaging test skipped against the wheel install"; fi
