@@ -46,6 +46,7 @@ if grep -n -E "^warning:|^!!$|Setuptools[A-Za-z]*Warning" "$WORK/build.log"; the
     fail "the build printed a warning (lines above; full log: python -m build)"
 fi
 grep -E "^Successfully built|setuptools==" "$WORK/build.log"
+echo "build log: $(wc -l <"$WORK/build.log") lines, no deprecation, no setuptools warning"
 
 step "twine check --strict"
 "$PY" -m twine check --strict "$WORK"/dist/*
