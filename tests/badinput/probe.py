@@ -273,7 +273,11 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as exc:  # a fault of the table itself: report it, run the rest
                 o = Outcome(ERROR, f"setup failed: {type(exc).__name__}: {exc}", "", None, 0.0)
             results[case.id] = o
-            print(f"{o.verdict:9} {o.seconds:6.2f}s {case.id}: {o.reason or o.message}", flush=True)
+            print(
+                f"{o.verdict:9} {o.seconds:6.2f}s {case.id}: "
+                + " | ".join(x for x in (o.reason, o.message) if x),
+                flush=True,
+            )
             shutil.rmtree(Path(tmp) / "cases" / case.id, ignore_errors=True)
     counts = {v: sum(o.verdict == v for o in results.values()) for v in (CLEAN, TRACEBACK, BAD, SKIP, ERROR)}
     print(" ".join(f"{k} {v}" for k, v in counts.items()) + f" of {len(results)} cases")
