@@ -76,8 +76,8 @@ LINE = "organseg predict: error: scan.nii.gz: 2-D image"
         (2, LINE, None, False, {**FILES, ".seg.nii.gz.tmp": "h3"}, BAD, "new file"),
         (None, "", None, True, FILES, BAD, "still running"),
         (-11, "", None, False, FILES, BAD, "SIGSEGV"),
-        (None, "", KeyError("model"), False, FILES, TRACEBACK, "KeyError"),
-        (None, "", OSError("disk"), False, {**FILES, "seg.nii.gz": "h3"}, BAD, "new file"),
+        (None, "", "KeyError: 'model'", False, FILES, TRACEBACK, "KeyError"),
+        (None, "", "OSError: disk", False, {**FILES, "seg.nii.gz": "h3"}, BAD, "new file"),
         (
             1,
             "Traceback (most recent call last):\n  ...\nValueError: x\n",
@@ -88,6 +88,7 @@ LINE = "organseg predict: error: scan.nii.gz: 2-D image"
             "traceback",
         ),
         (2, "organseg predict: error: something\n", None, False, FILES, TRACEBACK, "does not name"),
+        (2, "organseg predict: error: a (scan.nii.gz)\n", None, False, FILES, CLEAN, ""),
         (2, LINE + "\nsecond line\n", None, False, FILES, TRACEBACK, "several lines"),
         (2, "organseg test: error: scan.nii.gz\n", None, False, FILES, TRACEBACK, "without"),
         (1, LINE + "\n", None, False, FILES, TRACEBACK, "exit 1"),
@@ -96,6 +97,13 @@ LINE = "organseg predict: error: scan.nii.gz: 2-D image"
 def test_judge(rc, stderr, exc, timed_out, after, verdict, why) -> None:
     got, reason, _ = judge(CASE, rc, stderr, exc, timed_out, FILES, after)
     assert got == verdict and why in reason, (got, reason)
+
+
+def test_judge_takes_alternatives() -> None:
+    case = Case("z", "test", "", lambda c: None, ("test",), ("--batch-size|batch_size",))
+    assert judge(case, 2, "organseg test: error: batch_size must be >= 1", None, False, {}, {})[0] == CLEAN
+    assert judge(case, 2, "organseg test: error: --batch-size must be >= 1", None, False, {}, {})[0] == CLEAN
+    assert judge(case, 2, "organseg test: error: must be >= 1", None, False, {}, {})[0] == TRACEBACK
 
 
 def test_judge_allows_declared_outputs() -> None:
