@@ -1118,7 +1118,7 @@ CHOICE_KEYS = {
     "train.progress": ["maybe", "2"],
     "model.name": ["1", "null"],
     "model.args": ["5", "unet"],
-    "model.pretrained": ["{t}/missing.pth", "123"],
+    "model.pretrained": ["123"],
 }
 
 
@@ -1158,8 +1158,12 @@ for table in (INT_KEYS, FLOAT_KEYS, CHOICE_KEYS):
                 group="config",
             )
 
-# The value is the problem here, and naming it is enough.
-for key, values in (("model.name", ["resnet"]), ("model.args.width", ["0", "-1", "100", "abc", "true"])):
+# The value is the problem here, and naming it (or the argument) is enough.
+for key, values, named in (
+    ("model.name", ["resnet"], "resnet"),
+    ("model.args.width", ["0", "-1", "100", "abc", "true"], "width"),
+    ("model.pretrained", ["{t}/missing.pth"], "missing.pth"),
+):
     for v in values:
         add(
             f"train-set-{key}-{_vslug(v)}",
@@ -1167,7 +1171,7 @@ for key, values in (("model.name", ["resnet"]), ("model.args.width", ["0", "-1",
             f"--set {key}={v}",
             TRAIN_SETUP,
             [*TRAIN, "--set", f"{key}={v}"],
-            [key.rsplit(".", 1)[-1] if key != "model.name" else v],
+            [named],
             group="config",
         )
 # torch.compile of a truthy non-bool would start compiling for minutes: a subprocess with a short limit.

@@ -216,7 +216,8 @@ Each case builds a small faulty input, runs `organseg ...` and expects **exit co
 nothing (not even a hidden temporary) left behind. The message column is what the command printed (case
 folders shortened to relative paths); a row that is not clean says first why (BAD: accepted, input
 changed, output left, killed or hung; TRACEBACK: an exception, or a message that is missing, runs over
-several lines or does not name what it must)."""
+several lines or does not name what it must). To add a case, add a row (or a whole family) to `cases.py`
+and re-run the generator; `--only ID...` runs a few cases, `--known` prints the ids that are not clean."""
 
 
 def _cell(text: str) -> str:
