@@ -431,6 +431,64 @@ add(
     ["last.pt"],
     group="checkpoint",
 )
+
+
+def _acdc_slices(c: Ctx, n: int) -> None:
+    """Grow the tiny ACDC folder to ``n`` training slices (copies of its first one)."""
+    root = c.t / "acdc"
+    names = (root / "train_slices.list").read_text().split()
+    for k in range(len(names), n):
+        name = f"patient009_frame01_slice_{k}"
+        shutil.copy(root / "slices" / f"{names[0]}.h5", root / "slices" / f"{name}.h5")
+        names.append(name)
+    (root / "train_slices.list").write_text("".join(f"{x}\n" for x in names))
+
+
+add(
+    "train-resume-other-classes",
+    "train",
+    "--resume a 9-class Synapse run on a 4-class ACDC folder with as many slices per epoch",
+    steps(cp("acdc"), cp("run"), lambda c: _acdc_slices(c, 8)),
+    ["train", "unet_synapse", "--data", "{t}/acdc", "--out", "{t}/run", "--resume", *TRAIN_SETS],
+    ["last.pt"],
+    group="checkpoint",
+)
+add(
+    "train-resume-other-preset",
+    "train",
+    "--resume a U-Net run with the Swin-Unet preset",
+    steps(cp("syn"), cp("run")),
+    ["train", "swin_unet_synapse", "--data", "{t}/syn", "--out", "{t}/run", "--resume", *TRAIN_SETS[2:]],
+    ["last.pt"],
+    group="checkpoint",
+)
+add(
+    "test--checkpoint-on-a-file",
+    "test",
+    "--checkpoint given with a checkpoint file (it picks one in a run folder)",
+    steps(cp("syn"), cp("unet.pt", "ckpt.pt")),
+    ["test", "{t}/ckpt.pt", "--data", "{t}/syn", "--checkpoint", "best", "--out", "{t}/res", "--no-report"],
+    ["--checkpoint"],
+    group="options",
+)
+add(
+    "compare--collect-with-data",
+    "compare",
+    "--collect with --data (it reads everything from the run folders)",
+    cp("syn"),
+    ["compare", "--collect", "--data", "{t}/syn", "--out", "{t}/study"],
+    ["--data"],
+    group="options",
+)
+add(
+    "prepare-split-val-absent",
+    "prepare",
+    "--val-cases names a case the folder lacks",
+    PREPARE_SETUP,
+    [*PREPARE, "--test-cases", "3", "--val-cases", "99"],
+    ["99"],
+    group="options",
+)
 add(
     "test-ckpt-other-dataset",
     "test",
