@@ -128,6 +128,7 @@ KNOWN_FAILING_BEFORE_FIXES: set[str] = {
     "train-resume-ckpt-other-width",
     "train-resume-ckpt-unknown-model",
     "train-resume-ckpt-unknown-model-arg",
+    "train-resume-other-classes",
     "train-set-bad-yaml",
     "train-set-checkpoint.save_interval-bool",
     "train-set-data.max_train_slices-bool",
