@@ -17,7 +17,8 @@ import torch
 from organseg.cli.main import main
 from organseg.errors import CheckpointError
 from organseg.models import create_model
-from organseg.models import pretrained as pt
+from organseg.models import hub as pt
+from organseg.models.pretrained import load_pretrained
 from organseg.training.config import load_config, resolve_config
 from test_pretrained import SWIN_T, TINY, ms_swin_state, vgg16_bn_state
 
@@ -91,7 +92,7 @@ def test_download_checks_and_loads(cache, monkeypatch, swin_t_file, capsys):
     assert pt.resolve_pretrained("imagenet", "swin_unet") == path
     # And it loads into the paper-configuration Swin-Unet as the official load_from does.
     model = create_model("swin_unet")
-    report = pt.load_pretrained(model, path)
+    report = load_pretrained(model, path)
     assert report.kind == "swin_imagenet_ms" and report.loaded == 217
 
 

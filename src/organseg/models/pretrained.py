@@ -21,7 +21,7 @@ first offending keys, and leaves the model untouched. Each loader returns a :cla
 
 from __future__ import annotations
 
-import os
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -390,195 +390,87 @@ def load_pretrained(model: nn.Module, path: str | Path, kind: str = "auto") -> L
     if (kind == "vgg16_bn") == is_swin:
         raise CheckpointError(f"{path}: holds {kind} weights, which do not fit a {type(model).__name__}")
     if kind == "swin_unet":
-        return _load_swin_unet_state(model, state, path)
+        # Fine-tuning from a Swin-Unet trained on other data: as the official load_from, a class head that
+        # does not fit (another class count) is dropped and the new one starts from its initialisation.
+        head = state.get("swin_unet.output.weight", state.get("output.weight"))
+        want = _swin_net(model)[0].state_dict()["output.weight"].shape
+        return _load_swin_unet_state(model, state, path, skip_output=head is None or head.shape != want)
     if kind == "swin_imagenet":
         return _load_swin_imagenet_state(model, state, path)
     return _load_vgg_state(model, state, path)
 
 
-# ------------------------------------------------------------------------------------------- published files
+# --------------------------------------------------------------------------------------- official checkpoints
 
 
-@dataclass(frozen=True)
-class PublishedWeights:
-    """An ImageNet weight file at a published address, and what a complete copy of it holds.
+def official_swin_unet_checkpoint(path: str | Path) -> dict[str, Any]:
+    """An official Swin-Unet training checkpoint (``torch.save(model.state_dict())``, with or without
+    ``module.``) as an organseg checkpoint dict, so ``test`` and ``predict`` can apply it directly.
 
-    ``expect`` maps a few key names to their shapes: enough to tell the file from another size or layout
-    (a Swin-S, a timm re-save, a truncated download that still unpickles). ``sha256_prefix`` is checked where
-    the publisher put one in the file name (torchvision's convention)."""
+    The architecture is read off the tensors (embedding width, depths, heads, window, input size from the
+    shifted-window mask) and the class count off the head (``output.weight``); the result is checked by a
+    strict load. ``class_names`` and ``preprocessing`` are left empty: the file does not say them, so the
+    caller supplies the dataset's (``test``) or the reference defaults (``predict``) and says so. A file
+    with no head cannot be applied (it can still initialise training: ``model.pretrained``)."""
+    from organseg.checkpoint import FORMAT
+    from organseg.models import create_model
 
-    filename: str
-    url: str
-    kind: str
-    what: str
-    expect: dict[str, tuple[int, ...]]
-    model_prefix: str  # where the file's keys sit in the organseg network's state dict
-    sha256_prefix: str | None = None
-
-
-# The addresses the official recipes name: Swin-Unet's README points at Microsoft's Swin-T ImageNet-1k
-# release (swin_tiny_patch4_window7_224.pth); the U-Net encoder is torchvision's VGG16-BN.
-IMAGENET_WEIGHTS: dict[str, PublishedWeights] = {
-    "swin_unet": PublishedWeights(
-        filename="swin_tiny_patch4_window7_224.pth",
-        url="https://github.com/SwinTransformer/storage/releases/download/v1.0.0/swin_tiny_patch4_window7_224.pth",
-        kind="swin_imagenet",
-        what="ImageNet-1k Swin-T, Microsoft release",
-        expect={
-            "patch_embed.proj.weight": (96, 3, 4, 4),
-            "layers.0.downsample.reduction.weight": (192, 384),
-            "layers.2.blocks.5.attn.qkv.weight": (1152, 384),
-            "layers.3.blocks.1.attn.relative_position_bias_table": (169, 24),
-            "head.weight": (1000, 768),
-        },
-        model_prefix="swin_unet.",
-    ),
-    "unet": PublishedWeights(
-        filename="vgg16_bn-6c64b313.pth",
-        url="https://download.pytorch.org/models/vgg16_bn-6c64b313.pth",
-        kind="vgg16_bn",
-        what="ImageNet VGG16-BN, torchvision",
-        expect={
-            "features.3.weight": (64, 64, 3, 3),
-            "features.40.weight": (512, 512, 3, 3),
-            "features.41.running_var": (512,),
-            "classifier.6.weight": (1000, 4096),
-        },
-        model_prefix="encoder.",
-        sha256_prefix="6c64b313",
-    ),
-}
-
-IMAGENET = "imagenet"  # the value of model.pretrained that names the published file of the model's family
-
-
-def cache_dir() -> Path:
-    """Where published weights are looked for and downloaded to: ``$ORGANSEG_CACHE`` when set, else torch
-    hub's checkpoint folder (``$TORCH_HOME/hub/checkpoints``, ``~/.cache/torch/hub/checkpoints`` by default),
-    so a file torch hub or timm already fetched is found."""
-    env = os.environ.get("ORGANSEG_CACHE")
-    if env:
-        return Path(env).expanduser()
-    return Path(torch.hub.get_dir()) / "checkpoints"
-
-
-def resolve_pretrained(
-    spec: str | Path | None, model_name: str, model: nn.Module | None = None, *, progress: bool = True
-) -> Path | None:
-    """The weight file ``model.pretrained`` stands for: ``None`` (from scratch), a path, or ``"imagenet"``.
-
-    ``imagenet`` is looked up in :func:`cache_dir`; when absent it is downloaded from its published address
-    (with a progress bar) and checked (complete, the expected keys and shapes) before it is put in place.
-    When it cannot be downloaded (offline, refused), CheckpointError says which file to fetch from where and
-    where to put it. With ``model`` given, a network the file cannot fit (another width, window or head
-    count) is refused before anything is downloaded."""
-    if spec is None or str(spec) == "":
-        return None
-    if str(spec).lower() != IMAGENET:
-        return Path(spec)
-    pub = IMAGENET_WEIGHTS.get(model_name)
-    if pub is None:
+    path = Path(path)
+    state = read_weights(path)
+    try:
+        kind = detect_kind(state)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: not an organseg checkpoint, and {exc}") from None
+    if kind != "swin_unet":
         raise CheckpointError(
-            f"model.pretrained: no published ImageNet weights for {model_name!r} "
-            f"(known: {sorted(IMAGENET_WEIGHTS)}); give a file path instead"
+            f"{path}: holds {kind} weights (a pretrained encoder, not a trained segmentation network); "
+            "use it to initialise training with --set model.pretrained=PATH"
         )
-    if model is not None:
-        target = model.state_dict()
-        wrong = [
-            f"{pub.model_prefix + k} {_shape(target[pub.model_prefix + k])} vs {list(shape)}"
-            for k, shape in pub.expect.items()
-            if pub.model_prefix + k in target and tuple(target[pub.model_prefix + k].shape) != shape
+    net = {(k[len("swin_unet.") :] if k.startswith("swin_unet.") else k): v for k, v in state.items()}
+    if "output.weight" not in net:
+        raise CheckpointError(
+            f"{path}: Swin-Unet weights without a class head (output.weight): nothing to apply; fine-tune "
+            "from them with --set model.pretrained=PATH"
+        )
+    args = _swin_unet_args(net, path)
+    model = create_model("swin_unet", **args)
+    _load_swin_unet_state(model, net, path)  # strict: every key and shape must fit
+    return {
+        "format": FORMAT,
+        "model": model.state_dict(),
+        "model_name": "swin_unet",
+        "model_args": args,
+        "class_names": [],
+        "preprocessing": {},
+        "config": {},
+        "source": {"kind": "official_swin_unet", "path": str(path)},
+    }
+
+
+def _swin_unet_args(net: dict[str, torch.Tensor], path: Path) -> dict[str, Any]:
+    """Constructor arguments of the SwinTransformerSys whose (prefix-free) state dict ``net`` is."""
+    try:
+        proj = net["patch_embed.proj.weight"]  # (embed_dim, in_chans, patch, patch)
+        stages = sorted({int(m[1]) for k in net if (m := re.match(r"layers\.(\d+)\.blocks\.", k))})
+        depths = [
+            len({m[1] for k in net if (m := re.match(rf"layers\.{i}\.blocks\.(\d+)\.", k))}) for i in stages
         ]
-        if wrong:
-            raise CheckpointError(
-                f"model.pretrained=imagenet: the {pub.what} weights do not fit this {model_name} "
-                f"(model.args change its size: {_first(wrong, 2)}); train from scratch with "
-                "--set model.pretrained=null"
-            )
-    folder = cache_dir()
-    path = folder / pub.filename
-    if path.is_file():
-        return path
-    download_weights(pub, path, progress=progress)
-    return path
-
-
-def download_weights(pub: PublishedWeights, dest: Path, *, progress: bool = True) -> None:
-    """Fetch ``pub.url`` to ``dest`` through a temporary file; only a checked, complete file is renamed."""
-    import hashlib
-    import tempfile
-    import urllib.error
-    import urllib.request
-
-    from tqdm.auto import tqdm
-
-    from organseg import __version__
-
-    def offline(reason: str) -> CheckpointError:
-        return CheckpointError(
-            f"model.pretrained=imagenet: {pub.filename} ({pub.what}) is not in {dest.parent} and cannot be "
-            f"downloaded ({reason}); fetch {pub.url} and put it in {dest.parent} (or set ORGANSEG_CACHE to "
-            "the folder that holds it), or train from scratch with --set model.pretrained=null"
-        )
-
-    try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise offline(f"cannot create the folder: {exc.strerror or exc}") from None
-    request = urllib.request.Request(pub.url, headers={"User-Agent": f"organseg/{__version__}"})
-    try:
-        response = urllib.request.urlopen(request, timeout=60)
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = str(getattr(exc, "reason", None) or exc).strip()
-        raise offline(reason.splitlines()[0] if reason else type(exc).__name__) from None
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".download", dir=dest.parent)
-    tmp = Path(tmp_name)
-    digest = hashlib.sha256()
-    written = 0
-    try:
-        with response, os.fdopen(fd, "wb") as fh:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            bar = tqdm(
-                total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=pub.filename,
-                disable=not progress,
-            )  # fmt: skip
-            with bar:
-                while chunk := response.read(1 << 20):
-                    fh.write(chunk)
-                    digest.update(chunk)
-                    written += len(chunk)
-                    bar.update(len(chunk))
-        if total is not None and written != total:
-            raise CheckpointError(
-                f"{pub.url}: download incomplete ({written} of {total} bytes); run the command again"
-            )
-        if pub.sha256_prefix and not digest.hexdigest().startswith(pub.sha256_prefix):
-            raise CheckpointError(
-                f"{pub.url}: SHA-256 {digest.hexdigest()[:16]}... does not start with {pub.sha256_prefix} "
-                "(the prefix in the published file name): corrupt or replaced download"
-            )
-        check_published_layout(read_weights(tmp), pub, source=pub.url)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, dest)
-    except (urllib.error.URLError, OSError) as exc:
-        raise offline(f"interrupted after {written} bytes: {exc}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def check_published_layout(state: dict[str, torch.Tensor], pub: PublishedWeights, *, source: str) -> None:
-    """CheckpointError unless ``state`` holds the keys and shapes of ``pub`` (not another size or layout)."""
-    wrong = [
-        f"{k}: {'missing' if k not in state else _shape(state[k])} (expected {list(shape)})"
-        for k, shape in pub.expect.items()
-        if k not in state or tuple(state[k].shape) != shape
-    ]
-    if wrong:
-        raise CheckpointError(f"{source}: is not the {pub.what} file: {_first(wrong, 3)}")
-
-
-def _umask() -> int:
-    # os.umask can only be read by setting it; set it back at once (no thread here writes files meanwhile).
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+        tables = [net[f"layers.{i}.blocks.0.attn.relative_position_bias_table"] for i in stages]
+    except KeyError as exc:
+        raise CheckpointError(f"{path}: incomplete Swin-Unet weights (no {exc.args[0]})") from None
+    window = (math.isqrt(tables[0].shape[0]) + 1) // 2
+    patch = int(proj.shape[2])
+    img_size = 224
+    mask = net.get("layers.0.blocks.1.attn_mask")  # (windows, ws², ws²) when the first stage is shifted
+    if mask is not None:
+        img_size = math.isqrt(mask.shape[0]) * window * patch
+    return {
+        "img_size": img_size,
+        "patch_size": patch,
+        "in_chans": int(proj.shape[1]),
+        "num_classes": int(net["output.weight"].shape[0]),
+        "embed_dim": int(proj.shape[0]),
+        "depths": depths,
+        "num_heads": [int(t.shape[1]) for t in tables],
+        "window_size": window,
+    }

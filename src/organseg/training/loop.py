@@ -194,7 +194,8 @@ def _train(
     elif cfg["model"]["pretrained"]:
         # Every rank loads the same file, so no broadcast is needed; a resumed run has its own weights.
         # Concurrent first downloads (torchrun) are safe: each writes its own temporary, then renames.
-        from organseg.models.pretrained import load_pretrained, resolve_pretrained
+        from organseg.models.hub import resolve_pretrained
+        from organseg.models.pretrained import load_pretrained
 
         spec = cfg["model"]["pretrained"]
         weights = resolve_pretrained(spec, cfg["model"]["name"], model, progress=main and t["progress"])
