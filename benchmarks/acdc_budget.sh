@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # Train one network on ACDC for a fixed time budget (the issue's real-data check), bf16, 224², then validate.
+# From scratch (model.pretrained=null), also for Swin-Unet, whose preset starts from ImageNet Swin-T: pass
+# --set model.pretrained=imagenet among the extra arguments to start from it.
 #
 #   benchmarks/acdc_budget.sh NETWORK [BUDGET_MIN] [OUT_DIR] [extra organseg train args...]
 #     NETWORK     swin_unet | unet            (presets swin_unet_acdc / unet_acdc)
@@ -34,5 +36,5 @@ iters=$(awk -v b="$budget" -v r="$rate" -v n="$batch" 'BEGIN { i = int(b * 60 * 
 echo "acdc_budget: $net, $budget min at ~$rate img/s -> $iters iterations of batch $batch" >&2
 
 exec "${ORGANSEG:-.venv/bin/organseg}" train "${net}_acdc" --data "${ACDC_DIR:-../shared/data/acdc}" --out "$out" \
-  --resume --precision bf16 \
+  --resume --precision bf16 --set model.pretrained=null \
   --set train.max_iterations="$iters" --set train.time_budget_min="$budget" --set val.every=0 "$@"

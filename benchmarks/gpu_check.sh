@@ -39,14 +39,15 @@ PY
 if (( dry )); then
   device=cpu; img=32; batch=2; iters=1; repeats=1
   swin='{"embed_dim": 12, "num_heads": [1, 2, 3, 4], "window_size": 2}'
-  acdc_sets=(--set train.img_size=32 --set model.args.embed_dim=12 --set "model.args.num_heads=[1,2,3,4]"
+  acdc_sets=(--set model.pretrained=null --set train.img_size=32 --set model.args.embed_dim=12 --set "model.args.num_heads=[1,2,3,4]"
              --set model.args.window_size=2 --set data.max_train_slices=8 --set train.batch_size=4
              --set train.max_iterations=4 --set val.max_cases=1 --set val.every=1 --set train.progress=false)
   precisions=(fp32 bf16)
   compile=()  # torch.compile builds C++ kernels on a CPU: many minutes on a small shared machine
 else
   device=cuda; img=224; batch=24; iters=10; repeats=1; swin='{}'
-  acdc_sets=(--set train.time_budget_min="${TRAIN_MIN:-3}" --set val.every=1 --set train.progress=false)
+  # From scratch: the device machine has no network for the ImageNet Swin-T file.
+  acdc_sets=(--set model.pretrained=null --set train.time_budget_min="${TRAIN_MIN:-3}" --set val.every=1 --set train.progress=false)
   precisions=(fp32 bf16)
   compile=(--compile)
 fi

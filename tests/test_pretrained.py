@@ -426,3 +426,71 @@ def test_vgg_errors(tmp_path, unet, tiny_ms):
     with pytest.raises(CheckpointError, match="expected a Swin-Unet model"):
         load_swin_imagenet(model, swin_path)
     assert torch.equal(model.state_dict()["encoder.features.0.weight"], init["encoder.features.0.weight"])
+
+
+# ------------------------------------------------------------------------------------------ official, applied
+
+
+@pytest.mark.parametrize("wrap", ["plain", "module"])
+@pytest.mark.parametrize(
+    "args",
+    [
+        {},  # the paper configuration: 224², window 7, 9 classes
+        {"img_size": 64, "embed_dim": 12, "num_heads": (1, 2, 3, 4), "window_size": 4, "num_classes": 4},
+    ],
+)
+def test_official_checkpoint_applied_directly(tmp_path, wrap, args):
+    from organseg.checkpoint import model_from_checkpoint
+    from organseg.models.pretrained import official_swin_unet_checkpoint
+
+    torch.manual_seed(11)
+    src = create_model("swin_unet", **args).eval()
+    sd = src.state_dict()
+    if wrap == "module":
+        sd = {"module." + k: v for k, v in sd.items()}
+    path = tmp_path / "epoch_149.pth"
+    torch.save(sd, path)
+    ckpt = official_swin_unet_checkpoint(path)
+    assert ckpt["model_args"]["num_classes"] == args.get("num_classes", 9)  # from the head
+    assert ckpt["model_args"]["img_size"] == args.get("img_size", 224)  # from the shifted-window mask
+    assert ckpt["source"] == {"kind": "official_swin_unet", "path": str(path)}
+    model, _ = model_from_checkpoint(ckpt)
+    size = args.get("img_size", 224)
+    x = torch.rand(1, 1, size, size)
+    with torch.no_grad():
+        assert torch.equal(model(x), src(x))
+
+
+def test_official_checkpoint_refusals(tmp_path, tiny_ms):
+    from organseg.models.pretrained import official_swin_unet_checkpoint
+
+    sd = create_model("swin_unet", **TINY).state_dict()
+    headless = tmp_path / "headless.pth"
+    torch.save({k: v for k, v in sd.items() if ".output." not in k}, headless)
+    with pytest.raises(CheckpointError, match="without a class head"):
+        official_swin_unet_checkpoint(headless)
+    imagenet = tmp_path / "swin_tiny.pth"
+    torch.save({"model": tiny_ms}, imagenet)
+    with pytest.raises(CheckpointError, match="holds swin_imagenet weights"):
+        official_swin_unet_checkpoint(imagenet)
+    other = tmp_path / "other.pth"
+    torch.save({"a.weight": torch.zeros(2)}, other)
+    with pytest.raises(CheckpointError, match="not an organseg checkpoint, and unrecognised weights"):
+        official_swin_unet_checkpoint(other)
+
+
+def test_fine_tuning_drops_a_head_of_another_class_count(tmp_path):
+    torch.manual_seed(12)
+    src = create_model("swin_unet", **TINY, num_classes=9)
+    path = tmp_path / "epoch_149.pth"
+    torch.save(src.state_dict(), path)
+    model = create_model("swin_unet", **TINY, num_classes=4)
+    head = model.state_dict()["swin_unet.output.weight"].clone()
+    report = load_pretrained(model, path)
+    assert report.ignored_keys == {"swin_unet.output.weight": "output head skipped"}
+    assert report.left_random_keys == ["swin_unet.output.weight"]
+    assert torch.equal(model.state_dict()["swin_unet.output.weight"], head)
+    assert torch.equal(model.state_dict()["swin_unet.norm.weight"], src.state_dict()["swin_unet.norm.weight"])
+    # Same class count: the head is loaded too.
+    same = create_model("swin_unet", **TINY, num_classes=9)
+    assert load_pretrained(same, path).ignored == 0

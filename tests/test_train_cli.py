@@ -14,7 +14,7 @@ TINY_ACDC = [
     "--precision", "bf16", "--set", "train.img_size=32", "--set", "model.args.embed_dim=12",
     "--set", "model.args.num_heads=[1,2,3,4]", "--set", "model.args.window_size=2",
     "--set", "data.max_train_slices=8", "--set", "train.batch_size=4", "--set", "train.max_epochs=1",
-    "--set", "val.max_cases=2", "--set", "train.progress=false",
+    "--set", "val.max_cases=2", "--set", "train.progress=false", "--set", "model.pretrained=null",
 ]  # fmt: skip
 
 

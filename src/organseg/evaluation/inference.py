@@ -79,15 +79,59 @@ def _fast_layout(model: nn.Module) -> Iterator[None]:
     """For bf16/fp16 only: a U-Net runs channels-last for the call (oneDNN's and cuDNN's reduced-precision
     convolutions want NHWC: 16 slices at 224² on 2 CPU cores took 6.6 s contiguous, 2.2 s channels-last,
     10.5 s in fp32) and gets its own layout back after. fp32 keeps the caller's layout, so the fp32 paths stay
-    the reference's arithmetic."""
-    if not isinstance(model, UNet) or model.is_channels_last:
-        yield
-        return
-    prepare_for_speed(model)
+    the reference's arithmetic. The U-Nets inside a :class:`SoftmaxAverage` are switched too."""
+    switched = [m for m in model.modules() if isinstance(m, UNet) and not m.is_channels_last]
+    for m in switched:
+        prepare_for_speed(m)
     try:
         yield
     finally:
-        prepare_for_speed(model, channels_last=False)
+        for m in switched:
+            prepare_for_speed(m, channels_last=False)
+
+
+#: Mirror test-time augmentation: the slice flips (along H, along W, both) that the reference augmentation
+#: (``random_rot_flip``: rot90 by k, then a flip along one axis) shows the networks in training.
+MIRROR_FLIPS: tuple[tuple[int, ...], ...] = ((), (-2,), (-1,), (-2, -1))
+
+
+class SoftmaxAverage(nn.Module):
+    """Several networks and/or mirrored inputs as one network: the mean of the members' softmax.
+
+    ``forward`` returns the log of the averaged probabilities, so anything that takes ``argmax(softmax(out))``
+    of a network's logits (the reference rule, :func:`predict_volume`) gets the argmax of the average. Every
+    member sees every flip in ``flips`` (each output flipped back before averaging), so an ensemble of n
+    networks with mirror TTA is 4n forward passes. The members must agree on the class count."""
+
+    def __init__(self, members: Sequence[nn.Module], flips: Sequence[tuple[int, ...]] = ((),)) -> None:
+        super().__init__()
+        if not members:
+            raise ValueError("SoftmaxAverage needs at least one network")
+        self.members = nn.ModuleList(members)
+        self.flips = tuple(tuple(f) for f in flips) or ((),)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        total: torch.Tensor | None = None
+        for net in self.members:
+            for dims in self.flips:
+                logits = net(x.flip(dims) if dims else x).float()
+                if total is not None and logits.shape[1] != total.shape[1]:
+                    raise ValueError(
+                        f"ensemble members disagree on the class count: {total.shape[1]} vs {logits.shape[1]}"
+                    )
+                p = torch.softmax(logits, dim=1)
+                p = p.flip(dims) if dims else p
+                total = p if total is None else total + p
+        assert total is not None
+        return torch.log(total / (len(self.members) * len(self.flips)))
+
+
+def averaged(models: Sequence[nn.Module], tta: bool = False) -> nn.Module:
+    """The one network :func:`predict_volume` should run: a single model as it is (the reference arithmetic),
+    or the softmax average of several and/or of the mirror flips (``tta``)."""
+    if len(models) == 1 and not tta:
+        return models[0]
+    return SoftmaxAverage(models, MIRROR_FLIPS if tta else ((),))
 
 
 def _check_volume(image: np.ndarray) -> np.ndarray:

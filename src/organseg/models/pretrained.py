@@ -21,6 +21,7 @@ first offending keys, and leaves the model untouched. Each loader returns a :cla
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -389,7 +390,87 @@ def load_pretrained(model: nn.Module, path: str | Path, kind: str = "auto") -> L
     if (kind == "vgg16_bn") == is_swin:
         raise CheckpointError(f"{path}: holds {kind} weights, which do not fit a {type(model).__name__}")
     if kind == "swin_unet":
-        return _load_swin_unet_state(model, state, path)
+        # Fine-tuning from a Swin-Unet trained on other data: as the official load_from, a class head that
+        # does not fit (another class count) is dropped and the new one starts from its initialisation.
+        head = state.get("swin_unet.output.weight", state.get("output.weight"))
+        want = _swin_net(model)[0].state_dict()["output.weight"].shape
+        return _load_swin_unet_state(model, state, path, skip_output=head is None or head.shape != want)
     if kind == "swin_imagenet":
         return _load_swin_imagenet_state(model, state, path)
     return _load_vgg_state(model, state, path)
+
+
+# --------------------------------------------------------------------------------------- official checkpoints
+
+
+def official_swin_unet_checkpoint(path: str | Path) -> dict[str, Any]:
+    """An official Swin-Unet training checkpoint (``torch.save(model.state_dict())``, with or without
+    ``module.``) as an organseg checkpoint dict, so ``test`` and ``predict`` can apply it directly.
+
+    The architecture is read off the tensors (embedding width, depths, heads, window, input size from the
+    shifted-window mask) and the class count off the head (``output.weight``); the result is checked by a
+    strict load. ``class_names`` and ``preprocessing`` are left empty: the file does not say them, so the
+    caller supplies the dataset's (``test``) or the reference defaults (``predict``) and says so. A file
+    with no head cannot be applied (it can still initialise training: ``model.pretrained``)."""
+    from organseg.checkpoint import FORMAT
+    from organseg.models import create_model
+
+    path = Path(path)
+    state = read_weights(path)
+    try:
+        kind = detect_kind(state)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: not an organseg checkpoint, and {exc}") from None
+    if kind != "swin_unet":
+        raise CheckpointError(
+            f"{path}: holds {kind} weights (a pretrained encoder, not a trained segmentation network); "
+            "use it to initialise training with --set model.pretrained=PATH"
+        )
+    net = {(k[len("swin_unet.") :] if k.startswith("swin_unet.") else k): v for k, v in state.items()}
+    if "output.weight" not in net:
+        raise CheckpointError(
+            f"{path}: Swin-Unet weights without a class head (output.weight): nothing to apply; fine-tune "
+            "from them with --set model.pretrained=PATH"
+        )
+    args = _swin_unet_args(net, path)
+    model = create_model("swin_unet", **args)
+    _load_swin_unet_state(model, net, path)  # strict: every key and shape must fit
+    return {
+        "format": FORMAT,
+        "model": model.state_dict(),
+        "model_name": "swin_unet",
+        "model_args": args,
+        "class_names": [],
+        "preprocessing": {},
+        "config": {},
+        "source": {"kind": "official_swin_unet", "path": str(path)},
+    }
+
+
+def _swin_unet_args(net: dict[str, torch.Tensor], path: Path) -> dict[str, Any]:
+    """Constructor arguments of the SwinTransformerSys whose (prefix-free) state dict ``net`` is."""
+    try:
+        proj = net["patch_embed.proj.weight"]  # (embed_dim, in_chans, patch, patch)
+        stages = sorted({int(m[1]) for k in net if (m := re.match(r"layers\.(\d+)\.blocks\.", k))})
+        depths = [
+            len({m[1] for k in net if (m := re.match(rf"layers\.{i}\.blocks\.(\d+)\.", k))}) for i in stages
+        ]
+        tables = [net[f"layers.{i}.blocks.0.attn.relative_position_bias_table"] for i in stages]
+    except KeyError as exc:
+        raise CheckpointError(f"{path}: incomplete Swin-Unet weights (no {exc.args[0]})") from None
+    window = (math.isqrt(tables[0].shape[0]) + 1) // 2
+    patch = int(proj.shape[2])
+    img_size = 224
+    mask = net.get("layers.0.blocks.1.attn_mask")  # (windows, ws², ws²) when the first stage is shifted
+    if mask is not None:
+        img_size = math.isqrt(mask.shape[0]) * window * patch
+    return {
+        "img_size": img_size,
+        "patch_size": patch,
+        "in_chans": int(proj.shape[1]),
+        "num_classes": int(net["output.weight"].shape[0]),
+        "embed_dim": int(proj.shape[0]),
+        "depths": depths,
+        "num_heads": [int(t.shape[1]) for t in tables],
+        "window_size": window,
+    }

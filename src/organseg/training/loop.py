@@ -141,6 +141,13 @@ def train(
         shutdown(env)
 
 
+def _previous_env(run_dir: Path) -> dict[str, Any]:
+    try:
+        return json.loads((run_dir / "env.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
 def _train(
     cfg: dict, dataset: SegmentationDataset, run_dir: Path, resume: bool, env: DistEnv
 ) -> dict[str, Any]:
@@ -177,6 +184,7 @@ def _train(
     ipe = len(batches)
     max_iterations = t["max_iterations"] or t["max_epochs"] * ipe
     max_epochs = math.ceil(max_iterations / ipe)
+    pretrained_info: dict[str, Any] | None = None
     if state is not None:
         if state["iterations_per_epoch"] != ipe:
             raise ConfigError(
@@ -186,11 +194,17 @@ def _train(
         model.load_state_dict(state["model"])
     elif cfg["model"]["pretrained"]:
         # Every rank loads the same file, so no broadcast is needed; a resumed run has its own weights.
+        # Concurrent first downloads (torchrun) are safe: each writes its own temporary, then renames.
+        from organseg.models.hub import resolve_pretrained
         from organseg.models.pretrained import load_pretrained
 
-        report = load_pretrained(model, cfg["model"]["pretrained"])
+        spec = cfg["model"]["pretrained"]
+        weights = resolve_pretrained(spec, cfg["model"]["name"], model, progress=main and t["progress"])
+        report = load_pretrained(model, weights)
+        pretrained_info = {"spec": str(spec), "path": str(weights)}
+        pretrained_info.update(loaded=report.loaded, left_random=report.left_random)
         if main:
-            print(f"pretrained weights {cfg['model']['pretrained']}: {report}", flush=True)
+            print(f"pretrained weights {spec}: {report}", flush=True)
     channels_last = _wants_channels_last(model, t["channels_last"])
     # On the device before the optimizer exists, so that its restored state lands there too.
     model.to(env.device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
@@ -234,6 +248,10 @@ def _train(
         atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
         env_info = environment(env.device, t["precision"], env.world_size)
         env_info.update(channels_last=channels_last, compile=t["compile"], augment=t["augment"])
+        if pretrained_info is None and state is not None:  # a resumed run keeps the record of its start
+            pretrained_info = _previous_env(run_dir).get("pretrained")
+        if pretrained_info is not None:
+            env_info["pretrained"] = pretrained_info
         atomic_write_text(run_dir / "env.json", json.dumps(env_info, indent=2) + "\n")
     log = RunLog(run_dir, enabled=main, resume_iteration=it if state else None)
 
