@@ -130,7 +130,8 @@ def main() -> None:
 
     cpu = cpu_description()
     results: dict = {"cpu": cpu, "threads": args.threads, "slices": args.slices,
-                     "batch_size": args.batch_size, "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
+                     "batch_size": args.batch_size, "torch": torch.__version__,
+                     "onnxruntime": onnxruntime.__version__,
                      "load_before": os.getloadavg(), "rows": []}
     print(f"CPU: {cpu['model']}, {cpu['cores']} logical cores, flags: {' '.join(cpu['flags']) or 'none'}; "
           f"{args.threads} threads; load average {results['load_before'][0]:.1f}", flush=True)
