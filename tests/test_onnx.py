@@ -24,7 +24,7 @@ from organseg.checkpoint import atomic_torch_save, make_checkpoint  # noqa: E402
 from organseg.cli.main import main  # noqa: E402
 from organseg.data.classes import SYNAPSE_CLASSES  # noqa: E402
 from organseg.data.preprocess import ct_window_spec  # noqa: E402
-from organseg.errors import CheckpointError  # noqa: E402
+from organseg.errors import CheckpointError, ConfigError  # noqa: E402
 from organseg.evaluation.inference import predict_volume  # noqa: E402
 from organseg.evaluation.onnx import PARITY_TOLERANCE, OnnxModel, is_onnx_path, load_onnx  # noqa: E402
 from organseg.evaluation.runs import checkpoint_patch_size  # noqa: E402
@@ -159,6 +159,8 @@ def test_onnx_model_in_predict_volume_keeps_mode(exported: dict) -> None:
     model.train()
     pred = predict_volume(model, np.zeros((2, 40, 40), np.float32), exported["size"], batch_size=2)
     assert pred.shape == (2, 40, 40) and model.training  # left in the mode it had, as for torch models
+    with pytest.raises(ConfigError, match="fp32 only"):
+        predict_volume(model, np.zeros((2, 40, 40), np.float32), exported["size"], precision="bf16")
 
 
 # ---------------------------------------------------------------------------------------------- errors

@@ -295,7 +295,8 @@ class OnnxModel(nn.Module):
     """An ONNX Runtime session that ``predict_volume`` calls like the torch network: ``model(x)`` takes a
     (B, 1, H, W) float tensor and returns (B, C, H, W) float32 logits on ``x``'s device. It has no
     parameters (so ``predict_volume`` picks the CPU, where the session's inputs live); ``train`` and
-    ``eval`` change nothing. Reduced precision is not available: the graph is fp32."""
+    ``eval`` change nothing. Reduced precision is not available: the graph is fp32, and a call under
+    autocast raises ConfigError rather than run fp32 under a bf16 label."""
 
     def __init__(self, session, input_size: tuple[int, int], num_classes: int, source: str = "") -> None:
         super().__init__()
@@ -309,6 +310,11 @@ class OnnxModel(nn.Module):
             h, w = self.input_size
             name = self.source or "ONNX model"
             raise ValueError(f"{name} takes (B, 1, {h}, {w}) slices, got {tuple(x.shape)}")
+        if any(torch.is_autocast_enabled(d) for d in ("cpu", "cuda")):
+            # Autocast cannot reach into the session: running fp32 under a bf16 request would mislabel it.
+            raise ConfigError(
+                f"{self.source or 'an ONNX model'} runs in fp32 only; bf16/fp16 need the PyTorch checkpoint"
+            )
         arr = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
         out = self.session.run([OUTPUT_NAME], {INPUT_NAME: arr})[0]
         return torch.from_numpy(out).to(x.device)
