@@ -8,7 +8,8 @@ organseg checkpoint and exported with ``organseg.evaluation.onnx.export_onnx`` (
 against PyTorch). A synthetic abdominal CT phantom (``organseg.data.phantom``) of ``--slices`` slices at
 224x224, CT-windowed, then goes through ``predict_volume`` (batched, ``--batch-size`` slices per pass, the
 near-tie re-runs of fp32 on) once per backend, each in its own process started as the ``organseg`` command
-starts (allocator tuning), after a warm-up batch; the time is the best of ``--repeat`` runs. PyTorch bf16 is
+starts (allocator tuning), after a warm-up batch. ``--repeat`` rounds run the backends in turn (side by side
+in time, so a drifting load hits all of them); each backend's best run counts. PyTorch bf16 is
 autocast (channels-last for the U-Net), the fastest CPU path organseg has. Label maps are compared with
 PyTorch fp32's. The table names the CPU, its bf16 instructions (``/proc/cpuinfo`` flags) and the load
 average, since a shared machine makes every number slower.
@@ -118,7 +119,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--slices", type=int, default=48)
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--repeat", type=int, default=2, help="timed runs per backend; the best is kept")
+    ap.add_argument("--repeat", type=int, default=2, help="rounds over the backends; each one's best counts")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="intra-op threads of both")
     ap.add_argument("--models", default="unet,swin_unet")
     ap.add_argument("--json", type=Path, help="also write the results here")
@@ -143,17 +144,21 @@ def main() -> None:
             row = {"model": name, "export_s": export_s, "onnx_mb": info["bytes"] / 1e6,
                    "export_max_abs_logit_diff": info["export_check"]["max_abs_logit_diff"]}
             preds = {}
-            for backend, precision in BACKENDS:
-                key = f"{backend}_{precision}"
-                spec = {"backend": backend, "precision": precision, "checkpoint": str(ckpt),
-                        "onnx": str(onnx_path), "image": str(folder / "image.npy"), "repeat": args.repeat,
-                        "pred": str(folder / f"{key}.npy"), "batch_size": args.batch_size,
-                        "threads": args.threads}
-                out = run_child(spec)
-                preds[key] = np.load(spec["pred"])
-                row[f"{key}_s"] = out["seconds"]
-                row[f"{key}_rerun_slices"] = out["rerun_slices"]
-                print(json.dumps({"model": name, "backend": key, **out}), flush=True)
+            # Rounds of one run per backend, not all runs of one backend then the next: on a shared machine
+            # the load drifts, and interleaving lets every backend meet the same drift; the best run counts.
+            for _ in range(args.repeat):
+                for backend, precision in BACKENDS:
+                    key = f"{backend}_{precision}"
+                    spec = {"backend": backend, "precision": precision, "checkpoint": str(ckpt),
+                            "onnx": str(onnx_path), "image": str(folder / "image.npy"), "repeat": 1,
+                            "pred": str(folder / f"{key}.npy"), "batch_size": args.batch_size,
+                            "threads": args.threads}
+                    out = run_child(spec)
+                    preds[key] = np.load(spec["pred"])
+                    row[f"{key}_s"] = min(out["seconds"], row.get(f"{key}_s", float("inf")))
+                    row[f"{key}_rerun_slices"] = out["rerun_slices"]
+                    print(json.dumps({"model": name, "backend": key, **out, "load": os.getloadavg()[0]}),
+                          flush=True)
             for key in ("onnx_fp32", "torch_bf16"):
                 row[f"{key}_agreement"] = float((preds[key] == preds["torch_fp32"]).mean())
             results["rows"].append(row)
