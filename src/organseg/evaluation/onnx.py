@@ -102,6 +102,9 @@ class _PendingFile:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        existing = next(p for p in (path.parent, *path.parent.parents) if p.exists())
+        if not existing.is_dir():
+            raise ConfigError(f"--onnx {path}: cannot write there, {existing} is a file, not a folder")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
