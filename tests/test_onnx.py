@@ -111,6 +111,30 @@ def test_onnx_runtime_logits_equal_pytorch(exported: dict, batch: int) -> None:
         model(torch.zeros(1, 1, s + 16, s))
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["unet", "swin_unet"])
+def test_paper_size_networks_export_with_parity(tmp_path: Path, name: str) -> None:
+    """The paper configurations (about 7 s and 13 s each on a quiet 2-core machine): logits within 1e-4,
+    absolute and relative to the largest logit (random U-Net logits are only ~0.15), at batch 1 and 3."""
+    from organseg.evaluation.onnx import export_onnx
+
+    torch.manual_seed(0)
+    model = create_model(name).eval()
+    ckpt = make_checkpoint(model, model_name=name, class_names=list(SYNAPSE_CLASSES),
+                           preprocessing=ct_window_spec(), config={"train": {"img_size": 224}})
+    atomic_torch_save(ckpt, tmp_path / "best.pt")
+    info = export_onnx(tmp_path / "best.pt", tmp_path / f"{name}.onnx")
+    onnx_model, _ = load_onnx(tmp_path / f"{name}.onnx")
+    assert info["input_size"] == [224, 224]
+    for batch in (1, 3):
+        x = torch.rand(batch, 1, 224, 224, generator=torch.Generator().manual_seed(batch))
+        with torch.inference_mode():
+            ref = model(x)
+        diff = (onnx_model(x) - ref).abs().max().item()
+        print(f"{name} paper size, batch {batch}: max |ONNX Runtime - PyTorch| logit = {diff:.3g}")
+        assert diff <= PARITY_TOLERANCE * min(1.0, ref.abs().max().item())
+
+
 def test_metadata_round_trip(exported: dict) -> None:
     model, info = load_onnx(exported["onnx"])
     ckpt_path: Path = exported["checkpoint"]
