@@ -89,7 +89,14 @@ def file_sha256(path: str | Path) -> str:
 
 
 def _current_umask() -> int:
-    # os.umask both sets and returns: set it back at once. (Nothing else in organseg changes it.)
+    """The process umask, read without changing it where Linux reports it (os.umask can only swap it, which
+    other threads could see for a moment)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
