@@ -13,7 +13,7 @@ from organseg.errors import OrgansegError
 from organseg.runtime import tune_malloc
 
 # The order verbs appear in --help: the path a user walks.
-_ORDER = ["demo", "info", "phantom", "prepare", "train", "test", "predict", "report", "compare"]
+_ORDER = ["demo", "info", "phantom", "prepare", "train", "test", "predict", "export", "report", "compare"]
 
 
 def _verb_modules() -> list[str]:
