@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from organseg.evaluation.predict import predict_file, sidecar_path
-    from organseg.evaluation.runs import resolve_device, resolve_target
+    from organseg.evaluation.runs import resolve_target
 
     ckpt = Path(args.checkpoint)
     if ckpt.is_dir():
@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         overlay=args.overlay,
         batch_size=args.batch_size,
         precision=args.precision,
-        device=resolve_device(args.device),
+        device=args.device,
         series_uid=args.series_uid,
     )
     width = max(len(c["name"]) for c in info["classes"])

@@ -684,7 +684,25 @@ class SwinUnet(nn.Module):
         return self.swin_unet(x)
 
 
-@register_model("swin_unet")
+def _size_problem(side: int, args: dict) -> str | None:
+    """Why a ``side`` x ``side`` input does not fit a Swin-Unet built with ``args`` (patch grid that halves at
+    every stage into whole windows), or None."""
+    import inspect
+
+    defaults = {k: p.default for k, p in inspect.signature(swin_unet).parameters.items()}
+    cfg = {**defaults, **args}
+    try:
+        _check_config(
+            _pair(side), int(cfg["patch_size"]), int(cfg["embed_dim"]), [int(d) for d in cfg["depths"]],
+            [int(h) for h in cfg["num_heads"]], int(cfg["window_size"]), cfg["final_upsample"],
+            cfg["attn_impl"],
+        )  # fmt: skip
+    except (ConfigError, TypeError, ValueError, ZeroDivisionError) as exc:
+        return f"does not take {side}x{side} inputs ({exc})"
+    return None
+
+
+@register_model("swin_unet", head="swin_unet.output.weight", size_problem=_size_problem)
 def swin_unet(
     img_size: int = 224,
     patch_size: int = 4,
