@@ -144,6 +144,7 @@ POSITIVE_INT = Rule("int", lo=1)
 OPTIONAL_POSITIVE_INT = Rule("int", lo=1, optional=True)
 SEED = Rule("int", lo=0, hi=_SEED_MAX)
 WORKERS = Rule("int", lo=1, hi=max_threads, why="4 x the CPU cores here")
+FINITE = Rule("float")
 
 
 def option(rule: Rule) -> Callable[[str], Any]:
