@@ -420,6 +420,7 @@ def test_unet_size_is_checked_before_the_run_folder_exists(tmp_path):
     with pytest.raises(ConfigError) as err:
         train(cfg, tiny_dataset(4), tmp_path / "run")
     assert str(err.value) == (
-        "train.img_size=40: unet takes inputs whose side is a multiple of 16; nearest sizes that fit: 32 or 48"
+        "train.img_size=40: unet takes inputs whose side is a multiple of 16; nearest sizes that fit: "
+        "32 or 48"
     )
     assert not (tmp_path / "run").exists()
