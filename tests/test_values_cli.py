@@ -67,14 +67,14 @@ def test_seeds_of_a_study_are_checked_before_any_data_are_read(tmp_path, capsys)
 # ------------------------------------------------------------------------------------------------ devices
 
 
-@pytest.mark.parametrize("bad", ["gpu", "cuda:x", "cuda:-1", "tpu", ""])
+@pytest.mark.parametrize("bad", ["gpu", "cuda:x", "cuda:-1", "tpu", "", "CPU"])
 def test_malformed_device_names_the_choices(bad):
     with pytest.raises(ConfigError, match=rf"--device '{bad}': expected auto, cpu, cuda or cuda:N"):
         resolve_device(bad)
 
 
 def test_cpu_and_auto(monkeypatch):
-    assert resolve_device("cpu") == torch.device("cpu") == resolve_device(" CPU ")
+    assert resolve_device("cpu") == torch.device("cpu") == resolve_device(" cpu ")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resolve_device("auto") == torch.device("cpu") == resolve_device(None)
 

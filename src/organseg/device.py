@@ -28,7 +28,7 @@ def resolve_device(
     """
     if isinstance(device, torch.device):
         device = str(device)
-    pref = "auto" if device is None else str(device).strip().lower()
+    pref = "auto" if device is None else str(device).strip()
     if pref == "auto":
         pref = "cuda" if torch.cuda.is_available() else "cpu"
     if pref == "cpu":
