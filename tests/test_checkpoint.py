@@ -137,3 +137,9 @@ def test_model_from_checkpoint_names_the_file(tmp_path):
     with pytest.raises(CheckpointError) as err:
         ck.model_from_checkpoint(path)
     assert str(err.value) == f"{path}: weights with NaN or infinite values: decoder.final.bias"
+
+
+def test_the_input_size_in_the_config_must_fit_the_network():
+    # test / predict feed config train.img_size slices: a size the U-Net cannot take failed mid-inference.
+    _fails(_unet_checkpoint(config={"train": {"img_size": 40}}),
+           "its config says train.img_size=40, but unet takes inputs whose side is a multiple of 16")  # fmt: skip

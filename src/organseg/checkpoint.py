@@ -141,7 +141,7 @@ def validate_checkpoint(ckpt: dict, source: str | Path = "checkpoint") -> nn.Mod
     weight is finite (a NaN checkpoint predicts garbage without a word); the weights fit the network the
     checkpoint describes key by key and shape by shape. Raises CheckpointError naming ``source``.
     """
-    from organseg.models._registry import create_model, head_key, list_models
+    from organseg.models._registry import create_model, head_key, input_size_problem, list_models
 
     src = str(source)
     optional = {"model_args": {}, "class_names": [], "preprocessing": {}, "config": {}}  # absent: empty
@@ -171,6 +171,16 @@ def validate_checkpoint(ckpt: dict, source: str | Path = "checkpoint") -> nn.Mod
         raise CheckpointError(
             f"{src}: {len(names)} class names {names} but the network's output layer has {classes} channels"
         )
+    # The input size test/predict feed (config train.img_size) must be one the network takes.
+    train_cfg = ckpt.get("config", {}).get("train")
+    side = train_cfg.get("img_size") if isinstance(train_cfg, dict) else None
+    if isinstance(side, int) and not isinstance(side, bool):
+        built = args.get("img_size", side)
+        problem = input_size_problem(name, side, args) or (
+            None if built in (side, [side, side], (side, side)) else f"is built for img_size {built}"
+        )
+        if problem:
+            raise CheckpointError(f"{src}: its config says train.img_size={side}, but {name} {problem}")
     try:
         model = create_model(name, **args)
     except (TypeError, ValueError, AssertionError, OrgansegError) as exc:
