@@ -141,5 +141,5 @@ def test_model_from_checkpoint_names_the_file(tmp_path):
 
 def test_the_input_size_in_the_config_must_fit_the_network():
     # test / predict feed config train.img_size slices: a size the U-Net cannot take failed mid-inference.
-    _fails(_unet_checkpoint(config={"train": {"img_size": 40}}),
-           "its config says train.img_size=40, but unet takes inputs whose side is a multiple of 16")  # fmt: skip
+    ckpt = _unet_checkpoint(config={"train": {"img_size": 40}})
+    _fails(ckpt, "its config says train.img_size=40, but unet takes inputs whose side is a multiple of 16")
