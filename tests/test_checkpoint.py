@@ -54,3 +54,92 @@ def test_make_checkpoint_unwraps_wrappers():
     b = ck.make_checkpoint(Wrapper(net), model_name="x")
     assert a["model"].keys() == b["model"].keys() == {"weight", "bias"}
     assert a["format"] == ck.FORMAT
+
+
+# ------------------------------------------------------- validate_checkpoint: one check for every verb
+
+
+def _unet_checkpoint(num_classes: int = 3, width: float = 0.125, **fields) -> dict:
+    from organseg.models import create_model
+
+    torch.manual_seed(0)
+    net = create_model("unet", num_classes=num_classes, width=width)
+    names = ["background"] + [f"organ{i}" for i in range(1, num_classes)]
+    ckpt = ck.make_checkpoint(
+        net, model_name="unet", model_args={"num_classes": num_classes, "width": width}, class_names=names,
+        preprocessing={"kind": "minmax"}, config={"train": {"img_size": 32}},
+    )  # fmt: skip
+    ckpt.update(fields)
+    return ckpt
+
+
+def _fails(ckpt: dict, *parts: str) -> str:
+    with pytest.raises(CheckpointError) as err:
+        ck.validate_checkpoint(ckpt, "run/best.pt")
+    msg = str(err.value)
+    assert msg.startswith("run/best.pt: ") and "\n" not in msg
+    for part in parts:
+        assert part in msg, msg
+    return msg
+
+
+def test_a_sound_checkpoint_gives_the_network_in_eval_mode():
+    net = ck.validate_checkpoint(_unet_checkpoint(), "run/best.pt")
+    assert not net.training and net(torch.zeros(1, 1, 32, 32)).shape == (1, 3, 32, 32)
+
+
+def test_class_names_must_match_the_output_layer():
+    ckpt = _unet_checkpoint(class_names=["background", "liver", "spleen", "kidney"])
+    _fails(ckpt, "4 class names", "output layer has 3 channels")
+
+
+def test_nan_and_inf_weights_are_named():
+    ckpt = _unet_checkpoint()
+    ckpt["model"]["decoder.final.weight"][0, 0] = float("nan")
+    ckpt["model"]["encoder.features.0.bias"][1] = float("inf")
+    _fails(ckpt, "NaN or infinite", "decoder.final.weight", "encoder.features.0.bias")
+
+
+def test_missing_and_unexpected_keys_are_named():
+    ckpt = _unet_checkpoint()
+    del ckpt["model"]["decoder.final.bias"]
+    ckpt["model"]["extra.weight"] = torch.zeros(2)
+    _fails(ckpt, "missing keys decoder.final.bias", "unexpected keys extra.weight")
+
+
+def test_a_unet_of_another_width_names_the_shapes():
+    ckpt = _unet_checkpoint(width=0.125)
+    ckpt["model_args"] = {"num_classes": 3, "width": 0.25}  # the weights are of the narrower network
+    _fails(ckpt, "shapes differ (checkpoint vs network)", "features.0.weight (8, 1, 3, 3) vs (16, 1, 3, 3)")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"model_name": "vnet"}, "unknown model 'vnet'"),
+        ({"model_name": None}, "field 'model_name' should be a str, got nothing (missing)"),
+        ({"preprocessing": "minmax"}, "field 'preprocessing' should be a dict, got str"),
+        ({"class_names": "background"}, "field 'class_names' should be a list, got str"),
+        ({"class_names": [0, 1, 2]}, "class_names must be strings"),
+        ({"model_args": {"num_classes": 3, "depth": 5}}, "cannot build unet with model_args"),
+        ({"model": {"w": [1, 2]}}, "model entries that are not tensors: w"),
+    ],
+)
+def test_malformed_fields_are_named(change, message):
+    _fails(_unet_checkpoint(**change), message)
+
+
+def test_model_from_checkpoint_names_the_file(tmp_path):
+    path = tmp_path / "nan.pt"
+    ckpt = _unet_checkpoint()
+    ckpt["model"]["decoder.final.bias"][:] = float("nan")
+    ck.atomic_torch_save(ckpt, path)
+    with pytest.raises(CheckpointError) as err:
+        ck.model_from_checkpoint(path)
+    assert str(err.value) == f"{path}: weights with NaN or infinite values: decoder.final.bias"
+
+
+def test_the_input_size_in_the_config_must_fit_the_network():
+    # test / predict feed config train.img_size slices: a size the U-Net cannot take failed mid-inference.
+    ckpt = _unet_checkpoint(config={"train": {"img_size": 40}})
+    _fails(ckpt, "its config says train.img_size=40, but unet takes inputs whose side is a multiple of 16")

@@ -122,8 +122,11 @@ def test_parse_sets_rejects_bad_items(items, message):
 def test_parse_seeds():
     assert parse_seeds(None) == [1234]
     assert parse_seeds(["1234,1", "2"]) == [1234, 1, 2]
-    with pytest.raises(ConfigError, match="not an integer"):
+    with pytest.raises(ConfigError, match="--seeds: expected an integer in \\[0, .*got 'x'"):
         parse_seeds(["1,x"])
+    with pytest.raises(ConfigError, match="--seeds: expected an integer in \\[0, .*got '-1'"):
+        parse_seeds(["-1"])
+    assert parse_seeds(["1e3"]) == [1000]
     with pytest.raises(ConfigError, match="repeated"):
         parse_seeds(["1,1"])
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from organseg.checkpoint import read_checkpoint
 from organseg.cli.main import main
@@ -44,14 +45,35 @@ def test_train_on_real_acdc_from_the_command_line(acdc_dir, tmp_path, capsys):
     [
         (["nope"], "unknown preset 'nope'"),
         (["unet_acdc", "--set", "train.lr=1"], "unknown configuration key 'train.lr'"),
-        (["unet_acdc", "--set", "train.batch_size=-2"], "train.batch_size must be a positive integer"),
+        (["unet_acdc", "--set", "train.batch_size=-2"], "train.batch_size: expected an integer >= 1, got -2"),
+        (["unet_acdc", "--set", "train.batch_size=true"], "expected an integer >= 1, got true (bool)"),
+        (["unet_acdc", "--set", "train.threads=100000"], "train.threads: expected an integer in [1, "),
+        (["unet_acdc", "--device", "gpu"], "train.device: expected auto, cpu, cuda or cuda:N, got 'gpu'"),
+        # The U-Net's four poolings: checked before the data are read or the run folder exists.
+        (["unet_acdc", "--set", "train.img_size=100", "--data", "anywhere"],
+         "train.img_size=100: unet takes inputs whose side is a multiple of 16; nearest sizes that fit: 96 "
+         "or 112"),
+        (["swin_unet_acdc", "--set", "train.img_size=100", "--data", "anywhere"],
+         "train.img_size=100: swin_unet does not take 100x100 inputs"),
+        (["swin_unet_acdc", "--set", "model.args.img_size=448", "--data", "anywhere"],
+         "model.args.img_size=448 but train.img_size=224"),
+        (["unet_acdc", "--set", "model.name=vnet", "--data", "anywhere"], "model.name: unknown model 'vnet'"),
         (["unet_acdc"], "no training data"),
     ],
-)
+)  # fmt: skip
 def test_bad_input_is_one_line_and_exit_code_2(tmp_path, capsys, args, message):
     rc = main(["train", *args, "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err
     assert rc == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without CUDA")
+def test_cuda_on_a_machine_without_it_is_one_line(tmp_path, capsys):
+    assert main(["train", "unet_acdc", "--device", "cuda", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("organseg train: error: train.device 'cuda': ") and len(err.splitlines()) == 1
+    assert ("this torch build has no CUDA" in err) == (torch.version.cuda is None)
 
 
 def test_missing_data_folder_names_the_folder(tmp_path, capsys):

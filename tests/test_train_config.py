@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from organseg.errors import ConfigError
@@ -13,8 +15,17 @@ from organseg.training import (
     poly_lr,
     resolve_config,
 )
-from organseg.training.config import config_differences, flatten, parse_override, presets_dir
+from organseg.training.config import (
+    DEFAULTS,
+    SCHEMA,
+    config_differences,
+    flatten,
+    parse_override,
+    presets_dir,
+    to_yaml,
+)
 from organseg.training.loop import is_save_epoch
+from organseg.values import max_threads
 
 RECIPE = {
     "momentum": 0.9,
@@ -102,20 +113,98 @@ def test_overrides_apply_and_bad_ones_fail_clearly():
 @pytest.mark.parametrize(
     ("item", "message"),
     [
-        ("train.batch_size=0", "train.batch_size must be a positive integer"),
-        ("train.base_lr=-1", "train.base_lr must be a non-negative number"),
-        ("train.precision=fp8", "train.precision must be one of fp32, bf16, fp16"),
-        ("train.augment=heavy", "train.augment must be one of"),
-        ("train.lr_scaling=sqrt", "train.lr_scaling must be one of"),
+        ("train.batch_size=0", "train.batch_size: expected an integer >= 1, got 0 (int)"),
+        # A bool is an int in Python: batch true trained at batch 1 and wrote `batch_size: true`.
+        ("train.batch_size=true", "train.batch_size: expected an integer >= 1, got true (bool)"),
+        ("train.batch_size=2.5", "train.batch_size: expected an integer >= 1, got 2.5 (float)"),
+        ("train.batch_size=[4]", "train.batch_size: expected an integer >= 1, got [4] (list)"),
+        ("train.base_lr=-1", "train.base_lr: expected a number > 0, got -1 (int)"),
+        ("train.base_lr=0", "train.base_lr: expected a number > 0"),
+        ("train.base_lr=.nan", "train.base_lr: expected a number > 0, got nan (float)"),
+        ("train.base_lr=.inf", "train.base_lr: expected a number > 0, got inf (float)"),
+        ("train.base_lr=fast", "train.base_lr: expected a number > 0, got 'fast' (str)"),
+        ("train.base_lr=false", "train.base_lr: expected a number > 0, got false (bool)"),
+        ("train.momentum=1", "train.momentum: expected a number in [0, 1), got 1 (int)"),
+        ("train.momentum=-0.1", "train.momentum: expected a number in [0, 1)"),
+        ("train.weight_decay=-1e-4", "train.weight_decay: expected a number >= 0"),
+        ("train.poly_power=0", "train.poly_power: expected a number > 0"),
+        ("train.ce_weight=-0.4", "train.ce_weight: expected a number >= 0"),
+        ("train.max_epochs=0", "train.max_epochs: expected an integer >= 1"),
+        ("train.max_iterations=0", "train.max_iterations: expected an integer >= 1 or null"),
+        ("train.reference_batch=0", "train.reference_batch: expected an integer >= 1"),
+        ("train.seed=-1", "train.seed: expected an integer in [0, "),
+        ("train.seed=1.5", "train.seed: expected an integer"),
+        ("train.img_size=0", "train.img_size: expected an integer in [1, 4096]"),
+        ("train.img_size=100000", "train.img_size: expected an integer in [1, 4096]"),
+        ("train.log_every=0", "train.log_every: expected an integer >= 1"),
+        ("train.precision=fp8", "train.precision: expected one of 'fp32', 'bf16', 'fp16', got 'fp8'"),
+        ("train.augment=heavy", "train.augment: expected one of 'reference', 'batched', 'none'"),
+        ("train.lr_scaling=sqrt", "train.lr_scaling: expected one of 'none', 'linear', 'swin_unet'"),
+        ("train.channels_last=1", "train.channels_last: expected one of 'auto', true, false, got 1 (int)"),
+        ("train.deterministic=yes please", "train.deterministic: expected true or false, got 'yes please'"),
+        ("train.compile=1", "train.compile: expected true or false, got 1 (int)"),
+        ("train.progress=null", "train.progress: expected true or false, got null"),
+        ("train.device=gpu", "train.device: expected auto, cpu, cuda or cuda:N, got 'gpu' (str)"),
+        ("train.device=cuda:x", "train.device: expected auto, cpu, cuda or cuda:N"),
+        ("train.num_workers=-1", "train.num_workers: expected an integer in [0, "),
+        ("train.num_workers=100000", "train.num_workers: expected an integer in [0, "),
+        ("train.threads=0", "train.threads: expected an integer in [1, "),
+        # 100000 threads killed the process with SIGSEGV and no message.
+        ("train.threads=100000", "train.threads: expected an integer in [1, "),
+        ("train.time_budget_min=0", "train.time_budget_min: expected a number > 0 or null, got 0"),
+        ("val.every=-1", "val.every: expected an integer >= 0 (epochs; 0: the last epoch only), got -1"),
+        ("val.batch_size=0", "val.batch_size: expected an integer >= 1"),
+        ("val.max_cases=-1", "val.max_cases: expected an integer >= 1 or null, got -1"),
+        ("data.max_train_slices=0", "data.max_train_slices: expected an integer >= 1 or null, got 0"),
+        ("data.root=5", "data.root: expected a string or null, got 5 (int)"),
+        ("checkpoint.save_interval=0", "checkpoint.save_interval: expected an integer >= 1"),
+        ("model.name=3", "model.name: expected a string, got 3 (int)"),
+        ("model.pretrained=true", "model.pretrained: expected a string or null, got true (bool)"),
+        ("model.args=7", "model.args: expected a mapping, got 7 (int)"),
+        ("train=5", "configuration key 'train' must be a section"),
         ("model.args.num_classes=4", "num_classes is set from the dataset"),
-        ("train.time_budget_min=0", "time_budget_min must be > 0"),
-        ("val.every=-1", "val.every must be an integer >= 0"),
-        ("data.max_train_slices=0", "data.max_train_slices must be a positive integer"),
     ],
 )
 def test_invalid_values_raise_config_error(item, message):
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ConfigError) as err:
         resolve_config(apply_overrides(load_config("unet_acdc"), [item]))
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_every_key_has_a_rule_and_the_defaults_pass_it():
+    assert set(SCHEMA) == set(flatten(DEFAULTS))
+    assert flatten(resolve_config({})) == flatten(DEFAULTS)
+
+
+def test_thread_bound_names_the_machine_limit():
+    cap = max_threads()
+    assert cap == 4 * (os.cpu_count() or 1)
+    assert resolve_config(apply_overrides({}, [f"train.threads={cap}"]))["train"]["threads"] == cap
+    with pytest.raises(ConfigError, match=rf"train.threads: expected an integer in \[1, {cap}\]"):
+        resolve_config(apply_overrides({}, [f"train.threads={cap + 1}"]))
+    with pytest.raises(ConfigError, match=rf"train.num_workers: expected an integer in \[0, {cap}\]"):
+        resolve_config(apply_overrides({}, [f"train.num_workers={cap + 1}"]))
+
+
+def test_exact_conversions_are_recorded(tmp_path):
+    # A quoted number in a YAML file, or the YAML 1.1 reading of 1e-3 by another tool: stored as numbers.
+    path = tmp_path / "c.yaml"
+    path.write_text('train:\n  base_lr: "1e-3"\n  max_iterations: 1e4\n  momentum: "0.95"\n  img_size: 224.0')
+    t = resolve_config(load_config(path))["train"]
+    assert t["base_lr"] == 0.001 and isinstance(t["base_lr"], float)
+    assert t["max_iterations"] == 10000 and isinstance(t["max_iterations"], int)
+    assert t["momentum"] == 0.95 and t["img_size"] == 224 and isinstance(t["img_size"], int)
+    assert "base_lr: 0.001" in to_yaml(resolve_config(load_config(path)))
+    # Unquoted 1e-3 (YAML 1.1 gives a string) is a float already, and an int stays an int for a float key.
+    assert parse_override("train.base_lr=1e-3")[1] == 0.001
+    assert resolve_config(apply_overrides({}, ["train.base_lr=1"]))["train"]["base_lr"] == 1
+    # The choices keep their own type: channels_last true is the bool, not the string.
+    assert resolve_config(apply_overrides({}, ["train.channels_last=true"]))["train"]["channels_last"] is True
+
+
+def test_both_loss_weights_zero_is_refused():
+    with pytest.raises(ConfigError, match="train.ce_weight and train.dice_weight are both 0"):
+        resolve_config(apply_overrides({}, ["train.ce_weight=0", "train.dice_weight=0"]))
 
 
 def test_lr_scaling_rules():

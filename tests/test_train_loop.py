@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,7 +21,7 @@ import yaml
 import organseg.training.loop as loop
 from organseg.checkpoint import model_from_checkpoint, read_checkpoint
 from organseg.data.augment import resize_slice
-from organseg.errors import ConfigError
+from organseg.errors import CheckpointError, ConfigError, DataError
 from organseg.training import TrainingDiverged, poly_lr, read_metrics, train
 from organseg.training.data import TrainBatches
 from organseg.training.distributed import DistEnv
@@ -364,3 +365,62 @@ def test_fused_sgd_is_the_reference_sgd_update():
     moms = [[s["momentum_buffer"] for s in o.state.values()] for o in opts]
     for a, b in zip(*moms, strict=True):
         torch.testing.assert_close(b, a, rtol=0, atol=1e-7)
+
+
+# ------------------------------------------------------------------ bad values and resumes (issue 10)
+
+
+def test_epoch_log_counts_the_images_used_not_the_batch_size(tmp_path, capsys):
+    # 3 slices at batch 8: one iteration of 3 images per epoch (the batch setting said 8).
+    summary = train(tiny_config(train={"batch_size": 8, "max_epochs": 2}, val={"every": 0}), tiny_dataset(3),
+                    tmp_path / "big_batch")  # fmt: skip
+    out = capsys.readouterr().out
+    assert "epoch 1/2: 3 images in " in out and "epoch 2/2: 3 images in " in out
+    assert summary["iterations"] == 2
+
+
+def test_images_seen_counts_short_last_batches_over_processes():
+    cfg = loop.resolve_config(tiny_config(train={"batch_size": 4}))
+    one = TrainBatches(tiny_dataset(5), cfg, DistEnv())  # batches of 4 and 1
+    assert len(one) == 2 and [one.images_seen(i) for i in range(5)] == [0, 4, 5, 9, 10]
+    # Two processes, 2 slices each per step; the sampler pads 5 slices to 3 per process (6 in all).
+    two = TrainBatches(tiny_dataset(5), cfg, DistEnv(rank=0, world_size=2))
+    assert len(two) == 2 and [two.images_seen(i) for i in range(4)] == [0, 4, 6, 10]
+
+
+def test_resume_on_a_dataset_of_other_classes_says_so(uninterrupted, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(uninterrupted[0], out)
+    other = tiny_dataset(N_SLICES)
+    other.class_names = ("background", "RV", "Myo", "LV")
+    with pytest.raises(DataError) as err:
+        train(tiny_config(), other, out, resume=True)
+    msg = str(err.value)
+    assert "the run was trained on 3 classes ['background', 'box', 'bar']" in msg
+    assert "has 4 ['background', 'RV', 'Myo', 'LV']" in msg and "\n" not in msg
+
+
+def test_resume_refuses_a_damaged_or_inference_only_last_checkpoint(uninterrupted, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(uninterrupted[0], out)
+    last = out / "checkpoints" / "last.pt"
+    state = read_checkpoint(last)
+    key = next(iter(state["model"]))
+    state["model"][key].view(-1)[0] = float("nan")
+    torch.save(state, last)
+    with pytest.raises(CheckpointError, match=rf"last.pt: weights with NaN or infinite values: {key}"):
+        train(tiny_config(), tiny_dataset(N_SLICES), out, resume=True)
+    shutil.copy(out / "checkpoints" / "best.pt", last)  # weights only, no optimizer state
+    with pytest.raises(CheckpointError, match="no training state to resume"):
+        train(tiny_config(), tiny_dataset(N_SLICES), out, resume=True)
+
+
+def test_unet_size_is_checked_before_the_run_folder_exists(tmp_path):
+    cfg = tiny_config(model={"name": "unet", "args": {"width": 0.125}}, train={"img_size": 40})
+    with pytest.raises(ConfigError) as err:
+        train(cfg, tiny_dataset(4), tmp_path / "run")
+    assert str(err.value) == (
+        "train.img_size=40: unet takes inputs whose side is a multiple of 16; nearest sizes that fit: "
+        "32 or 48"
+    )
+    assert not (tmp_path / "run").exists()

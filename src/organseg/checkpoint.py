@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from organseg.errors import CheckpointError
+from organseg.errors import CheckpointError, OrgansegError
 
 FORMAT = "organseg-checkpoint/1"
 
@@ -107,23 +107,97 @@ def make_checkpoint(
     }
 
 
+def _first(items: list[str], n: int = 5) -> str:
+    return ", ".join(items[:n]) + (f" and {len(items) - n} more" if len(items) > n else "")
+
+
+def check_state_dict(model: nn.Module, state: dict, source: str = "checkpoint") -> None:
+    """Raise CheckpointError naming the missing and unexpected keys and every shape mismatch (both shapes)
+    between ``state`` and ``model`` instead of torch's KeyError / size-mismatch traceback."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own
+        if k in state and isinstance(state[k], torch.Tensor) and state[k].shape != own[k].shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing keys {_first(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys {_first(unexpected)}")
+    if mismatched:
+        problems.append(f"shapes differ (checkpoint vs network) {_first(mismatched, 3)}")
+    if problems:
+        raise CheckpointError(f"{source}: the weights do not fit the network: " + "; ".join(problems))
+
+
+def validate_checkpoint(ckpt: dict, source: str | Path = "checkpoint") -> nn.Module:
+    """Check everything a verb relies on and return the network with the weights loaded (eval mode).
+
+    The one check of every verb that loads a checkpoint (train --resume, test, predict, compare): the fields
+    have the documented types; the model name is registered; the class names match the output layer; every
+    weight is finite (a NaN checkpoint predicts garbage without a word); the weights fit the network the
+    checkpoint describes key by key and shape by shape. Raises CheckpointError naming ``source``.
+    """
+    from organseg.models._registry import create_model, head_key, input_size_problem, list_models
+
+    src = str(source)
+    optional = {"model_args": {}, "class_names": [], "preprocessing": {}, "config": {}}  # absent: empty
+    for key, kind in (("model", dict), ("model_name", str), ("model_args", dict), ("class_names", list),
+                      ("preprocessing", dict), ("config", dict)):  # fmt: skip
+        value = ckpt.get(key, optional.get(key))
+        if not isinstance(value, kind):
+            raise CheckpointError(
+                f"{src}: field {key!r} should be a {kind.__name__}, got "
+                + ("nothing (missing)" if value is None else type(value).__name__)
+            )
+    name, weights, names = ckpt["model_name"], ckpt["model"], ckpt.get("class_names", [])
+    if name not in list_models():
+        raise CheckpointError(f"{src}: unknown model {name!r}; this organseg has {', '.join(list_models())}")
+    not_tensors = [k for k, v in weights.items() if not isinstance(v, torch.Tensor)]
+    if not_tensors:
+        raise CheckpointError(f"{src}: model entries that are not tensors: {_first(not_tensors)}")
+    if not all(isinstance(n, str) for n in names):
+        raise CheckpointError(f"{src}: class_names must be strings, got {names!r}")
+    bad = [k for k, v in weights.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(f"{src}: weights with NaN or infinite values: {_first(bad)}")
+    args = ckpt.get("model_args", {})
+    head = head_key(name)
+    classes = weights[head].shape[0] if head is not None and head in weights else args.get("num_classes")
+    if names and classes is not None and len(names) != classes:
+        raise CheckpointError(
+            f"{src}: {len(names)} class names {names} but the network's output layer has {classes} channels"
+        )
+    # The input size test/predict feed (config train.img_size) must be one the network takes.
+    train_cfg = ckpt.get("config", {}).get("train")
+    side = train_cfg.get("img_size") if isinstance(train_cfg, dict) else None
+    if isinstance(side, int) and not isinstance(side, bool):
+        built = args.get("img_size", side)
+        problem = input_size_problem(name, side, args) or (
+            None if built in (side, [side, side], (side, side)) else f"is built for img_size {built}"
+        )
+        if problem:
+            raise CheckpointError(f"{src}: its config says train.img_size={side}, but {name} {problem}")
+    try:
+        model = create_model(name, **args)
+    except (TypeError, ValueError, AssertionError, OrgansegError) as exc:
+        raise CheckpointError(f"{src}: cannot build {name} with model_args {args}: {exc}") from None
+    check_state_dict(model, weights, src)
+    model.load_state_dict(weights)
+    return model.eval()
+
+
 def model_from_checkpoint(
-    ckpt: dict | str | Path, map_location: str | torch.device = "cpu"
+    ckpt: dict | str | Path, map_location: str | torch.device = "cpu", source: str | Path | None = None
 ) -> tuple[nn.Module, dict]:
-    """Rebuild the network a checkpoint describes and load its weights strictly.
+    """Rebuild the network a checkpoint describes and load its weights strictly, after
+    :func:`validate_checkpoint`. ``source`` names the file in messages (default: the path given).
 
     Returns (model in eval mode, checkpoint dict)."""
-    from organseg.models import create_model
-
     if not isinstance(ckpt, dict):
+        source = source or ckpt
         ckpt = read_checkpoint(ckpt, map_location)
-    model = create_model(ckpt["model_name"], **ckpt.get("model_args", {}))
-    missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
-    if missing or unexpected:
-        more_m = "..." if len(missing) > 5 else ""
-        more_u = "..." if len(unexpected) > 5 else ""
-        raise CheckpointError(
-            f"checkpoint does not fit {ckpt['model_name']}: missing keys {missing[:5]}{more_m}, "
-            f"unexpected keys {unexpected[:5]}{more_u}"
-        )
-    return model.eval(), ckpt
+    return validate_checkpoint(ckpt, source or "checkpoint"), ckpt

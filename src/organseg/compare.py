@@ -42,7 +42,9 @@ import yaml
 
 from organseg import __version__
 from organseg.checkpoint import atomic_write_bytes, atomic_write_text
+from organseg.device import resolve_device
 from organseg.errors import ConfigError, DataError, OrgansegError
+from organseg.values import SEED, WORKERS, check_value
 
 RUNS_DIR = "runs"
 PROTOCOLS = ("reference", "corrected")
@@ -132,10 +134,7 @@ def parse_seeds(items: Sequence[str] | None) -> list[int]:
             part = part.strip()
             if not part:
                 continue
-            try:
-                seeds.append(int(part))
-            except ValueError:
-                raise ConfigError(f"--seeds: {part!r} is not an integer") from None
+            seeds.append(check_value("--seeds", part, SEED))
     if not seeds:
         raise ConfigError("--seeds: no seed given")
     if len(set(seeds)) != len(seeds):
@@ -314,10 +313,10 @@ def run_study(
     from organseg.evaluation.tables import dataset_kind
     from organseg.evaluation.testing import run_test
     from organseg.training import train
-    from organseg.training.loop import TrainingDiverged
+    from organseg.training.loop import TrainingDiverged, check_network
 
-    if jobs < 1:
-        raise ConfigError(f"--jobs must be at least 1, got {jobs}")
+    check_value("--jobs", jobs, WORKERS)
+    resolve_device(device)  # a device this machine lacks fails before any data are read
     sweep = sets if isinstance(sets, Sweep) else parse_sets(list(sets))
     out = Path(out)
     dataset = open_dataset(data)
@@ -327,6 +326,8 @@ def run_study(
         models, seeds, sweep, preset=preset, kind=kind, precision=precision,
         device=None if device == "auto" else device, data_root=data_root,
     )  # fmt: skip
+    for plan in plans:
+        check_network(plan.config)  # every network takes its img_size, before any run starts
     if not dataset.case_ids(split):
         raise DataError(f"{data}: the {split!r} split has no cases to test on")
     t0 = time.perf_counter()

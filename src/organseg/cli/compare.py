@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 
 from organseg.errors import ConfigError
+from organseg.values import WORKERS, option
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -57,7 +58,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument(
         "--jobs",
-        type=int,
+        type=option(WORKERS),
         default=1,
         metavar="N",
         help="train N runs at once, each an `organseg train` process with cores/N threads (default 1); "

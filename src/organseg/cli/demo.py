@@ -73,7 +73,7 @@ def cpu_has_fast_bf16() -> bool:
 def demo_precision(device: str, precision: str | None) -> str | None:
     """The precision override of the demo: the explicit choice, else fp32 on a CPU without fast bf16 (where
     bf16 is emulated and slower), else None (the presets' choice: bf16 for the U-Net, fp32 for Swin-Unet)."""
-    from organseg.evaluation.runs import resolve_device
+    from organseg.device import resolve_device
 
     if precision is None and resolve_device(device).type == "cpu" and not cpu_has_fast_bf16():
         return "fp32"
@@ -153,7 +153,7 @@ def run_demo(
     from organseg.compare import console_table, parse_sets, plan_runs, run_study
     from organseg.data.classes import SYNAPSE_CLASSES
     from organseg.data.prepare import prepare_synapse
-    from organseg.evaluation.runs import resolve_device
+    from organseg.device import resolve_device
 
     spec = FAST if fast else DEMO
     out = Path(out) if out is not None else Path("demo_out/fast" if fast else "demo_out")

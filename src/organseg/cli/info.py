@@ -6,6 +6,7 @@ import argparse
 import json
 
 from organseg.errors import ConfigError
+from organseg.values import Rule, option
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -16,7 +17,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "2 FLOPs, GMACs = GFLOPs / 2) of every registered network, beside the reference figures.",
     )
     p.add_argument("--models", nargs="+", metavar="NAME", help="networks to show (default: all registered)")
-    p.add_argument("--img-size", type=int, default=224, help="square input size to count at (224)")
+    p.add_argument(
+        "--img-size", type=option(Rule("int", lo=16, hi=4096)), default=224, help="square input size (224)"
+    )
     p.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     return p
 

@@ -6,6 +6,11 @@ from __future__ import annotations
 import argparse
 
 from organseg.data.phantom import write_phantom_set
+from organseg.values import POSITIVE_INT, SEED, Rule, option
+
+# A 512² CT slice is the real size; 1024² cases already take minutes and gigabytes each.
+SIZE = Rule("int", lo=32, hi=1024, why="in-plane pixels; CT scans are 512")
+SLICES = Rule("int", lo=4, hi=1000)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -18,18 +23,23 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "Next step: organseg prepare synapse --raw DIR --out DIR2.",
     )
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--cases", type=int, required=True, help="number of cases (ids 1..N)")
     parser.add_argument(
-        "--size", type=int, default=512, help="in-plane matrix size (default %(default)s; 128 is fast)"
+        "--cases", type=option(POSITIVE_INT), required=True, help="number of cases (ids 1..N)"
+    )
+    parser.add_argument(
+        "--size",
+        type=option(SIZE),
+        default=512,
+        help="in-plane matrix size, 32 to 1024 (default %(default)s; 128 is fast)",
     )
     parser.add_argument(
         "--slices",
-        type=int,
+        type=option(SLICES),
         default=None,
         help="slices per case (default: realistic 2.5-5 mm spacing, about 50-110 slices)",
     )
     parser.add_argument(
-        "--seed", type=int, default=0, help="seed (default %(default)s); same seed, same data"
+        "--seed", type=option(SEED), default=0, help="seed (default %(default)s); same seed, same data"
     )
     parser.add_argument(
         "--overwrite",

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from organseg.values import POSITIVE_INT, option
+
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
@@ -21,7 +23,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="OUT.nii.gz", help="the label map to write")
     p.add_argument("--overlay", metavar="OUT.png", help="also draw the slices with the most foreground")
     p.add_argument("--series-uid", metavar="UID", help="which DICOM series, when the folder holds several")
-    p.add_argument("--batch-size", type=int, default=16, help="slices per forward pass (default 16)")
+    p.add_argument(
+        "--batch-size", type=option(POSITIVE_INT), default=16, help="slices per forward pass (default 16)"
+    )
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"), help="default fp32")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     return p
@@ -31,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from organseg.evaluation.predict import predict_file, sidecar_path
-    from organseg.evaluation.runs import resolve_device, resolve_target
+    from organseg.evaluation.runs import resolve_target
 
     ckpt = Path(args.checkpoint)
     if ckpt.is_dir():
@@ -43,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
         overlay=args.overlay,
         batch_size=args.batch_size,
         precision=args.precision,
-        device=resolve_device(args.device),
+        device=args.device,
         series_uid=args.series_uid,
     )
     width = max(len(c["name"]) for c in info["classes"])

@@ -8,6 +8,9 @@ import logging
 
 from organseg.data.prepare import DEFAULT_TEST_FRACTION, prepare_synapse
 from organseg.data.preprocess import SYNAPSE_WINDOW
+from organseg.values import FINITE, SEED, Rule, option
+
+TEST_FRACTION = Rule("float", lo=0, hi=1, hi_open=True)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -37,16 +40,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     syn.add_argument("--val-cases", nargs="+", metavar="ID", help="training case ids to list in val.txt")
     syn.add_argument(
         "--test-fraction",
-        type=float,
+        type=option(TEST_FRACTION),
         default=DEFAULT_TEST_FRACTION,
         help="automatic split: share of cases for test (default %(default)s, the reference 12/30)",
     )
     syn.add_argument(
-        "--split-seed", type=int, default=1234, help="automatic split seed (default %(default)s)"
+        "--split-seed", type=option(SEED), default=1234, help="automatic split seed (default %(default)s)"
     )
     syn.add_argument(
         "--window",
-        type=float,
+        type=option(FINITE),
         nargs=2,
         default=list(SYNAPSE_WINDOW),
         metavar=("LO", "HI"),

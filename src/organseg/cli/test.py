@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import argparse
 
+from organseg.values import POSITIVE_INT, option
+
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
@@ -28,13 +30,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--save-nifti", action="store_true", help="write image, prediction, truth NIfTI")
     p.add_argument("--out", metavar="DIR", help="default RUN_DIR/results/<split>_<ckpt>")
-    p.add_argument("--batch-size", type=int, default=16, help="slices per forward pass (default 16)")
+    p.add_argument(
+        "--batch-size", type=option(POSITIVE_INT), default=16, help="slices per forward pass (default 16)"
+    )
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"), help="default fp32")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument(
         "--reference-loop", action="store_true", help="one slice per forward pass, as the reference (slower)"
     )
-    p.add_argument("--max-cases", type=int, metavar="N", help="only the first N cases (a quick look)")
+    p.add_argument(
+        "--max-cases", type=option(POSITIVE_INT), metavar="N", help="only the first N cases (a quick look)"
+    )
     p.add_argument("--no-report", action="store_true", help="do not (re)write report.md")
     return p
 

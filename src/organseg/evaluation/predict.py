@@ -16,9 +16,11 @@ import numpy as np
 import torch
 
 from organseg.checkpoint import atomic_write_text, model_from_checkpoint, read_checkpoint
+from organseg.device import resolve_device
 from organseg.errors import ConfigError, DataError
 from organseg.evaluation.inference import predict_volume
 from organseg.evaluation.runs import checkpoint_patch_size
+from organseg.values import POSITIVE_INT, check_value
 
 _OUT_SUFFIXES = (".nii.gz", ".nii", ".mha", ".nrrd")
 
@@ -62,7 +64,7 @@ def predict_file(
     overlay: str | Path | None = None,
     batch_size: int = 16,
     precision: str = "fp32",
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = "cpu",
     series_uid: str | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -74,8 +76,11 @@ def predict_file(
     out = Path(out)
     if not out.name.lower().endswith(_OUT_SUFFIXES):
         raise ConfigError(f"--out {out}: the label map needs an image suffix ({', '.join(_OUT_SUFFIXES)})")
+    check_value("--batch-size", batch_size, POSITIVE_INT)
+    device = resolve_device(device)
+    source = "checkpoint" if isinstance(checkpoint, dict) else checkpoint
     ckpt = checkpoint if isinstance(checkpoint, dict) else read_checkpoint(checkpoint)
-    model, ckpt = model_from_checkpoint(ckpt)
+    model, ckpt = model_from_checkpoint(ckpt, source=source)
     model.to(device)
     class_names = list(ckpt.get("class_names") or [])
     spec = ckpt.get("preprocessing") or {"kind": "none"}

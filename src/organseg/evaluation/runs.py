@@ -18,8 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from organseg.device import resolve_device  # noqa: F401 (re-exported: the rule lives in organseg.device)
 from organseg.errors import CheckpointError, DataError
 
 _CHECKPOINT_NAME = re.compile(r"^(best|last|epoch_\d+)$")
@@ -83,18 +82,6 @@ def checkpoint_patch_size(ckpt: dict[str, Any], default: int = 224) -> tuple[int
         return size, size
     h, w = (int(v) for v in size)
     return h, w
-
-
-def resolve_device(device: str | None) -> torch.device:
-    """"auto" (or None): the first CUDA device when there is one, else the CPU."""
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(device)
-    except RuntimeError as exc:
-        from organseg.errors import ConfigError
-
-        raise ConfigError(f"--device {device!r}: {exc}") from None
 
 
 def read_metrics_log(path: str | Path) -> list[dict[str, Any]]:

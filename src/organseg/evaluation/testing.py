@@ -9,12 +9,14 @@ import numpy as np
 
 from organseg.checkpoint import model_from_checkpoint, read_checkpoint
 from organseg.data.base import SegmentationDataset, Volume
+from organseg.device import resolve_device
 from organseg.errors import ConfigError, DataError
 from organseg.evaluation.evaluate import evaluate_dataset
 from organseg.evaluation.report import OVERLAY_FILE, OverlayCollector, write_report
-from organseg.evaluation.runs import checkpoint_patch_size, resolve_device, resolve_target, results_dir
+from organseg.evaluation.runs import checkpoint_patch_size, resolve_target, results_dir
 from organseg.evaluation.tables import results_table
 from organseg.evaluation.viewer import VIEWER_DIR, CaseViewers, chain
+from organseg.values import OPTIONAL_POSITIVE_INT, POSITIVE_INT, check_value
 
 
 def _open_dataset(data: str | Path | SegmentationDataset | None, ckpt: dict[str, Any]) -> SegmentationDataset:
@@ -70,8 +72,12 @@ def run_test(
     None). With ``viewer``, every case also gets an HTML viewer page, ``viewer/<case>.html`` in the results
     folder, written as the case is scored (predictions are not kept in memory to pick cases afterwards).
     """
+    check_value("--batch-size", batch_size, POSITIVE_INT)
+    check_value("--max-cases", max_cases, OPTIONAL_POSITIVE_INT)
     tgt = resolve_target(target, checkpoint)
-    ckpt = read_checkpoint(tgt.checkpoint_path)
+    dev = resolve_device(device)
+    # Checked before the dataset is opened: a bad checkpoint or device fails at once.
+    model, ckpt = model_from_checkpoint(read_checkpoint(tgt.checkpoint_path), source=tgt.checkpoint_path)
     dataset = _open_dataset(data, ckpt)
     names = list(ckpt.get("class_names") or [])
     if names and [n.lower() for n in names] != [str(n).lower() for n in dataset.class_names]:
@@ -79,8 +85,6 @@ def run_test(
             f"{tgt.checkpoint_path}: the network was trained on classes {names}, but the dataset "
             f"{getattr(dataset, 'root', dataset.name)} has {list(dataset.class_names)}"
         )
-    dev = resolve_device(device)
-    model, ckpt = model_from_checkpoint(ckpt)
     model.to(dev)
     folder = results_dir(tgt, split, out)
     collector = OverlayCollector()

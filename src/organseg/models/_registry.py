@@ -1,21 +1,44 @@
-"""A small model registry in the spirit of timm: ``create_model(name, **overrides)``."""
+"""A small model registry in the spirit of timm: ``create_model(name, **overrides)``.
+
+Besides its factory, a network may tell the registry two things the rest of the package checks up front
+instead of failing deep inside a forward pass or a weight load: ``head``, the state-dict key of its output
+layer's weight (the first dimension is the number of classes), and ``size_problem``, why a square input side
+does not fit it (or None when it does).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from torch import nn
 
+from organseg.errors import ConfigError
+
+SizeRule = Callable[[int, dict[str, Any]], "str | None"]
+
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
+_HEADS: dict[str, str] = {}
+_SIZE_RULES: dict[str, SizeRule] = {}
 
 
-def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Register a model factory under ``name``; the factory's keyword defaults are the paper configuration."""
+def register_model(
+    name: str, *, head: str | None = None, size_problem: SizeRule | None = None
+) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Register a model factory under ``name``; the factory's keyword defaults are the paper configuration.
+
+    ``head``: state-dict key of the output layer's weight. ``size_problem(side, args)``: a reason why a
+    ``side`` x ``side`` input does not fit the network built with ``args`` (constructor overrides), or None.
+    """
 
     def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _MODELS:
             raise ValueError(f"model {name!r} is registered twice")
         _MODELS[name] = fn
+        if head is not None:
+            _HEADS[name] = head
+        if size_problem is not None:
+            _SIZE_RULES[name] = size_problem
         return fn
 
     return wrap
@@ -33,3 +56,29 @@ def create_model(name: str, **overrides) -> nn.Module:
     except KeyError:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}") from None
     return factory(**overrides)
+
+
+def head_key(name: str) -> str | None:
+    """The state-dict key of ``name``'s output layer weight (its first dimension is the class count)."""
+    return _HEADS.get(name)
+
+
+def input_size_problem(name: str, side: int, args: dict[str, Any] | None = None) -> str | None:
+    """Why a ``side`` x ``side`` input does not fit network ``name`` built with ``args``; None if it fits
+    (or the network states no rule)."""
+    rule = _SIZE_RULES.get(name)
+    return rule(side, dict(args or {})) if rule is not None else None
+
+
+def check_input_size(
+    name: str, side: int, args: dict[str, Any] | None = None, key: str = "train.img_size"
+) -> None:
+    """ConfigError naming ``key``, the reason and the nearest sizes that fit, when ``side`` does not fit."""
+    problem = input_size_problem(name, side, args)
+    if problem is None:
+        return
+    below = next((s for s in range(side - 1, 0, -1) if input_size_problem(name, s, args) is None), None)
+    above = next((s for s in range(side + 1, side + 4097) if input_size_problem(name, s, args) is None), None)
+    near = " or ".join(str(s) for s in (below, above) if s is not None)
+    hint = f"; nearest sizes that fit: {near}" if near else ""
+    raise ConfigError(f"{key}={side}: {name} {problem}{hint}")

@@ -628,26 +628,33 @@ def _check_config(
         raise ConfigError(f"depths {depths} and num_heads {num_heads} must be non-empty and of equal length")
     if any(d < 1 for d in depths):
         raise ConfigError(f"every stage needs at least one block, got depths {depths}")
-    n = len(depths)
     for i, h in enumerate(num_heads):
         if (embed_dim * 2**i) % h:
             raise ConfigError(f"stage {i}: width {embed_dim * 2**i} is not divisible by {h} heads")
+    problem = _size_error(img_size, patch_size, len(depths), window_size)
+    if problem:
+        raise ConfigError(problem)
+
+
+def _size_error(img_size: tuple[int, int], patch_size: int, n: int, window_size: int) -> str | None:
+    """Why an input of ``img_size`` does not fit (a patch grid that halves n - 1 times into whole windows)."""
     if img_size[0] % patch_size or img_size[1] % patch_size:
-        raise ConfigError(f"img_size {img_size} is not divisible by patch_size {patch_size}")
+        return f"img_size {img_size} is not divisible by patch_size {patch_size}"
     res = (img_size[0] // patch_size, img_size[1] // patch_size)
     if res[0] % 2 ** (n - 1) or res[1] % 2 ** (n - 1):
-        raise ConfigError(
+        return (
             f"img_size {img_size}: the {res[0]}x{res[1]} patch grid must halve {n - 1} times "
             f"(divisible by {2 ** (n - 1)})"
         )
     for i in range(n):
         h, w = res[0] // 2**i, res[1] // 2**i
         ws = min(window_size, h, w)
-        if h % ws or w % ws:
-            raise ConfigError(
+        if ws < 1 or h % ws or w % ws:
+            return (
                 f"img_size {img_size}, window_size {window_size}: stage {i} grid {h}x{w} "
                 "is not a whole number of windows"
             )
+    return None
 
 
 class SwinUnet(nn.Module):
@@ -684,7 +691,23 @@ class SwinUnet(nn.Module):
         return self.swin_unet(x)
 
 
-@register_model("swin_unet")
+def _size_problem(side: int, args: dict) -> str | None:
+    """Why a ``side`` x ``side`` input does not fit a Swin-Unet built with ``args``, or None. Arguments wrong
+    whatever the size are left to the constructor's own message."""
+    import inspect
+
+    cfg = {k: p.default for k, p in inspect.signature(swin_unet).parameters.items()} | args
+    try:
+        patch, depths, window = int(cfg["patch_size"]), len(cfg["depths"]), int(cfg["window_size"])
+    except (TypeError, ValueError):
+        return None
+    if patch < 1 or depths < 1 or window < 1:
+        return None
+    problem = _size_error((side, side), patch, depths, window)
+    return None if problem is None else f"does not take {side}x{side} inputs ({problem})"
+
+
+@register_model("swin_unet", head="swin_unet.output.weight", size_problem=_size_problem)
 def swin_unet(
     img_size: int = 224,
     patch_size: int = 4,

@@ -184,7 +184,13 @@ def prepare_for_speed(model: UNet, channels_last: bool = True) -> UNet:
     return model.to(memory_format=fmt)
 
 
-@register_model("unet")
+def _size_problem(side: int, args: dict) -> str | None:
+    # Four 2x2 poolings, then four x2 upsamplings concatenated with the skips: any side not divisible by 16
+    # gives skips and upsampled maps of different sizes.
+    return None if side > 0 and side % 16 == 0 else "takes inputs whose side is a multiple of 16"
+
+
+@register_model("unet", head="decoder.final.weight", size_problem=_size_problem)
 def unet(num_classes: int = 9, in_chans: int = 1, width: float = 1.0) -> UNet:
     """The seed's U-Net, 24,898,953 parameters for 1 input channel and 9 classes (``width`` 1.0)."""
     return UNet(num_classes=num_classes, in_chans=in_chans, width=width)

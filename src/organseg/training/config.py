@@ -18,6 +18,7 @@ import yaml
 
 from organseg.errors import ConfigError
 from organseg.precision import PRECISIONS
+from organseg.values import OPTIONAL_POSITIVE_INT, POSITIVE_INT, SEED, Rule, check_value, max_threads
 
 # The reference recipe (Swin-Unet @f998666, protocol spec section 2); presets override the model and batch.
 DEFAULTS: dict[str, Any] = {
@@ -171,79 +172,65 @@ def _merge(defaults: dict, given: dict, prefix: str = "") -> dict:
     return out
 
 
-def _require(cond: bool, message: str) -> None:
-    if not cond:
-        raise ConfigError(message)
+# ------------------------------------------------------------------------------------------ value schema
+
+
+# Every leaf of DEFAULTS and what it accepts (model.args is free-form: the network constructor checks it).
+SCHEMA: dict[str, Rule] = {
+    "model.name": Rule("str"),
+    "model.args": Rule("mapping"),
+    "model.pretrained": Rule("str", optional=True),
+    "data.root": Rule("str", optional=True),
+    "data.max_train_slices": OPTIONAL_POSITIVE_INT,
+    "train.img_size": Rule("int", lo=1, hi=4096, why="the network input side in pixels"),
+    "train.batch_size": POSITIVE_INT,
+    "train.base_lr": Rule("float", lo=0, lo_open=True),
+    "train.lr_scaling": Rule("choice", choices=LR_SCALINGS),
+    "train.reference_batch": POSITIVE_INT,
+    "train.max_epochs": POSITIVE_INT,
+    "train.max_iterations": OPTIONAL_POSITIVE_INT,
+    "train.momentum": Rule("float", lo=0, hi=1, hi_open=True),
+    "train.weight_decay": Rule("float", lo=0),
+    "train.poly_power": Rule("float", lo=0, lo_open=True),
+    "train.ce_weight": Rule("float", lo=0),
+    "train.dice_weight": Rule("float", lo=0),
+    "train.seed": SEED,
+    "train.deterministic": Rule("bool"),
+    "train.precision": Rule("choice", choices=PRECISIONS),
+    "train.compile": Rule("bool"),
+    "train.channels_last": Rule("choice", choices=("auto", True, False)),
+    "train.augment": Rule("choice", choices=AUGMENTS),
+    "train.num_workers": Rule("int", lo=0, hi=max_threads, why="4 x the CPU cores here"),
+    "train.device": Rule("device"),
+    "train.threads": Rule(
+        "int", lo=1, hi=max_threads, optional=True, why="4 x the CPU cores here; null: torch decides"
+    ),
+    "train.time_budget_min": Rule("float", lo=0, lo_open=True, optional=True),
+    "train.log_every": POSITIVE_INT,
+    "train.progress": Rule("bool"),
+    "val.every": Rule("int", lo=0, why="epochs; 0: the last epoch only"),
+    "val.batch_size": POSITIVE_INT,
+    "val.max_cases": OPTIONAL_POSITIVE_INT,
+    "checkpoint.save_interval": POSITIVE_INT,
+}
 
 
 def resolve_config(cfg: dict, data_root: str | Path | None = None) -> dict:
-    """Merge with :data:`DEFAULTS`, fill ``data.root``, and check every value; raises ConfigError."""
+    """Merge with :data:`DEFAULTS`, fill ``data.root``, and check every value against :data:`SCHEMA`;
+    raises ConfigError naming the key. Exact conversions are recorded ("1e-3" is stored as 0.001)."""
     out = _merge(DEFAULTS, cfg or {})
     if data_root is not None:
         out["data"]["root"] = str(data_root)
-    t, v = out["train"], out["val"]
-    _require(isinstance(out["model"]["name"], str), "model.name must be a model name, e.g. swin_unet or unet")
-    _require(isinstance(out["model"]["args"], dict), "model.args must be a mapping of constructor arguments")
-    _require(
-        "num_classes" not in out["model"]["args"], "model.args.num_classes is set from the dataset; remove it"
-    )
-    for key in ("img_size", "batch_size", "max_epochs", "reference_batch", "log_every"):
-        _require(
-            isinstance(t[key], int) and t[key] > 0, f"train.{key} must be a positive integer, got {t[key]!r}"
-        )
-    for key in ("base_lr", "momentum", "weight_decay", "poly_power", "ce_weight", "dice_weight"):
-        _require(
-            isinstance(t[key], (int, float)) and not isinstance(t[key], bool) and t[key] >= 0,
-            f"train.{key} must be a non-negative number, got {t[key]!r}",
-        )
-    _require(t["base_lr"] > 0, "train.base_lr must be positive")
-    _require(isinstance(t["seed"], int), f"train.seed must be an integer, got {t['seed']!r}")
-    _require(
-        t["precision"] in PRECISIONS,
-        f"train.precision must be one of {', '.join(PRECISIONS)}, got {t['precision']!r}",
-    )
-    _require(
-        t["augment"] in AUGMENTS, f"train.augment must be one of {', '.join(AUGMENTS)}, got {t['augment']!r}"
-    )
-    _require(
-        t["lr_scaling"] in LR_SCALINGS,
-        f"train.lr_scaling must be one of {', '.join(LR_SCALINGS)}, got {t['lr_scaling']!r}",
-    )
-    _require(t["channels_last"] in ("auto", True, False), "train.channels_last must be auto, true or false")
-    _require(
-        isinstance(t["num_workers"], int) and t["num_workers"] >= 0,
-        "train.num_workers must be an integer >= 0",
-    )
-    _require(
-        t["threads"] is None or (isinstance(t["threads"], int) and t["threads"] > 0),
-        "train.threads must be >= 1",
-    )
-    _require(
-        t["max_iterations"] is None or (isinstance(t["max_iterations"], int) and t["max_iterations"] > 0),
-        "train.max_iterations must be a positive integer or null",
-    )
-    budget = t["time_budget_min"]
-    _require(
-        budget is None or (isinstance(budget, (int, float)) and budget > 0),
-        "train.time_budget_min must be > 0 minutes",
-    )
-    _require(
-        isinstance(v["every"], int) and v["every"] >= 0,
-        "val.every must be an integer >= 0 (0: last epoch only)",
-    )
-    _require(
-        isinstance(v["batch_size"], int) and v["batch_size"] > 0, "val.batch_size must be a positive integer"
-    )
-    for section, key in (("data", "max_train_slices"), ("val", "max_cases")):
-        value = out[section][key]
-        _require(
-            value is None or (isinstance(value, int) and value > 0),
-            f"{section}.{key} must be a positive integer",
-        )
-    interval = out["checkpoint"]["save_interval"]
-    _require(
-        isinstance(interval, int) and interval > 0, "checkpoint.save_interval must be a positive integer"
-    )
+    if isinstance(out["data"]["root"], Path):
+        out["data"]["root"] = str(out["data"]["root"])
+    for name, rule in SCHEMA.items():
+        section, key = name.split(".")
+        out[section][key] = check_value(name, out[section][key], rule)
+    if "num_classes" in out["model"]["args"]:
+        raise ConfigError("model.args.num_classes is set from the dataset; remove it")
+    t = out["train"]
+    if t["ce_weight"] + t["dice_weight"] <= 0:
+        raise ConfigError("train.ce_weight and train.dice_weight are both 0: the loss would be constant")
     return out
 
 

@@ -130,7 +130,16 @@ class TrainBatches:
 
     @property
     def images_per_iteration(self) -> int:
+        """The configured global batch; an epoch's last batch (or the only one, when the batch is larger than
+        the dataset) holds fewer: see :meth:`images_seen`."""
         return self.batch * self.env.world_size
+
+    def images_seen(self, iterations: int) -> int:
+        """Images all processes have trained on in the first ``iterations`` iterations: the last batch of each
+        epoch is short (drop_last=False), and the sampler pads every process to the same count."""
+        per_rank = len(self.sampler)
+        epochs, rest = divmod(iterations, len(self))
+        return (epochs * per_rank + min(rest * self.batch, per_rank)) * self.env.world_size
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Batches ``start..`` of epoch ``epoch`` (``start`` > 0 when resuming mid-epoch)."""

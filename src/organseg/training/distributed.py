@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from organseg.errors import ConfigError
+from organseg.device import resolve_device
 
 
 @dataclass(frozen=True)
@@ -37,24 +37,12 @@ class DistEnv:
         return self.world_size > 1
 
 
-def _pick_device(pref: str, local_rank: int) -> torch.device:
-    if pref == "auto":
-        pref = "cuda" if torch.cuda.is_available() else "cpu"
-    if pref.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError(f"train.device={pref!r} but no CUDA device is available; use cpu or auto")
-        # Under torchrun each process takes the GPU of its local rank.
-        return torch.device("cuda", local_rank if pref == "cuda" else int(pref.split(":")[1]))
-    if pref != "cpu":
-        raise ConfigError(f"train.device must be auto, cpu, cuda or cuda:N, got {pref!r}")
-    return torch.device("cpu")
-
-
 def init_distributed(device_pref: str = "auto") -> DistEnv:
     """Read torchrun's environment; start the process group when ``WORLD_SIZE`` > 1."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = _pick_device(device_pref, local_rank)
+    # Under torchrun each process takes the GPU of its local rank.
+    device = resolve_device(device_pref, local_rank=local_rank, source="train.device")
     if world <= 1:
         return DistEnv(device=device)
     owns = False

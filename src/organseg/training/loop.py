@@ -25,9 +25,15 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from organseg.checkpoint import atomic_torch_save, atomic_write_text, make_checkpoint, read_checkpoint
+from organseg.checkpoint import (
+    atomic_torch_save,
+    atomic_write_text,
+    make_checkpoint,
+    read_checkpoint,
+    validate_checkpoint,
+)
 from organseg.data.base import SegmentationDataset
-from organseg.errors import ConfigError, OrgansegError
+from organseg.errors import CheckpointError, ConfigError, DataError, OrgansegError
 from organseg.losses import DiceCELoss
 from organseg.precision import autocast_dtype
 from organseg.training.config import config_differences, effective_lr, load_config, resolve_config, to_yaml
@@ -47,6 +53,9 @@ from organseg.training.distributed import (
 )
 from organseg.training.runlog import RunLog, environment
 from organseg.training.validation import validate
+
+# What last.pt carries besides the weights so that a run can continue (see save() in _train).
+RESUME_STATE = ("optimizer", "scaler", "iteration", "iterations_per_epoch", "best_dice", "train_seconds")
 
 
 class TrainingDiverged(OrgansegError):
@@ -124,6 +133,7 @@ def train(
     """
     raw = config if isinstance(config, dict) else load_config(config)
     cfg = resolve_config(raw, data if isinstance(data, (str, Path)) else None)
+    check_network(cfg)  # before the data are read and before the run folder exists
     env = init_distributed(cfg["train"]["device"])
     # Threads and determinism are process-wide: put them back for the caller (tests, notebooks, compare).
     cudnn = torch.backends.cudnn
@@ -165,6 +175,14 @@ def _train(
                     f"{run_dir} already holds a run ({last_path}): use --resume, or another --out"
                 )
             state = read_checkpoint(last_path)
+            validate_checkpoint(state, last_path)
+            missing = [k for k in RESUME_STATE if k not in state]
+            if missing:
+                raise CheckpointError(
+                    f"{last_path}: no training state to resume ({', '.join(missing)} missing): a checkpoint "
+                    "for inference only? Train into another --out"
+                )
+            _check_same_classes(state, dataset, last_path)
             diff = config_differences(state["config"], cfg)
             if diff:
                 raise ConfigError(
@@ -302,7 +320,7 @@ def _train(
             for group in optimizer.param_groups:  # after the step, as the reference
                 group["lr"] = poly_lr(base_lr, it, max_iterations, t["poly_power"])
             it += 1
-            epoch_images += batches.images_per_iteration
+            epoch_images += images.shape[0] * env.world_size  # the last batch of an epoch is short
             train_seconds = time.perf_counter() - start_time
             if it % t["log_every"] == 0 or it % ipe == 0:
                 over = float(train_seconds >= budget_s)
@@ -336,7 +354,7 @@ def _train(
                     }
                 )
                 rate = epoch_images / max(time.perf_counter() - epoch_t0, 1e-9)
-                eta = (max_iterations - it) * batches.images_per_iteration / rate
+                eta = (batches.images_seen(max_iterations) - batches.images_seen(it)) / rate
                 bar.set_postfix_str(
                     f"loss {v_loss:.4f} lr {lr:.2e} {rate:.1f} img/s ETA {_hms(eta)}", refresh=False
                 )
@@ -375,7 +393,7 @@ def _train(
         "epochs": round(it / ipe, 3),
         "max_iterations": max_iterations,
         "train_seconds": round(train_seconds, 1),
-        "images_per_second": round(it * batches.images_per_iteration / max(train_seconds, 1e-9), 2),
+        "images_per_second": round(batches.images_seen(it) / max(train_seconds, 1e-9), 2),
         "best_mean_dice": best if best >= 0 else None,
         "last_val": val_record,
         **_peak_memory(env.device),
@@ -400,6 +418,35 @@ def _peak_memory(device: torch.device) -> dict[str, Any]:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     mb = peak / 2**20 if sys.platform == "darwin" else peak / 2**10
     return {"peak_memory_mb": round(mb, 1), "peak_memory_kind": "process peak RSS"}
+
+
+def check_network(cfg: dict) -> None:
+    """The configured network exists and takes ``train.img_size`` inputs (one rule per network, from the
+    registry): raised as a ConfigError naming the key and the nearest sizes that fit, before a run folder
+    exists, instead of a ValueError from the first forward pass."""
+    from organseg.models._registry import _MODELS, check_input_size
+
+    m, side = cfg["model"], cfg["train"]["img_size"]
+    if m["name"] not in _MODELS:
+        raise ConfigError(f"model.name: unknown model {m['name']!r}; available: {', '.join(sorted(_MODELS))}")
+    given = m["args"].get("img_size")
+    if given is not None and given not in (side, [side, side], (side, side)):
+        raise ConfigError(
+            f"model.args.img_size={given} but train.img_size={side}: the network is fed {side}x{side} "
+            "slices; set train.img_size only"
+        )
+    check_input_size(m["name"], side, m["args"])
+
+
+def _check_same_classes(state: dict, dataset: SegmentationDataset, last_path: Path) -> None:
+    """A run resumed on a dataset of another kind (Synapse run, ACDC data) says so in one line."""
+    old, new = list(state.get("class_names") or []), [str(n) for n in dataset.class_names]
+    if old and [n.lower() for n in old] != [n.lower() for n in new]:
+        raise DataError(
+            f"{last_path}: the run was trained on {len(old)} classes {old}, but the dataset "
+            f"{getattr(dataset, 'root', dataset.name)} has {len(new)} {new}: resume with the run's dataset, "
+            "or train into another --out"
+        )
 
 
 def model_args(cfg: dict, num_classes: int) -> dict[str, Any]:
