@@ -270,8 +270,12 @@ def test_phantom_impossible_sizes_are_refused_before_writing(tmp_path, monkeypat
     from organseg.cli.main import main
     from organseg.errors import ConfigError
 
-    assert main(["phantom", "--out", str(tmp_path / "big"), "--cases", "1", "--size", "20000"]) == 2
-    assert "--size must be between 32 and 2048 pixels, got 20000" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:  # argparse refuses it, exit 2
+        main(["phantom", "--out", str(tmp_path / "big"), "--cases", "1", "--size", "20000"])
+    assert exc.value.code == 2
+    assert "--size: expected an integer in [32, 2048]" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match=r"--size: expected an integer in \[32, 2048\].*got 20000"):
+        ph.write_phantom_set(tmp_path / "big", 1, 20000, progress=False)  # the API checks as the CLI
     monkeypatch.setattr(ph, "_available_memory", lambda: 2**30)
     with pytest.raises(ConfigError, match=r"--size 1024 with 112 slices needs about 5.2 GiB of memory per "
                        r"case, but 1.0 GiB is available"):
@@ -434,8 +438,10 @@ def test_phantom_negative_seed_and_full_disk_are_refused_before_writing(tmp_path
     from organseg.cli.main import main
 
     out = tmp_path / "ph"
-    assert main(["phantom", "--out", str(out), "--cases", "1", "--size", "32", "--seed", "-1"]) == 2
-    assert "--seed must be 0 or more, got -1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:  # argparse refuses it, exit 2
+        main(["phantom", "--out", str(out), "--cases", "1", "--size", "32", "--seed", "-1"])
+    assert exc.value.code == 2
+    assert "--seed: expected an integer in [0, 9223372036854775807], got '-1'" in capsys.readouterr().err
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(completion.shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 2**20, 2**20))
     assert main(["phantom", "--out", str(out), "--cases", "3", "--size", "128", "--slices", "40"]) == 2

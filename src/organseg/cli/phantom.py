@@ -5,12 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from organseg.data.phantom import write_phantom_set
-from organseg.values import POSITIVE_INT, SEED, Rule, option
-
-# A 512² CT slice is the real size; 1024² cases already take minutes and gigabytes each.
-SIZE = Rule("int", lo=32, hi=1024, why="in-plane pixels; CT scans are 512")
-SLICES = Rule("int", lo=4, hi=1000)
+from organseg.data.phantom import MAX_SIZE, SIZE_RULE, SLICES_RULE, write_phantom_set
+from organseg.values import POSITIVE_INT, SEED, option
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -28,13 +24,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--size",
-        type=option(SIZE),
+        type=option(SIZE_RULE),
         default=512,
-        help="in-plane matrix size, 32 to 1024 (default %(default)s; 128 is fast)",
+        help=f"in-plane matrix size, 32 to {MAX_SIZE} (default %(default)s; 128 is fast)",
     )
     parser.add_argument(
         "--slices",
-        type=option(SLICES),
+        type=option(SLICES_RULE),
         default=None,
         help="slices per case (default: realistic 2.5-5 mm spacing, about 50-110 slices)",
     )
