@@ -23,9 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-from tqdm.auto import tqdm
 
-from organseg.checkpoint import atomic_write_text
 from organseg.data.classes import BTCV_CLASSES, BTCV_TO_SYNAPSE, SYNAPSE_CLASSES, remap_labels, unknown_ids
 from organseg.data.io import (
     IMAGE_SUFFIXES,
@@ -40,6 +38,8 @@ from organseg.data.io import (
 from organseg.data.preprocess import SYNAPSE_WINDOW, apply_preprocessing, ct_window_spec
 from organseg.data.synapse import SIDECAR
 from organseg.errors import ConfigError, DataError
+from organseg.fileio import atomic_write_text, check_output, check_output_dir
+from organseg.progress import progress_bar
 
 log = logging.getLogger("organseg.data")
 
@@ -347,8 +347,8 @@ def prepare_synapse(
         raise ConfigError(f"unknown_labels must be 'error' or 'background', got {unknown_labels!r}")
     spec = ct_window_spec(window)
     raw, out = Path(raw), Path(out)
-    if out.exists() and not out.is_dir():
-        raise DataError(f"{out}: exists and is not a folder")
+    check_output(out, {"--raw": raw}, folder=True)
+    check_output_dir(out)
     cases = find_raw_cases(raw)
     train, test, rule = decide_split(
         list(cases), train_cases, test_cases, test_fraction=test_fraction, seed=split_seed
@@ -374,12 +374,13 @@ def prepare_synapse(
     todo = [c for c in selected if _done(out, c, roles[c.number], options) is None]
 
     # Pass 2: voxels of every case still to convert (NaN/inf, label ids, truncated data). Nothing written yet.
-    for case in tqdm(todo, desc="checking", unit="case", disable=not progress or not todo, leave=False):
+    checking = progress_bar(todo, desc="checking", unit="case", disable=not progress or not todo, leave=False)
+    for case in checking:
         _load_case(case, unknown_labels, warn=False)
 
     # Pass 3: convert.
     converted = []
-    for case in tqdm(selected, desc="prepare synapse", unit="case", disable=not progress):
+    for case in progress_bar(selected, desc="prepare synapse", unit="case", disable=not progress):
         role = roles[case.number]
         if case not in todo:
             continue

@@ -20,13 +20,13 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from organseg.checkpoint import atomic_write_text
 from organseg.data.base import SegmentationDataset, Volume
 from organseg.errors import DataError
 from organseg.evaluation.inference import predict_volume
 from organseg.evaluation.metrics import case_metrics_all
+from organseg.fileio import atomic_write_text
+from organseg.progress import progress_bar
 
 #: status of a (case, class) pair under the corrected protocol
 SCORED, MISSED, FALSE_POSITIVE, ABSENT = "scored", "missed", "false_positive", "absent"
@@ -242,7 +242,7 @@ def evaluate_dataset(
     num_classes = dataset.num_classes
     ref, corr, pres, spacings = [], [], [], []
     start = time.perf_counter()
-    bar = tqdm(case_ids, desc=f"{split} cases", unit="case", disable=not progress)
+    bar = progress_bar(case_ids, desc=f"{split} cases", unit="case", disable=not progress)
     for case_id in bar:
         vol = dataset.volume(case_id)
         if vol.label is None:

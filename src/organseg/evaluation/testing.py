@@ -14,6 +14,7 @@ from organseg.evaluation.evaluate import evaluate_dataset
 from organseg.evaluation.report import OVERLAY_FILE, OverlayCollector, write_report
 from organseg.evaluation.runs import checkpoint_patch_size, resolve_device, resolve_target, results_dir
 from organseg.evaluation.tables import results_table
+from organseg.fileio import check_output, check_output_dir, check_output_file
 
 
 def _open_dataset(data: str | Path | SegmentationDataset | None, ckpt: dict[str, Any]) -> SegmentationDataset:
@@ -80,6 +81,18 @@ def run_test(
     model, ckpt = model_from_checkpoint(ckpt)
     model.to(dev)
     folder = results_dir(tgt, split, out)
+    # Before the (long) evaluation: the results folder may not hold or sit in the data or the checkpoint.
+    what = "--out" if out is not None else "results folder"
+    check_output(
+        folder,
+        {"--data": getattr(dataset, "root", None), "CHECKPOINT": tgt.checkpoint_path},
+        what=what,
+        folder=True,
+    )
+    check_output_dir(folder, what=what)
+    if report:
+        report_root = tgt.run_dir if tgt.run_dir is not None and out is None else folder
+        check_output_file(Path(report_root) / "report.md", what="")
     collector = OverlayCollector()
     on_case = _nifti_writer(folder / "nifti", collector) if save_nifti else collector
     result = evaluate_dataset(
