@@ -23,6 +23,7 @@ import contextlib
 import errno
 import os
 import re
+import stat
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -80,9 +81,12 @@ def _legacy_pattern(name: str) -> re.Pattern[str]:
     return re.compile(rf"^(\.{n}\.[a-z0-9_]+\.tmp|\.tmp-[a-z0-9_]+-{n})$")
 
 
-def _pid_alive(pid: int) -> bool:
+def _pid_alive(pid: int) -> bool | None:
+    """Whether process ``pid`` runs on this machine; None where that cannot be asked safely."""
     if pid == os.getpid():
         return True
+    if os.name != "posix":  # Windows' os.kill(pid, 0) would terminate the process
+        return None
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -92,6 +96,25 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+# Hidden names of each folder, listed once per process at the first write there: listing a folder of 2,000
+# training slices before each of 2,000 writes would cost seconds. A temporary that appears later belongs to a
+# live writer (this process or another) and is not stale now.
+_hidden: dict[str, set[str]] = {}
+
+
+def _hidden_names(folder: Path) -> set[str]:
+    key = os.path.abspath(folder)
+    names = _hidden.get(key)
+    if names is None:
+        try:
+            with os.scandir(folder) as it:
+                names = {e.name for e in it if e.name.startswith(".")}
+        except OSError:
+            names = set()
+        _hidden[key] = names
+    return names
+
+
 def sweep_stale(target: PathLike, *, now: float | None = None) -> list[Path]:
     """Remove the temporaries a killed writer of ``target`` left behind; returns what was removed.
 
@@ -99,34 +122,42 @@ def sweep_stale(target: PathLike, *, now: float | None = None) -> list[Path]:
     machine *and* it has not changed for :data:`STALE_GRACE_S` seconds. The pid test keeps a live writer's
     file (e.g. two ``organseg`` processes writing the same report); the age test keeps the file of a writer on
     another machine sharing the folder, whose pid is meaningless here. A reused pid only delays the clean-up.
+    The folder is listed once per process (see ``_hidden``).
     """
     target = Path(target)
     folder = target.parent
     if not folder.is_dir():
         return []
-    now = time.time() if now is None else now
     name = target.name
+    hidden = _hidden_names(folder)
+    candidates = [n for n in hidden if n.startswith(f".{name}.") or n.startswith(".tmp-")]
+    if not candidates:
+        return []
+    now = time.time() if now is None else now
     fresh = [_temp_pattern(name, s) for s in {"", *_suffixes(name)}]
     legacy = _legacy_pattern(name)
     removed = []
-    try:
-        entries = [e for e in os.scandir(folder) if e.name.startswith(".")]
-    except OSError:
-        return []
-    for entry in entries:
-        match = next((m for p in fresh if (m := p.match(entry.name))), None)
-        try:
-            age = now - entry.stat(follow_symlinks=False).st_mtime
-        except OSError:
+    for entry in candidates:
+        path = folder / entry
+        match = next((m for p in fresh if (m := p.match(entry))), None)
+        if match is None and legacy.match(entry) is None:
             continue
+        try:
+            st = os.lstat(path)
+        except OSError:
+            hidden.discard(entry)  # gone (renamed into place, or removed by its writer)
+            continue
+        age = now - st.st_mtime
         if match is not None:
-            stale = age > STALE_GRACE_S and not _pid_alive(int(match.group(1)))
+            alive = _pid_alive(int(match.group(1)))
+            stale = (alive is False and age > STALE_GRACE_S) or (alive is None and age > LEGACY_STALE_S)
         else:
-            stale = legacy.match(entry.name) is not None and age > LEGACY_STALE_S
-        if stale and entry.is_file(follow_symlinks=False):
+            stale = age > LEGACY_STALE_S
+        if stale and stat.S_ISREG(st.st_mode):
             with contextlib.suppress(OSError):
-                os.unlink(entry.path)
-                removed.append(Path(entry.path))
+                os.unlink(path)
+                hidden.discard(entry)
+                removed.append(path)
     return removed
 
 

@@ -25,7 +25,7 @@ from organseg.data.base import SegmentationDataset, Volume
 from organseg.errors import DataError
 from organseg.evaluation.inference import predict_volume
 from organseg.evaluation.metrics import case_metrics_all
-from organseg.fileio import atomic_write_text
+from organseg.fileio import staged
 from organseg.progress import progress_bar
 
 #: status of a (case, class) pair under the corrected protocol
@@ -193,7 +193,8 @@ class EvaluationResult:
         return "\n".join(lines) + "\n"
 
     def write(self, folder: str | Path, extra_summary: dict[str, Any] | None = None) -> dict[str, Path]:
-        """Write ``per_case.csv``, ``per_case.json``, ``summary.json``, ``reference_log.txt`` atomically."""
+        """Write ``per_case.csv``, ``per_case.json``, ``summary.json``, ``reference_log.txt`` atomically, as
+        one set: a full disk leaves the previous results folder as it was, not a mix of old and new files."""
         folder = Path(folder)
         paths = {
             "per_case_csv": folder / "per_case.csv",
@@ -207,11 +208,16 @@ class EvaluationResult:
         writer.writeheader()
         for r in rows:
             writer.writerow({k: "" if v is None else v for k, v in r.items()})
-        atomic_write_text(paths["per_case_csv"], buf.getvalue())
-        atomic_write_text(paths["per_case_json"], json.dumps(self.per_case(), indent=1) + "\n")
         summary = {**self.summary(), **(extra_summary or {})}
-        atomic_write_text(paths["summary"], json.dumps(summary, indent=1) + "\n")
-        atomic_write_text(paths["reference_log"], self.reference_log())
+        texts = [
+            buf.getvalue(),
+            json.dumps(self.per_case(), indent=1) + "\n",
+            json.dumps(summary, indent=1) + "\n",
+            self.reference_log(),
+        ]
+        with staged(*paths.values()) as temps:
+            for tmp, text in zip(temps, texts, strict=True):
+                tmp.write_text(text, encoding="utf-8")
         return paths
 
 
