@@ -257,3 +257,17 @@ def test_write_into_a_file_path_is_one_line(tmp_path):
     (tmp_path / "dir.json").mkdir()
     with pytest.raises(OutputError, match=r"dir\.json: is a folder; a file is needed here"):
         atomic_write_text(tmp_path / "dir.json", "{}")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through chmod 555; the os.access mock covers it")
+def test_read_only_folder_is_refused_up_front(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        with pytest.raises(OutputError, match=r"cannot write in .*ro \(permission denied\)"):
+            check_output_dir(ro / "run")
+        with pytest.raises(OutputError, match=r"x\.json: cannot write \(Permission denied\)"):
+            atomic_write_text(ro / "x.json", "{}")
+    finally:
+        ro.chmod(0o755)
