@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from organseg.errors import CheckpointError
-from organseg.fileio import atomic_write
+from organseg.fileio import atomic_write, atomic_write_bytes, atomic_write_text  # noqa: F401 (earlier home)
 
 FORMAT = "organseg-checkpoint/1"
 
