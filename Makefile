@@ -3,9 +3,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean-venv
+.PHONY: demo test lint bench package-check clean-venv
 
-$(STAMP): pyproject.toml requirements-dev.txt
+# __init__.py holds the version: the editable install's metadata must follow it.
+$(STAMP): pyproject.toml requirements-dev.txt src/organseg/__init__.py
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements-dev.txt
@@ -20,6 +21,10 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
+
+# Build the sdist and the wheel, check them, run organseg from the wheel in a fresh environment (CI runs it).
+package-check: $(STAMP)
+	PY=$(PY) bash .ci/package_check.sh
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_models.py

@@ -8,7 +8,10 @@ Metrics: a synthetic abdominal CT phantom (``organseg.data.phantom``) of 512x512
 organs; the "prediction" is the truth with every organ shifted by a few voxels and its surface roughened
 (``clean``), plus scattered false-positive voxels all over the volume (``stray``: they stretch bounding boxes,
 the worst case for box-restricted distance transforms). MedPy runs TransUNet's ``calculate_metric_percase``;
-every number must be equal.
+every number must be equal. Beside it, the surface row: the corrected protocol's HD95 in mm alone
+(``case_metrics``) against the one call that adds NSD and ASSD from the same distances (``case_metrics_all``,
+both protocols), and the references for those: MedPy's ``assd`` and MONAI's ``compute_surface_dice`` (when
+installed), which must agree to 1e-6.
 
 organseg's parts run as the ``organseg`` command does (allocator tuning, ``organseg.runtime``); MedPy in the
 same process, the reference inference loop in a plain child process (as the official test script runs).
@@ -37,7 +40,7 @@ from organseg.data.classes import BTCV_TO_SYNAPSE, remap_labels
 from organseg.data.phantom import make_phantom_case
 from organseg.data.preprocess import apply_preprocessing, ct_window_spec
 from organseg.evaluation.inference import predict_volume
-from organseg.evaluation.metrics import case_metrics, dice, hd95
+from organseg.evaluation.metrics import DEFAULT_NSD_TOLERANCE_MM, case_metrics, case_metrics_all, dice, hd95
 from organseg.runtime import tune_malloc
 
 
@@ -89,6 +92,45 @@ def plain_case(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> np.ndarray
         else:
             out.append((1.0, 0.0) if p.any() else (0.0, 0.0))
     return np.array(out)
+
+
+def reference_surface(pred: np.ndarray, gt: np.ndarray, num_classes: int, spacing, tol: float) -> np.ndarray:
+    """(NSD from MONAI or NaN when it is not installed, ASSD from MedPy) per class present in both."""
+    from medpy.metric import binary
+
+    try:
+        from monai.metrics import compute_surface_dice
+    except ImportError:
+        compute_surface_dice = None
+    out = np.full((num_classes - 1, 2), np.nan)
+    for i in range(1, num_classes):
+        p, g = pred == i, gt == i
+        if not (p.any() and g.any()):
+            continue
+        out[i - 1, 1] = binary.assd(p, g, voxelspacing=spacing)
+        if compute_surface_dice is not None:
+            onehot = [torch.from_numpy(np.stack([~m, m])[None].astype(np.float32)) for m in (p, g)]
+            out[i - 1, 0] = float(compute_surface_dice(*onehot, [tol], spacing=spacing)[0, 0])
+    return out
+
+
+def bench_surface(gt: np.ndarray, spacing, skip_medpy: bool) -> list[dict]:
+    rows = []
+    for name, stray in (("clean", 0.0), ("stray", 1e-5)):
+        pred = perturbed(gt, stray)
+        t_hd, _ = timed(case_metrics, pred, gt, 9, "corrected", spacing, repeat=3)
+        t_all, both = timed(case_metrics_all, pred, gt, 9, spacing, repeat=3)
+        row = {"case": name, "spacing": list(spacing), "nsd_tolerance_mm": DEFAULT_NSD_TOLERANCE_MM,
+               "corrected_hd95_only_s": t_hd, "both_protocols_plus_nsd_assd_s": t_all}
+        if not skip_medpy:
+            t_ref, ref = timed(reference_surface, pred, gt, 9, spacing, DEFAULT_NSD_TOLERANCE_MM)
+            ours = both["surface"]
+            ok = ~np.isnan(ref)
+            diff = float(np.abs(ours[ok] - ref[ok]).max())
+            row.update(medpy_assd_plus_monai_nsd_s=t_ref, max_abs_diff=diff, monai=bool(ok[:, 0].any()))
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
 
 
 def timed(fn, *args, repeat: int = 1):
@@ -217,10 +259,11 @@ def main() -> None:
     tune_malloc()  # as the organseg command line does; the reference loop runs in a plain child process
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           "cpu" if args.device == "auto" else args.device)
-    image, gt, _ = phantom(args.slices, args.size)
+    image, gt, spacing = phantom(args.slices, args.size)
     results: dict = {"torch_threads": torch.get_num_threads()}
     if not args.skip_metrics:
         results["metrics"] = bench_metrics(gt, args.skip_medpy)
+        results["surface"] = bench_surface(gt, spacing, args.skip_medpy)
     if not args.skip_inference:
         if args.checkpoint:
             args.models = "checkpoint"  # one network: the checkpoint's
@@ -232,6 +275,12 @@ def main() -> None:
         shape = "x".join(map(str, r["shape"]))
         print(f"| metrics | {r['case']} {shape} | {r.get('medpy_s', float('nan')):.2f} | "
               f"{r['ours_s']:.2f} | {r.get('speedup', float('nan')):.1f}x | {r.get('equal', '-')} |")
+    for r in results.get("surface", []):
+        ref = r.get("medpy_assd_plus_monai_nsd_s", float("nan"))
+        agree = f"max diff {r['max_abs_diff']:.1e}" if "max_abs_diff" in r else "-"
+        print(f"| surface: + NSD, ASSD (HD95 in mm alone) | {r['case']} | {ref:.2f} (MedPy + MONAI) "
+              f"| {r['both_protocols_plus_nsd_assd_s']:.2f} ({r['corrected_hd95_only_s']:.2f}) | "
+              f"{ref / r['both_protocols_plus_nsd_assd_s']:.1f}x | {agree} |")
     for r in results.get("inference", []):
         print(f"| inference fp32 | {r['model']} {r['slices']} slices, {r['device']} | {r['loop_s']:.2f} | "
               f"{r['batched_fp32_s']:.2f} | {r['speedup']:.2f}x | {r['equal']} "

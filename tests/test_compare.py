@@ -269,9 +269,18 @@ def test_aggregates_are_mean_and_std_over_seeds_of_the_run_results(study):
 def test_csv_holds_the_json_numbers(study):
     out = study["out"]
     c = json.loads((out / "comparison.json").read_text())
-    rows = list(csv.DictReader((out / "comparison.csv").open()))
+    all_rows = list(csv.DictReader((out / "comparison.csv").open()))
+    rows = [r for r in all_rows if r["kind"] == "summary"]
     assert len(rows) == len(c["groups"]) * 2 * (1 + len(c["dataset"]["columns"]))
     assert list(rows[0])[:4] == ["model", "train.base_lr", "protocol", "column"]
+    # then one row per paired record, with the JSON's numbers
+    paired = [r for r in all_rows if r["kind"] == "paired"]
+    assert len(paired) == len(c["paired"]) == 2 * 2 * 2 * (1 + len(c["dataset"]["columns"]))
+    for row, rec in zip(paired, c["paired"], strict=True):
+        assert (row["model"], row["baseline"], row["metric"], row["column"]) == (
+            rec["model_b"], rec["model_a"], rec["metric"], rec["organ"])  # fmt: skip
+        for k in ("diff", "ci_low", "ci_high", "p", "p_holm"):
+            assert (row[k] == "") if rec[k] is None else float(row[k]) == pytest.approx(rec[k])
     g = c["groups"][0]
     row = next(r for r in rows if r["model"] == g["model"] and r["train.base_lr"] == "0.01"
                and r["protocol"] == "reference" and r["column"] == "mean")  # fmt: skip
@@ -409,3 +418,65 @@ def test_a_failing_parallel_run_is_one_clear_error(study, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bar
     assert err.startswith("organseg compare: error:") and "training failed (exit code 2)" in err, err
     assert "unexpected keyword argument 'nonexistent'" in err and "train.log" in err, err
+
+
+# ------------------------------------------------------------------------------ paired statistics and cost
+
+
+def test_paired_records_are_recomputed_from_the_runs_per_case_files(study):
+    from organseg.evaluation.paired import paired_difference
+
+    out = study["out"]
+    c = json.loads((out / "comparison.json").read_text())
+    assert c["paired_settings"]["resamples"] >= 10_000 and c["paired_settings"]["cases"] == 1
+    keys = {"a", "b", "diff", "ci_low", "ci_high", "p", "p_holm", "wins", "losses"}
+    assert all(keys <= set(r) for r in c["paired"])
+    assert {(r["protocol"], r["metric"]) for r in c["paired"]} == {
+        (p, m) for p in ("reference", "corrected") for m in ("dice", "hd95")}  # fmt: skip
+    assert {(r["model_a"], r["model_b"]) for r in c["paired"]} == {("unet", "swin_unet")}
+    assert all(r["resampled"] == "cases and seeds" and r["seeds_a"] == r["seeds_b"] == 2 for r in c["paired"])
+    for lr in LRS:
+        def values(model: str, lr: str = lr) -> np.ndarray:
+            out_ = []
+            for s in SEEDS:
+                res = out / "runs" / run_name(model, s, [("train.base_lr", lr)]) / "results" / "test_last"
+                case = json.loads((res / "per_case.json").read_text())[0]
+                out_.append([case["classes"]["liver"]["reference"]["dice"]])
+            return np.array(out_)
+
+        rec = next(r for r in c["paired"] if r["sweep"]["train.base_lr"] == float(lr)
+                   and (r["protocol"], r["metric"], r["organ"]) == ("reference", "dice", "Liver")
+                   )  # fmt: skip
+        expected = paired_difference(values("unet"), values("swin_unet"))
+        for k in ("a", "b", "diff", "ci_low", "ci_high", "p", "wins", "losses"):
+            assert rec[k] == (pytest.approx(expected[k]) if expected[k] is not None else None), k
+    md = (out / "comparison.md").read_text()
+    assert md.index("## Verdict") < md.index("## Reference protocol")
+    assert "## Paired: swin_unet − unet, corrected protocol (train.base_lr=0.01)" in md
+    assert "none of the differences is significant" in md  # one test case: nothing can be
+
+
+def test_cost_records_come_from_the_runs_own_records(study):
+    from organseg.models import create_model
+    from organseg.models.flops import count_parameters
+
+    out = study["out"]
+    c = json.loads((out / "comparison.json").read_text())
+    assert [(x["model"], x["sweep"]) for x in c["cost"]] == [(g["model"], g["sweep"]) for g in c["groups"]]
+    for cost, g in zip(c["cost"], c["groups"], strict=True):
+        args = {**TINY_ARGS[g["model"]], "num_classes": 9}
+        if g["model"] == "swin_unet":
+            args["img_size"] = 32
+        assert cost["params"] == count_parameters(create_model(g["model"], **args))
+        assert cost["gflops_per_image"] > 0 and cost["img_size"] == 32
+        trains = [json.loads((out / "runs" / n / "summary.json").read_text()) for n in g["runs"]]
+        assert cost["train_images_per_s"] == pytest.approx(np.mean([t["images_per_second"] for t in trains]))
+        assert cost["train_seconds_total"] == pytest.approx(sum(t["train_seconds"] for t in trains))
+        assert cost["peak_memory_mb"] == max(t["peak_memory_mb"] for t in trains) > 0
+        tests = [json.loads((out / "runs" / n / "results" / "test_last" / "summary.json").read_text())
+                 for n in g["runs"]]  # fmt: skip
+        assert cost["infer_seconds_per_slice"] == pytest.approx(
+            np.mean([t["inference_seconds"] / t["slices"] for t in tests]))  # fmt: skip
+        assert cost["train_device"].startswith("cpu") and cost["test_device"] == "cpu"
+    md = (out / "comparison.md").read_text()
+    assert "## Cost" in md and "| swin_unet, base_lr=0.05 |" in md.split("## Cost")[1]

@@ -47,6 +47,12 @@ def test_fast_demo_runs_every_step_on_synthetic_data(fast_demo):
     # The console shows the settings, the paper-format table and where the report is.
     assert "Reduced networks and schedule" in text and "| Swin-Unet (paper) |" in text
     assert f"report {out / 'comparison.md'}" in text and "mean DSC" in text
+    # The paired statistics, the verdict and the cost table, in the file and on the console.
+    for section in ("## Verdict", "## Paired: swin_unet − unet, reference protocol",
+                    "## Paired: swin_unet − unet, corrected protocol", "## Cost"):  # fmt: skip
+        assert section in md and section in text
+    c = json.loads((out / "comparison.json").read_text())
+    assert c["paired"] and len(c["cost"]) == 2 and all(x["params"] for x in c["cost"])
 
 
 def test_a_second_demo_call_reuses_everything(fast_demo, capsys):

@@ -13,9 +13,13 @@ read back from the configurations: the keys whose values differ between runs of 
 
 Outputs in ``OUT``::
 
-    comparison.md    paper-format tables (mean ± std over seeds), published rows, HD95 change, sweep table
-    comparison.json  everything above, plus every run's numbers
-    comparison.csv   one row per (model, swept values, protocol, column)
+    comparison.md    a verdict from the numbers, paper-format tables (mean ± std over seeds), published rows,
+                     paired statistics per protocol, HD95 change, sweep table, cost table
+    comparison.json  everything above, plus every run's numbers ("paired", "cost")
+    comparison.csv   one row per (model, swept values, protocol, column), then the paired rows
+
+The paired statistics (:mod:`organseg.evaluation.paired`) and the cost table (:mod:`organseg.evaluation.cost`)
+are computed there; this module only calls them.
     comparison_organs.png, comparison_sweep_<key>.png
 """
 
@@ -638,10 +642,13 @@ def _protocol_values(summary: dict, protocol: str, cols: Sequence[tuple[str, int
     s = summary[protocol]
     names = summary["class_names"]
     per = s["per_class"]
+    keys = ("mean_nsd", "mean_assd", "nsd_tolerance") if protocol == "corrected" else ()
+    surface = {k: s.get(k) for k in keys}
     return {
         "mean_dice": s.get("mean_dice"),
         "mean_hd95": s.get("mean_hd95"),
         "hd95_unit": s.get("hd95_unit"),
+        **surface,
         "columns": {
             t: {"dice": per[names[i]].get("dice"), "hd95": per[names[i]].get("hd95")} for t, i in cols
         },
@@ -767,6 +774,15 @@ def collect(
                 "mean_dice": _stats([v["mean_dice"] for v in vals]),
                 "mean_hd95": _stats([v["mean_hd95"] for v in vals]),
                 "hd95_unit": vals[0]["hd95_unit"],
+                **(
+                    {
+                        "mean_nsd": _stats([v["mean_nsd"] for v in vals]),
+                        "mean_assd": _stats([v["mean_assd"] for v in vals]),
+                        "nsd_tolerance": vals[0]["nsd_tolerance"],
+                    }
+                    if p == "corrected"
+                    else {}
+                ),
                 "columns": {
                     t: {
                         "dice": _stats([v["columns"][t]["dice"] for v in vals]),
@@ -790,6 +806,25 @@ def collect(
             if m != baseline and m in model_order and base_row.get("HD95") and rows[r].get("HD95") is not None
         }
     synthetic = any(_synthetic(r.summary, r.config) for r in runs)
+    from organseg.evaluation.cost import group_cost, run_cost
+    from organseg.evaluation.paired import study_paired
+
+    by_name = {r.name: r for r in runs}
+    paired, paired_settings, paired_notes = study_paired(
+        group_list, {r.name: r.results_dir for r in runs}, class_names, cols
+    )
+    cost = [
+        group_cost(
+            g["model"],
+            g["label"],
+            g["sweep"],
+            [
+                run_cost(by_name[n].run_dir, by_name[n].results_dir, by_name[n].config, len(class_names))
+                for n in g["runs"]
+            ],
+        )
+        for g in group_list
+    ]
     comparison: dict[str, Any] = {
         "organseg": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -809,8 +844,11 @@ def collect(
         "skipped": skipped,
         "groups": group_list,
         "relative": relative,
+        "paired": paired,
+        "paired_settings": paired_settings,
+        "cost": cost,
         "published": pub,
-        "notes": list(notes),
+        "notes": [*notes, *paired_notes],
     }
     comparison["figures"] = _write_figures(out, comparison)
     write_comparison(out, comparison)
@@ -877,6 +915,10 @@ def _pct(v: float | None) -> str:
 
 def comparison_markdown(c: dict[str, Any]) -> str:
     """``comparison.md``: the paper-format tables and everything else a reader needs."""
+    # Imported here: scipy.stats (under paired) costs the CLI's start-up a noticeable moment.
+    from organseg.evaluation.cost import cost_markdown
+    from organseg.evaluation.paired import paired_markdown, verdict_markdown
+
     ds = c["dataset"]
     titles = ds["columns"]
     lines = ["# organseg comparison" + (" (SYNTHETIC DATA)" if ds["synthetic"] else ""), ""]
@@ -894,6 +936,7 @@ def comparison_markdown(c: dict[str, Any]) -> str:
     ]
     for note in c.get("notes", []):
         lines += [note, ""]
+    lines += verdict_markdown(c.get("paired") or [], c.get("cost") or [], c.get("paired_settings") or {})
     pub = c.get("published")
     for p in PROTOCOLS:
         unit = c["groups"][0][p]["hd95_unit"] if c["groups"] else "voxel"
@@ -925,6 +968,9 @@ def comparison_markdown(c: dict[str, Any]) -> str:
                 f"| {g['label']} | " + " | ".join(_pm(g[p]["columns"][t]["hd95"]) for t in titles) + " |"
             )
         lines.append("")
+        if p == "corrected" and any(g[p].get("mean_nsd", {}).get("n") for g in c["groups"]):
+            lines += _surface_lines(c)
+        lines += paired_markdown(c.get("paired") or [], p, unit, c.get("paired_settings") or {})
     if c["relative"]:
         lines += [
             "## Swin-Unet against U-Net" if c["baseline"] == "unet" else f"## Against {c['baseline']}",
@@ -978,6 +1024,7 @@ def comparison_markdown(c: dict[str, Any]) -> str:
                 )
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
+    lines += cost_markdown(c.get("cost") or [])
     if c.get("figures"):
         lines += ["## Figures", ""]
         for name, path in c["figures"].items():
@@ -1003,19 +1050,46 @@ def comparison_markdown(c: dict[str, Any]) -> str:
 
 
 def console_table(c: dict[str, Any]) -> str:
-    """What ``compare`` and ``demo`` print: comparison.md's reference-protocol table, the HD95 change between
-    the networks and the sweep table."""
+    """What ``compare`` and ``demo`` print: comparison.md's verdict, reference-protocol table, paired tables
+    (one line per organ), the HD95 change between the networks, the sweep and the cost table."""
     keep, on = [], False
     for line in comparison_markdown(c).splitlines():
         if line.startswith("## "):
-            on = line.startswith(("## Reference protocol", "## Swin-Unet against", "## Against", "## Sweep"))
+            on = line.startswith(
+                ("## Verdict", "## Reference protocol", "## Paired", "## Swin-Unet against", "## Against",
+                 "## Sweep", "## Cost")
+            )  # fmt: skip
         if on:
             keep.append(line)
     return "\n".join(keep)
 
 
+# comparison.csv's columns for the paired rows (kind "paired"; the summary rows leave them empty)
+_PAIRED_FIELDS = ("kind", "baseline", "metric", "a", "b", "diff", "ci_low", "ci_high", "p", "p_holm", "wins",
+                  "losses", "significant", "seeds_a", "seeds_b", "resampled")  # fmt: skip
+
+
+def _surface_lines(c: dict[str, Any]) -> list[str]:
+    """Mean NSD / ASSD per network (corrected protocol) under the corrected tables."""
+    tol = c["groups"][0]["corrected"].get("nsd_tolerance")
+    unit = c["groups"][0]["corrected"]["hd95_unit"]
+    tol_text = "–" if not tol else ", ".join(f"{t:g}" for t in dict.fromkeys(tol))
+    lines = [
+        f"Surface metrics: NSD at a tolerance of {tol_text} {'voxels' if unit == 'voxel' else unit} (%), "
+        "ASSD in the HD95 unit; mean ± std over seeds.",
+        "",
+        "| Method | NSD | ASSD |",
+        "|---|---|---|",
+    ]
+    for g in c["groups"]:
+        s = g["corrected"]
+        lines.append(f"| {g['label']} | {_pm(s['mean_nsd'], 100)} | {_pm(s['mean_assd'])} |")
+    return [*lines, ""]
+
+
 def comparison_rows(c: dict[str, Any]) -> list[dict[str, Any]]:
-    """``comparison.csv``: one row per (group, protocol, column); Dice as a fraction, the mean first."""
+    """``comparison.csv``: one row per (group, protocol, column); Dice as a fraction, the mean first; then one
+    row per paired record (kind "paired", ``model`` is the second network, ``baseline`` the first)."""
     rows = []
     for g in c["groups"]:
         for p in PROTOCOLS:
@@ -1035,7 +1109,19 @@ def comparison_rows(c: dict[str, Any]) -> list[dict[str, Any]]:
                     "dice_mean": d["mean"], "dice_std": d["std"],
                     "hd95_mean": h["mean"], "hd95_std": h["std"],
                     "hd95_unit": s["hd95_unit"],
+                    "kind": "summary",
                 })  # fmt: skip
+    for r in c.get("paired") or []:
+        rows.append({
+            "model": r["model_b"],
+            **{k: _fmt_value(v) for k, v in r["sweep"].items()},
+            "protocol": r["protocol"],
+            "column": r["organ"],
+            "hd95_unit": r["unit"] if r["metric"] == "hd95" else None,
+            "kind": "paired",
+            "baseline": r["model_a"],
+            **{k: r[k] for k in _PAIRED_FIELDS[2:]},
+        })  # fmt: skip
     return rows
 
 
@@ -1058,6 +1144,7 @@ def write_comparison(out: str | Path, c: dict[str, Any]) -> dict[str, Path]:
         "hd95_mean",
         "hd95_std",
         "hd95_unit",
+        *_PAIRED_FIELDS,
     ]
     writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     writer.writeheader()

@@ -113,10 +113,12 @@ def settings_lines(plans: list, num_classes: int, img_size_full: int = 224) -> l
 
 
 def _phantom(raw: Path, spec: dict[str, Any], progress: bool) -> None:
+    from organseg.data.completion import read_status
     from organseg.data.phantom import write_phantom_set
 
     meta = raw / "phantom.json"
-    if meta.is_file():
+    status = read_status(raw) if raw.is_dir() else None
+    if meta.is_file() and (status is None or status.get("state") == "complete"):
         try:
             have = json.loads(meta.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):
@@ -127,8 +129,15 @@ def _phantom(raw: Path, spec: dict[str, Any], progress: bool) -> None:
         if same:
             print(f"  reusing {raw} ({spec['cases']} cases)", flush=True)
             return
+    # The demo owns this folder: an earlier phantom set of other settings (or a half-written one) is replaced.
     write_phantom_set(
-        raw, spec["cases"], spec["size"], spec["seed"], num_slices=spec["slices"], progress=progress
+        raw,
+        spec["cases"],
+        spec["size"],
+        spec["seed"],
+        num_slices=spec["slices"],
+        progress=progress,
+        overwrite=True,
     )
 
 

@@ -14,6 +14,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="write synthetic abdominal CT cases (raw BTCV layout) to try the pipeline without data",
         description="Write SYNTHETIC abdominal CT phantoms (HU, BTCV label ids, realistic spacing) as "
         "img/imgNNNN.nii.gz + label/labelNNNN.nii.gz, with SYNTHETIC.txt and phantom.json. Not patient data. "
+        "--out must be a new or empty folder (or use --overwrite). "
         "Next step: organseg prepare synapse --raw DIR --out DIR2.",
     )
     parser.add_argument("--out", required=True, help="output folder")
@@ -30,21 +31,26 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument(
         "--seed", type=int, default=0, help="seed (default %(default)s); same seed, same data"
     )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier phantom set in --out (deletes only the files phantom writes; any other "
+        "file there stops it with nothing deleted)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
-    from organseg.errors import ConfigError
-
-    if args.cases < 1:
-        raise ConfigError(f"--cases must be at least 1, got {args.cases}")
-    if args.size < 32:
-        raise ConfigError(f"--size must be at least 32, got {args.size}")
-    if args.slices is not None and args.slices < 4:
-        raise ConfigError(f"--slices must be at least 4, got {args.slices}")
+    # write_phantom_set checks the counts, the memory one case needs and the output folder before writing.
     paths = write_phantom_set(
-        args.out, args.cases, args.size, args.seed, num_slices=args.slices, progress=not args.quiet
+        args.out,
+        args.cases,
+        args.size,
+        args.seed,
+        num_slices=args.slices,
+        progress=not args.quiet,
+        overwrite=args.overwrite,
     )
     print(f"wrote {len(paths)} SYNTHETIC case(s) to {args.out} (img/, label/, SYNTHETIC.txt, phantom.json)")
     return 0

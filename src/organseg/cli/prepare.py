@@ -25,7 +25,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description="Clip HU to the window, scale to [0, 1], map the 13 BTCV ids to the 9 Synapse classes, "
         "write training slices (train_npz/) and test volumes (test_vol_h5/), the lists and a sidecar with "
         "each case's spacing. Default split: the reference 18/12 when all 30 reference ids are present, else "
-        "a seeded automatic split (with a warning). Re-running skips finished cases.",
+        "a seeded automatic split (with a warning). Re-running into the same --out continues: finished cases "
+        "are skipped.",
     )
     syn.add_argument("--raw", required=True, help="raw BTCV folder (holding img/ and label/)")
     syn.add_argument("--out", required=True, help="output folder (the Synapse root)")
@@ -60,6 +61,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     syn.add_argument(
         "--compress", action="store_true", help="compress the .npz/.h5 files (smaller, slower to load)"
     )
+    syn.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier prepare output in --out (of any raw folder; deletes only prepare's own "
+        "files, and nothing if the folder holds anything else). Without it --out must be new, empty, or an "
+        "earlier prepare of the same --raw, which is continued",
+    )
     syn.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
@@ -78,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
         unknown_labels=args.unknown_labels,
         compress=args.compress,
         progress=not args.quiet,
+        overwrite=args.overwrite,
     )
     print(json.dumps(summary, indent=1))
     return 0

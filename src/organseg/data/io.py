@@ -125,7 +125,151 @@ def _describe_exc(exc: BaseException) -> str:
     return lines[-1] if lines else type(exc).__name__
 
 
+_DICOMDIR = "DICOMDIR"  # the standard index file of a DICOM export: DICOM, but not a slice
+
+
+def _series_label(uid: str) -> str:
+    """A series id as the user can see it: GDCM reports a missing/empty SeriesInstanceUID as ''."""
+    return repr(uid) if uid else "'' (empty SeriesInstanceUID)"
+
+
+def _not_a_slice(path: Path) -> str:
+    """Why GDCM left a file out of every series: a DICOM header it could not parse, or not DICOM at all."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+    except OSError as exc:
+        return f"cannot read file ({exc.strerror or exc})"
+    if head[128:132] == b"DICM":
+        return "truncated or corrupt DICOM file in a series folder (the series would lose this slice)"
+    return "not a DICOM file, in a DICOM series folder (it must hold only the slices; move the file away)"
+
+
+def _floats(text: str, n: int) -> tuple[float, ...] | None:
+    try:
+        values = tuple(float(v) for v in text.strip().split("\\"))
+    except ValueError:
+        return None
+    return values if len(values) == n and all(np.isfinite(values)) else None
+
+
+@dataclass(frozen=True)
+class _Slice:
+    path: Path
+    position: tuple[float, ...]  # ImagePositionPatient (0020,0032), mm
+    orientation: tuple[float, ...]  # ImageOrientationPatient (0020,0037): row and column direction cosines
+    rows_cols: tuple[int, int]
+    pixel_spacing: tuple[float, float]
+    frames: int
+
+
+def _read_slice_header(path: Path) -> _Slice:
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.SetImageIO("GDCMImageIO")
+    try:
+        reader.ReadImageInformation()
+    except Exception as exc:
+        raise DataError(f"{path}: cannot read DICOM header ({_describe_exc(exc)})") from None
+
+    def tag(key: str, name: str, n: int) -> tuple[float, ...]:
+        text = reader.GetMetaData(key) if reader.HasMetaDataKey(key) else ""
+        values = _floats(text, n)
+        if values is None:
+            shown = f"{text.strip()!r}" if text.strip() else "missing"
+            raise DataError(
+                f"{path}: {name} ({key.replace('|', ',')}) is {shown}; "
+                f"{n} numbers are needed to place the slice in the volume"
+            )
+        return values
+
+    position = tag("0020|0032", "ImagePositionPatient", 3)
+    orientation = tag("0020|0037", "ImageOrientationPatient", 6)
+    size = reader.GetSize()
+    spacing = reader.GetSpacing()
+    return _Slice(
+        path,
+        position,
+        orientation,
+        (int(size[1]), int(size[0])),
+        (float(spacing[1]), float(spacing[0])),
+        int(size[2]) if len(size) > 2 else 1,
+    )
+
+
+def _check_series_geometry(folder: Path, files: Sequence[str]) -> list[str]:
+    """The slices of one series sorted along the slice normal, after checking that they form one regular
+    volume: one orientation, one matrix and pixel spacing, positions evenly spaced with no gap and no
+    duplicate. ITK's series reader would instead stack whatever it finds and report the mean spacing (a
+    missing slice silently shifts every later slice), so the check is ours."""
+    slices = [_read_slice_header(Path(f)) for f in files]
+    if len(slices) == 1:
+        return [str(slices[0].path)]  # one file: a single slice or a multi-frame object, nothing to align
+    multi = [s for s in slices if s.frames != 1]
+    if multi:
+        raise DataError(
+            f"{multi[0].path}: a {multi[0].frames}-frame DICOM file in a series of {len(slices)} files; "
+            "a series must be single-frame slices (or one multi-frame file on its own)"
+        )
+    first = slices[0]
+    for s in slices[1:]:
+        if not np.allclose(s.orientation, first.orientation, atol=1e-4):
+            raise DataError(
+                f"{s.path}: ImageOrientationPatient {list(s.orientation)} differs from "
+                f"{list(first.orientation)} in {first.path.name}; a series needs one orientation"
+            )
+        if s.rows_cols != first.rows_cols:
+            raise DataError(
+                f"{s.path}: {s.rows_cols[0]}x{s.rows_cols[1]} pixels, but {first.path.name} has "
+                f"{first.rows_cols[0]}x{first.rows_cols[1]}; a series needs one matrix size"
+            )
+        if not np.allclose(s.pixel_spacing, first.pixel_spacing, rtol=1e-4, atol=1e-6):
+            raise DataError(
+                f"{s.path}: PixelSpacing {list(s.pixel_spacing)} differs from {list(first.pixel_spacing)} "
+                f"in {first.path.name}; a series needs one pixel spacing"
+            )
+    row, col = np.asarray(first.orientation[:3]), np.asarray(first.orientation[3:])
+    normal = np.cross(row, col)
+    if not np.isclose(np.linalg.norm(normal), 1.0, atol=1e-3):
+        raise DataError(
+            f"{first.path}: ImageOrientationPatient {list(first.orientation)} is not two orthogonal unit "
+            "vectors"
+        )
+    order = sorted(slices, key=lambda s: float(np.dot(s.position, normal)))
+    z = np.array([float(np.dot(s.position, normal)) for s in order])
+    steps = np.diff(z)
+    spacing = float(np.median(steps))
+    tol = max(0.01 * spacing, 1e-3)
+    for k, step in enumerate(steps):
+        a, b = order[k], order[k + 1]
+        if step < tol:
+            raise DataError(
+                f"{folder}: {a.path.name} and {b.path.name} are at the same slice position "
+                f"({z[k]:g} mm along the slice normal); a series needs one file per position"
+            )
+    if spacing <= 1e-3:
+        raise DataError(f"{folder}: slice positions do not advance along the slice normal")
+    for k, step in enumerate(steps):
+        if abs(step - spacing) > tol:
+            a, b = order[k], order[k + 1]
+            missing = step / spacing - 1
+            hint = (
+                f"; {round(missing)} slice(s) missing?"
+                if step > spacing and abs(missing - round(missing)) < 0.05
+                else ""
+            )
+            raise DataError(
+                f"{folder}: slice gap between {a.path.name} ({z[k]:g} mm) and {b.path.name} "
+                f"({z[k + 1]:g} mm): {step:g} mm where the series spacing is {spacing:g} mm{hint}"
+            )
+    return [str(s.path) for s in order]
+
+
 def _dicom_series(folder: Path, series_uid: str | None) -> list[str]:
+    """The files of one DICOM series in ``folder``, sorted along the slice normal, after checking that every
+    file in the folder is a readable slice and that the slices form one regular volume."""
     import SimpleITK as sitk
 
     entries = [p for p in folder.iterdir() if not p.name.startswith(".")]
@@ -134,23 +278,33 @@ def _dicom_series(folder: Path, series_uid: str | None) -> list[str]:
     ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
     if not ids:
         raise DataError(f"{folder}: no DICOM series found in this folder")
+    members = {uid: list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)) for uid in ids}
+    # GDCM silently leaves out any file it cannot parse (a truncated slice, a stray file), and the series
+    # reader then stacks the rest; every file of the folder must belong to a series.
+    known = {Path(f).name for files in members.values() for f in files}
+    for p in sorted(entries):
+        if p.is_file() and p.name not in known and p.name.upper() != _DICOMDIR:
+            raise DataError(f"{p}: {_not_a_slice(p)}")
     if series_uid is None:
         if len(ids) > 1:
+            listed = ", ".join(f"{_series_label(uid)} ({len(members[uid])} files)" for uid in ids)
             raise DataError(
-                f"{folder}: {len(ids)} DICOM series in one folder ({', '.join(ids)}); "
-                "pass series_uid= or give each series its own folder"
+                f"{folder}: {len(ids)} DICOM series in one folder ({listed}); "
+                "pass --series-uid UID (series_uid=) or give each series its own folder"
             )
         series_uid = ids[0]
     elif series_uid not in ids:
-        raise DataError(f"{folder}: no DICOM series {series_uid!r} (found {', '.join(ids)})")
-    return list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_uid))
+        listed = ", ".join(_series_label(uid) for uid in ids)
+        raise DataError(f"{folder}: no DICOM series {series_uid!r} (found {listed})")
+    return _check_series_geometry(folder, members[series_uid])
 
 
 _NIFTI_FLOATS = {16: "f4", 64: "f8"}  # NIfTI datatype codes of float32 / float64
 
 
-def _nifti_layout(header: bytes) -> tuple[int, int, str | None] | None:
-    """(data start, data end, numpy dtype if float else None) of a NIfTI-1/2 header; None if not NIfTI."""
+def _nifti_layout(header: bytes) -> tuple[int, int, str | None, tuple[float, ...]] | None:
+    """(data start, data end, numpy dtype if float else None, spatial pixdim) of a NIfTI-1/2 header; None if
+    not NIfTI."""
     import struct
 
     for endian in ("<", ">"):
@@ -159,11 +313,13 @@ def _nifti_layout(header: bytes) -> tuple[int, int, str | None] | None:
             bitpix = struct.unpack(endian + "h", header[72:74])[0]
             dims = struct.unpack(endian + "8h", header[40:56])
             offset = int(struct.unpack(endian + "f", header[108:112])[0])
+            pixdim = struct.unpack(endian + "3f", header[80:92])
             break
         if len(header) >= 540 and struct.unpack(endian + "i", header[:4])[0] == 540:
             datatype, bitpix = struct.unpack(endian + "2h", header[12:16])
             dims = struct.unpack(endian + "8q", header[16:80])
             offset = int(struct.unpack(endian + "q", header[168:176])[0])
+            pixdim = struct.unpack(endian + "3d", header[112:136])
             break
     else:
         return None
@@ -174,28 +330,44 @@ def _nifti_layout(header: bytes) -> tuple[int, int, str | None] | None:
     for n in dims[1 : ndim + 1]:
         count *= max(int(n), 1)
     fdtype = _NIFTI_FLOATS.get(int(datatype))
-    return offset, offset + count * int(bitpix) // 8, (endian + fdtype if fdtype else None)
+    spatial = tuple(float(v) for v in pixdim[: min(ndim, 3)])
+    return offset, offset + count * int(bitpix) // 8, (endian + fdtype if fdtype else None), spatial
 
 
-def _check_nifti_file(path: Path) -> None:
-    """Checks ITK does not do for NIfTI: it fills a truncated .nii.gz with zeros, and it turns NaN/inf voxels
-    into 0, both without a word. Integer files cost one look at gzip's stored length; float files are
-    scanned."""
+def _check_nifti_header(path: Path) -> tuple[int, int, str | None, tuple[float, ...]] | None:
+    """The NIfTI layout of ``path`` (None for other formats), after the header check ITK does not do: it
+    reads a zero or NaN voxel size as 1 mm (and a negative one as its absolute value) without a word, and
+    every volume and distance would then be wrong."""
     import gzip
     import zlib
 
     name = path.name.lower()
     if not name.endswith((".nii", ".nii.gz")):
-        return
+        return None
     opener = gzip.open if name.endswith(".gz") else open
     try:
         with opener(path, "rb") as fh:
             layout = _nifti_layout(fh.read(540))
     except (OSError, EOFError, zlib.error) as exc:
         raise DataError(f"{path}: cannot read image, file is truncated or corrupt ({exc})") from None
+    if layout is not None and not all(np.isfinite(v) and v != 0 for v in layout[3]):
+        raise DataError(f"{path}: voxel spacing (pixdim) {layout[3]} mm is zero or not a number")
+    return layout
+
+
+def _check_nifti_file(path: Path) -> None:
+    """Checks ITK does not do for NIfTI: the header's voxel size (above); it fills a truncated .nii.gz with
+    zeros, and it turns NaN/inf voxels into 0, both without a word. Integer files cost one look at gzip's
+    stored length; float files are scanned."""
+    import gzip
+    import zlib
+
+    layout = _check_nifti_header(path)
     if layout is None:
         return
-    start, end, float_dtype = layout
+    name = path.name.lower()
+    opener = gzip.open if name.endswith(".gz") else open
+    start, end, float_dtype, _ = layout
     if float_dtype is None:
         if name.endswith(".gz"):
             with open(path, "rb") as fh:
@@ -218,21 +390,33 @@ def _check_nifti_file(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def _keep_locale():
+def _itk_guard(quiet: bool):
     """GDCM (SimpleITK's DICOM reader) switches the process locale to "C" while scanning a folder and leaves
-    it there; Python's default text encoding would then become ASCII for the rest of the process."""
+    it there; Python's default text encoding would then become ASCII for the rest of the process. With
+    ``quiet`` (DICOM series) ITK's multi-line warnings (e.g. "Non uniform sampling or missing slices") are
+    switched off meanwhile: the series checks turn every such condition into one DataError first."""
+    import SimpleITK as sitk
+
     saved = locale.setlocale(locale.LC_ALL)
+    warnings_on = sitk.ProcessObject_GetGlobalWarningDisplay()
+    if quiet:
+        sitk.ProcessObject_SetGlobalWarningDisplay(False)
     try:
         yield
     finally:
+        sitk.ProcessObject_SetGlobalWarningDisplay(warnings_on)
         with contextlib.suppress(locale.Error):
             locale.setlocale(locale.LC_ALL, saved)
 
 
 def read_sitk(path: str | Path, *, series_uid: str | None = None) -> sitk.Image:
     """Read a 3-D scalar image (file or DICOM series folder) as a SimpleITK image; DataError on any
-    problem."""
-    with _keep_locale():
+    problem.
+
+    A DICOM folder is checked before it is read: every file must be a readable slice of the series, and the
+    slices must share one orientation, matrix and pixel spacing and sit evenly spaced along the slice normal
+    with no gap and no duplicate (ITK would stack what it finds and report the mean spacing)."""
+    with _itk_guard(quiet=Path(path).is_dir()):
         return _read_sitk(path, series_uid)
 
 
@@ -274,7 +458,14 @@ def _read_sitk(path: str | Path, series_uid: str | None) -> sitk.Image:
         dim = 3
     if dim != 3:
         raise DataError(f"{path}: {dim}-D image of size {tuple(image.GetSize())}; a 3-D volume is needed")
+    _check_spacing(image.GetSpacing(), path)
     return image
+
+
+def _check_spacing(spacing: Sequence[float], path: Path) -> None:
+    """Volumes, distances and HD95 are computed from the spacing: it must be positive and finite."""
+    if not all(np.isfinite(v) and v > 0 for v in spacing[:3]):
+        raise DataError(f"{path}: voxel spacing {tuple(float(v) for v in spacing[:3])} mm is not positive")
 
 
 def read_image(path: str | Path, *, series_uid: str | None = None) -> tuple[np.ndarray, Geometry]:
@@ -300,6 +491,7 @@ def read_image_info(path: str | Path) -> tuple[tuple[int, int, int], Geometry]:
         return tuple(reversed(image.GetSize())), Geometry.from_sitk(image)
     if not path.exists():
         raise DataError(f"{path}: file not found")
+    _check_nifti_header(path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -319,7 +511,10 @@ def read_image_info(path: str | Path) -> tuple[tuple[int, int, int], Geometry]:
         raise DataError(
             f"{path}: {reader.GetNumberOfComponents()}-component pixels; a scalar image is needed"
         )
-    sx, sy, sz = reader.GetSpacing()[:3]
+    # ITK's header-only read keeps a negative NIfTI pixdim that its full read turns positive; follow the
+    # full read so that both agree.
+    sx, sy, sz = (abs(v) for v in reader.GetSpacing()[:3])
+    _check_spacing((sx, sy, sz), path)
     direction = reader.GetDirection()
     if len(direction) == 16:
         direction = tuple(direction[r * 4 + c] for r in range(3) for c in range(3))
@@ -391,6 +586,24 @@ def check_finite(array: np.ndarray, path: str | Path, what: str = "image") -> No
             raise DataError(f"{path}: {what} has {int(bad.sum())} NaN/inf voxels")
 
 
+#: Stored images of the TransUNet/SSL4MIS formats are in [0, 1]; float rounding of a stored min-max or window
+#: scaling can overshoot by a few ULP, a unit of HU or 8-bit grey cannot hide under this.
+UNIT_RANGE_TOLERANCE = 1e-3
+
+
+def check_unit_range(image: np.ndarray, path: str | Path) -> None:
+    """DataError when a stored image leaves [0, 1] (beyond a rounding tolerance): the networks were trained on
+    [0, 1] inputs, and an image saved in HU or raw grey values would otherwise train and test silently."""
+    if not image.size:
+        return
+    lo, hi = float(image.min()), float(image.max())
+    if lo < -UNIT_RANGE_TOLERANCE or hi > 1.0 + UNIT_RANGE_TOLERANCE:
+        raise DataError(
+            f"{path}: image values span [{lo:g}, {hi:g}], outside the [0, 1] this format stores (raw HU or "
+            "grey values? raw CT goes through `organseg prepare synapse`)"
+        )
+
+
 def read_npz_slice(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """One TransUNet training slice: (image (H, W) float32, label (H, W) int64)."""
     path = Path(path)
@@ -443,6 +656,7 @@ def _check_pair(
         raise DataError(f"{path}: image shape {image.shape} and label shape {label.shape} differ")
     check_finite(image, path)
     image = image.astype(np.float32, copy=False)
+    check_unit_range(image, path)
     if np.issubdtype(label.dtype, np.floating):
         check_finite(label, path, "label")
         if not np.array_equal(label, np.round(label)):

@@ -28,7 +28,14 @@ import numpy as np
 
 from organseg.data.base import SegmentationDataset, Volume
 from organseg.data.classes import unknown_ids
-from organseg.data.io import check_finite, find_duplicates, grid_relation, read_image, read_image_info
+from organseg.data.io import (
+    IMAGE_SUFFIXES,
+    check_finite,
+    find_duplicates,
+    grid_relation,
+    read_image,
+    read_image_info,
+)
 from organseg.data.preprocess import (
     SYNAPSE_WINDOW,
     apply_preprocessing,
@@ -40,6 +47,7 @@ from organseg.errors import ConfigError, DataError
 from organseg.progress import progress_bar
 
 REQUIRED_KEYS = ("channel_names", "labels", "numTraining", "file_ending")
+_IMAGE_ENDINGS = (*IMAGE_SUFFIXES, ".png", ".tif", ".tiff", ".bmp", ".npy", ".npz", ".h5", ".b2nd", ".dcm")
 
 
 def _load_pair(
@@ -280,6 +288,24 @@ class NnUNetDataset(SegmentationDataset):
             return {}  # unlabelled test images are for `predict`, not for evaluation
         images = [p for p in image_dir.iterdir() if p.name.endswith(fe) and not p.name.startswith(".")]
         labels = [p for p in label_dir.iterdir() if p.name.endswith(fe) and not p.name.startswith(".")]
+        for folder in (image_dir, label_dir):
+            # Images under another ending would be left out silently (nnU-Net lists by file_ending); a
+            # file_ending that does not match the files is also the usual cause of "no cases". Notes and
+            # other non-image files are ignored, as nnU-Net does.
+            others = sorted(
+                p.name
+                for p in folder.iterdir()
+                if p.is_file()
+                and not p.name.startswith(".")
+                and not p.name.endswith(fe)
+                and p.name.lower().endswith(_IMAGE_ENDINGS)
+            )
+            if others:
+                listed = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+                raise DataError(
+                    f"{folder}: {len(others)} file(s) do not end with {fe!r}, the file_ending of "
+                    f"{self.root / 'dataset.json'} ({listed}); fix file_ending or the file names"
+                )
         if required and not images and not labels:
             raise DataError(f"{image_dir}: empty folder (expected CASE_0000{fe} files)")
         by_case: dict[str, Path] = {}

@@ -16,8 +16,13 @@ Everything is deterministic for a seed. Everything written is labelled synthetic
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
+import os
+import re
+import shlex
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +32,17 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from organseg.data.completion import (
+    check_disk_space,
+    delete_planned,
+    mark_complete,
+    mark_started,
+    own_entries,
+    plan_clear,
+    read_status,
+)
 from organseg.data.io import Geometry, write_image
+from organseg.errors import ConfigError, DataError
 from organseg.fileio import atomic_write_text, check_output_dir
 from organseg.progress import progress_bar
 
@@ -429,6 +444,84 @@ def phantom_geometry(shape: Sequence[int], spacing: Sequence[float]) -> Geometry
     )
 
 
+#: What `phantom` writes into its folder (``--overwrite`` deletes these and nothing else).
+PHANTOM_LAYOUT = {
+    "img": re.compile(r"^img\d{4,}\.nii\.gz$"),
+    "label": re.compile(r"^label\d{4,}\.nii\.gz$"),
+    "SYNTHETIC.txt": None,
+    "phantom.json": None,
+}
+#: Peak memory of make_phantom_case per voxel of one case (measured 31-46 bytes at 128-256 px, 40 slices;
+#: float32 canvases, label, noise fields), with a margin.
+BYTES_PER_VOXEL = 48
+#: On disk: the noisy int16 image compresses to about 1.07 bytes per voxel, the label to a few hundredths.
+DISK_BYTES_PER_VOXEL = 1.1
+MAX_SIZE = 2048  # no CT reconstruction matrix is larger; beyond it a typo is likelier than an intent
+MAX_SLICES = 2000
+_DEFAULT_MAX_SLICES = 112  # 280 mm at 2.5 mm, the longest default scan
+
+
+def _available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux MemAvailable), None where unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_phantom_request(
+    cases: int, size: int, num_slices: int | None, seed: int = 0, out: Path | None = None
+) -> None:
+    """ConfigError, before anything is written, for a request the generator cannot honour: counts out of
+    range, a negative seed, one case needing more memory than the machine has available (it would otherwise
+    end in a NumPy MemoryError after part of the folder was written), or the set needing more disk space than
+    ``out``'s file system has free."""
+    for name, value in (("--cases", cases), ("--size", size), ("--slices", num_slices), ("--seed", seed)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ConfigError(f"{name} must be an integer, got {value!r}")
+    if cases < 1:
+        raise ConfigError(f"--cases must be at least 1, got {cases}")
+    if not 32 <= size <= MAX_SIZE:
+        raise ConfigError(f"--size must be between 32 and {MAX_SIZE} pixels, got {size}")
+    if num_slices is not None and not 4 <= num_slices <= MAX_SLICES:
+        raise ConfigError(f"--slices must be between 4 and {MAX_SLICES}, got {num_slices}")
+    if seed < 0:
+        raise ConfigError(f"--seed must be 0 or more, got {seed}")
+    slices = num_slices if num_slices is not None else _DEFAULT_MAX_SLICES
+    need = BYTES_PER_VOXEL * slices * size * size
+    have = _available_memory()
+    if have is not None and need > have:
+        raise ConfigError(
+            f"--size {size} with {slices} slices needs about {need / 2**30:.1f} GiB of memory per case, "
+            f"but {have / 2**30:.1f} GiB is available; choose a smaller --size or --slices"
+        )
+    if out is not None:
+        check_disk_space(out, cases * slices * size * size * DISK_BYTES_PER_VOXEL, "the phantom set")
+
+
+def _is_phantom_file(path: Path) -> bool:
+    """A NIfTI file whose header ``descrip`` carries the phantom's mark (what --overwrite may delete)."""
+    try:
+        with gzip.open(path, "rb") as fh:
+            header = fh.read(348)
+    except (OSError, EOFError, zlib.error):
+        return False
+    return len(header) == 348 and header[148:228].rstrip(b"\0").decode("latin-1") == DESCRIP
+
+
+def _finish_command(out: Path, cases: int, size: int, seed: int, num_slices: int | None) -> str:
+    slices = f" --slices {num_slices}" if num_slices is not None else ""
+    where = shlex.quote(str(out))
+    return f"organseg phantom --out {where} --cases {cases} --size {size} --seed {seed}{slices} --overwrite"
+
+
 def write_phantom_set(
     out: str | Path,
     cases: int,
@@ -437,13 +530,38 @@ def write_phantom_set(
     *,
     num_slices: int | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> list[str]:
     """Write ``cases`` phantoms as ``out/img/imgNNNN.nii.gz`` + ``out/label/labelNNNN.nii.gz`` (ids 1..cases),
     ``out/SYNTHETIC.txt`` and ``out/phantom.json``; returns the image paths. Case i uses
-    seed ``seed * 1000 + i``."""
-    if cases < 1:
-        raise ValueError(f"need at least one case, got {cases}")
-    out = check_output_dir(out)
+    seed ``seed * 1000 + i``.
+
+    ``out`` must be empty or new: old cases mixed with new ones would be read as one set. ``overwrite`` first
+    deletes an earlier phantom set there (only files this function writes; anything else in the folder stops
+    it with nothing deleted). The folder carries a completion record (see ``organseg.data.completion``):
+    "in progress" before the first file, "complete" after the last, so ``prepare`` refuses a half-written
+    set."""
+    out = Path(out)
+    check_phantom_request(cases, size, num_slices, seed, out)
+    check_output_dir(out)
+    planned: list[Path] = []
+    entries = own_entries(out) if out.is_dir() else []
+    if entries:
+        if not overwrite:
+            names = ", ".join(p.name for p in entries[:4]) + (" ..." if len(entries) > 4 else "")
+            raise DataError(
+                f"{out}: folder is not empty ({names}); choose a new folder, or pass --overwrite to replace "
+                "an earlier `organseg phantom` set there"
+            )
+        status = read_status(out)
+        if status is not None and status.get("writer") != "phantom":
+            raise DataError(
+                f"{out}: written by `organseg {status.get('writer')}`, not by `organseg phantom`; "
+                "--overwrite deletes only phantom sets, so nothing was deleted"
+            )
+        planned = plan_clear(out, PHANTOM_LAYOUT, writer="phantom", is_ours=_is_phantom_file)
+    mark_started(out, writer="phantom", finish=_finish_command(out, cases, size, seed, num_slices))
+    delete_planned(planned)
     atomic_write_text(out / "SYNTHETIC.txt", SYNTHETIC_NOTE)
     written, meta = [], []
     for i in progress_bar(range(1, cases + 1), desc="phantom", unit="case", disable=not progress):
@@ -469,4 +587,7 @@ def write_phantom_set(
             indent=1,
         ),
     )
+    files = [Path(p) for p in written]
+    files += [out / "label" / f"label{i:04d}.nii.gz" for i in range(1, cases + 1)]
+    mark_complete(out, [*files, out / "SYNTHETIC.txt", out / "phantom.json"], {"cases": cases})
     return written

@@ -9,7 +9,11 @@ what the reference drops (each case's spacing, origin and direction, the split a
 
 Guarantees: every input problem is found *before* anything is written (pass 1 reads headers, pass 2 reads the
 voxels), so a bad input leaves no partial output; every file is written atomically; a re-run skips cases whose
-outputs are complete and whose sources and options are unchanged.
+outputs are complete and whose sources and options are unchanged. The output folder carries a completion
+record (``organseg_status.json``, see ``organseg.data.completion``): "in progress" before the first file,
+"complete" after the sidecar, so a prepare killed half-way leaves a folder every reader refuses. ``--out``
+must be new, empty, or an earlier prepare of the same raw folder (continued; finished cases are kept);
+``overwrite=True`` replaces an earlier prepare of any raw folder, deleting only prepare's own files.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +30,16 @@ import numpy as np
 import SimpleITK as sitk
 
 from organseg.data.classes import BTCV_CLASSES, BTCV_TO_SYNAPSE, SYNAPSE_CLASSES, remap_labels, unknown_ids
+from organseg.data.completion import (
+    check_disk_space,
+    delete_planned,
+    mark_complete,
+    mark_started,
+    own_entries,
+    plan_clear,
+    read_status,
+    require_complete,
+)
 from organseg.data.io import (
     IMAGE_SUFFIXES,
     Geometry,
@@ -36,7 +51,7 @@ from organseg.data.io import (
     read_sitk,
 )
 from organseg.data.preprocess import SYNAPSE_WINDOW, apply_preprocessing, ct_window_spec
-from organseg.data.synapse import SIDECAR
+from organseg.data.synapse import PREPARE_RECORDS, SIDECAR
 from organseg.errors import ConfigError, DataError
 from organseg.fileio import atomic_write_text, check_output, check_output_dir
 from organseg.progress import progress_bar
@@ -46,8 +61,18 @@ log = logging.getLogger("organseg.data")
 REFERENCE_TEST_IDS: tuple[int, ...] = (1, 2, 3, 4, 8, 22, 25, 29, 32, 35, 36, 38)
 REFERENCE_TRAIN_IDS: tuple[int, ...] = (5, 6, 7, 9, 10, 21, 23, 24, 26, 27, 28, 30, 31, 33, 34, 37, 39, 40)
 DEFAULT_TEST_FRACTION = 0.4  # 12 of 30, the reference proportion
-MARKERS = ".organseg_prepare"
+MARKERS = PREPARE_RECORDS
 FORMAT = "organseg-synapse/1"
+WRITER = "prepare synapse"
+#: What `prepare synapse` writes into --out (``overwrite=True`` deletes these and nothing else).
+SYNAPSE_LAYOUT = {
+    "train_npz": re.compile(r"^case\d+_slice\d+\.npz$"),
+    "test_vol_h5": re.compile(r"^case\d+\.npy\.h5$"),
+    "lists_Synapse": re.compile(r"^(train\.txt|test_vol\.txt|all\.lst|val\.txt)$"),
+    MARKERS: re.compile(r"^case\d+\.json$"),
+    SIDECAR: None,
+    "SYNTHETIC.txt": None,
+}
 
 
 @dataclass(frozen=True)
@@ -95,9 +120,11 @@ def find_raw_cases(raw: str | Path) -> dict[int, RawCase]:
         raise DataError(f"{raw}: folder not found")
     if not raw.is_dir():
         raise DataError(f"{raw}: not a folder (expected the BTCV layout img/ + label/)")
+    require_complete(raw)  # a phantom set (or another organseg-written raw folder) killed half-way
     for sub in ("", "Training", "RawData/Training"):  # the BTCV zip nests the folders
         if (raw / sub / "img").is_dir() or (raw / sub / "label").is_dir():
             raw = raw / sub
+            require_complete(raw)
             break
     else:
         if not any(p for p in raw.iterdir() if not p.name.startswith(".")):
@@ -182,6 +209,8 @@ def decide_split(
 
     if not 0.0 <= test_fraction < 1.0:
         raise ConfigError(f"--test-fraction must be in [0, 1), got {test_fraction}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"--split-seed must be an integer 0 or more, got {seed!r}")
     n = len(avail)
     n_test = 0 if n < 2 else min(n - 1, max(1, int(round(n * test_fraction))))
     if test_fraction == 0.0:
@@ -215,7 +244,8 @@ def _fmt(ids: Sequence[int]) -> str:
     )
 
 
-def _check_headers(case: RawCase) -> str:
+def _check_headers(case: RawCase) -> tuple[int, int, int]:
+    """The image shape, after checking that the label's header fits the image."""
     shape_i, geom_i = read_image_info(case.image)
     shape_l, geom_l = read_image_info(case.label)
     relation = grid_relation(shape_i, geom_i, shape_l, geom_l)
@@ -228,7 +258,7 @@ def _check_headers(case: RawCase) -> str:
             f"{case.label}: label geometry does not match {case.image.name} (image spacing {geom_i.spacing}, "
             f"origin {geom_i.origin}; label spacing {geom_l.spacing}, origin {geom_l.origin})"
         )
-    return relation
+    return tuple(shape_i)
 
 
 def _load_case(
@@ -251,6 +281,14 @@ def _load_case(
     image = sitk.GetArrayFromImage(img)
     label = sitk.GetArrayFromImage(lab)
     check_finite(image, case.image)
+    lo, hi = (float(image.min()), float(image.max())) if image.size else (0.0, 0.0)
+    if lo >= -0.5 and hi <= 1.5:
+        # A CT in HU spans air (about -1000) to bone; values this narrow are an image scaled already, which
+        # the window would flatten to one grey value without a word.
+        raise DataError(
+            f"{case.image}: image values span [{lo:g}, {hi:g}]; prepare expects CT in Hounsfield units "
+            "(this image looks scaled already)"
+        )
     if np.issubdtype(label.dtype, np.floating):
         check_finite(label, case.label, "label")
         if not np.array_equal(label, np.round(label)):
@@ -322,6 +360,82 @@ def _done(out: Path, case: RawCase, role: str, options: dict) -> dict | None:
     return meta
 
 
+def _earlier_prepare_source(out: Path) -> str | None:
+    """The raw folder an earlier ``prepare synapse`` in ``out`` converted ("" when it cannot be told), or None
+    when ``out`` holds no prepare output."""
+    status = read_status(out)
+    if status is not None:
+        return str(status.get("source") or "") if status.get("writer") == WRITER else None
+    sidecar = out / SIDECAR
+    if sidecar.is_file():
+        try:
+            meta = json.loads(sidecar.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return None
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            return None
+        return str(meta.get("source") or "")
+    return "" if (out / MARKERS).is_dir() else None  # interrupted before the sidecar (older organseg)
+
+
+def _records_from(out: Path, raw: Path) -> bool:
+    """Whether prepare's per-case records in ``out`` name sources inside ``raw`` (an older organseg's
+    interrupted prepare of the same raw folder has only these)."""
+    root = str(raw.resolve())
+    for marker in sorted((out / MARKERS).glob("case*.json")):
+        try:
+            path = json.loads(marker.read_text(encoding="utf-8"))["source"]["image"]["path"]
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+            continue
+        return str(path).startswith(root + "/")
+    return False
+
+
+def _check_out_folder(out: Path, raw: Path, overwrite: bool) -> list[Path]:
+    """Decide, before anything is written, whether ``out`` may receive this prepare; returns what
+    ``overwrite`` must delete first. Rule: new or empty, or an earlier prepare of the same raw folder
+    (continued: its finished cases are kept); anything else is refused, and ``overwrite`` replaces only an
+    earlier prepare output."""
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out}: exists and is not a folder")
+    entries = own_entries(out) if out.is_dir() else []
+    if not entries:
+        return []
+    earlier = _earlier_prepare_source(out)
+    if overwrite:
+        if earlier is None:
+            raise DataError(
+                f"{out}: not an earlier `organseg prepare synapse` output; --overwrite deletes only "
+                "prepare's own files, so nothing was deleted (choose another folder or empty it yourself)"
+            )
+        return plan_clear(out, SYNAPSE_LAYOUT, writer=WRITER)
+    if earlier == str(raw.resolve()) or (earlier == "" and _records_from(out, raw)):
+        return []
+    names = ", ".join(p.name for p in entries[:4]) + (" ..." if len(entries) > 4 else "")
+    if earlier is None:
+        raise DataError(
+            f"{out}: folder is not empty ({names}) and is not an earlier `organseg prepare synapse` output; "
+            "choose a new or empty folder"
+        )
+    was = f"of {earlier}" if earlier else "of another raw folder"
+    raise DataError(
+        f"{out}: holds an earlier `organseg prepare synapse` {was}, not of {raw.resolve()}; choose a new "
+        "folder, or pass --overwrite to replace it"
+    )
+
+
+def _finish_command(raw: Path, out: Path, args: dict) -> str:
+    """The command line that repeats this prepare (shown to a reader that finds the folder half-written)."""
+    parts = ["organseg", "prepare", "synapse", "--raw", str(raw), "--out", str(out)]
+    for flag, value in args.items():
+        if value is None or value is False:
+            continue
+        parts.append(flag)
+        if value is not True:
+            parts += [str(v) for v in (value if isinstance(value, list | tuple) else [value])]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
 def prepare_synapse(
     raw: str | Path,
     out: str | Path,
@@ -335,13 +449,15 @@ def prepare_synapse(
     unknown_labels: str = "error",
     compress: bool = False,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> dict:
     """Convert a raw BTCV folder to the TransUNet Synapse format in ``out``; returns a summary dict.
 
     ``unknown_labels``: "error" (default) rejects label ids outside BTCV's 0..13; "background" maps them to 0
     with a warning giving the voxel counts (the reference script would have kept them and crashed in the
     loss). BTCV organs outside the 8 Synapse classes always become background (counts recorded in the
-    sidecar).
+    sidecar). ``out`` must be new, empty or an earlier prepare of ``raw`` (continued); ``overwrite`` replaces
+    an earlier prepare output of any raw folder (see the module docstring).
     """
     if unknown_labels not in ("error", "background"):
         raise ConfigError(f"unknown_labels must be 'error' or 'background', got {unknown_labels!r}")
@@ -350,6 +466,7 @@ def prepare_synapse(
     check_output(out, {"--raw": raw}, folder=True)
     check_output_dir(out)
     cases = find_raw_cases(raw)
+    planned = _check_out_folder(out, raw, overwrite)
     train, test, rule = decide_split(
         list(cases), train_cases, test_cases, test_fraction=test_fraction, seed=split_seed
     )
@@ -369,16 +486,36 @@ def prepare_synapse(
 
     # Pass 1: headers of every selected case (cheap): shapes and geometry.
     selected = [cases[i] for i in sorted(roles)]
-    for case in selected:
-        _check_headers(case)
-    todo = [c for c in selected if _done(out, c, roles[c.number], options) is None]
+    shapes = {case.number: _check_headers(case) for case in selected}
+    # --overwrite converts every case again; otherwise finished cases of an earlier run are kept.
+    todo = [c for c in selected if planned or _done(out, c, roles[c.number], options) is None]
+
+    # float32 image + uint8 label per voxel, uncompressed (compression saves about half on CT).
+    need = sum(int(np.prod(shapes[c.number])) for c in todo) * (5 if not compress else 3)
+    check_disk_space(out, need, f"preparing {len(todo)} case(s)")
 
     # Pass 2: voxels of every case still to convert (NaN/inf, label ids, truncated data). Nothing written yet.
     checking = progress_bar(todo, desc="checking", unit="case", disable=not progress or not todo, leave=False)
     for case in checking:
         _load_case(case, unknown_labels, warn=False)
 
-    # Pass 3: convert.
+    # Pass 3: convert. The record says "in progress" before the first file is deleted or written.
+    finish = _finish_command(
+        raw,
+        out,
+        {
+            "--train-cases": [cases[i].name for i in train] if train_cases is not None else None,
+            "--test-cases": [cases[i].name for i in test] if test_cases is not None else None,
+            "--val-cases": [cases[i].name for i in sorted(val)] or None,
+            "--test-fraction": test_fraction if test_fraction != DEFAULT_TEST_FRACTION else None,
+            "--split-seed": split_seed if split_seed != 1234 else None,
+            "--window": [*spec["window"]] if tuple(spec["window"]) != tuple(SYNAPSE_WINDOW) else None,
+            "--unknown-labels": unknown_labels if unknown_labels != "error" else None,
+            "--compress": bool(compress),
+        },
+    )
+    mark_started(out, writer=WRITER, finish=finish, source=str(raw.resolve()))
+    delete_planned(planned)
     converted = []
     for case in progress_bar(selected, desc="prepare synapse", unit="case", disable=not progress):
         role = roles[case.number]
@@ -475,6 +612,15 @@ def prepare_synapse(
         },
     }
     atomic_write_text(out / SIDECAR, json.dumps(sidecar, indent=1))
+    written = [p for c in selected for p in _outputs(out, c.name, roles[c.number], metas[c.name]["slices"])]
+    written += [out / MARKERS / f"{c.name}.json" for c in selected]
+    written += [lists / n for n in ("train.txt", "test_vol.txt", "all.lst", *(["val.txt"] if val else []))]
+    written += [out / SIDECAR] + ([out / "SYNTHETIC.txt"] if synthetic_note is not None else [])
+    mark_complete(
+        out,
+        written,
+        {"train_cases": len(train), "test_cases": len(test), "train_slices": len(train_lines)},
+    )
     return {
         "out": str(out),
         "rule": rule,

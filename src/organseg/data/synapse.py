@@ -26,12 +26,14 @@ import numpy as np
 
 from organseg.data.base import SegmentationDataset, Volume
 from organseg.data.classes import SYNAPSE_CLASSES
+from organseg.data.completion import require_complete
 from organseg.data.io import read_h5_pair, read_list, read_npz_slice, require_files
-from organseg.data.preprocess import ct_window_spec
+from organseg.data.preprocess import ct_window_spec, validate_spec
 from organseg.data.slices import FileSlices, holdout
 from organseg.errors import ConfigError, DataError
 
 SIDECAR = "organseg_synapse.json"
+PREPARE_RECORDS = ".organseg_prepare"  # prepare's per-case records (organseg.data.prepare.MARKERS)
 _SLICE_RE = re.compile(r"^(?P<case>.+)_slice(?P<index>\d+)$")
 
 
@@ -79,6 +81,15 @@ class SynapseDataset(SegmentationDataset):
         self.test_dir = self.root / "test_vol_h5"
         if not self.train_dir.is_dir() and not self.test_dir.is_dir():
             raise DataError(f"{self.root}: not a Synapse folder (no train_npz/ or test_vol_h5/)")
+        # A folder `organseg prepare synapse` is writing or was killed in: its record says "in progress".
+        # (Prepare from before the record existed wrote its per-case records in .organseg_prepare/ and the
+        # sidecar last, so records without a sidecar mean the same.) A download has neither.
+        legacy = (self.root / PREPARE_RECORDS).is_dir() and not (self.root / SIDECAR).is_file()
+        if require_complete(self.root) is None and legacy:
+            raise DataError(
+                f"{self.root}: incomplete dataset: `organseg prepare synapse` did not finish (it writes "
+                f"{SIDECAR} last); re-run it with the same --raw and --out to complete it"
+            )
         self.list_dir = Path(list_dir) if list_dir is not None else find_list_dir(self.root)
         self.sidecar = self._read_sidecar()
         self.preprocessing = dict(self.sidecar.get("preprocessing") or ct_window_spec())
@@ -129,6 +140,31 @@ class SynapseDataset(SegmentationDataset):
             raise DataError(f"{path}: cannot read sidecar JSON ({exc})") from None
         if not isinstance(data, dict):
             raise DataError(f"{path}: sidecar must be a JSON object")
+        names = data.get("class_names")
+        if names is not None and list(names) != list(SYNAPSE_CLASSES):
+            raise DataError(
+                f"{path}: class_names {names} differ from the {len(SYNAPSE_CLASSES)} Synapse classes "
+                f"{list(SYNAPSE_CLASSES)} this reader maps label ids to"
+            )
+        if data.get("preprocessing") is not None:
+            try:
+                validate_spec(data["preprocessing"])
+            except ConfigError as exc:  # the spec travels into checkpoints and on to `predict`
+                raise DataError(f"{path}: {exc}") from None
+        cases = data.get("cases", {})
+        if not isinstance(cases, dict):
+            raise DataError(f"{path}: 'cases' must map case names to their records")
+        for case, meta in cases.items():
+            sp = meta.get("spacing") if isinstance(meta, dict) else None
+            if sp is None:
+                continue
+            ok = isinstance(sp, list) and len(sp) == 3
+            ok = ok and all(isinstance(v, int | float) and not isinstance(v, bool) for v in sp)
+            if not ok or not all(np.isfinite(v) and v > 0 for v in sp):
+                raise DataError(
+                    f"{path}: case {case} spacing {sp!r} must be three positive numbers (z, y, x mm); "
+                    "every volume and surface distance is computed from it"
+                )
         return data
 
     def _h5_path(self, case_id: str) -> Path:

@@ -2,7 +2,8 @@
 
 The reference summary is TransUNet / Swin-Unet ``test.py``: the mean over cases of each class, then the mean
 over classes (every case x class pair counts, the (1, 0) and (0, 0) edge entries included). The corrected
-summary is documented in :func:`corrected_summary`.
+summary is documented in :func:`corrected_summary`; it also carries the surface metrics NSD and ASSD
+(:func:`organseg.evaluation.metrics.surface_metrics`), which the reference protocol does not have.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from torch import nn
 from organseg.data.base import SegmentationDataset, Volume
 from organseg.errors import DataError
 from organseg.evaluation.inference import predict_volume
-from organseg.evaluation.metrics import case_metrics_all
+from organseg.evaluation.metrics import SURFACE_METRICS, case_metrics_all
 from organseg.fileio import staged
 from organseg.progress import progress_bar
 
@@ -57,8 +58,17 @@ def reference_summary(per_case: np.ndarray, class_names: Sequence[str]) -> dict[
     }
 
 
+def _nanmean(x: np.ndarray) -> float:
+    return float(np.mean(x[~np.isnan(x)])) if np.any(~np.isnan(x)) else math.nan
+
+
 def corrected_summary(
-    per_case: np.ndarray, presence_: np.ndarray, class_names: Sequence[str], hd95_unit: str
+    per_case: np.ndarray,
+    presence_: np.ndarray,
+    class_names: Sequence[str],
+    hd95_unit: str,
+    surface: np.ndarray | None = None,
+    nsd_tolerance: Sequence[float] | None = None,
 ) -> dict[str, Any]:
     """Corrected aggregation of a (cases, classes - 1, 2) corrected array and its (cases, classes - 1, 2)
     presence flags (prediction present, ground truth present).
@@ -68,10 +78,14 @@ def corrected_summary(
     * ``mean_dice`` / ``mean_hd95``: the mean of the per-class values over the classes that have one (as the
       papers' DSC column is the mean of the organ columns).
     * ``missed`` / ``false_positive`` / ``absent`` count (case, class) pairs per class and in total.
+    * With ``surface`` (cases, classes - 1, 2) NSD and ASSD: the same means over the cases that have a value
+      (NSD: the truth has the organ, a missed one counts 0, as Dice; ASSD: both have it, as HD95), per class
+      and ``mean_nsd`` / ``mean_assd`` over the classes, with ``nsd_tolerance`` per class (HD95's unit).
     """
     names = list(class_names[1:])
     out_classes: dict[str, dict[str, Any]] = {}
     dices, hds = [], []
+    surface_means: dict[str, list[float]] = {m: [] for m in SURFACE_METRICS}
     totals = {MISSED: 0, FALSE_POSITIVE: 0, ABSENT: 0, SCORED: 0}
     for i, name in enumerate(names):
         d = per_case[:, i, 0]
@@ -84,11 +98,16 @@ def corrected_summary(
         for k, v in counts.items():
             totals[k] += v
         out_classes[name] = {"dice": _num(dice), "hd95": _num(hd), **counts}
+        if surface is not None:
+            for k, metric in enumerate(SURFACE_METRICS):
+                value = _nanmean(surface[:, i, k])
+                out_classes[name][metric] = _num(value)
+                surface_means[metric].append(value)
         if math.isfinite(dice):
             dices.append(dice)
         if math.isfinite(hd):
             hds.append(hd)
-    return {
+    out = {
         "mean_dice": _num(float(np.mean(dices))) if dices else None,
         "mean_hd95": _num(float(np.mean(hds))) if hds else None,
         "hd95_unit": hd95_unit,
@@ -97,12 +116,21 @@ def corrected_summary(
         "false_positive": totals[FALSE_POSITIVE],
         "absent": totals[ABSENT],
     }
+    if surface is not None:
+        for metric, values in surface_means.items():
+            finite = [v for v in values if math.isfinite(v)]
+            out[f"mean_{metric}"] = _num(float(np.mean(finite))) if finite else None
+        out["nsd_tolerance"] = None if nsd_tolerance is None else [float(t) for t in nsd_tolerance]
+        out["assd_unit"] = hd95_unit
+    return out
 
 
 @dataclass
 class EvaluationResult:
     """Metrics of one split. Arrays are (cases, classes - 1, 2): (Dice, HD95) per case and foreground class;
-    ``presence`` holds (prediction has the class, ground truth has the class)."""
+    ``presence`` holds (prediction has the class, ground truth has the class); ``surface`` (NSD, ASSD) of the
+    corrected protocol at ``nsd_tolerance`` (one per foreground class); ``slices`` the slices of each case
+    and ``inference_seconds`` the time spent predicting (``seconds`` adds the metrics)."""
 
     split: str
     class_names: tuple[str, ...]
@@ -113,6 +141,10 @@ class EvaluationResult:
     spacings: list[tuple[float, float, float] | None]
     seconds: float = 0.0
     meta: dict[str, Any] = field(default_factory=dict)
+    surface: np.ndarray | None = None
+    nsd_tolerance: list[float] | None = None
+    slices: list[int] | None = None
+    inference_seconds: float | None = None
 
     @property
     def hd95_unit(self) -> str:
@@ -128,10 +160,31 @@ class EvaluationResult:
             "cases": len(self.case_ids),
             "class_names": list(self.class_names),
             "reference": reference_summary(self.reference, self.class_names),
-            "corrected": corrected_summary(self.corrected, self.presence, self.class_names, self.hd95_unit),
+            "corrected": corrected_summary(
+                self.corrected,
+                self.presence,
+                self.class_names,
+                self.hd95_unit,
+                self.surface,
+                self.nsd_tolerance,
+            ),
             "seconds": round(self.seconds, 2),
+            **self._timing(),
             **self.meta,
         }
+
+    def _timing(self) -> dict[str, Any]:
+        """Slices and prediction time, for the cost table of ``organseg compare``."""
+        out: dict[str, Any] = {}
+        if self.slices is not None:
+            out["slices"] = int(sum(self.slices))
+        if self.inference_seconds is not None:
+            out["inference_seconds"] = round(self.inference_seconds, 3)
+            if self.case_ids:
+                out["inference_seconds_per_case"] = round(self.inference_seconds / len(self.case_ids), 4)
+            if self.slices:
+                out["inference_seconds_per_slice"] = round(self.inference_seconds / sum(self.slices), 5)
+        return out
 
     def rows(self) -> list[dict[str, Any]]:
         """One row per (case, class): the per-case table written as CSV."""
@@ -148,10 +201,16 @@ class EvaluationResult:
                         "hd95_reference": float(self.reference[n, i, 1]),
                         "dice_corrected": _num(self.corrected[n, i, 0]),
                         "hd95_corrected": _num(self.corrected[n, i, 1]),
+                        **self._surface_cells(n, i, "{}_corrected"),
                         "status": _status(bool(p), bool(g)),
                     }
                 )
         return rows
+
+    def _surface_cells(self, n: int, i: int, key: str = "{}") -> dict[str, float | None]:
+        if self.surface is None:
+            return {}
+        return {key.format(m): _num(self.surface[n, i, k]) for k, m in enumerate(SURFACE_METRICS)}
 
     def per_case(self) -> list[dict[str, Any]]:
         """The per-case JSON: each case with its spacing, per-class values and its reference-style means."""
@@ -163,7 +222,7 @@ class EvaluationResult:
                 r, c = self.reference[n, i], self.corrected[n, i]
                 classes[name] = {
                     "reference": {"dice": float(r[0]), "hd95": float(r[1])},
-                    "corrected": {"dice": _num(c[0]), "hd95": _num(c[1])},
+                    "corrected": {"dice": _num(c[0]), "hd95": _num(c[1]), **self._surface_cells(n, i)},
                     "status": _status(bool(p), bool(g)),
                 }
             sp = self.spacings[n]
@@ -234,11 +293,14 @@ def evaluate_dataset(
     max_cases: int | None = None,
     progress: bool = True,
     on_case: Callable[[Volume, np.ndarray, np.ndarray], None] | None = None,
+    nsd_tolerance_mm: float | Sequence[float] | None = None,
 ) -> EvaluationResult:
     """Predict every case of ``split`` and score it under both protocols.
 
     ``on_case(volume, prediction, reference_metrics)`` is called after each case (for saving NIfTI files or
     picking report slices) so predictions need not stay in memory. ``max_cases`` keeps the first N cases.
+    ``nsd_tolerance_mm``: the NSD tolerance, one value or one per foreground class (default
+    :data:`organseg.evaluation.metrics.DEFAULT_NSD_TOLERANCE_MM`).
     """
     case_ids = dataset.case_ids(split)
     if max_cases is not None:
@@ -246,7 +308,11 @@ def evaluate_dataset(
     if not case_ids:
         raise DataError(f"{getattr(dataset, 'root', dataset.name)}: the {split!r} split has no cases")
     num_classes = dataset.num_classes
-    ref, corr, pres, spacings = [], [], [], []
+    from organseg.evaluation.metrics import _tolerances
+
+    tolerances = _tolerances(nsd_tolerance_mm, num_classes)  # a bad value fails before any prediction
+    ref, corr, pres, spacings, surf, slices = [], [], [], [], [], []
+    infer_seconds = 0.0
     start = time.perf_counter()
     bar = progress_bar(case_ids, desc=f"{split} cases", unit="case", disable=not progress)
     for case_id in bar:
@@ -254,13 +320,17 @@ def evaluate_dataset(
         if vol.label is None:
             where = vol.meta.get("source", case_id)
             raise DataError(f"{where}: case {case_id!r} has no label to evaluate against")
+        t0 = time.perf_counter()
         pred = predict_volume(
             model, vol.image, patch_size, batch_size, precision, device, reference_loop=reference_loop
         )
-        m = case_metrics_all(pred, vol.label, num_classes, spacing=vol.spacing)
+        infer_seconds += time.perf_counter() - t0
+        m = case_metrics_all(pred, vol.label, num_classes, spacing=vol.spacing, tolerance_mm=tolerances)
         r = m["reference"]
         ref.append(r)
         corr.append(m["corrected"])
+        surf.append(m["surface"])
+        slices.append(int(pred.shape[0]) if pred.ndim == 3 else 1)
         pres.append(m["presence"])
         spacings.append(None if vol.spacing is None else tuple(float(v) for v in vol.spacing))
         bar.set_postfix(dice=f"{r[:, 0].mean():.3f}")
@@ -277,4 +347,8 @@ def evaluate_dataset(
         presence=np.stack(pres) if pres else np.zeros(shape, bool),
         spacings=spacings,
         seconds=time.perf_counter() - start,
+        surface=np.stack(surf) if surf else np.zeros(shape),
+        nsd_tolerance=[float(t) for t in tolerances],
+        slices=slices,
+        inference_seconds=infer_seconds,
     )

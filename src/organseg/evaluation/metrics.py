@@ -30,6 +30,22 @@ Two implementations of HD95, both equal to MedPy:
 * :func:`case_metrics` (fast): voxel counts by ``bincount``; the surfaces of all classes in one pass over the
   label map; nearest surface voxels by a k-d tree, with the distance then computed with the transform's own
   arithmetic. Its cost follows the number of surface voxels, not the volume.
+
+Surface metrics of the corrected protocol (:func:`surface_metrics`, and ``"surface"`` of
+:func:`case_metrics_all`), from the same surface voxels and the same two sets of directed distances as HD95:
+
+* NSD, normalized surface Dice at a tolerance tau: the share of the surface voxels of both masks lying within
+  tau of the other mask's surface, ``(|d_pg <= tau| + |d_gp <= tau|) / (|S_p| + |S_g|)``. Surfaces are
+  MedPy's (connectivity-1 erosion, background beyond the array), which is also how MONAI's
+  ``compute_surface_dice`` finds them (``binary_erosion ^ mask`` after a zero-padded crop), without its
+  sub-voxel option.
+* ASSD, MedPy's ``assd`` (0.5): the mean of the pooled distances of both directions,
+  ``(sum(d_pg) + sum(d_gp)) / (|S_p| + |S_g|)``, the usual definition. (MedPy before 0.5 took the mean of
+  the two directed means, which weights the smaller surface more.)
+
+Edge rules as for the corrected HD95: organ absent from the truth -> (NaN, NaN); missed organ (truth present,
+prediction empty) -> NSD 0 (no surface voxel of the truth is near a predicted one; MONAI gives 0 too) and
+ASSD NaN (no distance exists; MedPy raises).
 """
 
 from __future__ import annotations
@@ -43,6 +59,12 @@ from scipy.spatial import cKDTree
 
 Protocol = Literal["reference", "corrected"]
 PROTOCOLS: tuple[str, ...] = ("reference", "corrected")
+#: NSD tolerance (mm) when none is given: the 1 mm of the FLARE 2021 abdominal-organ challenge ("NSD-1mm").
+#: FLARE 2022-23 switched to organ-specific 2-7 mm from inter-rater variation; pass those per class
+#: (``tolerance_mm=[...]``) to match them. In voxels when the data have no spacing.
+DEFAULT_NSD_TOLERANCE_MM = 1.0
+#: columns of :func:`surface_metrics`
+SURFACE_METRICS: tuple[str, ...] = ("nsd", "assd")
 
 
 def dice(pred: np.ndarray, gt: np.ndarray) -> float:
@@ -198,11 +220,12 @@ def presence(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> np.ndarray:
     return np.stack([n_pred[1:] > 0, n_gt[1:] > 0], axis=1)
 
 
-def _hd95_per_class(
+def _directed_distances(
     pred: np.ndarray, gt: np.ndarray, num_classes: int, classes: list[int], samplings: list[np.ndarray | None]
-) -> list[dict[int, float]]:
-    """HD95 of ``classes`` (present in both maps) for each sampling; the surfaces are extracted once."""
-    out: list[dict[int, float]] = [{} for _ in samplings]
+) -> list[dict[int, tuple[np.ndarray, np.ndarray]]]:
+    """(prediction -> truth, truth -> prediction) surface distances of ``classes`` (present in both maps) for
+    each sampling. The surfaces are extracted once; a repeated voxel-unit sampling reuses the first."""
+    out: list[dict[int, tuple[np.ndarray, np.ndarray]]] = [{} for _ in samplings]
     if not classes:
         return out
     pred_surf = _surface_points(pred, num_classes)
@@ -212,10 +235,73 @@ def _hd95_per_class(
             if k and sampling is None and samplings[0] is None:
                 out[k][c] = out[0][c]
                 continue
-            d_pred_to_gt = _nearest_distances(pred_surf[c - 1], gt_surf[c - 1], sampling)
-            d_gt_to_pred = _nearest_distances(gt_surf[c - 1], pred_surf[c - 1], sampling)
-            out[k][c] = float(np.percentile(np.hstack((d_pred_to_gt, d_gt_to_pred)), 95))
+            out[k][c] = (
+                _nearest_distances(pred_surf[c - 1], gt_surf[c - 1], sampling),
+                _nearest_distances(gt_surf[c - 1], pred_surf[c - 1], sampling),
+            )
     return out
+
+
+def _hd95_of(distances: dict[int, tuple[np.ndarray, np.ndarray]]) -> dict[int, float]:
+    return {c: float(np.percentile(np.hstack(d), 95)) for c, d in distances.items()}
+
+
+def _tolerances(tolerance_mm: float | Sequence[float] | None, num_classes: int) -> np.ndarray:
+    """One NSD tolerance per foreground class from a scalar, a per-class sequence or None (the default)."""
+    tol = DEFAULT_NSD_TOLERANCE_MM if tolerance_mm is None else tolerance_mm
+    arr = np.atleast_1d(np.asarray(tol, dtype=np.float64))
+    if arr.ndim != 1 or arr.size not in (1, num_classes - 1):
+        raise ValueError(
+            f"tolerance_mm has {arr.size} values; give one, or one per foreground class ({num_classes - 1})"
+        )
+    if not np.all(np.isfinite(arr)) or np.any(arr < 0):
+        raise ValueError(f"tolerance_mm {arr.tolist()} must be finite and >= 0")
+    return np.broadcast_to(arr, (num_classes - 1,)).copy()
+
+
+def _fill_surface(
+    n_pred: np.ndarray,
+    n_gt: np.ndarray,
+    distances: dict[int, tuple[np.ndarray, np.ndarray]],
+    tolerances: np.ndarray,
+) -> np.ndarray:
+    """(NSD, ASSD) per foreground class under the corrected protocol's edge rules (module docstring)."""
+    num_classes = n_pred.shape[0]
+    out = np.full((num_classes - 1, 2), np.nan)
+    for c in range(1, num_classes):
+        if not n_gt[c]:
+            continue  # absent from the truth: not scored
+        if not n_pred[c]:
+            out[c - 1, 0] = 0.0  # missed: no truth surface is within any tolerance; ASSD undefined
+            continue
+        d_pg, d_gp = distances[c]
+        tau = tolerances[c - 1]
+        within = np.count_nonzero(d_pg <= tau) + np.count_nonzero(d_gp <= tau)
+        out[c - 1] = within / float(d_pg.size + d_gp.size), np.concatenate(distances[c]).mean()
+    return out
+
+
+def surface_metrics(
+    pred: np.ndarray,
+    gt: np.ndarray,
+    num_classes: int,
+    spacing: Sequence[float] | float | None,
+    tolerance_mm: float | Sequence[float] | None = None,
+) -> np.ndarray:
+    """NSD and ASSD of classes 1..num_classes-1 of one case, shape (num_classes - 1, 2), corrected protocol.
+
+    Distances in the units of ``spacing`` (z, y, x; voxels when None), and so is ``tolerance_mm``: one value
+    for all classes or one per foreground class; None is :data:`DEFAULT_NSD_TOLERANCE_MM`. NaN where the
+    corrected protocol scores nothing: organ absent from the truth (both columns), missed organ (ASSD; its NSD
+    is 0). The module docstring has the definitions.
+    """
+    pred, gt = _check_labels(pred, gt, num_classes)
+    sampling = _sampling(spacing, pred.ndim)
+    tolerances = _tolerances(tolerance_mm, num_classes)
+    n_pred, n_gt, _ = _counts(pred, gt, num_classes)
+    both = [c for c in range(1, num_classes) if n_pred[c] and n_gt[c]]
+    (dist,) = _directed_distances(pred, gt, num_classes, both, [sampling])
+    return _fill_surface(n_pred, n_gt, dist, tolerances)
 
 
 def _fill(
@@ -253,22 +339,29 @@ def case_metrics(
     sampling = _sampling(spacing, pred.ndim) if protocol == "corrected" else None
     n_pred, n_gt, n_both = _counts(pred, gt, num_classes)
     both = [c for c in range(1, num_classes) if n_pred[c] and n_gt[c]]
-    (hd,) = _hd95_per_class(pred, gt, num_classes, both, [sampling])
-    return _fill(protocol, n_pred, n_gt, n_both, hd)
+    (dist,) = _directed_distances(pred, gt, num_classes, both, [sampling])
+    return _fill(protocol, n_pred, n_gt, n_both, _hd95_of(dist))
 
 
 def case_metrics_all(
-    pred: np.ndarray, gt: np.ndarray, num_classes: int, spacing: Sequence[float] | None = None
+    pred: np.ndarray,
+    gt: np.ndarray,
+    num_classes: int,
+    spacing: Sequence[float] | None = None,
+    tolerance_mm: float | Sequence[float] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Both protocols and the presence flags of one case in one go (counts and surfaces shared):
-    ``{"reference": (C-1, 2), "corrected": (C-1, 2), "presence": (C-1, 2) bool}``."""
+    """Both protocols, the corrected protocol's surface metrics and the presence flags of one case in one go
+    (counts, surfaces and distances shared): ``{"reference": (C-1, 2), "corrected": (C-1, 2), "surface":
+    (C-1, 2) NSD and ASSD as :func:`surface_metrics`, "presence": (C-1, 2) bool}``."""
     pred, gt = _check_labels(pred, gt, num_classes)
     sampling = _sampling(spacing, pred.ndim)
+    tolerances = _tolerances(tolerance_mm, num_classes)
     n_pred, n_gt, n_both = _counts(pred, gt, num_classes)
     both = [c for c in range(1, num_classes) if n_pred[c] and n_gt[c]]
-    hd_ref, hd_corr = _hd95_per_class(pred, gt, num_classes, both, [None, sampling])
+    d_ref, d_corr = _directed_distances(pred, gt, num_classes, both, [None, sampling])
     return {
-        "reference": _fill("reference", n_pred, n_gt, n_both, hd_ref),
-        "corrected": _fill("corrected", n_pred, n_gt, n_both, hd_corr),
+        "reference": _fill("reference", n_pred, n_gt, n_both, _hd95_of(d_ref)),
+        "corrected": _fill("corrected", n_pred, n_gt, n_both, _hd95_of(d_corr)),
+        "surface": _fill_surface(n_pred, n_gt, d_corr, tolerances),
         "presence": np.stack([n_pred[1:] > 0, n_gt[1:] > 0], axis=1),
     }

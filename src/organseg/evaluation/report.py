@@ -14,15 +14,19 @@ import io
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from organseg.data.base import Volume
+from organseg.data.orientation import radiological_orientation
 from organseg.errors import DataError
 from organseg.evaluation.runs import read_metrics_log
 from organseg.evaluation.tables import PUBLISHED, columns, dataset_kind, results_table
 from organseg.fileio import atomic_write_bytes, atomic_write_text, check_output_dir, check_output_file
+
+if TYPE_CHECKING:
+    from organseg.data.io import Geometry
 
 # Distinct colours (RGB 0..1) for classes 1..; background is transparent.
 PALETTE: tuple[tuple[float, float, float], ...] = (
@@ -71,17 +75,23 @@ class OverlayCollector:
         self.items: list[dict[str, Any]] = []
 
     def __call__(self, volume: Volume, prediction: np.ndarray, reference_metrics: np.ndarray) -> None:
+        # Slices are kept as radiologists view them (see organseg.data.orientation); "z" is the slice's index
+        # in that display order, which is the array index when the volume has no direction matrix.
+        orient = radiological_orientation(volume.meta.get("direction"))
         label = volume.label if volume.label is not None else prediction
-        area = (np.asarray(label) > 0).reshape(label.shape[0], -1).sum(axis=1)
+        label_d = orient.apply(np.asarray(label))
+        area = (label_d > 0).reshape(label_d.shape[0], -1).sum(axis=1)
         z = int(np.argmax(area))
+        _, row_mm, col_mm = orient.spacing(volume.spacing) if volume.spacing is not None else (1.0, 1.0, 1.0)
         self.items.append(
             {
                 "case": volume.case_id,
                 "z": z,
-                "image": np.asarray(volume.image[z], dtype=np.float32),
-                "label": np.asarray(label[z], dtype=np.uint8),
-                "pred": np.asarray(prediction[z], dtype=np.uint8),
+                "image": np.array(orient.apply(np.asarray(volume.image))[z], dtype=np.float32),
+                "label": np.array(label_d[z], dtype=np.uint8),
+                "pred": np.array(orient.apply(np.asarray(prediction))[z], dtype=np.uint8),
                 "dice": float(np.mean(reference_metrics[:, 0])),
+                "aspect": float(row_mm / col_mm),
             }
         )
 
@@ -90,6 +100,7 @@ class OverlayCollector:
             "cases": np.array([it["case"] for it in self.items]),
             "z": np.array([it["z"] for it in self.items], dtype=np.int64),
             "dice": np.array([it["dice"] for it in self.items], dtype=np.float64),
+            "aspect": np.array([it.get("aspect", 1.0) for it in self.items], dtype=np.float64),
         }
         for n, it in enumerate(self.items):
             for key in ("image", "label", "pred"):
@@ -104,6 +115,8 @@ def load_overlays(path: str | Path) -> list[dict[str, Any]]:
     try:
         with np.load(path, allow_pickle=False) as f:
             n = len(f["cases"])
+            # files written before the aspect was kept show square pixels, as they did then
+            aspect = f["aspect"] if "aspect" in f.files else np.ones(n)
             return [
                 {
                     "case": str(f["cases"][i]),
@@ -112,6 +125,7 @@ def load_overlays(path: str | Path) -> list[dict[str, Any]]:
                     "image": f[f"image_{i}"],
                     "label": f[f"label_{i}"],
                     "pred": f[f"pred_{i}"],
+                    "aspect": float(aspect[i]),
                 }
                 for i in range(n)
             ]
@@ -142,15 +156,60 @@ def plot_overlays(items: Sequence[dict[str, Any]], class_names: Sequence[str], p
         panels = (("image", None), ("ground truth", it["label"]), ("prediction", it["pred"]))
         for c, (title, lab) in enumerate(panels):
             ax = axes[r, c]
-            ax.imshow(it["image"], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+            aspect = it.get("aspect", 1.0)
+            ax.imshow(it["image"], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest", aspect=aspect)
             if lab is not None:
-                ax.imshow(colorize(lab, n_cls), alpha=0.5, interpolation="nearest")
+                ax.imshow(colorize(lab, n_cls), alpha=0.5, interpolation="nearest", aspect=aspect)
             note = f" (DSC {100 * it['dice']:.1f})" if c == 2 else ""
-            ax.set_title(f"{it['case']} z={it['z']}: {title}{note}", fontsize=8)
+            ax.set_title(f"{it['case']} slice {it['z']}: {title}{note}", fontsize=8)
             ax.axis("off")
     handles = [Patch(color=class_color(c), label=class_names[c]) for c in range(1, n_cls)]
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 5), fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.05 if len(rows) > 1 else 0.1, 1, 1))
+    return _save_figure(fig, Path(path))
+
+
+def plot_prediction(
+    image: np.ndarray,
+    pred: np.ndarray,
+    class_names: Sequence[str],
+    path: str | Path,
+    *,
+    geometry: Geometry | None = None,
+    title: str = "",
+    k: int = 3,
+) -> Path:
+    """``k`` slices with the most predicted foreground, image and overlay side by side, and a legend.
+
+    ``image`` (in [0, 1]) and ``pred`` are (D, H, W) in the file's own order; with ``geometry`` the slices are
+    shown in radiological orientation (anterior up, patient's right on the left, see
+    :mod:`organseg.data.orientation`) and with the true pixel aspect, whatever order the file stores.
+    Slice numbers in the titles count in that display order (superior first).
+    """
+    from matplotlib.patches import Patch
+
+    plt = _pyplot()
+    orient = radiological_orientation(geometry)
+    image_d, pred_d = orient.apply(np.asarray(image)), orient.apply(np.asarray(pred))
+    _, row_mm, col_mm = orient.spacing(geometry.spacing) if geometry is not None else (1.0, 1.0, 1.0)
+    aspect = row_mm / col_mm
+    area = (pred_d > 0).reshape(pred_d.shape[0], -1).sum(axis=1)
+    zs = sorted(np.argsort(-area, kind="stable")[: min(k, pred_d.shape[0])].tolist())
+    fig, axes = plt.subplots(len(zs), 2, figsize=(7, 3.3 * len(zs)), squeeze=False)
+    for r, z in enumerate(zs):
+        for c in range(2):
+            ax = axes[r, c]
+            ax.imshow(image_d[z], cmap="gray", vmin=0, vmax=1, interpolation="nearest", aspect=aspect)
+            if c:
+                overlay = colorize(pred_d[z], len(class_names))
+                ax.imshow(overlay, alpha=0.5, interpolation="nearest", aspect=aspect)
+            ax.set_title(f"{title} slice {z}" + (": prediction" if c else ""), fontsize=8)
+            ax.axis("off")
+    present = [c for c in range(1, len(class_names)) if np.any(pred_d == c)]
+    handles = [Patch(color=class_color(c), label=class_names[c]) for c in present]
+    if handles:
+        fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 4), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     return _save_figure(fig, Path(path))
 
 
@@ -264,6 +323,22 @@ def _model_name(root: Path, summary: dict[str, Any]) -> str | None:
     return None
 
 
+def _viewer_links(root: Path, folder: Path) -> list[str]:
+    """Markdown links to the cases' HTML viewer pages that ``organseg test`` wrote (cases of this result
+    only, in per_case.json's order; pages of an earlier run in the same folder are not listed)."""
+    from organseg.evaluation.viewer import VIEWER_DIR, viewer_name
+
+    per_case = folder / "per_case.json"
+    if not (folder / VIEWER_DIR).is_dir() or not per_case.is_file():
+        return []
+    cases = [str(c["case"]) for c in _read_json(per_case) if isinstance(c, dict) and "case" in c]
+    pages = [(c, folder / VIEWER_DIR / viewer_name(c)) for c in cases]
+    links = [f"[{c}]({p.relative_to(root).as_posix()})" for c, p in pages if p.is_file()]
+    if not links:
+        return []
+    return ["Slice viewer per case (self-contained HTML, opens from disk): " + ", ".join(links) + ".", ""]
+
+
 def write_report(root: str | Path) -> Path:
     """Write ``report.md`` and ``report/*.png`` for a run folder (all its results folders and its training
     log) or for a single results folder (one with ``summary.json``). Returns the path of ``report.md``."""
@@ -302,6 +377,7 @@ def write_report(root: str | Path) -> Path:
                     f"![overlays]({png.relative_to(root).as_posix()})",
                     "",
                 ]
+        lines += _viewer_links(root, folder)
     if log.is_file():
         curves = plot_training_curves(read_metrics_log(log), fig_dir / "training_curves.png")
         if curves is not None:

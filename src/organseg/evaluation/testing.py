@@ -14,6 +14,7 @@ from organseg.evaluation.evaluate import evaluate_dataset
 from organseg.evaluation.report import OVERLAY_FILE, OverlayCollector, write_report
 from organseg.evaluation.runs import checkpoint_patch_size, resolve_device, resolve_target, results_dir
 from organseg.evaluation.tables import results_table
+from organseg.evaluation.viewer import VIEWER_DIR, CaseViewers, chain
 from organseg.fileio import check_output, check_output_dir, check_output_file
 
 
@@ -61,12 +62,14 @@ def run_test(
     reference_loop: bool = False,
     max_cases: int | None = None,
     report: bool = True,
+    viewer: bool = True,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Evaluate a run folder's checkpoint (or a checkpoint file) on ``split`` and write the results folder.
 
     Returns the summary (as in ``summary.json``) plus ``results_dir``, ``table`` and ``report`` (a path or
-    None).
+    None). With ``viewer``, every case also gets an HTML viewer page, ``viewer/<case>.html`` in the results
+    folder, written as the case is scored (predictions are not kept in memory to pick cases afterwards).
     """
     tgt = resolve_target(target, checkpoint)
     ckpt = read_checkpoint(tgt.checkpoint_path)
@@ -94,7 +97,10 @@ def run_test(
         report_root = tgt.run_dir if tgt.run_dir is not None and out is None else folder
         check_output_file(Path(report_root) / "report.md", what="")
     collector = OverlayCollector()
-    on_case = _nifti_writer(folder / "nifti", collector) if save_nifti else collector
+    on_case = chain(
+        _nifti_writer(folder / "nifti", collector) if save_nifti else collector,
+        CaseViewers(folder / VIEWER_DIR, dataset.class_names) if viewer else None,
+    )
     result = evaluate_dataset(
         model,
         dataset,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -207,6 +208,8 @@ def _train(
     channels_last = _wants_channels_last(model, t["channels_last"])
     # On the device before the optimizer exists, so that its restored state lands there too.
     model.to(env.device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    if env.device.type == "cuda":  # the summary's peak is this run's, not an earlier run's in the process
+        torch.cuda.reset_peak_memory_stats(env.device)
     base_lr = effective_lr(t)
     optimizer = make_sgd(model.parameters(), base_lr, t["momentum"], t["weight_decay"])
     scaler = torch.amp.GradScaler("cuda", enabled=t["precision"] == "fp16")
@@ -371,11 +374,28 @@ def _train(
         "images_per_second": round(it * batches.images_per_iteration / max(train_seconds, 1e-9), 2),
         "best_mean_dice": best if best >= 0 else None,
         "last_val": val_record,
+        **_peak_memory(env.device),
         "checkpoints": sorted(p.name for p in ckpt_dir.glob("*.pt")) if main else [],
     }
     if main:
         atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _peak_memory(device: torch.device) -> dict[str, Any]:
+    """Peak memory of this process for the cost table of ``organseg compare``: on CUDA the most tensor memory
+    allocated on the device, on a CPU the peak resident set of the process (data, network and framework
+    together; a process that trained several runs reports its peak over all of them)."""
+    if device.type == "cuda":
+        return {"peak_memory_mb": round(torch.cuda.max_memory_allocated(device) / 2**20, 1),
+                "peak_memory_kind": "cuda max allocated"}  # fmt: skip
+    try:
+        import resource
+    except ImportError:  # not on POSIX: not recorded
+        return {"peak_memory_mb": None, "peak_memory_kind": None}
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    mb = peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+    return {"peak_memory_mb": round(mb, 1), "peak_memory_kind": "process peak RSS"}
 
 
 def model_args(cfg: dict, num_classes: int) -> dict[str, Any]:

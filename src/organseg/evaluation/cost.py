@@ -1,0 +1,184 @@
+"""What each network of a study cost, read from the same runs as its accuracy.
+
+Per run: parameters and forward GFLOPs per image (counted by :mod:`organseg.models.flops` on the network the
+run's configuration builds, at its training input size; a multiply-add is 2 FLOPs), training throughput
+(images/s), total training time and peak memory from the run's own ``summary.json``, the training device
+from its ``env.json``, and prediction time per volume and per slice from the test summary (its
+``inference_seconds``; older results without it fall back to the test's ``seconds``, which include the
+metrics, and say so). A study's cost record per network is the mean over its seeds (peak memory: the
+largest; training time: also the sum).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+_PROFILE_CACHE: dict[str, dict[str, Any] | None] = {}
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}  # a missing record leaves its cells empty; the cost table never stops a comparison
+    return data if isinstance(data, dict) else {}
+
+
+def _profile(cfg: dict, num_classes: int) -> dict[str, Any] | None:
+    """Parameters and GFLOPs of the network a run configuration builds (None if it cannot be built)."""
+    from organseg.models.flops import model_profile
+    from organseg.training.loop import model_args
+
+    img_size = (cfg.get("train") or {}).get("img_size")
+    key = json.dumps([cfg.get("model"), img_size, num_classes], sort_keys=True, default=str)
+    if key not in _PROFILE_CACHE:
+        try:
+            args = model_args(cfg, num_classes)
+            img = int(args.pop("img_size", cfg["train"]["img_size"]))
+            _PROFILE_CACHE[key] = model_profile(cfg["model"]["name"], img, **args)
+        except Exception:  # noqa: BLE001  any network the registry cannot build here: cells left empty
+            _PROFILE_CACHE[key] = None
+    return _PROFILE_CACHE[key]
+
+
+def _device(env: dict[str, Any]) -> str | None:
+    if not env:
+        return None
+    dev = str(env.get("device", "?"))
+    name = env.get("device_name")
+    threads = env.get("torch_threads")
+    world = env.get("world_size") or 1
+    text = f"{dev} ({name})" if name and name != dev else dev
+    if dev.startswith("cpu") and threads:
+        text += f", {threads} thread{'s' if threads != 1 else ''}"
+    if world > 1:
+        text += f", {world} processes"
+    return text
+
+
+def run_cost(run_dir: str | Path, results_dir: str | Path, cfg: dict, num_classes: int) -> dict[str, Any]:
+    """The cost of one run from its folder (see the module docstring); None where a record is missing."""
+    run_dir, results_dir = Path(run_dir), Path(results_dir)
+    train = _read_json(run_dir / "summary.json")
+    env = _read_json(run_dir / "env.json")
+    test = _read_json(results_dir / "summary.json")
+    prof = _profile(cfg, num_classes)
+    cases = test.get("cases") or 0
+    infer = test.get("inference_seconds")
+    infer_kind = "prediction"
+    if infer is None and test.get("seconds") is not None:
+        infer, infer_kind = test["seconds"], "prediction + metrics"
+    slices = test.get("slices")
+    return {
+        "params": None if prof is None else prof["params"],
+        "gflops_per_image": None if prof is None else prof["gflops"],
+        "img_size": (cfg.get("train") or {}).get("img_size"),
+        "train_images_per_s": train.get("images_per_second"),
+        "train_seconds": train.get("train_seconds"),
+        "iterations": train.get("iterations"),
+        "peak_memory_mb": train.get("peak_memory_mb"),
+        "peak_memory_kind": train.get("peak_memory_kind"),
+        "infer_seconds_per_volume": None if infer is None or not cases else infer / cases,
+        "infer_seconds_per_slice": None if infer is None or not slices else infer / slices,
+        "infer_timing": infer_kind if infer is not None else None,
+        "train_device": _device(env),
+        "test_device": test.get("device"),
+        "precision": (cfg.get("train") or {}).get("precision"),
+    }
+
+
+def _mean(values: Sequence[Any]) -> float | None:
+    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    return float(np.mean(vals)) if vals else None
+
+
+def _joined(values: Sequence[Any]) -> str | None:
+    vals = list(dict.fromkeys(str(v) for v in values if v is not None))
+    return "; ".join(vals) if vals else None
+
+
+def group_cost(
+    model: str, label: str, sweep: dict[str, Any], runs: Sequence[dict[str, Any]]
+) -> dict[str, Any]:
+    """One network's (and swept values') cost record from its runs' :func:`run_cost` records."""
+    peaks = [r["peak_memory_mb"] for r in runs if r["peak_memory_mb"] is not None]
+    train_s = [r["train_seconds"] for r in runs if r["train_seconds"] is not None]
+    return {
+        "model": model,
+        "label": label,
+        "sweep": sweep,
+        "n": len(runs),
+        "params": runs[0]["params"] if runs else None,
+        "gflops_per_image": runs[0]["gflops_per_image"] if runs else None,
+        "img_size": runs[0]["img_size"] if runs else None,
+        "train_images_per_s": _mean([r["train_images_per_s"] for r in runs]),
+        "train_seconds": _mean(train_s),
+        "train_seconds_total": float(sum(train_s)) if train_s else None,
+        "peak_memory_mb": max(peaks) if peaks else None,
+        "peak_memory_kind": _joined([r["peak_memory_kind"] for r in runs]),
+        "infer_seconds_per_volume": _mean([r["infer_seconds_per_volume"] for r in runs]),
+        "infer_seconds_per_slice": _mean([r["infer_seconds_per_slice"] for r in runs]),
+        "infer_timing": _joined([r["infer_timing"] for r in runs]),
+        "train_device": _joined([r["train_device"] for r in runs]),
+        "test_device": _joined([r["test_device"] for r in runs]),
+        "precision": _joined([r["precision"] for r in runs]),
+    }
+
+
+def _fmt(v: float | None, spec: str) -> str:
+    return "–" if v is None else format(v, spec)
+
+
+def duration(seconds: float | None) -> str:
+    """``12.3 s`` below a minute, else ``m:ss`` or ``h:mm:ss``."""
+    if seconds is None:
+        return "–"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    m, s = divmod(round(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def cost_markdown(records: Sequence[dict[str, Any]]) -> list[str]:
+    """The cost table of ``comparison.md`` (lines)."""
+    if not records:
+        return []
+    lines = [
+        "## Cost",
+        "",
+        "Measured in the same runs as the accuracy above. GFLOPs: one forward pass of one image at the "
+        "training input size (a multiply-add counts 2). Training: mean over seeds (total: all seeds). Peak "
+        "memory: the largest over seeds; on a CPU the training process's peak resident memory (data and "
+        "framework included), on a GPU the most tensor memory allocated. Prediction time per volume and per "
+        "slice: `organseg test`'s batched inference, mean over seeds.",
+        "",
+        "| Method | params (M) | GFLOPs / image | train images/s | train time (per run / total) "
+        "| peak memory (MB) | predict s / volume | predict ms / slice | trained on | tested on |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in records:
+        params = None if r["params"] is None else r["params"] / 1e6
+        size = f" at {r['img_size']}²" if r.get("img_size") else ""
+        per_slice = None if r["infer_seconds_per_slice"] is None else 1000 * r["infer_seconds_per_slice"]
+        lines.append(
+            f"| {r['label']} | {_fmt(params, '.2f')} | {_fmt(r['gflops_per_image'], '.3g')}{size} | "
+            f"{_fmt(r['train_images_per_s'], '.1f')} | {duration(r['train_seconds'])} / "
+            f"{duration(r['train_seconds_total'])} | {_fmt(r['peak_memory_mb'], '.0f')} | "
+            f"{_fmt(r['infer_seconds_per_volume'], '.2f')} | {_fmt(per_slice, '.1f')} | "
+            f"{r['train_device'] or '–'} | {r['test_device'] or '–'} |"
+        )
+    notes = []
+    if any(r["peak_memory_mb"] is None for r in records):
+        notes.append("Peak memory is empty for runs trained before organseg recorded it.")
+    if any(r["infer_timing"] and "metrics" in r["infer_timing"] for r in records):
+        notes.append("Some prediction times include the metrics (results written before organseg recorded "
+                     "prediction time on its own).")  # fmt: skip
+    lines += ["", *notes] if notes else []
+    return [*lines, ""]

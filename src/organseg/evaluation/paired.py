@@ -1,0 +1,553 @@
+"""Paired statistics of two networks tested on the same cases: is B better than A, and by how much?
+
+For each metric protocol, metric (DSC, HD95) and organ, and for the per-case mean over organs:
+
+``a``, ``b``
+    The mean over the paired cases of each network's per-case value; with several seeds (training runs) per
+    network, a case's value is the mean over that network's seeds.
+``diff``
+    ``b - a``, in the order the networks are given (positive: B has the higher DSC / the larger HD95).
+``ci_low``, ``ci_high``
+    95 % percentile bootstrap interval of ``diff``: every resample draws the cases with replacement and, when
+    a network has several seeds, also its seeds with replacement (independently per network, as seed 1 of
+    one network has nothing to do with seed 1 of the other), so the interval holds both the case-to-case and
+    the run-to-run variation. Seeded (``seed``), :data:`DEFAULT_RESAMPLES` resamples by default.
+``p``, ``p_holm``
+    Two-sided Wilcoxon signed-rank test (``scipy.stats.wilcoxon``, its defaults: zero differences dropped,
+    exact distribution for small samples) of the per-case differences of the seed means, then Holm's
+    step-down correction over the organs of one (protocol, metric). The mean over organs is one test of its
+    own and is not part of the family (``p_holm == p``). When every difference is 0 there is nothing to
+    test: ``p = 1``.
+``wins``, ``losses``
+    Cases where B is better (higher DSC, lower HD95) / worse than A; equal cases count in neither.
+
+Which cases pair: those where both networks have a value (the corrected protocol leaves an organ absent from
+the truth unscored, and the HD95 of a missed organ). For the per-case mean, a case's organs are those that
+every run of both networks has a value for, so the two means always average the same organs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+from organseg.errors import DataError
+from organseg.evaluation.cost import duration
+
+DEFAULT_RESAMPLES = 10_000
+DEFAULT_SEED = 0
+ALPHA = 0.05
+METRICS = ("dice", "hd95")
+#: DSC: larger is better; HD95: smaller is better (the sign of a "win")
+HIGHER_IS_BETTER = {"dice": True, "hd95": False}
+_CHUNK = 2000  # resamples per vectorised block: bounds the (resamples, seeds, cases) gather
+
+
+def holm(pvalues: Sequence[float]) -> np.ndarray:
+    """Holm's step-down adjusted p-values (NaN entries stay NaN and are not counted in the family):
+    the i-th smallest of m becomes ``max_{j<=i} min(1, (m - j + 1) p_(j))``."""
+    p = np.asarray(pvalues, dtype=np.float64)
+    out = np.full(p.shape, np.nan)
+    ok = np.flatnonzero(~np.isnan(p))
+    m = ok.size
+    if m == 0:
+        return out
+    order = ok[np.argsort(p[ok], kind="stable")]
+    adjusted = np.minimum(1.0, (m - np.arange(m)) * p[order])
+    out[order] = np.maximum.accumulate(adjusted)
+    return out
+
+
+def wilcoxon_p(differences: np.ndarray) -> float:
+    """Two-sided Wilcoxon signed-rank p-value of paired differences; 1.0 when all are zero (SciPy raises or
+    warns there: no non-zero difference is no evidence of a difference), NaN without any pair."""
+    d = np.asarray(differences, dtype=np.float64)
+    d = d[np.isfinite(d)]
+    if d.size == 0:
+        return math.nan
+    if not np.any(d):
+        return 1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the normal approximation's small-sample warning
+        return float(stats.wilcoxon(d).pvalue)
+
+
+def _seed_mean(x: np.ndarray) -> np.ndarray:
+    """Mean over axis 0 of the finite values; NaN where none (no warning)."""
+    ok = np.isfinite(x)
+    n = ok.sum(axis=0)
+    total = np.where(ok, x, 0.0).sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n > 0, total / np.maximum(n, 1), np.nan)
+
+
+def bootstrap_diff(
+    a: np.ndarray, b: np.ndarray, *, resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED
+) -> np.ndarray:
+    """Bootstrap distribution of ``mean(b) - mean(a)`` for (seeds, cases) arrays of the same cases: cases
+    resampled with replacement, and each network's seeds too when it has several. Resamples without any
+    case where both have a value are dropped (possible for HD95 when seeds miss an organ)."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    n = a.shape[1]
+    if n == 0:
+        return np.zeros(0)
+    rng = np.random.default_rng(seed)
+    out = []
+    for start in range(0, resamples, _CHUNK):
+        r = min(_CHUNK, resamples - start)
+        cases = rng.integers(0, n, (r, n))
+        sa = rng.integers(0, a.shape[0], (r, a.shape[0]))
+        sb = rng.integers(0, b.shape[0], (r, b.shape[0]))
+        ma = _seed_mean(np.moveaxis(a[sa[:, :, None], cases[:, None, :]], 1, 0))  # (r, n)
+        mb = _seed_mean(np.moveaxis(b[sb[:, :, None], cases[:, None, :]], 1, 0))
+        d = mb - ma
+        ok = np.isfinite(d)
+        k = ok.sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out.append(np.where(k > 0, np.where(ok, d, 0.0).sum(axis=1) / np.maximum(k, 1), np.nan))
+    dist = np.concatenate(out)
+    return dist[np.isfinite(dist)]
+
+
+def paired_difference(
+    a: np.ndarray,
+    b: np.ndarray,
+    *,
+    higher_is_better: bool = True,
+    resamples: int = DEFAULT_RESAMPLES,
+    seed: int = DEFAULT_SEED,
+) -> dict[str, Any]:
+    """Difference B - A of one metric over paired cases. ``a``: (seeds_a, cases), ``b``: (seeds_b, cases)
+    (a 1-D array is one seed), NaN where a run has no value. Returns ``a``, ``b``, ``diff``, ``ci_low``,
+    ``ci_high``, ``p``, ``wins``, ``losses``, ``n`` (paired cases); None for what cannot be computed."""
+    a = np.atleast_2d(np.asarray(a, dtype=np.float64))
+    b = np.atleast_2d(np.asarray(b, dtype=np.float64))
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"{a.shape[1]} and {b.shape[1]} cases: pairing needs the same cases on both sides")
+    ma, mb = _seed_mean(a), _seed_mean(b)
+    keep = np.isfinite(ma) & np.isfinite(mb)
+    n = int(keep.sum())
+    if n == 0:
+        none = dict.fromkeys(("a", "b", "diff", "ci_low", "ci_high", "p"))
+        return {**none, "wins": 0, "losses": 0, "n": 0}
+    d = mb[keep] - ma[keep]
+    dist = bootstrap_diff(a[:, keep], b[:, keep], resamples=resamples, seed=seed)
+    better = d > 0 if higher_is_better else d < 0
+    worse = d < 0 if higher_is_better else d > 0
+    lo, hi = (np.percentile(dist, [2.5, 97.5]) if dist.size else (math.nan, math.nan))
+    return {
+        "a": float(ma[keep].mean()),
+        "b": float(mb[keep].mean()),
+        "diff": float(mb[keep].mean() - ma[keep].mean()),
+        "ci_low": _finite(lo),
+        "ci_high": _finite(hi),
+        "p": _finite(wilcoxon_p(d)),
+        "wins": int(better.sum()),
+        "losses": int(worse.sum()),
+        "n": n,
+    }
+
+
+def _finite(x: float) -> float | None:
+    return float(x) if x is not None and math.isfinite(float(x)) else None
+
+
+def paired_table(
+    a: np.ndarray,
+    b: np.ndarray,
+    organs: Sequence[str],
+    metric: str,
+    *,
+    resamples: int = DEFAULT_RESAMPLES,
+    seed: int = DEFAULT_SEED,
+) -> list[dict[str, Any]]:
+    """One record per organ and one for ``"mean"`` (the per-case mean over organs) of one metric, with
+    Holm's correction over the organs. ``a``: (seeds_a, cases, organs), ``b``: (seeds_b, cases, organs)."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    hib = HIGHER_IS_BETTER[metric]
+    records = []
+    for k, organ in enumerate(organs):
+        rec = paired_difference(a[:, :, k], b[:, :, k], higher_is_better=hib, resamples=resamples, seed=seed)
+        records.append({"organ": organ, **rec})
+    adjusted = holm([math.nan if r["p"] is None else r["p"] for r in records])
+    for r, q in zip(records, adjusted, strict=True):
+        r["p_holm"] = _finite(q)
+    # The mean over organs: per case, the organs every run of both networks has a value for.
+    common = np.isfinite(a).all(axis=0) & np.isfinite(b).all(axis=0)  # (cases, organs)
+    counted = common.sum(axis=1)
+
+    def case_mean(x: np.ndarray) -> np.ndarray:
+        total = np.where(common, x, 0.0).sum(axis=2)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(counted > 0, total / np.maximum(counted, 1), np.nan)
+
+    mean = paired_difference(case_mean(a), case_mean(b), higher_is_better=hib, resamples=resamples, seed=seed)
+    records.append({"organ": "mean", **mean, "p_holm": mean["p"]})
+    for r in records:
+        r["significant"] = r["p_holm"] is not None and r["p_holm"] < ALPHA
+    return records
+
+
+# --------------------------------------------------------------------------------- from run folders
+
+
+def read_per_case(results_dir: str | Path) -> list[dict[str, Any]]:
+    """``per_case.json`` of a results folder (written by ``organseg test``)."""
+    path = Path(results_dir) / "per_case.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path}: cannot read the per-case results ({exc})") from None
+    if not isinstance(data, list) or not all(isinstance(c, dict) and "classes" in c for c in data):
+        raise DataError(f"{path}: not an organseg per-case file (a list of cases with classes)")
+    return data
+
+
+def per_case_array(
+    per_case: list[dict[str, Any]],
+    case_ids: Sequence[str],
+    class_names: Sequence[str],
+    protocol: str,
+    metric: str,
+) -> np.ndarray:
+    """(cases, organs) values of one run in the given case and class order; NaN where not scored."""
+    by_case = {str(c["case"]): c for c in per_case}
+    out = np.full((len(case_ids), len(class_names)), np.nan)
+    for i, case in enumerate(case_ids):
+        classes = by_case[case]["classes"]
+        for k, name in enumerate(class_names):
+            v = ((classes.get(name) or {}).get(protocol) or {}).get(metric)
+            if v is not None:
+                out[i, k] = float(v)
+    return out
+
+
+def paired_from_runs(
+    runs_a: Sequence[str | Path],
+    runs_b: Sequence[str | Path],
+    class_names: Sequence[str],
+    columns: Sequence[tuple[str, int]],
+    protocols: Sequence[str] = ("reference", "corrected"),
+    *,
+    resamples: int = DEFAULT_RESAMPLES,
+    seed: int = DEFAULT_SEED,
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Paired records of network B's runs against network A's (results folders, one per seed), for every
+    protocol and metric; organs named by their table column (``columns``: (title, class index)). Returns the
+    records and the cases they pair over (those every run was tested on)."""
+    per_a = [read_per_case(d) for d in runs_a]
+    per_b = [read_per_case(d) for d in runs_b]
+    ids = [str(c["case"]) for c in per_a[0]]
+    shared = set.intersection(*({str(c["case"]) for c in p} for p in per_a + per_b))
+    case_ids = [c for c in ids if c in shared]
+    names = [class_names[i] for _, i in columns]
+    titles = [t for t, _ in columns]
+    records = []
+    for protocol in protocols:
+        for metric in METRICS:
+            a = np.stack([per_case_array(p, case_ids, names, protocol, metric) for p in per_a])
+            b = np.stack([per_case_array(p, case_ids, names, protocol, metric) for p in per_b])
+            for rec in paired_table(a, b, titles, metric, resamples=resamples, seed=seed):
+                records.append({"protocol": protocol, "metric": metric, **rec})
+    return records, case_ids
+
+
+# ------------------------------------------------------------------------------------------------ writing
+
+MINUS = "\u2212"
+
+
+def _signed(v: float | None, scale: float, digits: int) -> str:
+    if v is None:
+        return "–"
+    text = f"{v * scale:+.{digits}f}"
+    return text.replace("-", MINUS)
+
+
+def _p(p: float | None) -> str:
+    if p is None:
+        return "–"
+    return f"{p:.2g}" if p >= 0.001 else f"{p:.1e}"
+
+
+def cell(rec: dict[str, Any], scale: float = 1.0, digits: int = 2, unit: str = "") -> str:
+    """``+1.80 [−0.40, +4.10] p=0.12 (n.s.)``: difference (with ``unit`` after it), bootstrap CI,
+    Holm-adjusted p, verdict."""
+    if rec.get("diff") is None:
+        return "–"
+    mark = "significant" if rec.get("significant") else "n.s."
+    return (
+        f"{_signed(rec['diff'], scale, digits)}{unit} [{_signed(rec['ci_low'], scale, digits)}, "
+        f"{_signed(rec['ci_high'], scale, digits)}] p={_p(rec.get('p_holm'))} ({mark})"
+    )
+
+
+def _pairs(paired: Sequence[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    """(model_a, model_b, sweep as JSON) in the order of the records."""
+    return list(dict.fromkeys(_key(r) for r in paired))
+
+
+def _key(r: dict[str, Any]) -> tuple[str, str, str]:
+    return r["model_a"], r["model_b"], json.dumps(r.get("sweep") or {}, sort_keys=True, default=str)
+
+
+def _sweep_text(sweep: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sweep.items())
+
+
+def paired_markdown(
+    paired: Sequence[dict[str, Any]], protocol: str, hd95_unit: str, settings: dict[str, Any]
+) -> list[str]:
+    """The paired table of one protocol for every compared pair (lines of ``comparison.md``)."""
+    lines: list[str] = []
+    for pair in dict.fromkeys(_key(r) for r in paired if r["protocol"] == protocol):
+        recs = [r for r in paired if _key(r) == pair and r["protocol"] == protocol]
+        a, b, sweep = pair[0], pair[1], json.loads(pair[2])
+        first = recs[0]
+        title = f"## Paired: {b} − {a}, {protocol} protocol" + (f" ({_sweep_text(sweep)})" if sweep else "")
+        unit = "voxels" if hd95_unit == "voxel" else hd95_unit
+        lines += [
+            title.replace("−", MINUS),
+            "",
+            f"Difference {b} {MINUS} {a} over {settings.get('cases', '?')} test cases "
+            f"({first['seeds_a']} and {first['seeds_b']} seed(s)), DSC in points, HD95 in {unit}; "
+            f"[95 % bootstrap interval, {settings['resamples']:,} resamples of the {first['resampled']}, "
+            f"seed {settings['seed']}]; p: Wilcoxon signed-rank, Holm-adjusted over the organs (the mean "
+            f"row is one test, not adjusted), significant when below {settings['alpha']:g}. W/L: cases "
+            f"where {b} is better / worse (higher DSC, lower HD95).",
+            "",
+            f"| Organ | {a} DSC | {b} DSC | ΔDSC | W/L | {a} HD95 | {b} HD95 | ΔHD95 | W/L |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        organs = list(dict.fromkeys(r["organ"] for r in recs))
+        organs = [o for o in organs if o != "mean"] + ["mean"]
+        for organ in organs:
+            d = next(r for r in recs if r["organ"] == organ and r["metric"] == "dice")
+            h = next(r for r in recs if r["organ"] == organ and r["metric"] == "hd95")
+            name = "**mean**" if organ == "mean" else organ
+            lines.append(
+                f"| {name} | {_num(d['a'], 100)} | {_num(d['b'], 100)} | {cell(d, 100)} | "
+                f"{d['wins']}/{d['losses']} | {_num(h['a'])} | {_num(h['b'])} | {cell(h)} | "
+                f"{h['wins']}/{h['losses']} |"
+            )
+        lines.append("")
+    return lines
+
+
+def _num(v: float | None, scale: float = 1.0) -> str:
+    return "–" if v is None else f"{v * scale:.2f}"
+
+
+def _names(organs: Sequence[str]) -> str:
+    organs = list(organs)
+    if len(organs) <= 1:
+        return "".join(organs)
+    return ", ".join(organs[:-1]) + " and " + organs[-1]
+
+
+def _ahead(recs: Sequence[dict[str, Any]], a: str, b: str, metric: str) -> str:
+    """Which network is ahead on which organs (by the sign of the mean difference)."""
+    better_b, better_a, equal = [], [], []
+    hib = HIGHER_IS_BETTER[metric]
+    for r in recs:
+        if r["organ"] == "mean" or r["diff"] is None:
+            continue
+        if r["diff"] == 0:
+            equal.append(r["organ"])
+        elif (r["diff"] > 0) == hib:
+            better_b.append(r["organ"])
+        else:
+            better_a.append(r["organ"])
+    parts = []
+    if better_b:
+        parts.append(f"{b} on {_names(better_b)}")
+    if better_a:
+        parts.append(f"{a} on {_names(better_a)}")
+    text = "; ".join(parts)
+    if equal:
+        text += ("; " if text else "") + f"equal on {_names(equal)}"
+    return text or "no organ has a value for both"
+
+
+def _significance(recs: Sequence[dict[str, Any]], a: str, b: str, metric: str, scale: float) -> str:
+    organs = [r for r in recs if r["organ"] != "mean" and r["p_holm"] is not None]
+    if not organs:
+        return "no organ could be tested"
+    sig = [r for r in organs if r["significant"]]
+    hib = HIGHER_IS_BETTER[metric]
+    if not sig:
+        best = min(r["p_holm"] for r in organs)
+        return (
+            f"after Holm's correction over {_organs(len(organs))} none of the differences is significant "
+            f"(smallest adjusted p = {_p(best)})"
+        )
+    items = []
+    for r in sig:
+        winner = b if (r["diff"] > 0) == hib else a
+        items.append(f"{r['organ']} ({winner} better, {_signed(r['diff'], scale, 2)}, p={_p(r['p_holm'])})")
+    return f"after Holm's correction over {_organs(len(organs))} significant: " + "; ".join(items)
+
+
+def _organs(n: int) -> str:
+    return "the 1 organ" if n == 1 else f"the {n} organs"
+
+
+def _cost_sentence(cost: Sequence[dict[str, Any]], a: str, b: str, sweep: dict[str, Any]) -> str:
+    by = {c["model"]: c for c in cost if (c.get("sweep") or {}) == sweep}
+    parts = []
+    for m in (a, b):
+        c = by.get(m)
+        if c is None:
+            continue
+        bits = []
+        if c.get("params") is not None:
+            bits.append(f"{c['params'] / 1e6:.2f} M parameters")
+        if c.get("gflops_per_image") is not None:
+            bits.append(f"{c['gflops_per_image']:.3g} GFLOPs per image")
+        if c.get("train_images_per_s") is not None:
+            bits.append(f"trained at {c['train_images_per_s']:.1f} images/s")
+        if c.get("train_seconds") is not None:
+            bits.append(f"in {duration(c['train_seconds'])} per run")
+        if c.get("infer_seconds_per_volume") is not None:
+            bits.append(f"predicted in {c['infer_seconds_per_volume']:.2f} s per volume")
+        if bits:
+            parts.append(f"{m} has " + ", ".join(bits))
+    text = "; ".join(parts)
+    ca, cb = by.get(a), by.get(b)
+    if ca and cb and ca.get("gflops_per_image") and cb.get("gflops_per_image"):
+        ratio = ca["gflops_per_image"] / cb["gflops_per_image"]
+        cheaper, other, k = (b, a, ratio) if ratio >= 1 else (a, b, 1 / ratio)
+        text += f". Per image {cheaper} needs {k:.1f}× fewer FLOPs than {other}"
+    return f"Cost: {text}." if text else ""
+
+
+def verdict_markdown(
+    paired: Sequence[dict[str, Any]], cost: Sequence[dict[str, Any]], settings: dict[str, Any]
+) -> list[str]:
+    """The opening paragraph(s) of ``comparison.md``, generated from the paired records and the cost records
+    only: which network is ahead where, what is significant after Holm's correction, what each costs."""
+    if not paired:
+        return []
+    lines = ["## Verdict", ""]
+    for a, b, sweep_json in _pairs(paired):
+        sweep = json.loads(sweep_json)
+        recs = [r for r in paired if _key(r) == (a, b, sweep_json)]
+        first = recs[0]
+        head = f"**{b} against {a}**" + (f" ({_sweep_text(sweep)})" if sweep else "")
+        sentences = [
+            f"{head}: {settings.get('cases', '?')} test case(s), {first['seeds_a']} seed(s) of {a} and "
+            f"{first['seeds_b']} of {b}."
+        ]
+        for protocol in ("corrected", "reference"):
+            prec = [r for r in recs if r["protocol"] == protocol]
+            if not prec:
+                continue
+            d = [r for r in prec if r["metric"] == "dice"]
+            h = [r for r in prec if r["metric"] == "hd95"]
+            md = next(r for r in d if r["organ"] == "mean")
+            mh = next(r for r in h if r["organ"] == "mean")
+            label = "Corrected protocol" if protocol == "corrected" else "Reference protocol (the papers')"
+            if md["diff"] is None:
+                sentences.append(f"{label}: no case has a DSC for both.")
+                continue
+            s = (
+                f"{label}: mean DSC {_num(md['b'], 100)} % for {b}, {_num(md['a'], 100)} % for {a}, "
+                f"difference {cell(md, 100, unit=' points')}"
+            )
+            if mh["diff"] is not None:
+                s += f"; mean HD95 {_num(mh['b'])} for {b}, {_num(mh['a'])} for {a}, difference {cell(mh)}"
+                if protocol == "corrected":
+                    s += " (per case over the organs found in every run of both)"
+            sentences.append(s + ".")
+            if protocol == "corrected":
+                sentences.append(
+                    f"DSC per organ, ahead: {_ahead(d, a, b, 'dice')}; {_significance(d, a, b, 'dice', 100)}."
+                )
+                sentences.append(
+                    f"HD95 per organ, ahead (lower): {_ahead(h, a, b, 'hd95')}; "
+                    f"{_significance(h, a, b, 'hd95', 1)}."
+                )
+        n_cases = settings.get("cases")
+        if isinstance(n_cases, int) and n_cases > 0 and 2.0 / 2**n_cases >= settings.get("alpha", ALPHA):
+            # The exact test's most extreme outcome (every case on one side) has probability 2 / 2^n.
+            sentences.append(
+                f"With {n_cases} paired case(s) the smallest p the exact Wilcoxon test can give is "
+                f"{2.0 / 2**n_cases:.3g}: more test cases are needed for significance at "
+                f"{settings.get('alpha', ALPHA):g}."
+            )
+        cost_text = _cost_sentence(cost, a, b, sweep)
+        if cost_text:
+            sentences.append(cost_text)
+        lines += [" ".join(sentences), ""]
+    return lines
+
+
+# ------------------------------------------------------------------------------------------------ studies
+
+
+def study_paired(
+    groups: Sequence[dict[str, Any]],
+    results_dirs: dict[str, str | Path],
+    class_names: Sequence[str],
+    columns: Sequence[tuple[str, int]],
+    *,
+    resamples: int = DEFAULT_RESAMPLES,
+    seed: int = DEFAULT_SEED,
+) -> tuple[list[dict[str, Any]], dict[str, Any], list[str]]:
+    """Paired records of every network against the first one, at the same swept values, from a study's
+    groups (``model``, ``sweep``, ``runs``: run names, ``n``: seeds) and each run's results folder.
+    Returns the records (``comparison.json``'s ``"paired"``), the settings and notes for what could not be
+    paired (results written before organseg wrote ``per_case.json``)."""
+    models = list(dict.fromkeys(g["model"] for g in groups))
+    settings: dict[str, Any] = {
+        "resamples": resamples,
+        "seed": seed,
+        "alpha": ALPHA,
+        "ci": "95 % percentile bootstrap",
+        "test": "Wilcoxon signed-rank (scipy.stats.wilcoxon), two-sided",
+        "correction": "Holm over the organs of each protocol and metric; the mean row is not adjusted",
+        "difference": "second network minus first (model_b - model_a)",
+    }
+    out: list[dict[str, Any]] = []
+    notes: list[str] = []
+    if len(models) < 2:
+        return out, settings, notes
+    first = models[0]
+    for g in groups:
+        if g["model"] == first:
+            continue
+        base = next((x for x in groups if x["model"] == first and x["sweep"] == g["sweep"]), None)
+        if base is None:
+            continue
+        try:
+            recs, case_ids = paired_from_runs(
+                [results_dirs[n] for n in base["runs"]],
+                [results_dirs[n] for n in g["runs"]],
+                class_names,
+                columns,
+                resamples=resamples,
+                seed=seed,
+            )
+        except DataError as exc:
+            notes.append(f"No paired statistics for {g['label']} against {base['label']}: {exc}")
+            continue
+        settings["cases"] = len(case_ids)
+        resampled = "cases and seeds" if max(base["n"], g["n"]) > 1 else "cases"
+        for r in recs:
+            unit = "fraction" if r["metric"] == "dice" else g[r["protocol"]]["hd95_unit"]
+            out.append({
+                "protocol": r["protocol"], "metric": r["metric"], "organ": r["organ"],
+                "model_a": first, "model_b": g["model"], "sweep": dict(g["sweep"]),
+                "seeds_a": base["n"], "seeds_b": g["n"], "resampled": resampled, "unit": unit,
+                **{k: v for k, v in r.items() if k not in ("protocol", "metric", "organ")},
+            })  # fmt: skip
+    return out, settings, notes
