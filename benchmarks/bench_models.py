@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"torch threads {args.threads or 'default'}, device {args.device}, cpu count {os.cpu_count()}")
     print(format_table(results))
     if args.json:
-        from organseg.checkpoint import atomic_write_text
+        from organseg.fileio import atomic_write_text
 
         atomic_write_text(args.json, json.dumps(results, indent=2))
     return 0

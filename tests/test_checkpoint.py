@@ -6,14 +6,6 @@ from organseg import checkpoint as ck
 from organseg.errors import CheckpointError
 
 
-def test_atomic_write_replaces_whole_file_and_leaves_no_temp(tmp_path):
-    target = tmp_path / "sub" / "f.txt"
-    ck.atomic_write_text(target, "one")
-    ck.atomic_write_text(target, "two")
-    assert target.read_text() == "two"
-    assert [p.name for p in target.parent.iterdir()] == ["f.txt"]
-
-
 def test_atomic_torch_save_failure_keeps_old_file(tmp_path):
     target = tmp_path / "c.pt"
     ck.atomic_torch_save({"a": torch.ones(2)}, target)

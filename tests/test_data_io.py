@@ -29,7 +29,7 @@ def test_write_read_round_trip_keeps_geometry_and_values(tmp_path):
     write_image(np.arange(120).reshape(4, 6, 5).astype(np.int64), None, tmp_path / "lab.nii.gz")
     lab, _ = read_image(tmp_path / "lab.nii.gz")
     assert lab.dtype == np.uint8 and lab.max() == 119
-    assert not list(tmp_path.glob(".tmp-*"))  # atomic writes leave no temporary files
+    assert not list(tmp_path.glob(".*tmp*"))  # atomic writes leave no temporary files
 
 
 def test_real_dicom_series(totalseg_dir):

@@ -11,13 +11,12 @@ A checkpoint is a dict saved with ``torch.save`` and read with ``weights_only=Tr
     config        the resolved run configuration (plain data), may be {}
     ...           training state (optimizer, scheduler, RNG, epoch, iteration) when written by ``train``
 
-Everything is written atomically: a temporary file in the same folder, then ``os.replace``.
+Everything is written atomically through :mod:`organseg.fileio`.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -25,42 +24,23 @@ import torch
 from torch import nn
 
 from organseg.errors import CheckpointError, OrgansegError
+from organseg.fileio import atomic_write, atomic_write_bytes, atomic_write_text  # noqa: F401 (earlier home)
 
 FORMAT = "organseg-checkpoint/1"
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see either the old file or the whole new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` through :func:`organseg.fileio.atomic_write` (temporary file, mode, clean-up)."""
+
+    def write(tmp: Path) -> None:
+        # Through a Python file object: a failed write (disk full) then raises OSError, which atomic_write
+        # turns into one line naming the checkpoint, instead of torch's multi-line RuntimeError.
+        with open(tmp, "wb") as fh:
+            torch.save(obj, fh)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` through a temporary file and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, write)
 
 
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:

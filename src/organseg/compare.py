@@ -41,9 +41,9 @@ import numpy as np
 import yaml
 
 from organseg import __version__
-from organseg.checkpoint import atomic_write_bytes, atomic_write_text
 from organseg.device import resolve_device
 from organseg.errors import ConfigError, DataError, OrgansegError
+from organseg.fileio import atomic_write_bytes, atomic_write_text, check_output, check_output_dir
 from organseg.values import SEED, WORKERS, check_value
 
 RUNS_DIR = "runs"
@@ -319,6 +319,10 @@ def run_study(
     resolve_device(device)  # a device this machine lacks fails before any data are read
     sweep = sets if isinstance(sets, Sweep) else parse_sets(list(sets))
     out = Path(out)
+    # The demo keeps its dataset in OUT/data: only what compare writes in OUT may not hold the data.
+    check_output(out, {"--data": data}, folder=True, owned=(RUNS_DIR, "comparison.md", "comparison.json",
+                                                            "comparison.csv"))  # fmt: skip
+    check_output_dir(out)
     dataset = open_dataset(data)
     data_root = Path(data).resolve()
     kind = dataset_kind(dataset.class_names)
@@ -457,8 +461,7 @@ def _run_parallel(
     import sys
     import tempfile
 
-    from tqdm.auto import tqdm
-
+    from organseg.progress import progress_bar, progress_write
     from organseg.training.config import to_yaml
 
     threads = max(1, (os.cpu_count() or 1) // jobs)
@@ -471,7 +474,9 @@ def _run_parallel(
     failed: dict[str, str] = {}
     totals = {p.name: _total_iterations(p.config, n_slices) for p in plans}
     desc = f"training {len(plans)} runs, {min(jobs, len(plans))} at a time"
-    bar = tqdm(total=sum(totals.values()), desc=desc, unit="it", disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(
+        total=sum(totals.values()), desc=desc, unit="it", disable=not progress, dynamic_ncols=True
+    )
 
     shown: tuple[int, str] = (0, "")
 
@@ -492,7 +497,7 @@ def _run_parallel(
                     cfg_file.write_text(to_yaml(cfg), encoding="utf-8")
                     run_dir.mkdir(parents=True, exist_ok=True)
                     n = cfg["train"]["threads"]
-                    tqdm.write(f"{heads[plan.name]}: train, then test, in subprocesses ({n} thread(s)); "
+                    progress_write(f"{heads[plan.name]}: train, then test, in subprocesses ({n} thread(s)); "
                                f"log {run_dir / 'train.log'}")  # fmt: skip
                     start(
                         plan.name,
@@ -523,7 +528,7 @@ def _run_parallel(
                         # TrainingDiverged, as the CLI prints it: a result of the sweep, the study goes on.
                         failed[name] = f"diverged: {_last_line(run_dir / 'train.log')}"
                         finished[name] = totals[name]
-                        tqdm.write(f"{heads[name]}: {failed[name]}")
+                        progress_write(f"{heads[name]}: {failed[name]}")
                     elif code != 0:
                         raise OrgansegError(
                             f"{run_dir}: {'training' if phase == 'train' else 'testing'} failed (exit code "
@@ -693,7 +698,7 @@ def collect(
     """
     from organseg.evaluation.tables import PUBLISHED, columns, dataset_kind
 
-    out = Path(out)
+    out = check_output_dir(out)
     dirs = [Path(d) for d in run_dirs] if run_dirs is not None else find_runs(out)
     if not dirs:
         raise DataError(f"{out / RUNS_DIR}: no run folders (with config.yaml) to collect")

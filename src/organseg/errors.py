@@ -17,3 +17,8 @@ class CheckpointError(OrgansegError):
 
 class ConfigError(OrgansegError):
     """A configuration value is unknown or invalid."""
+
+
+class OutputError(OrgansegError):
+    """An output cannot be written where asked: over an input, into a file or read-only place, or the disk is
+    full. The message names the path."""

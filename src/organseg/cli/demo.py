@@ -154,9 +154,11 @@ def run_demo(
     from organseg.data.classes import SYNAPSE_CLASSES
     from organseg.data.prepare import prepare_synapse
     from organseg.device import resolve_device
+    from organseg.fileio import check_output_dir
 
     spec = FAST if fast else DEMO
     out = Path(out) if out is not None else Path("demo_out/fast" if fast else "demo_out")
+    check_output_dir(out)
     t0 = time.perf_counter()
     dev = resolve_device(device)
     precision = demo_precision(device, precision)

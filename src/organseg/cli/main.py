@@ -42,6 +42,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def describe_os_error(exc: OSError) -> str:
+    """``PATH: problem`` for an OSError (both paths of a failed rename), else its text."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    if exc.filename is None:
+        return reason
+    where = str(exc.filename) + (f" -> {exc.filename2}" if exc.filename2 is not None else "")
+    return f"{where}: {reason}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -50,6 +59,11 @@ def main(argv: list[str] | None = None) -> int:
         return int(args._run(args) or 0)
     except OrgansegError as exc:
         print(f"organseg {args.verb}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        # Last resort: every known output fault has its own message (organseg.fileio); an unforeseen one
+        # still ends in one line naming the path instead of a traceback.
+        print(f"organseg {args.verb}: error: {describe_os_error(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"organseg {args.verb}: interrupted", file=sys.stderr)

@@ -37,7 +37,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from organseg.fileio import check_output
     from organseg.training import apply_overrides, load_config, train
+    from organseg.training.loop import RUN_FILES
+
+    if Path(args.config).is_file():  # train() sees the loaded dict; the file is only known here
+        check_output(args.out, {"PRESET_OR_YAML": args.config}, folder=True, owned=RUN_FILES)
 
     overrides = list(args.overrides)
     if args.precision:

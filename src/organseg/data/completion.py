@@ -22,8 +22,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from organseg.checkpoint import atomic_write_text
 from organseg.errors import DataError
+from organseg.fileio import atomic_write_text
 
 STATUS_FILE = "organseg_status.json"
 STATUS_FORMAT = "organseg-status/1"

@@ -12,7 +12,6 @@ import contextlib
 import io
 import locale
 import os
-import tempfile
 import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -21,8 +20,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from organseg.checkpoint import atomic_write_bytes
-from organseg.errors import DataError
+from organseg.errors import DataError, OutputError
+from organseg.fileio import atomic_write, atomic_write_bytes
 
 if TYPE_CHECKING:  # SimpleITK is imported where it is used: augmentation and the phantom do not need it
     import SimpleITK as sitk
@@ -538,18 +537,18 @@ def _storage_dtype(array: np.ndarray) -> np.ndarray:
     return array
 
 
-def _atomic_path(path: Path) -> tuple[Path, Path]:
-    """A temporary name in the same folder that keeps the suffix, so writers pick the right format."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix="-" + path.name, dir=path.parent)
-    os.close(fd)
-    return Path(tmp), path
-
-
 def write_image(
-    array: np.ndarray, geometry: Geometry | None, path: str | Path, *, description: str | None = None
+    array: np.ndarray,
+    geometry: Geometry | None,
+    path: str | Path,
+    *,
+    description: str | None = None,
+    atomic: bool = True,
 ) -> None:
     """Write a (D, H, W) array with ``geometry`` (spacing, origin, direction kept) atomically.
+
+    ``atomic=False`` writes ``path`` directly: for a temporary of :func:`organseg.fileio.staged`, which
+    writes a set of files (a label map and its sidecar) that must appear together.
 
     The format follows the suffix (``.nii.gz`` compressed NIfTI). Integer arrays are stored in the smallest of
     uint8 / int16 / int32 that holds their range; float64 is stored as float32. ``description`` goes into the
@@ -564,13 +563,19 @@ def write_image(
     (geometry or Geometry()).apply_to(image)
     if description:
         image.SetMetaData("ITK_FileNotes", description[:79])  # ITK writes it to the NIfTI descrip field
-    tmp, final = _atomic_path(Path(path))
-    try:
-        sitk.WriteImage(image, str(tmp), useCompression=str(final).lower().endswith(".gz"))
-        os.replace(tmp, final)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    final = Path(path)
+    compress = final.name.lower().endswith(".gz")
+
+    def write(tmp: Path) -> None:
+        try:
+            sitk.WriteImage(image, str(tmp), useCompression=compress)
+        except RuntimeError as exc:  # ITK reports a full disk or an unwritable file this way
+            raise OutputError(f"{final}: cannot write image ({_describe_exc(exc)})") from None
+
+    if atomic:
+        atomic_write(final, write, suffix=True)
+    else:
+        write(final)
 
 
 def check_finite(array: np.ndarray, path: str | Path, what: str = "image") -> None:
@@ -670,15 +675,12 @@ def atomic_write_npz(path: str | Path, *, compress: bool = False, **arrays: np.n
 def atomic_write_h5(path: str | Path, *, compression: str | None = None, **arrays: np.ndarray) -> None:
     import h5py
 
-    tmp, final = _atomic_path(Path(path))
-    try:
+    def write(tmp: Path) -> None:
         with h5py.File(tmp, "w") as fh:
             for key, value in arrays.items():
                 fh.create_dataset(key, data=value, compression=compression)
-        os.replace(tmp, final)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+
+    atomic_write(path, write)
 
 
 def find_duplicates(names: Iterable[str]) -> list[str]:

@@ -25,7 +25,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from organseg.data.base import SegmentationDataset, Volume
 from organseg.data.classes import unknown_ids
@@ -45,6 +44,7 @@ from organseg.data.preprocess import (
 )
 from organseg.data.preprocess import percentile_spec as make_percentile_spec
 from organseg.errors import ConfigError, DataError
+from organseg.progress import progress_bar
 
 REQUIRED_KEYS = ("channel_names", "labels", "numTraining", "file_ending")
 _IMAGE_ENDINGS = (*IMAGE_SUFFIXES, ".png", ".tif", ".tiff", ".bmp", ".npy", ".npz", ".h5", ".b2nd", ".dcm")
@@ -375,7 +375,9 @@ class NnUNetDataset(SegmentationDataset):
         return [c for c in cases if c not in set(val)], val
 
     def _iter_raw(self, cases: Sequence[str], progress: bool):
-        for case in tqdm(cases, desc="intensity percentiles", unit="case", disable=not progress, leave=False):
+        bar = progress_bar(cases, desc="intensity percentiles", unit="case", disable=not progress,
+                           leave=False)  # fmt: skip
+        for case in bar:
             img, lab = self._train_pairs[case]
             image, _ = read_image(img)
             check_finite(image, img)

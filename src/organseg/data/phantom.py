@@ -31,9 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy import ndimage
-from tqdm.auto import tqdm
 
-from organseg.checkpoint import atomic_write_text
 from organseg.data.completion import (
     check_disk_space,
     delete_planned,
@@ -45,6 +43,8 @@ from organseg.data.completion import (
 )
 from organseg.data.io import Geometry, write_image
 from organseg.errors import ConfigError, DataError
+from organseg.fileio import atomic_write_text, check_output_dir
+from organseg.progress import progress_bar
 from organseg.values import POSITIVE_INT, SEED, Rule, check_value
 
 SYNTHETIC_NOTE = (
@@ -540,8 +540,7 @@ def write_phantom_set(
     set."""
     out = Path(out)
     check_phantom_request(cases, size, num_slices, seed, out)
-    if out.exists() and not out.is_dir():
-        raise DataError(f"{out}: exists and is not a folder")
+    check_output_dir(out)
     planned: list[Path] = []
     entries = own_entries(out) if out.is_dir() else []
     if entries:
@@ -562,7 +561,7 @@ def write_phantom_set(
     delete_planned(planned)
     atomic_write_text(out / "SYNTHETIC.txt", SYNTHETIC_NOTE)
     written, meta = [], []
-    for i in tqdm(range(1, cases + 1), desc="phantom", unit="case", disable=not progress):
+    for i in progress_bar(range(1, cases + 1), desc="phantom", unit="case", disable=not progress):
         case_seed = seed * 1000 + i
         image, label, spacing = make_phantom_case(case_seed, size, num_slices)
         geom = phantom_geometry(image.shape, spacing)

@@ -28,9 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-from tqdm.auto import tqdm
 
-from organseg.checkpoint import atomic_write_text
 from organseg.data.classes import BTCV_CLASSES, BTCV_TO_SYNAPSE, SYNAPSE_CLASSES, remap_labels, unknown_ids
 from organseg.data.completion import (
     check_disk_space,
@@ -55,6 +53,8 @@ from organseg.data.io import (
 from organseg.data.preprocess import SYNAPSE_WINDOW, apply_preprocessing, ct_window_spec
 from organseg.data.synapse import PREPARE_RECORDS, SIDECAR
 from organseg.errors import ConfigError, DataError
+from organseg.fileio import atomic_write_text, check_output, check_output_dir
+from organseg.progress import progress_bar
 
 log = logging.getLogger("organseg.data")
 
@@ -463,8 +463,8 @@ def prepare_synapse(
         raise ConfigError(f"unknown_labels must be 'error' or 'background', got {unknown_labels!r}")
     spec = ct_window_spec(window)
     raw, out = Path(raw), Path(out)
-    if out.exists() and not out.is_dir():
-        raise DataError(f"{out}: exists and is not a folder")
+    check_output(out, {"--raw": raw}, folder=True)
+    check_output_dir(out)
     cases = find_raw_cases(raw)
     planned = _check_out_folder(out, raw, overwrite)
     train, test, rule = decide_split(
@@ -495,7 +495,8 @@ def prepare_synapse(
     check_disk_space(out, need, f"preparing {len(todo)} case(s)")
 
     # Pass 2: voxels of every case still to convert (NaN/inf, label ids, truncated data). Nothing written yet.
-    for case in tqdm(todo, desc="checking", unit="case", disable=not progress or not todo, leave=False):
+    checking = progress_bar(todo, desc="checking", unit="case", disable=not progress or not todo, leave=False)
+    for case in checking:
         _load_case(case, unknown_labels, warn=False)
 
     # Pass 3: convert. The record says "in progress" before the first file is deleted or written.
@@ -516,7 +517,7 @@ def prepare_synapse(
     mark_started(out, writer=WRITER, finish=finish, source=str(raw.resolve()))
     delete_planned(planned)
     converted = []
-    for case in tqdm(selected, desc="prepare synapse", unit="case", disable=not progress):
+    for case in progress_bar(selected, desc="prepare synapse", unit="case", disable=not progress):
         role = roles[case.number]
         if case not in todo:
             continue

@@ -21,13 +21,13 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from organseg.checkpoint import atomic_write_text
 from organseg.data.base import SegmentationDataset, Volume
 from organseg.errors import DataError
 from organseg.evaluation.inference import predict_volume
 from organseg.evaluation.metrics import SURFACE_METRICS, case_metrics_all
+from organseg.fileio import staged
+from organseg.progress import progress_bar
 
 #: status of a (case, class) pair under the corrected protocol
 SCORED, MISSED, FALSE_POSITIVE, ABSENT = "scored", "missed", "false_positive", "absent"
@@ -252,7 +252,8 @@ class EvaluationResult:
         return "\n".join(lines) + "\n"
 
     def write(self, folder: str | Path, extra_summary: dict[str, Any] | None = None) -> dict[str, Path]:
-        """Write ``per_case.csv``, ``per_case.json``, ``summary.json``, ``reference_log.txt`` atomically."""
+        """Write ``per_case.csv``, ``per_case.json``, ``summary.json``, ``reference_log.txt`` atomically, as
+        one set: a full disk leaves the previous results folder as it was, not a mix of old and new files."""
         folder = Path(folder)
         paths = {
             "per_case_csv": folder / "per_case.csv",
@@ -266,11 +267,16 @@ class EvaluationResult:
         writer.writeheader()
         for r in rows:
             writer.writerow({k: "" if v is None else v for k, v in r.items()})
-        atomic_write_text(paths["per_case_csv"], buf.getvalue())
-        atomic_write_text(paths["per_case_json"], json.dumps(self.per_case(), indent=1) + "\n")
         summary = {**self.summary(), **(extra_summary or {})}
-        atomic_write_text(paths["summary"], json.dumps(summary, indent=1) + "\n")
-        atomic_write_text(paths["reference_log"], self.reference_log())
+        texts = [
+            buf.getvalue(),
+            json.dumps(self.per_case(), indent=1) + "\n",
+            json.dumps(summary, indent=1) + "\n",
+            self.reference_log(),
+        ]
+        with staged(*paths.values()) as temps:
+            for tmp, text in zip(temps, texts, strict=True):
+                tmp.write_text(text, encoding="utf-8")
         return paths
 
 
@@ -308,7 +314,7 @@ def evaluate_dataset(
     ref, corr, pres, spacings, surf, slices = [], [], [], [], [], []
     infer_seconds = 0.0
     start = time.perf_counter()
-    bar = tqdm(case_ids, desc=f"{split} cases", unit="case", disable=not progress)
+    bar = progress_bar(case_ids, desc=f"{split} cases", unit="case", disable=not progress)
     for case_id in bar:
         vol = dataset.volume(case_id)
         if vol.label is None:

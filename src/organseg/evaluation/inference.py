@@ -34,11 +34,11 @@ import numpy as np
 import torch
 from scipy.ndimage import zoom
 from torch import nn
-from tqdm.auto import tqdm
 
 from organseg.errors import ConfigError
 from organseg.models.unet import UNet, prepare_for_speed
 from organseg.precision import autocast as autocast_context
+from organseg.progress import progress_bar
 
 #: A pixel whose two largest logits are closer than this (times max(1, |largest logit|)) is a near-tie; its
 #: slice is re-run alone. 40x the largest batch-vs-single difference measured (2.6e-6 at logits ~2.6).
@@ -276,7 +276,7 @@ def _batched(
         if not overlap:
             zoomed = iter(list(zoomed))
         done: list[tuple[np.ndarray, int]] = []
-        bar = tqdm(total=depth, desc="slices", unit="slice", disable=not progress, leave=False)
+        bar = progress_bar(total=depth, desc="slices", unit="slice", disable=not progress, leave=False)
         with torch.inference_mode(), autocast:
             for start in range(0, depth, batch_size):
                 n = min(batch_size, depth - start)

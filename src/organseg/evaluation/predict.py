@@ -15,11 +15,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from organseg.checkpoint import atomic_write_text, model_from_checkpoint, read_checkpoint
+from organseg.checkpoint import model_from_checkpoint, read_checkpoint
 from organseg.device import resolve_device
 from organseg.errors import ConfigError, DataError
 from organseg.evaluation.inference import predict_volume
 from organseg.evaluation.runs import checkpoint_patch_size
+from organseg.fileio import check_distinct, check_output, check_output_file, staged
 from organseg.values import POSITIVE_INT, check_value
 
 _OUT_SUFFIXES = (".nii.gz", ".nii", ".mha", ".nrrd")
@@ -56,6 +57,20 @@ def class_volumes(
     ]
 
 
+def check_predict_outputs(
+    checkpoint: str | Path | dict, input_path: str | Path, out: str | Path, overlay: str | Path | None
+) -> None:
+    """Before any work: the label map, its sidecar and the overlay must be writable places, distinct, and
+    none of them may be (or lie inside) the input scan or DICOM folder or the checkpoint."""
+    inputs = {"INPUT": input_path, "CHECKPOINT": None if isinstance(checkpoint, dict) else checkpoint}
+    outputs = {"--out": out, "--out's sidecar": sidecar_path(out), "--overlay": overlay}
+    for what, path in outputs.items():
+        if path is not None:
+            check_output(path, inputs, what=what)
+            check_output_file(path, what=what)
+    check_distinct(outputs)
+
+
 def predict_file(
     checkpoint: str | Path | dict,
     input_path: str | Path,
@@ -77,6 +92,7 @@ def predict_file(
     if not out.name.lower().endswith(_OUT_SUFFIXES):
         raise ConfigError(f"--out {out}: the label map needs an image suffix ({', '.join(_OUT_SUFFIXES)})")
     check_value("--batch-size", batch_size, POSITIVE_INT)
+    check_predict_outputs(checkpoint, input_path, out, overlay)
     device = resolve_device(device)
     source = "checkpoint" if isinstance(checkpoint, dict) else checkpoint
     ckpt = checkpoint if isinstance(checkpoint, dict) else read_checkpoint(checkpoint)
@@ -98,7 +114,6 @@ def predict_file(
     pred = np.ascontiguousarray(np.moveaxis(pred_ax, 0, axis))
     if not class_names:
         class_names = ["background"] + [f"class_{i}" for i in range(1, int(pred.max()) + 1)]
-    write_image(pred.astype(np.uint8 if len(class_names) <= 256 else np.int32), geometry, out)
     info = {
         "input": str(input_path),
         "output": str(out),
@@ -110,7 +125,11 @@ def predict_file(
         "preprocessing": spec,
         "classes": class_volumes(pred, class_names, geometry.spacing),
     }
-    atomic_write_text(sidecar_path(out), json.dumps(info, indent=1) + "\n")
+    # The label map and its sidecar appear together or not at all (a map without its JSON is half a result).
+    with staged(out, sidecar_path(out), suffix=True) as (tmp_map, tmp_json):
+        write_image(pred.astype(np.uint8 if len(class_names) <= 256 else np.int32), geometry, tmp_map,
+                    atomic=False)  # fmt: skip
+        tmp_json.write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
     if overlay is not None:
         plot_prediction(image_ax, np.asarray(pred_ax), class_names, overlay, title=Path(input_path).name)
     return info

@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from organseg.checkpoint import atomic_write_bytes, atomic_write_text
 from organseg.data.base import Volume
 from organseg.data.orientation import radiological_orientation
 from organseg.errors import DataError
 from organseg.evaluation.runs import read_metrics_log
 from organseg.evaluation.tables import PUBLISHED, columns, dataset_kind, results_table
+from organseg.fileio import atomic_write_bytes, atomic_write_text, check_output_dir, check_output_file
 
 if TYPE_CHECKING:
     from organseg.data.io import Geometry
@@ -350,6 +350,8 @@ def write_report(root: str | Path) -> Path:
     if not folders and not log.is_file():
         raise DataError(f"{root}: nothing to report (no results/*/summary.json and no metrics.jsonl)")
     fig_dir = root / "report"
+    check_output_file(root / "report.md", what="")
+    check_output_dir(fig_dir, what="")
     lines = [f"# organseg report: {root.resolve().name}", ""]
     for folder in folders:
         summary = _read_json(folder / "summary.json")

@@ -16,6 +16,7 @@ from organseg.evaluation.report import OVERLAY_FILE, OverlayCollector, write_rep
 from organseg.evaluation.runs import checkpoint_patch_size, resolve_target, results_dir
 from organseg.evaluation.tables import results_table
 from organseg.evaluation.viewer import VIEWER_DIR, CaseViewers, chain
+from organseg.fileio import check_output, check_output_dir, check_output_file
 from organseg.values import OPTIONAL_POSITIVE_INT, POSITIVE_INT, check_value
 
 
@@ -87,6 +88,18 @@ def run_test(
         )
     model.to(dev)
     folder = results_dir(tgt, split, out)
+    # Before the (long) evaluation: the results folder may not hold or sit in the data or the checkpoint.
+    what = "--out" if out is not None else "results folder"
+    check_output(
+        folder,
+        {"--data": getattr(dataset, "root", None), "CHECKPOINT": tgt.checkpoint_path},
+        what=what,
+        folder=True,
+    )
+    check_output_dir(folder, what=what)
+    if report:
+        report_root = tgt.run_dir if tgt.run_dir is not None and out is None else folder
+        check_output_file(Path(report_root) / "report.md", what="")
     collector = OverlayCollector()
     on_case = chain(
         _nifti_writer(folder / "nifti", collector) if save_nifti else collector,

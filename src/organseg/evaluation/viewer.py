@@ -29,9 +29,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from organseg.checkpoint import atomic_write_text
 from organseg.data.orientation import radiological_orientation
 from organseg.errors import DataError
+from organseg.fileio import atomic_write_text
 
 if TYPE_CHECKING:
     from organseg.data.base import Volume

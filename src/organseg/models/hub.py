@@ -129,13 +129,12 @@ def resolve_pretrained(
 def download_weights(pub: PublishedWeights, dest: Path, *, progress: bool = True) -> None:
     """Fetch ``pub.url`` to ``dest`` through a temporary file; only a checked, complete file is renamed."""
     import hashlib
-    import tempfile
     import urllib.error
     import urllib.request
 
-    from tqdm.auto import tqdm
-
     from organseg import __version__
+    from organseg.fileio import atomic_write
+    from organseg.progress import progress_bar
 
     def offline(reason: str) -> CheckpointError:
         return CheckpointError(
@@ -154,23 +153,23 @@ def download_weights(pub: PublishedWeights, dest: Path, *, progress: bool = True
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = str(getattr(exc, "reason", None) or exc).strip()
         raise offline(reason.splitlines()[0] if reason else type(exc).__name__) from None
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".download", dir=dest.parent)
-    tmp = Path(tmp_name)
-    digest = hashlib.sha256()
-    written = 0
-    try:
-        with response, os.fdopen(fd, "wb") as fh:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            bar = tqdm(
-                total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=pub.filename,
-                disable=not progress,
-            )  # fmt: skip
-            with bar:
+    def fetch(tmp: Path) -> None:
+        # Streamed into organseg's temporary (umask modes, stale-temporary sweep); only a file that passes
+        # every check below is renamed into the cache.
+        digest, written = hashlib.sha256(), 0
+        total = int(response.headers.get("Content-Length") or 0) or None
+        bar = progress_bar(
+            total=total, unit="B", desc=pub.filename, disable=not progress, unit_scale=True, unit_divisor=1024
+        )
+        try:
+            with response, open(tmp, "wb") as fh, bar:
                 while chunk := response.read(1 << 20):
                     fh.write(chunk)
                     digest.update(chunk)
                     written += len(chunk)
                     bar.update(len(chunk))
+        except (urllib.error.URLError, OSError) as exc:
+            raise offline(f"interrupted after {written} bytes: {exc}") from None
         if total is not None and written != total:
             raise CheckpointError(
                 f"{pub.url}: download incomplete ({written} of {total} bytes); run the command again"
@@ -181,12 +180,8 @@ def download_weights(pub: PublishedWeights, dest: Path, *, progress: bool = True
                 "(the prefix in the published file name): corrupt or replaced download"
             )
         check_published_layout(read_weights(tmp), pub, source=pub.url)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, dest)
-    except (urllib.error.URLError, OSError) as exc:
-        raise offline(f"interrupted after {written} bytes: {exc}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    atomic_write(dest, fetch)
 
 
 def check_published_layout(state: dict[str, torch.Tensor], pub: PublishedWeights, *, source: str) -> None:
@@ -198,10 +193,3 @@ def check_published_layout(state: dict[str, torch.Tensor], pub: PublishedWeights
     ]
     if wrong:
         raise CheckpointError(f"{source}: is not the {pub.what} file: {_first(wrong, 3)}")
-
-
-def _umask() -> int:
-    # os.umask can only be read by setting it; set it back at once (no thread here writes files meanwhile).
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask

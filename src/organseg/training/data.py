@@ -24,10 +24,10 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
-from tqdm import tqdm
 
 from organseg.data.base import SegmentationDataset
 from organseg.errors import ConfigError, DataError
+from organseg.progress import progress_bar
 from organseg.training.distributed import STREAM_BATCH, STREAM_SAMPLE, DistEnv, derive_seed
 
 
@@ -71,7 +71,7 @@ def _load_all(
     """Every training slice in memory at its own size (one stacked tensor when all sizes agree, as Synapse's
     512²; a list otherwise, as ACDC). Labels as uint8: a quarter of the memory of int64."""
     images, labels = [], []
-    for i in tqdm(range(len(slices)), desc="loading training slices", disable=not show, leave=False):
+    for i in progress_bar(range(len(slices)), desc="loading training slices", disable=not show, leave=False):
         image, label = slices[i]
         images.append(torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).to(device))
         labels.append(torch.from_numpy(np.ascontiguousarray(label)).to(device=device, dtype=torch.uint8))

@@ -23,19 +23,14 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
-from organseg.checkpoint import (
-    atomic_torch_save,
-    atomic_write_text,
-    make_checkpoint,
-    read_checkpoint,
-    validate_checkpoint,
-)
+from organseg.checkpoint import atomic_torch_save, make_checkpoint, read_checkpoint, validate_checkpoint
 from organseg.data.base import SegmentationDataset
 from organseg.errors import CheckpointError, ConfigError, DataError, OrgansegError
+from organseg.fileio import atomic_write_text, check_output, check_output_dir
 from organseg.losses import DiceCELoss
 from organseg.precision import autocast_dtype
+from organseg.progress import progress_bar, progress_write
 from organseg.training.config import config_differences, effective_lr, load_config, resolve_config, to_yaml
 from organseg.training.data import TrainBatches
 from organseg.training.distributed import (
@@ -60,6 +55,10 @@ RESUME_STATE = ("optimizer", "scaler", "iteration", "iterations_per_epoch", "bes
 
 class TrainingDiverged(OrgansegError):
     """The loss became NaN or infinite; the last good checkpoint is left untouched."""
+
+
+# What train writes in a run folder: an input elsewhere in the folder (a dataset kept beside the run) is safe.
+RUN_FILES = ("config.yaml", "env.json", "summary.json", "metrics.jsonl", "checkpoints", "tensorboard")
 
 
 def poly_lr(base_lr: float, iteration: int, max_iterations: int, power: float = 0.9) -> float:
@@ -134,6 +133,15 @@ def train(
     raw = config if isinstance(config, dict) else load_config(config)
     cfg = resolve_config(raw, data if isinstance(data, (str, Path)) else None)
     check_network(cfg)  # before the data are read and before the run folder exists
+    data_root = data if isinstance(data, (str, Path)) else getattr(data, "root", None)
+    config_file = config if isinstance(config, (str, Path)) and Path(config).is_file() else None
+    check_output(
+        out_dir,
+        {"--data": data_root or cfg["data"].get("root"), "PRESET_OR_YAML": config_file},
+        folder=True,
+        owned=RUN_FILES,
+    )
+    check_output_dir(out_dir)
     env = init_distributed(cfg["train"]["device"])
     # Threads and determinism are process-wide: put them back for the caller (tests, notebooks, compare).
     cudnn = torch.backends.cudnn
@@ -295,7 +303,7 @@ def _train(
     net.train()
     while it < max_iterations and stopped == "completed":
         epoch, start = divmod(it, ipe)
-        bar = tqdm(
+        bar = progress_bar(
             total=min(ipe, max_iterations - epoch * ipe),
             initial=start,
             desc=f"epoch {epoch + 1}/{max_epochs}",
@@ -490,7 +498,7 @@ def _validate(
     log.write(record)
     if env.is_main:
         dice = " ".join(f"{n} {m['dice']:.4f}" for n, m in rec["per_class"].items())
-        tqdm.write(
+        progress_write(
             f"val epoch {epoch + 1}: mean DSC {rec['mean_dice']:.4f} HD95 {rec['mean_hd95']:.2f} | {dice}"
         )
     return record

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from organseg.checkpoint import atomic_write_text
+from organseg.fileio import atomic_write_text
 
 
 def _version(dist_name: str) -> str | None:

@@ -1,0 +1,384 @@
+"""Files organseg writes: the one place that decides how a file reaches the disk and where it may go.
+
+Every writer in organseg goes through this module (see docs/files.md):
+
+- **Atomic**: the content goes to a hidden temporary file in the target's own folder, then ``os.replace``
+  puts it in place, so a reader (or a re-run after a crash) sees the old file or the whole new one, never half
+  of one. A failed write removes its temporary file; an :class:`OSError` (no space left, read-only folder)
+  becomes one :class:`~organseg.errors.OutputError` line naming the target, not the temporary.
+- **Modes as ``open()`` would give**: ``mkstemp`` creates files 0600; the final file gets ``0o666 & ~umask``
+  (0644 under the usual umask 022), so a colleague or a container can read datasets, checkpoints and reports.
+- **No leftovers**: temporaries are named ``.NAME.PID.RANDOM.tmp[SUFFIX]``. A writer killed with SIGKILL
+  cannot clean up, so each write of target ``NAME`` first removes the temporaries of the same target whose
+  writer process is gone (see :func:`sweep_stale`).
+- **Output places are checked before any work**: :func:`check_output` refuses an output that is, or lies
+  inside, or holds one of the verb's inputs; :func:`check_output_dir` / :func:`check_output_file` refuse a
+  place that cannot be written (a file where a folder must be, a folder where a file must be, a read-only
+  folder) with one line naming the path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import re
+import stat
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+
+from organseg.errors import OutputError
+
+PathLike = str | os.PathLike
+
+# A temporary whose writer's pid is gone is still left alone this long after its last change: it may belong
+# to a writer on another machine sharing the folder (its pid means nothing here), which keeps touching it.
+STALE_GRACE_S = 120.0
+# Temporaries without a pid in their name (written by organseg before 0.x): removed once this old.
+LEGACY_STALE_S = 3600.0
+
+_umask_cache: int | None = None
+
+
+def process_umask() -> int:
+    """The process umask, read once.
+
+    Linux shows it in /proc/self/status (no side effect). Elsewhere the only way is ``os.umask`` set and
+    restore, which briefly changes a process-wide setting: a file another thread creates in that instant would
+    get the wrong mode. Doing it once, at the first write, and caching the value keeps that window to one
+    moment at start-up; organseg never changes the umask itself.
+    """
+    global _umask_cache
+    if _umask_cache is None:
+        value = None
+        with contextlib.suppress(OSError, ValueError):
+            for line in Path("/proc/self/status").read_text(encoding="ascii").splitlines():
+                if line.startswith("Umask:"):
+                    value = int(line.split()[1], 8)
+                    break
+        if value is None:
+            value = os.umask(0o022)
+            os.umask(value)
+        _umask_cache = value
+    return _umask_cache
+
+
+def file_mode() -> int:
+    """The mode ``open()`` gives a new file: 0o666 less the umask."""
+    return 0o666 & ~process_umask()
+
+
+def _temp_pattern(name: str, suffix: str) -> re.Pattern[str]:
+    # mkstemp's random part uses [a-z0-9_], never a dot, so one target's temporaries never match another's.
+    return re.compile(rf"^\.{re.escape(name)}\.(\d+)\.[a-z0-9_]+\.tmp{re.escape(suffix)}$")
+
+
+def _legacy_pattern(name: str) -> re.Pattern[str]:
+    """Temporaries of earlier organseg versions: ``.NAME.RANDOM.tmp`` and ``.tmp-RANDOM-NAME``."""
+    n = re.escape(name)
+    return re.compile(rf"^(\.{n}\.[a-z0-9_]+\.tmp|\.tmp-[a-z0-9_]+-{n})$")
+
+
+def _pid_alive(pid: int) -> bool | None:
+    """Whether process ``pid`` runs on this machine; None where that cannot be asked safely."""
+    if pid == os.getpid():
+        return True
+    if os.name != "posix":  # Windows' os.kill(pid, 0) would terminate the process
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True  # someone else's live process (or an unknowable pid): keep its file
+    return True
+
+
+# Hidden names of each folder, listed once per process at the first write there: listing a folder of 2,000
+# training slices before each of 2,000 writes would cost seconds. A temporary that appears later belongs to a
+# live writer (this process or another) and is not stale now.
+_hidden: dict[str, set[str]] = {}
+
+
+def _hidden_names(folder: Path) -> set[str]:
+    key = os.path.abspath(folder)
+    names = _hidden.get(key)
+    if names is None:
+        try:
+            with os.scandir(folder) as it:
+                names = {e.name for e in it if e.name.startswith(".")}
+        except OSError:
+            names = set()
+        _hidden[key] = names
+    return names
+
+
+def sweep_stale(target: PathLike, *, now: float | None = None) -> list[Path]:
+    """Remove the temporaries a killed writer of ``target`` left behind; returns what was removed.
+
+    A temporary is stale when the process that wrote it (its pid is in the name) no longer runs on this
+    machine *and* it has not changed for :data:`STALE_GRACE_S` seconds. The pid test keeps a live writer's
+    file (e.g. two ``organseg`` processes writing the same report); the age test keeps the file of a writer on
+    another machine sharing the folder, whose pid is meaningless here. A reused pid only delays the clean-up.
+    The folder is listed once per process (see ``_hidden``).
+    """
+    target = Path(target)
+    folder = target.parent
+    if not folder.is_dir():
+        return []
+    name = target.name
+    hidden = _hidden_names(folder)
+    candidates = [n for n in hidden if n.startswith(f".{name}.") or n.startswith(".tmp-")]
+    if not candidates:
+        return []
+    now = time.time() if now is None else now
+    fresh = [_temp_pattern(name, s) for s in {"", *_suffixes(name)}]
+    legacy = _legacy_pattern(name)
+    removed = []
+    for entry in candidates:
+        path = folder / entry
+        match = next((m for p in fresh if (m := p.match(entry))), None)
+        if match is None and legacy.match(entry) is None:
+            continue
+        try:
+            st = os.lstat(path)
+        except OSError:
+            hidden.discard(entry)  # gone (renamed into place, or removed by its writer)
+            continue
+        age = now - st.st_mtime
+        if match is not None:
+            alive = _pid_alive(int(match.group(1)))
+            stale = (alive is False and age > STALE_GRACE_S) or (alive is None and age > LEGACY_STALE_S)
+        else:
+            stale = age > LEGACY_STALE_S
+        if stale and stat.S_ISREG(st.st_mode):
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+                hidden.discard(entry)
+                removed.append(path)
+    return removed
+
+
+def _suffixes(name: str) -> list[str]:
+    """Suffixes a format-sensitive writer may need on its temporary: ``.nii.gz`` as well as ``.gz``."""
+    parts = name.split(".")
+    return ["." + ".".join(parts[i:]) for i in range(1, len(parts))] if len(parts) > 1 else []
+
+
+def keep_suffix(name: str) -> str:
+    """The suffix a writer that picks its format by name (SimpleITK) needs: ``.nii.gz`` for a gzip NIfTI."""
+    lower = name.lower()
+    for double in (".nii.gz", ".tar.gz"):
+        if lower.endswith(double):
+            return name[-len(double) :]
+    return Path(name).suffix
+
+
+def _make_temp(target: Path, suffix: str) -> Path:
+    prefix = f".{target.name}.{os.getpid()}."
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=f".tmp{suffix}", dir=target.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def _mkdir(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise OutputError(f"{folder}: cannot create the folder, a file of that name is in the way") from None
+    except OSError as exc:
+        raise OutputError(f"{folder}: cannot create the folder ({_reason(exc)})") from None
+
+
+def _reason(exc: OSError) -> str:
+    if exc.errno == errno.ENOTDIR:
+        return "a part of the path is a file, not a folder"
+    return exc.strerror or str(exc)
+
+
+@contextlib.contextmanager
+def staged(*targets: PathLike, suffix: bool = False) -> Iterator[list[Path]]:
+    """Temporary paths for a set of files that belong together (a label map and its JSON sidecar).
+
+    The body writes each temporary; on success all are renamed into place, on any failure none is, and a
+    target already renamed when a later rename fails is removed again, so the set appears whole or not at all.
+    ``suffix=True`` keeps each target's format suffix on its temporary (for writers that choose the format
+    from the name). An OSError becomes an OutputError naming the target.
+    """
+    finals = [Path(t) for t in targets]
+    temps: list[Path] = []
+    current = finals[0] if finals else Path()
+    try:
+        for final in finals:
+            current = final
+            _mkdir(final.parent)
+            if final.is_dir():
+                raise OutputError(f"{final}: is a folder; a file is needed here")
+            sweep_stale(final)
+            temps.append(_make_temp(final, keep_suffix(final.name) if suffix else ""))
+        current = finals[0] if finals else current
+        yield temps
+        mode = file_mode()
+        for tmp, final in zip(temps, finals, strict=True):
+            current = final
+            os.chmod(tmp, mode)
+        done: list[Path] = []
+        try:
+            for tmp, final in zip(temps, finals, strict=True):
+                current = final
+                os.replace(tmp, final)
+                done.append(final)
+        except BaseException:
+            for final in done:
+                with contextlib.suppress(OSError):
+                    final.unlink()
+            raise
+    except OSError as exc:
+        raise OutputError(f"{current}: cannot write ({_reason(exc)})") from None
+    finally:
+        for tmp in temps:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+
+def atomic_write(path: PathLike, write: Callable[[Path], None], *, suffix: bool = False) -> None:
+    """Call ``write(tmp)`` to fill a temporary file, then put it in place as ``path`` (see module doc)."""
+    with staged(path, suffix=suffix) as (tmp,):
+        write(tmp)
+
+
+def atomic_write_bytes(path: PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see either the old file or the whole new one (fsync'ed)."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    atomic_write(path, write)
+
+
+def atomic_write_text(path: PathLike, text: str) -> None:
+    """UTF-8 text through :func:`atomic_write_bytes`."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+# --------------------------------------------------------------------------------------------- output places
+
+
+def _resolved(path: PathLike) -> Path:
+    return Path(os.path.abspath(path)).resolve(strict=False)
+
+
+def _same(a: PathLike, b: PathLike) -> bool:
+    try:
+        if os.path.exists(a) and os.path.exists(b):
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return _resolved(a) == _resolved(b)
+
+
+def _inside(inner: Path, outer: Path) -> bool:
+    return inner != outer and outer in inner.parents
+
+
+def check_output(
+    out: PathLike,
+    inputs: Mapping[str, PathLike | None],
+    *,
+    what: str = "--out",
+    folder: bool = False,
+    owned: Sequence[str] | None = None,
+) -> None:
+    """Refuse an output that would write over or into one of the verb's inputs (OutputError, one line).
+
+    ``inputs`` maps how the user named each input (``"INPUT"``, ``"--data"``) to its path; None entries are
+    skipped. An output is refused when it is the same file or folder as an input (symlinks and hard links
+    followed), or lies inside an input folder. For a ``folder`` output, an input inside it is refused too,
+    unless ``owned`` lists the names the verb writes in that folder and the input lies outside all of them.
+    """
+    out_r = _resolved(out)
+    for name, inp in inputs.items():
+        if inp is None or str(inp) == "":
+            continue
+        inp_r = _resolved(inp)
+        if _same(out, inp):
+            raise OutputError(
+                f"{what} {out} is the same as {name} {inp}: it would be overwritten; choose another path"
+            )
+        if _inside(out_r, inp_r):
+            raise OutputError(
+                f"{what} {out} lies inside {name} {inp}: organseg does not write into its inputs; "
+                "choose a place outside it"
+            )
+        if folder and _inside(inp_r, out_r):
+            places = [out_r] if owned is None else [out_r / n for n in owned]
+            if any(inp_r == p or _inside(inp_r, p) for p in places):
+                raise OutputError(
+                    f"{what} {out} holds {name} {inp}, which writing there could overwrite; "
+                    "choose another output folder"
+                )
+
+
+def check_distinct(outputs: Mapping[str, PathLike | None]) -> None:
+    """Refuse two outputs of one verb that are the same file (e.g. ``--overlay`` equal to ``--out``)."""
+    items = [(k, v) for k, v in outputs.items() if v is not None]
+    for i, (a, pa) in enumerate(items):
+        for b, pb in items[i + 1 :]:
+            if _same(pa, pb):
+                raise OutputError(f"{a} {pa} and {b} {pb} are the same file; give them different paths")
+
+
+def _nearest_existing(path: Path) -> Path:
+    p = path
+    while not p.exists() and not p.is_symlink():
+        if p.parent == p:
+            break
+        p = p.parent
+    return p
+
+
+def _check_place(folder: Path, label: str) -> None:
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"{label}: {folder} is a file, not a folder")
+    base = _nearest_existing(folder)
+    if base.exists() and not base.is_dir():
+        raise OutputError(f"{label}: {base} is a file, not a folder")
+    if base.is_dir() and not os.access(base, os.W_OK | os.X_OK):
+        reason = "read-only file system" if _read_only_fs(base) else "permission denied"
+        raise OutputError(f"{label}: cannot write in {base} ({reason})")
+
+
+def check_output_dir(path: PathLike, *, what: str = "--out") -> Path:
+    """Check, without creating anything, that ``path`` can be (or is) a folder organseg can write in.
+
+    OutputError naming the path when it is a file, when a part of it is a file, or when the nearest existing
+    folder is not writable (read-only folder or file system). Returns ``path`` as a Path.
+    """
+    path = Path(path)
+    label = f"{what} {path}".strip()
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{label}: is a file; a folder is needed here")
+    _check_place(path, label)
+    return path
+
+
+def check_output_file(path: PathLike, *, what: str = "--out") -> Path:
+    """Like :func:`check_output_dir` for a file to be written: a folder in its place is refused too."""
+    path = Path(path)
+    label = f"{what} {path}".strip()
+    if path.is_dir():
+        raise OutputError(f"{label}: is a folder; a file is needed here")
+    _check_place(path.parent, label)
+    return path
+
+
+def _read_only_fs(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):
+        return False
