@@ -176,7 +176,7 @@ def test_predict_full_disk_leaves_no_label_map_without_its_sidecar(world, tmp_pa
         return real(self, *args, **kwargs)
 
     monkeypatch.setattr(Path, "write_text", full)
-    one_line_error(capsys, ["predict", ck, scan, "--out", out, "--device", "cpu"],
+    one_line_error(capsys, ["predict", ck, scan, "--out", out, "--overwrite", "--device", "cpu"],
                    "pred.nii.gz: cannot write (No space left on device)")  # fmt: skip
     assert _listing(tmp_path) == before  # the earlier pair untouched, no temporaries
     new = tmp_path / "new.nii.gz"

@@ -43,8 +43,14 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
     atomic_write(path, write)
 
 
-def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """Load an organseg checkpoint safely; a missing, corrupt or foreign file raises CheckpointError."""
+def read_checkpoint(
+    path: str | Path, map_location: str | torch.device = "cpu", *, official: bool = False
+) -> dict:
+    """Load an organseg checkpoint safely; a missing, corrupt or foreign file raises CheckpointError.
+
+    ``official=True`` (``test`` and ``predict``) also accepts a checkpoint written by the official Swin-Unet
+    trainer (``torch.save(model.state_dict())``): it comes back in the same form, with empty ``class_names``
+    and ``preprocessing`` (the file does not record them) and ``source.kind == "official_swin_unet"``."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
@@ -54,6 +60,10 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         # torch's unpickling errors run over many lines; the first one says what is wrong.
         first = (str(exc).strip().splitlines() or [""])[0]
         raise CheckpointError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {first})") from None
+    if official and isinstance(obj, dict) and "format" not in obj:
+        from organseg.models.pretrained import official_swin_unet_checkpoint
+
+        return official_swin_unet_checkpoint(path)
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise CheckpointError(
             f"{path}: not an organseg checkpoint (expected a dict with format={FORMAT!r}); "

@@ -1,5 +1,7 @@
-"""``organseg predict CHECKPOINT INPUT --out OUT.nii.gz [--overlay OUT.png]``: segment a NIfTI file or a DICOM
-series folder; the label map keeps the input's size, spacing, origin and direction. See docs/evaluation.md."""
+"""``organseg predict CHECKPOINT INPUT [INPUT ...] --out OUT [--ensemble CKPT ...] [--tta] [--overwrite]
+[--format nifti|dicom-seg|both] [--viewer] [--overlay [OUT.png]]``: segment NIfTI files, DICOM series folders,
+folders of scans and glob patterns; each label map keeps its input's size, spacing, origin and direction.
+See docs/evaluation.md."""
 
 from __future__ import annotations
 
@@ -11,18 +13,51 @@ from organseg.values import POSITIVE_INT, option
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "predict",
-        help="segment a NIfTI file or DICOM series with a trained network",
+        help="segment NIfTI files or DICOM series with trained networks (one, an ensemble, TTA)",
         description=(
-            "Apply the checkpoint's preprocessing (e.g. the CT window) to INPUT, predict slice by slice "
-            "along the axial axis and write a label map with the input's geometry, plus OUT.json with the "
-            "class names and per-class volumes in millilitres."
+            "Apply the checkpoint's preprocessing (e.g. the CT window) to each INPUT, predict slice by slice "
+            "along the axial axis and write a label map with the input's geometry, plus a JSON sidecar with "
+            "the class names and per-class volumes in millilitres. With one INPUT, --out may name the label "
+            "map (OUT.nii.gz); otherwise --out is a folder and every case is named after its input "
+            "(DIR/NAME.nii.gz, NAME.json, NAME.dcm, NAME.html, NAME.png). A case whose files all exist is "
+            "skipped unless --overwrite; a case that fails is reported at the end and the others go on "
+            "(exit 1 if any failed)."
         ),
     )
-    p.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint file or run folder")
-    p.add_argument("input", metavar="INPUT", help="NIfTI file or DICOM series folder")
-    p.add_argument("--out", required=True, metavar="OUT.nii.gz", help="the label map to write")
-    p.add_argument("--overlay", metavar="OUT.png", help="also draw the slices with the most foreground")
-    p.add_argument("--series-uid", metavar="UID", help="which DICOM series, when the folder holds several")
+    p.add_argument(
+        "checkpoint",
+        metavar="CHECKPOINT",
+        help="checkpoint file (organseg's or an official Swin-Unet .pth), run folder, compare study folder, "
+        "or an ONNX model from organseg export",
+    )
+    p.add_argument(
+        "inputs", nargs="+", metavar="INPUT",
+        help="NIfTI files, DICOM series folders, folders of scans, globs",
+    )  # fmt: skip
+    p.add_argument(
+        "--out", required=True, metavar="OUT", help="the label map (one input, OUT.nii.gz) or a folder"
+    )
+    p.add_argument(
+        "--ensemble", nargs="+", default=[], metavar="CKPT",
+        help="more checkpoints, run folders or study folders: the softmax of all members is averaged",
+    )  # fmt: skip
+    p.add_argument(
+        "--models", nargs="+", metavar="NAME", help="only these networks of a study folder (e.g. swin_unet)"
+    )
+    p.add_argument("--tta", action="store_true", help="average over the mirror flips seen in training (4x)")
+    p.add_argument(
+        "--format", dest="formats", default="nifti", choices=("nifti", "dicom-seg", "both"),
+        help="nifti (default): the label map; dicom-seg: a DICOM Segmentation referencing the input series "
+        "(DICOM inputs only; written as OUT_STEM.dcm, or NAME.dcm in the --out folder; needs "
+        "organseg[dicom]); both",
+    )  # fmt: skip
+    p.add_argument("--viewer", action="store_true", help="also write OUT_STEM.html, a slice viewer page")
+    p.add_argument(
+        "--overlay", nargs="?", const=True, metavar="OUT.png",
+        help="also draw the slices with the most foreground (default name OUT_STEM.png)",
+    )  # fmt: skip
+    p.add_argument("--overwrite", action="store_true", help="redo cases whose outputs exist")
+    p.add_argument("--series-uid", metavar="UID", help="which DICOM series, when a folder holds several")
     p.add_argument(
         "--batch-size", type=option(POSITIVE_INT), default=16, help="slices per forward pass (default 16)"
     )
@@ -32,27 +67,37 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from organseg.evaluation.predict import expand_inputs, load_predictor, plan_cases, predict_many
 
-    from organseg.evaluation.predict import predict_file, sidecar_path
-    from organseg.evaluation.runs import resolve_target
-
-    ckpt = Path(args.checkpoint)
-    if ckpt.is_dir():
-        ckpt = resolve_target(ckpt).checkpoint_path
-    info = predict_file(
-        ckpt,
-        args.input,
-        args.out,
-        overlay=args.overlay,
-        batch_size=args.batch_size,
-        precision=args.precision,
-        device=args.device,
+    inputs = expand_inputs(args.inputs)
+    cases = plan_cases(inputs, args.out, formats=args.formats, viewer=args.viewer, overlay=args.overlay)
+    predictor = load_predictor(
+        args.checkpoint, ensemble=args.ensemble, models=args.models, tta=args.tta, batch_size=args.batch_size,
+        precision=args.precision, device=args.device,
+    )  # fmt: skip
+    for note in predictor.notes:
+        print(f"organseg predict: {note}")
+    outcomes = predict_many(
+        predictor, cases, sources=[args.checkpoint, *args.ensemble], overwrite=args.overwrite,
         series_uid=args.series_uid,
-    )
-    width = max(len(c["name"]) for c in info["classes"])
-    for c in info["classes"][1:]:
-        print(f"  {c['name']:<{width}}  {c['volume_ml']:10.1f} mL")
-    print(f"organseg predict: wrote {args.out} and {sidecar_path(args.out)}"
-          + (f" and {args.overlay}" if args.overlay else ""))
-    return 0
+    )  # fmt: skip
+    if len(outcomes) == 1 and outcomes[0].status == "failed":
+        from organseg.errors import OrgansegError
+
+        raise OrgansegError(outcomes[0].reason)  # one case: the usual one-line error, exit 2
+    for o in outcomes:
+        if o.status == "done" and o.info is not None:
+            vols = [f"{c['name']} {c['volume_ml']:.1f} mL" for c in o.info["classes"][1:] if c["voxels"]]
+            print(f"{o.case.name}: {', '.join(vols) or 'no foreground'}")
+            written = ", ".join(str(p) for p in o.case.outputs.values())
+            print(f"organseg predict: wrote {written}")
+    skipped = [o for o in outcomes if o.status == "skipped"]
+    failed = [o for o in outcomes if o.status == "failed"]
+    if len(outcomes) > 1 or skipped:
+        done = len(outcomes) - len(skipped) - len(failed)
+        print(f"organseg predict: {done} done, {len(skipped)} skipped (outputs exist), {len(failed)} failed")
+        for o in skipped:
+            print(f"  skipped {o.case.input}: {o.reason}")
+        for o in failed:
+            print(f"  FAILED {o.case.input}: {o.reason}")
+    return 1 if failed else 0

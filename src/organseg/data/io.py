@@ -299,6 +299,30 @@ def _dicom_series(folder: Path, series_uid: str | None) -> list[str]:
     return _check_series_geometry(folder, members[series_uid])
 
 
+def dicom_series_files(folder: str | Path, series_uid: str | None = None) -> list[Path]:
+    """The checked files of one DICOM series in ``folder``, sorted along the slice normal (the order the
+    volume is read in); DataError as :func:`read_image` for a damaged or ambiguous series."""
+    return [Path(f) for f in _dicom_series(Path(folder), series_uid)]
+
+
+def is_dicom_folder(path: str | Path) -> bool:
+    """Whether ``path`` is a folder holding DICOM files directly (a series folder, not a folder of scans):
+    some regular file in it carries the DICOM preamble's "DICM" marker."""
+    path = Path(path)
+    if not path.is_dir():
+        return False
+    for p in sorted(path.iterdir()):
+        if p.is_file() and not p.name.startswith(".") and not p.name.lower().endswith(IMAGE_SUFFIXES):
+            try:
+                with open(p, "rb") as fh:
+                    fh.seek(128)
+                    if fh.read(4) == b"DICM":
+                        return True
+            except OSError:
+                continue
+    return False
+
+
 _NIFTI_FLOATS = {16: "f4", 64: "f8"}  # NIfTI datatype codes of float32 / float64
 
 

@@ -1,29 +1,40 @@
-"""Segment a new scan (NIfTI file or DICOM series folder) with a trained checkpoint.
+"""Segment new scans (NIfTI files, DICOM series folders, folders of them) with trained networks.
 
 The raw intensities are mapped with the preprocessing recorded in the checkpoint (e.g. the Synapse CT
 window [-125, 275] HU -> [0, 1]); slices along the axial axis go through :func:`predict_volume` exactly as in
 the test protocol; the label map is written with the input's size, spacing, origin and direction. There is no
 resampling, as in the reference: each slice is zoomed to the network size and back.
+
+Many scans per call: the network (or the ensemble, see :mod:`organseg.evaluation.sources`) is built once and
+each case is written on its own. A case is complete when all its files exist; the JSON sidecar is written
+last, together with the label map (both or neither), after the DICOM-SEG, the viewer page and the overlay. A
+case that fails leaves none of the files it wrote and does not stop the others; a complete case is skipped
+unless ``overwrite``.
 """
 
 from __future__ import annotations
 
+import glob
 import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
-from organseg.checkpoint import model_from_checkpoint, read_checkpoint
 from organseg.device import resolve_device
-from organseg.errors import ConfigError, DataError
+from organseg.errors import ConfigError, DataError, OrgansegError
 from organseg.evaluation.inference import predict_volume
 from organseg.evaluation.runs import checkpoint_patch_size
 from organseg.fileio import check_distinct, check_output, check_output_file, staged
 from organseg.values import POSITIVE_INT, check_value
 
 _OUT_SUFFIXES = (".nii.gz", ".nii", ".mha", ".nrrd")
+FORMATS = ("nifti", "dicom-seg", "both")
 
 
 def axial_axis(direction: tuple[float, ...] | list[float]) -> int:
@@ -35,14 +46,17 @@ def axial_axis(direction: tuple[float, ...] | list[float]) -> int:
     return 2 - image_axis
 
 
+def _stem(name: str) -> str:
+    for suffix in (*_OUT_SUFFIXES, ".dcm"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
 def sidecar_path(out: str | Path) -> Path:
     """``OUT.nii.gz`` -> ``OUT.json``."""
     out = Path(out)
-    name = out.name
-    for suffix in _OUT_SUFFIXES:
-        if name.lower().endswith(suffix):
-            return out.with_name(name[: -len(suffix)] + ".json")
-    return out.with_name(name + ".json")
+    return out.with_name(_stem(out.name) + ".json")
 
 
 def class_volumes(
@@ -57,13 +71,201 @@ def class_volumes(
     ]
 
 
+# --------------------------------------------------------------------------------------------- the network
+
+
+@dataclass
+class Predictor:
+    """The network to apply (one checkpoint, or the softmax average of several and/or mirror TTA) and what
+    every case needs from its checkpoint(s): class names, intensity preprocessing, input size."""
+
+    model: nn.Module
+    ckpt: dict[str, Any]
+    sources: list[str]
+    class_names: list[str]
+    preprocessing: dict[str, Any]
+    tta: bool = False
+    batch_size: int = 16
+    precision: str = "fp32"
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        """For the DICOM-SEG algorithm identification: network, ensemble size, TTA."""
+        n = len(self.sources)
+        return f"organseg {self.ckpt.get('model_name')}" + (f" ensemble of {n}" if n > 1 else "") + (
+            " + TTA" if self.tta else ""
+        )
+
+
+def load_predictor(
+    checkpoint: str | Path | dict,
+    *,
+    ensemble: Sequence[str | Path] = (),
+    models: Sequence[str] | None = None,
+    tta: bool = False,
+    batch_size: int = 16,
+    precision: str = "fp32",
+    device: str | torch.device | None = "auto",
+) -> Predictor:
+    """Build the network(s) once for any number of cases; every setting is checked here, before any scan."""
+    from organseg.checkpoint import model_from_checkpoint
+    from organseg.evaluation.sources import _classes, combined, load_members, reference_defaults
+
+    check_value("--batch-size", batch_size, POSITIVE_INT)
+    dev = resolve_device(device)
+    if isinstance(checkpoint, dict):  # an in-memory checkpoint (tests, notebooks)
+        model, ckpt = model_from_checkpoint(checkpoint, source="checkpoint")
+        model, sources, notes = model.to(dev), ["checkpoint"], []
+        if ensemble or tta:
+            raise ConfigError("ensembles and TTA take checkpoint files")
+    else:
+        members = load_members([checkpoint, *ensemble], dev, models=models)
+        from organseg.evaluation.onnx import OnnxModel
+
+        if precision != "fp32" and any(isinstance(m.model, OnnxModel) for m in members):
+            raise ConfigError(f"--precision {precision}: ONNX models run in fp32; use the PyTorch checkpoint")
+        model, ckpt = combined(members, tta), members[0].ckpt
+        sources, notes = [m.source for m in members], [n for m in members for n in m.notes]
+        known = next((m.ckpt for m in members if m.ckpt.get("class_names")), None)
+        if known is not None:
+            ckpt = {**ckpt, "class_names": known["class_names"], "preprocessing": known.get("preprocessing")}
+    names = list(ckpt.get("class_names") or [])
+    spec = dict(ckpt.get("preprocessing") or {})
+    if not names:
+        names, spec, said = reference_defaults(_classes(ckpt))
+        notes.append(f"the checkpoint records no classes or preprocessing: using {said}")
+    return Predictor(
+        model=model, ckpt=ckpt, sources=sources, class_names=names, preprocessing=spec or {"kind": "none"},
+        tta=tta, batch_size=batch_size, precision=precision, device=dev, notes=notes,
+    )  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------ inputs, outputs
+
+
+@dataclass(frozen=True)
+class Case:
+    """One scan to predict and the files it gets."""
+
+    input: Path
+    name: str
+    label: Path | None  # the NIfTI (or other image format) label map, None with --format dicom-seg
+    sidecar: Path
+    dicom_seg: Path | None = None
+    viewer: Path | None = None
+    overlay: Path | None = None
+
+    @property
+    def outputs(self) -> dict[str, Path]:
+        found = {
+            "--out": self.label, "--out's sidecar": self.sidecar, "DICOM-SEG": self.dicom_seg,
+            "viewer": self.viewer, "--overlay": self.overlay,
+        }  # fmt: skip
+        return {k: v for k, v in found.items() if v is not None}
+
+    def done(self) -> bool:
+        return all(p.is_file() for p in self.outputs.values())
+
+
+def expand_inputs(items: Sequence[str | Path]) -> list[Path]:
+    """Files, DICOM series folders, folders of scans (their image files and DICOM series subfolders) and
+    glob patterns, in the order given (a folder's scans sorted by name)."""
+    from organseg.data.io import IMAGE_SUFFIXES, is_dicom_folder
+
+    found: list[Path] = []
+    for item in items:
+        text = str(item)
+        path = Path(text)
+        if not path.exists() and glob.has_magic(text):
+            matches = sorted(Path(p) for p in glob.glob(text))
+            if not matches:
+                raise DataError(f"{text}: no file or folder matches this pattern")
+            found += matches
+        elif path.is_dir() and not is_dicom_folder(path):
+            scans = sorted(
+                p for p in path.iterdir()
+                if not p.name.startswith(".")
+                and ((p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES)) or is_dicom_folder(p))
+            )  # fmt: skip
+            # A folder with no scans in it is read as a DICOM series: the reader then says what is wrong.
+            found += scans or [path]
+        else:
+            found.append(path)  # a scan or a series folder; a missing path fails as its own case
+    return found
+
+
+def _case_name(path: Path) -> str:
+    return _stem(path.name.rstrip("/")) or "scan"
+
+
+def plan_cases(
+    inputs: Sequence[Path],
+    out: str | Path,
+    *,
+    formats: str = "nifti",
+    viewer: bool = False,
+    overlay: str | Path | bool | None = None,
+) -> list[Case]:
+    """The output files of every case: ``--out`` names the label map when there is one input and it has an
+    image suffix (or ``.dcm``); otherwise ``--out`` is a folder and each case is named after its input."""
+    if formats not in FORMATS:
+        raise ConfigError(f"--format {formats!r}: expected one of {', '.join(FORMATS)}")
+    out = Path(out)
+    nifti, dicom = formats in ("nifti", "both"), formats in ("dicom-seg", "both")
+    lower = out.name.lower()
+    one_file = len(inputs) == 1 and lower.endswith((*_OUT_SUFFIXES, ".dcm"))
+    if not one_file and not out.is_dir() and "." in out.name:
+        if len(inputs) == 1:
+            raise ConfigError(
+                f"--out {out}: the label map needs an image suffix ({', '.join(_OUT_SUFFIXES)}), or give a "
+                "folder"
+            )
+        raise ConfigError(f"--out {out}: {len(inputs)} inputs are written into a folder; give a folder")
+    cases = []
+    for path in inputs:
+        if one_file:
+            base = out.with_name(_stem(out.name))
+            label_path = out if lower.endswith(_OUT_SUFFIXES) else base.with_name(base.name + ".nii.gz")
+        else:
+            base = out / _case_name(path)
+            label_path = base.with_name(base.name + ".nii.gz")
+        if overlay is None or overlay is False:
+            png = None
+        elif overlay is True or not one_file:
+            png = base.with_name(base.name + ".png")
+        else:
+            png = Path(overlay)
+        cases.append(Case(
+            input=path, name=_case_name(path), label=label_path if nifti else None,
+            sidecar=base.with_name(base.name + ".json"),
+            dicom_seg=base.with_name(base.name + ".dcm") if dicom else None,
+            viewer=base.with_name(base.name + ".html") if viewer else None, overlay=png,
+        ))  # fmt: skip
+    names = [c.name for c in cases]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice and not one_file:
+        raise ConfigError(f"inputs with the same name would write the same files: {', '.join(twice)}")
+    return cases
+
+
 def check_predict_outputs(
-    checkpoint: str | Path | dict, input_path: str | Path, out: str | Path, overlay: str | Path | None
+    checkpoint: str | Path | dict | Sequence[str | Path],
+    input_path: str | Path,
+    out: str | Path | Case,
+    overlay: str | Path | None = None,
 ) -> None:
-    """Before any work: the label map, its sidecar and the overlay must be writable places, distinct, and
-    none of them may be (or lie inside) the input scan or DICOM folder or the checkpoint."""
-    inputs = {"INPUT": input_path, "CHECKPOINT": None if isinstance(checkpoint, dict) else checkpoint}
-    outputs = {"--out": out, "--out's sidecar": sidecar_path(out), "--overlay": overlay}
+    """Before any work: every file of the case must be a writable place, distinct from the others, and none
+    may be (or lie inside) the input scan or DICOM folder or a checkpoint."""
+    sources = [checkpoint] if isinstance(checkpoint, str | Path | dict) else list(checkpoint)
+    inputs: dict[str, Any] = {"INPUT": input_path}
+    for n, src in enumerate(s for s in sources if not isinstance(s, dict)):
+        inputs["CHECKPOINT" if n == 0 else f"--ensemble member {n}"] = src
+    if isinstance(out, Case):
+        outputs: dict[str, Any] = out.outputs
+    else:
+        outputs = {"--out": out, "--out's sidecar": sidecar_path(out), "--overlay": overlay}
     for what, path in outputs.items():
         if path is not None:
             check_output(path, inputs, what=what)
@@ -71,8 +273,97 @@ def check_predict_outputs(
     check_distinct(outputs)
 
 
+# --------------------------------------------------------------------------------------------- one case
+
+
+def predict_case(predictor: Predictor, case: Case, *, series_uid: str | None = None, progress: bool = True
+                 ) -> dict[str, Any]:  # fmt: skip
+    """Predict one scan and write its files; returns the sidecar's content. On any failure the files this
+    call wrote are removed again, so the case is left without a sidecar: not done, redone by the next call."""
+    from organseg.data.io import dicom_series_files, read_image, write_image
+    from organseg.data.preprocess import apply_preprocessing
+
+    input_path = case.input
+    if case.dicom_seg is not None and not Path(input_path).is_dir():
+        raise ConfigError(
+            f"{input_path}: --format dicom-seg needs a DICOM series as input (a DICOM-SEG references the "
+            "images it segments); this input is not one: use --format nifti"
+        )
+    raw, geometry = read_image(input_path, series_uid=series_uid)
+    if min(raw.shape) < 2:
+        raise DataError(f"{input_path}: image of shape {raw.shape} is a single slice; a 3-D scan is needed")
+    image = apply_preprocessing(raw, predictor.preprocessing, source=str(input_path))
+    # Slice along the axial axis; reference data are stored axial-first, other acquisitions are turned to it.
+    axis = axial_axis(geometry.direction)
+    start = time.perf_counter()
+    pred_ax = predict_volume(
+        predictor.model, np.ascontiguousarray(np.moveaxis(image, axis, 0)),
+        checkpoint_patch_size(predictor.ckpt), predictor.batch_size, predictor.precision, predictor.device,
+        progress=progress,
+    )  # fmt: skip
+    seconds = time.perf_counter() - start
+    pred = np.ascontiguousarray(np.moveaxis(pred_ax, 0, axis))
+    names = predictor.class_names
+    info: dict[str, Any] = {
+        "input": str(input_path),
+        "output": str(case.label) if case.label else None,
+        "checkpoint": predictor.sources[0] if len(predictor.sources) == 1 else None,
+        "ensemble": predictor.sources if len(predictor.sources) > 1 else None,
+        "tta": predictor.tta,
+        "model_name": predictor.ckpt.get("model_name"),
+        "notes": predictor.notes,
+        "shape": list(pred.shape),
+        **geometry.to_dict(),
+        "axial_axis": axis,
+        "preprocessing": predictor.preprocessing,
+        "precision": predictor.precision,
+        "seconds": round(seconds, 3),
+        "classes": class_volumes(pred, names, geometry.spacing),
+    }
+    written: list[Path] = []
+    try:
+        if case.dicom_seg is not None:
+            from organseg import __version__
+            from organseg.evaluation.dicomseg import write_dicom_seg
+
+            params = {"checkpoints": "; ".join(Path(s).name for s in predictor.sources)}
+            params["tta"] = str(predictor.tta)
+            info["dicom_seg"] = write_dicom_seg(
+                pred, geometry, dicom_series_files(input_path, series_uid), names, case.dicom_seg,
+                algorithm={"name": predictor.name, "version": __version__, "parameters": params},
+            )  # fmt: skip
+            written.append(case.dicom_seg)
+        if case.viewer is not None:
+            from organseg.evaluation.viewer import write_viewer
+
+            write_viewer(
+                case.viewer, image, label=pred, geometry=geometry, class_names=names, title=case.name
+            )
+            written.append(case.viewer)
+            info["viewer"] = str(case.viewer)
+        if case.overlay is not None:
+            from organseg.evaluation.report import plot_prediction
+
+            plot_prediction(image, pred, names, case.overlay, geometry=geometry, title=Path(input_path).name)
+            written.append(case.overlay)
+            info["overlay"] = str(case.overlay)
+        # The label map and its sidecar appear together or not at all (a map without its JSON is half a
+        # result).
+        labels = pred.astype(np.uint8 if len(names) <= 256 else np.int32)
+        files = [p for p in (case.label, case.sidecar) if p is not None]
+        with staged(*files, suffix=True) as temps:
+            if case.label is not None:
+                write_image(labels, geometry, temps[0], atomic=False)
+            temps[-1].write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
+    except BaseException:
+        for p in written:
+            p.unlink(missing_ok=True)
+        raise
+    return info
+
+
 def predict_file(
-    checkpoint: str | Path | dict,
+    checkpoint: str | Path | dict | Predictor,
     input_path: str | Path,
     out: str | Path,
     *,
@@ -82,82 +373,62 @@ def predict_file(
     device: str | torch.device | None = "cpu",
     series_uid: str | None = None,
     progress: bool = True,
+    formats: str = "nifti",
+    viewer: bool = False,
 ) -> dict[str, Any]:
-    """Predict ``input_path`` and write the label map to ``out`` and its JSON sidecar (class names and
-    volumes); optionally an overlay PNG. Returns the sidecar's content."""
-    from organseg.data.io import read_image, write_image
-    from organseg.data.preprocess import apply_preprocessing
-
-    out = Path(out)
-    if not out.name.lower().endswith(_OUT_SUFFIXES):
-        raise ConfigError(f"--out {out}: the label map needs an image suffix ({', '.join(_OUT_SUFFIXES)})")
-    check_value("--batch-size", batch_size, POSITIVE_INT)
-    check_predict_outputs(checkpoint, input_path, out, overlay)
-    device = resolve_device(device)
-    source = "checkpoint" if isinstance(checkpoint, dict) else checkpoint
-    ckpt = checkpoint if isinstance(checkpoint, dict) else read_checkpoint(checkpoint)
-    model, ckpt = model_from_checkpoint(ckpt, source=source)
-    model.to(device)
-    class_names = list(ckpt.get("class_names") or [])
-    spec = ckpt.get("preprocessing") or {"kind": "none"}
-    raw, geometry = read_image(input_path, series_uid=series_uid)
-    if min(raw.shape) < 2:
-        raise DataError(f"{input_path}: image of shape {raw.shape} is a single slice; a 3-D scan is needed")
-    image = apply_preprocessing(raw, spec, source=str(input_path))
-    # Slice along the axial axis; reference data are stored axial-first, other acquisitions are turned to it.
-    axis = axial_axis(geometry.direction)
-    image_ax = np.moveaxis(image, axis, 0)
-    pred_ax = predict_volume(
-        model, np.ascontiguousarray(image_ax), checkpoint_patch_size(ckpt), batch_size, precision, device,
-        progress=progress,
-    )
-    pred = np.ascontiguousarray(np.moveaxis(pred_ax, 0, axis))
-    if not class_names:
-        class_names = ["background"] + [f"class_{i}" for i in range(1, int(pred.max()) + 1)]
-    info = {
-        "input": str(input_path),
-        "output": str(out),
-        "checkpoint": str(checkpoint) if not isinstance(checkpoint, dict) else None,
-        "model_name": ckpt.get("model_name"),
-        "shape": list(pred.shape),
-        **geometry.to_dict(),
-        "axial_axis": axis,
-        "preprocessing": spec,
-        "classes": class_volumes(pred, class_names, geometry.spacing),
-    }
-    # The label map and its sidecar appear together or not at all (a map without its JSON is half a result).
-    with staged(out, sidecar_path(out), suffix=True) as (tmp_map, tmp_json):
-        write_image(pred.astype(np.uint8 if len(class_names) <= 256 else np.int32), geometry, tmp_map,
-                    atomic=False)  # fmt: skip
-        tmp_json.write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
-    if overlay is not None:
-        plot_prediction(image_ax, np.asarray(pred_ax), class_names, overlay, title=Path(input_path).name)
-    return info
+    """Predict one scan to ``out`` (the label map) and its JSON sidecar (class names and volumes);
+    optionally an overlay PNG, a viewer page and a DICOM-SEG. Returns the sidecar's content."""
+    (case,) = plan_cases([Path(input_path)], out, formats=formats, viewer=viewer, overlay=overlay)
+    check_predict_outputs(checkpoint if not isinstance(checkpoint, Predictor) else [], input_path, case)
+    predictor = checkpoint if isinstance(checkpoint, Predictor) else load_predictor(
+        checkpoint, batch_size=batch_size, precision=precision, device=device
+    )  # fmt: skip
+    return predict_case(predictor, case, series_uid=series_uid, progress=progress)
 
 
-def plot_prediction(
-    image: np.ndarray, pred: np.ndarray, class_names: list[str], path: str | Path, title: str = "", k: int = 3
-) -> Path:
-    """``k`` axial slices with the most predicted foreground: image and overlay side by side, a legend."""
-    from matplotlib.patches import Patch
+# --------------------------------------------------------------------------------------------- many cases
 
-    from organseg.evaluation.report import _pyplot, _save_figure, class_color, colorize
 
-    plt = _pyplot()
-    area = (pred > 0).reshape(pred.shape[0], -1).sum(axis=1)
-    zs = sorted(np.argsort(-area, kind="stable")[: min(k, pred.shape[0])].tolist())
-    fig, axes = plt.subplots(len(zs), 2, figsize=(7, 3.3 * len(zs)), squeeze=False)
-    for r, z in enumerate(zs):
-        for c in range(2):
-            ax = axes[r, c]
-            ax.imshow(image[z], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-            if c:
-                ax.imshow(colorize(pred[z], len(class_names)), alpha=0.5, interpolation="nearest")
-            ax.set_title(f"{title} slice {z}" + (": prediction" if c else ""), fontsize=8)
-            ax.axis("off")
-    present = [c for c in range(1, len(class_names)) if np.any(pred == c)]
-    handles = [Patch(color=class_color(c), label=class_names[c]) for c in present]
-    if handles:
-        fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 4), fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
-    return _save_figure(fig, Path(path))
+@dataclass
+class Outcome:
+    case: Case
+    status: str  # "done" | "skipped" | "failed"
+    reason: str = ""
+    info: dict[str, Any] | None = None
+
+
+def predict_many(
+    predictor: Predictor,
+    cases: Sequence[Case],
+    *,
+    sources: Sequence[str | Path] = (),
+    overwrite: bool = False,
+    series_uid: str | None = None,
+    progress: bool = True,
+) -> list[Outcome]:
+    """Every case in turn, one progress bar over the cases; a failing case is recorded and the rest go on."""
+    from organseg.progress import progress_bar
+
+    for case in cases:  # before any work: no output may land on an input, whichever case it belongs to
+        check_predict_outputs(list(sources), case.input, case)
+        for other in cases:
+            if other is not case:
+                for path in case.outputs.values():
+                    check_output(path, {"INPUT": other.input}, what=f"output of {case.name}")
+    outcomes: list[Outcome] = []
+    bar = progress_bar(total=len(cases), desc="cases", unit="case", disable=not progress or len(cases) < 2)
+    with bar:
+        for case in cases:
+            if case.done() and not overwrite:
+                outcomes.append(Outcome(case, "skipped", "outputs exist (--overwrite replaces them)"))
+            else:
+                try:
+                    inner = progress and len(cases) == 1  # the slice bar only when there is no case bar
+                    info = predict_case(predictor, case, series_uid=series_uid, progress=inner)
+                    outcomes.append(Outcome(case, "done", info=info))
+                except (OrgansegError, OSError, RuntimeError, ValueError, MemoryError) as exc:
+                    # One bad scan (a damaged file, an odd geometry, memory) must not stop the others.
+                    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                    outcomes.append(Outcome(case, "failed", reason))
+            bar.update(1)
+    return outcomes

@@ -1,0 +1,163 @@
+"""What ``test`` and ``predict`` apply: one network, or the softmax average of several, from any source.
+
+A source is a checkpoint file (organseg's, or one written by the official Swin-Unet trainer), an ONNX model
+from ``organseg export``, a run folder (its best checkpoint, else last), or an ``organseg compare`` study
+folder (every run in ``runs/``, optionally only some networks). Several sources are averaged in softmax
+space (:class:`~organseg.evaluation.inference.SoftmaxAverage`); the members must agree on the classes, the
+intensity preprocessing and the input size, since one image goes through all of them.
+
+An official Swin-Unet checkpoint records neither its class names nor how intensities were mapped. ``test``
+takes both from the dataset; ``predict`` uses the reference defaults (9 classes: the Synapse classes and CT
+window [-125, 275] HU; 4 classes: ACDC, per-image min-max) and says so in its output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from organseg.checkpoint import model_from_checkpoint, read_checkpoint
+from organseg.errors import CheckpointError, ConfigError
+from organseg.evaluation.inference import averaged
+from organseg.evaluation.runs import RunTarget, checkpoint_patch_size, resolve_target
+
+STUDY_RUNS = "runs"  # organseg compare's folder of runs inside a study
+
+
+@dataclass
+class Member:
+    """One network to apply: where it came from, the network, and its checkpoint fields."""
+
+    target: RunTarget
+    model: nn.Module
+    ckpt: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def source(self) -> str:
+        return str(self.target.checkpoint_path)
+
+    @property
+    def official(self) -> bool:
+        return (self.ckpt.get("source") or {}).get("kind") == "official_swin_unet"
+
+
+def expand_source(
+    spec: str | Path, *, checkpoint: str | None = None, models: Sequence[str] | None = None
+) -> list[RunTarget]:
+    """The checkpoint(s) a source names; a study folder stands for its runs (``models`` filters them)."""
+    path = Path(spec)
+    runs = path / STUDY_RUNS
+    if path.is_dir() and not (path / "checkpoints").is_dir() and runs.is_dir():
+        found = []
+        for run in sorted(p for p in runs.iterdir() if (p / "checkpoints").is_dir()):
+            if models and _run_model(run) not in models:
+                continue
+            found.append(resolve_target(run, checkpoint))
+        if not found:
+            which = f" of network(s) {', '.join(models)}" if models else ""
+            raise CheckpointError(f"{path}: a study folder with no finished run{which} in {runs}")
+        return found
+    if models:
+        raise ConfigError(f"--models filters the runs of a study folder; {path} is not one")
+    return [resolve_target(path, checkpoint)]
+
+
+def _run_model(run: Path) -> str | None:
+    import yaml
+
+    try:
+        cfg = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")) or {}
+        return (cfg.get("model") or {}).get("name")
+    except (OSError, yaml.YAMLError, AttributeError):
+        return None
+
+
+def load_member(target: RunTarget, device: torch.device) -> Member:
+    """Build one source's network on ``device`` (an ONNX model runs on the CPU through ONNX Runtime)."""
+    from organseg.evaluation.onnx import is_onnx_path, load_onnx
+
+    path = target.checkpoint_path
+    if is_onnx_path(path):
+        model, info = load_onnx(path)
+        return Member(target, model, info)
+    ckpt = read_checkpoint(path, official=True)
+    model, ckpt = model_from_checkpoint(ckpt, source=path)
+    member = Member(target, model.to(device), ckpt)
+    if member.official:
+        member.notes.append(f"{path}: official Swin-Unet checkpoint, {_classes(ckpt)} classes from its head")
+    return member
+
+
+def _classes(ckpt: dict[str, Any]) -> int:
+    from organseg.models._registry import head_key
+
+    head = head_key(ckpt["model_name"])
+    weights = ckpt.get("model") or {}
+    if head in weights:
+        return int(weights[head].shape[0])
+    return int(ckpt.get("model_args", {}).get("num_classes", 0))
+
+
+def load_members(
+    sources: Sequence[str | Path],
+    device: torch.device,
+    *,
+    checkpoint: str | None = None,
+    models: Sequence[str] | None = None,
+) -> list[Member]:
+    """Every network the sources name, checked to agree (classes, preprocessing, input size)."""
+    targets = [t for spec in sources for t in expand_source(spec, checkpoint=checkpoint, models=models)]
+    seen: set[Path] = set()
+    members = []
+    for t in targets:
+        key = t.checkpoint_path.resolve()
+        if key in seen:
+            raise ConfigError(f"{t.checkpoint_path}: named twice among the ensemble members")
+        seen.add(key)
+        members.append(load_member(t, device))
+    first = members[0]
+    for m in members[1:]:
+        _check_agree(first, m)
+    return members
+
+
+def _check_agree(a: Member, b: Member) -> None:
+    what = f"ensemble members {a.source} and {b.source}"
+    if _classes(a.ckpt) != _classes(b.ckpt):
+        raise ConfigError(f"{what} predict {_classes(a.ckpt)} and {_classes(b.ckpt)} classes")
+    na, nb = a.ckpt.get("class_names") or [], b.ckpt.get("class_names") or []
+    if na and nb and [n.lower() for n in na] != [n.lower() for n in nb]:
+        raise ConfigError(f"{what} have other class names: {na} vs {nb}")
+    pa, pb = a.ckpt.get("preprocessing") or {}, b.ckpt.get("preprocessing") or {}
+    if pa and pb and pa != pb:
+        raise ConfigError(f"{what} map intensities differently: {pa} vs {pb}")
+    sa, sb = checkpoint_patch_size(a.ckpt), checkpoint_patch_size(b.ckpt)
+    if sa != sb:
+        raise ConfigError(f"{what} take inputs of {sa} and {sb} pixels")
+
+
+def combined(members: Sequence[Member], tta: bool = False) -> nn.Module:
+    """The one network to run: a single member as it is, else the softmax average (and/or mirror TTA)."""
+    return averaged([m.model for m in members], tta=tta)
+
+
+def reference_defaults(num_classes: int) -> tuple[list[str], dict[str, Any], str]:
+    """Class names and preprocessing for a network whose checkpoint does not record them (official
+    Swin-Unet checkpoints), as the reference data were prepared, and the sentence that says so."""
+    from organseg.data.classes import ACDC_CLASSES, SYNAPSE_CLASSES
+
+    if num_classes == len(ACDC_CLASSES):
+        return list(ACDC_CLASSES), {"kind": "minmax"}, "the ACDC classes and per-image min-max intensities"
+    names = list(SYNAPSE_CLASSES) if num_classes == len(SYNAPSE_CLASSES) else (
+        ["background"] + [f"class_{i}" for i in range(1, num_classes)]
+    )
+    return names, {"kind": "ct_window", "window": [-125, 275]}, (
+        ("the Synapse classes" if num_classes == len(SYNAPSE_CLASSES) else f"{num_classes} unnamed classes")
+        + " and the reference CT window [-125, 275] HU"
+    )

@@ -1,0 +1,251 @@
+"""``organseg predict`` at scale: many inputs per call (files, folders, globs, DICOM series), a failing case
+in the middle, skip/overwrite, ensembles and TTA equal to their definitions, official checkpoints, study
+folders, DICOM-SEG and viewer outputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from organseg.checkpoint import atomic_torch_save, make_checkpoint
+from organseg.cli.main import main
+from organseg.data.classes import SYNAPSE_CLASSES
+from organseg.data.io import Geometry, read_image, write_image
+from organseg.data.preprocess import apply_preprocessing, ct_window_spec
+from organseg.evaluation.inference import averaged, predict_volume
+from organseg.models import create_model
+
+TINY = {"img_size": 64, "embed_dim": 12, "num_heads": [1, 2, 3, 4], "window_size": 4}
+CFG = {"model": {"name": "swin_unet", "args": dict(TINY)}, "train": {"img_size": 64}}
+
+
+def _net(seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    net = create_model("swin_unet", num_classes=9, **TINY).eval()
+    with torch.no_grad():  # a random head with spread logits: varied labels, so comparisons mean something
+        net.swin_unet.output.weight.normal_(0, 2.0)
+    return net
+
+
+def _checkpoint(path: Path, seed: int) -> Path:
+    ckpt = make_checkpoint(
+        _net(seed), model_name="swin_unet", model_args={**TINY, "num_classes": 9},
+        class_names=list(SYNAPSE_CLASSES), preprocessing=ct_window_spec(), config=CFG,
+    )  # fmt: skip
+    atomic_torch_save(ckpt, path)
+    return path
+
+
+def _run(root: Path, seed: int) -> Path:
+    """A run folder as train leaves it (config + best.pt)."""
+    root.mkdir(parents=True)
+    (root / "config.yaml").write_text(yaml.safe_dump(CFG))
+    _checkpoint(root / "checkpoints" / "best.pt", seed)
+    return root
+
+
+def _scan(path: Path, seed: int, shape=(3, 40, 36)) -> Path:
+    rng = np.random.default_rng(seed)
+    hu = rng.uniform(-200, 300, shape).astype(np.float32)
+    write_image(hu, Geometry(spacing=(2.5, 0.8, 0.8), origin=(1.0, 2.0, 3.0)), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("many")
+    scans = root / "scans"
+    scans.mkdir()
+    for i in range(3):
+        _scan(scans / f"case{i}.nii.gz", i)
+    return {
+        "root": root, "scans": scans, "a": _checkpoint(root / "a.pt", 1), "b": _checkpoint(root / "b.pt", 2),
+        "c": _checkpoint(root / "c.pt", 3),
+    }  # fmt: skip
+
+
+def _expected(ckpts: list[Path], scan: Path, tta: bool = False) -> np.ndarray:
+    """The definition: argmax of the mean of the members' softmax over the mirror flips (if TTA)."""
+    nets = []
+    for p in ckpts:
+        from organseg.checkpoint import model_from_checkpoint
+
+        nets.append(model_from_checkpoint(p)[0])
+    raw, _ = read_image(scan)
+    image = apply_preprocessing(raw, ct_window_spec())
+    return predict_volume(averaged(nets, tta=tta), image, 64)
+
+
+def test_many_inputs_with_a_failing_case_in_the_middle(world, tmp_path, capsys):
+    scans = world["scans"]
+    broken = tmp_path / "in" / "broken.nii.gz"
+    broken.parent.mkdir()
+    broken.write_bytes(b"not a NIfTI file at all")
+    out = tmp_path / "out"
+    argv = ["predict", str(world["a"]), str(scans / "case0.nii.gz"), str(broken), str(scans / "case1.nii.gz")]
+    assert main([*argv, "--out", str(out), "--device", "cpu"]) == 1
+    printed = capsys.readouterr().out
+    assert "2 done, 0 skipped (outputs exist), 1 failed" in printed
+    assert f"FAILED {broken}: {broken}" in printed  # the reason names the file
+    written = sorted(p.name for p in out.iterdir())
+    assert written == ["case0.json", "case0.nii.gz", "case1.json", "case1.nii.gz"]
+    for name in ("case0", "case1"):
+        pred, geom = read_image(out / f"{name}.nii.gz")
+        np.testing.assert_array_equal(pred, _expected([world["a"]], scans / f"{name}.nii.gz"))
+        assert geom.spacing == pytest.approx((2.5, 0.8, 0.8))
+        assert json.loads((out / f"{name}.json").read_text())["input"] == str(scans / f"{name}.nii.gz")
+
+
+def test_folder_glob_skip_and_overwrite(world, tmp_path, capsys):
+    out = tmp_path / "out"
+    scans = world["scans"]
+    assert main(["predict", str(world["a"]), str(scans), "--out", str(out), "--device", "cpu"]) == 0
+    assert "3 done, 0 skipped (outputs exist), 0 failed" in capsys.readouterr().out
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    assert len(before) == 6
+    pattern = str(scans / "case*.nii.gz")
+    assert main(["predict", str(world["a"]), pattern, "--out", str(out), "--device", "cpu"]) == 0
+    assert "0 done, 3 skipped (outputs exist), 0 failed" in capsys.readouterr().out
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before  # nothing rewritten
+    (out / "case1.json").unlink()  # an incomplete case is redone even without --overwrite
+    assert main(["predict", str(world["a"]), pattern, "--out", str(out), "--device", "cpu"]) == 0
+    assert "1 done, 2 skipped" in capsys.readouterr().out
+    assert main(["predict", str(world["a"]), pattern, "--out", str(out), "--overwrite", "--device", "cpu"]) \
+        == 0
+    assert "3 done, 0 skipped" in capsys.readouterr().out
+
+
+def test_bad_plans_are_refused_before_any_work(world, tmp_path, capsys):
+    scans = world["scans"]
+    two = [str(scans / "case0.nii.gz"), str(scans / "case1.nii.gz")]
+    err = _one_line(capsys, ["predict", str(world["a"]), *two, "--out", str(tmp_path / "x.nii.gz")])
+    assert "2 inputs are written into a folder" in err
+    twin = tmp_path / "twin"
+    twin.mkdir()
+    _scan(twin / "case0.nii.gz", 9)
+    same = [str(scans / "case0.nii.gz"), str(twin / "case0.nii.gz")]
+    err = _one_line(capsys, ["predict", str(world["a"]), *same, "--out", str(tmp_path / "o")])
+    assert "inputs with the same name would write the same files: case0" in err
+    err = _one_line(capsys, ["predict", str(world["a"]), str(scans), "--out", str(scans)])
+    assert "lies inside INPUT" in err or "is the same as INPUT" in err
+    err = _one_line(capsys, ["predict", str(world["a"]), str(tmp_path / "nothing*.nii.gz"), "--out", "o"])
+    assert "no file or folder matches this pattern" in err
+    err = _one_line(capsys, ["predict", str(world["a"]), str(scans / "case0.nii.gz"), "--out",
+                             str(tmp_path / "d.nii.gz"), "--format", "dicom-seg"])  # fmt: skip
+    assert "needs a DICOM series as input" in err and not (tmp_path / "d.dcm").exists()
+    assert not (tmp_path / "o").exists()
+
+
+def _one_line(capsys, argv: list[str]) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("organseg predict: error:"), err
+    return err
+
+
+def test_ensemble_and_tta_equal_their_definition(world, tmp_path, capsys):
+    scan = world["scans"] / "case2.nii.gz"
+    out = tmp_path / "ens.nii.gz"
+    argv = ["predict", str(world["a"]), str(scan), "--out", str(out), "--device", "cpu"]
+    assert main([*argv, "--ensemble", str(world["b"]), str(world["c"])]) == 0
+    pred, _ = read_image(out)
+    want = _expected([world["a"], world["b"], world["c"]], scan)
+    np.testing.assert_array_equal(pred, want)
+    singles = [_expected([world[k]], scan) for k in "abc"]
+    assert any((want != s).any() for s in singles)  # the average is not just one member
+    info = json.loads(out.with_name("ens.json").read_text())
+    assert info["ensemble"] == [str(world[k]) for k in "abc"] and info["tta"] is False
+
+    out2 = tmp_path / "tta.nii.gz"
+    assert main(["predict", str(world["a"]), str(scan), "--out", str(out2), "--tta", "--device", "cpu"]) == 0
+    np.testing.assert_array_equal(read_image(out2)[0], _expected([world["a"]], scan, tta=True))
+
+
+def test_ensemble_members_must_agree(world, tmp_path, capsys):
+    other = tmp_path / "acdc.pt"
+    torch.manual_seed(5)
+    net = create_model("swin_unet", num_classes=4, **TINY)
+    atomic_torch_save(make_checkpoint(net, model_name="swin_unet", model_args={**TINY, "num_classes": 4},
+                                      class_names=["background", "RV", "Myo", "LV"],
+                                      preprocessing={"kind": "minmax"}, config=CFG), other)  # fmt: skip
+    err = _one_line(capsys, ["predict", str(world["a"]), str(world["scans"] / "case0.nii.gz"), "--out",
+                             str(tmp_path / "o.nii.gz"), "--ensemble", str(other)])  # fmt: skip
+    assert "predict 9 and 4 classes" in err
+
+
+def test_study_folder_with_a_model_filter(world, tmp_path, capsys):
+    study = tmp_path / "study"
+    _run(study / "runs" / "swin_unet_seed1", 1)
+    _run(study / "runs" / "swin_unet_seed2", 2)
+    scan = world["scans"] / "case0.nii.gz"
+    out = tmp_path / "s.nii.gz"
+    assert main(["predict", str(study), str(scan), "--out", str(out), "--models", "swin_unet",
+                 "--device", "cpu"]) == 0  # fmt: skip
+    np.testing.assert_array_equal(read_image(out)[0], _expected([world["a"], world["b"]], scan))
+    err = _one_line(capsys, ["predict", str(study), str(scan), "--out", str(tmp_path / "u.nii.gz"),
+                             "--models", "unet"])  # fmt: skip
+    assert "no finished run of network(s) unet" in err
+
+
+def test_official_checkpoint_applied_directly(world, tmp_path, capsys):
+    official = tmp_path / "epoch_149.pth"
+    torch.save({"module." + k: v for k, v in _net(1).state_dict().items()}, official)  # DataParallel names
+    scan = world["scans"] / "case1.nii.gz"
+    out = tmp_path / "off.nii.gz"
+    assert main(["predict", str(official), str(scan), "--out", str(out), "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert "official Swin-Unet checkpoint, 9 classes from its head" in printed
+    assert "the Synapse classes and the reference CT window [-125, 275] HU" in printed
+    # The same weights as the organseg checkpoint "a", the same (reference) CT window: the same labels.
+    np.testing.assert_array_equal(read_image(out)[0], _expected([world["a"]], scan))
+    info = json.loads(out.with_name("off.json").read_text())
+    assert [c["name"] for c in info["classes"]] == list(SYNAPSE_CLASSES)
+    assert any("records no classes" in n for n in info["notes"])
+    headless = tmp_path / "headless.pth"
+    torch.save({k: v for k, v in _net(1).state_dict().items() if ".output." not in k}, headless)
+    err = _one_line(capsys, ["predict", str(headless), str(scan), "--out", str(tmp_path / "h.nii.gz")])
+    assert "without a class head" in err
+
+
+def test_viewer_and_overlay_named_after_the_case(world, tmp_path):
+    out = tmp_path / "v"
+    two = [str(world["scans"] / "case0.nii.gz"), str(world["scans"] / "case1.nii.gz")]
+    argv = ["predict", str(world["a"]), *two]
+    assert main([*argv, "--out", str(out), "--viewer", "--overlay", "--device", "cpu"]) == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted(f"case{i}.{ext}" for i in (0, 1) for ext in ("html", "json", "nii.gz", "png"))
+    page = (out / "case0.html").read_text()
+    assert "<html" in page.lower() and "http://" not in page and "https://" not in page
+
+
+def test_dicom_seg_from_the_real_series(world, tmp_path, totalseg_dir, capsys):
+    hd = pytest.importorskip("highdicom", reason="the dicom extra (highdicom) is not installed")
+    series = totalseg_dir / "example_ct_dicom"
+    out = tmp_path / "ct.nii.gz"
+    argv = ["predict", str(world["a"]), str(series), "--out", str(out), "--format", "both", "--device", "cpu"]
+    assert main(argv) == 0
+    label, geometry = read_image(out)
+    seg = hd.seg.segread(tmp_path / "ct.dcm")
+    info = json.loads((tmp_path / "ct.json").read_text())
+    segments = info["dicom_seg"]["segments"]
+    assert [s["class"] for s in segments] == sorted(int(c) for c in np.unique(label) if c)
+    import pydicom
+
+    files = sorted(series.iterdir())
+    headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
+    uids = [str(h.file_meta.MediaStorageSOPInstanceUID) for h in headers]
+    numbers = seg.get_pixels_by_source_instance(uids, combine_segments=True, relabel=False)
+    back = np.zeros(numbers.shape, np.uint8)
+    for s in segments:
+        back[numbers == s["segment"]] = s["class"]
+    d = np.asarray(geometry.direction).reshape(3, 3)
+    ks = [round(float(np.dot(np.asarray(h.ImagePositionPatient, float) - geometry.origin, d[:, 2]))
+                / geometry.spacing[0]) for h in headers]  # fmt: skip
+    np.testing.assert_array_equal(back, label[ks])  # voxel for voxel, placed by patient position
+    algorithm = seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
+    assert str(algorithm.AlgorithmName).startswith("organseg swin_unet")
