@@ -57,6 +57,13 @@ def read_checkpoint(
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many types for truncated / non-torch files
+        import zipfile
+
+        if not zipfile.is_zipfile(path):  # torch.save (>= 1.6) writes a zip archive: say so, not unpickling
+            raise CheckpointError(
+                f"{path}: not a PyTorch checkpoint (torch.save writes a zip archive; this file is not one, "
+                "or is truncated)"
+            ) from None
         # torch's unpickling errors run over many lines; the first one says what is wrong.
         first = (str(exc).strip().splitlines() or [""])[0]
         raise CheckpointError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {first})") from None
@@ -151,6 +158,16 @@ def validate_checkpoint(ckpt: dict, source: str | Path = "checkpoint") -> nn.Mod
         raise CheckpointError(f"{src}: model entries that are not tensors: {_first(not_tensors)}")
     if not all(isinstance(n, str) for n in names):
         raise CheckpointError(f"{src}: class_names must be strings, got {names!r}")
+    official = (ckpt.get("source") or {}).get("kind") == "official_swin_unet"
+    if not names and not official:  # only an official Swin-Unet file lacks them (the dataset supplies them)
+        raise CheckpointError(f"{src}: no class_names: an organseg checkpoint names its classes")
+    if ckpt.get("preprocessing"):
+        from organseg.data.preprocess import validate_spec
+
+        try:
+            validate_spec(ckpt["preprocessing"])
+        except OrgansegError as exc:
+            raise CheckpointError(f"{src}: {exc}") from None
     bad = [k for k, v in weights.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:
         raise CheckpointError(f"{src}: weights with NaN or infinite values: {_first(bad)}")

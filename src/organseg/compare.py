@@ -38,12 +38,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from organseg import __version__
 from organseg.device import resolve_device
 from organseg.errors import ConfigError, DataError, OrgansegError
-from organseg.fileio import atomic_write_bytes, atomic_write_text, check_output, check_output_dir
+from organseg.fileio import (
+    atomic_write_bytes,
+    atomic_write_text,
+    check_output,
+    check_output_dir,
+    read_json,
+    read_yaml,
+)
 from organseg.values import SEED, WORKERS, check_value
 
 RUNS_DIR = "runs"
@@ -276,8 +282,8 @@ def _fresh_results(folder: Path, checkpoint: Path, precision: str) -> bool:
     if summary.stat().st_mtime < checkpoint.stat().st_mtime:
         return False
     try:
-        s = json.loads(summary.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+        s = read_json(summary, "test summary")
+    except DataError:
         return False
     return s.get("precision") == precision and Path(str(s.get("checkpoint"))).name == checkpoint.name
 
@@ -355,9 +361,9 @@ def run_study(
             print(f"{heads[plan.name]}: {split} results up to date, reused", flush=True)
             return
         print(f"{heads[plan.name]}: testing on the {split} split ({checkpoint}.pt)", flush=True)
-        run_test(
+        run_test(  # no viewer pages: a study's many runs would each write one per case
             run_dir, data=dataset, split=split, checkpoint=checkpoint, precision=test_precision,
-            device=device, report=report, progress=progress,
+            device=device, report=report, progress=progress, viewer=False,
         )  # fmt: skip
         tested.append(plan.name)
 
@@ -369,7 +375,7 @@ def run_study(
         else:
             todo.append(plan)
     if jobs > 1 and len(todo) > 1:
-        test_args = ["--checkpoint", checkpoint, "--split", split, "--device", device]
+        test_args = ["--checkpoint", checkpoint, "--split", split, "--device", device, "--no-viewer"]
         test_args += [] if report else ["--no-report"]
         failed = _run_parallel(todo, out, jobs, len(dataset.train_slices()), heads, test_args, progress)
         trained = [p.name for p in todo if p.name not in failed]
@@ -575,24 +581,15 @@ class RunResult:
 
 
 def _read_yaml(path: Path) -> dict:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        reason = getattr(exc, "problem", None) or (str(exc).splitlines() or [""])[0]
-        raise DataError(f"{path}: cannot read the run configuration ({reason}{where})") from None
+    data = read_yaml(path, "run configuration")
     if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
         raise DataError(f"{path}: not a run configuration (no model section)")
     return data
 
 
 def _read_summary(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DataError(f"{path}: cannot read the test summary ({exc})") from None
-    if not isinstance(data, dict) or not all(p in data for p in (*PROTOCOLS, "class_names")):
+    data = read_json(path, "test summary")
+    if not all(p in data for p in (*PROTOCOLS, "class_names")):
         raise DataError(f"{path}: not an organseg test summary (no reference/corrected/class_names)")
     return data
 
@@ -861,8 +858,8 @@ def _run_record(r: RunResult, cols: Sequence[tuple[str, int]]) -> dict[str, Any]
     path = r.run_dir / "summary.json"
     if path.is_file():
         try:
-            train = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
+            train = read_json(path, "training summary")
+        except DataError:
             train = {}
     return {
         "name": r.name,

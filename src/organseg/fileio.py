@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import re
 import stat
@@ -28,8 +29,9 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
-from organseg.errors import OutputError
+from organseg.errors import DataError, OutputError
 
 PathLike = str | os.PathLike
 
@@ -382,3 +384,55 @@ def _read_only_fs(path: Path) -> bool:
         return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
     except (OSError, AttributeError):
         return False
+
+
+# ------------------------------------------------------------------------------------------- small documents
+
+
+def yaml_problem(exc: Exception) -> str:
+    """A YAML parser error in one line: the problem and where (PyYAML's own message runs over lines)."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    reason = getattr(exc, "problem", None) or (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return f"{reason}{where}"
+
+
+def read_text(path: PathLike, what: str = "file") -> str:
+    """UTF-8 text of a small document; DataError (one line, the path named) if it is missing, unreadable or
+    binary (a UnicodeDecodeError is a ValueError that JSON and YAML handlers tend to let through)."""
+    path = Path(path)
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DataError(f"{path}: {what} not found") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a folder, not a {what}") from None
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not a text {what} (byte {exc.start} is not UTF-8: binary or damaged)") \
+            from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
+
+
+def read_json(path: PathLike, what: str = "JSON file", kind: type | None = dict) -> Any:
+    """A JSON document whose top level is ``kind`` (None: any); DataError naming the file otherwise."""
+    text = read_text(path, what)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        where = f"line {exc.lineno}, column {exc.colno}"
+        raise DataError(f"{path}: not valid JSON ({exc.msg} at {where})") from None
+    if kind is not None and not isinstance(data, kind):
+        raise DataError(f"{path}: expected a JSON {kind.__name__} at the top, got {type(data).__name__}")
+    return data
+
+
+def read_yaml(path: PathLike, what: str = "YAML file", loader: Callable[[str], Any] | None = None) -> Any:
+    """A YAML document (safe loading); DataError naming the file and the problem in one line."""
+    import yaml
+
+    text = read_text(path, what)
+    try:
+        return loader(text) if loader is not None else yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise DataError(f"{path}: invalid YAML ({yaml_problem(exc)})") from None

@@ -1870,6 +1870,100 @@ add(
 )
 
 
+# ---------------------------------------------------------------- this wave's new options: many inputs,
+# ensembles, official checkpoints, output formats, export, published weights
+
+
+def _official(headless: bool = False, imagenet: bool = False):
+    """An official-trainer style .pth (bare state dict, DataParallel names) made from the tiny Swin-Unet."""
+
+    def run(c: Ctx) -> None:
+        import torch
+
+        state = torch.load(c.base / "swin.pt", weights_only=True)["model"]
+        if headless:
+            state = {k: v for k, v in state.items() if ".output." not in k}
+        if imagenet:  # ImageNet classifier keys: a pretrained encoder, not a segmentation network
+            state = {k[len("swin_unet.") :]: v for k, v in state.items() if k.startswith("swin_unet.layers.")}
+            state["patch_embed.proj.weight"] = torch.zeros(12, 3, 4, 4)
+            state = {"model": state}
+        else:
+            state = {"module." + k: v for k, v in state.items()}
+        torch.save(state, c.t / "official.pth")
+
+    return run
+
+
+TWO_SCANS = steps(PREDICT_SETUP, md("b"), cp("scan.nii.gz", "b/scan.nii.gz"))
+for cid, what, setup, argv, expect, group in [
+    ("predict-many-out-is-file", "two inputs, --out names one label map", TWO_SCANS,
+     ["predict", "{t}/ckpt.pt", "{t}/scan.nii.gz", "{t}/b/scan.nii.gz", "--out", "{t}/seg.nii.gz"],
+     ["--out", "2 inputs"], "options"),
+    ("predict-many-same-name", "two inputs with the same file name", TWO_SCANS,
+     ["predict", "{t}/ckpt.pt", "{t}/scan.nii.gz", "{t}/b/scan.nii.gz", "--out", "{t}/o"],
+     ["scan"], "options"),
+    ("predict-glob-matches-nothing", "an input pattern that matches no file", PREDICT_SETUP,
+     ["predict", "{t}/ckpt.pt", "{t}/none*.nii.gz", "--out", "{t}/o"], ["none*.nii.gz"], "paths"),
+    ("predict-many-out-in-input-folder", "a folder of scans, --out inside it", TWO_SCANS,
+     ["predict", "{t}/ckpt.pt", "{t}/b", "--out", "{t}/b/out"], ["INPUT"], "over-input"),
+    ("predict-ensemble-missing", "--ensemble names a missing checkpoint", PREDICT_SETUP,
+     [*PREDICT, "--ensemble", "{t}/missing.pt"], ["missing.pt"], "paths"),
+    ("predict-ensemble-twice", "--ensemble repeats the checkpoint", PREDICT_SETUP,
+     [*PREDICT, "--ensemble", "{t}/ckpt.pt"], ["ckpt.pt", "twice"], "options"),
+    ("predict-ensemble-is-a-scan", "--ensemble names a scan", PREDICT_SETUP,
+     [*PREDICT, "--ensemble", "{t}/scan.nii.gz"], ["scan.nii.gz"], "checkpoint"),
+    ("predict-ensemble-other-preprocessing", "members that map intensities differently",
+     steps(PREDICT_SETUP, cp("swin.pt"), on("swin.pt", lambda p: edit_checkpoint(p, _set("preprocessing",
+                                                                                   {"kind": "minmax"})))),
+     [*PREDICT, "--ensemble", "{t}/swin.pt"], ["swin.pt"], "checkpoint"),
+    ("predict-models-without-study", "--models with a checkpoint file", PREDICT_SETUP,
+     [*PREDICT, "--models", "unet"], ["--models"], "options"),
+    ("predict-format-dicom-seg-of-nifti", "--format dicom-seg for a NIfTI input", PREDICT_SETUP,
+     replace_opt(PREDICT, "--format", "dicom-seg"), ["dicom-seg", "scan.nii.gz"], "scan"),
+    ("predict-format-unknown", "--format png", PREDICT_SETUP, replace_opt(PREDICT, "--format", "png"),
+     ["--format"], "options"),
+    ("predict-out-dcm-is-input", "the DICOM-SEG would land on the input",
+     steps(PREDICT_SETUP, cp("scan.nii.gz", "seg.dcm")),
+     ["predict", "{t}/ckpt.pt", "{t}/seg.dcm", "--out", "{t}/seg.nii.gz", "--format", "both"],
+     ["seg.dcm"], "over-input"),
+    ("predict-official-headless", "an official Swin-Unet .pth without its class head",
+     steps(cp("scan.nii.gz"), _official(headless=True)),
+     ["predict", "{t}/official.pth", "{t}/scan.nii.gz", "--out", "{t}/o.nii.gz"], ["official.pth"],
+     "checkpoint"),
+    ("predict-official-imagenet", "ImageNet Swin weights given as the network to apply",
+     steps(cp("scan.nii.gz"), _official(imagenet=True)),
+     ["predict", "{t}/official.pth", "{t}/scan.nii.gz", "--out", "{t}/o.nii.gz"], ["official.pth"],
+     "checkpoint"),
+    ("predict-onnx-missing", "an ONNX model that is not there", PREDICT_SETUP,
+     ["predict", "{t}/model.onnx", "{t}/scan.nii.gz", "--out", "{t}/o.nii.gz"], ["model.onnx"], "paths"),
+    ("predict-onnx-garbage", "a .onnx file of garbage",
+     steps(PREDICT_SETUP, wr("model.onnx", b"\x00garbage")),
+     ["predict", "{t}/model.onnx", "{t}/scan.nii.gz", "--out", "{t}/o.nii.gz"], ["model.onnx"], "checkpoint"),
+    ("test-ensemble-missing", "--ensemble names a missing checkpoint", TEST_SETUP,
+     [*TEST, "--ensemble", "{t}/missing.pt"], ["missing.pt"], "paths"),
+    ("test-ensemble-twice", "--ensemble repeats the run", TEST_SETUP, [*TEST, "--ensemble", "{t}/run"],
+     ["twice"], "options"),
+    ("test-models-without-study", "--models with a run folder", TEST_SETUP, [*TEST, "--models", "unet"],
+     ["--models"], "options"),
+    ("export-checkpoint-missing", "export of a missing checkpoint", NOTHING,
+     ["export", "{t}/missing.pt", "--onnx", "{t}/m.onnx"], ["missing.pt"], "paths"),
+    ("export-onnx-suffix", "--onnx without the .onnx suffix", cp("unet.pt", "ckpt.pt"),
+     ["export", "{t}/ckpt.pt", "--onnx", "{t}/m.bin"], ["--onnx"], "options"),
+    ("export-onnx-under-a-file", "--onnx under a regular file",
+     steps(cp("unet.pt", "ckpt.pt"), wr("blocker", "x")),
+     ["export", "{t}/ckpt.pt", "--onnx", "{t}/blocker/m.onnx"], ["blocker"], "unwritable"),
+    ("train-pretrained-imagenet-unfit", "model.pretrained=imagenet for a reduced U-Net", TRAIN_SETUP,
+     [*TRAIN, "--set", "model.pretrained=imagenet"], ["model.pretrained"], "config"),
+    ("train-pretrained-missing-file", "model.pretrained names a missing file", TRAIN_SETUP,
+     [*TRAIN, "--set", "model.pretrained={t}/nope.pth"], ["nope.pth"], "config"),
+    ("train-set-model.args-unknown", "--set model.args.bogus=1", TRAIN_SETUP,
+     [*TRAIN, "--set", "model.args.bogus=1"], ["model.args.bogus"], "config"),
+    ("train-set-model.args.width-list", "--set model.args.width=[1]", TRAIN_SETUP,
+     [*TRAIN, "--set", "model.args.width=[0.5]"], ["model.args.width"], "config"),
+]:
+    add(cid, argv[0], what, setup, argv, expect, group=group)
+
+
 def by_id() -> dict[str, Case]:
     ids = [c.id for c in CASES]
     dup = sorted({i for i in ids if ids.count(i) > 1})

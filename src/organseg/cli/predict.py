@@ -78,8 +78,8 @@ def run(args: argparse.Namespace) -> int:
     for note in predictor.notes:
         print(f"organseg predict: {note}")
     outcomes = predict_many(
-        predictor, cases, sources=[args.checkpoint, *args.ensemble], overwrite=args.overwrite,
-        series_uid=args.series_uid,
+        predictor, cases, sources=[args.checkpoint, *args.ensemble], given=args.inputs,
+        overwrite=args.overwrite, series_uid=args.series_uid,
     )  # fmt: skip
     if len(outcomes) == 1 and outcomes[0].status == "failed":
         from organseg.errors import OrgansegError

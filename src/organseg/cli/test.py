@@ -20,7 +20,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
             "Writes RUN_DIR/results/<split>_<checkpoint>/ and RUN_DIR/report.md."
         ),
     )
-    p.add_argument("target", metavar="RUN_DIR_OR_CHECKPOINT", help="a run folder or a checkpoint file (.pt)")
+    p.add_argument(
+        "target", metavar="RUN_DIR_OR_CHECKPOINT",
+        help="a run folder, a checkpoint file (organseg .pt or an official Swin-Unet .pth), an ONNX model, "
+        "or a compare study folder (all its runs, as an ensemble)",
+    )  # fmt: skip
     p.add_argument("--data", metavar="DIR", help="dataset folder (default: the run's data.root)")
     p.add_argument("--split", default="test", choices=("test", "val"), help="default test")
     p.add_argument(
@@ -42,6 +46,18 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--max-cases", type=option(POSITIVE_INT), metavar="N", help="only the first N cases (a quick look)"
     )
     p.add_argument("--no-report", action="store_true", help="do not (re)write report.md")
+    p.add_argument("--no-viewer", action="store_true", help="no HTML viewer page per case")
+    p.add_argument(
+        "--ensemble", nargs="+", default=[], metavar="CKPT",
+        help="more checkpoints, run folders or study folders: each is tested alone, then the softmax "
+        "average of all (results in <split>_<checkpoint>_ensembleN)",
+    )  # fmt: skip
+    p.add_argument(
+        "--models", nargs="+", metavar="NAME", help="only these networks of a study folder (e.g. swin_unet)"
+    )
+    p.add_argument(
+        "--tta", action="store_true", help="average over the mirror flips seen in training (4x the passes)"
+    )
     return p
 
 
@@ -61,6 +77,10 @@ def run(args: argparse.Namespace) -> int:
         reference_loop=args.reference_loop,
         max_cases=args.max_cases,
         report=not args.no_report,
+        viewer=not args.no_viewer,
+        ensemble=args.ensemble,
+        models=args.models,
+        tta=args.tta,
     )
     print(summary["table"])
     print(f"organseg test: results in {summary['results_dir']}")

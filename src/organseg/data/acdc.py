@@ -39,6 +39,7 @@ class ACDCDataset(SegmentationDataset):
         if not self.slice_dir.is_dir() and not self.volume_dir.is_dir():
             raise DataError(f"{self.root}: not an ACDC folder (no slices/ or volumes/)")
         train_list = self.root / "train_slices.list"
+        self.train_source = str(train_list if train_list.is_file() else self.slice_dir)
         if train_list.is_file():
             self._train = read_list(train_list, what="slice list")
             require_files([self.slice_dir / f"{n}.h5" for n in self._train], train_list, "slices")

@@ -38,6 +38,8 @@ class SegmentationDataset(ABC):
     #: how raw scanner intensities were mapped to [0, 1], as plain data; recorded in checkpoints so that
     #: ``predict`` applies the same mapping to a new scan (see ``organseg.data.preprocess``).
     preprocessing: dict = {"kind": "none"}  # noqa: RUF012
+    #: where the training slices are listed (a list file or a folder), for messages about them
+    train_source: str = ""
 
     @property
     def num_classes(self) -> int:

@@ -186,6 +186,7 @@ class NnUNetDataset(SegmentationDataset):
         self.modality = channel
 
         self._train_pairs = self._scan_pairs(self.root / "imagesTr", self.root / "labelsTr", required=True)
+        self.train_source = str(self.root / "imagesTr")
         if len(self._train_pairs) != int(meta["numTraining"]):
             raise DataError(
                 f"{self.root / 'dataset.json'}: numTraining is {meta['numTraining']} but labelsTr holds "

@@ -144,9 +144,9 @@ def find_raw_cases(raw: str | Path) -> dict[int, RawCase]:
 
 
 def parse_case_id(value: str | int) -> int:
-    """'1', '0001', 'case0001', 'img0001' -> 1."""
-    m = re.search(r"(\d+)$", str(value).strip())
-    if not m:
+    """'1', '0001', 'case0001', 'img0001' -> 1. A sign is refused: ``-3`` is a typo, not case 3."""
+    m = re.fullmatch(r"(?:[A-Za-z_]*)(\d+)", str(value).strip())
+    if not m or isinstance(value, bool):
         raise ConfigError(f"bad case id {value!r}: expected a number such as 1, 0001 or case0001")
     return int(m.group(1))
 

@@ -17,7 +17,6 @@ Held-out cases are removed from the training slices, and their volumes are rebui
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -102,6 +101,7 @@ class SynapseDataset(SegmentationDataset):
             names = read_list(train_list, what="slice list")
             require_files([self.train_dir / f"{n}.npz" for n in names], train_list, "slices")
             self.lists_source = "lists"
+            self.train_source = str(train_list)
         else:
             names = (
                 sorted(p.name[: -len(".npz")] for p in self.train_dir.glob("*.npz"))
@@ -109,6 +109,7 @@ class SynapseDataset(SegmentationDataset):
                 else []
             )
             self.lists_source = "folder"
+            self.train_source = str(self.train_dir)
         self._train_names = names
         self._train_cases: dict[str, list[str]] = {}
         for n in names:
@@ -134,12 +135,9 @@ class SynapseDataset(SegmentationDataset):
         path = self.root / SIDECAR
         if not path.is_file():
             return {}
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise DataError(f"{path}: cannot read sidecar JSON ({exc})") from None
-        if not isinstance(data, dict):
-            raise DataError(f"{path}: sidecar must be a JSON object")
+        from organseg.fileio import read_json
+
+        data = read_json(path, "sidecar JSON")
         names = data.get("class_names")
         if names is not None and list(names) != list(SYNAPSE_CLASSES):
             raise DataError(

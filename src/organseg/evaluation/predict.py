@@ -402,19 +402,23 @@ def predict_many(
     cases: Sequence[Case],
     *,
     sources: Sequence[str | Path] = (),
+    given: Sequence[str | Path] = (),
     overwrite: bool = False,
     series_uid: str | None = None,
     progress: bool = True,
 ) -> list[Outcome]:
-    """Every case in turn, one progress bar over the cases; a failing case is recorded and the rest go on."""
+    """Every case in turn, one progress bar over the cases; a failing case is recorded and the rest go on.
+
+    Before any work, no output may land on (or in) an input: its own, another case's, or a folder of scans
+    named in ``given`` (the inputs as the user gave them, before expansion)."""
     from organseg.progress import progress_bar
 
-    for case in cases:  # before any work: no output may land on an input, whichever case it belongs to
+    inputs = [c.input for c in cases] + [Path(g) for g in given if Path(g).exists()]
+    for case in cases:
         check_predict_outputs(list(sources), case.input, case)
-        for other in cases:
-            if other is not case:
-                for path in case.outputs.values():
-                    check_output(path, {"INPUT": other.input}, what=f"output of {case.name}")
+        for what, path in case.outputs.items():
+            for other in inputs:
+                check_output(path, {"INPUT": other}, what=what)
     outcomes: list[Outcome] = []
     bar = progress_bar(total=len(cases), desc="cases", unit="case", disable=not progress or len(cases) < 2)
     with bar:

@@ -11,7 +11,7 @@ from files in the run folder, so a report can be rebuilt at any time without the
 from __future__ import annotations
 
 import io
-import json
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -111,6 +111,7 @@ class OverlayCollector:
 
 
 def load_overlays(path: str | Path) -> list[dict[str, Any]]:
+    """The report slices ``organseg test`` kept; DataError naming the file when it is damaged."""
     path = Path(path)
     try:
         with np.load(path, allow_pickle=False) as f:
@@ -129,8 +130,9 @@ def load_overlays(path: str | Path) -> list[dict[str, Any]]:
                 }
                 for i in range(n)
             ]
-    except (OSError, KeyError, ValueError) as exc:
-        raise DataError(f"{path}: cannot read overlay slices ({exc})") from None
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        # A truncated .npz is a damaged zip archive; say so in one line instead of zipfile's traceback.
+        raise DataError(f"{path}: cannot read overlay slices, truncated or damaged ({exc})") from None
 
 
 def representative(items: Sequence[dict[str, Any]], k: int = 3) -> list[dict[str, Any]]:
@@ -302,11 +304,19 @@ def _results_folders(root: Path) -> list[Path]:
     return sorted(p for p in base.iterdir() if (p / "summary.json").is_file()) if base.is_dir() else []
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DataError(f"{path}: cannot read JSON ({exc})") from None
+def _read_json(path: Path, kind: type = dict) -> Any:
+    from organseg.fileio import read_json
+
+    return read_json(path, kind=kind)
+
+
+def _read_summary(path: Path) -> dict[str, Any]:
+    """A test summary with the fields the report draws from (DataError naming the file otherwise)."""
+    summary = _read_json(path)
+    missing = [k for k in ("class_names", "split", "cases", "reference", "corrected") if k not in summary]
+    if missing:
+        raise DataError(f"{path}: not an organseg test summary (no {', '.join(missing)})")
+    return summary
 
 
 def _model_name(root: Path, summary: dict[str, Any]) -> str | None:
@@ -318,7 +328,7 @@ def _model_name(root: Path, summary: dict[str, Any]) -> str | None:
 
         try:
             return (yaml.safe_load(cfg.read_text(encoding="utf-8")) or {}).get("model", {}).get("name")
-        except yaml.YAMLError:
+        except (yaml.YAMLError, ValueError, AttributeError):  # a damaged config only loses the name
             return None
     return None
 
@@ -331,7 +341,7 @@ def _viewer_links(root: Path, folder: Path) -> list[str]:
     per_case = folder / "per_case.json"
     if not (folder / VIEWER_DIR).is_dir() or not per_case.is_file():
         return []
-    cases = [str(c["case"]) for c in _read_json(per_case) if isinstance(c, dict) and "case" in c]
+    cases = [str(c["case"]) for c in _read_json(per_case, list) if isinstance(c, dict) and "case" in c]
     pages = [(c, folder / VIEWER_DIR / viewer_name(c)) for c in cases]
     links = [f"[{c}]({p.relative_to(root).as_posix()})" for c, p in pages if p.is_file()]
     if not links:
@@ -354,7 +364,7 @@ def write_report(root: str | Path) -> Path:
     check_output_dir(fig_dir, what="")
     lines = [f"# organseg report: {root.resolve().name}", ""]
     for folder in folders:
-        summary = _read_json(folder / "summary.json")
+        summary = _read_summary(folder / "summary.json")
         model = _model_name(root, summary)
         name = folder.name if folder != root else "results"
         lines += [f"## {name}", ""]

@@ -86,9 +86,11 @@ def checkpoint_patch_size(ckpt: dict[str, Any], default: int = 224) -> tuple[int
 
 def read_metrics_log(path: str | Path) -> list[dict[str, Any]]:
     """Records of ``metrics.jsonl``; a damaged line raises DataError naming the line."""
+    from organseg.fileio import read_text
+
     path = Path(path)
     records = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for n, line in enumerate(read_text(path, "metrics log").splitlines(), start=1):
         if not line.strip():
             continue
         try:

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
-from organseg.checkpoint import model_from_checkpoint, read_checkpoint
 from organseg.data.base import SegmentationDataset, Volume
 from organseg.device import resolve_device
 from organseg.errors import ConfigError, DataError
 from organseg.evaluation.evaluate import evaluate_dataset
 from organseg.evaluation.report import OVERLAY_FILE, OverlayCollector, write_report
-from organseg.evaluation.runs import checkpoint_patch_size, resolve_target, results_dir
+from organseg.evaluation.runs import RunTarget, checkpoint_patch_size, results_dir
 from organseg.evaluation.tables import results_table
 from organseg.evaluation.viewer import VIEWER_DIR, CaseViewers, chain
 from organseg.fileio import check_output, check_output_dir, check_output_file
@@ -66,19 +67,111 @@ def run_test(
     report: bool = True,
     viewer: bool = True,
     progress: bool = True,
+    ensemble: Sequence[str | Path] = (),
+    models: Sequence[str] | None = None,
+    tta: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a run folder's checkpoint (or a checkpoint file) on ``split`` and write the results folder.
 
     Returns the summary (as in ``summary.json``) plus ``results_dir``, ``table`` and ``report`` (a path or
     None). With ``viewer``, every case also gets an HTML viewer page, ``viewer/<case>.html`` in the results
     folder, written as the case is scored (predictions are not kept in memory to pick cases afterwards).
+
+    With ``ensemble`` (more checkpoints, run or study folders; a study folder as ``target`` counts too) or
+    ``tta``, every member is first tested alone (its own results folder, as ``organseg test MEMBER`` would
+    write it), then the softmax average is tested into ``<split>_<checkpoint>_ensembleN[_tta]`` beside the
+    first member's results (or ``out``); the summary's ``members`` and ``table`` give the members beside it.
     """
+    from organseg.evaluation.sources import combined, expand_source, load_members
+
     check_value("--batch-size", batch_size, POSITIVE_INT)
     check_value("--max-cases", max_cases, OPTIONAL_POSITIVE_INT)
-    tgt = resolve_target(target, checkpoint)
+    targets = [t for s in (target, *ensemble) for t in expand_source(s, checkpoint=checkpoint, models=models)]
+    common = dict(
+        split=split, batch_size=batch_size, precision=precision, reference_loop=reference_loop,
+        max_cases=max_cases, progress=progress,
+    )  # fmt: skip
+    if len(targets) == 1 and not tta:
+        return _test_one(targets[0], data=data, save_nifti=save_nifti, out=out, device=device, report=report,
+                         viewer=viewer, **common)  # fmt: skip
     dev = resolve_device(device)
-    # Checked before the dataset is opened: a bad checkpoint or device fails at once.
-    model, ckpt = model_from_checkpoint(read_checkpoint(tgt.checkpoint_path), source=tgt.checkpoint_path)
+    members = load_members([t.checkpoint_path for t in targets], dev)  # checked to agree before any case
+    first = targets[0]
+    tag = (f"_ensemble{len(targets)}" if len(targets) > 1 else "") + ("_tta" if tta else "")
+    name = RunTarget(first.checkpoint_path, first.checkpoint_name + tag, first.run_dir)
+    member_out = (lambda k: Path(out) / "members" / f"{k}_{targets[k].checkpoint_name}") if out else None
+    alone = [
+        _test_one(t, data=data, out=member_out(k) if member_out else None, device=dev, report=False,
+                  viewer=False, **common)  # fmt: skip
+        for k, t in enumerate(targets)
+    ]
+    summary = _test_one(
+        name, data=data, save_nifti=save_nifti, out=out, device=dev, report=report, viewer=viewer,
+        model=combined(members, tta), ckpt=members[0].ckpt, sources=[str(t.checkpoint_path) for t in targets],
+        tta=tta, **common,
+    )  # fmt: skip
+    summary["members"] = [
+        {"checkpoint": m["checkpoint"], "results_dir": m["results_dir"], "reference": _means(m["reference"]),
+         "corrected": _means(m["corrected"])}
+        for m in alone
+    ]  # fmt: skip
+    summary["table"] += "\n\n" + members_table(summary, alone)
+    return summary
+
+
+def _means(protocol: dict[str, Any]) -> dict[str, Any]:
+    return {k: protocol.get(k) for k in ("mean_dice", "mean_hd95", "hd95_unit") if k in protocol}
+
+
+def members_table(summary: dict[str, Any], members: Sequence[dict[str, Any]]) -> str:
+    """Mean DSC / HD95 of each member tested alone and of their average, under both protocols."""
+    what = "ensemble" if len(members) > 1 else "the network"
+    what += " + mirror TTA" if summary.get("tta") else ""
+    lines = [
+        "| | DSC (reference) | HD95 (reference) | DSC (corrected) | HD95 (corrected) |",
+        "|---|---|---|---|---|",
+    ]
+
+    def row(label: str, s: dict[str, Any]) -> str:
+        r, c = s["reference"], s["corrected"]
+        cells = [100 * r["mean_dice"], r["mean_hd95"], 100 * c["mean_dice"], c["mean_hd95"]]
+        return f"| {label} | " + " | ".join(f"{v:.2f}" for v in cells) + " |"
+
+    for k, m in enumerate(members):
+        lines.append(row(f"member {k + 1}: {m['checkpoint']}", m))
+    lines.append(row(f"**{what}**", summary))
+    return "\n".join(lines)
+
+
+def _test_one(
+    tgt: RunTarget,
+    *,
+    data: str | Path | SegmentationDataset | None,
+    split: str,
+    save_nifti: bool = False,
+    out: str | Path | None,
+    batch_size: int,
+    precision: str,
+    device: str | torch.device | None,
+    reference_loop: bool,
+    max_cases: int | None,
+    report: bool,
+    viewer: bool,
+    progress: bool,
+    model: torch.nn.Module | None = None,
+    ckpt: dict[str, Any] | None = None,
+    sources: Sequence[str] = (),
+    tta: bool = False,
+) -> dict[str, Any]:
+    """One network (``tgt``'s checkpoint, or ``model`` with ``ckpt``'s fields) on ``split``."""
+    from organseg.evaluation.sources import load_member
+
+    dev = resolve_device(device)
+    if model is None:
+        # Checked before the dataset is opened: a bad checkpoint or device fails at once.
+        member = load_member(tgt, dev)
+        model, ckpt = member.model, member.ckpt
+    assert ckpt is not None
     dataset = _open_dataset(data, ckpt)
     names = list(ckpt.get("class_names") or [])
     if names and [n.lower() for n in names] != [str(n).lower() for n in dataset.class_names]:
@@ -86,16 +179,21 @@ def run_test(
             f"{tgt.checkpoint_path}: the network was trained on classes {names}, but the dataset "
             f"{getattr(dataset, 'root', dataset.name)} has {list(dataset.class_names)}"
         )
+    if not names:  # an official checkpoint: the dataset names the classes; the head must count as many
+        from organseg.evaluation.sources import _classes
+
+        if _classes(ckpt) != dataset.num_classes:
+            raise DataError(
+                f"{tgt.checkpoint_path}: its class head has {_classes(ckpt)} outputs, but the dataset "
+                f"{getattr(dataset, 'root', dataset.name)} has {dataset.num_classes} classes"
+            )
     model.to(dev)
     folder = results_dir(tgt, split, out)
-    # Before the (long) evaluation: the results folder may not hold or sit in the data or the checkpoint.
+    # Before the (long) evaluation: the results folder may not hold or sit in the data or a checkpoint.
     what = "--out" if out is not None else "results folder"
-    check_output(
-        folder,
-        {"--data": getattr(dataset, "root", None), "CHECKPOINT": tgt.checkpoint_path},
-        what=what,
-        folder=True,
-    )
+    inputs: dict[str, Any] = {"--data": getattr(dataset, "root", None), "CHECKPOINT": tgt.checkpoint_path}
+    inputs.update({f"--ensemble member {k}": s for k, s in enumerate(sources[1:], start=1)})
+    check_output(folder, inputs, what=what, folder=True)
     check_output_dir(folder, what=what)
     if report:
         report_root = tgt.run_dir if tgt.run_dir is not None and out is None else folder
@@ -126,6 +224,8 @@ def run_test(
         "device": str(dev),
         "inference": "reference loop" if reference_loop else f"batched ({batch_size} slices)",
     }
+    if sources:
+        extra.update(ensemble=list(sources), tta=tta)
     result.write(folder, extra)
     collector.save(folder / OVERLAY_FILE)
     summary = {**result.summary(), **extra, "results_dir": str(folder)}

@@ -82,3 +82,49 @@ def check_input_size(
     near = " or ".join(str(s) for s in (below, above) if s is not None)
     hint = f"; nearest sizes that fit: {near}" if near else ""
     raise ConfigError(f"{key}={side}: {name} {problem}{hint}")
+
+
+def has_model(name: str) -> bool:
+    """Whether ``name`` is a registered network."""
+    return name in _MODELS
+
+
+def model_defaults(name: str) -> dict[str, Any]:
+    """The factory's keyword defaults (the paper configuration) of network ``name``."""
+    import inspect
+
+    params = inspect.signature(_MODELS[name]).parameters.values()
+    return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+
+
+def check_model_args(name: str, args: dict[str, Any], key: str = "model.args") -> None:
+    """ConfigError naming the key when a constructor override is unknown or of another type than the
+    factory's default (a bool where a number goes, a string where a list goes): caught before any work."""
+    defaults = model_defaults(name)
+    for arg, value in args.items():
+        if arg not in defaults:
+            known = ", ".join(sorted(defaults))
+            raise ConfigError(f"{key}.{arg}: {name} has no argument {arg!r}; it takes {known}")
+        default = defaults[arg]
+        if default is None or value is None:
+            continue
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, int | float):
+            # img_size also takes (h, w); every other number is one number
+            numbers = value if arg == "img_size" and isinstance(value, list | tuple) else [value]
+            ok = all(isinstance(v, int | float) and not isinstance(v, bool) for v in numbers)
+        elif isinstance(default, list | tuple):
+            ok = isinstance(value, list | tuple)
+        else:
+            ok = isinstance(value, type(default))
+        if not ok:
+            raise ConfigError(
+                f"{key}.{arg}: expected a value like its default {default!r} ({type(default).__name__}), "
+                f"got {value!r} ({type(value).__name__})"
+            )
+
+
+def takes_image_size(name: str) -> bool:
+    """Whether network ``name`` is built for one input size (its factory takes ``img_size``: Swin-Unet)."""
+    return "img_size" in model_defaults(name)

@@ -12,7 +12,6 @@ even for the 86-GFLOP U-Net. It falls back to a real CPU pass for a model that c
 from __future__ import annotations
 
 import copy
-import inspect
 from typing import Any
 
 import torch
@@ -105,9 +104,9 @@ def describe(model: nn.Module) -> str:
 def model_profile(name: str, img_size: int = 224, **overrides: Any) -> dict[str, Any]:
     """Build registered network ``name`` and return its size, cost and configuration as plain data."""
     from organseg.models import create_model
-    from organseg.models._registry import _MODELS
+    from organseg.models._registry import has_model, takes_image_size
 
-    if name in _MODELS and "img_size" in inspect.signature(_MODELS[name]).parameters:
+    if has_model(name) and takes_image_size(name):
         overrides.setdefault("img_size", img_size)  # a network built for one input size (Swin-Unet)
     model = create_model(name, **overrides)
     flops = count_model_flops(model, img_size)

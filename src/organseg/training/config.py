@@ -16,7 +16,8 @@ from typing import Any
 
 import yaml
 
-from organseg.errors import ConfigError
+from organseg.errors import ConfigError, DataError
+from organseg.fileio import read_yaml, yaml_problem
 from organseg.precision import PRECISIONS
 from organseg.values import OPTIONAL_POSITIVE_INT, POSITIVE_INT, SEED, Rule, check_value, max_threads
 
@@ -121,9 +122,11 @@ def load_config(preset_or_path: str | Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"{path}: configuration file not found")
     try:
-        cfg = _yaml_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML ({exc})") from None
+        cfg = read_yaml(path, "configuration file", loader=_yaml_load)
+    except DataError as exc:
+        raise ConfigError(str(exc)) from None
+    if cfg is None:
+        raise ConfigError(f"{path}: empty configuration file (give a preset name, or keys to change)")
     if not isinstance(cfg, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(cfg).__name__}")
     return cfg
@@ -137,7 +140,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     try:
         value = _yaml_load(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {item!r}: cannot parse the value ({exc})") from None
+        raise ConfigError(f"--set {item!r}: cannot parse the value as YAML ({yaml_problem(exc)})") from None
     return key.strip().split("."), value
 
 

@@ -90,7 +90,8 @@ class TrainBatches:
         if limit is not None and limit < len(slices):
             slices = [slices[i] for i in range(limit)]
         if len(slices) == 0:
-            raise DataError(f"{dataset.name}: the dataset has no training slices")
+            where = f" ({dataset.train_source} lists none)" if dataset.train_source else ""
+            raise DataError(f"{dataset.name}: the dataset has no training slices{where}")
         if dataset.num_classes > 256:
             raise DataError(f"{dataset.name}: {dataset.num_classes} classes; at most 256 are supported")
         if t["batch_size"] % env.world_size:

@@ -12,9 +12,10 @@ Run folder::
 
 from __future__ import annotations
 
-import inspect
+import contextlib
 import json
 import math
+import shutil
 import sys
 import time
 import warnings
@@ -147,16 +148,43 @@ def train(
     cudnn = torch.backends.cudnn
     threads, strict = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     saved_cudnn = cudnn.benchmark, cudnn.deterministic
+    run_dir = Path(out_dir)
+    existed = {name for name in RUN_FILES if (run_dir / name).exists()} if run_dir.is_dir() else None
     try:
         if cfg["train"]["threads"]:
             torch.set_num_threads(cfg["train"]["threads"])
         set_deterministic(cfg["train"]["deterministic"])
-        return _train(cfg, open_dataset_for(data, cfg), Path(out_dir), resume, env)
+        return _train(cfg, open_dataset_for(data, cfg), run_dir, resume, env)
+    except BaseException:
+        if env.is_main:
+            _undo_fresh_run(run_dir, existed)
+        raise
     finally:
         torch.set_num_threads(threads)
         set_deterministic(strict)
         cudnn.benchmark, cudnn.deterministic = saved_cudnn
         shutdown(env)
+
+
+def _undo_fresh_run(run_dir: Path, existed: set[str] | None) -> None:
+    """A run that fails before its first checkpoint (bad data found while loading, an interrupt in the first
+    iterations) has nothing to resume: remove the files it created, so no half-made run folder is left (and
+    the folder itself if this call created it). A run with a checkpoint is kept: it resumes."""
+    ckpts = run_dir / "checkpoints"
+    if ckpts.is_dir() and any(ckpts.glob("*.pt")):
+        return
+    before = existed or set()
+    for name in RUN_FILES:
+        path = run_dir / name
+        if name in before or not path.exists():
+            continue
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    if existed is None:
+        with contextlib.suppress(OSError):
+            run_dir.rmdir()  # only when empty: a file someone else put there keeps it
 
 
 def _previous_env(run_dir: Path) -> dict[str, Any]:
@@ -432,11 +460,12 @@ def check_network(cfg: dict) -> None:
     """The configured network exists and takes ``train.img_size`` inputs (one rule per network, from the
     registry): raised as a ConfigError naming the key and the nearest sizes that fit, before a run folder
     exists, instead of a ValueError from the first forward pass."""
-    from organseg.models._registry import _MODELS, check_input_size
+    from organseg.models._registry import check_input_size, check_model_args, has_model, list_models
 
     m, side = cfg["model"], cfg["train"]["img_size"]
-    if m["name"] not in _MODELS:
-        raise ConfigError(f"model.name: unknown model {m['name']!r}; available: {', '.join(sorted(_MODELS))}")
+    if not has_model(m["name"]):
+        raise ConfigError(f"model.name: unknown model {m['name']!r}; available: {', '.join(list_models())}")
+    check_model_args(m["name"], m["args"])
     given = m["args"].get("img_size")
     if given is not None and given not in (side, [side, side], (side, side)):
         raise ConfigError(
@@ -460,13 +489,13 @@ def _check_same_classes(state: dict, dataset: SegmentationDataset, last_path: Pa
 def model_args(cfg: dict, num_classes: int) -> dict[str, Any]:
     """Constructor arguments: ``model.args``, the dataset's class count and, for networks built for one input
     size (Swin-Unet), ``train.img_size`` unless ``model.args`` sets it."""
-    from organseg.models._registry import _MODELS
+    from organseg.models._registry import has_model, list_models, takes_image_size
 
     m = cfg["model"]
-    if m["name"] not in _MODELS:
-        raise ConfigError(f"unknown model {m['name']!r}; available: {', '.join(sorted(_MODELS))}")
+    if not has_model(m["name"]):
+        raise ConfigError(f"unknown model {m['name']!r}; available: {', '.join(list_models())}")
     args = {**m["args"], "num_classes": num_classes}
-    if "img_size" in inspect.signature(_MODELS[m["name"]]).parameters:
+    if takes_image_size(m["name"]):
         args.setdefault("img_size", cfg["train"]["img_size"])
     return args
 
