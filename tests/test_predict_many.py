@@ -249,3 +249,66 @@ def test_dicom_seg_from_the_real_series(world, tmp_path, totalseg_dir, capsys):
     np.testing.assert_array_equal(back, label[ks])  # voxel for voxel, placed by patient position
     algorithm = seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
     assert str(algorithm.AlgorithmName).startswith("organseg swin_unet")
+
+
+def _dataset():
+    from organseg.data.base import ArrayDataset, Volume
+
+    rng = np.random.default_rng(0)
+    vols = []
+    for i in range(2):
+        image = rng.uniform(0, 1, (3, 40, 36)).astype(np.float32)
+        label = np.zeros(image.shape, np.int64)
+        label[:, 10:25, 8:20] = 5
+        label[1:, 26:34, 20:30] = 1
+        vols.append(Volume(f"c{i}", image, label, spacing=(2.5, 0.8, 0.8)))
+    return ArrayDataset([], {"test": vols}, class_names=SYNAPSE_CLASSES)
+
+
+def test_test_reports_the_ensemble_beside_its_members(world, tmp_path):
+    from organseg.evaluation.evaluate import evaluate_dataset
+    from organseg.evaluation.testing import run_test
+
+    runs = [_run(tmp_path / f"r{s}", s) for s in (1, 2)]
+    ds = _dataset()
+    summary = run_test(runs[0], data=ds, ensemble=[runs[1]], tta=True, device="cpu", report=False,
+                       viewer=False, progress=False)  # fmt: skip
+    folder = Path(summary["results_dir"])
+    assert folder == runs[0] / "results" / "test_best_ensemble2_tta"
+    assert summary["ensemble"] == [str(r / "checkpoints" / "best.pt") for r in runs] and summary["tta"]
+    assert [m["checkpoint"] for m in summary["members"]] == summary["ensemble"]
+    for r, m in zip(runs, summary["members"], strict=True):  # each member tested alone, in its own folder
+        assert Path(m["results_dir"]) == r / "results" / "test_best"
+        assert (r / "results" / "test_best" / "summary.json").is_file()
+    assert "member 1:" in summary["table"] and "**ensemble + mirror TTA**" in summary["table"]
+    # The ensemble's numbers are those of the averaged network itself.
+    nets = [_net(1), _net(2)]
+    direct = evaluate_dataset(averaged(nets, tta=True), ds, "test", patch_size=64, progress=False).summary()
+    assert summary["reference"]["mean_dice"] == pytest.approx(direct["reference"]["mean_dice"], abs=1e-12)
+    assert json.loads((folder / "summary.json").read_text())["tta"] is True
+
+
+def test_test_applies_an_official_checkpoint_with_the_dataset_classes(tmp_path):
+    from organseg.evaluation.testing import run_test
+
+    official = tmp_path / "epoch_149.pth"
+    torch.save(_net(1).state_dict(), official)
+    summary = run_test(official, data=_dataset(), device="cpu", report=False, viewer=False, progress=False)
+    ref = run_test(_checkpoint(tmp_path / "same.pt", 1), data=_dataset(), device="cpu", report=False,
+                   viewer=False, progress=False)  # fmt: skip
+    assert summary["class_names"] == list(SYNAPSE_CLASSES)
+    assert summary["reference"]["mean_dice"] == ref["reference"]["mean_dice"]
+
+
+def test_predict_with_an_exported_onnx_model(world, tmp_path, capsys):
+    pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
+    pytest.importorskip("onnxscript", reason="the onnx extra is not installed")
+    model = tmp_path / "a.onnx"
+    assert main(["export", str(world["a"]), "--onnx", str(model)]) == 0
+    scan = world["scans"] / "case0.nii.gz"
+    out = tmp_path / "onnx.nii.gz"
+    assert main(["predict", str(model), str(scan), "--out", str(out), "--device", "cpu"]) == 0
+    np.testing.assert_array_equal(read_image(out)[0], _expected([world["a"]], scan))
+    err = _one_line(capsys, ["predict", str(model), str(scan), "--out", str(tmp_path / "b.nii.gz"),
+                             "--precision", "bf16"])  # fmt: skip
+    assert "ONNX models run in fp32" in err
