@@ -17,6 +17,7 @@ Everything is written atomically through :mod:`organseg.fileio`.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -119,15 +120,29 @@ def check_state_dict(model: nn.Module, state: dict, source: str = "checkpoint") 
         for k in own
         if k in state and isinstance(state[k], torch.Tensor) and state[k].shape != own[k].shape
     ]
-    problems = []
+    if missing or unexpected or mismatched:
+        raise CheckpointError(
+            f"{source}: the weights do not fit the network: "
+            + describe_mismatch(missing, unexpected, mismatched, "shapes differ (checkpoint vs network)")
+        )
+
+
+def describe_mismatch(
+    missing: list[str],
+    unexpected: list[str],
+    shapes: list[str],
+    shapes_title: str = "shape mismatches",
+    first: Callable[..., str] = _first,
+) -> str:
+    """Missing keys, unexpected keys and shape mismatches, the first few of each named, in one line."""
+    parts = []
     if missing:
-        problems.append(f"missing keys {_first(missing)}")
+        parts.append(f"{len(missing)} missing keys {first(missing)}")
     if unexpected:
-        problems.append(f"unexpected keys {_first(unexpected)}")
-    if mismatched:
-        problems.append(f"shapes differ (checkpoint vs network) {_first(mismatched, 3)}")
-    if problems:
-        raise CheckpointError(f"{source}: the weights do not fit the network: " + "; ".join(problems))
+        parts.append(f"{len(unexpected)} unexpected keys {first(unexpected)}")
+    if shapes:
+        parts.append(f"{len(shapes)} {shapes_title} {first(shapes, 3)}")
+    return "; ".join(parts)
 
 
 def validate_checkpoint(ckpt: dict, source: str | Path = "checkpoint") -> nn.Module:

@@ -164,14 +164,9 @@ def _swin_net(model: nn.Module) -> tuple[nn.Module, str]:
 def _mismatch_message(
     path: Path, what: str, missing: list[str], unexpected: list[str], shapes: list[str]
 ) -> str:
-    parts = []
-    if missing:
-        parts.append(f"{len(missing)} missing keys {_first(missing)}")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected keys {_first(unexpected)}")
-    if shapes:
-        parts.append(f"{len(shapes)} shape mismatches {_first(shapes, 3)}")
-    return f"{path}: does not fit {what}: " + "; ".join(parts)
+    from organseg.checkpoint import describe_mismatch
+
+    return f"{path}: does not fit {what}: " + describe_mismatch(missing, unexpected, shapes, first=_first)
 
 
 def _shape(t: torch.Tensor) -> str:
