@@ -421,7 +421,7 @@ def read_json(path: PathLike, what: str = "JSON file", kind: type | None = dict)
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         where = f"line {exc.lineno}, column {exc.colno}"
-        raise DataError(f"{path}: cannot read {what}: not valid JSON ({exc.msg} at {where})") from None
+        raise DataError(f"{path}: not valid JSON, cannot read the {what} ({exc.msg} at {where})") from None
     if kind is not None and not isinstance(data, kind):
         raise DataError(f"{path}: expected a JSON {kind.__name__} at the top, got {type(data).__name__}")
     return data
@@ -435,4 +435,4 @@ def read_yaml(path: PathLike, what: str = "YAML file", loader: Callable[[str], A
     try:
         return loader(text) if loader is not None else yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise DataError(f"{path}: cannot read {what}: invalid YAML ({yaml_problem(exc)})") from None
+        raise DataError(f"{path}: invalid YAML, cannot read the {what} ({yaml_problem(exc)})") from None

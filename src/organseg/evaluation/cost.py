@@ -23,11 +23,13 @@ _PROFILE_CACHE: dict[str, dict[str, Any] | None] = {}
 
 
 def _read_json(path: Path) -> dict[str, Any]:
+    from organseg.errors import DataError
+    from organseg.fileio import read_json
+
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return {}  # a missing record leaves its cells empty; the cost table never stops a comparison
-    return data if isinstance(data, dict) else {}
+        return read_json(path)
+    except DataError:
+        return {}  # a missing or damaged record leaves its cells empty; it never stops a comparison
 
 
 def _profile(cfg: dict, num_classes: int) -> dict[str, Any] | None:
