@@ -69,6 +69,10 @@ class ACDCDataset(SegmentationDataset):
     def train_slices(self) -> FileSlices:
         return FileSlices([self.slice_dir / f"{n}.h5" for n in self._train], "h5", self.num_classes)
 
+    def train_slice_cases(self) -> list[str]:
+        # patientNNN_frameMM_slice_K: both frames of a patient are one case (never part of a patient)
+        return [n.split("_frame")[0] for n in self._train]
+
     def case_ids(self, split: str) -> list[str]:
         if split in self._splits:
             return list(self._splits[split])

@@ -49,6 +49,12 @@ class SegmentationDataset(ABC):
     def train_slices(self) -> Sequence[tuple[np.ndarray, np.ndarray]]:
         """Training slices: item i is (image (H, W) float32 in [0, 1], label (H, W) int64)."""
 
+    def train_slice_cases(self) -> list[str]:
+        """The case (patient) each training slice comes from, in ``train_slices()`` order: subsets of the
+        training data (``data.train_fraction``) keep or drop whole cases. By default every slice is its own
+        case (a dataset that does not know better, e.g. :class:`ArrayDataset`)."""
+        return [f"slice{i}" for i in range(len(self.train_slices()))]
+
     @abstractmethod
     def case_ids(self, split: str) -> list[str]:
         """Case ids of an evaluation split ("val" or "test"); empty when the split does not exist."""

@@ -393,6 +393,9 @@ class NnUNetDataset(SegmentationDataset):
             cases, depths, self.preprocessing, self.transpose, self.label_ids, self.cache_bytes
         )
 
+    def train_slice_cases(self) -> list[str]:
+        return [str(c) for c in self._train for _ in range(self._shapes[c][self.slice_axis])]
+
     def case_ids(self, split: str) -> list[str]:
         if split == "train":
             return list(self._train)

@@ -198,10 +198,15 @@ class SynapseDataset(SegmentationDataset):
         return val
 
     # ------------------------------------------------------------------------------------------- interface
-    def train_slices(self) -> FileSlices:
+    def _train_kept(self) -> list[str]:
         held = set(self._val)
-        names = [n for n in self._train_names if _case_of(n) not in held]
-        return FileSlices([self.train_dir / f"{n}.npz" for n in names], "npz", self.num_classes)
+        return [n for n in self._train_names if _case_of(n) not in held]
+
+    def train_slices(self) -> FileSlices:
+        return FileSlices([self.train_dir / f"{n}.npz" for n in self._train_kept()], "npz", self.num_classes)
+
+    def train_slice_cases(self) -> list[str]:
+        return [_case_of(n) for n in self._train_kept()]
 
     def case_ids(self, split: str) -> list[str]:
         if split == "test":

@@ -31,6 +31,8 @@ DEFAULTS: dict[str, Any] = {
     "data": {
         "root": None,
         "max_train_slices": None,  # first N training slices only: smoke tests and demos
+        "train_fraction": None,  # a seeded subset of the training cases (patients), nested across fractions
+        "subset_seed": 0,  # which cases a fraction keeps: the same for every network and train.seed
     },
     "train": {
         "img_size": 224,
@@ -40,6 +42,7 @@ DEFAULTS: dict[str, Any] = {
         "reference_batch": 24,
         "max_epochs": 150,
         "max_iterations": None,  # if set, replaces max_epochs x iterations per epoch (poly horizon too)
+        "budget_images": None,  # if set, iterations = ceil(budget_images / batch_size) (equal images seen)
         "momentum": 0.9,
         "weight_decay": 1e-4,
         "poly_power": 0.9,
@@ -185,6 +188,8 @@ SCHEMA: dict[str, Rule] = {
     "model.pretrained": Rule("str", optional=True),
     "data.root": Rule("str", optional=True),
     "data.max_train_slices": OPTIONAL_POSITIVE_INT,
+    "data.train_fraction": Rule("float", lo=0, hi=1, lo_open=True, optional=True, why="of the cases"),
+    "data.subset_seed": SEED,
     "train.img_size": Rule("int", lo=1, hi=4096, why="the network input side in pixels"),
     "train.batch_size": POSITIVE_INT,
     "train.base_lr": Rule("float", lo=0, lo_open=True),
@@ -209,6 +214,7 @@ SCHEMA: dict[str, Rule] = {
         "int", lo=1, hi=max_threads, optional=True, why="4 x the CPU cores here; null: torch decides"
     ),
     "train.time_budget_min": Rule("float", lo=0, lo_open=True, optional=True),
+    "train.budget_images": Rule("int", lo=1, optional=True, why="training images seen, all processes"),
     "train.log_every": POSITIVE_INT,
     "train.progress": Rule("bool"),
     "val.every": Rule("int", lo=0, why="epochs; 0: the last epoch only"),
@@ -232,6 +238,10 @@ def resolve_config(cfg: dict, data_root: str | Path | None = None) -> dict:
     if "num_classes" in out["model"]["args"]:
         raise ConfigError("model.args.num_classes is set from the dataset; remove it")
     t = out["train"]
+    if t["budget_images"] is not None and t["max_iterations"] is not None:
+        raise ConfigError(
+            "train.budget_images and train.max_iterations both set the length of the run; set one of them"
+        )
     if t["ce_weight"] + t["dice_weight"] <= 0:
         raise ConfigError("train.ce_weight and train.dice_weight are both 0: the loss would be constant")
     return out
@@ -264,12 +274,13 @@ def flatten(cfg: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def config_differences(old: dict, new: dict, ignore: frozenset[str] = RUNTIME_KEYS) -> list[str]:
-    """Human-readable ``key: old -> new`` lines for the keys that differ (ignoring runtime keys)."""
-    a, b = flatten(old), flatten(new)
+    """Human-readable ``key: old -> new`` lines for the keys that differ (ignoring runtime keys). A key the
+    old configuration does not have (a run from an earlier organseg) counts as its default there."""
+    a, b, defaults = flatten(old), flatten(new), flatten(DEFAULTS)
     return [
-        f"{k}: {a.get(k)!r} -> {b.get(k)!r}"
+        f"{k}: {a.get(k, defaults.get(k))!r} -> {b.get(k)!r}"
         for k in sorted(set(a) | set(b))
-        if k not in ignore and a.get(k) != b.get(k)
+        if k not in ignore and a.get(k, defaults.get(k)) != b.get(k, defaults.get(k))
     ]
 
 

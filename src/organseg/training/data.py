@@ -23,7 +23,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
 
 from organseg.data.base import SegmentationDataset
 from organseg.errors import ConfigError, DataError
@@ -80,12 +80,30 @@ def _load_all(
     return images, labels
 
 
+def train_subset(slice_cases: Sequence[str], fraction: float, seed: int) -> tuple[list[int], list[str]]:
+    """The training slices of a seeded subset of the cases: ``ceil(fraction x cases)`` whole cases (never some
+    slices of one patient), the first ones of one seeded permutation of the sorted case ids, so a smaller
+    fraction keeps a subset of every larger one, whatever the network or ``train.seed``. Returns (slice
+    indices, kept case ids)."""
+    cases = sorted(set(slice_cases))
+    order = np.random.default_rng(seed).permutation(len(cases))
+    n = max(1, math.ceil(fraction * len(cases) - 1e-9))
+    kept = sorted(cases[i] for i in order[:n])
+    keep = set(kept)
+    return [i for i, c in enumerate(slice_cases) if c in keep], kept
+
+
 class TrainBatches:
     """One epoch of this process's ``(images (b,1,S,S) float32, labels (b,S,S) int64)`` on its device."""
 
     def __init__(self, dataset: SegmentationDataset, cfg: dict, env: DistEnv) -> None:
         t = cfg["train"]
         slices = dataset.train_slices()
+        self.cases: list[str] | None = None
+        fraction = cfg["data"].get("train_fraction")
+        if fraction is not None and fraction < 1:
+            keep, self.cases = train_subset(dataset.train_slice_cases(), fraction, cfg["data"]["subset_seed"])
+            slices = Subset(slices, keep)  # type: ignore[arg-type]
         limit = cfg["data"]["max_train_slices"]
         if limit is not None and limit < len(slices):
             slices = [slices[i] for i in range(limit)]

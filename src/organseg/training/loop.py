@@ -237,6 +237,8 @@ def _train(
     batches = TrainBatches(dataset, cfg, env)
     ipe = len(batches)
     max_iterations = t["max_iterations"] or t["max_epochs"] * ipe
+    if t["budget_images"]:  # equal images seen, whatever the batch: ceil(images / global batch) iterations
+        max_iterations = math.ceil(t["budget_images"] / t["batch_size"])
     max_epochs = math.ceil(max_iterations / ipe)
     pretrained_info: dict[str, Any] | None = None
     if state is not None:
@@ -302,6 +304,8 @@ def _train(
         atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
         env_info = environment(env.device, t["precision"], env.world_size)
         env_info.update(channels_last=channels_last, compile=t["compile"], augment=t["augment"])
+        if batches.cases is not None:  # data.train_fraction: which cases this run trained on
+            env_info["train_subset"] = {"cases": batches.cases, "slices": batches.num_slices}
         if pretrained_info is None and state is not None:  # a resumed run keeps the record of its start
             pretrained_info = _previous_env(run_dir).get("pretrained")
         if pretrained_info is not None:
