@@ -1960,6 +1960,16 @@ for cid, what, setup, argv, expect, group in [
      [*TRAIN, "--set", "model.args.bogus=1"], ["model.args.bogus"], "config"),
     ("train-set-model.args.width-list", "--set model.args.width=[1]", TRAIN_SETUP,
      [*TRAIN, "--set", "model.args.width=[0.5]"], ["model.args.width"], "config"),
+    ("train-set-data.train_fraction-0", "--set data.train_fraction=0", TRAIN_SETUP,
+     [*TRAIN, "--set", "data.train_fraction=0"], ["data.train_fraction"], "config"),
+    ("train-set-data.train_fraction-1.5", "--set data.train_fraction=1.5", TRAIN_SETUP,
+     [*TRAIN, "--set", "data.train_fraction=1.5"], ["data.train_fraction"], "config"),
+    ("train-set-data.subset_seed-neg", "--set data.subset_seed=-1", TRAIN_SETUP,
+     [*TRAIN, "--set", "data.subset_seed=-1"], ["data.subset_seed"], "config"),
+    ("train-set-train.budget_images-0", "--set train.budget_images=0", TRAIN_SETUP,
+     [*TRAIN, "--set", "train.budget_images=0"], ["train.budget_images"], "config"),
+    ("train-set-budget-and-iterations", "train.budget_images with train.max_iterations", TRAIN_SETUP,
+     [*TRAIN, "--set", "train.budget_images=100"], ["train.budget_images"], "config"),
 ]:
     add(cid, argv[0], what, setup, argv, expect, group=group)
 
