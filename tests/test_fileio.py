@@ -271,3 +271,22 @@ def test_read_only_folder_is_refused_up_front(tmp_path):
             atomic_write_text(ro / "x.json", "{}")
     finally:
         ro.chmod(0o755)
+
+
+def test_check_outputs_against_many_inputs(tmp_path):
+    from organseg.errors import OutputError
+    from organseg.fileio import check_outputs_against
+
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    inputs = [scans / f"s{i}.nii.gz" for i in range(50)] + [tmp_path / "series"]
+    for p in inputs[:-1]:
+        p.write_bytes(b"x")
+    (tmp_path / "series").mkdir()
+    check_outputs_against({"--out": tmp_path / "out" / "s1.nii.gz"}, inputs)  # nowhere near an input
+    with pytest.raises(OutputError, match="s7.json is the same as INPUT"):
+        json_input = scans / "s7.json"
+        json_input.write_text("{}")
+        check_outputs_against({"--out's sidecar": json_input}, [*inputs, json_input])
+    with pytest.raises(OutputError, match="lies inside INPUT"):
+        check_outputs_against({"viewer": tmp_path / "series" / "a.html"}, inputs)

@@ -220,6 +220,7 @@ def test_browser_scrolls_and_toggles_classes(browser, tmp_path: Path) -> None:
                         class_names=ACDC_CLASSES, metrics={"RV": {"DSC": 0.9}}, title="synthetic")
     open_page(browser, page)
     assert browser.title == "synthetic"
+    assert browser.find_element(By.ID, "truth-toggle").is_displayed()
     names = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#classes td.name")]
     assert names == ["RV", "Myo"]
     _, sum_mid, z_mid, text_mid = browser.execute_script(PIXELS_JS, rgb(1))
@@ -264,6 +265,9 @@ def test_browser_real_ct(browser, tmp_path: Path, totalseg_dir: Path) -> None:
     page = write_viewer(tmp_path / "ct.html", ct, label=labels, geometry=geom, class_names=SYNAPSE_CLASSES,
                         window=(-125, 275), title="example_ct_sm")
     open_page(browser, page)
+    from selenium.webdriver.common.by import By
+
+    assert not browser.find_element(By.ID, "truth-toggle").is_displayed()  # a prediction without truth
     set_range(browser, "opacity", 100)
     liver = browser.execute_script("""
 const c = document.getElementById('view'), w = c.width;

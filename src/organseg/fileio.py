@@ -326,6 +326,18 @@ def check_output(
                 )
 
 
+def check_outputs_against(outputs: Mapping[str, PathLike], inputs: Sequence[PathLike]) -> None:
+    """:func:`check_output` of every output against every input, for many of both (``predict`` over a folder
+    of scans): the inputs are indexed by resolved path once, so each output costs a look-up per parent folder
+    instead of a comparison with every input; only a hit goes through ``check_output`` for its message."""
+    index = {_resolved(p): p for p in inputs}
+    for what, out in outputs.items():
+        r = _resolved(out)
+        for place in (r, *r.parents):
+            if place in index:
+                check_output(out, {"INPUT": index[place]}, what=what)
+
+
 def check_distinct(outputs: Mapping[str, PathLike | None]) -> None:
     """Refuse two outputs of one verb that are the same file (e.g. ``--overlay`` equal to ``--out``)."""
     items = [(k, v) for k, v in outputs.items() if v is not None]

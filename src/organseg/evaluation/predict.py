@@ -30,7 +30,7 @@ from organseg.device import resolve_device
 from organseg.errors import ConfigError, DataError, OrgansegError
 from organseg.evaluation.inference import predict_volume
 from organseg.evaluation.runs import checkpoint_patch_size
-from organseg.fileio import check_distinct, check_output, check_output_file, staged
+from organseg.fileio import check_distinct, check_output, check_output_file, check_outputs_against, staged
 from organseg.values import POSITIVE_INT, check_value
 
 _OUT_SUFFIXES = (".nii.gz", ".nii", ".mha", ".nrrd")
@@ -111,7 +111,7 @@ def load_predictor(
 ) -> Predictor:
     """Build the network(s) once for any number of cases; every setting is checked here, before any scan."""
     from organseg.checkpoint import model_from_checkpoint
-    from organseg.evaluation.sources import _classes, combined, load_members, reference_defaults
+    from organseg.evaluation.sources import class_count, combined, load_members, reference_defaults
 
     check_value("--batch-size", batch_size, POSITIVE_INT)
     dev = resolve_device(device)
@@ -134,7 +134,7 @@ def load_predictor(
     names = list(ckpt.get("class_names") or [])
     spec = dict(ckpt.get("preprocessing") or {})
     if not names:
-        names, spec, said = reference_defaults(_classes(ckpt))
+        names, spec, said = reference_defaults(class_count(ckpt))
         notes.append(f"the checkpoint records no classes or preprocessing: using {said}")
     return Predictor(
         model=model, ckpt=ckpt, sources=sources, class_names=names, preprocessing=spec or {"kind": "none"},
@@ -416,9 +416,7 @@ def predict_many(
     inputs = [c.input for c in cases] + [Path(g) for g in given if Path(g).exists()]
     for case in cases:
         check_predict_outputs(list(sources), case.input, case)
-        for what, path in case.outputs.items():
-            for other in inputs:
-                check_output(path, {"INPUT": other}, what=what)
+        check_outputs_against(case.outputs, inputs)
     outcomes: list[Outcome] = []
     bar = progress_bar(total=len(cases), desc="cases", unit="case", disable=not progress or len(cases) < 2)
     with bar:

@@ -90,11 +90,12 @@ def load_member(target: RunTarget, device: torch.device) -> Member:
     model, ckpt = model_from_checkpoint(ckpt, source=path)
     member = Member(target, model.to(device), ckpt)
     if member.official:
-        member.notes.append(f"{path}: official Swin-Unet checkpoint, {_classes(ckpt)} classes from its head")
+        n = class_count(ckpt)
+        member.notes.append(f"{path}: official Swin-Unet checkpoint, {n} classes from its head")
     return member
 
 
-def _classes(ckpt: dict[str, Any]) -> int:
+def class_count(ckpt: dict[str, Any]) -> int:
     from organseg.models._registry import head_key
 
     head = head_key(ckpt["model_name"])
@@ -129,8 +130,8 @@ def load_members(
 
 def _check_agree(a: Member, b: Member) -> None:
     what = f"ensemble members {a.source} and {b.source}"
-    if _classes(a.ckpt) != _classes(b.ckpt):
-        raise ConfigError(f"{what} predict {_classes(a.ckpt)} and {_classes(b.ckpt)} classes")
+    if class_count(a.ckpt) != class_count(b.ckpt):
+        raise ConfigError(f"{what} predict {class_count(a.ckpt)} and {class_count(b.ckpt)} classes")
     na, nb = a.ckpt.get("class_names") or [], b.ckpt.get("class_names") or []
     if na and nb and [n.lower() for n in na] != [n.lower() for n in nb]:
         raise ConfigError(f"{what} have other class names: {na} vs {nb}")

@@ -180,11 +180,11 @@ def _test_one(
             f"{getattr(dataset, 'root', dataset.name)} has {list(dataset.class_names)}"
         )
     if not names:  # an official checkpoint: the dataset names the classes; the head must count as many
-        from organseg.evaluation.sources import _classes
+        from organseg.evaluation.sources import class_count
 
-        if _classes(ckpt) != dataset.num_classes:
+        if class_count(ckpt) != dataset.num_classes:
             raise DataError(
-                f"{tgt.checkpoint_path}: its class head has {_classes(ckpt)} outputs, but the dataset "
+                f"{tgt.checkpoint_path}: its class head has {class_count(ckpt)} outputs, but the dataset "
                 f"{getattr(dataset, 'root', dataset.name)} has {dataset.num_classes} classes"
             )
     model.to(dev)

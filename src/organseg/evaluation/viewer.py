@@ -307,7 +307,7 @@ _PAGE = r"""<!DOCTYPE html>
     </div>
     <div class="controls" style="grid-template-columns: auto auto auto auto;">
       <label><input type="checkbox" id="show-pred" checked> prediction (filled)</label>
-      <label><input type="checkbox" id="show-truth" checked> ground truth (outline)</label>
+      <label id="truth-toggle"><input type="checkbox" id="show-truth" checked> ground truth (outline)</label>
       <button id="all-on" type="button">all classes</button>
       <button id="all-off" type="button">none</button>
     </div>
@@ -475,6 +475,7 @@ _PAGE = r"""<!DOCTYPE html>
     else if (e.key === "End") go(S - 1);
   });
 
+  if (!D.truth) $("truth-toggle").style.display = "none";  // a prediction without ground truth
   go(Math.floor(S / 2));
   Promise.all([inflate(D.label), inflate(D.truth)]).then(([p, t]) => {
     pred = p; truth = t;
