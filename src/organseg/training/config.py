@@ -43,9 +43,12 @@ DEFAULTS: dict[str, Any] = {
         "max_epochs": 150,
         "max_iterations": None,  # if set, replaces max_epochs x iterations per epoch (poly horizon too)
         "budget_images": None,  # if set, iterations = ceil(budget_images / batch_size) (equal images seen)
-        "momentum": 0.9,
+        "optimizer": "sgd",  # sgd (the reference) | adamw
+        "momentum": 0.9,  # SGD only
         "weight_decay": 1e-4,
+        "schedule": "poly",  # poly (the reference) | cosine
         "poly_power": 0.9,
+        "warmup_iterations": 0,  # linear warm-up from base_lr / warmup_iterations to base_lr
         "ce_weight": 0.4,
         "dice_weight": 0.6,
         "seed": 1234,
@@ -57,7 +60,9 @@ DEFAULTS: dict[str, Any] = {
         "num_workers": 0,  # DataLoader workers of the reference augmentation path
         "device": "auto",  # auto | cpu | cuda | cuda:N
         "threads": None,  # torch intra-op threads; None leaves torch's choice
-        "time_budget_min": None,  # stop (checkpointed, validated, resumable) after this many minutes
+        "time_budget_min": None,  # stop (checkpointed, validated, resumable) after this many minutes; without
+        # max_iterations / budget_images it also fits the schedule's horizon to the budget (fitted_iterations)
+        "fitted_iterations": None,  # written by train: the horizon fitted to time_budget_min (kept on resume)
         "log_every": 1,  # iterations between metrics.jsonl records
         "progress": True,
     },
@@ -72,6 +77,8 @@ DEFAULTS: dict[str, Any] = {
 }
 
 AUGMENTS = ("reference", "batched", "none")
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("poly", "cosine")
 LR_SCALINGS = ("none", "linear", "swin_unet")
 
 # Keys that may change when a run is resumed: they affect speed or logging, not the computation.
@@ -197,9 +204,12 @@ SCHEMA: dict[str, Rule] = {
     "train.reference_batch": POSITIVE_INT,
     "train.max_epochs": POSITIVE_INT,
     "train.max_iterations": OPTIONAL_POSITIVE_INT,
+    "train.optimizer": Rule("choice", choices=OPTIMIZERS),
     "train.momentum": Rule("float", lo=0, hi=1, hi_open=True),
     "train.weight_decay": Rule("float", lo=0),
+    "train.schedule": Rule("choice", choices=SCHEDULES),
     "train.poly_power": Rule("float", lo=0, lo_open=True),
+    "train.warmup_iterations": Rule("int", lo=0, why="iterations"),
     "train.ce_weight": Rule("float", lo=0),
     "train.dice_weight": Rule("float", lo=0),
     "train.seed": SEED,
@@ -215,6 +225,7 @@ SCHEMA: dict[str, Rule] = {
     ),
     "train.time_budget_min": Rule("float", lo=0, lo_open=True, optional=True),
     "train.budget_images": Rule("int", lo=1, optional=True, why="training images seen, all processes"),
+    "train.fitted_iterations": Rule("int", lo=1, optional=True, why="written by train; leave it null"),
     "train.log_every": POSITIVE_INT,
     "train.progress": Rule("bool"),
     "val.every": Rule("int", lo=0, why="epochs; 0: the last epoch only"),
@@ -241,6 +252,12 @@ def resolve_config(cfg: dict, data_root: str | Path | None = None) -> dict:
     if t["budget_images"] is not None and t["max_iterations"] is not None:
         raise ConfigError(
             "train.budget_images and train.max_iterations both set the length of the run; set one of them"
+        )
+    set_length = t["budget_images"] is not None or t["max_iterations"] is not None
+    if t["fitted_iterations"] is not None and set_length:
+        raise ConfigError(
+            "train.fitted_iterations is the horizon train fits to train.time_budget_min; it cannot be set "
+            "beside train.max_iterations or train.budget_images"
         )
     if t["ce_weight"] + t["dice_weight"] <= 0:
         raise ConfigError("train.ce_weight and train.dice_weight are both 0: the loss would be constant")

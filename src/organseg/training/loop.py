@@ -68,6 +68,41 @@ def poly_lr(base_lr: float, iteration: int, max_iterations: int, power: float = 
     return base_lr * (1.0 - iteration / max_iterations) ** power
 
 
+def scheduled_lr(t: dict, base_lr: float, step: int, max_iterations: int) -> float:
+    """The learning rate of step ``step`` (0-based) under ``train.schedule`` and ``train.warmup_iterations``.
+
+    Warm-up: step s < W uses ``base_lr * (s + 1) / W``. ``poly`` without warm-up is the reference exactly:
+    its LR is updated after each step from that step's index, so step s >= 1 uses ``poly_lr(base_lr, s - 1)``
+    and steps 0 and 1 both use ``base_lr``; after a warm-up the poly curve spans the remaining steps.
+    ``cosine`` decays from ``base_lr`` after the warm-up to 0 at ``max_iterations``.
+    """
+    warm = t["warmup_iterations"]
+    if step < warm:
+        return base_lr * (step + 1) / warm
+    if t["schedule"] == "cosine":
+        span = max(max_iterations - warm, 1)
+        return base_lr * 0.5 * (1.0 + math.cos(math.pi * min(step - warm, span) / span))
+    if warm == 0:
+        return poly_lr(base_lr, max(step - 1, 0), max_iterations, t["poly_power"])
+    span = max_iterations - warm
+    return poly_lr(base_lr, min(step - warm, span - 1), span, t["poly_power"])
+
+
+# train.time_budget_min without a set length: the horizon comes from the time per iteration measured over
+# FIT_WINDOW iterations after FIT_SKIP warm ones (allocator, first-call caches), leaving FIT_RESERVE of the
+# budget for the checkpoint writes and validations that the measured iterations do not include.
+FIT_SKIP, FIT_WINDOW, FIT_RESERVE = 2, 8, 0.02
+
+
+def fit_horizon(budget_s: float, elapsed_s: float, done: int, seconds_per_iteration: float, cap: int) -> int:
+    """The number of iterations that ends training at the budget: those done plus as many more as the time
+    left (less the reserve) holds at the measured rate, at least one more, at most ``cap`` (the configured
+    epochs: a budget longer than the whole recipe runs the whole recipe)."""
+    left = budget_s * (1.0 - FIT_RESERVE) - elapsed_s
+    more = int(left / seconds_per_iteration) if seconds_per_iteration > 0 else cap
+    return max(done + 1, min(cap, done + more))
+
+
 def is_save_epoch(epoch: int, max_epochs: int, save_interval: int = 50) -> bool:
     """The reference cadence of ``epoch_N`` files (0-based N): past half-way every ``save_interval`` epochs,
     and the last epoch; 150 epochs give epoch_99 and epoch_149."""
@@ -106,6 +141,18 @@ def _checkpoint(model: nn.Module, cfg: dict, args: dict, dataset: SegmentationDa
         config=cfg,
         **state,
     )
+
+
+def make_optimizer(params, t: dict, lr: float) -> torch.optim.Optimizer:
+    """``train.optimizer``: the reference SGD (momentum, L2 weight decay) or AdamW (decoupled weight decay,
+    torch's default betas), fused where this torch has the kernel."""
+    if t["optimizer"] == "sgd":
+        return make_sgd(params, lr, t["momentum"], t["weight_decay"])
+    params = list(params)
+    try:
+        return torch.optim.AdamW(params, lr=lr, weight_decay=t["weight_decay"], fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.AdamW(params, lr=lr, weight_decay=t["weight_decay"])
 
 
 def make_sgd(params, lr: float, momentum: float, weight_decay: float) -> torch.optim.SGD:
@@ -197,15 +244,20 @@ def _previous_env(run_dir: Path) -> dict[str, Any]:
 def _train(
     cfg: dict, dataset: SegmentationDataset, run_dir: Path, resume: bool, env: DistEnv
 ) -> dict[str, Any]:
-    t = cfg["train"]
-    main = env.is_main
-    ckpt_dir = run_dir / "checkpoints"
-    last_path = ckpt_dir / "last.pt"
-    # Rank 0 reads the checkpoint and hands it (or the error) to every process: other nodes may not see the
-    # run folder, and a check failing on one rank only would leave the others waiting.
+    state = _resume_state(cfg, dataset, run_dir, resume, env)
+    return Trainer(cfg, dataset, run_dir, env, state).fit()
+
+
+def _resume_state(
+    cfg: dict, dataset: SegmentationDataset, run_dir: Path, resume: bool, env: DistEnv
+) -> dict[str, Any] | None:
+    """The checked ``last.pt`` to continue, or None for a fresh start. Rank 0 reads it and hands it (or the
+    error) to every process: other nodes may not see the run folder, and a check failing on one rank only
+    would leave the others waiting."""
+    last_path = run_dir / "checkpoints" / "last.pt"
     state, error = None, None
     try:
-        if main and last_path.exists():
+        if env.is_main and last_path.exists():
             if not resume:
                 raise ConfigError(
                     f"{run_dir} already holds a run ({last_path}): use --resume, or another --out"
@@ -219,6 +271,9 @@ def _train(
                     "for inference only? Train into another --out"
                 )
             _check_same_classes(state, dataset, last_path)
+            fitted = state["config"].get("train", {}).get("fitted_iterations")
+            if fitted and cfg["train"]["fitted_iterations"] is None:  # resume keeps the fitted horizon
+                cfg["train"]["fitted_iterations"] = fitted
             diff = config_differences(state["config"], cfg)
             if diff:
                 raise ConfigError(
@@ -229,219 +284,307 @@ def _train(
     state, error = broadcast_object((state, error), env)
     if error is not None:
         raise error
-    amp_dtype = autocast_dtype(t["precision"], env.device)
+    if state is not None:  # every rank: the horizon fitted before the interruption
+        cfg["train"]["fitted_iterations"] = state["config"]["train"].get("fitted_iterations")
+    return state
 
-    seed_all(t["seed"])
-    args = model_args(cfg, dataset.num_classes)
-    model = _build_model(cfg, args)
-    batches = TrainBatches(dataset, cfg, env)
-    ipe = len(batches)
-    max_iterations = t["max_iterations"] or t["max_epochs"] * ipe
-    if t["budget_images"]:  # equal images seen, whatever the batch: ceil(images / global batch) iterations
-        max_iterations = math.ceil(t["budget_images"] / t["batch_size"])
-    max_epochs = math.ceil(max_iterations / ipe)
-    pretrained_info: dict[str, Any] | None = None
-    if state is not None:
-        if state["iterations_per_epoch"] != ipe:
-            raise ConfigError(
-                f"{last_path}: {state['iterations_per_epoch']} iterations per epoch there, {ipe} now "
-                "(another dataset or number of processes?)"
-            )
-        model.load_state_dict(state["model"])
-    elif cfg["model"]["pretrained"]:
-        # Every rank loads the same file, so no broadcast is needed; a resumed run has its own weights.
-        # Concurrent first downloads (torchrun) are safe: each writes its own temporary, then renames.
-        from organseg.models.hub import resolve_pretrained
-        from organseg.models.pretrained import load_pretrained
 
-        spec = cfg["model"]["pretrained"]
-        weights = resolve_pretrained(spec, cfg["model"]["name"], model, progress=main and t["progress"])
-        report = load_pretrained(model, weights)
-        pretrained_info = {"spec": str(spec), "path": str(weights)}
-        pretrained_info.update(loaded=report.loaded, left_random=report.left_random)
-        if main:
-            print(f"pretrained weights {spec}: {report}", flush=True)
-    channels_last = _wants_channels_last(model, t["channels_last"])
-    # On the device before the optimizer exists, so that its restored state lands there too.
-    model.to(env.device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
-    if env.device.type == "cuda":  # the summary's peak is this run's, not an earlier run's in the process
-        torch.cuda.reset_peak_memory_stats(env.device)
-    base_lr = effective_lr(t)
-    optimizer = make_sgd(model.parameters(), base_lr, t["momentum"], t["weight_decay"])
-    scaler = torch.amp.GradScaler("cuda", enabled=t["precision"] == "fp16")
-    it, best, train_seconds = 0, -1.0, 0.0
-    if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        it, best, train_seconds = state["iteration"], state["best_dice"], state["train_seconds"]
-    net: nn.Module = model
-    if env.distributed:
-        # A 1x1 conv weight (Swin-Unet's output layer) is contiguous and channels-last at once; DDP's check
-        # flags its gradient's layout anyway. Only that message is silenced.
-        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
-        net = nn.parallel.DistributedDataParallel(
-            model, device_ids=[env.device.index] if env.device.type == "cuda" else None
+class Trainer:
+    """One training run. The parts a recipe variant changes are methods, so that a variant overrides one of
+    them (as nnU-Net's trainer variants do): :meth:`build_optimizer`, :meth:`lr_at` (the schedule),
+    :meth:`step` (forward, loss, backward, update), :meth:`validate` and :meth:`save` (checkpointing).
+    :meth:`fit` is the loop that calls them; its order of operations is what makes resume bit-identical."""
+
+    def __init__(
+        self, cfg: dict, dataset: SegmentationDataset, run_dir: Path, env: DistEnv, state: dict | None
+    ) -> None:
+        t = self.t = cfg["train"]
+        self.cfg, self.dataset, self.run_dir, self.env, self.main = cfg, dataset, run_dir, env, env.is_main
+        self.last_path = run_dir / "checkpoints" / "last.pt"
+        self.amp_dtype = autocast_dtype(t["precision"], env.device)
+        seed_all(t["seed"])
+        self.args = model_args(cfg, dataset.num_classes)
+        self.model = _build_model(cfg, self.args)
+        self.batches = TrainBatches(dataset, cfg, env)
+        self.ipe = len(self.batches)
+        self.max_iterations = t["max_iterations"] or t["fitted_iterations"] or t["max_epochs"] * self.ipe
+        if t["budget_images"]:  # equal images seen, whatever the batch: ceil(images / global batch)
+            self.max_iterations = math.ceil(t["budget_images"] / t["batch_size"])
+        self.max_epochs = math.ceil(self.max_iterations / self.ipe)
+        self.pretrained_info = self._load_weights(state)
+        self.channels_last = _wants_channels_last(self.model, t["channels_last"])
+        # On the device before the optimizer exists, so that its restored state lands there too.
+        fmt = torch.channels_last if self.channels_last else torch.preserve_format
+        self.model.to(env.device, memory_format=fmt)
+        if env.device.type == "cuda":  # the summary's peak is this run's, not an earlier run's in the process
+            torch.cuda.reset_peak_memory_stats(env.device)
+        self.base_lr = effective_lr(t)
+        self.optimizer = self.build_optimizer()
+        self.scaler = torch.amp.GradScaler("cuda", enabled=t["precision"] == "fp16")
+        self.it, self.best, self.train_seconds = 0, -1.0, 0.0
+        self.resumed = state is not None
+        if state is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scaler.load_state_dict(state["scaler"])
+            self.it, self.best = state["iteration"], state["best_dice"]
+            self.train_seconds = state["train_seconds"]
+        self.net = self._wrap(self.model)
+        self.loss_fn = DiceCELoss(
+            dataset.num_classes, t["ce_weight"], t["dice_weight"], all_reduce=sum_over_ranks_fn(env)
         )
-    if t["compile"]:
-        net = torch.compile(net)
-    loss_fn = DiceCELoss(
-        dataset.num_classes, t["ce_weight"], t["dice_weight"], all_reduce=sum_over_ranks_fn(env)
-    )
 
-    if main:
-        print(f"organseg train: {run_dir}\n{to_yaml(cfg)}", flush=True)
-        print(
-            f"{batches.num_slices} slices, {ipe} iterations/epoch, {max_iterations} in all, lr {base_lr:g}, "
-            f"{env.world_size} process(es) on {env.device}, {t['precision']}"
-            + (f", resuming at iteration {it}" if state else ""),
-            flush=True,
-        )
-        if it >= max_iterations:
-            print("organseg train: the run is already complete; nothing to do", flush=True)
-        if not dataset.case_ids("val"):
-            print("organseg train: the dataset has no validation cases, so no best.pt is written", flush=True)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
-        env_info = environment(env.device, t["precision"], env.world_size)
-        env_info.update(channels_last=channels_last, compile=t["compile"], augment=t["augment"])
-        if batches.cases is not None:  # data.train_fraction: which cases this run trained on
-            env_info["train_subset"] = {"cases": batches.cases, "slices": batches.num_slices}
-        if pretrained_info is None and state is not None:  # a resumed run keeps the record of its start
-            pretrained_info = _previous_env(run_dir).get("pretrained")
-        if pretrained_info is not None:
-            env_info["pretrained"] = pretrained_info
-        atomic_write_text(run_dir / "env.json", json.dumps(env_info, indent=2) + "\n")
-    log = RunLog(run_dir, enabled=main, resume_iteration=it if state else None)
+    # ----------------------------------------------------------------------------- the seams for variants
 
-    def save(name: str, full: bool, **extra: Any) -> None:
-        if not main:
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        return make_optimizer(self.model.parameters(), self.t, self.lr_at(0))
+
+    def lr_at(self, step: int) -> float:
+        return scheduled_lr(self.t, self.base_lr, step, self.max_iterations)
+
+    def step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """One optimisation step on one batch; returns (loss, ce, dice) for the log."""
+        # dropout / drop-path: a stream of its own per iteration and rank (the determinism design)
+        torch.manual_seed(derive_seed(self.t["seed"], STREAM_MODEL, self.it, self.env.rank))
+        amp = self.amp_dtype
+        with torch.autocast(self.env.device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            logits = self.net(images)
+        loss, ce, dice = self.loss_fn.components(logits, labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return loss, ce, dice
+
+    def validate(self, epoch: int) -> dict[str, Any] | None:
+        return _validate(self.model, self.dataset, self.cfg, self.env, epoch, self.it, self.log)
+
+    def save(self, name: str, full: bool, **extra: Any) -> None:
+        """``name`` in the run's checkpoints/; only ``full`` ones (last.pt) carry what resuming needs, epoch_N
+        and best.pt are for inference."""
+        if not self.main:
             return
-        ckpt = _checkpoint(
-            model, cfg, args, dataset, iteration=it, epoch=it // ipe, iterations_per_epoch=ipe, **extra
-        )
-        if full:  # only last.pt carries what resuming needs; epoch_N / best are for inference
-            ckpt.update(
-                optimizer=optimizer.state_dict(),
-                scaler=scaler.state_dict(),
-                best_dice=best,
-                train_seconds=train_seconds,
-            )
-        atomic_torch_save(ckpt, ckpt_dir / name)
+        ckpt = _checkpoint(self.model, self.cfg, self.args, self.dataset, iteration=self.it,
+                           epoch=self.it // self.ipe, iterations_per_epoch=self.ipe, **extra)  # fmt: skip
+        if full:
+            ckpt.update(optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict(),
+                        best_dice=self.best, train_seconds=self.train_seconds)  # fmt: skip
+        atomic_torch_save(ckpt, self.run_dir / "checkpoints" / name)
 
-    budget_s = t["time_budget_min"] * 60 if t["time_budget_min"] else math.inf
-    stopped, val_record = ("time_budget" if train_seconds >= budget_s else "completed"), None
-    start_time = time.perf_counter() - train_seconds
-    v_loss = math.nan
-    net.train()
-    while it < max_iterations and stopped == "completed":
-        epoch, start = divmod(it, ipe)
-        bar = progress_bar(
-            total=min(ipe, max_iterations - epoch * ipe),
-            initial=start,
-            desc=f"epoch {epoch + 1}/{max_epochs}",
-            disable=not (main and t["progress"]),
-            dynamic_ncols=True,
+    # ------------------------------------------------------------------------------------------ the loop
+
+    def fit(self) -> dict[str, Any]:
+        t, env = self.t, self.env
+        self._write_header()
+        self.log = RunLog(self.run_dir, enabled=self.main, resume_iteration=self.it if self.resumed else None)
+        self.budget_s = t["time_budget_min"] * 60 if t["time_budget_min"] else math.inf
+        fit_pending = bool(t["time_budget_min"]) and not (
+            t["max_iterations"] or t["budget_images"] or t["fitted_iterations"]
         )
-        epoch_t0, epoch_images = time.perf_counter(), 0
-        for images, labels in batches.epoch(epoch, start):
-            if channels_last:
+        self.fit_window = (self.it + FIT_SKIP, 0.0) if fit_pending else None
+        self.stopped = "time_budget" if self.train_seconds >= self.budget_s else "completed"
+        self.start_time = time.perf_counter() - self.train_seconds
+        self.v_loss, val_record = math.nan, None
+        self.net.train()
+        while self.it < self.max_iterations and self.stopped == "completed":
+            epoch = self.it // self.ipe
+            self._epoch(epoch)
+            epoch_done = self.it % self.ipe == 0
+            final = self.it >= self.max_iterations or self.stopped != "completed"
+            every = self.cfg["val"]["every"]
+            if final or (epoch_done and every and (epoch + 1) % every == 0):
+                val_record = self.validate(epoch)
+                if val_record is not None and val_record["mean_dice"] > self.best:
+                    self.best = val_record["mean_dice"]
+                    self.save("best.pt", full=False, val=val_record)
+            if epoch_done and is_save_epoch(epoch, self.max_epochs, self.cfg["checkpoint"]["save_interval"]):
+                self.save(f"epoch_{epoch}.pt", full=False)
+            self.save("last.pt", full=True)
+            barrier(env)
+        self.log.close()
+        return self._summary(val_record)
+
+    def _epoch(self, epoch: int) -> None:
+        """The iterations of one epoch (the rest of it, when resuming mid-epoch), until the horizon or the
+        time budget; one plain line at its end for logs (the bar is for terminals)."""
+        start = self.it - epoch * self.ipe
+        bar = progress_bar(total=min(self.ipe, self.max_iterations - epoch * self.ipe), initial=start,
+                           desc=f"epoch {epoch + 1}/{self.max_epochs}",
+                           disable=not (self.main and self.t["progress"]), dynamic_ncols=True)  # fmt: skip
+        self.epoch_t0, self.epoch_images = time.perf_counter(), 0
+        for images, labels in self.batches.epoch(epoch, start):
+            if self.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
-            torch.manual_seed(derive_seed(t["seed"], STREAM_MODEL, it, env.rank))  # dropout / drop-path
-            with torch.autocast(
-                env.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
-            ):
-                logits = net(images)
-            loss, ce, dice = loss_fn.components(logits, labels)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            lr = optimizer.param_groups[0]["lr"]
-            for group in optimizer.param_groups:  # after the step, as the reference
-                group["lr"] = poly_lr(base_lr, it, max_iterations, t["poly_power"])
-            it += 1
-            epoch_images += images.shape[0] * env.world_size  # the last batch of an epoch is short
-            train_seconds = time.perf_counter() - start_time
-            if it % t["log_every"] == 0 or it % ipe == 0:
-                over = float(train_seconds >= budget_s)
-                vals = mean_over_ranks(
-                    torch.stack(
-                        [loss.detach(), ce.detach(), dice.detach(), torch.tensor(over, device=loss.device)]
-                    ),
-                    env,
-                )
-                v_loss, v_ce, v_dice, v_over = vals.tolist()
-                if not math.isfinite(v_loss):
-                    good = (
-                        f"the last good checkpoint is {last_path}"
-                        if last_path.exists()
-                        else "no checkpoint was written"
-                    )
-                    raise TrainingDiverged(
-                        f"loss is {v_loss} at iteration {it} (epoch {epoch + 1}): training stopped; {good}. "
-                        "Try a lower train.base_lr, or --precision fp32"
-                    )
-                log.write(
-                    {
-                        "kind": "train",
-                        "iter": it,
-                        "epoch": epoch,
-                        "loss": v_loss,
-                        "ce": v_ce,
-                        "dice": v_dice,
-                        "lr": lr,
-                        "time": round(train_seconds, 3),
-                    }
-                )
-                rate = epoch_images / max(time.perf_counter() - epoch_t0, 1e-9)
-                eta = (batches.images_seen(max_iterations) - batches.images_seen(it)) / rate
-                bar.set_postfix_str(
-                    f"loss {v_loss:.4f} lr {lr:.2e} {rate:.1f} img/s ETA {_hms(eta)}", refresh=False
-                )
-                if v_over > 0:
-                    stopped = "time_budget"
+            loss, ce, dice = self.step(images, labels)
+            lr = self.optimizer.param_groups[0]["lr"]
+            for group in self.optimizer.param_groups:  # after the step, as the reference
+                group["lr"] = self.lr_at(self.it + 1)
+            self.it += 1
+            self.epoch_images += images.shape[0] * self.env.world_size  # the last batch of an epoch is short
+            self.train_seconds = time.perf_counter() - self.start_time
+            self._fit_to_budget()
+            if self.it % self.t["log_every"] == 0 or self.it % self.ipe == 0:
+                self._log_iteration(epoch, lr, loss, ce, dice, bar)
             bar.update(1)
-            if stopped != "completed" or it >= max_iterations:
+            if self.stopped != "completed" or self.it >= self.max_iterations:
                 break
         bar.close()
-        if main:  # one line per epoch for logs (the bar is for terminals)
-            secs = time.perf_counter() - epoch_t0
+        if self.main:
+            secs = time.perf_counter() - self.epoch_t0
             print(
-                f"epoch {epoch + 1}/{max_epochs}: {epoch_images} images in {secs:.1f} s "
-                f"({epoch_images / secs:.1f} img/s), loss {v_loss:.4f}",
+                f"epoch {epoch + 1}/{self.max_epochs}: {self.epoch_images} images in {secs:.1f} s "
+                f"({self.epoch_images / secs:.1f} img/s), loss {self.v_loss:.4f}",
                 flush=True,
             )
 
-        epoch_done = it % ipe == 0
-        final = it >= max_iterations or stopped != "completed"
-        every = cfg["val"]["every"]
-        if final or (epoch_done and every and (epoch + 1) % every == 0):
-            val_record = _validate(model, dataset, cfg, env, epoch, it, log)
-            if val_record is not None and val_record["mean_dice"] > best:
-                best = val_record["mean_dice"]
-                save("best.pt", full=False, val=val_record)
-        if epoch_done and is_save_epoch(epoch, max_epochs, cfg["checkpoint"]["save_interval"]):
-            save(f"epoch_{epoch}.pt", full=False)
-        save("last.pt", full=True)
-        barrier(env)
+    def _fit_to_budget(self) -> None:
+        """``train.time_budget_min`` without a set length: time FIT_WINDOW iterations after FIT_SKIP, then fix
+        the horizon (every rank takes rank 0's) and record it."""
+        if self.fit_window is None:
+            return
+        first, t0 = self.fit_window
+        if self.it == first:
+            self.fit_window = (first, time.perf_counter())
+        elif self.it == first + FIT_WINDOW:
+            self.fit_window = None
+            per_it = (time.perf_counter() - t0) / FIT_WINDOW
+            fitted = fit_horizon(self.budget_s, time.perf_counter() - self.start_time, self.it, per_it,
+                                 self.t["max_epochs"] * self.ipe)  # fmt: skip
+            self.max_iterations = broadcast_object(fitted, self.env)
+            self.max_epochs = math.ceil(self.max_iterations / self.ipe)
+            self.t["fitted_iterations"] = self.max_iterations
+            _record_fit(self.run_dir, self.cfg, self.env, per_it, self.it, self.max_iterations)
 
-    log.close()
-    summary = {
-        "run_dir": str(run_dir),
-        "stopped": stopped,
-        "iterations": it,
-        "epochs": round(it / ipe, 3),
-        "max_iterations": max_iterations,
-        "train_seconds": round(train_seconds, 1),
-        "images_per_second": round(batches.images_seen(it) / max(train_seconds, 1e-9), 2),
-        "best_mean_dice": best if best >= 0 else None,
-        "last_val": val_record,
-        **_peak_memory(env.device),
-        "checkpoints": sorted(p.name for p in ckpt_dir.glob("*.pt")) if main else [],
+    def _log_iteration(self, epoch: int, lr: float, loss, ce, dice, bar) -> None:
+        """Averaged over ranks: the record, the divergence check and the budget stop (agreed by all ranks)."""
+        over = float(self.train_seconds >= self.budget_s)
+        flag = torch.tensor(over, device=loss.device)
+        stacked = torch.stack([loss.detach(), ce.detach(), dice.detach(), flag])
+        v_loss, v_ce, v_dice, v_over = mean_over_ranks(stacked, self.env).tolist()
+        self.v_loss = v_loss
+        if not math.isfinite(v_loss):
+            good = (
+                f"the last good checkpoint is {self.last_path}"
+                if self.last_path.exists()
+                else "no checkpoint was written"
+            )
+            raise TrainingDiverged(
+                f"loss is {v_loss} at iteration {self.it} (epoch {epoch + 1}): training stopped; {good}. "
+                "Try a lower train.base_lr, or --precision fp32"
+            )
+        self.log.write({"kind": "train", "iter": self.it, "epoch": epoch, "loss": v_loss, "ce": v_ce,
+                        "dice": v_dice, "lr": lr, "time": round(self.train_seconds, 3)})  # fmt: skip
+        rate = self.epoch_images / max(time.perf_counter() - self.epoch_t0, 1e-9)
+        images_left = self.batches.images_seen(self.max_iterations) - self.batches.images_seen(self.it)
+        bar.set_postfix_str(f"loss {v_loss:.4f} lr {lr:.2e} {rate:.1f} img/s ETA {_hms(images_left / rate)}",
+                            refresh=False)  # fmt: skip
+        if v_over > 0:
+            self.stopped = "time_budget"
+
+    # ---------------------------------------------------------------------------------------- set-up, end
+
+    def _load_weights(self, state: dict | None) -> dict[str, Any] | None:
+        """A resumed run's own weights, or the configured pretrained ones at a fresh start (every rank loads
+        the same file, so no broadcast; concurrent first downloads are safe: temporary, then rename)."""
+        if state is not None:
+            if state["iterations_per_epoch"] != self.ipe:
+                raise ConfigError(
+                    f"{self.last_path}: {state['iterations_per_epoch']} iterations per epoch there, "
+                    f"{self.ipe} now (another dataset or number of processes?)"
+                )
+            self.model.load_state_dict(state["model"])
+            return None
+        spec = self.cfg["model"]["pretrained"]
+        if not spec:
+            return None
+        from organseg.models.hub import resolve_pretrained
+        from organseg.models.pretrained import load_pretrained
+
+        name, show = self.cfg["model"]["name"], self.main and self.t["progress"]
+        weights = resolve_pretrained(spec, name, self.model, progress=show)
+        report = load_pretrained(self.model, weights)
+        if self.main:
+            print(f"pretrained weights {spec}: {report}", flush=True)
+        info = {"spec": str(spec), "path": str(weights)}
+        return {**info, "loaded": report.loaded, "left_random": report.left_random}
+
+    def _wrap(self, model: nn.Module) -> nn.Module:
+        net: nn.Module = model
+        if self.env.distributed:
+            # A 1x1 conv weight (Swin-Unet's output layer) is contiguous and channels-last at once; DDP's
+            # check flags its gradient's layout anyway. Only that message is silenced.
+            warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+            device_ids = [self.env.device.index] if self.env.device.type == "cuda" else None
+            net = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+        return torch.compile(net) if self.t["compile"] else net
+
+    def _write_header(self) -> None:
+        """The resolved configuration and the start line on the console; config.yaml and env.json."""
+        if not self.main:
+            return
+        t, env, run_dir = self.t, self.env, self.run_dir
+        print(f"organseg train: {run_dir}\n{to_yaml(self.cfg)}", flush=True)
+        print(
+            f"{self.batches.num_slices} slices, {self.ipe} iterations/epoch, {self.max_iterations} in all, "
+            f"lr {self.base_lr:g}, {env.world_size} process(es) on {env.device}, {t['precision']}"
+            + (f", resuming at iteration {self.it}" if self.resumed else ""),
+            flush=True,
+        )
+        if self.it >= self.max_iterations:
+            print("organseg train: the run is already complete; nothing to do", flush=True)
+        if not self.dataset.case_ids("val"):
+            print("organseg train: the dataset has no validation cases, so no best.pt is written", flush=True)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.yaml", to_yaml(self.cfg))
+        env_info = environment(env.device, t["precision"], env.world_size)
+        env_info.update(channels_last=self.channels_last, compile=t["compile"], augment=t["augment"])
+        if self.batches.cases is not None:  # data.train_fraction: which cases this run trained on
+            env_info["train_subset"] = {"cases": self.batches.cases, "slices": self.batches.num_slices}
+        previous = _previous_env(run_dir) if self.resumed else {}
+        pretrained = self.pretrained_info or previous.get("pretrained")  # a resumed run keeps its start's
+        if pretrained is not None:
+            env_info["pretrained"] = pretrained
+        if "time_budget_fit" in previous:
+            env_info["time_budget_fit"] = previous["time_budget_fit"]
+        atomic_write_text(run_dir / "env.json", json.dumps(env_info, indent=2) + "\n")
+
+    def _summary(self, val_record: dict | None) -> dict[str, Any]:
+        it, ckpt_dir = self.it, self.run_dir / "checkpoints"
+        summary = {
+            "run_dir": str(self.run_dir),
+            "stopped": self.stopped,
+            "iterations": it,
+            "epochs": round(it / self.ipe, 3),
+            "max_iterations": self.max_iterations,
+            "train_seconds": round(self.train_seconds, 1),
+            "images_per_second": round(self.batches.images_seen(it) / max(self.train_seconds, 1e-9), 2),
+            "best_mean_dice": self.best if self.best >= 0 else None,
+            "last_val": val_record,
+            **_peak_memory(self.env.device),
+            "checkpoints": sorted(p.name for p in ckpt_dir.glob("*.pt")) if self.main else [],
+        }
+        if self.main:
+            atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        return summary
+
+
+def _record_fit(run_dir: Path, cfg: dict, env: DistEnv, per_it: float, measured_to: int, horizon: int):
+    """The fitted horizon goes into config.yaml (and so into every later checkpoint: resume keeps it) and the
+    measurement behind it into env.json."""
+    if not env.is_main:
+        return
+    atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
+    info = _previous_env(run_dir)
+    info["time_budget_fit"] = {
+        "seconds_per_iteration": round(per_it, 4),
+        "measured_iterations": [measured_to - FIT_WINDOW, measured_to],
+        "budget_min": cfg["train"]["time_budget_min"],
+        "horizon": horizon,
     }
-    if main:
-        atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-    return summary
+    atomic_write_text(run_dir / "env.json", json.dumps(info, indent=2) + "\n")
+    progress_write(
+        f"time budget {cfg['train']['time_budget_min']:g} min: {per_it:.3f} s/iteration measured, "
+        f"schedule horizon {horizon} iterations"
+    )
 
 
 def _peak_memory(device: torch.device) -> dict[str, Any]:
