@@ -93,8 +93,8 @@ def _budget_config() -> dict:
 
 @pytest.fixture()
 def fixed_fit(monkeypatch):
-    """Measure over iterations 1..3 and fit a horizon of 7 whatever the clock says (the fit's arithmetic is
-    tested above; here: where the horizon goes, and that resume keeps it)."""
+    """Measure over iterations 1..3 (then 3..5) and fit a horizon of 7 whatever the clock says (the fit's
+    arithmetic is tested above; here: where the horizon goes, and that resume keeps it)."""
     seen = []
 
     def fake_fit(budget_s, elapsed_s, done, per_it, cap):
@@ -111,12 +111,15 @@ def fixed_fit(monkeypatch):
 def test_time_budget_fits_the_horizon_and_records_it(tmp_path, fixed_fit):
     out = tmp_path / "fit"
     summary = train(_budget_config(), tiny_dataset(N_SLICES), out)
-    assert fixed_fit == [(600.0, 3, IPE * EPOCHS)]
+    # Fitted after iterations 1..3, and again half-way to the horizon (iteration 5) from the rate since then.
+    assert fixed_fit == [(600.0, 3, IPE * EPOCHS), (600.0, 5, IPE * EPOCHS)]
     assert summary["stopped"] == "completed" and summary["iterations"] == summary["max_iterations"] == 7
     assert yaml.safe_load((out / "config.yaml").read_text())["train"]["fitted_iterations"] == 7
     assert read_checkpoint(out / "checkpoints" / "last.pt")["config"]["train"]["fitted_iterations"] == 7
     fit = json.loads((out / "env.json").read_text())["time_budget_fit"]
     assert fit["horizon"] == 7 and fit["measured_iterations"] == [1, 3] and fit["seconds_per_iteration"] > 0
+    refit = json.loads((out / "env.json").read_text())["time_budget_refit"]
+    assert refit["horizon"] == 7 and refit["measured_iterations"] == [3, 5]
     t = resolve_config(_budget_config())["train"]
     lrs = [r["lr"] for r in read_metrics(out, "train")]
     assert lrs[3:] == pytest.approx([scheduled_lr(t, 1e-3, s, 7) for s in range(3, 7)])
@@ -149,7 +152,7 @@ def test_resume_keeps_the_fitted_horizon(tmp_path, fixed_fit):
     cfg = _budget_config()
     cfg["train"]["time_budget_min"] = 30.0
     summary = train(cfg, tiny_dataset(N_SLICES), out, resume=True)
-    assert len(fixed_fit) == 2  # one fit per fresh run, none on resume
+    assert len(fixed_fit) == 3  # the full run's two fits, the interrupted one's first; none on resume
     assert summary["max_iterations"] == summary["iterations"] == 7
     ref, got = state_dict_of(full / "checkpoints" / "last.pt"), state_dict_of(out / "checkpoints" / "last.pt")
     assert all(torch.equal(ref[k], got[k]) for k in ref)

@@ -1152,6 +1152,8 @@ INT_KEYS = {
     "train.seed": ["true", "1.5", "abc", "[1]"],
     "train.num_workers": ["true", "-1", "1.5", "abc"],
     "train.threads": ["true", "-1", "0", "1.5", "abc"],
+    "train.warmup_iterations": ["true", "-1", "1.5", "abc"],
+    "train.fitted_iterations": ["true", "-1", "0", "1.5", "abc"],
     "val.every": ["true", "-1", "1.5", "abc"],
     "val.batch_size": ["true", "-1", "0", "1.5", "abc"],
     "val.max_cases": ["true", "-1", "0", "1.5", "abc"],
@@ -1171,6 +1173,8 @@ CHOICE_KEYS = {
     "train.precision": ["fp64", "true", "16"],
     "train.augment": ["heavy", "true"],
     "train.lr_scaling": ["sqrt", "1"],
+    "train.optimizer": ["adam", "true"],
+    "train.schedule": ["step", "1"],
     "train.channels_last": ["maybe", "2"],
     "train.deterministic": ["maybe", "2"],
     "train.progress": ["maybe", "2"],
@@ -1970,6 +1974,8 @@ for cid, what, setup, argv, expect, group in [
      [*TRAIN, "--set", "train.budget_images=0"], ["train.budget_images"], "config"),
     ("train-set-budget-and-iterations", "train.budget_images with train.max_iterations", TRAIN_SETUP,
      [*TRAIN, "--set", "train.budget_images=100"], ["train.budget_images"], "config"),
+    ("train-set-fitted-and-iterations", "train.fitted_iterations with train.max_iterations", TRAIN_SETUP,
+     [*TRAIN, "--set", "train.fitted_iterations=100"], ["train.fitted_iterations"], "config"),
 ]:
     add(cid, argv[0], what, setup, argv, expect, group=group)
 

@@ -63,3 +63,18 @@ def open_dataset(root: str | Path, **options) -> SegmentationDataset:
         allowed = sorted(k for k in params if k not in ("self", "root"))
         raise ConfigError(f"option(s) {unknown} do not apply to a {layout} dataset (it accepts {allowed})")
     return cls(root, **options)
+
+
+def resolve_dataset(
+    data: str | Path | SegmentationDataset | None, config: dict | None, missing: str
+) -> SegmentationDataset:
+    """The one dataset opener of ``train`` and ``test``: a dataset object as given, else the folder ``data``,
+    else the configuration's ``data.root`` (a run's config, or a checkpoint's); ``missing`` is the ConfigError
+    message when there is none of them."""
+    if isinstance(data, SegmentationDataset):
+        return data
+    root = data if data is not None else ((config or {}).get("data") or {}).get("root")
+    if root is None:
+        raise ConfigError(missing)
+    return open_dataset(root)
+

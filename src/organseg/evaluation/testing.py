@@ -11,7 +11,7 @@ import torch
 
 from organseg.data.base import SegmentationDataset, Volume
 from organseg.device import resolve_device
-from organseg.errors import ConfigError, DataError
+from organseg.errors import DataError
 from organseg.evaluation.evaluate import evaluate_dataset
 from organseg.evaluation.report import OVERLAY_FILE, OverlayCollector, write_report
 from organseg.evaluation.runs import RunTarget, checkpoint_patch_size, results_dir
@@ -22,14 +22,10 @@ from organseg.values import OPTIONAL_POSITIVE_INT, POSITIVE_INT, check_value
 
 
 def _open_dataset(data: str | Path | SegmentationDataset | None, ckpt: dict[str, Any]) -> SegmentationDataset:
-    if isinstance(data, SegmentationDataset):
-        return data
-    root = data if data is not None else (ckpt.get("config") or {}).get("data", {}).get("root")
-    if root is None:
-        raise ConfigError("no test data: pass --data DIR (the checkpoint's configuration has no data.root)")
-    from organseg.data import open_dataset
+    from organseg.data.detect import resolve_dataset
 
-    return open_dataset(root)
+    missing = "no test data: pass --data DIR (the checkpoint's configuration has no data.root)"
+    return resolve_dataset(data, ckpt.get("config"), missing)
 
 
 def _nifti_writer(folder: Path, collector: OverlayCollector):

@@ -110,14 +110,9 @@ def is_save_epoch(epoch: int, max_epochs: int, save_interval: int = 50) -> bool:
 
 
 def open_dataset_for(data: str | Path | SegmentationDataset | None, cfg: dict) -> SegmentationDataset:
-    if isinstance(data, SegmentationDataset):
-        return data
-    root = data if data is not None else cfg["data"]["root"]
-    if root is None:
-        raise ConfigError("no training data: pass --data DIR (or set data.root)")
-    from organseg.data import open_dataset
+    from organseg.data.detect import resolve_dataset
 
-    return open_dataset(root)
+    return resolve_dataset(data, cfg, "no training data: pass --data DIR (or set data.root)")
 
 
 def _wants_channels_last(model: nn.Module, setting: str | bool) -> bool:
@@ -380,7 +375,8 @@ class Trainer:
         fit_pending = bool(t["time_budget_min"]) and not (
             t["max_iterations"] or t["budget_images"] or t["fitted_iterations"]
         )
-        self.fit_window = (self.it + FIT_SKIP, 0.0) if fit_pending else None
+        # (first iteration timed, its clock, the iteration at which the horizon is fitted)
+        self.fit_window = (self.it + FIT_SKIP, 0.0, 0) if fit_pending else None
         self.stopped = "time_budget" if self.train_seconds >= self.budget_s else "completed"
         self.start_time = time.perf_counter() - self.train_seconds
         self.v_loss, val_record = math.nan, None
@@ -438,21 +434,30 @@ class Trainer:
 
     def _fit_to_budget(self) -> None:
         """``train.time_budget_min`` without a set length: time FIT_WINDOW iterations after FIT_SKIP, then fix
-        the horizon (every rank takes rank 0's) and record it."""
+        the horizon (every rank takes rank 0's) and record it. Half-way from there to that horizon it is
+        fitted once more from the rate since the first fit, so that a machine that got slower or faster
+        (other jobs) still ends its schedule near the budget. Both points are iterations, not clock readings,
+        so every rank takes part in the same broadcasts. A run resumed after the first fit keeps the recorded
+        horizon."""
         if self.fit_window is None:
             return
-        first, t0 = self.fit_window
-        if self.it == first:
-            self.fit_window = (first, time.perf_counter())
-        elif self.it == first + FIT_WINDOW:
-            self.fit_window = None
-            per_it = (time.perf_counter() - t0) / FIT_WINDOW
-            fitted = fit_horizon(self.budget_s, time.perf_counter() - self.start_time, self.it, per_it,
-                                 self.t["max_epochs"] * self.ipe)  # fmt: skip
-            self.max_iterations = broadcast_object(fitted, self.env)
-            self.max_epochs = math.ceil(self.max_iterations / self.ipe)
-            self.t["fitted_iterations"] = self.max_iterations
-            _record_fit(self.run_dir, self.cfg, self.env, per_it, self.it, self.max_iterations)
+        first, t0, at = self.fit_window
+        now = time.perf_counter()
+        if self.it == first and t0 == 0.0:
+            self.fit_window = (first, now, first + FIT_WINDOW)
+        if t0 == 0.0 or self.it != at:
+            return
+        second = self.t["fitted_iterations"] is not None
+        per_it = (now - t0) / (self.it - first)
+        cap = self.t["max_epochs"] * self.ipe
+        fitted = fit_horizon(self.budget_s, now - self.start_time, self.it, per_it, cap)
+        fitted = broadcast_object(fitted, self.env)
+        self.max_iterations, self.max_epochs = fitted, math.ceil(fitted / self.ipe)
+        self.t["fitted_iterations"] = fitted
+        key = "time_budget_refit" if second else "time_budget_fit"
+        _record_fit(self.run_dir, self.cfg, self.env, key, per_it, [first, self.it], fitted)
+        refit_at = self.it + (fitted - self.it) // 2
+        self.fit_window = None if second or refit_at <= self.it else (self.it, now, refit_at)
 
     def _log_iteration(self, epoch: int, lr: float, loss, ce, dice, bar) -> None:
         """Averaged over ranks: the record, the divergence check and the budget stop (agreed by all ranks)."""
@@ -543,8 +548,9 @@ class Trainer:
         pretrained = self.pretrained_info or previous.get("pretrained")  # a resumed run keeps its start's
         if pretrained is not None:
             env_info["pretrained"] = pretrained
-        if "time_budget_fit" in previous:
-            env_info["time_budget_fit"] = previous["time_budget_fit"]
+        for key in ("time_budget_fit", "time_budget_refit"):  # a resumed run keeps its measurements
+            if key in previous:
+                env_info[key] = previous[key]
         atomic_write_text(run_dir / "env.json", json.dumps(env_info, indent=2) + "\n")
 
     def _summary(self, val_record: dict | None) -> dict[str, Any]:
@@ -567,24 +573,22 @@ class Trainer:
         return summary
 
 
-def _record_fit(run_dir: Path, cfg: dict, env: DistEnv, per_it: float, measured_to: int, horizon: int):
+def _record_fit(
+    run_dir: Path, cfg: dict, env: DistEnv, key: str, per_it: float, span: list[int], horizon: int
+) -> None:
     """The fitted horizon goes into config.yaml (and so into every later checkpoint: resume keeps it) and the
-    measurement behind it into env.json."""
+    measurement behind it into env.json under ``key``."""
     if not env.is_main:
         return
     atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
     info = _previous_env(run_dir)
-    info["time_budget_fit"] = {
-        "seconds_per_iteration": round(per_it, 4),
-        "measured_iterations": [measured_to - FIT_WINDOW, measured_to],
-        "budget_min": cfg["train"]["time_budget_min"],
-        "horizon": horizon,
-    }
+    budget = cfg["train"]["time_budget_min"]
+    info[key] = {"seconds_per_iteration": round(per_it, 4), "measured_iterations": span,
+                 "budget_min": budget, "horizon": horizon}  # fmt: skip
     atomic_write_text(run_dir / "env.json", json.dumps(info, indent=2) + "\n")
-    progress_write(
-        f"time budget {cfg['train']['time_budget_min']:g} min: {per_it:.3f} s/iteration measured, "
-        f"schedule horizon {horizon} iterations"
-    )
+    again = " (again, half-way)" if key == "time_budget_refit" else ""
+    progress_write(f"time budget {budget:g} min{again}: {per_it:.3f} s/iteration measured over iterations "
+                   f"{span[0]}-{span[1]}, schedule horizon {horizon} iterations")  # fmt: skip
 
 
 def _peak_memory(device: torch.device) -> dict[str, Any]:

@@ -1,0 +1,165 @@
+"""Time to accuracy on ACDC: timed training trials and their table and figure (docs/training.md).
+
+A trial is one ``organseg train`` run of a preset with a time budget (``train.time_budget_min``: the
+schedule's horizon is fitted to the minutes from the throughput measured at the start), validated at the end
+on the ACDC validation patients (the dataset has no test split here, and tuning never reads one).
+
+    python benchmarks/time_to_accuracy.py run T1_swin swin_unet_acdc_fast 15 --threads 1 [--set k=v ...]
+    python benchmarks/time_to_accuracy.py report runs/tta/* --figure docs/figures/time_to_accuracy.png
+
+``run`` resumes a trial that was interrupted (the same command). ``report`` prints one Markdown row per run
+folder (recipe, budget, iterations, images, validation DSC per class) and draws validation DSC against
+training minutes, one line per preset (its runs of different budgets, and any validations during a run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+ACDC = ROOT.parent / "shared" / "data" / "acdc"
+RECIPE_KEYS = ("optimizer", "base_lr", "weight_decay", "batch_size", "schedule", "warmup_iterations",
+               "ce_weight", "dice_weight", "precision", "augment")  # fmt: skip
+
+
+def run(args: argparse.Namespace) -> int:
+    out = Path(args.out_root) / args.name
+    cmd = [sys.executable, "-m", "organseg", "train", args.preset, "--data", str(args.data),
+           "--out", str(out), "--set", f"train.time_budget_min={args.minutes}",
+           "--set", "train.progress=false"]  # fmt: skip
+    if args.threads:
+        cmd += ["--set", f"train.threads={args.threads}"]
+    if (out / "checkpoints" / "last.pt").exists():
+        cmd.append("--resume")
+    for item in args.set or []:
+        cmd += ["--set", item]
+    print(" ".join(cmd), flush=True)
+    return subprocess.call(cmd)
+
+
+def _records(run_dir: Path) -> tuple[list[dict], list[dict]]:
+    train, val = [], []
+    for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:  # a cut last line
+            continue
+        (train if rec.get("kind") == "train" else val if rec.get("kind") == "val" else []).append(rec)
+    return train, val
+
+
+def describe(run_dir: Path) -> dict:
+    """One trial's row: its recipe, length and validation results, from its own run folder."""
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+    env = json.loads((run_dir / "env.json").read_text(encoding="utf-8"))
+    summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    train, val = _records(run_dir)
+    minutes_at = {r["iter"]: r["time"] / 60 for r in train}
+    t = cfg["train"]
+    last = summary.get("last_val") or {}
+    return {
+        "name": run_dir.name,
+        "network": cfg["model"]["name"],
+        "recipe": {k: t[k] for k in RECIPE_KEYS},
+        "budget_min": t["time_budget_min"],
+        "threads": t["threads"],
+        "iterations": summary["iterations"],
+        "images": summary["iterations"] * t["batch_size"],
+        "minutes": round(summary["train_seconds"] / 60, 1),
+        "images_per_second": summary["images_per_second"],
+        "mean_dice": last.get("mean_dice"),
+        "mean_hd95": last.get("mean_hd95"),
+        "per_class": {k: v["dice"] for k, v in (last.get("per_class") or {}).items()},
+        "curve": [(minutes_at.get(r["iter"], 0.0), r["mean_dice"]) for r in val],
+        "cpu": env.get("cpu") or platform.processor(),
+    }
+
+
+def _recipe_text(r: dict) -> str:
+    x = r["recipe"]
+    text = f"{x['optimizer']} lr {x['base_lr']:g} wd {x['weight_decay']:g}, batch {x['batch_size']}, "
+    text += x["schedule"]
+    if x["warmup_iterations"]:
+        text += f" (warm-up {x['warmup_iterations']})"
+    loss = f"{x['ce_weight']:g}·CE+{x['dice_weight']:g}·Dice"
+    return text + f", {loss}, {x['precision']}, augment {x['augment']}"
+
+
+def _pct(v: float | None) -> str:
+    return "–" if v is None else f"{100 * v:.1f}"
+
+
+def report(args: argparse.Namespace) -> int:
+    rows = [describe(Path(d)) for d in args.runs if (Path(d) / "summary.json").is_file()]
+    classes = sorted({c for r in rows for c in r["per_class"]}, key=["RV", "Myo", "LV"].index)
+    head = ["trial", "network", "recipe", "budget (min)", "threads", "iterations", "images", "img/s",
+            "mean DSC", *classes, "HD95"]  # fmt: skip
+    print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
+    for r in rows:
+        cells = [r["name"], r["network"], _recipe_text(r), f"{r['budget_min']:g}", str(r["threads"]),
+                 str(r["iterations"]), str(r["images"]), f"{r['images_per_second']:.2f}",
+                 _pct(r["mean_dice"]),
+                 *(_pct(r["per_class"].get(c)) for c in classes),
+                 "–" if r["mean_hd95"] is None else f"{r['mean_hd95']:.1f}"]  # fmt: skip
+        print("| " + " | ".join(cells) + " |")
+    if args.figure:
+        _figure(rows, Path(args.figure), args.series)
+    return 0
+
+
+def _figure(rows: list[dict], path: Path, series: list[str] | None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups: dict[str, list[tuple[float, float]]] = {}
+    for r in rows:
+        pairs = [s.split("=", 1) for s in series or []]
+        label = next((lab for prefix, lab in pairs if r["name"].startswith(prefix)), None)
+        if label is None:
+            continue
+        points = groups.setdefault(label, [])
+        points += [(m, 100 * d) for m, d in r["curve"]]
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for label, points in groups.items():
+        points.sort()
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+    ax.set_xlabel("training minutes (2-core CPU, one core per run)")
+    ax.set_ylabel("ACDC validation mean DSC (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    print(f"figure: {path}")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="verb", required=True)
+    r = sub.add_parser("run", help="one timed trial")
+    r.add_argument("name")
+    r.add_argument("preset")
+    r.add_argument("minutes", type=float)
+    r.add_argument("--threads", type=int)
+    r.add_argument("--data", default=str(ACDC))
+    r.add_argument("--out-root", default="runs/tta")
+    r.add_argument("--set", action="append", metavar="KEY=VALUE")
+    q = sub.add_parser("report", help="table (and figure) of finished trials")
+    q.add_argument("runs", nargs="+")
+    q.add_argument("--figure", help="PNG: validation DSC against training minutes")
+    q.add_argument("--series", nargs="+", metavar="PREFIX=LABEL", help="the runs of each line of the figure")
+    args = p.parse_args()
+    return run(args) if args.verb == "run" else report(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
