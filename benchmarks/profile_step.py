@@ -57,7 +57,7 @@ def main() -> None:
     channels_last = args.network == "unet"
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    from organseg.training.loop import make_optimizer
+    from organseg.training.schedule import make_optimizer
 
     t = {"optimizer": args.optimizer, "momentum": 0.9, "weight_decay": 1e-4}
     opt = make_optimizer(model.parameters(), t, 1e-3)

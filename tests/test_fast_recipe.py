@@ -15,7 +15,7 @@ from organseg.checkpoint import read_checkpoint
 from organseg.errors import ConfigError
 from organseg.training import poly_lr, read_metrics, train
 from organseg.training.config import DEFAULTS, config_differences, load_config, resolve_config
-from organseg.training.loop import fit_horizon, make_optimizer, scheduled_lr
+from organseg.training.schedule import FIT_SKIP, FIT_WINDOW, fit_horizon, make_optimizer, scheduled_lr
 from test_train_support import state_dict_of, tiny_config, tiny_dataset
 
 N_SLICES, IPE, EPOCHS = 12, 3, 3
@@ -74,7 +74,7 @@ def test_fast_presets_resolve_to_the_reference_networks_and_input(preset):
     assert cfg["model"]["pretrained"] is None  # from scratch
     assert cfg["train"]["optimizer"] == "adamw" and cfg["train"]["schedule"] == "cosine"
     # The horizon is fitted during the warm-up, so it changes no learning rate already used.
-    assert cfg["train"]["warmup_iterations"] > loop.FIT_SKIP + loop.FIT_WINDOW
+    assert cfg["train"]["warmup_iterations"] > FIT_SKIP + FIT_WINDOW
     assert reference["train"]["optimizer"] == "sgd" and reference["train"]["schedule"] == "poly"
 
 

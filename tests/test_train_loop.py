@@ -25,6 +25,7 @@ from organseg.errors import CheckpointError, ConfigError, DataError
 from organseg.training import TrainingDiverged, poly_lr, read_metrics, train
 from organseg.training.data import TrainBatches
 from organseg.training.distributed import DistEnv
+from organseg.training.schedule import make_sgd
 from test_train_support import SIZE, TINY, state_dict_of, tiny_config, tiny_dataset
 
 TESTS = Path(__file__).resolve().parent
@@ -349,7 +350,7 @@ def test_fused_sgd_is_the_reference_sgd_update():
     fast = copy.deepcopy(ref)
     opts = [
         torch.optim.SGD(ref.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4),
-        loop.make_sgd(fast.parameters(), 0.05, 0.9, 1e-4),
+        make_sgd(fast.parameters(), 0.05, 0.9, 1e-4),
     ]
     assert opts[1].defaults.get("fused") is True  # this torch (2.13) has the CPU kernel: the test covers it
     x, y = torch.randn(32, 8), torch.randint(0, 3, (32,))

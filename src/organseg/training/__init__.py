@@ -8,8 +8,9 @@ from organseg.training.config import (
     load_config,
     resolve_config,
 )
-from organseg.training.loop import TrainingDiverged, poly_lr, train
+from organseg.training.loop import TrainingDiverged, train
 from organseg.training.runlog import read_metrics
+from organseg.training.schedule import poly_lr
 
 __all__ = [
     "DEFAULTS",
