@@ -202,7 +202,9 @@ def paired_table(
 
 def read_per_case(results_dir: str | Path) -> list[dict[str, Any]]:
     """``per_case.json`` of a results folder (written by ``organseg test``)."""
-    path = Path(results_dir) / "per_case.json"
+    from organseg.run import ResultsDir
+
+    path = ResultsDir(results_dir).file(ResultsDir.PER_CASE_JSON)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:

@@ -21,9 +21,9 @@ import numpy as np
 from organseg.data.base import Volume
 from organseg.data.orientation import radiological_orientation
 from organseg.errors import DataError
-from organseg.evaluation.runs import read_metrics_log
 from organseg.evaluation.tables import PUBLISHED, columns, dataset_kind, results_table
 from organseg.fileio import atomic_write_bytes, atomic_write_text, check_output_dir, check_output_file
+from organseg.run import ResultsDir, RunDir, read_test_summary
 
 if TYPE_CHECKING:
     from organseg.data.io import Geometry
@@ -35,7 +35,7 @@ PALETTE: tuple[tuple[float, float, float], ...] = (
     (0.30, 0.30, 0.95), (0.95, 0.60, 0.60),
 )  # fmt: skip
 
-OVERLAY_FILE = "overlay_slices.npz"
+OVERLAY_FILE = ResultsDir.OVERLAYS
 
 
 def _pyplot():
@@ -298,50 +298,26 @@ def plot_training_curves(records: Sequence[dict[str, Any]], path: str | Path) ->
 
 def _results_folders(root: Path) -> list[Path]:
     # A run folder has config.yaml and its own (training) summary.json; only a results folder is its own.
-    if (root / "summary.json").is_file() and not (root / "config.yaml").is_file():
+    if ResultsDir(root).exists() and not RunDir(root).is_run():
         return [root]
-    base = root / "results"
-    return sorted(p for p in base.iterdir() if (p / "summary.json").is_file()) if base.is_dir() else []
-
-
-def _read_json(path: Path, kind: type = dict) -> Any:
-    from organseg.fileio import read_json
-
-    return read_json(path, kind=kind)
-
-
-def _read_summary(path: Path) -> dict[str, Any]:
-    """A test summary with the fields the report draws from (DataError naming the file otherwise)."""
-    summary = _read_json(path)
-    missing = [k for k in ("class_names", "split", "cases", "reference", "corrected") if k not in summary]
-    if missing:
-        raise DataError(f"{path}: not an organseg test summary (no {', '.join(missing)})")
-    return summary
+    return [r.path for r in RunDir(root).all_results()]
 
 
 def _model_name(root: Path, summary: dict[str, Any]) -> str | None:
-    if summary.get("model_name"):
-        return summary["model_name"]
-    cfg = root / "config.yaml"
-    if cfg.is_file():
-        import yaml
-
-        try:
-            return (yaml.safe_load(cfg.read_text(encoding="utf-8")) or {}).get("model", {}).get("name")
-        except (yaml.YAMLError, ValueError, AttributeError):  # a damaged config only loses the name
-            return None
-    return None
+    # A damaged or missing configuration only loses the name.
+    return summary.get("model_name") or RunDir(root).model_name
 
 
 def _viewer_links(root: Path, folder: Path) -> list[str]:
     """Markdown links to the cases' HTML viewer pages that ``organseg test`` wrote (cases of this result
     only, in per_case.json's order; pages of an earlier run in the same folder are not listed)."""
     from organseg.evaluation.viewer import VIEWER_DIR, viewer_name
+    from organseg.fileio import read_json
 
-    per_case = folder / "per_case.json"
+    per_case = ResultsDir(folder).file(ResultsDir.PER_CASE_JSON)
     if not (folder / VIEWER_DIR).is_dir() or not per_case.is_file():
         return []
-    cases = [str(c["case"]) for c in _read_json(per_case, list) if isinstance(c, dict) and "case" in c]
+    cases = [str(c["case"]) for c in read_json(per_case, kind=list) if isinstance(c, dict) and "case" in c]
     pages = [(c, folder / VIEWER_DIR / viewer_name(c)) for c in cases]
     links = [f"[{c}]({p.relative_to(root).as_posix()})" for c, p in pages if p.is_file()]
     if not links:
@@ -356,15 +332,16 @@ def write_report(root: str | Path) -> Path:
     if not root.is_dir():
         raise DataError(f"{root}: no such run or results folder")
     folders = _results_folders(root)
-    log = root / "metrics.jsonl"
+    run = RunDir(root)
+    log = run.metrics_file
     if not folders and not log.is_file():
         raise DataError(f"{root}: nothing to report (no results/*/summary.json and no metrics.jsonl)")
-    fig_dir = root / "report"
-    check_output_file(root / "report.md", what="")
+    fig_dir = run.report_dir
+    check_output_file(run.report_file, what="")
     check_output_dir(fig_dir, what="")
     lines = [f"# organseg report: {root.resolve().name}", ""]
     for folder in folders:
-        summary = _read_summary(folder / "summary.json")
+        summary = read_test_summary(ResultsDir(folder).summary_file)
         model = _model_name(root, summary)
         name = folder.name if folder != root else "results"
         lines += [f"## {name}", ""]
@@ -375,7 +352,7 @@ def write_report(root: str | Path) -> Path:
         lines += ["; ".join(facts) + ".", "", results_table(summary, model), ""]
         bars = plot_dice_bars(summary, fig_dir / f"{name}_dice.png", model)
         lines += [f"![per-organ DSC]({bars.relative_to(root).as_posix()})", ""]
-        overlay_file = folder / OVERLAY_FILE
+        overlay_file = ResultsDir(folder).file(ResultsDir.OVERLAYS)
         if overlay_file.is_file():
             items = load_overlays(overlay_file)
             if items:
@@ -389,9 +366,9 @@ def write_report(root: str | Path) -> Path:
                 ]
         lines += _viewer_links(root, folder)
     if log.is_file():
-        curves = plot_training_curves(read_metrics_log(log), fig_dir / "training_curves.png")
+        curves = plot_training_curves(run.metrics(), fig_dir / "training_curves.png")
         if curves is not None:
             lines += ["## Training", "", f"![training curves]({curves.relative_to(root).as_posix()})", ""]
-    out = root / "report.md"
+    out = run.report_file
     atomic_write_text(out, "\n".join(lines))
     return out

@@ -1,19 +1,12 @@
 """``train``: the reference recipe (SGD, poly LR per iteration, 0.4·CE + 0.6·Dice), resumable and fast.
 
-Run folder::
-
-    RUN_DIR/config.yaml          resolved configuration
-    RUN_DIR/env.json             versions, git revision, device, precision, threads, command line
-    RUN_DIR/metrics.jsonl        {"kind": "train", ...} per iteration, {"kind": "val", ...} per validation
-    RUN_DIR/tensorboard/         when tensorboard is installed
-    RUN_DIR/checkpoints/         last.pt (every epoch, full training state), epoch_N.pt, best.pt
-    RUN_DIR/summary.json         written at the end
+The run folder it writes (config.yaml, env.json, metrics.jsonl, tensorboard/, checkpoints/, summary.json) is
+described and named in :mod:`organseg.run` (:class:`~organseg.run.RunDir`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import shutil
 import sys
@@ -28,10 +21,11 @@ from torch import nn
 from organseg.checkpoint import atomic_torch_save, make_checkpoint, read_checkpoint, validate_checkpoint
 from organseg.data.base import SegmentationDataset
 from organseg.errors import CheckpointError, ConfigError, DataError, OrgansegError
-from organseg.fileio import atomic_write_text, check_output, check_output_dir
+from organseg.fileio import check_output, check_output_dir
 from organseg.losses import DiceCELoss
 from organseg.precision import autocast_dtype
 from organseg.progress import progress_bar, progress_write
+from organseg.run import TRAIN_FILES, RunDir
 from organseg.training.config import config_differences, effective_lr, load_config, resolve_config, to_yaml
 from organseg.training.data import TrainBatches
 from organseg.training.distributed import (
@@ -59,7 +53,7 @@ class TrainingDiverged(OrgansegError):
 
 
 # What train writes in a run folder: an input elsewhere in the folder (a dataset kept beside the run) is safe.
-RUN_FILES = ("config.yaml", "env.json", "summary.json", "metrics.jsonl", "checkpoints", "tensorboard")
+RUN_FILES = TRAIN_FILES
 
 
 def poly_lr(base_lr: float, iteration: int, max_iterations: int, power: float = 0.9) -> float:
@@ -170,7 +164,7 @@ def _undo_fresh_run(run_dir: Path, existed: set[str] | None) -> None:
     """A run that fails before its first checkpoint (bad data found while loading, an interrupt in the first
     iterations) has nothing to resume: remove the files it created, so no half-made run folder is left (and
     the folder itself if this call created it). A run with a checkpoint is kept: it resumes."""
-    ckpts = run_dir / "checkpoints"
+    ckpts = RunDir(run_dir).checkpoints_dir
     if ckpts.is_dir() and any(ckpts.glob("*.pt")):
         return
     before = existed or set()
@@ -188,10 +182,8 @@ def _undo_fresh_run(run_dir: Path, existed: set[str] | None) -> None:
 
 
 def _previous_env(run_dir: Path) -> dict[str, Any]:
-    try:
-        return json.loads((run_dir / "env.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
+    env = RunDir(run_dir).env()
+    return env.raw if env is not None else {}
 
 
 def _train(
@@ -199,8 +191,8 @@ def _train(
 ) -> dict[str, Any]:
     t = cfg["train"]
     main = env.is_main
-    ckpt_dir = run_dir / "checkpoints"
-    last_path = ckpt_dir / "last.pt"
+    rd = RunDir(run_dir)
+    ckpt_dir, last_path = rd.checkpoints_dir, rd.checkpoint("last")
     # Rank 0 reads the checkpoint and hands it (or the error) to every process: other nodes may not see the
     # run folder, and a check failing on one rank only would leave the others waiting.
     state, error = None, None
@@ -301,7 +293,7 @@ def _train(
         if not dataset.case_ids("val"):
             print("organseg train: the dataset has no validation cases, so no best.pt is written", flush=True)
         run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
+        rd.write_config(to_yaml(cfg))
         env_info = environment(env.device, t["precision"], env.world_size)
         env_info.update(channels_last=channels_last, compile=t["compile"], augment=t["augment"])
         if batches.cases is not None:  # data.train_fraction: which cases this run trained on
@@ -310,7 +302,7 @@ def _train(
             pretrained_info = _previous_env(run_dir).get("pretrained")
         if pretrained_info is not None:
             env_info["pretrained"] = pretrained_info
-        atomic_write_text(run_dir / "env.json", json.dumps(env_info, indent=2) + "\n")
+        rd.write_env(env_info)
     log = RunLog(run_dir, enabled=main, resume_iteration=it if state else None)
 
     def save(name: str, full: bool, **extra: Any) -> None:
@@ -440,7 +432,7 @@ def _train(
         "checkpoints": sorted(p.name for p in ckpt_dir.glob("*.pt")) if main else [],
     }
     if main:
-        atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        rd.write_summary(summary)
     return summary
 
 
