@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from organseg.formatting import MISSING, is_missing, num
 from organseg.run import ResultsDir, RunDir, RunEnv, TrainSummary
 
 _PROFILE_CACHE: dict[str, dict[str, Any] | None] = {}
@@ -130,14 +131,10 @@ def group_cost(
     }
 
 
-def _fmt(v: float | None, spec: str) -> str:
-    return "–" if v is None else format(v, spec)
-
-
 def duration(seconds: float | None) -> str:
     """``12.3 s`` below a minute, else ``m:ss`` or ``h:mm:ss``."""
-    if seconds is None:
-        return "–"
+    if is_missing(seconds):
+        return MISSING
     if seconds < 60:
         return f"{seconds:.1f} s"
     m, s = divmod(round(seconds), 60)
@@ -167,11 +164,11 @@ def cost_markdown(records: Sequence[dict[str, Any]]) -> list[str]:
         size = f" at {r['img_size']}²" if r.get("img_size") else ""
         per_slice = None if r["infer_seconds_per_slice"] is None else 1000 * r["infer_seconds_per_slice"]
         lines.append(
-            f"| {r['label']} | {_fmt(params, '.2f')} | {_fmt(r['gflops_per_image'], '.3g')}{size} | "
-            f"{_fmt(r['train_images_per_s'], '.1f')} | {duration(r['train_seconds'])} / "
-            f"{duration(r['train_seconds_total'])} | {_fmt(r['peak_memory_mb'], '.0f')} | "
-            f"{_fmt(r['infer_seconds_per_volume'], '.2f')} | {_fmt(per_slice, '.1f')} | "
-            f"{r['train_device'] or '–'} | {r['test_device'] or '–'} |"
+            f"| {r['label']} | {num(params, '.2f')} | {num(r['gflops_per_image'], '.3g')}{size} | "
+            f"{num(r['train_images_per_s'], '.1f')} | {duration(r['train_seconds'])} / "
+            f"{duration(r['train_seconds_total'])} | {num(r['peak_memory_mb'], '.0f')} | "
+            f"{num(r['infer_seconds_per_volume'], '.2f')} | {num(per_slice, '.1f')} | "
+            f"{r['train_device'] or MISSING} | {r['test_device'] or MISSING} |"
         )
     notes = []
     if any(r["peak_memory_mb"] is None for r in records):

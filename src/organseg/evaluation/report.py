@@ -23,6 +23,7 @@ from organseg.data.orientation import radiological_orientation
 from organseg.errors import DataError
 from organseg.evaluation.tables import PUBLISHED, columns, dataset_kind, results_table
 from organseg.fileio import atomic_write_bytes, atomic_write_text, check_output_dir, check_output_file
+from organseg.formatting import plot_value, pyplot, save_figure
 from organseg.run import ResultsDir, RunDir, read_test_summary
 
 if TYPE_CHECKING:
@@ -38,15 +39,6 @@ PALETTE: tuple[tuple[float, float, float], ...] = (
 OVERLAY_FILE = ResultsDir.OVERLAYS
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)  # files only; never open a window
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def class_color(index: int) -> tuple[float, float, float]:
     return PALETTE[(index - 1) % len(PALETTE)]
 
@@ -57,14 +49,6 @@ def colorize(labels: np.ndarray, num_classes: int) -> np.ndarray:
     for c in range(1, lut.shape[0]):
         lut[c] = (*class_color(c), 1.0)
     return lut[labels]
-
-
-def _save_figure(fig, path: Path) -> Path:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    _pyplot().close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-    return path
 
 
 class OverlayCollector:
@@ -146,7 +130,7 @@ def representative(items: Sequence[dict[str, Any]], k: int = 3) -> list[dict[str
 
 def plot_overlays(items: Sequence[dict[str, Any]], class_names: Sequence[str], path: str | Path) -> Path:
     """Rows of (image, ground truth, prediction) with a legend of the organ names."""
-    plt = _pyplot()
+    plt = pyplot()
     from matplotlib.patches import Patch
 
     rows = representative(items)
@@ -168,7 +152,7 @@ def plot_overlays(items: Sequence[dict[str, Any]], class_names: Sequence[str], p
     handles = [Patch(color=class_color(c), label=class_names[c]) for c in range(1, n_cls)]
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 5), fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.05 if len(rows) > 1 else 0.1, 1, 1))
-    return _save_figure(fig, Path(path))
+    return save_figure(fig, Path(path))
 
 
 def plot_prediction(
@@ -190,7 +174,7 @@ def plot_prediction(
     """
     from matplotlib.patches import Patch
 
-    plt = _pyplot()
+    plt = pyplot()
     orient = radiological_orientation(geometry)
     image_d, pred_d = orient.apply(np.asarray(image)), orient.apply(np.asarray(pred))
     _, row_mm, col_mm = orient.spacing(geometry.spacing) if geometry is not None else (1.0, 1.0, 1.0)
@@ -212,23 +196,19 @@ def plot_prediction(
     if handles:
         fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 4), fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
-    return _save_figure(fig, Path(path))
-
-
-def _pct(v: float | None) -> float:
-    return np.nan if v is None else 100.0 * v
+    return save_figure(fig, Path(path))
 
 
 def plot_dice_bars(summary: dict[str, Any], path: str | Path, model_name: str | None = None) -> Path:
     """Per-organ DSC (%) under both protocols, with the published row of the same network when known."""
-    plt = _pyplot()
+    plt = pyplot()
     class_names = summary["class_names"]
     cols = columns(class_names)
     ref = summary["reference"]["per_class"]
     corr = summary["corrected"]["per_class"]
     series = [
-        ("ours, reference", [_pct(ref[class_names[i]]["dice"]) for _, i in cols]),
-        ("ours, corrected", [_pct(corr[class_names[i]]["dice"]) for _, i in cols]),
+        ("ours, reference", [plot_value(ref[class_names[i]]["dice"], 100) for _, i in cols]),
+        ("ours, corrected", [plot_value(corr[class_names[i]]["dice"], 100) for _, i in cols]),
     ]
     kind = dataset_kind(class_names)
     target = PUBLISHED[kind]["model_row"].get(model_name or "") if kind else None
@@ -250,7 +230,7 @@ def plot_dice_bars(summary: dict[str, Any], path: str | Path, model_name: str | 
     # Below the axis, so it never hides a bar.
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=len(series), frameon=False)
     ax.grid(axis="y", alpha=0.3)
-    return _save_figure(fig, Path(path))
+    return save_figure(fig, Path(path))
 
 
 def plot_training_curves(records: Sequence[dict[str, Any]], path: str | Path) -> Path | None:
@@ -260,7 +240,7 @@ def plot_training_curves(records: Sequence[dict[str, Any]], path: str | Path) ->
     val = [r for r in records if r.get("kind") == "val" and r.get("mean_dice") is not None]
     if not train:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
     it = [r["iter"] for r in train]
     for key, style in (("loss", "-"), ("ce", "--"), ("dice", ":")):
@@ -293,7 +273,7 @@ def plot_training_curves(records: Sequence[dict[str, Any]], path: str | Path) ->
     for ax in axes:
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    return _save_figure(fig, Path(path))
+    return save_figure(fig, Path(path))
 
 
 def _results_folders(root: Path) -> list[Path]:
