@@ -83,6 +83,25 @@ class _Study:
     def run_dir(self, plan: PlannedRun) -> RunDir:
         return RunDir(self.out / STUDY_RUNS / plan.name)
 
+    def run_all(self, jobs: int) -> None:
+        """Train what is not complete (here, or in ``jobs`` processes), then test what is not tested."""
+        # Every folder is checked before anything runs: a recipe clash stops the study at once.
+        states = {p.name: run_state(self.run_dir(p).path, p.config) for p in self.plans}
+        todo = []
+        for plan in self.plans:
+            state, done = states[plan.name]
+            if state == "complete":
+                print(f"{self.heads[plan.name]}: training complete ({done} iterations), reused", flush=True)
+            else:
+                todo.append(plan)
+        if jobs > 1 and len(todo) > 1:
+            self.train_parallel(todo, jobs)
+        else:
+            self.train_here(todo, states)
+        for plan in self.plans:
+            if plan.name not in self.failed and plan.name not in self.tested:
+                self.test(plan)
+
     def test(self, plan: PlannedRun) -> None:
         from organseg.evaluation.testing import run_test
 
@@ -189,22 +208,7 @@ def run_study(
     )
     study = _Study(out, plans, dataset, {"split": split, "checkpoint": checkpoint, "device": device,
                                          "report": report, "progress": progress})  # fmt: skip
-    # Every folder is checked before anything runs: a recipe clash stops the study at once.
-    states = {p.name: run_state(study.run_dir(p).path, p.config) for p in plans}
-    todo = []
-    for plan in plans:
-        state, done = states[plan.name]
-        if state == "complete":
-            print(f"{study.heads[plan.name]}: training complete ({done} iterations), reused", flush=True)
-        else:
-            todo.append(plan)
-    if jobs > 1 and len(todo) > 1:
-        study.train_parallel(todo, jobs)
-    else:
-        study.train_here(todo, states)
-    for plan in plans:
-        if plan.name not in study.failed and plan.name not in study.tested:
-            study.test(plan)
+    study.run_all(jobs)
     failed = study.failed
     result = collect(
         out, [study.run_dir(p).path for p in plans if p.name not in failed],
