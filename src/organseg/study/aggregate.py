@@ -9,7 +9,6 @@ the same swept values form a group; its numbers are the mean and sample standard
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Sequence
@@ -21,12 +20,14 @@ import numpy as np
 
 from organseg import __version__
 from organseg.errors import DataError
+from organseg.evaluation.metrics import PROTOCOLS
 from organseg.fileio import check_output_dir
 from organseg.formatting import fmt_value
 from organseg.run import STUDY_RUNS, ResultsDir, RunDir
-from organseg.study.grid import DEFAULT_SEED, NOT_SWEPT, short_keys
+from organseg.study.figures import write_figures
+from organseg.study.grid import DEFAULT_SEED, NOT_SWEPT, freeze, short_keys
+from organseg.study.outputs import write_comparison
 
-PROTOCOLS = ("reference", "corrected")
 # Per protocol, the summary fields a run contributes, in comparison.json's order: "stats" fields are
 # aggregated over seeds (:func:`_stats`), "first" fields (units, tolerances) are taken from the first run.
 PROTOCOL_FIELDS: dict[str, tuple[tuple[str, str], ...]] = {
@@ -64,11 +65,6 @@ def _flat(cfg: dict) -> dict[str, Any]:
     from organseg.training.config import flatten
 
     return flatten(cfg)
-
-
-def freeze(value: Any) -> str:
-    """A hashable, order-independent text of a value (swept values as group keys)."""
-    return json.dumps(value, sort_keys=True, default=str)
 
 
 def infer_sweep_keys(configs: Sequence[tuple[str, dict]]) -> list[str]:
@@ -261,9 +257,6 @@ def collect(
     """
     from organseg.evaluation.paired import study_paired
     from organseg.evaluation.tables import columns, dataset_kind
-    from organseg.study.figures import write_figures
-    from organseg.study.outputs import write_comparison
-
     out = check_output_dir(out)
     dirs = [Path(d) for d in run_dirs] if run_dirs is not None else find_runs(out)
     if not dirs:

@@ -11,8 +11,7 @@ from typing import Any
 import numpy as np
 
 from organseg.formatting import fmt_value, plot_value, pyplot, save_figure
-from organseg.study.aggregate import freeze
-from organseg.study.grid import safe_name
+from organseg.study.grid import freeze, safe_name
 
 
 def write_figures(out: Path, c: dict[str, Any]) -> dict[str, str]:

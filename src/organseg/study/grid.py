@@ -9,6 +9,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from organseg.errors import ConfigError
 from organseg.values import SEED, check_value
@@ -102,6 +103,11 @@ def parse_seeds(items: Sequence[str] | None) -> list[int]:
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"--seeds: a seed is repeated ({seeds})")
     return seeds
+
+
+def freeze(value: Any) -> str:
+    """A hashable, order-independent text of a value (swept values as group keys)."""
+    return json.dumps(value, sort_keys=True, default=str)
 
 
 def short_keys(keys: Sequence[str]) -> dict[str, str]:

@@ -17,9 +17,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from organseg.evaluation.metrics import PROTOCOLS
 from organseg.fileio import atomic_write_text
 from organseg.formatting import MISSING, fmt_value, num, pm, signed_pct
-from organseg.study.aggregate import PROTOCOLS, freeze
+from organseg.study.grid import freeze
 
 Lines = list[str]
 Column = tuple[str, Callable[[dict[str, Any]], str]]
