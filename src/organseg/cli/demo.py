@@ -154,6 +154,7 @@ def run_demo(
     from organseg.data.prepare import prepare_synapse
     from organseg.device import resolve_device
     from organseg.fileio import check_output_dir
+    from organseg.run import STUDY_RUNS
     from organseg.study import console_table, parse_sets, plan_runs, run_study
 
     spec = FAST if fast else DEMO
@@ -217,7 +218,7 @@ def run_demo(
     report = out / "comparison.md"
     print(
         f"organseg demo: done in {int(seconds // 60)} min {int(seconds % 60)} s; report {report} "
-        f"(runs and per-run reports in {out / 'runs'})",
+        f"(runs and per-run reports in {out / STUDY_RUNS})",
         flush=True,
     )
     return {**result, "seconds": seconds, "report": str(report)}

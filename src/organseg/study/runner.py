@@ -24,6 +24,7 @@ from organseg.device import resolve_device
 from organseg.errors import ConfigError, DataError, OrgansegError
 from organseg.fileio import check_output, check_output_dir
 from organseg.run import EXIT_DIVERGED, STUDY_RUNS, ResultsDir, RunDir
+from organseg.study.aggregate import collect
 from organseg.study.grid import DEFAULT_SEED, PlannedRun, Sweep, parse_sets, plan_runs
 from organseg.values import WORKERS, check_value
 
@@ -181,7 +182,6 @@ def run_study(
     """
     from organseg.data import open_dataset
     from organseg.evaluation.tables import dataset_kind
-    from organseg.study.aggregate import collect
     from organseg.training.loop import check_network
 
     check_value("--jobs", jobs, WORKERS)

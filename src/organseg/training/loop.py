@@ -318,7 +318,7 @@ def _train(
                 best_dice=best,
                 train_seconds=train_seconds,
             )
-        atomic_torch_save(ckpt, ckpt_dir / name)
+        atomic_torch_save(ckpt, rd.checkpoint(name))
 
     budget_s = t["time_budget_min"] * 60 if t["time_budget_min"] else math.inf
     stopped, val_record = ("time_budget" if train_seconds >= budget_s else "completed"), None
