@@ -18,10 +18,11 @@ import pytest
 import yaml
 
 from organseg.cli.main import main
-from organseg.compare import (
+from organseg.data.phantom import write_phantom_set
+from organseg.data.prepare import prepare_synapse
+from organseg.errors import ConfigError, DataError
+from organseg.study import (
     Sweep,
-    _relative_changes,
-    _stats,
     collect,
     infer_sweep_keys,
     parse_seeds,
@@ -32,9 +33,7 @@ from organseg.compare import (
     run_study,
     split_values,
 )
-from organseg.data.phantom import write_phantom_set
-from organseg.data.prepare import prepare_synapse
-from organseg.errors import ConfigError, DataError
+from organseg.study.aggregate import _relative_changes, _stats
 from organseg.training import read_metrics, train
 
 # The two networks, tiny: U-Net at an eighth of its channels (8-16-32-64-64) and a narrow Swin-Unet.

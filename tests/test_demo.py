@@ -12,9 +12,9 @@ import yaml
 
 import organseg.cli.demo as demo
 from organseg.cli.main import main
-from organseg.compare import parse_sets, plan_runs
 from organseg.data.classes import SYNAPSE_CLASSES
 from organseg.models import create_model
+from organseg.study import parse_sets, plan_runs
 from organseg.training.loop import model_args
 
 

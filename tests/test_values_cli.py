@@ -107,9 +107,9 @@ def test_cuda_build_without_a_gpu_and_too_few_gpus(monkeypatch):
 
 def test_one_rule_in_every_verb():
     import organseg.cli.demo as demo
-    import organseg.compare as compare
     import organseg.evaluation.predict as predict
     import organseg.evaluation.testing as testing
+    import organseg.study.runner as compare
     import organseg.training.distributed as distributed
 
     for module in (compare, predict, testing, distributed):

@@ -75,7 +75,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from organseg.compare import collect, console_table, parse_seeds, parse_sets, run_study
+    from organseg.study import collect, console_table, parse_seeds, parse_sets, run_study
 
     if args.collect is not None:
         given = [n for n, v in (("--data", args.data), ("--seeds", args.seeds), ("--set", args.sets),

@@ -150,11 +150,12 @@ def run_demo(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Run the demo; returns the comparison dict plus ``seconds`` and ``report`` (the comparison.md path)."""
-    from organseg.compare import console_table, parse_sets, plan_runs, run_study
     from organseg.data.classes import SYNAPSE_CLASSES
     from organseg.data.prepare import prepare_synapse
     from organseg.device import resolve_device
     from organseg.fileio import check_output_dir
+    from organseg.run import STUDY_RUNS
+    from organseg.study import console_table, parse_sets, plan_runs, run_study
 
     spec = FAST if fast else DEMO
     out = Path(out) if out is not None else Path("demo_out/fast" if fast else "demo_out")
@@ -198,7 +199,7 @@ def run_demo(
         "\n".join([data_line, *settings]),
     ]
     # The two networks train side by side, one process each: on two cores that is far faster than one
-    # process with two threads (see organseg.compare._run_parallel).
+    # process with two threads (see organseg.study.runner).
     jobs = max(1, min(len(plans), os.cpu_count() or 1))
     result = run_study(
         out / "data", spec["models"], out, seeds=spec["seeds"], sets=sets, preset=spec["preset"],
@@ -217,7 +218,7 @@ def run_demo(
     report = out / "comparison.md"
     print(
         f"organseg demo: done in {int(seconds // 60)} min {int(seconds % 60)} s; report {report} "
-        f"(runs and per-run reports in {out / 'runs'})",
+        f"(runs and per-run reports in {out / STUDY_RUNS})",
         flush=True,
     )
     return {**result, "seconds": seconds, "report": str(report)}

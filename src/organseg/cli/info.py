@@ -6,6 +6,7 @@ import argparse
 import json
 
 from organseg.errors import ConfigError
+from organseg.formatting import num
 from organseg.values import Rule, option
 
 
@@ -24,21 +25,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def _fmt(value: float | int | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
 def format_table(rows: list[dict]) -> str:
     """The human-readable table ``organseg info`` prints."""
     header = ["model", "params", "ref params", "GFLOPs", "ref GFLOPs", "GMACs", "configuration"]
     body = [
         [
             r["name"],
-            _fmt(r["params"], ","),
-            _fmt(r["ref_params"], ","),
-            _fmt(r["gflops"], ".2f"),
-            _fmt(r["ref_gflops"], ".1f"),
-            _fmt(r["gmacs"], ".2f"),
+            num(r["params"], ","),
+            num(r["ref_params"], ","),
+            num(r["gflops"], ".2f"),
+            num(r["ref_gflops"], ".1f"),
+            num(r["gmacs"], ".2f"),
             r["description"],
         ]
         for r in rows

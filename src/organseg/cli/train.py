@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -40,11 +41,11 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from organseg.fileio import check_output
-    from organseg.training import apply_overrides, load_config, train
-    from organseg.training.loop import RUN_FILES
+    from organseg.run import EXIT_DIVERGED, TRAIN_FILES
+    from organseg.training import TrainingDiverged, apply_overrides, load_config, train
 
     if Path(args.config).is_file():  # train() sees the loaded dict; the file is only known here
-        check_output(args.out, {"PRESET_OR_YAML": args.config}, folder=True, owned=RUN_FILES)
+        check_output(args.out, {"PRESET_OR_YAML": args.config}, folder=True, owned=TRAIN_FILES)
 
     overrides = list(args.overrides)
     if args.precision:
@@ -54,7 +55,13 @@ def run(args: argparse.Namespace) -> int:
     if args.device:
         overrides.append(f"train.device={args.device}")
     cfg = apply_overrides(load_config(args.config), overrides)
-    summary = train(cfg, args.data, args.out, resume=args.resume)
+    try:
+        summary = train(cfg, args.data, args.out, resume=args.resume)
+    except TrainingDiverged as exc:
+        # The usual one-line error, but its own exit code: a study running this process tells a diverged
+        # run (a result of its sweep) from a failure by the code (organseg.run.EXIT_DIVERGED).
+        print(f"organseg train: error: {exc}", file=sys.stderr)
+        return EXIT_DIVERGED
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one summary line
         best = summary["best_mean_dice"]
         print(

@@ -19,17 +19,10 @@ from typing import Any
 
 import numpy as np
 
+from organseg.formatting import MISSING, is_missing, num
+from organseg.run import ResultsDir, RunDir, RunEnv, TrainSummary
+
 _PROFILE_CACHE: dict[str, dict[str, Any] | None] = {}
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    from organseg.errors import DataError
-    from organseg.fileio import read_json
-
-    try:
-        return read_json(path)
-    except DataError:
-        return {}  # a missing or damaged record leaves its cells empty; it never stops a comparison
 
 
 def _profile(cfg: dict, num_classes: int) -> dict[str, Any] | None:
@@ -49,13 +42,13 @@ def _profile(cfg: dict, num_classes: int) -> dict[str, Any] | None:
     return _PROFILE_CACHE[key]
 
 
-def _device(env: dict[str, Any]) -> str | None:
-    if not env:
+def _device(env: RunEnv | None) -> str | None:
+    if env is None or not env.raw:
         return None
-    dev = str(env.get("device", "?"))
-    name = env.get("device_name")
-    threads = env.get("torch_threads")
-    world = env.get("world_size") or 1
+    dev = str(env.device if "device" in env.raw else "?")
+    name = env.device_name
+    threads = env.torch_threads
+    world = env.world_size or 1
     text = f"{dev} ({name})" if name and name != dev else dev
     if dev.startswith("cpu") and threads:
         text += f", {threads} thread{'s' if threads != 1 else ''}"
@@ -66,10 +59,15 @@ def _device(env: dict[str, Any]) -> str | None:
 
 def run_cost(run_dir: str | Path, results_dir: str | Path, cfg: dict, num_classes: int) -> dict[str, Any]:
     """The cost of one run from its folder (see the module docstring); None where a record is missing."""
-    run_dir, results_dir = Path(run_dir), Path(results_dir)
-    train = _read_json(run_dir / "summary.json")
-    env = _read_json(run_dir / "env.json")
-    test = _read_json(results_dir / "summary.json")
+    from organseg.errors import DataError
+
+    # A missing or damaged record leaves its cells empty; it never stops a comparison.
+    run = RunDir(run_dir)
+    train = run.summary() or TrainSummary()
+    try:
+        test = ResultsDir(results_dir).summary()
+    except DataError:
+        test = {}
     prof = _profile(cfg, num_classes)
     cases = test.get("cases") or 0
     infer = test.get("inference_seconds")
@@ -81,15 +79,15 @@ def run_cost(run_dir: str | Path, results_dir: str | Path, cfg: dict, num_classe
         "params": None if prof is None else prof["params"],
         "gflops_per_image": None if prof is None else prof["gflops"],
         "img_size": (cfg.get("train") or {}).get("img_size"),
-        "train_images_per_s": train.get("images_per_second"),
-        "train_seconds": train.get("train_seconds"),
-        "iterations": train.get("iterations"),
-        "peak_memory_mb": train.get("peak_memory_mb"),
-        "peak_memory_kind": train.get("peak_memory_kind"),
+        "train_images_per_s": train.images_per_second,
+        "train_seconds": train.train_seconds,
+        "iterations": train.iterations,
+        "peak_memory_mb": train.peak_memory_mb,
+        "peak_memory_kind": train.peak_memory_kind,
         "infer_seconds_per_volume": None if infer is None or not cases else infer / cases,
         "infer_seconds_per_slice": None if infer is None or not slices else infer / slices,
         "infer_timing": infer_kind if infer is not None else None,
-        "train_device": _device(env),
+        "train_device": _device(run.env()),
         "test_device": test.get("device"),
         "precision": (cfg.get("train") or {}).get("precision"),
     }
@@ -133,14 +131,10 @@ def group_cost(
     }
 
 
-def _fmt(v: float | None, spec: str) -> str:
-    return "–" if v is None else format(v, spec)
-
-
 def duration(seconds: float | None) -> str:
     """``12.3 s`` below a minute, else ``m:ss`` or ``h:mm:ss``."""
-    if seconds is None:
-        return "–"
+    if is_missing(seconds):
+        return MISSING
     if seconds < 60:
         return f"{seconds:.1f} s"
     m, s = divmod(round(seconds), 60)
@@ -170,11 +164,11 @@ def cost_markdown(records: Sequence[dict[str, Any]]) -> list[str]:
         size = f" at {r['img_size']}²" if r.get("img_size") else ""
         per_slice = None if r["infer_seconds_per_slice"] is None else 1000 * r["infer_seconds_per_slice"]
         lines.append(
-            f"| {r['label']} | {_fmt(params, '.2f')} | {_fmt(r['gflops_per_image'], '.3g')}{size} | "
-            f"{_fmt(r['train_images_per_s'], '.1f')} | {duration(r['train_seconds'])} / "
-            f"{duration(r['train_seconds_total'])} | {_fmt(r['peak_memory_mb'], '.0f')} | "
-            f"{_fmt(r['infer_seconds_per_volume'], '.2f')} | {_fmt(per_slice, '.1f')} | "
-            f"{r['train_device'] or '–'} | {r['test_device'] or '–'} |"
+            f"| {r['label']} | {num(params, '.2f')} | {num(r['gflops_per_image'], '.3g')}{size} | "
+            f"{num(r['train_images_per_s'], '.1f')} | {duration(r['train_seconds'])} / "
+            f"{duration(r['train_seconds_total'])} | {num(r['peak_memory_mb'], '.0f')} | "
+            f"{num(r['infer_seconds_per_volume'], '.2f')} | {num(per_slice, '.1f')} | "
+            f"{r['train_device'] or MISSING} | {r['test_device'] or MISSING} |"
         )
     notes = []
     if any(r["peak_memory_mb"] is None for r in records):

@@ -254,12 +254,14 @@ class EvaluationResult:
     def write(self, folder: str | Path, extra_summary: dict[str, Any] | None = None) -> dict[str, Path]:
         """Write ``per_case.csv``, ``per_case.json``, ``summary.json``, ``reference_log.txt`` atomically, as
         one set: a full disk leaves the previous results folder as it was, not a mix of old and new files."""
-        folder = Path(folder)
+        from organseg.run import ResultsDir
+
+        res = ResultsDir(folder)
         paths = {
-            "per_case_csv": folder / "per_case.csv",
-            "per_case_json": folder / "per_case.json",
-            "summary": folder / "summary.json",
-            "reference_log": folder / "reference_log.txt",
+            "per_case_csv": res.file(res.PER_CASE_CSV),
+            "per_case_json": res.file(res.PER_CASE_JSON),
+            "summary": res.summary_file,
+            "reference_log": res.file(res.REFERENCE_LOG),
         }
         rows = self.rows()
         buf = io.StringIO()

@@ -40,6 +40,7 @@ from scipy import stats
 
 from organseg.errors import DataError
 from organseg.evaluation.cost import duration
+from organseg.formatting import MISSING, num
 
 DEFAULT_RESAMPLES = 10_000
 DEFAULT_SEED = 0
@@ -202,7 +203,9 @@ def paired_table(
 
 def read_per_case(results_dir: str | Path) -> list[dict[str, Any]]:
     """``per_case.json`` of a results folder (written by ``organseg test``)."""
-    path = Path(results_dir) / "per_case.json"
+    from organseg.run import ResultsDir
+
+    path = ResultsDir(results_dir).file(ResultsDir.PER_CASE_JSON)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
@@ -268,14 +271,14 @@ MINUS = "\u2212"
 
 def _signed(v: float | None, scale: float, digits: int) -> str:
     if v is None:
-        return "–"
+        return MISSING
     text = f"{v * scale:+.{digits}f}"
     return text.replace("-", MINUS)
 
 
 def _p(p: float | None) -> str:
     if p is None:
-        return "–"
+        return MISSING
     return f"{p:.2g}" if p >= 0.001 else f"{p:.1e}"
 
 
@@ -283,7 +286,7 @@ def cell(rec: dict[str, Any], scale: float = 1.0, digits: int = 2, unit: str = "
     """``+1.80 [−0.40, +4.10] p=0.12 (n.s.)``: difference (with ``unit`` after it), bootstrap CI,
     Holm-adjusted p, verdict."""
     if rec.get("diff") is None:
-        return "–"
+        return MISSING
     mark = "significant" if rec.get("significant") else "n.s."
     return (
         f"{_signed(rec['diff'], scale, digits)}{unit} [{_signed(rec['ci_low'], scale, digits)}, "
@@ -335,16 +338,12 @@ def paired_markdown(
             h = next(r for r in recs if r["organ"] == organ and r["metric"] == "hd95")
             name = "**mean**" if organ == "mean" else organ
             lines.append(
-                f"| {name} | {_num(d['a'], 100)} | {_num(d['b'], 100)} | {cell(d, 100)} | "
-                f"{d['wins']}/{d['losses']} | {_num(h['a'])} | {_num(h['b'])} | {cell(h)} | "
+                f"| {name} | {num(d['a'], scale=100)} | {num(d['b'], scale=100)} | {cell(d, 100)} | "
+                f"{d['wins']}/{d['losses']} | {num(h['a'])} | {num(h['b'])} | {cell(h)} | "
                 f"{h['wins']}/{h['losses']} |"
             )
         lines.append("")
     return lines
-
-
-def _num(v: float | None, scale: float = 1.0) -> str:
-    return "–" if v is None else f"{v * scale:.2f}"
 
 
 def _names(organs: Sequence[str]) -> str:
@@ -460,11 +459,12 @@ def verdict_markdown(
                 sentences.append(f"{label}: no case has a DSC for both.")
                 continue
             s = (
-                f"{label}: mean DSC {_num(md['b'], 100)} % for {b}, {_num(md['a'], 100)} % for {a}, "
+                f"{label}: mean DSC {num(md['b'], scale=100)} % for {b}, "
+                f"{num(md['a'], scale=100)} % for {a}, "
                 f"difference {cell(md, 100, unit=' points')}"
             )
             if mh["diff"] is not None:
-                s += f"; mean HD95 {_num(mh['b'])} for {b}, {_num(mh['a'])} for {a}, difference {cell(mh)}"
+                s += f"; mean HD95 {num(mh['b'])} for {b}, {num(mh['a'])} for {a}, difference {cell(mh)}"
                 if protocol == "corrected":
                     s += " (per case over the organs found in every run of both)"
             sentences.append(s + ".")

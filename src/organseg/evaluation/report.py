@@ -21,9 +21,10 @@ import numpy as np
 from organseg.data.base import Volume
 from organseg.data.orientation import radiological_orientation
 from organseg.errors import DataError
-from organseg.evaluation.runs import read_metrics_log
 from organseg.evaluation.tables import PUBLISHED, columns, dataset_kind, results_table
 from organseg.fileio import atomic_write_bytes, atomic_write_text, check_output_dir, check_output_file
+from organseg.formatting import plot_value, pyplot, save_figure
+from organseg.run import ResultsDir, RunDir, read_test_summary
 
 if TYPE_CHECKING:
     from organseg.data.io import Geometry
@@ -35,16 +36,7 @@ PALETTE: tuple[tuple[float, float, float], ...] = (
     (0.30, 0.30, 0.95), (0.95, 0.60, 0.60),
 )  # fmt: skip
 
-OVERLAY_FILE = "overlay_slices.npz"
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)  # files only; never open a window
-    import matplotlib.pyplot as plt
-
-    return plt
+OVERLAY_FILE = ResultsDir.OVERLAYS
 
 
 def class_color(index: int) -> tuple[float, float, float]:
@@ -57,14 +49,6 @@ def colorize(labels: np.ndarray, num_classes: int) -> np.ndarray:
     for c in range(1, lut.shape[0]):
         lut[c] = (*class_color(c), 1.0)
     return lut[labels]
-
-
-def _save_figure(fig, path: Path) -> Path:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    _pyplot().close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-    return path
 
 
 class OverlayCollector:
@@ -146,7 +130,7 @@ def representative(items: Sequence[dict[str, Any]], k: int = 3) -> list[dict[str
 
 def plot_overlays(items: Sequence[dict[str, Any]], class_names: Sequence[str], path: str | Path) -> Path:
     """Rows of (image, ground truth, prediction) with a legend of the organ names."""
-    plt = _pyplot()
+    plt = pyplot()
     from matplotlib.patches import Patch
 
     rows = representative(items)
@@ -168,7 +152,7 @@ def plot_overlays(items: Sequence[dict[str, Any]], class_names: Sequence[str], p
     handles = [Patch(color=class_color(c), label=class_names[c]) for c in range(1, n_cls)]
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 5), fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.05 if len(rows) > 1 else 0.1, 1, 1))
-    return _save_figure(fig, Path(path))
+    return save_figure(fig, Path(path))
 
 
 def plot_prediction(
@@ -190,7 +174,7 @@ def plot_prediction(
     """
     from matplotlib.patches import Patch
 
-    plt = _pyplot()
+    plt = pyplot()
     orient = radiological_orientation(geometry)
     image_d, pred_d = orient.apply(np.asarray(image)), orient.apply(np.asarray(pred))
     _, row_mm, col_mm = orient.spacing(geometry.spacing) if geometry is not None else (1.0, 1.0, 1.0)
@@ -212,23 +196,19 @@ def plot_prediction(
     if handles:
         fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 4), fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
-    return _save_figure(fig, Path(path))
-
-
-def _pct(v: float | None) -> float:
-    return np.nan if v is None else 100.0 * v
+    return save_figure(fig, Path(path))
 
 
 def plot_dice_bars(summary: dict[str, Any], path: str | Path, model_name: str | None = None) -> Path:
     """Per-organ DSC (%) under both protocols, with the published row of the same network when known."""
-    plt = _pyplot()
+    plt = pyplot()
     class_names = summary["class_names"]
     cols = columns(class_names)
     ref = summary["reference"]["per_class"]
     corr = summary["corrected"]["per_class"]
     series = [
-        ("ours, reference", [_pct(ref[class_names[i]]["dice"]) for _, i in cols]),
-        ("ours, corrected", [_pct(corr[class_names[i]]["dice"]) for _, i in cols]),
+        ("ours, reference", [plot_value(ref[class_names[i]]["dice"], 100) for _, i in cols]),
+        ("ours, corrected", [plot_value(corr[class_names[i]]["dice"], 100) for _, i in cols]),
     ]
     kind = dataset_kind(class_names)
     target = PUBLISHED[kind]["model_row"].get(model_name or "") if kind else None
@@ -250,7 +230,7 @@ def plot_dice_bars(summary: dict[str, Any], path: str | Path, model_name: str | 
     # Below the axis, so it never hides a bar.
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=len(series), frameon=False)
     ax.grid(axis="y", alpha=0.3)
-    return _save_figure(fig, Path(path))
+    return save_figure(fig, Path(path))
 
 
 def plot_training_curves(records: Sequence[dict[str, Any]], path: str | Path) -> Path | None:
@@ -260,7 +240,7 @@ def plot_training_curves(records: Sequence[dict[str, Any]], path: str | Path) ->
     val = [r for r in records if r.get("kind") == "val" and r.get("mean_dice") is not None]
     if not train:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
     it = [r["iter"] for r in train]
     for key, style in (("loss", "-"), ("ce", "--"), ("dice", ":")):
@@ -293,55 +273,31 @@ def plot_training_curves(records: Sequence[dict[str, Any]], path: str | Path) ->
     for ax in axes:
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    return _save_figure(fig, Path(path))
+    return save_figure(fig, Path(path))
 
 
 def _results_folders(root: Path) -> list[Path]:
     # A run folder has config.yaml and its own (training) summary.json; only a results folder is its own.
-    if (root / "summary.json").is_file() and not (root / "config.yaml").is_file():
+    if ResultsDir(root).exists() and not RunDir(root).is_run():
         return [root]
-    base = root / "results"
-    return sorted(p for p in base.iterdir() if (p / "summary.json").is_file()) if base.is_dir() else []
-
-
-def _read_json(path: Path, kind: type = dict) -> Any:
-    from organseg.fileio import read_json
-
-    return read_json(path, kind=kind)
-
-
-def _read_summary(path: Path) -> dict[str, Any]:
-    """A test summary with the fields the report draws from (DataError naming the file otherwise)."""
-    summary = _read_json(path)
-    missing = [k for k in ("class_names", "split", "cases", "reference", "corrected") if k not in summary]
-    if missing:
-        raise DataError(f"{path}: not an organseg test summary (no {', '.join(missing)})")
-    return summary
+    return [r.path for r in RunDir(root).all_results()]
 
 
 def _model_name(root: Path, summary: dict[str, Any]) -> str | None:
-    if summary.get("model_name"):
-        return summary["model_name"]
-    cfg = root / "config.yaml"
-    if cfg.is_file():
-        import yaml
-
-        try:
-            return (yaml.safe_load(cfg.read_text(encoding="utf-8")) or {}).get("model", {}).get("name")
-        except (yaml.YAMLError, ValueError, AttributeError):  # a damaged config only loses the name
-            return None
-    return None
+    # A damaged or missing configuration only loses the name.
+    return summary.get("model_name") or RunDir(root).model_name
 
 
 def _viewer_links(root: Path, folder: Path) -> list[str]:
     """Markdown links to the cases' HTML viewer pages that ``organseg test`` wrote (cases of this result
     only, in per_case.json's order; pages of an earlier run in the same folder are not listed)."""
     from organseg.evaluation.viewer import VIEWER_DIR, viewer_name
+    from organseg.fileio import read_json
 
-    per_case = folder / "per_case.json"
+    per_case = ResultsDir(folder).file(ResultsDir.PER_CASE_JSON)
     if not (folder / VIEWER_DIR).is_dir() or not per_case.is_file():
         return []
-    cases = [str(c["case"]) for c in _read_json(per_case, list) if isinstance(c, dict) and "case" in c]
+    cases = [str(c["case"]) for c in read_json(per_case, kind=list) if isinstance(c, dict) and "case" in c]
     pages = [(c, folder / VIEWER_DIR / viewer_name(c)) for c in cases]
     links = [f"[{c}]({p.relative_to(root).as_posix()})" for c, p in pages if p.is_file()]
     if not links:
@@ -356,15 +312,16 @@ def write_report(root: str | Path) -> Path:
     if not root.is_dir():
         raise DataError(f"{root}: no such run or results folder")
     folders = _results_folders(root)
-    log = root / "metrics.jsonl"
+    run = RunDir(root)
+    log = run.metrics_file
     if not folders and not log.is_file():
         raise DataError(f"{root}: nothing to report (no results/*/summary.json and no metrics.jsonl)")
-    fig_dir = root / "report"
-    check_output_file(root / "report.md", what="")
+    fig_dir = run.report_dir
+    check_output_file(run.report_file, what="")
     check_output_dir(fig_dir, what="")
     lines = [f"# organseg report: {root.resolve().name}", ""]
     for folder in folders:
-        summary = _read_summary(folder / "summary.json")
+        summary = read_test_summary(ResultsDir(folder).summary_file)
         model = _model_name(root, summary)
         name = folder.name if folder != root else "results"
         lines += [f"## {name}", ""]
@@ -375,7 +332,7 @@ def write_report(root: str | Path) -> Path:
         lines += ["; ".join(facts) + ".", "", results_table(summary, model), ""]
         bars = plot_dice_bars(summary, fig_dir / f"{name}_dice.png", model)
         lines += [f"![per-organ DSC]({bars.relative_to(root).as_posix()})", ""]
-        overlay_file = folder / OVERLAY_FILE
+        overlay_file = ResultsDir(folder).file(ResultsDir.OVERLAYS)
         if overlay_file.is_file():
             items = load_overlays(overlay_file)
             if items:
@@ -389,9 +346,9 @@ def write_report(root: str | Path) -> Path:
                 ]
         lines += _viewer_links(root, folder)
     if log.is_file():
-        curves = plot_training_curves(read_metrics_log(log), fig_dir / "training_curves.png")
+        curves = plot_training_curves(run.metrics(), fig_dir / "training_curves.png")
         if curves is not None:
             lines += ["## Training", "", f"![training curves]({curves.relative_to(root).as_posix()})", ""]
-    out = root / "report.md"
+    out = run.report_file
     atomic_write_text(out, "\n".join(lines))
     return out

@@ -1,27 +1,15 @@
-"""Finding checkpoints, configurations and results in a run folder.
-
-Layout (written by ``organseg train``)::
-
-    RUN_DIR/config.yaml
-    RUN_DIR/metrics.jsonl
-    RUN_DIR/checkpoints/{best,last,epoch_N}.pt
-    RUN_DIR/results/<split>_<checkpoint>/{summary.json, per_case.csv, per_case.json, reference_log.txt,
-                                          overlay_slices.npz, nifti/}
-    RUN_DIR/report.md, RUN_DIR/report/*.png      (organseg report)
-"""
+"""What ``organseg test`` / ``export`` evaluate: a checkpoint file, or one picked in a run folder (whose
+layout is :class:`organseg.run.RunDir`'s), and where its results go."""
 
 from __future__ import annotations
 
-import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from organseg.device import resolve_device  # noqa: F401 (re-exported: the rule lives in organseg.device)
-from organseg.errors import CheckpointError, DataError
-
-_CHECKPOINT_NAME = re.compile(r"^(best|last|epoch_\d+)$")
+from organseg.errors import CheckpointError
+from organseg.run import CHECKPOINT_NAME, CHECKPOINTS, RunDir
 
 
 @dataclass(frozen=True)
@@ -42,20 +30,21 @@ def resolve_target(target: str | Path, checkpoint: str | None = None) -> RunTarg
     if path.is_file():
         if checkpoint is not None:
             raise CheckpointError(f"{path}: a checkpoint file; --checkpoint only picks one in a run folder")
-        run_dir = path.parent.parent if path.parent.name == "checkpoints" else None
-        if run_dir is not None and not (run_dir / "config.yaml").is_file():
+        run_dir = path.parent.parent if path.parent.name == CHECKPOINTS else None
+        if run_dir is not None and not RunDir(run_dir).is_run():
             run_dir = None
         return RunTarget(path, path.stem, run_dir)
-    ckpt_dir = path / "checkpoints"
-    available = sorted(p.stem for p in ckpt_dir.glob("*.pt")) if ckpt_dir.is_dir() else []
+    run = RunDir(path)
+    ckpt_dir = run.checkpoints_dir
+    available = run.checkpoints()
     if checkpoint is not None:
-        if not _CHECKPOINT_NAME.match(checkpoint):
+        if not CHECKPOINT_NAME.match(checkpoint):
             raise CheckpointError(f"--checkpoint {checkpoint!r}: expected best, last or epoch_N")
         names = [checkpoint]
     else:
         names = ["best", "last"]
     for name in names:
-        file = ckpt_dir / f"{name}.pt"
+        file = run.checkpoint(name)
         if file.is_file():
             return RunTarget(file, name, path)
     raise CheckpointError(
@@ -69,7 +58,7 @@ def results_dir(target: RunTarget, split: str, out: str | Path | None = None) ->
     if out is not None:
         return Path(out)
     base = target.run_dir if target.run_dir is not None else target.checkpoint_path.parent
-    return base / "results" / f"{split}_{target.checkpoint_name}"
+    return RunDir(base).results(split, target.checkpoint_name).path
 
 
 def checkpoint_patch_size(ckpt: dict[str, Any], default: int = 224) -> tuple[int, int]:
@@ -83,21 +72,3 @@ def checkpoint_patch_size(ckpt: dict[str, Any], default: int = 224) -> tuple[int
     h, w = (int(v) for v in size)
     return h, w
 
-
-def read_metrics_log(path: str | Path) -> list[dict[str, Any]]:
-    """Records of ``metrics.jsonl``; a damaged line raises DataError naming the line."""
-    from organseg.fileio import read_text
-
-    path = Path(path)
-    records = []
-    for n, line in enumerate(read_text(path, "metrics log").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{n}: not a JSON record ({exc.msg})") from None
-        if not isinstance(rec, dict):
-            raise DataError(f"{path}:{n}: expected a JSON object per line")
-        records.append(rec)
-    return records

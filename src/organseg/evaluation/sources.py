@@ -25,8 +25,7 @@ from organseg.checkpoint import model_from_checkpoint, read_checkpoint
 from organseg.errors import CheckpointError, ConfigError
 from organseg.evaluation.inference import averaged
 from organseg.evaluation.runs import RunTarget, checkpoint_patch_size, resolve_target
-
-STUDY_RUNS = "runs"  # organseg compare's folder of runs inside a study
+from organseg.run import STUDY_RUNS, RunDir
 
 
 @dataclass
@@ -53,10 +52,10 @@ def expand_source(
     """The checkpoint(s) a source names; a study folder stands for its runs (``models`` filters them)."""
     path = Path(spec)
     runs = path / STUDY_RUNS
-    if path.is_dir() and not (path / "checkpoints").is_dir() and runs.is_dir():
+    if path.is_dir() and not RunDir(path).checkpoints_dir.is_dir() and runs.is_dir():
         found = []
-        for run in sorted(p for p in runs.iterdir() if (p / "checkpoints").is_dir()):
-            if models and _run_model(run) not in models:
+        for run in sorted(p for p in runs.iterdir() if RunDir(p).checkpoints_dir.is_dir()):
+            if models and RunDir(run).model_name not in models:
                 continue
             found.append(resolve_target(run, checkpoint))
         if not found:
@@ -66,16 +65,6 @@ def expand_source(
     if models:
         raise ConfigError(f"--models filters the runs of a study folder; {path} is not one")
     return [resolve_target(path, checkpoint)]
-
-
-def _run_model(run: Path) -> str | None:
-    import yaml
-
-    try:
-        cfg = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")) or {}
-        return (cfg.get("model") or {}).get("name")
-    except (OSError, yaml.YAMLError, AttributeError):
-        return None
 
 
 def load_member(target: RunTarget, device: torch.device) -> Member:

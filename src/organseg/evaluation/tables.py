@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from organseg.formatting import num
+
 #: (column titles after the method, published rows). None = not reported.
 SYNAPSE_PUBLISHED: dict[str, dict[str, float | None]] = {
     "U-Net": {
@@ -67,10 +69,6 @@ def columns(class_names: Sequence[str]) -> list[tuple[str, int]]:
     return list(paper_columns(class_names))
 
 
-def _fmt(v: float | None, scale: float = 1.0) -> str:
-    return "–" if v is None else f"{v * scale:.2f}"
-
-
 def _our_row(protocol_summary: dict[str, Any], class_names: Sequence[str]) -> dict[str, float | None]:
     """A summary's values in table units: Dice in %, HD95 as is."""
     per_class = protocol_summary["per_class"]
@@ -100,7 +98,7 @@ def results_table(summary: dict[str, Any], model_name: str | None = None, label:
     lines = ["| Method | " + " | ".join(titles) + " |", "|---" * (len(titles) + 1) + "|"]
 
     def add(name: str, row: dict[str, float | None]) -> None:
-        lines.append(f"| {name} | " + " | ".join(_fmt(row.get(t)) for t in titles) + " |")
+        lines.append(f"| {name} | " + " | ".join(num(row.get(t)) for t in titles) + " |")
 
     if published:
         for name, row in published["rows"].items():
@@ -116,7 +114,7 @@ def results_table(summary: dict[str, Any], model_name: str | None = None, label:
         }
         lines.append(
             f"| Δ {label} (reference) − {target} | "
-            + " | ".join("–" if diff[t] is None else f"{diff[t]:+.2f}" for t in titles)
+            + " | ".join(num(diff[t], "+.2f") for t in titles)
             + " |"
         )
     notes = []

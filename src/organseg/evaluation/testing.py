@@ -13,11 +13,12 @@ from organseg.data.base import SegmentationDataset, Volume
 from organseg.device import resolve_device
 from organseg.errors import DataError
 from organseg.evaluation.evaluate import evaluate_dataset
-from organseg.evaluation.report import OVERLAY_FILE, OverlayCollector, write_report
+from organseg.evaluation.report import OverlayCollector, write_report
 from organseg.evaluation.runs import RunTarget, checkpoint_patch_size, results_dir
 from organseg.evaluation.tables import results_table
 from organseg.evaluation.viewer import VIEWER_DIR, CaseViewers, chain
 from organseg.fileio import check_output, check_output_dir, check_output_file
+from organseg.run import ResultsDir, RunDir
 from organseg.values import OPTIONAL_POSITIVE_INT, POSITIVE_INT, check_value
 
 
@@ -193,10 +194,10 @@ def _test_one(
     check_output_dir(folder, what=what)
     if report:
         report_root = tgt.run_dir if tgt.run_dir is not None and out is None else folder
-        check_output_file(Path(report_root) / "report.md", what="")
+        check_output_file(RunDir(report_root).report_file, what="")
     collector = OverlayCollector()
     on_case = chain(
-        _nifti_writer(folder / "nifti", collector) if save_nifti else collector,
+        _nifti_writer(ResultsDir(folder).file(ResultsDir.NIFTI), collector) if save_nifti else collector,
         CaseViewers(folder / VIEWER_DIR, dataset.class_names) if viewer else None,
     )
     result = evaluate_dataset(
@@ -223,7 +224,7 @@ def _test_one(
     if sources:
         extra.update(ensemble=list(sources), tta=tta)
     result.write(folder, extra)
-    collector.save(folder / OVERLAY_FILE)
+    collector.save(ResultsDir(folder).file(ResultsDir.OVERLAYS))
     summary = {**result.summary(), **extra, "results_dir": str(folder)}
     summary["table"] = results_table(summary, ckpt.get("model_name"))
     report_root = tgt.run_dir if tgt.run_dir is not None and out is None else folder

@@ -32,6 +32,7 @@ import numpy as np
 from organseg.data.orientation import radiological_orientation
 from organseg.errors import DataError
 from organseg.fileio import atomic_write_text
+from organseg.run import ResultsDir
 
 if TYPE_CHECKING:
     from organseg.data.base import Volume
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
 #: the largest volume embedded at full resolution: 192 slices of 512 x 512 (about 9 MB of HTML)
 MAX_VOXELS = 192 * 512 * 512
 JPEG_QUALITY = 85
-VIEWER_DIR = "viewer"  # results/<name>/viewer/<case>.html, beside the other results files
+VIEWER_DIR = ResultsDir.VIEWER  # results/<name>/viewer/<case>.html, beside the other results files
 
 MetricTable = Mapping[str, Mapping[str, "float | None"]]
 

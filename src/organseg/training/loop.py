@@ -1,19 +1,12 @@
 """``train``: the reference recipe (SGD, poly LR per iteration, 0.4·CE + 0.6·Dice) or a faster one, resumable.
 
-Run folder::
-
-    RUN_DIR/config.yaml          resolved configuration
-    RUN_DIR/env.json             versions, git revision, device, precision, threads, command line
-    RUN_DIR/metrics.jsonl        {"kind": "train", ...} per iteration, {"kind": "val", ...} per validation
-    RUN_DIR/tensorboard/         when tensorboard is installed
-    RUN_DIR/checkpoints/         last.pt (every epoch, full training state), epoch_N.pt, best.pt
-    RUN_DIR/summary.json         written at the end
+The run folder it writes (config.yaml, env.json, metrics.jsonl, tensorboard/, checkpoints/, summary.json) is
+described and named in :mod:`organseg.run` (:class:`~organseg.run.RunDir`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import shutil
 import sys
@@ -28,10 +21,11 @@ from torch import nn
 from organseg.checkpoint import atomic_torch_save, make_checkpoint, read_checkpoint, validate_checkpoint
 from organseg.data.base import SegmentationDataset
 from organseg.errors import CheckpointError, ConfigError, DataError, OrgansegError
-from organseg.fileio import atomic_write_text, check_output, check_output_dir
+from organseg.fileio import check_output, check_output_dir
 from organseg.losses import DiceCELoss
 from organseg.precision import autocast_dtype
 from organseg.progress import progress_bar, progress_write
+from organseg.run import TRAIN_FILES, RunDir
 from organseg.training.config import config_differences, effective_lr, load_config, resolve_config, to_yaml
 from organseg.training.data import TrainBatches
 from organseg.training.distributed import (
@@ -67,7 +61,7 @@ class TrainingDiverged(OrgansegError):
 
 
 # What train writes in a run folder: an input elsewhere in the folder (a dataset kept beside the run) is safe.
-RUN_FILES = ("config.yaml", "env.json", "summary.json", "metrics.jsonl", "checkpoints", "tensorboard")
+RUN_FILES = TRAIN_FILES
 
 
 def open_dataset_for(data: str | Path | SegmentationDataset | None, cfg: dict) -> SegmentationDataset:
@@ -150,7 +144,7 @@ def _undo_fresh_run(run_dir: Path, existed: set[str] | None) -> None:
     """A run that fails before its first checkpoint (bad data found while loading, an interrupt in the first
     iterations) has nothing to resume: remove the files it created, so no half-made run folder is left (and
     the folder itself if this call created it). A run with a checkpoint is kept: it resumes."""
-    ckpts = run_dir / "checkpoints"
+    ckpts = RunDir(run_dir).checkpoints_dir
     if ckpts.is_dir() and any(ckpts.glob("*.pt")):
         return
     before = existed or set()
@@ -168,10 +162,8 @@ def _undo_fresh_run(run_dir: Path, existed: set[str] | None) -> None:
 
 
 def _previous_env(run_dir: Path) -> dict[str, Any]:
-    try:
-        return json.loads((run_dir / "env.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
+    env = RunDir(run_dir).env()
+    return env.raw if env is not None else {}
 
 
 def _train(
@@ -187,7 +179,7 @@ def _resume_state(
     """The checked ``last.pt`` to continue, or None for a fresh start. Rank 0 reads it and hands it (or the
     error) to every process: other nodes may not see the run folder, and a check failing on one rank only
     would leave the others waiting."""
-    last_path = run_dir / "checkpoints" / "last.pt"
+    last_path = RunDir(run_dir).checkpoint("last")
     state, error = None, None
     try:
         if env.is_main and last_path.exists():
@@ -233,7 +225,8 @@ class Trainer:
     ) -> None:
         t = self.t = cfg["train"]
         self.cfg, self.dataset, self.run_dir, self.env, self.main = cfg, dataset, run_dir, env, env.is_main
-        self.last_path = run_dir / "checkpoints" / "last.pt"
+        self.rd = RunDir(run_dir)
+        self.last_path = self.rd.checkpoint("last")
         self.amp_dtype = autocast_dtype(t["precision"], env.device)
         seed_all(t["seed"])
         self.args = model_args(cfg, dataset.num_classes)
@@ -301,7 +294,7 @@ class Trainer:
         if full:
             ckpt.update(optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict(),
                         best_dice=self.best, train_seconds=self.train_seconds)  # fmt: skip
-        atomic_torch_save(ckpt, self.run_dir / "checkpoints" / name)
+        atomic_torch_save(ckpt, self.rd.checkpoint(name))
 
     # ------------------------------------------------------------------------------------------ the loop
 
@@ -477,7 +470,7 @@ class Trainer:
         if not self.dataset.case_ids("val"):
             print("organseg train: the dataset has no validation cases, so no best.pt is written", flush=True)
         run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "config.yaml", to_yaml(self.cfg))
+        self.rd.write_config(to_yaml(self.cfg))
         env_info = environment(env.device, t["precision"], env.world_size)
         env_info.update(channels_last=self.channels_last, compile=t["compile"], augment=t["augment"])
         if self.batches.cases is not None:  # data.train_fraction: which cases this run trained on
@@ -489,10 +482,10 @@ class Trainer:
         for key in ("time_budget_fit", "time_budget_refit"):  # a resumed run keeps its measurements
             if key in previous:
                 env_info[key] = previous[key]
-        atomic_write_text(run_dir / "env.json", json.dumps(env_info, indent=2) + "\n")
+        self.rd.write_env(env_info)
 
     def _summary(self, val_record: dict | None) -> dict[str, Any]:
-        it, ckpt_dir = self.it, self.run_dir / "checkpoints"
+        it, ckpt_dir = self.it, self.rd.checkpoints_dir
         summary = {
             "run_dir": str(self.run_dir),
             "stopped": self.stopped,
@@ -507,7 +500,7 @@ class Trainer:
             "checkpoints": sorted(p.name for p in ckpt_dir.glob("*.pt")) if self.main else [],
         }
         if self.main:
-            atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+            self.rd.write_summary(summary)
         return summary
 
 
@@ -518,12 +511,13 @@ def _record_fit(
     measurement behind it into env.json under ``key``."""
     if not env.is_main:
         return
-    atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
+    rd = RunDir(run_dir)
+    rd.write_config(to_yaml(cfg))
     info = _previous_env(run_dir)
     budget = cfg["train"]["time_budget_min"]
     info[key] = {"seconds_per_iteration": round(per_it, 4), "measured_iterations": span,
                  "budget_min": budget, "horizon": horizon}  # fmt: skip
-    atomic_write_text(run_dir / "env.json", json.dumps(info, indent=2) + "\n")
+    rd.write_env(info)
     again = " (again, half-way)" if key == "time_budget_refit" else ""
     progress_write(f"time budget {budget:g} min{again}: {per_it:.3f} s/iteration measured over iterations "
                    f"{span[0]}-{span[1]}, schedule horizon {horizon} iterations")  # fmt: skip

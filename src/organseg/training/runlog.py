@@ -1,7 +1,9 @@
-"""The run folder's text files: ``config.yaml``, ``env.json``, ``metrics.jsonl`` and TensorBoard events.
+"""What a training run records: its environment (``env.json``) and its metric log (``metrics.jsonl`` and
+TensorBoard events). The file names and the reader are :class:`organseg.run.RunDir`'s.
 
 Only the main process writes. ``metrics.jsonl`` grows by whole lines (one ``write`` each, so a killed run
-never leaves half a record); on resume it is rewritten atomically without the records past the checkpoint.
+leaves at most a cut last line, which the reader ignores); on resume it is rewritten atomically without the
+records past the checkpoint.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 
 import torch
 
-from organseg.fileio import atomic_write_text
+from organseg.run import RunDir
 
 
 def _version(dist_name: str) -> str | None:
@@ -84,31 +86,24 @@ class RunLog:
     """Appends metric records to ``metrics.jsonl`` and mirrors scalars to TensorBoard when installed."""
 
     def __init__(self, run_dir: Path, enabled: bool = True, resume_iteration: int | None = None) -> None:
-        self.path = run_dir / "metrics.jsonl"
+        self.run = RunDir(run_dir)
+        self.path = self.run.metrics_file
         self.enabled = enabled
         self._fh = None
         self._tb = None
         if not enabled:
             return
         if resume_iteration is None:
-            atomic_write_text(self.path, "")
+            self.run.write_metrics([])
         else:
             self._truncate(resume_iteration)
         self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (lives as long as the run)
-        self._tb = _summary_writer(run_dir / "tensorboard")
+        self._tb = _summary_writer(self.run.tensorboard_dir)
 
     def _truncate(self, iteration: int) -> None:
         """Drop the records a killed run wrote after its last checkpoint: they are about to be redone."""
-        keep = []
-        if self.path.is_file():
-            for line in self.path.read_text(encoding="utf-8").splitlines():
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if rec.get("iter", 0) <= iteration:
-                    keep.append(line + "\n")
-        atomic_write_text(self.path, "".join(keep))
+        records = self.run.metrics() if self.path.is_file() else []
+        self.run.write_metrics([r for r in records if r.get("iter", 0) <= iteration])
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
@@ -136,7 +131,6 @@ class RunLog:
 
 
 def read_metrics(run_dir: str | Path, kind: str | None = None) -> list[dict[str, Any]]:
-    """The records of ``RUN_DIR/metrics.jsonl`` (optionally only ``kind`` "train" or "val")."""
-    path = Path(run_dir) / "metrics.jsonl"
-    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return [r for r in records if kind is None or r["kind"] == kind]
+    """The records of ``RUN_DIR/metrics.jsonl`` (optionally only ``kind`` "train" or "val"); the reader is
+    :meth:`organseg.run.RunDir.metrics`."""
+    return RunDir(run_dir).metrics(kind)

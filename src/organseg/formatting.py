@@ -1,0 +1,79 @@
+"""How reports, tables and the console write numbers, and how every figure is saved: one place, one rule.
+
+The rule for a missing number: ``None`` or NaN is written :data:`MISSING` (an en dash) in text and drawn as
+NaN (no bar, no point) in figures. Everything else is formatted with an explicit format spec, so the same
+value reads the same in ``comparison.md``, ``report.md``, the console tables and ``organseg info``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+MISSING = "–"
+
+
+def is_missing(v: Any) -> bool:
+    """None or NaN: a value that was not measured (an absent organ, a record an older organseg lacked)."""
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def num(v: float | int | None, spec: str = ".2f", *, scale: float = 1.0) -> str:
+    """``format(v * scale, spec)``, or :data:`MISSING`; ``num(0.8123, scale=100)`` is ``"81.23"``."""
+    if is_missing(v):
+        return MISSING
+    return format(v if scale == 1.0 else v * scale, spec)
+
+
+def pm(stat: dict[str, Any], scale: float = 1.0) -> str:
+    """``mean ± std`` of a ``{"mean", "std"}`` record (2 decimals; no ``± std`` for a single value)."""
+    if is_missing(stat["mean"]):
+        return MISSING
+    text = f"{stat['mean'] * scale:.2f}"
+    return text + ("" if is_missing(stat["std"]) else f" ± {stat['std'] * scale:.2f}")
+
+
+def signed_pct(v: float | None) -> str:
+    """A relative change as a signed percentage: ``-0.14`` -> ``"-14.0%"``."""
+    return MISSING if is_missing(v) else f"{100 * v:+.1f}%"
+
+
+def fmt_value(v: Any) -> str:
+    """A configuration value as text (swept values in labels, tables and CSV cells): floats in ``g`` form,
+    lists and dicts as JSON, anything else as ``str`` (a setting left ``None`` reads ``None``: that is its
+    value, not a missing measurement)."""
+    if isinstance(v, float):
+        return f"{v:g}"
+    return json.dumps(v) if isinstance(v, (list, dict)) else str(v)
+
+
+def plot_value(v: float | None, scale: float = 1.0) -> float:
+    """A value for a figure: NaN where it is missing (matplotlib leaves a gap)."""
+    return math.nan if is_missing(v) else v * scale
+
+
+# ------------------------------------------------------------------------------------------------- figures
+
+
+def pyplot():
+    """matplotlib's pyplot on the Agg backend: files only, never a window (nor a display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
+    """Write ``fig`` as PNG atomically (a reader never sees half an image) and close it."""
+    from organseg.fileio import atomic_write_bytes
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    pyplot().close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return Path(path)

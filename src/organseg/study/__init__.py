@@ -1,0 +1,41 @@
+"""``organseg compare``: U-Net vs Swin-Unet over seeds and swept settings, as a package.
+
+A study is a grid: every model x seed x value of every swept ``--set key=v1,v2``. Each grid point is an
+ordinary run folder (:class:`organseg.run.RunDir`) under ``OUT/runs/`` with a stable name
+(``swin_unet__seed1234__base_lr0.05``), trained with :func:`organseg.training.train` and tested with
+:func:`organseg.evaluation.testing.run_test` (both metric protocols). Runs trained anywhere (``organseg train
+... --out OUT/runs/NAME`` then ``organseg test OUT/runs/NAME --checkpoint last``) are aggregated with
+``compare --collect``.
+
+Modules, in the order a study uses them:
+
+- :mod:`~organseg.study.grid`: ``--set``/``--seeds`` parsing, run names, the planned runs and their configs;
+- :mod:`~organseg.study.runner`: training and testing the grid here or in child processes, reuse and resume;
+- :mod:`~organseg.study.aggregate`: run folders -> the comparison dict (groups over seeds, HD95 change,
+  paired statistics and cost from :mod:`organseg.evaluation`);
+- :mod:`~organseg.study.outputs`: ``comparison.md/.json/.csv`` and the console table;
+- :mod:`~organseg.study.figures`: ``comparison_organs.png``, ``comparison_sweep_<key>.png``.
+"""
+
+from organseg.study.aggregate import collect, find_runs, infer_sweep_keys
+from organseg.study.grid import PlannedRun, Sweep, parse_seeds, parse_sets, plan_runs, run_name, split_values
+from organseg.study.outputs import comparison_markdown, console_table, write_comparison
+from organseg.study.runner import run_state, run_study
+
+__all__ = [
+    "PlannedRun",
+    "Sweep",
+    "collect",
+    "comparison_markdown",
+    "console_table",
+    "find_runs",
+    "infer_sweep_keys",
+    "parse_seeds",
+    "parse_sets",
+    "plan_runs",
+    "run_name",
+    "run_state",
+    "run_study",
+    "split_values",
+    "write_comparison",
+]

@@ -1,0 +1,351 @@
+"""Aggregation: finished run folders -> the comparison dict (``comparison.json``), written with its tables and
+figures by :func:`collect`.
+
+Everything is read from files (each run's ``config.yaml`` and ``results/<split>_<checkpoint>/``, through
+:class:`organseg.run.RunDir`), so runs trained anywhere are collected alike. What was swept is read back from
+the configurations: the keys whose values differ between runs of the same network. Runs of one network with
+the same swept values form a group; its numbers are the mean and sample standard deviation over seeds.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from organseg import __version__
+from organseg.errors import DataError
+from organseg.evaluation.metrics import PROTOCOLS
+from organseg.fileio import check_output_dir
+from organseg.formatting import fmt_value
+from organseg.run import STUDY_RUNS, ResultsDir, RunDir
+from organseg.study.figures import write_figures
+from organseg.study.grid import DEFAULT_SEED, NOT_SWEPT, freeze, short_keys
+from organseg.study.outputs import write_comparison
+
+# Per protocol, the summary fields a run contributes, in comparison.json's order: "stats" fields are
+# aggregated over seeds (:func:`_stats`), "first" fields (units, tolerances) are taken from the first run.
+PROTOCOL_FIELDS: dict[str, tuple[tuple[str, str], ...]] = {
+    "reference": (("stats", "mean_dice"), ("stats", "mean_hd95"), ("first", "hd95_unit")),
+    "corrected": (("stats", "mean_dice"), ("stats", "mean_hd95"), ("first", "hd95_unit"),
+                  ("stats", "mean_nsd"), ("stats", "mean_assd"), ("first", "nsd_tolerance")),
+}  # fmt: skip
+COLUMN_METRICS = ("dice", "hd95")  # per organ column
+
+
+@dataclass
+class RunResult:
+    """What the aggregation needs from one run folder."""
+
+    run: RunDir
+    model: str
+    seed: int
+    config: dict
+    summary: dict
+    results: ResultsDir
+    sweep: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.run.name
+
+
+def find_runs(out: str | Path) -> list[Path]:
+    """Run folders (holding ``config.yaml``) under ``OUT/runs``."""
+    base = Path(out) / STUDY_RUNS
+    return sorted(p for p in base.iterdir() if RunDir(p).is_run()) if base.is_dir() else []
+
+
+def _flat(cfg: dict) -> dict[str, Any]:
+    from organseg.training.config import flatten
+
+    return flatten(cfg)
+
+
+def infer_sweep_keys(configs: Sequence[tuple[str, dict]]) -> list[str]:
+    """Keys whose values differ between runs of the same network: what a study swept. ``configs`` are
+    (model name, config) pairs; seeds, the model and runtime keys never count."""
+    from organseg.training.config import RUNTIME_KEYS
+
+    by_model: dict[str, list[dict[str, Any]]] = {}
+    for model, cfg in configs:
+        by_model.setdefault(model, []).append(_flat(cfg))
+    keys: list[str] = []
+    for flats in by_model.values():
+        order = list(dict.fromkeys(k for f in flats for k in f))
+        for k in order:
+            if k in NOT_SWEPT or k in RUNTIME_KEYS or k in keys:
+                continue
+            if len({freeze(f.get(k)) for f in flats}) > 1:
+                keys.append(k)
+    return keys
+
+
+def _stats(values: Sequence[float | None]) -> dict[str, Any]:
+    """Mean and sample standard deviation (ddof 1; None for a single value) of the defined values."""
+    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    if not vals:
+        return {"mean": None, "std": None, "n": 0}
+    return {
+        "mean": float(np.mean(vals)),
+        "std": float(np.std(vals, ddof=1)) if len(vals) > 1 else None,
+        "n": len(vals),
+    }
+
+
+def protocol_values(summary: dict, protocol: str, cols: Sequence[tuple[str, int]]) -> dict[str, Any]:
+    """A run's (mean, per-column) values under one protocol (:data:`PROTOCOL_FIELDS`); Dice as a fraction."""
+    s = summary[protocol]
+    names = summary["class_names"]
+    per = s["per_class"]
+    return {
+        **{key: s.get(key) for _, key in PROTOCOL_FIELDS[protocol]},
+        "columns": {t: {m: per[names[i]].get(m) for m in COLUMN_METRICS} for t, i in cols},
+    }
+
+
+def _group_protocol(vals: Sequence[dict[str, Any]], protocol: str, titles: Sequence[str]) -> dict[str, Any]:
+    """One group's block of one protocol from its runs' :func:`protocol_values`."""
+    block: dict[str, Any] = {
+        key: _stats([v[key] for v in vals]) if how == "stats" else vals[0][key]
+        for how, key in PROTOCOL_FIELDS[protocol]
+    }
+    block["columns"] = {
+        t: {m: _stats([v["columns"][t][m] for v in vals]) for m in COLUMN_METRICS} for t in titles
+    }
+    return block
+
+
+def _label(model: str, sweep: dict[str, Any], short: dict[str, str]) -> str:
+    return model + "".join(f", {short[k]}={fmt_value(v)}" for k, v in sweep.items())
+
+
+def _synthetic(summary: dict, cfg: dict) -> bool:
+    for root in (summary.get("data"), (cfg.get("data") or {}).get("root")):
+        if root and (Path(str(root)) / "SYNTHETIC.txt").is_file():
+            return True
+    return False
+
+
+def _read_runs(
+    dirs: Sequence[Path], split: str, checkpoint: str, models: Sequence[str] | None
+) -> tuple[list[RunResult], list[dict[str, str]]]:
+    """The tested runs among ``dirs`` (of ``models``), and the untested ones as skipped records."""
+    runs, skipped = [], []
+    for d in dirs:
+        run = RunDir(d)
+        if not run.is_run():
+            raise DataError(f"{d}: not a run folder (no config.yaml)")
+        cfg = run.config
+        model = str(cfg["model"].get("name"))
+        if models is not None and model not in models:
+            continue
+        results = run.results(split, checkpoint)
+        if not results.exists():
+            reason = (
+                f"no {results.summary_file}: test it with "
+                f"`organseg test {d} --checkpoint {checkpoint} --split {split}`"
+            )
+            print(f"organseg compare: skipping {d.name}: {reason}", flush=True)
+            skipped.append({"run_dir": str(d), "reason": reason})
+            continue
+        seed = (cfg.get("train") or {}).get("seed", DEFAULT_SEED)
+        runs.append(RunResult(run, model, int(seed), cfg, results.summary(), results))
+    return runs, skipped
+
+
+def _check_same_classes(runs: Sequence[RunResult]) -> list[str]:
+    class_names = runs[0].summary["class_names"]
+    for r in runs[1:]:
+        if [str(n).lower() for n in r.summary["class_names"]] != [str(n).lower() for n in class_names]:
+            raise DataError(
+                f"{r.results.summary_file}: classes {r.summary['class_names']} differ from "
+                f"{runs[0].name}'s {class_names}: these runs were tested on different datasets"
+            )
+    return class_names
+
+
+def _model_order(runs: Sequence[RunResult], models: Sequence[str] | None) -> list[str]:
+    if models is not None:
+        order = list(models)
+    else:  # the U-Net first, as in the papers' tables: it is the baseline of the HD95 change
+        order = sorted(dict.fromkeys(r.model for r in runs), key=lambda m: m != "unet")
+    return [m for m in order if any(r.model == m for r in runs)]
+
+
+def _groups(
+    runs: Sequence[RunResult],
+    model_order: Sequence[str],
+    keys: Sequence[str],
+    cols: Sequence[tuple[str, int]],
+) -> list[dict[str, Any]]:
+    """One group per (model, swept values), in model order then the order values first appear."""
+    short = short_keys(keys)
+    members_of: dict[tuple[str, str], list[RunResult]] = {}
+    for m in model_order:
+        for r in runs:
+            if r.model == m:
+                members_of.setdefault((m, freeze(r.sweep)), []).append(r)
+    titles = [t for t, _ in cols]
+    groups = []
+    for (m, _), members in members_of.items():
+        members.sort(key=lambda r: r.seed)
+        groups.append({
+            "model": m,
+            "sweep": dict(members[0].sweep),
+            "label": _label(m, members[0].sweep, short),
+            "n": len(members),
+            "seeds": [r.seed for r in members],
+            "runs": [r.name for r in members],
+            **{p: _group_protocol([protocol_values(r.summary, p, cols) for r in members], p, titles)
+               for p in PROTOCOLS},
+        })  # fmt: skip
+    return groups
+
+
+def _published(kind: str | None, baseline: str, model_order: Sequence[str]) -> dict[str, Any] | None:
+    """The paper's rows for this dataset, with their relative HD95 change against the baseline's row."""
+    from organseg.evaluation.tables import PUBLISHED
+
+    published = PUBLISHED.get(kind) if kind else None
+    if not published:
+        return None
+    rows = published["rows"]
+    pub = {"source": published["source"], "rows": rows, "model_row": published["model_row"]}
+    base_row = rows.get(published["model_row"].get(baseline, ""), {})
+    pub["relative_hd95"] = {
+        m: (rows[r]["HD95"] - base_row["HD95"]) / base_row["HD95"]
+        for m, r in published["model_row"].items()
+        if m != baseline and m in model_order and base_row.get("HD95") and rows[r].get("HD95") is not None
+    }
+    return pub
+
+
+def _costs(groups: Sequence[dict[str, Any]], runs: Sequence[RunResult], n_classes: int) -> list[dict]:
+    from organseg.evaluation.cost import group_cost, run_cost
+
+    by_name = {r.name: r for r in runs}
+
+    def one(name: str) -> dict[str, Any]:
+        r = by_name[name]
+        return run_cost(r.run.path, r.results.path, r.config, n_classes)
+
+    return [group_cost(g["model"], g["label"], g["sweep"], [one(n) for n in g["runs"]]) for g in groups]
+
+
+def collect(
+    out: str | Path,
+    run_dirs: Sequence[str | Path] | None = None,
+    *,
+    split: str = "test",
+    checkpoint: str = "last",
+    sweep_keys: Sequence[str] | None = None,
+    models: Sequence[str] | None = None,
+    notes: Sequence[str] = (),
+    failed: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Aggregate finished run folders and write ``OUT/comparison.{md,json,csv}`` and the figures.
+
+    ``run_dirs``: default every run folder in ``OUT/runs``. A run without
+    ``results/<split>_<checkpoint>/summary.json`` is listed as skipped (with the command that tests it).
+    ``sweep_keys``: default inferred (:func:`infer_sweep_keys`). ``models``: keep / order these networks.
+    """
+    from organseg.evaluation.paired import study_paired
+    from organseg.evaluation.tables import columns, dataset_kind
+    out = check_output_dir(out)
+    dirs = [Path(d) for d in run_dirs] if run_dirs is not None else find_runs(out)
+    if not dirs:
+        raise DataError(f"{out / STUDY_RUNS}: no run folders (with config.yaml) to collect")
+    runs, skipped = _read_runs(dirs, split, checkpoint, models)
+    skipped = [{"run_dir": k, "reason": v} for k, v in (failed or {}).items()] + skipped
+    if not runs:
+        raise DataError(
+            f"{out}: none of the {len(dirs)} run folder(s) has {split}_{checkpoint} results "
+            f"(test them with `organseg test RUN_DIR --checkpoint {checkpoint} --split {split}`)"
+        )
+    class_names = _check_same_classes(runs)
+    keys = (
+        list(sweep_keys) if sweep_keys is not None else infer_sweep_keys([(r.model, r.config) for r in runs])
+    )
+    for r in runs:
+        flat = _flat(r.config)
+        r.sweep = {k: flat.get(k) for k in keys}
+    model_order = _model_order(runs, models)
+    cols = columns(class_names)
+    kind = dataset_kind(class_names)
+    groups = _groups(runs, model_order, keys, cols)
+    baseline = "unet" if "unet" in model_order else model_order[0]
+    paired, paired_settings, paired_notes = study_paired(
+        groups, {r.name: r.results.path for r in runs}, class_names, cols
+    )
+    comparison: dict[str, Any] = {
+        "organseg": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "split": split,
+        "checkpoint": checkpoint,
+        "dataset": {
+            "kind": kind,
+            "class_names": list(class_names),
+            "columns": [t for t, _ in cols],
+            "synthetic": any(_synthetic(r.summary, r.config) for r in runs),
+            "data": sorted({str(r.summary.get("data")) for r in runs}),
+        },
+        "models": model_order,
+        "baseline": baseline,
+        "sweep_keys": keys,
+        "runs": [_run_record(r, cols) for r in runs],
+        "skipped": skipped,
+        "groups": groups,
+        "relative": _relative_changes(groups, baseline),
+        "paired": paired,
+        "paired_settings": paired_settings,
+        "cost": _costs(groups, runs, len(class_names)),
+        "published": _published(kind, baseline, model_order),
+        "notes": [*notes, *paired_notes],
+    }
+    comparison["figures"] = write_figures(out, comparison)
+    write_comparison(out, comparison)
+    return comparison
+
+
+def _run_record(r: RunResult, cols: Sequence[tuple[str, int]]) -> dict[str, Any]:
+    train = r.run.summary()
+    return {
+        "name": r.name,
+        "run_dir": str(r.run.path),
+        "model": r.model,
+        "seed": r.seed,
+        "sweep": r.sweep,
+        "iterations": train.iterations if train else None,
+        "train_seconds": train.train_seconds if train else None,
+        "stopped": train.stopped if train else None,
+        "results_dir": str(r.results.path),
+        "cases": r.summary.get("cases"),
+        **{p: protocol_values(r.summary, p, cols) for p in PROTOCOLS},
+    }
+
+
+def _relative_changes(groups: Sequence[dict[str, Any]], baseline: str) -> list[dict[str, Any]]:
+    """Each network against the baseline at the same swept values: the seed write-up's relative HD95
+    change ``(HD_other - HD_base) / HD_base`` and the DSC difference in points, per protocol."""
+    out = []
+    base = {freeze(g["sweep"]): g for g in groups if g["model"] == baseline}
+    for g in groups:
+        b = base.get(freeze(g["sweep"]))
+        if g["model"] == baseline or b is None:
+            continue
+        rec: dict[str, Any] = {"model": g["model"], "baseline": baseline, "sweep": g["sweep"]}
+        for p in PROTOCOLS:
+            hd, hd0 = g[p]["mean_hd95"]["mean"], b[p]["mean_hd95"]["mean"]
+            d, d0 = g[p]["mean_dice"]["mean"], b[p]["mean_dice"]["mean"]
+            rec[p] = {
+                "hd95_change": None if hd is None or not hd0 else (hd - hd0) / hd0,
+                "dice_points": None if d is None or d0 is None else 100.0 * (d - d0),
+            }
+        out.append(rec)
+    return out

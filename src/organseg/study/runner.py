@@ -1,0 +1,361 @@
+"""Running a study: train (or reuse / resume) and test every grid point, in this process or in parallel
+``organseg train`` / ``organseg test`` processes, then aggregate.
+
+A run whose final checkpoint is there and whose configuration matches is not trained again; a partial one is
+resumed; fresh test results are reused. A run whose loss diverges is a result of the sweep, not a reason to
+stop the study: in this process it raises :class:`~organseg.training.TrainingDiverged`, in a child process
+it exits with :data:`organseg.run.EXIT_DIVERGED`.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from organseg.device import resolve_device
+from organseg.errors import ConfigError, DataError, OrgansegError
+from organseg.fileio import check_output, check_output_dir
+from organseg.run import EXIT_DIVERGED, STUDY_RUNS, ResultsDir, RunDir
+from organseg.study.aggregate import collect
+from organseg.study.grid import DEFAULT_SEED, PlannedRun, Sweep, parse_sets, plan_runs
+from organseg.values import WORKERS, check_value
+
+# What compare writes in its --out folder (the demo keeps its dataset there too).
+STUDY_OUTPUTS = (STUDY_RUNS, "comparison.md", "comparison.json", "comparison.csv")
+
+
+def run_state(run_dir: Path, cfg: dict) -> tuple[str, int]:
+    """("new" | "partial" | "complete", iterations done) of a run folder for the configuration ``cfg``.
+
+    Raises ConfigError when the folder holds a run of another configuration (runtime keys aside), so a
+    study never mixes recipes under one name.
+    """
+    from organseg.checkpoint import read_checkpoint
+    from organseg.training.config import config_differences
+
+    last = RunDir(run_dir).checkpoint("last")
+    if not last.is_file():
+        return "new", 0
+    ckpt = read_checkpoint(last)
+    diff = config_differences(ckpt.get("config") or {}, cfg)
+    if diff:
+        raise ConfigError(
+            f"{last}: this run was trained with another configuration ({'; '.join(diff)}); "
+            "remove the folder or choose another --out"
+        )
+    done = int(ckpt.get("iteration", 0))
+    ipe = int(ckpt.get("iterations_per_epoch") or 1)
+    target = cfg["train"]["max_iterations"] or cfg["train"]["max_epochs"] * ipe
+    return ("complete" if done >= target else "partial"), done
+
+
+def _fresh_results(results: ResultsDir, checkpoint: Path, precision: str) -> bool:
+    """Whether the results' ``summary.json`` was computed from this very checkpoint file at this precision."""
+    summary = results.summary_file
+    if not summary.is_file() or not checkpoint.is_file():
+        return False
+    if summary.stat().st_mtime < checkpoint.stat().st_mtime:
+        return False
+    try:
+        s = results.summary()
+    except DataError:
+        return False
+    return s.get("precision") == precision and Path(str(s.get("checkpoint"))).name == checkpoint.name
+
+
+class _Study:
+    """One call of :func:`run_study`: its plans, what it trained, tested and lost to divergence."""
+
+    def __init__(self, out: Path, plans: list[PlannedRun], dataset: Any, test_options: dict[str, Any]):
+        self.out, self.plans, self.dataset, self.opts = out, plans, dataset, test_options
+        self.heads = {p.name: f"[{n}/{len(plans)}] {p.name}" for n, p in enumerate(plans, start=1)}
+        self.trained: list[str] = []
+        self.tested: list[str] = []
+        self.failed: dict[str, str] = {}
+
+    def run_dir(self, plan: PlannedRun) -> RunDir:
+        return RunDir(self.out / STUDY_RUNS / plan.name)
+
+    def run_all(self, jobs: int) -> None:
+        """Train what is not complete (here, or in ``jobs`` processes), then test what is not tested."""
+        # Every folder is checked before anything runs: a recipe clash stops the study at once.
+        states = {p.name: run_state(self.run_dir(p).path, p.config) for p in self.plans}
+        todo = []
+        for plan in self.plans:
+            state, done = states[plan.name]
+            if state == "complete":
+                print(f"{self.heads[plan.name]}: training complete ({done} iterations), reused", flush=True)
+            else:
+                todo.append(plan)
+        if jobs > 1 and len(todo) > 1:
+            self.train_parallel(todo, jobs)
+        else:
+            self.train_here(todo, states)
+        for plan in self.plans:
+            if plan.name not in self.failed and plan.name not in self.tested:
+                self.test(plan)
+
+    def test(self, plan: PlannedRun) -> None:
+        from organseg.evaluation.testing import run_test
+
+        o = self.opts
+        run = self.run_dir(plan)
+        test_precision = plan.config["train"]["precision"]
+        results = run.results(o["split"], o["checkpoint"])
+        if _fresh_results(results, run.checkpoint(o["checkpoint"]), test_precision):
+            print(f"{self.heads[plan.name]}: {o['split']} results up to date, reused", flush=True)
+            return
+        print(
+            f"{self.heads[plan.name]}: testing on the {o['split']} split ({o['checkpoint']}.pt)", flush=True
+        )
+        run_test(  # no viewer pages: a study's many runs would each write one per case
+            run.path, data=self.dataset, split=o["split"], checkpoint=o["checkpoint"],
+            precision=test_precision, device=o["device"], report=o["report"], progress=o["progress"],
+            viewer=False,
+        )  # fmt: skip
+        self.tested.append(plan.name)
+
+    def train_here(self, todo: Sequence[PlannedRun], states: dict[str, tuple[str, int]]) -> None:
+        """Train (then test) ``todo`` one after the other in this process."""
+        from organseg.training import TrainingDiverged, train
+
+        for plan in todo:
+            state, done = states[plan.name]
+            print(
+                f"{self.heads[plan.name]}: training" + (f", resuming at iteration {done}" if done else ""),
+                flush=True,
+            )
+            try:
+                train(plan.config, self.dataset, self.run_dir(plan).path, resume=True)
+            except TrainingDiverged as exc:
+                # A diverged learning rate is a result of the sweep, not a reason to stop the study.
+                print(f"{self.heads[plan.name]}: diverged: {exc}", flush=True)
+                self.failed[plan.name] = f"diverged: {exc}"
+                continue
+            self.trained.append(plan.name)
+            self.test(plan)
+
+    def train_parallel(self, todo: Sequence[PlannedRun], jobs: int) -> None:
+        """Train and test ``todo`` in child processes, ``jobs`` at once."""
+        o = self.opts
+        test_args = ["--checkpoint", o["checkpoint"], "--split", o["split"], "--device", o["device"],
+                     "--no-viewer"]  # fmt: skip
+        test_args += [] if o["report"] else ["--no-report"]
+        n_slices = len(self.dataset.train_slices())
+        pool = _ProcessPool(todo, self.out, jobs, n_slices, self.heads, test_args, o["progress"])
+        self.failed = pool.run()
+        self.trained = [p.name for p in todo if p.name not in self.failed]
+        self.tested.extend(self.trained)
+
+
+def run_study(
+    data: str | Path,
+    models: Sequence[str],
+    out: str | Path,
+    *,
+    seeds: Sequence[int] = (DEFAULT_SEED,),
+    sets: Sweep | Sequence[str] = (),
+    preset: str | None = None,
+    split: str = "test",
+    checkpoint: str = "last",
+    precision: str | None = None,
+    device: str = "auto",
+    jobs: int = 1,
+    report: bool = True,
+    progress: bool = True,
+    notes: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Train (or reuse / resume) and test every grid point, then aggregate (see :func:`collect`).
+
+    ``jobs`` > 1 trains that many runs at once, each in its own ``organseg train`` process with
+    ``cpu_count // jobs`` threads (unless ``train.threads`` is set), then tests them there too. Returns the
+    comparison dict (as written to ``comparison.json``) with ``trained`` / ``tested`` listing the runs this
+    call trained and tested.
+    """
+    from organseg.data import open_dataset
+    from organseg.evaluation.tables import dataset_kind
+    from organseg.training.loop import check_network
+
+    check_value("--jobs", jobs, WORKERS)
+    resolve_device(device)  # a device this machine lacks fails before any data are read
+    sweep = sets if isinstance(sets, Sweep) else parse_sets(list(sets))
+    out = Path(out)
+    # The demo keeps its dataset in OUT/data: only what compare writes in OUT may not hold the data.
+    check_output(out, {"--data": data}, folder=True, owned=STUDY_OUTPUTS)
+    check_output_dir(out)
+    dataset = open_dataset(data)
+    plans = plan_runs(
+        models, seeds, sweep, preset=preset, kind=dataset_kind(dataset.class_names), precision=precision,
+        device=None if device == "auto" else device, data_root=Path(data).resolve(),
+    )  # fmt: skip
+    for plan in plans:
+        check_network(plan.config)  # every network takes its img_size, before any run starts
+    if not dataset.case_ids(split):
+        raise DataError(f"{data}: the {split!r} split has no cases to test on")
+    t0 = time.perf_counter()
+    print(
+        f"organseg compare: {len(plans)} run(s) in {out / STUDY_RUNS}: "
+        f"{', '.join(models)} x seeds {list(seeds)}" + "".join(f" x {k} {list(v)}" for k, v in sweep.swept),
+        flush=True,
+    )
+    study = _Study(out, plans, dataset, {"split": split, "checkpoint": checkpoint, "device": device,
+                                         "report": report, "progress": progress})  # fmt: skip
+    study.run_all(jobs)
+    failed = study.failed
+    result = collect(
+        out, [study.run_dir(p).path for p in plans if p.name not in failed],
+        split=split, checkpoint=checkpoint, sweep_keys=sweep.keys, models=models, notes=notes,
+        failed={str(out / STUDY_RUNS / k): v for k, v in failed.items()},
+    )  # fmt: skip
+    result["trained"], result["tested"] = study.trained, study.tested
+    print(
+        f"organseg compare: {len(study.trained)} run(s) trained, {len(study.tested)} tested, "
+        f"{time.perf_counter() - t0:.0f} s",
+        flush=True,
+    )
+    return result
+
+
+def _total_iterations(cfg: dict, n_slices: int) -> int:
+    t = cfg["train"]
+    return t["max_iterations"] or t["max_epochs"] * math.ceil(n_slices / t["batch_size"])
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [ln for ln in path.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    return lines[-1].strip() if lines else ""
+
+
+class _ProcessPool:
+    """Train and then test each plan as ``organseg train`` / ``organseg test`` processes, up to ``jobs`` runs
+    at once (output in ``RUN_DIR/train.log``), with one progress bar over all training iterations.
+
+    Separate processes with one or a few threads each use a small CPU far better than one process with every
+    thread: PyTorch's per-operator thread synchronisation costs more than these small layers gain, and it
+    collapses when another program competes for the cores."""
+
+    def __init__(
+        self,
+        plans: Sequence[PlannedRun],
+        out: Path,
+        jobs: int,
+        n_slices: int,
+        heads: dict[str, str],
+        test_args: list[str],
+        progress: bool,
+    ) -> None:
+        self.out, self.jobs, self.heads, self.test_args, self.progress = out, jobs, heads, test_args, progress
+        self.threads = max(1, (os.cpu_count() or 1) // jobs)
+        self.env = {**os.environ, "OMP_NUM_THREADS": str(self.threads)}  # the test processes' torch threads
+        self.pending = list(plans)
+        self.by_name = {p.name: p for p in plans}
+        self.running: dict[str, tuple[str, subprocess.Popen, Any]] = {}  # name -> (phase, process, log)
+        self.finished: dict[str, int] = {}
+        self.failed: dict[str, str] = {}
+        self.totals = {p.name: _total_iterations(p.config, n_slices) for p in plans}
+        self.shown: tuple[int, str] = (0, "")
+
+    def run(self) -> dict[str, str]:
+        """Returns {run name: reason} of the runs that diverged; any other failure raises."""
+        from organseg.progress import progress_bar
+
+        n = len(self.pending)
+        desc = f"training {n} runs, {min(self.jobs, n)} at a time"
+        bar = progress_bar(total=sum(self.totals.values()), desc=desc, unit="it", disable=not self.progress,
+                           dynamic_ncols=True)  # fmt: skip
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                while self.pending or self.running:
+                    while self.pending and len(self.running) < self.jobs:
+                        self._start_training(self.pending.pop(0), Path(tmp))
+                    time.sleep(1.0)
+                    self._reap()
+                    self._show(bar)
+        finally:
+            bar.close()
+            for _, proc, log in self.running.values():  # interrupted, or another run failed
+                proc.terminate()
+                proc.wait()
+                log.close()
+        return self.failed
+
+    def _start(self, name: str, phase: str, cmd: list[str]) -> None:
+        log = RunDir(self.out / STUDY_RUNS / name).process_log.open("a", encoding="utf-8")
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env)
+        self.running[name] = (phase, proc, log)
+
+    def _start_training(self, plan: PlannedRun, tmp: Path) -> None:
+        from organseg.progress import progress_write
+        from organseg.training.config import to_yaml
+
+        run = RunDir(self.out / STUDY_RUNS / plan.name)
+        cfg = copy.deepcopy(plan.config)
+        cfg["train"]["progress"] = False  # runtime keys: the run stays the same run
+        cfg["train"]["threads"] = cfg["train"]["threads"] or self.threads
+        cfg_file = tmp / f"{plan.name}.yaml"
+        cfg_file.write_text(to_yaml(cfg), encoding="utf-8")
+        run.path.mkdir(parents=True, exist_ok=True)
+        n = cfg["train"]["threads"]
+        progress_write(f"{self.heads[plan.name]}: train, then test, in subprocesses ({n} thread(s)); "
+                       f"log {run.process_log}")  # fmt: skip
+        self._start(
+            plan.name, "train", [*_ORGANSEG, "train", str(cfg_file), "--out", str(run.path), "--resume"]
+        )
+
+    def _reap(self) -> None:
+        """Collect the processes that ended: a trained run goes on to its test; a diverged one is noted."""
+        from organseg.progress import progress_write
+
+        for name, (phase, proc, log) in list(self.running.items()):
+            code = proc.poll()
+            if code is None:
+                continue
+            log.close()
+            del self.running[name]
+            run = RunDir(self.out / STUDY_RUNS / name)
+            if code == 0 and phase == "train":
+                self.finished[name] = self.totals[name]
+                precision = self.by_name[name].config["train"]["precision"]  # tested as trained
+                cmd = [*_ORGANSEG, "test", str(run.path), *self.test_args, "--precision", precision]
+                self._start(name, "test", cmd)
+            elif code == EXIT_DIVERGED and phase == "train":
+                # A result of the sweep, the study goes on (the message is the process's last line).
+                self.failed[name] = f"diverged: {_last_line(run.process_log)}"
+                self.finished[name] = self.totals[name]
+                progress_write(f"{self.heads[name]}: {self.failed[name]}")
+            elif code != 0:
+                raise OrgansegError(
+                    f"{run.path}: {'training' if phase == 'train' else 'testing'} failed (exit code "
+                    f"{code}): {_last_line(run.process_log) or 'no output'} (see {run.process_log})"
+                )
+
+    def _show(self, bar: Any) -> None:
+        done = {
+            n: RunDir(self.out / STUDY_RUNS / n).last_iteration()
+            for n, r in self.running.items()
+            if r[0] == "train"
+        }
+        now = sum(self.finished.values()) + sum(min(d, self.totals[n]) for n, d in done.items())
+        state = ", ".join(
+            f"{n} {done[n]}/{self.totals[n]}" if phase == "train" else f"{n} testing"
+            for n, (phase, _, _) in self.running.items()
+        )
+        if (now, state) != self.shown:  # redraw on change only: piped logs stay short
+            self.shown = (now, state)
+            bar.n = now
+            bar.set_postfix_str(state, refresh=False)
+            bar.refresh()
+
+
+_ORGANSEG = [sys.executable, "-m", "organseg"]
