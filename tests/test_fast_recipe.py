@@ -169,3 +169,15 @@ def test_a_budget_beside_a_set_length_only_stops(tmp_path, fixed_fit):
     assert yaml.safe_load((out / "config.yaml").read_text())["train"]["fitted_iterations"] is None
     assert math.isclose(read_metrics(out, "train")[-1]["lr"], scheduled_lr(
         resolve_config(cfg)["train"], 1e-3, 4, 5))  # fmt: skip
+
+
+def test_a_study_reuses_a_budget_run_that_finished_its_fitted_horizon(tmp_path, fixed_fit):
+    from organseg.study.runner import run_state
+
+    out = tmp_path / "run"
+    train(_budget_config(), tiny_dataset(N_SLICES), out)
+    planned = resolve_config(_budget_config())  # what a study asks for: no fitted horizon yet
+    assert run_state(out, planned) == ("complete", 7)
+    spent = tiny_config(train={"time_budget_min": 1e-9})  # stops after one iteration, before any fit
+    train(spent, tiny_dataset(N_SLICES), tmp_path / "spent")
+    assert run_state(tmp_path / "spent", resolve_config(spent)) == ("complete", 1)  # not resumed again

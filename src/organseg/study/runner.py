@@ -26,6 +26,7 @@ from organseg.fileio import check_output, check_output_dir
 from organseg.run import EXIT_DIVERGED, STUDY_RUNS, ResultsDir, RunDir
 from organseg.study.aggregate import collect
 from organseg.study.grid import DEFAULT_SEED, PlannedRun, Sweep, parse_sets, plan_runs
+from organseg.training.schedule import run_length
 from organseg.values import WORKERS, check_value
 
 # What compare writes in its --out folder (the demo keeps its dataset there too).
@@ -53,8 +54,11 @@ def run_state(run_dir: Path, cfg: dict) -> tuple[str, int]:
         )
     done = int(ckpt.get("iteration", 0))
     ipe = int(ckpt.get("iterations_per_epoch") or 1)
-    target = cfg["train"]["max_iterations"] or cfg["train"]["max_epochs"] * ipe
-    return ("complete" if done >= target else "partial"), done
+    recorded = (ckpt.get("config") or {}).get("train", {})
+    target = run_length({**cfg["train"], "fitted_iterations": recorded.get("fitted_iterations")}, ipe)
+    budget = cfg["train"]["time_budget_min"]
+    spent = budget is not None and float(ckpt.get("train_seconds") or 0.0) >= budget * 60
+    return ("complete" if done >= target or spent else "partial"), done
 
 
 def _fresh_results(results: ResultsDir, checkpoint: Path, precision: str) -> bool:
@@ -225,8 +229,9 @@ def run_study(
 
 
 def _total_iterations(cfg: dict, n_slices: int) -> int:
-    t = cfg["train"]
-    return t["max_iterations"] or t["max_epochs"] * math.ceil(n_slices / t["batch_size"])
+    """For the progress bar: a run with a time budget and no set length is re-estimated once it has fitted its
+    horizon (the bar reads the run's own records)."""
+    return run_length(cfg["train"], math.ceil(n_slices / cfg["train"]["batch_size"]))
 
 
 def _last_line(path: Path) -> str:

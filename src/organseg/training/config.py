@@ -290,9 +290,16 @@ def flatten(cfg: dict, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def config_differences(old: dict, new: dict, ignore: frozenset[str] = RUNTIME_KEYS) -> list[str]:
-    """Human-readable ``key: old -> new`` lines for the keys that differ (ignoring runtime keys). A key the
-    old configuration does not have (a run from an earlier organseg) counts as its default there."""
+# Keys that train itself writes into a run's configuration: a configuration asking for the same run has them
+# unset (train.fitted_iterations: the horizon fitted to train.time_budget_min, kept on resume).
+TRAINER_KEYS = frozenset({"train.fitted_iterations"})
+SAME_RUN_IGNORES = RUNTIME_KEYS | TRAINER_KEYS
+
+
+def config_differences(old: dict, new: dict, ignore: frozenset[str] = SAME_RUN_IGNORES) -> list[str]:
+    """Human-readable ``key: old -> new`` lines for the keys that differ (ignoring runtime keys and the ones
+    train records). A key the old configuration does not have (a run from an earlier organseg) counts as its
+    default there."""
     a, b, defaults = flatten(old), flatten(new), flatten(DEFAULTS)
     return [
         f"{k}: {a.get(k, defaults.get(k))!r} -> {b.get(k)!r}"

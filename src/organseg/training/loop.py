@@ -48,6 +48,7 @@ from organseg.training.schedule import (
     fit_horizon,
     is_save_epoch,
     make_optimizer,
+    run_length,
     scheduled_lr,
 )
 from organseg.training.validation import validate
@@ -233,9 +234,7 @@ class Trainer:
         self.model = _build_model(cfg, self.args)
         self.batches = TrainBatches(dataset, cfg, env)
         self.ipe = len(self.batches)
-        self.max_iterations = t["max_iterations"] or t["fitted_iterations"] or t["max_epochs"] * self.ipe
-        if t["budget_images"]:  # equal images seen, whatever the batch: ceil(images / global batch)
-            self.max_iterations = math.ceil(t["budget_images"] / t["batch_size"])
+        self.max_iterations = run_length(t, self.ipe)
         self.max_epochs = math.ceil(self.max_iterations / self.ipe)
         self.pretrained_info = self._load_weights(state)
         self.channels_last = _wants_channels_last(self.model, t["channels_last"])

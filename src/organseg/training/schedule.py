@@ -50,6 +50,15 @@ def fit_horizon(budget_s: float, elapsed_s: float, done: int, seconds_per_iterat
     return max(done + 1, min(cap, done + more))
 
 
+def run_length(t: dict, iterations_per_epoch: int) -> int:
+    """A run's length in iterations, the horizon of its schedule: ``budget_images`` (ceil over the global
+    batch: equal images seen, whatever the batch), else ``max_iterations``, else the horizon fitted to
+    ``time_budget_min`` (``fitted_iterations``), else ``max_epochs`` epochs."""
+    if t.get("budget_images"):
+        return math.ceil(t["budget_images"] / t["batch_size"])
+    return t["max_iterations"] or t.get("fitted_iterations") or t["max_epochs"] * iterations_per_epoch
+
+
 def is_save_epoch(epoch: int, max_epochs: int, save_interval: int = 50) -> bool:
     """The reference cadence of ``epoch_N`` files (0-based N): past half-way every ``save_interval`` epochs,
     and the last epoch; 150 epochs give epoch_99 and epoch_149."""
