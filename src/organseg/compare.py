@@ -849,6 +849,9 @@ def collect(
         "notes": [*notes, *paired_notes],
     }
     comparison["figures"] = _write_figures(out, comparison)
+    from organseg.study.efficiency import add_efficiency
+
+    add_efficiency(out, comparison)  # DSC vs data fraction, learning curves: figures and "efficiency"
     write_comparison(out, comparison)
     return comparison
 

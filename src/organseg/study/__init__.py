@@ -1,0 +1,1 @@
+"""Study code of ``organseg compare``: data-efficiency figures and the SLURM launcher."""
