@@ -307,13 +307,15 @@ def run_study(
     report: bool = True,
     progress: bool = True,
     notes: Sequence[str] = (),
+    launcher: Any = None,
 ) -> dict[str, Any]:
     """Train (or reuse / resume) and test every grid point, then aggregate (see :func:`collect`).
 
     ``jobs`` > 1 trains that many runs at once, each in its own ``organseg train`` process with
     ``cpu_count // jobs`` threads (unless ``train.threads`` is set), then tests them here. Returns the
     comparison dict (as written to ``comparison.json``) with ``trained`` / ``tested`` listing the runs this
-    call trained and tested.
+    call trained and tested. ``launcher`` (:class:`organseg.study.launcher.SubmititLauncher`): each grid
+    point with work left runs as a cluster job instead (``jobs`` does not apply).
     """
     from organseg.data import open_dataset
     from organseg.evaluation.tables import dataset_kind
@@ -374,6 +376,10 @@ def run_study(
             print(f"{heads[plan.name]}: training complete ({done} iterations), reused", flush=True)
         else:
             todo.append(plan)
+    if launcher is not None:  # every grid point with work left is a cluster job: train, then test
+        failed, tested = launcher.run(plans, out / RUNS_DIR, data_root, heads, split=split,
+                                      checkpoint=checkpoint, device=device, report=report)  # fmt: skip
+        trained, todo = [p.name for p in todo if p.name in tested], []
     if jobs > 1 and len(todo) > 1:
         test_args = ["--checkpoint", checkpoint, "--split", split, "--device", device, "--no-viewer"]
         test_args += [] if report else ["--no-report"]
