@@ -369,3 +369,67 @@ def test_a_failing_job_is_one_line_naming_the_run_and_cancels_the_rest(monkeypat
     assert "\n" not in msg and str(tmp_path / "runs" / "a") in msg and "job 100 failed" in msg
     assert "_log.err" in msg
     assert launcher.submitted[1].cancelled  # the other job does not run on for nothing
+
+
+# --------------------------------------------------------------------------------- preempted, requeued
+
+
+ITERATIONS = 200  # 2 per epoch: last.pt comes after 2, the run goes on long enough to be signalled
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.is_file() else []
+
+
+@pytest.mark.skipif(
+    not Path("/proc/self/task").is_dir(), reason="finds the job's process through Linux /proc"
+)
+def test_a_preempted_job_is_requeued_and_resumes_to_the_same_weights(local_study, tmp_path, monkeypatch):
+    """SLURM preempts a job by signalling it (SIGUSR2); here the signal goes to the local job's process once
+    its run has a checkpoint. submitit requeues the same call and the training resumes from last.pt: the
+    run ends with the weights of an uninterrupted in-process run."""
+    import os
+    import signal
+    import threading
+    import time
+
+    import yaml
+
+    preset = tmp_path / "long_unet.yaml"
+    cfg = yaml.safe_load(Path(local_study["preset"].format(model="unet")).read_text())
+    cfg["train"]["max_iterations"], cfg["val"]["every"] = ITERATIONS, 0
+    preset.write_text(yaml.safe_dump(cfg))
+    kw = dict(seeds=[1], preset=str(preset), device="cpu", report=False, progress=False)
+    run_study(local_study["data"], ["unet"], tmp_path / "inprocess", **kw)
+
+    launcher = SubmititLauncher(SlurmOptions(partition="test", gpus_per_run=0), cluster="local", poll_s=0.2)
+    handles: list = []
+    submit = launcher._submit
+    monkeypatch.setattr(launcher, "_submit", lambda job: handles.append(submit(job)) or handles[-1])
+    run_dir = tmp_path / "jobs" / "runs" / "unet__seed1"
+    sent: list[int] = []
+
+    def preempt() -> None:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not sent:
+            if handles and (run_dir / "checkpoints" / "last.pt").is_file():
+                for pid in _children(handles[0]._process.pid):
+                    os.kill(pid, signal.SIGUSR2)
+                    sent.append(pid)
+            time.sleep(0.01)
+
+    watcher = threading.Thread(target=preempt, daemon=True)
+    watcher.start()
+    result = run_study(local_study["data"], ["unet"], tmp_path / "jobs", launcher=launcher, **kw)
+    watcher.join(timeout=5)
+    assert sent, "the job was never signalled"
+    assert result["trained"] == ["unet__seed1"] and len(handles) == 1  # requeued, not resubmitted
+    log = "".join(p.read_text() for p in (run_dir / JOB_DIR).glob("*_log.*"))
+    assert "resuming at iteration" in log and "Requeued" in log
+    mine = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    ref = torch.load(
+        tmp_path / "inprocess" / "runs" / "unet__seed1" / "checkpoints" / "last.pt", weights_only=True
+    )
+    assert mine["iteration"] == ref["iteration"] == ITERATIONS
+    assert all(torch.equal(mine["model"][k], ref["model"][k]) for k in ref["model"])
