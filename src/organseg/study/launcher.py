@@ -31,7 +31,7 @@ import re
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -122,7 +122,6 @@ class GridPointJob:
     checkpoint: str = "last"
     device: str = "auto"
     report: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __call__(self) -> dict[str, str]:
         from organseg.compare import _fresh_results, run_state
