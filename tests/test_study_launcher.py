@@ -340,6 +340,19 @@ def test_a_job_ending_unfinished_is_resubmitted(monkeypatch, tmp_path, capsys):
     assert "job 100 ended without finishing (state NODE_FAIL); resubmitted as job 102" in out
 
 
+def test_a_job_submitit_could_not_requeue_is_resubmitted(monkeypatch, tmp_path):
+    from submitit.core.utils import FailedJobError
+
+    trace = (
+        "Job (task=0) failed during processing with trace:\n----------------------\nTraceback ...\n"
+        "submitit.core.utils.UncompletedJobError: Job not requeued because: timed-out too many times.\n"
+        "----------------------\nYou can check full logs with 'job.stderr(0)'"
+    )
+    launcher = fake_launcher(monkeypatch, tmp_path, {"a": [FailedJobError(trace), {"status": "done"}]})
+    assert launcher.run(plans("a"), tmp_path / "runs", tmp_path / "data", {}) == ({}, ["a"])
+    assert len(launcher.submitted) == 2
+
+
 def test_a_job_unfinished_too_often_stops_the_study(monkeypatch, tmp_path):
     from submitit.core.utils import UncompletedJobError
 

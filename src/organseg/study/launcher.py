@@ -173,6 +173,9 @@ def _start_processes() -> int:
 # --------------------------------------------------------------------------------------------- the study
 
 
+_NOT_REQUEUED = "Job not requeued"  # what submitit's job raises when it could not requeue itself
+
+
 def _error_line(text: str) -> str:
     """The exception line of a failed job's report (submitit puts the job's traceback between two rules of
     dashes, then the log paths): ``organseg.errors.ConfigError: ...``."""
@@ -210,16 +213,13 @@ class SubmititLauncher:
     ) -> tuple[dict[str, str], list[str]]:
         """Submit a job for every planned run (``PlannedRun``) with work left, resubmit the ones that end
         without a result, wait for all. Returns ({run name: reason} of the diverged runs, the names the
-        jobs trained or tested)."""
+        jobs trained or tested, in the grid's order)."""
         from organseg.compare import _fresh_results, run_state
 
         _submitit()
-        from submitit.core.utils import FailedJobError, UncompletedJobError
-
-        runs_dir = Path(runs_dir)
         jobs = []
         for plan in plans:
-            run_dir = runs_dir / plan.name
+            run_dir = Path(runs_dir) / plan.name
             ckpt = run_dir / "checkpoints" / f"{checkpoint}.pt"
             precision = plan.config["train"]["precision"]
             fresh = _fresh_results(run_dir / "results" / f"{split}_{checkpoint}", ckpt, precision)
@@ -227,16 +227,21 @@ class SubmititLauncher:
                 continue  # the study reports it as reused
             jobs.append(GridPointJob(plan.name, plan.config, str(data), str(run_dir), split, checkpoint,
                                      device, report))  # fmt: skip
+        if jobs:
+            where = f"partition {self.options.partition}" if self.cluster == "slurm" else "this machine"
+            print(f"organseg compare: {len(jobs)} job(s) on {where}, {self.options.gpus_per_run} GPU(s) each",
+                  flush=True)  # fmt: skip
+        failed, done = self._wait(jobs, heads)
+        return failed, [j.name for j in jobs if j.name in done]
+
+    def _wait(self, jobs: list[GridPointJob], heads: dict[str, str]) -> tuple[dict[str, str], list[str]]:
+        """Keep at most ``max_parallel`` jobs submitted, settle each as it ends; on any error or interrupt
+        cancel the jobs still queued or running."""
         pending = list(jobs)
         active: dict[str, tuple[GridPointJob, Any, int]] = {}  # name -> (job, submitit job, resubmissions)
         failed: dict[str, str] = {}
         done: list[str] = []
         limit = self.options.max_parallel or len(jobs) or 1
-        slurm = self.cluster == "slurm"
-        where = f"partition {self.options.partition}" if slurm else f"the {self.cluster} executor"
-        if jobs:
-            print(f"organseg compare: {len(jobs)} job(s) on {where}, {self.options.gpus_per_run} GPU(s) each",
-                  flush=True)  # fmt: skip
         try:
             while pending or active:
                 while pending and len(active) < limit:
@@ -248,32 +253,13 @@ class SubmititLauncher:
                 finished = [name for name, (_, handle, _) in active.items() if handle.done()]
                 if not finished:
                     time.sleep(self.poll_s)
-                    continue
                 for name in finished:
                     job, handle, tries = active.pop(name)
                     head = heads.get(name, name)
-                    try:
-                        result = handle.results()[0]  # the first task's (rank 0) result
-                    except FailedJobError as exc:
-                        raise OrgansegError(
-                            f"{job.run_dir}: job {handle.job_id} failed: {_error_line(str(exc))} "
-                            f"(see {handle.paths.stderr})"
-                        ) from None
-                    except UncompletedJobError:
-                        # Ended without a result: node failure, preemption not requeued, time out too often.
-                        if tries >= self.options.retries:
-                            raise OrgansegError(
-                                f"{job.run_dir}: job {handle.job_id} ended without finishing "
-                                f"(state {handle.state}) after {tries} resubmission(s) "
-                                f"(see {handle.paths.stdout}; --slurm-retries sets how many)"
-                            ) from None
-                        again = self._submit(job)
+                    result, again = self._settle(job, handle, tries, head)
+                    if again is not None:
                         active[name] = (job, again, tries + 1)
-                        print(f"{head}: job {handle.job_id} ended without finishing (state {handle.state}); "
-                              f"resubmitted as job {again.job_id}, resuming from the last checkpoint",
-                              flush=True)  # fmt: skip
-                        continue
-                    if result.get("status") == "diverged":
+                    elif result.get("status") == "diverged":
                         failed[name] = result.get("reason", "diverged")
                         print(f"{head}: {failed[name]}", flush=True)
                     else:
@@ -286,7 +272,32 @@ class SubmititLauncher:
                 print(f"organseg compare: cancelled {len(active)} unfinished job(s); run the same command "
                       "again to resume them", flush=True)  # fmt: skip
             raise
-        return failed, [j.name for j in jobs if j.name in done]  # the grid's order, not the finishing order
+        return failed, done
+
+    def _settle(self, job: GridPointJob, handle: Any, tries: int, head: str) -> tuple[dict | None, Any]:
+        """(the result, None) of an ended job, or (None, the new job) when it ended unfinished and was
+        submitted again. A job that failed raises one line naming the run, the error and the log."""
+        from submitit.core.utils import FailedJobError, UncompletedJobError
+
+        try:
+            return handle.results()[0], None  # the first task's (rank 0) result
+        except UncompletedJobError as exc:  # FailedJobError too: it is a subclass
+            line = _error_line(str(exc))
+            # submitit's own "not requeued" (requeue refused, timed out too often) is no error of the run:
+            # like a node failure, the job just did not finish.
+            if isinstance(exc, FailedJobError) and _NOT_REQUEUED not in line:
+                raise OrgansegError(
+                    f"{job.run_dir}: job {handle.job_id} failed: {line} (see {handle.paths.stderr})"
+                ) from None
+        if tries >= self.options.retries:
+            raise OrgansegError(
+                f"{job.run_dir}: job {handle.job_id} ended without finishing (state {handle.state}) after "
+                f"{tries} resubmission(s) (see {handle.paths.stdout}; --slurm-retries sets how many)"
+            )
+        again = self._submit(job)
+        print(f"{head}: job {handle.job_id} ended without finishing (state {handle.state}); resubmitted as "
+              f"job {again.job_id}, resuming from the last checkpoint", flush=True)  # fmt: skip
+        return None, again
 
 
 # ---------------------------------------------------------------------------------------- command line
