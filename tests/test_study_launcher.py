@@ -65,6 +65,7 @@ def test_jobs_give_the_in_process_results(local_study):
     for name in NAMES:
         mine, ref = root / "jobs" / "runs" / name, root / "inprocess" / "runs" / name
         assert list((mine / JOB_DIR).glob("*_log.out")), "the job's log is kept beside the run"
+        assert json.loads((mine / JOB_DIR / "job.json").read_text())["cluster"] == "local"
         a = json.loads((mine / "results" / "test_last" / "summary.json").read_text())
         b = json.loads((ref / "results" / "test_last" / "summary.json").read_text())
         for key in ("reference", "corrected", "class_names", "cases"):
@@ -446,3 +447,42 @@ def test_a_preempted_job_is_requeued_and_resumes_to_the_same_weights(local_study
     )
     assert mine["iteration"] == ref["iteration"] == ITERATIONS
     assert all(torch.equal(mine["model"][k], ref["model"][k]) for k in ref["model"])
+
+
+# ------------------------------------------------------------------- a job left running by a lost session
+
+
+def test_a_run_whose_job_still_runs_is_not_submitted_twice(monkeypatch, tmp_path):
+    import organseg.study.launcher as launcher_module
+
+    (tmp_path / "runs" / "a" / JOB_DIR).mkdir(parents=True)
+    (tmp_path / "runs" / "a" / JOB_DIR / "job.json").write_text('{"job_id": "4242", "cluster": "slurm"}')
+    launcher = fake_launcher(monkeypatch, tmp_path, {"a": [{"status": "done"}], "b": [{"status": "done"}]})
+    monkeypatch.setattr(launcher_module, "_slurm_state", lambda job_id: "PENDING" if job_id == "4242" else "")
+    with pytest.raises(OrgansegError) as err:
+        launcher.run(plans("b", "a"), tmp_path / "runs", tmp_path / "data", {})
+    msg = str(err.value)
+    assert "\n" not in msg and "job 4242 is still pending" in msg and "scancel 4242" in msg
+    assert launcher.submitted == []  # checked before anything is submitted
+    monkeypatch.setattr(launcher_module, "_slurm_state", lambda job_id: "")  # it has finished since
+    assert launcher.run(plans("b", "a"), tmp_path / "runs", tmp_path / "data", {}) == ({}, ["b", "a"])
+
+
+def test_squeue_state_of_a_job(monkeypatch):
+    import subprocess
+
+    import organseg.study.launcher as launcher_module
+
+    calls = []
+
+    def fake_run(cmd, **kw):
+        calls.append(cmd)
+        listed = {"7": "RUNNING\n", "8": ""}
+        if cmd[-1] in listed:
+            return subprocess.CompletedProcess(cmd, 0, stdout=listed[cmd[-1]], stderr="")
+        return subprocess.CompletedProcess(cmd, 1, stdout="", stderr="Invalid job id specified")
+
+    monkeypatch.setattr(launcher_module.subprocess, "run", fake_run)
+    assert launcher_module._slurm_state("7") == "RUNNING"
+    assert launcher_module._slurm_state("8") == "" and launcher_module._slurm_state("9") == ""
+    assert calls[0] == ["squeue", "-h", "-o", "%T", "-j", "7"]

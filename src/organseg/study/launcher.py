@@ -14,7 +14,9 @@ ends without a result anyway (a node failure, a preemption the cluster did not r
 testing) stops the study with one line naming the run and its log; a diverged run is a result of the sweep
 and is listed as skipped, as the local runner does.
 
-Each run's job files (submitit's pickles, the job's stdout/stderr) are in ``OUT/runs/NAME/slurm/``. The data,
+Each run's job files (submitit's pickles, the job's stdout/stderr, ``job.json``: the id of its last job) are
+in ``OUT/runs/NAME/slurm/``; a run whose last job is still queued or running (a ``compare`` that lost its
+login session leaves its jobs behind) is not submitted again (:func:`check_no_live_job`). The data,
 the study folder and the Python environment must be on a file system the compute nodes see (they are read
 and written in place). With ``--gpus-per-run N`` > 1 the job starts N processes (one per GPU) that train
 with DistributedDataParallel, as ``torchrun`` would; the test runs in the first.
@@ -27,8 +29,10 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import re
 import shutil
+import subprocess
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -43,6 +47,7 @@ DEFAULT_RETRIES = 2
 #: requeues after reaching --slurm-time: a run longer than one time slot trains in pieces
 MAX_TIMEOUTS = 20
 JOB_DIR = "slurm"
+JOB_RECORD = "job.json"  # the run's last submitted job
 EXTRA = "pip install 'organseg[slurm]'"
 
 
@@ -173,6 +178,33 @@ def _start_processes() -> int:
 # --------------------------------------------------------------------------------------------- the study
 
 
+def _slurm_state(job_id: str) -> str:
+    """The state squeue gives a job ("PENDING", "RUNNING", ...), "" when it lists none (finished, or
+    squeue cannot tell)."""
+    try:
+        out = subprocess.run(["squeue", "-h", "-o", "%T", "-j", job_id], capture_output=True, text=True,
+                             timeout=60, check=False)  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return out.stdout.strip().splitlines()[0].strip() if out.returncode == 0 and out.stdout.strip() else ""
+
+
+def check_no_live_job(run_dir: Path) -> None:
+    """Refuse to submit a run whose previous job is still queued or running (a ``compare`` whose login
+    session was lost leaves its jobs running): two jobs would train the same run folder at once."""
+    record = run_dir / JOB_DIR / JOB_RECORD
+    try:
+        job_id = str(json.loads(record.read_text(encoding="utf-8"))["job_id"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # no record (never submitted, or by hand): nothing to wait for
+    state = _slurm_state(job_id)
+    if state:
+        raise OrgansegError(
+            f"{run_dir}: its job {job_id} is still {state.lower()} (from an earlier organseg compare); wait "
+            f"for it (squeue -j {job_id}) or cancel it (scancel {job_id}), then run the command again"
+        )
+
+
 _NOT_REQUEUED = "Job not requeued"  # what submitit's job raises when it could not requeue itself
 
 
@@ -195,9 +227,15 @@ class SubmititLauncher:
         self.poll_s = poll_s if poll_s is not None else (30.0 if cluster == "slurm" else 0.5)
 
     def _submit(self, job: GridPointJob):
+        """Submit ``job`` and record its id in ``RUN_DIR/slurm/job.json`` (see :func:`check_no_live_job`)."""
+        from organseg.fileio import atomic_write_text
+
         folder = Path(job.run_dir) / JOB_DIR
         folder.mkdir(parents=True, exist_ok=True)
-        return make_executor(folder, self.options, job.name, self.cluster).submit(job)
+        handle = make_executor(folder, self.options, job.name, self.cluster).submit(job)
+        record = {"job_id": str(handle.job_id), "cluster": self.cluster}
+        atomic_write_text(folder / JOB_RECORD, json.dumps(record) + "\n")
+        return handle
 
     def run(
         self,
@@ -227,6 +265,9 @@ class SubmititLauncher:
                 continue  # the study reports it as reused
             jobs.append(GridPointJob(plan.name, plan.config, str(data), str(run_dir), split, checkpoint,
                                      device, report))  # fmt: skip
+        if self.cluster == "slurm":
+            for job in jobs:  # before anything is submitted
+                check_no_live_job(Path(job.run_dir))
         if jobs:
             where = f"partition {self.options.partition}" if self.cluster == "slurm" else "this machine"
             print(f"organseg compare: {len(jobs)} job(s) on {where}, {self.options.gpus_per_run} GPU(s) each",
@@ -405,6 +446,7 @@ __all__ = [
     "SlurmOptions",
     "SubmititLauncher",
     "add_arguments",
+    "check_no_live_job",
     "executor_parameters",
     "from_args",
     "make_executor",
