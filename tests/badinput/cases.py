@@ -1139,6 +1139,40 @@ add(
     group="paths",
 )
 
+# The SLURM launcher (compare --launcher slurm): every fault below stops before anything is submitted, on a
+# login node as well (submitit missing is tested in tests/test_study_launcher.py: CI has the extra).
+SLURM = [*COMPARE, "--launcher", "slurm", "--slurm-partition", "gpu"]
+LAUNCHER_CASES = [
+    ("compare--launcher-slurm-no-partition", "--launcher slurm without --slurm-partition",
+     [*COMPARE, "--launcher", "slurm"], ["--slurm-partition"]),
+    ("compare--slurm-partition-without-slurm", "--slurm-partition without --launcher slurm",
+     [*COMPARE, "--slurm-partition", "gpu"], ["--slurm-partition"]),
+    ("compare--launcher-slurm-with-jobs", "--launcher slurm with --jobs 2", [*SLURM, "--jobs", "2"],
+     ["--jobs"]),
+    ("compare--slurm-extra-no-value", "--slurm-extra without =VALUE", [*SLURM, "--slurm-extra", "mail-type"],
+     ["--slurm-extra"]),
+    ("compare--launcher-unknown", "--launcher names no launcher", [*COMPARE, "--launcher", "pbs"],
+     ["--launcher"]),
+]  # fmt: skip
+for id_, what, argv, expect in LAUNCHER_CASES:
+    add(id_, "compare", what, COMPARE_SETUP, argv, expect, group="options")
+add(
+    "compare--launcher-slurm-with-collect",
+    "compare",
+    "--launcher slurm with --collect (it only aggregates)",
+    cp("run", "study/runs/unet__seed1234"),
+    ["compare", "--collect", "--out", "{t}/study", "--launcher", "slurm", "--slurm-partition", "gpu"],
+    ["--collect"],
+    group="options",
+)
+for opt, values in (("--gpus-per-run", ["-1", "65", "x"]), ("--slurm-time", ["0", "x"]),
+                    ("--slurm-mem-gb", ["0", "x"]), ("--slurm-max-parallel", ["0"]),
+                    ("--slurm-retries", ["-1"])):  # fmt: skip
+    for v in values:
+        slug = {"-1": "neg1", "x": "text"}.get(v, v)
+        add(f"compare{opt}-{slug}", "compare", f"{opt} {v}", COMPARE_SETUP, [*SLURM, opt, v], [opt],
+            group="options")  # fmt: skip
+
 # ---------------------------------------------------------------- configuration: --set KEY=VALUE on train
 
 INT_KEYS = {

@@ -71,12 +71,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="only aggregate finished runs: OUT/runs/* or the run folders given",
     )
     p.add_argument("--no-report", action="store_true", help="do not write each run's report.md")
+    from organseg.study.launcher import add_arguments
+
+    add_arguments(p)  # --launcher, --slurm-*, --gpus-per-run
     return p
 
 
 def run(args: argparse.Namespace) -> int:
     from organseg.study import collect, console_table, parse_seeds, parse_sets, run_study
+    from organseg.study.launcher import from_args
 
+    launcher = from_args(args)  # None: --launcher local
     if args.collect is not None:
         given = [n for n, v in (("--data", args.data), ("--seeds", args.seeds), ("--set", args.sets),
                                 ("--preset", args.preset), ("--precision", args.precision)) if v]  # fmt: skip
@@ -103,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
             device=args.device,
             jobs=args.jobs,
             report=not args.no_report,
+            launcher=launcher,
         )
     print(console_table(result))
     print(f"organseg compare: wrote {args.out}/comparison.md, comparison.json, comparison.csv")

@@ -118,6 +118,49 @@ def bootstrap_diff(
     return dist[np.isfinite(dist)]
 
 
+def bootstrap_mean(
+    x: np.ndarray, *, resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED
+) -> tuple[float | None, np.ndarray]:
+    """One network's mean over organs of the per-organ mean over cases (the reports' mean DSC) and its
+    bootstrap distribution, for a (seeds, cases, organs) array with NaN where a case is not scored: the
+    one-sample counterpart of :func:`bootstrap_diff` (cases resampled with replacement, and the seeds too when
+    there are several), for the confidence band of a curve. An organ without any value in a resample is
+    left out of that resample's mean, as the test summaries leave it out."""
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim == 2:
+        x = x[:, :, None]
+    s, n, k = x.shape
+
+    def statistic(v: np.ndarray) -> np.ndarray:  # (..., seeds, cases, organs) -> (...)
+        organ = _seed_mean(np.moveaxis(_seed_mean(np.moveaxis(v, -3, 0)), -2, 0))  # (..., organs)
+        return _seed_mean(np.moveaxis(organ, -1, 0))
+
+    point = float(statistic(x)) if n else math.nan
+    if n == 0 or not math.isfinite(point):
+        return None, np.zeros(0)
+    rng = np.random.default_rng(seed)
+    chunk = max(1, min(_CHUNK, 20_000_000 // (s * n * k)))  # bounds the (chunk, seeds, cases, organs) gather
+    out = []
+    for start in range(0, resamples, chunk):
+        r = min(chunk, resamples - start)
+        cases = rng.integers(0, n, (r, n))
+        seeds = rng.integers(0, s, (r, s))
+        out.append(statistic(x[seeds[:, :, None], cases[:, None, :]]))  # (r, seeds, cases, organs) -> (r,)
+    dist = np.concatenate(out)
+    return point, dist[np.isfinite(dist)]
+
+
+def mean_ci(
+    x: np.ndarray, *, resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED
+) -> dict[str, Any]:
+    """``mean``, ``ci_low``, ``ci_high`` (95 % percentile bootstrap, :func:`bootstrap_mean`) and ``cases`` of
+    a (seeds, cases, organs) array; None for what cannot be computed."""
+    x = np.asarray(x, dtype=np.float64)
+    point, dist = bootstrap_mean(x, resamples=resamples, seed=seed)
+    lo, hi = np.percentile(dist, [2.5, 97.5]) if dist.size else (math.nan, math.nan)
+    return {"mean": point, "ci_low": _finite(lo), "ci_high": _finite(hi), "cases": int(x.shape[1])}
+
+
 def paired_difference(
     a: np.ndarray,
     b: np.ndarray,

@@ -24,6 +24,7 @@ from organseg.evaluation.metrics import PROTOCOLS
 from organseg.fileio import check_output_dir
 from organseg.formatting import fmt_value
 from organseg.run import STUDY_RUNS, ResultsDir, RunDir
+from organseg.study.efficiency import add_efficiency
 from organseg.study.figures import write_figures
 from organseg.study.grid import DEFAULT_SEED, NOT_SWEPT, freeze, short_keys
 from organseg.study.outputs import write_comparison
@@ -309,6 +310,7 @@ def collect(
         "notes": [*notes, *paired_notes],
     }
     comparison["figures"] = write_figures(out, comparison)
+    add_efficiency(out, comparison)  # DSC against the data fraction, learning curves: figures and numbers
     write_comparison(out, comparison)
     return comparison
 

@@ -88,8 +88,9 @@ class _Study:
     def run_dir(self, plan: PlannedRun) -> RunDir:
         return RunDir(self.out / STUDY_RUNS / plan.name)
 
-    def run_all(self, jobs: int) -> None:
-        """Train what is not complete (here, or in ``jobs`` processes), then test what is not tested."""
+    def run_all(self, jobs: int, launcher: Any = None, data_root: Path | None = None) -> None:
+        """Train what is not complete (here, in ``jobs`` processes, or as cluster jobs of ``launcher`` that
+        train and test), then test what is not tested."""
         # Every folder is checked before anything runs: a recipe clash stops the study at once.
         states = {p.name: run_state(self.run_dir(p).path, p.config) for p in self.plans}
         todo = []
@@ -99,6 +100,14 @@ class _Study:
                 print(f"{self.heads[plan.name]}: training complete ({done} iterations), reused", flush=True)
             else:
                 todo.append(plan)
+        if launcher is not None:  # every grid point with work left is a cluster job: train, then test
+            o = self.opts
+            self.failed, tested = launcher.run(
+                self.plans, self.out / STUDY_RUNS, data_root, self.heads, split=o["split"],
+                checkpoint=o["checkpoint"], device=o["device"], report=o["report"],
+            )  # fmt: skip
+            self.tested = list(tested)
+            self.trained, todo = [p.name for p in todo if p.name in tested], []
         if jobs > 1 and len(todo) > 1:
             self.train_parallel(todo, jobs)
         else:
@@ -176,13 +185,15 @@ def run_study(
     report: bool = True,
     progress: bool = True,
     notes: Sequence[str] = (),
+    launcher: Any = None,
 ) -> dict[str, Any]:
     """Train (or reuse / resume) and test every grid point, then aggregate (see :func:`collect`).
 
     ``jobs`` > 1 trains that many runs at once, each in its own ``organseg train`` process with
     ``cpu_count // jobs`` threads (unless ``train.threads`` is set), then tests them there too. Returns the
     comparison dict (as written to ``comparison.json``) with ``trained`` / ``tested`` listing the runs this
-    call trained and tested.
+    call trained and tested. ``launcher`` (:class:`organseg.study.launcher.SubmititLauncher`): each grid
+    point with work left runs as a cluster job instead (``jobs`` does not apply).
     """
     from organseg.data import open_dataset
     from organseg.evaluation.tables import dataset_kind
@@ -212,7 +223,7 @@ def run_study(
     )
     study = _Study(out, plans, dataset, {"split": split, "checkpoint": checkpoint, "device": device,
                                          "report": report, "progress": progress})  # fmt: skip
-    study.run_all(jobs)
+    study.run_all(jobs, launcher, Path(data).resolve())
     failed = study.failed
     result = collect(
         out, [study.run_dir(p).path for p in plans if p.name not in failed],
