@@ -102,30 +102,17 @@ class RandomGenerator:
         self.output_size = (int(output_size[0]), int(output_size[1]))
 
     def __call__(self, image: np.ndarray, label: np.ndarray) -> Pair:
+        branch, k, axis, angle = NONE, 0, 0, 0
         if random.random() > 0.5:
-            k = np.random.randint(0, 4)
+            branch, k = ROT_FLIP, np.random.randint(0, 4)
             axis = np.random.randint(0, 2)
-            image, label = random_rot_flip(image, label, k, axis)
         elif random.random() > 0.5:
-            angle = np.random.randint(-20, 20)
-            image, label = random_rotate(image, label, angle)
-        image, label = resize_slice(image, label, self.output_size)
+            branch, angle = ROTATE, np.random.randint(-20, 20)
+        image, label = reference_transform(image, label, branch, k, axis, angle, self.output_size)
         return torch.from_numpy(image).unsqueeze(0), torch.from_numpy(label)
 
     def __repr__(self) -> str:
         return f"RandomGenerator(output_size={self.output_size})"
-
-
-class Resize:
-    """Validation-style transform: :func:`resize_slice` only, returning tensors like
-    :class:`RandomGenerator`."""
-
-    def __init__(self, output_size: Sequence[int] = (224, 224)) -> None:
-        self.output_size = (int(output_size[0]), int(output_size[1]))
-
-    def __call__(self, image: np.ndarray, label: np.ndarray) -> Pair:
-        image, label = resize_slice(image, label, self.output_size)
-        return torch.from_numpy(image).unsqueeze(0), torch.from_numpy(label)
 
 
 # ------------------------------------------------------------------------------------ batched torch path

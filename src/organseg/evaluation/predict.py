@@ -172,7 +172,8 @@ class Case:
 def expand_inputs(items: Sequence[str | Path]) -> list[Path]:
     """Files, DICOM series folders, folders of scans (their image files and DICOM series subfolders) and
     glob patterns, in the order given (a folder's scans sorted by name)."""
-    from organseg.data.io import IMAGE_SUFFIXES, is_dicom_folder
+    from organseg.data.dicom import is_dicom_folder
+    from organseg.data.io import IMAGE_SUFFIXES
 
     found: list[Path] = []
     for item in items:
@@ -280,7 +281,8 @@ def predict_case(predictor: Predictor, case: Case, *, series_uid: str | None = N
                  ) -> dict[str, Any]:  # fmt: skip
     """Predict one scan and write its files; returns the sidecar's content. On any failure the files this
     call wrote are removed again, so the case is left without a sidecar: not done, redone by the next call."""
-    from organseg.data.io import dicom_series_files, read_image, write_image
+    from organseg.data.dicom import dicom_series_files
+    from organseg.data.io import read_image, write_image
     from organseg.data.preprocess import apply_preprocessing
 
     input_path = case.input
