@@ -123,8 +123,8 @@ def _zoom_matrices(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.nd
     included)."""
     eye = np.eye(n_in, dtype=np.float64)
     cubic = ndimage.zoom(eye, (n_out / n_in, 1.0), order=3)
-    # The spline prefilter decays geometrically (0.268^k): far entries reach float32 subnormals, which make
-    # CPU matrix products ~20x slower. Below 1e-12 they cannot change a float32 result: make them exact zeros.
+    # The spline prefilter decays geometrically (0.268^k): far entries reach float32 subnormals, which x86
+    # CPUs multiply in slow microcode. Below 1e-12 they cannot change a float32 result: make them exact zeros.
     cubic[np.abs(cubic) < 1e-12] = 0.0
     nearest = ndimage.zoom(eye, (n_out / n_in, 1.0), order=0)
     return cubic, nearest.argmax(axis=1), nearest.max(axis=1) > 0.5

@@ -540,14 +540,28 @@ def prepare_synapse(
     mark_started(out, writer=WRITER, finish=finish, source=str(raw.resolve()))
     delete_planned(planned)
     converted = _pass3_convert(job, selected, todo, progress)
+    return _write_index(raw, job, cases, (train, test, val), rule, converted)
 
-    metas = {c.name: _done(out, c, roles[c.number], options) for c in selected}
+
+def _write_index(
+    raw: Path,
+    job: _Job,
+    cases: dict[int, RawCase],
+    split_ids: tuple[list[int], list[int], list[int]],
+    rule: str,
+    converted: list[str],
+) -> dict:
+    """After the last case: the list files and the sidecar (written last), then the completion record;
+    returns prepare_synapse's summary."""
+    out, roles = job.out, job.roles
+    train, test, val = split_ids
+    selected = [cases[i] for i in sorted(roles)]
+    metas = {c.name: _done(out, c, roles[c.number], job.options) for c in selected}
     broken = [k for k, v in metas.items() if v is None]
     if broken:  # only possible if files vanish while we run
         raise DataError(f"{out}: outputs of {broken} disappeared during preparation")
-    # Lists and the sidecar, written last.
     names = {i: cases[i].name for i in roles}
-    list_files, train_slices = _write_lists(out, names, (train, test, val), metas)
+    list_files, train_slices = _write_lists(out, names, split_ids, metas)
     synthetic_note = _synthetic_note(raw, out)
     split = {
         "train": [names[i] for i in train],

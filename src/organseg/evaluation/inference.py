@@ -9,7 +9,7 @@ The batched path does the same arithmetic, reorganised:
 * Slices are zoomed by the same 2-D ``scipy.ndimage.zoom`` calls, in worker threads (SciPy releases the GIL),
   so each zoomed slice is bit-identical to the reference one. A single 3-D ``zoom`` with factor 1 along D is
   *not* used: it spline-filters along D too and only undoes that up to float64 rounding (equal after the cast
-  to float32 on random tests, but not guaranteed), and it is about 3x slower (4x4x4 instead of 4x4 taps).
+  to float32 on random tests, but not guaranteed), and it is slower (4x4x4 instead of 4x4 taps).
 * The network sees ``batch_size`` slices per forward pass under ``torch.inference_mode`` (optionally under
   bf16/fp16 autocast); the zooms of later slices run while it computes.
 * ``argmax(softmax)`` per batch, then the same 2-D nearest zooms back, again in threads.
@@ -172,7 +172,7 @@ def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def _labels(logits: torch.Tensor) -> torch.Tensor:
     # softmax before argmax as in the reference: after rounding, two logits can tie as probabilities.
-    # argmax over the class axis of NCHW reads with a stride of H*W: 5x slower on a CPU than over the last
+    # argmax over the class axis of NCHW reads with a stride of H*W, much slower on a CPU than over the last
     # axis of a channels-last copy, which gives the same indices (the first maximum).
     return torch.softmax(logits, dim=1).movedim(1, -1).contiguous().argmax(dim=-1)
 
