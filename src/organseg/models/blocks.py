@@ -1,10 +1,12 @@
 """Building blocks of window-attention transformers that carry no Swin-Unet design decision: stochastic depth,
-the two-layer MLP, their weight initialisation, the sub-pixel rearrangement of patch expansion, and the
-geometry of (shifted) window attention (partition and its inverse, the relative-position index, the shift
-mask, the token permutation that does roll + partition in one gather).
+the two-layer MLP, their weight initialisation, the patch embedding and the Swin Transformer's patch merging,
+the sub-pixel rearrangement of patch expansion, and the geometry of (shifted) window attention (partition and
+its inverse, the relative-position index, the shift mask, the token permutation that does roll + partition in
+one gather).
 
-They live apart from :mod:`organseg.models.swin_unet` so that the network's file holds the network; module and
-attribute names inside them (``fc1``, ``fc2``) are part of the Swin-Unet state-dict keys and must not change.
+They live apart from :mod:`organseg.models.swin_unet` so that the network's file holds the network; the
+attribute names inside them (``fc1``, ``proj``, ``reduction``, ...) are part of the Swin-Unet state-dict keys
+and must not change.
 """
 
 from __future__ import annotations
@@ -129,3 +131,41 @@ def init_transformer_weights(m: nn.Module) -> None:
     elif isinstance(m, nn.LayerNorm):
         nn.init.ones_(m.weight)
         nn.init.zeros_(m.bias)
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping p x p patches -> linear embedding (a strided conv), then LayerNorm."""
+
+    def __init__(
+        self, img_size: tuple[int, int], patch_size: int, in_chans: int, embed_dim: int, patch_norm: bool
+    ) -> None:
+        super().__init__()
+        self.img_size = img_size
+        self.patches_resolution = (img_size[0] // patch_size, img_size[1] // patch_size)
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+        self.norm = nn.LayerNorm(embed_dim) if patch_norm else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if tuple(x.shape[-2:]) != self.img_size:
+            raise ValueError(f"Swin-Unet was built for {self.img_size} inputs, got {tuple(x.shape[-2:])}")
+        x = self.proj(x).flatten(2).transpose(1, 2)
+        return x if self.norm is None else self.norm(x)
+
+
+class PatchMerging(nn.Module):
+    """2x downsampling: concatenate each 2x2 neighbourhood (4C), LayerNorm, linear to 2C."""
+
+    def __init__(self, input_resolution: tuple[int, int], dim: int) -> None:
+        super().__init__()
+        self.input_resolution = input_resolution
+        self.dim = dim
+        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
+        self.norm = nn.LayerNorm(4 * dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        H, W = self.input_resolution
+        B, _, C = x.shape
+        x = x.view(B, H, W, C)
+        # Sub-grid order (even,even), (odd,even), (even,odd), (odd,odd) is the reference's; weights need it.
+        x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], -1)
+        return self.reduction(self.norm(x.view(B, -1, 4 * C)))

@@ -50,6 +50,8 @@ from organseg.models._registry import register_model
 from organseg.models.blocks import (
     DropPath,
     Mlp,
+    PatchEmbed,
+    PatchMerging,
     _PermuteTokens,
     init_transformer_weights,
     pixel_unfold,
@@ -264,25 +266,6 @@ class SwinTransformerBlock(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
-class PatchMerging(nn.Module):
-    """2x downsampling: concatenate each 2x2 neighbourhood (4C), LayerNorm, linear to 2C."""
-
-    def __init__(self, input_resolution: tuple[int, int], dim: int) -> None:
-        super().__init__()
-        self.input_resolution = input_resolution
-        self.dim = dim
-        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
-        self.norm = nn.LayerNorm(4 * dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        H, W = self.input_resolution
-        B, _, C = x.shape
-        x = x.view(B, H, W, C)
-        # Sub-grid order (even,even), (odd,even), (even,odd), (odd,odd) is the reference's; weights need it.
-        x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], -1)
-        return self.reduction(self.norm(x.view(B, -1, 4 * C)))
-
-
 class PatchExpand(nn.Module):
     """2x upsampling: linear C -> 2C, rearrange to 2H x 2W x C/2, LayerNorm."""
 
@@ -367,25 +350,6 @@ class BasicLayer(nn.Module):
                 x = blk(x)
         resample = self.upsample if self._up else self.downsample
         return x if resample is None else resample(x)
-
-
-class PatchEmbed(nn.Module):
-    """Non-overlapping p x p patches -> linear embedding (a strided conv), then LayerNorm."""
-
-    def __init__(
-        self, img_size: tuple[int, int], patch_size: int, in_chans: int, embed_dim: int, patch_norm: bool
-    ) -> None:
-        super().__init__()
-        self.img_size = img_size
-        self.patches_resolution = (img_size[0] // patch_size, img_size[1] // patch_size)
-        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
-        self.norm = nn.LayerNorm(embed_dim) if patch_norm else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if tuple(x.shape[-2:]) != self.img_size:
-            raise ValueError(f"Swin-Unet was built for {self.img_size} inputs, got {tuple(x.shape[-2:])}")
-        x = self.proj(x).flatten(2).transpose(1, 2)
-        return x if self.norm is None else self.norm(x)
 
 
 class SwinTransformerSys(nn.Module):
