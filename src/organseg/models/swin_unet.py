@@ -519,7 +519,10 @@ def _size_error(img_size: tuple[int, int], patch_size: int, n: int, window_size:
 
 class SwinUnet(nn.Module):
     """The reference wrapper: a 1-channel input is repeated to the network's channels; weights under
-    ``swin_unet``."""
+    ``swin_unet``. Its work is linear layers on token sequences, which NHWC does not speed up:
+    ``prefers_channels_last`` is False (:mod:`organseg.models.layout`)."""
+
+    prefers_channels_last = False
 
     def __init__(self, **config) -> None:
         super().__init__()
