@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="DataLoader workers (default 1 2)")
     p.add_argument("--model-steps", type=int, default=2, help="timed training steps per model")
     p.add_argument("--no-models", action="store_true", help="skip the model consumption rows")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument(
         "--threads", type=int, help="torch intra-op threads in the main process (default: torch's)"
     )
@@ -135,11 +135,12 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from organseg.data.augment import AugmentCollate, SliceDataset
+    from organseg.device import resolve_device
 
     if args.threads:
         # On an oversubscribed machine a second OpenMP thread can cost far more than it gives (spin waits).
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    device = resolve_device(args.device)  # organseg's one rule
     slices = _slices(args.slices, args.input)
     out = args.output
     rows: list[dict] = []

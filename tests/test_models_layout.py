@@ -64,7 +64,7 @@ def test_swin_factory_signature_is_the_constructor_s():
     assert list(defaults) == list(ctor) and len(defaults) == 19
     assert all(defaults[k] == p.default for k, p in ctor.items())
     assert takes_image_size("swin_unet") and not takes_image_size("unet")
-    assert sorted(list_models()) == ["swin_unet", "unet"]
+    assert {"swin_unet", "unet"} <= set(list_models())  # other tests may register more
 
 
 def test_swin_factory_normalises_lists_and_refuses_unknown_arguments():
