@@ -30,15 +30,13 @@ import time
 import numpy as np
 import torch
 
+from _common import phantom_ct
+from _reference import official_dataset, official_loss, official_sgd
+
 
 def _slices(n: int, size: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    from organseg.data.classes import BTCV_TO_SYNAPSE, remap_labels
-    from organseg.data.phantom import make_phantom_case
-    from organseg.data.preprocess import apply_preprocessing, ct_window_spec
-
-    image, label, _ = make_phantom_case(0, size=size, num_slices=max(n, 4))
-    image = apply_preprocessing(image, ct_window_spec())
-    label = remap_labels(label, BTCV_TO_SYNAPSE).astype(np.int64)
+    image, label, _ = phantom_ct(max(n, 4), size)
+    label = label.astype(np.int64)
     return [(image[k], label[k]) for k in range(n)]
 
 
@@ -91,14 +89,13 @@ def _main_process_rate(slices, batch: int, batches: int, device: torch.device, o
 
 def _model_rate(name: str, batch: int, steps: int, device: torch.device, size: int) -> float | str:
     try:
-        from organseg.losses import DiceCELoss
         from organseg.models import create_model
 
         model = create_model(name).to(device).train()
     except Exception as exc:  # the model package is built by another part of the project
         return f"n/a ({type(exc).__name__}: {exc})"[:80]
-    loss_fn = DiceCELoss(9)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+    loss_fn = official_loss(9)
+    opt = official_sgd(model, 0.01)
     x = torch.rand(batch, 1, size, size, device=device)
     y = torch.randint(0, 9, (batch, size, size), device=device)
 
@@ -130,19 +127,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="DataLoader workers (default 1 2)")
     p.add_argument("--model-steps", type=int, default=2, help="timed training steps per model")
     p.add_argument("--no-models", action="store_true", help="skip the model consumption rows")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument(
         "--threads", type=int, help="torch intra-op threads in the main process (default: torch's)"
     )
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args(argv)
 
-    from organseg.data.augment import AugmentCollate, RandomGenerator, SliceDataset
+    from organseg.data.augment import AugmentCollate, SliceDataset
+    from organseg.device import resolve_device
 
     if args.threads:
         # On an oversubscribed machine a second OpenMP thread can cost far more than it gives (spin waits).
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    device = resolve_device(args.device)  # organseg's one rule
     slices = _slices(args.slices, args.input)
     out = args.output
     rows: list[dict] = []
@@ -157,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load average {load:.1f} on {cpus} CPUs, torch threads {threads}")
     print(f"{'path':<14} {'where':<34} {'samples/s':>10}")
     for w in args.workers:
-        ds = SliceDataset(slices, RandomGenerator((out, out)))
+        ds = official_dataset(slices, out)
         add("reference", f"{w} worker(s), SciPy per sample", _loader_rate(ds, args.batch, w, args.batches))
     for w in args.workers:
         ds = SliceDataset(slices)

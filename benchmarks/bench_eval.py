@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -36,17 +34,12 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from organseg.data.classes import BTCV_TO_SYNAPSE, remap_labels
-from organseg.data.phantom import make_phantom_case
-from organseg.data.preprocess import apply_preprocessing, ct_window_spec
+from _common import phantom_ct, run_child
+from _reference import medpy_case, medpy_monai_surface
+from organseg.device import resolve_device
 from organseg.evaluation.inference import predict_volume
 from organseg.evaluation.metrics import DEFAULT_NSD_TOLERANCE_MM, case_metrics, case_metrics_all, dice, hd95
 from organseg.runtime import tune_malloc
-
-
-def phantom(num_slices: int, size: int) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
-    hu, btcv, spacing = make_phantom_case(0, size=size, num_slices=num_slices)
-    return apply_preprocessing(hu, ct_window_spec()), remap_labels(btcv, BTCV_TO_SYNAPSE), spacing
 
 
 def perturbed(gt: np.ndarray, stray: float, seed: int = 0) -> np.ndarray:
@@ -68,21 +61,6 @@ def perturbed(gt: np.ndarray, stray: float, seed: int = 0) -> np.ndarray:
     return pred
 
 
-def medpy_case(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> np.ndarray:
-    from medpy.metric import binary
-
-    out = []
-    for i in range(1, num_classes):
-        p, g = pred == i, gt == i
-        if p.sum() > 0 and g.sum() > 0:
-            out.append((binary.dc(p, g), binary.hd95(p, g)))
-        elif p.sum() > 0:
-            out.append((1, 0))
-        else:
-            out.append((0, 0))
-    return np.array(out, dtype=np.float64)
-
-
 def plain_case(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> np.ndarray:
     out = []
     for i in range(1, num_classes):
@@ -94,26 +72,6 @@ def plain_case(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> np.ndarray
     return np.array(out)
 
 
-def reference_surface(pred: np.ndarray, gt: np.ndarray, num_classes: int, spacing, tol: float) -> np.ndarray:
-    """(NSD from MONAI or NaN when it is not installed, ASSD from MedPy) per class present in both."""
-    from medpy.metric import binary
-
-    try:
-        from monai.metrics import compute_surface_dice
-    except ImportError:
-        compute_surface_dice = None
-    out = np.full((num_classes - 1, 2), np.nan)
-    for i in range(1, num_classes):
-        p, g = pred == i, gt == i
-        if not (p.any() and g.any()):
-            continue
-        out[i - 1, 1] = binary.assd(p, g, voxelspacing=spacing)
-        if compute_surface_dice is not None:
-            onehot = [torch.from_numpy(np.stack([~m, m])[None].astype(np.float32)) for m in (p, g)]
-            out[i - 1, 0] = float(compute_surface_dice(*onehot, [tol], spacing=spacing)[0, 0])
-    return out
-
-
 def bench_surface(gt: np.ndarray, spacing, skip_medpy: bool) -> list[dict]:
     rows = []
     for name, stray in (("clean", 0.0), ("stray", 1e-5)):
@@ -123,7 +81,7 @@ def bench_surface(gt: np.ndarray, spacing, skip_medpy: bool) -> list[dict]:
         row = {"case": name, "spacing": list(spacing), "nsd_tolerance_mm": DEFAULT_NSD_TOLERANCE_MM,
                "corrected_hd95_only_s": t_hd, "both_protocols_plus_nsd_assd_s": t_all}
         if not skip_medpy:
-            t_ref, ref = timed(reference_surface, pred, gt, 9, spacing, DEFAULT_NSD_TOLERANCE_MM)
+            t_ref, ref = timed(medpy_monai_surface, pred, gt, 9, spacing, DEFAULT_NSD_TOLERANCE_MM)
             ours = both["surface"]
             ok = ~np.isnan(ref)
             diff = float(np.abs(ours[ok] - ref[ok]).max())
@@ -192,13 +150,8 @@ def _loop_in_child(
         np.save(Path(tmp) / "image.npy", image)
         spec = {"name": name, "dir": tmp, "batch_size": batch_size, "device": str(device),
                 "checkpoint": checkpoint}
-        proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--_loop", json.dumps(spec)],
-                              capture_output=True, text=True)
-        if proc.returncode != 0:
-            sys.stderr.write(proc.stderr)
-            raise SystemExit(f"bench_eval: the reference loop of {name} failed")
-        seconds = json.loads(proc.stdout.strip().splitlines()[-1])["seconds"]
-        return seconds, np.load(Path(tmp) / "pred.npy")
+        out = run_child(__file__, "--_loop", spec, failed=f"bench_eval: the reference loop of {name} failed")
+        return out["seconds"], np.load(Path(tmp) / "pred.npy")
 
 
 def _run_loop(spec: dict) -> None:
@@ -246,7 +199,7 @@ def main() -> None:
     ap.add_argument("--infer-slices", type=int, default=100, help="slices for the inference part")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--models", default="unet,swin_unet")
-    ap.add_argument("--device", default="auto")
+    ap.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     ap.add_argument("--checkpoint", help="use this checkpoint's network instead of random weights")
     ap.add_argument("--skip-medpy", action="store_true")
     ap.add_argument("--skip-inference", action="store_true")
@@ -257,9 +210,8 @@ def main() -> None:
     if args._loop:
         return _run_loop(json.loads(args._loop))
     tune_malloc()  # as the organseg command line does; the reference loop runs in a plain child process
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if args.device == "auto" else args.device)
-    image, gt, spacing = phantom(args.slices, args.size)
+    device = resolve_device(args.device)  # organseg's one rule (auto, cpu, cuda, cuda:N)
+    image, gt, spacing = phantom_ct(args.slices, args.size)
     results: dict = {"torch_threads": torch.get_num_threads()}
     if not args.skip_metrics:
         results["metrics"] = bench_metrics(gt, args.skip_medpy)

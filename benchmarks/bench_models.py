@@ -31,10 +31,11 @@ import json
 import os
 import resource
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
+
+from _common import run_child
+from _reference import official_loss, official_sgd
 
 # Official code, fp32, on the project's 2-core reference machine, and the targets for this project.
 REFERENCE_TRAIN_S = {"swin_unet": 1.85, "unet": 7.94}
@@ -68,8 +69,6 @@ def make_step(name: str, mode: str, case: str, device: str):
     """Build the network and inputs of one case; returns a closure that runs one step."""
     import torch
 
-    from organseg.losses import DiceCELoss
-
     torch.manual_seed(0)
     kind, batch = CASES[case]
     model = _build(name, mode, device)
@@ -79,8 +78,8 @@ def make_step(name: str, mode: str, case: str, device: str):
 
     if kind == "train":
         model.train()
-        loss_fn = DiceCELoss(9, ce_weight=0.4, dice_weight=0.6)
-        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+        loss_fn = official_loss(9)
+        opt = official_sgd(model, 0.01)
 
         def step() -> None:
             with autocast:
@@ -168,13 +167,10 @@ def profile_case(
 
 
 def _child(spec: dict) -> dict:
-    """Run one case in a fresh interpreter and read back its JSON line."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--_child", json.dumps(spec)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["(no output)"]
-        return {**spec, "error": tail[0]}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    """Run one case in a fresh interpreter (clean peak RSS, no allocator state from the previous case); a
+    failed case comes back as the spec with an ``error`` line."""
+    out = run_child(__file__, "--_child", spec)
+    return {**spec, **out} if "error" in out else out
 
 
 def format_table(results: list[dict]) -> str:

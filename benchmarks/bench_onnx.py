@@ -20,9 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,32 +27,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from _common import cpu_description, phantom_ct, run_child
+
 BACKENDS = (("torch", "fp32"), ("onnx", "fp32"), ("torch", "bf16"))
-BF16_FLAGS = ("avx512_bf16", "amx_bf16", "amx_tile", "avx512f", "avx2")
-
-
-def cpu_description() -> dict:
-    """Model name and the instruction-set flags that decide bf16 speed (AMX, AVX-512 BF16)."""
-    name, flags = platform.processor() or "unknown", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and name in ("unknown", "", "x86_64"):
-                name = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
-                break
-    except OSError:
-        pass
-    return {"model": name, "cores": os.cpu_count(), "flags": [f for f in BF16_FLAGS if f in flags]}
-
-
-def phantom(num_slices: int, size: int) -> np.ndarray:
-    from organseg.data.phantom import make_phantom_case
-    from organseg.data.preprocess import apply_preprocessing, ct_window_spec
-
-    hu, _, _ = make_phantom_case(0, size=size, num_slices=num_slices)
-    return apply_preprocessing(hu, ct_window_spec())
 
 
 def make_onnx(name: str, folder: Path) -> tuple[Path, Path, dict, float]:
@@ -106,15 +80,6 @@ def _child(spec: dict) -> None:
     print(json.dumps({"seconds": best, "rerun_slices": stats.get("rerun_slices", 0)}))
 
 
-def run_child(spec: dict) -> dict:
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--_child", json.dumps(spec)],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stderr)
-        raise SystemExit(f"bench_onnx: {spec['backend']} {spec['precision']} failed")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--slices", type=int, default=48)
@@ -138,7 +103,7 @@ def main() -> None:
           f"{args.threads} threads; load average {results['load_before'][0]:.1f}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        np.save(folder / "image.npy", phantom(args.slices, 224))
+        np.save(folder / "image.npy", phantom_ct(args.slices, 224)[0])
         for name in args.models.split(","):
             ckpt, onnx_path, info, export_s = make_onnx(name, folder)
             row = {"model": name, "export_s": export_s, "onnx_mb": info["bytes"] / 1e6,
@@ -153,7 +118,8 @@ def main() -> None:
                             "onnx": str(onnx_path), "image": str(folder / "image.npy"), "repeat": 1,
                             "pred": str(folder / f"{key}.npy"), "batch_size": args.batch_size,
                             "threads": args.threads}
-                    out = run_child(spec)
+                    out = run_child(__file__, "--_child", spec,
+                                    failed=f"bench_onnx: {backend} {precision} failed")
                     preds[key] = np.load(spec["pred"])
                     row[f"{key}_s"] = min(out["seconds"], row.get(f"{key}_s", float("inf")))
                     row[f"{key}_rerun_slices"] = out["rerun_slices"]

@@ -25,15 +25,15 @@ import contextlib
 import io
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+
+from _common import run_child
+from _reference import official_seed, official_train_rate
 
 ROOT = Path(__file__).resolve().parents[1]
 ACDC = ROOT.parent / "shared" / "data" / "acdc"
@@ -74,48 +74,17 @@ def reference_rate(
     args: dict,
     ref_attn: str = "reference",
 ) -> float:
-    """The official trainer's loop, fp32, per-sample SciPy augmentation in a DataLoader."""
-    import random
-
-    from organseg.data.augment import RandomGenerator, SliceDataset
-    from organseg.losses import DiceCELoss
+    """The official trainer's loop (benchmarks/_reference.py), fp32, per-sample SciPy augmentation in a
+    DataLoader."""
     from organseg.models import create_model
 
-    random.seed(1234)
-    np.random.seed(1234)
-    torch.manual_seed(1234)
+    official_seed()
     # Swin-Unet: the official attention arithmetic (explicit softmax, mask added through a 5-D view), as the
     # official trainer runs it; --ref-attn sdpa gives the reference loop organseg's attention instead.
     size = {"img_size": img, "attn_impl": ref_attn} if name == "swin_unet" else {}
     model = create_model(name, num_classes=ds.num_classes, **{**size, **args}).to(device).train()
-    loader = DataLoader(
-        SliceDataset(ds.train_slices(), RandomGenerator((img, img))),
-        batch_size=batch,
-        shuffle=True,
-        num_workers=workers,
-        pin_memory=device != "cpu",
-        drop_last=True,
-    )
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
-    loss_fn = DiceCELoss(ds.num_classes, 0.4, 0.6)
-    total = warmup + iters
-    it, t0 = 0, 0.0
-    while it < total:
-        for images, labels in loader:  # data loading is inside the timed region, as in training
-            images, labels = images.to(device), labels.to(device)
-            loss = loss_fn(model(images), labels)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            for g in opt.param_groups:
-                g["lr"] = 0.05 * (1 - it / 1000) ** 0.9
-            loss.item()  # the reference logs every iteration
-            it += 1
-            if it == warmup:
-                t0 = time.perf_counter()
-            if it == total:
-                break
-    return batch * iters / (time.perf_counter() - t0)
+    return official_train_rate(model, ds.train_slices(), ds.num_classes, batch=batch, warmup=warmup,
+                               iters=iters, img=img, workers=workers, device=device)  # fmt: skip
 
 
 def organseg_rate(
@@ -178,15 +147,11 @@ def _measure_one(args: argparse.Namespace, spec: dict, n_slices: int) -> int:
 
 
 def _in_child(argv: list[str] | None, spec: dict) -> float:
-    """Run one measurement in a fresh interpreter: no allocator or kernel-cache state carries over from one
-    variant to the next (in one process, later train() calls ran up to 20% slower than the first)."""
+    """Run one measurement in a fresh interpreter (benchmarks/_common.run_child): no allocator or kernel-cache
+    state carries over from one variant to the next."""
     args = list(sys.argv[1:] if argv is None else argv)
-    cmd = [sys.executable, str(Path(__file__).resolve()), *args, "--_one", json.dumps(spec)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stderr)
-        raise SystemExit(f"bench_train: the {spec} measurement failed")
-    return float(json.loads(proc.stdout.strip().splitlines()[-1])["rate"])
+    out = run_child(__file__, "--_one", spec, argv=args, failed=f"bench_train: the {spec} measurement failed")
+    return float(out["rate"])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,7 +18,6 @@ from organseg.data.augment import (
     AugmentCollate,
     BatchAugment,
     RandomGenerator,
-    Resize,
     SliceDataset,
     collate_slices,
     reference_transform,
@@ -105,13 +104,11 @@ def test_random_generator_skips_zoom_at_output_size_and_branch_frequencies():
     assert np.allclose(counts / counts.sum(), [0.25, 0.5, 0.25], atol=0.03)
 
 
-def test_resize_slice_and_resize_transform():
+def test_resize_slice():
     image, label = _slice(50, 30)
     img, lab = resize_slice(image, label, (20, 20))
     assert img.dtype == np.float32 and lab.dtype == np.int64 and img.shape == lab.shape == (20, 20)
     assert np.array_equal(img, ndimage.zoom(image, (20 / 50, 20 / 30), order=3))
-    t_img, t_lab = Resize((20, 20))(image, label)
-    assert np.array_equal(t_img[0].numpy(), img) and np.array_equal(t_lab.numpy(), lab)
     img2, none = resize_slice(image, None, (50, 30))
     assert none is None and np.array_equal(img2, image)
 

@@ -13,7 +13,8 @@ from organseg.data import open_dataset
 from organseg.data.classes import BTCV_TO_SYNAPSE, TOTALSEG_TO_BTCV, remap_labels
 from organseg.data.io import read_h5_pair, read_npz_slice
 from organseg.data.phantom import write_phantom_set
-from organseg.data.prepare import REFERENCE_TEST_IDS, REFERENCE_TRAIN_IDS, decide_split, prepare_synapse
+from organseg.data.prepare import prepare_synapse
+from organseg.data.split import REFERENCE_TEST_IDS, REFERENCE_TRAIN_IDS, decide_split
 from organseg.errors import ConfigError, DataError
 from test_data_helpers import totalseg_raw, write_tiny_raw  # noqa: F401  (fixture)
 

@@ -153,7 +153,7 @@ def validate_checkpoint(ckpt: dict, source: str | Path = "checkpoint") -> nn.Mod
     weight is finite (a NaN checkpoint predicts garbage without a word); the weights fit the network the
     checkpoint describes key by key and shape by shape. Raises CheckpointError naming ``source``.
     """
-    from organseg.models._registry import create_model, head_key, input_size_problem, list_models
+    from organseg.models import create_model, head_key, input_size_problem, list_models
 
     src = str(source)
     optional = {"model_args": {}, "class_names": [], "preprocessing": {}, "config": {}}  # absent: empty

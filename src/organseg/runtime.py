@@ -5,10 +5,9 @@ gives them back to the system on ``free``; it also trims the top of the heap onc
 PyTorch allocates the activations of every iteration anew, so on a CPU a training step or a batched forward
 pass spends a large part of its time in page faults, the kernel zeroing fresh pages for tensors of the same
 size that were freed a moment before. :func:`tune_malloc` makes malloc keep freed memory for reuse (no
-``mmap`` for large blocks, a 1 GiB trim threshold). Measured on the 2-core development machine, a
-Swin-Unet bf16 forward pass of 16 slices at 224² (2 threads): 1.05-1.25 s -> 0.83 s, with 1.24 M -> 0.2 M
-page faults; 1 thread: 1.7-2.2 s -> 1.1-1.4 s. It is the fix ``LD_PRELOAD=libjemalloc.so`` (or tcmalloc)
-gives, without a library to install.
+``mmap`` for large blocks, a 1 GiB trim threshold); the measured gain is in docs/training.md ("Where the
+network time goes"). It is the fix ``LD_PRELOAD=libjemalloc.so`` (or tcmalloc) gives, without a library to
+install.
 
 The price is that memory a process has freed stays with it until it exits, which is what a training or
 inference process wants. Only glibc on Linux is touched; ``ORGANSEG_MALLOC_TUNING=0`` turns it off. The

@@ -102,30 +102,17 @@ class RandomGenerator:
         self.output_size = (int(output_size[0]), int(output_size[1]))
 
     def __call__(self, image: np.ndarray, label: np.ndarray) -> Pair:
+        branch, k, axis, angle = NONE, 0, 0, 0
         if random.random() > 0.5:
-            k = np.random.randint(0, 4)
+            branch, k = ROT_FLIP, np.random.randint(0, 4)
             axis = np.random.randint(0, 2)
-            image, label = random_rot_flip(image, label, k, axis)
         elif random.random() > 0.5:
-            angle = np.random.randint(-20, 20)
-            image, label = random_rotate(image, label, angle)
-        image, label = resize_slice(image, label, self.output_size)
+            branch, angle = ROTATE, np.random.randint(-20, 20)
+        image, label = reference_transform(image, label, branch, k, axis, angle, self.output_size)
         return torch.from_numpy(image).unsqueeze(0), torch.from_numpy(label)
 
     def __repr__(self) -> str:
         return f"RandomGenerator(output_size={self.output_size})"
-
-
-class Resize:
-    """Validation-style transform: :func:`resize_slice` only, returning tensors like
-    :class:`RandomGenerator`."""
-
-    def __init__(self, output_size: Sequence[int] = (224, 224)) -> None:
-        self.output_size = (int(output_size[0]), int(output_size[1]))
-
-    def __call__(self, image: np.ndarray, label: np.ndarray) -> Pair:
-        image, label = resize_slice(image, label, self.output_size)
-        return torch.from_numpy(image).unsqueeze(0), torch.from_numpy(label)
 
 
 # ------------------------------------------------------------------------------------ batched torch path
@@ -136,8 +123,8 @@ def _zoom_matrices(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.nd
     included)."""
     eye = np.eye(n_in, dtype=np.float64)
     cubic = ndimage.zoom(eye, (n_out / n_in, 1.0), order=3)
-    # The spline prefilter decays geometrically (0.268^k): far entries reach float32 subnormals, which make
-    # CPU matrix products ~20x slower. Below 1e-12 they cannot change a float32 result: make them exact zeros.
+    # The spline prefilter decays geometrically (0.268^k): far entries reach float32 subnormals, which x86
+    # CPUs multiply in slow microcode. Below 1e-12 they cannot change a float32 result: make them exact zeros.
     cubic[np.abs(cubic) < 1e-12] = 0.0
     nearest = ndimage.zoom(eye, (n_out / n_in, 1.0), order=0)
     return cubic, nearest.argmax(axis=1), nearest.max(axis=1) > 0.5

@@ -169,6 +169,248 @@ def _wobble(rng: np.random.Generator, amount: float) -> list[tuple[int, float, f
     return [(k, float(rng.normal(0, amount / k)), float(rng.uniform(0, 2 * math.pi))) for k in (2, 3, 4)]
 
 
+# ------------------------------------------------------------------------------------------ the organ table
+# Each row is one structure of the reference habitus; per case the generator draws from it in a fixed order
+# (the order is part of the output: a seed must keep giving the same phantom).
+
+
+@dataclass(frozen=True)
+class N:
+    """A per-case value ``mean + normal(0, sd)`` (an HU, or a position jitter)."""
+
+    mean: float
+    sd: float = 8.0
+
+
+@dataclass(frozen=True)
+class U:
+    """A per-case value ``base + uniform(lo, hi)``."""
+
+    lo: float
+    hi: float
+    base: float = 0.0
+
+
+@dataclass(frozen=True)
+class Tissue:
+    """An HU shared by several rows (drawn once by a :class:`Shared` row), plus ``offset``."""
+
+    name: str
+    offset: float = 0.0
+
+
+@dataclass(frozen=True)
+class Shared:
+    """A row that draws the HU of tissue ``name`` at this point of the table (later rows refer to it)."""
+
+    name: str
+    hu: N
+
+
+@dataclass(frozen=True)
+class Organ:
+    """A deformed ellipsoid placed like a real organ: (x, y) mm in a reference habitus (scaled to the case's
+    abdomen), ``t`` and the extents ``lo`` / ``hi`` as fractions of the scanned extent, semi-axes ``a`` x
+    ``b`` mm; per case a size factor, a position jitter, an angle jitter and an outline wobble are drawn.
+    ``within``: painted only inside that label (vessels in the liver); ``core``: the HU of an inner blob at
+    45 % size (the renal sinus). Draw order: x, y, t, hu, angle, air_front, drift, then the shape."""
+
+    label: int
+    hu: N | Tissue
+    x: float | U
+    y: float | U
+    t: float | U
+    a: float
+    b: float
+    lo: float
+    hi: float
+    angle: float | U = 0.0
+    wob: float = 0.06
+    air_front: float | U | None = None
+    drift: tuple[float | U, float | U] = (0.0, 0.0)
+    within: int | None = None
+    core: N | None = None
+
+
+@dataclass(frozen=True)
+class Tube:
+    """A straight great vessel: section ``a`` x ``b`` mm (``b`` None: round), from the bottom of the scan
+    (``lo`` = the whole extent below its centre) to ``hi`` above the middle; position jittered by 3 mm.
+    Draw order: a, hu, x, y."""
+
+    label: int
+    hu: N
+    x: float
+    y: float
+    a: float | U
+    b: float | None
+    hi: float
+    drift: tuple[float, float] = (0.0, 0.0)
+
+
+Row = Shared | Organ | Tube
+
+#: Pancreas: a lobulated chain of blobs from the head (right) to the tail (splenic hilum): x, y, t, radius.
+PANCREAS_PATH = ((-32, -8, 0.50, 16), (-12, -14, 0.52, 13), (12, -8, 0.54, 12), (38, 2, 0.56, 11),
+                 (62, 14, 0.58, 10), (82, 24, 0.60, 9))  # fmt: skip
+
+#: The BTCV organs and great vessels, portal venous phase, in paint order.
+ORGANS: tuple[Row, ...] = (
+    Shared("liver", N(105, 10)),
+    Shared("spleen", N(112, 10)),
+    Organ(LIVER, Tissue("liver"), -72, 0, 0.76, 72, 82, 0.30, 0.26, -10),  # right lobe
+    Organ(LIVER, Tissue("liver"), 8, -50, 0.84, 52, 32, 0.12, 0.14, 15),  # left lobe
+    # hepatic vessels: brighter tubes inside the liver, still labelled liver
+    *[Organ(LIVER, Tissue("liver", 40), U(-35, 35, -72), U(-40, 40), U(0.62, 0.9), 4, 4, 0.08, 0.08,
+            wob=0.0, drift=(U(-0.3, 0.3), U(-0.3, 0.3)), within=LIVER)] * 4,
+    Organ(SPLEEN, Tissue("spleen"), 100, 42, 0.73, 28, 55, 0.15, 0.15, 35, wob=0.08),
+    Organ(STOMACH, N(55), 52, -32, 0.78, 46, 34, 0.16, 0.17, 20, wob=0.08, air_front=U(0.2, 0.6)),
+    Organ(GALL, N(15, 8), -42, -42, 0.47, 17, 25, 0.07, 0.07, 30, wob=0.04),
+    Shared("kidney", N(165, 20)),
+    Organ(RKID, Tissue("kidney"), -62, 52, 0.36, 27, 38, 0.17, 0.17, -25, wob=0.04, core=N(35, 8)),
+    Organ(LKID, Tissue("kidney"), 62, 52, 0.41, 27, 38, 0.17, 0.17, 25, wob=0.04, core=N(35, 8)),
+    Organ(RADR, N(40), -38, 40, 0.6, 5, 12, 0.06, 0.06, -30, wob=0.05),
+    Organ(LADR, N(40), 38, 40, 0.6, 5, 12, 0.06, 0.06, 30, wob=0.05),
+    Shared("pancreas", N(95, 10)),
+    *[Organ(PANCREAS, Tissue("pancreas"), x, y, t, r * 1.3, r, 0.045, 0.045, 20, wob=0.08)
+      for x, y, t, r in PANCREAS_PATH],
+    Tube(AORTA, N(170, 25), 14, 24, U(10, 13), None, 0.5, drift=(0.0, -0.02)),
+    Tube(IVC, N(135, 15), -24, 20, 14, 10, 0.42),
+    Organ(PORTAL, N(160, 15), -24, -4, 0.58, 7, 7, 0.07, 0.07, wob=0.0, drift=(-0.6, 0.1)),
+    Organ(ESO, N(40), 6, 12, 0.96, 9, 8, 0.06, 0.06, wob=0.05, air_front=0.5),
+)  # fmt: skip
+
+
+class _Anatomy:
+    """One case being drawn: the random stream, the canvas, the scanned extent (mm) and the habitus scale."""
+
+    def __init__(self, rng: np.random.Generator, cv: _Canvas, extent: float, sx: float, sy: float) -> None:
+        self.rng, self.cv, self.E = rng, cv, extent
+        self.sx, self.sy, self.size_f = sx, sy, math.sqrt(sx * sy)
+        self.shared: dict[str, float] = {}
+
+    def normal(self, v: float, sd: float = 8.0) -> float:
+        return float(v + self.rng.normal(0, sd))
+
+    def value(self, v: float | U | N | Tissue) -> float:
+        """A table entry's value for this case (a draw for U and N)."""
+        if isinstance(v, U):
+            return float(v.base + self.rng.uniform(v.lo, v.hi))
+        if isinstance(v, N):
+            return self.normal(v.mean, v.sd)
+        if isinstance(v, Tissue):
+            return self.shared[v.name] + v.offset
+        return v
+
+    def organ(self, label: int | None, h: float, x: float, y: float, t: float, a: float, b: float,
+              lo: float, hi: float, angle: float = 0.0, wob: float = 0.06, **kw) -> Blob:  # fmt: skip
+        """A Blob at reference position (x, y) mm and height t (fraction of the extent), its size, position,
+        angle and outline varied for this case."""
+        rng, sx, sy, size_f = self.rng, self.sx, self.sy, self.size_f
+        g = rng.uniform(0.87, 1.13)
+        return Blob(
+            label, h, self.normal(x * sx, 4), self.normal(y * sy, 4), self.normal(t * self.E, 6),
+            a * g * size_f, b * g * size_f, lo * g, hi * g, self.normal(angle, 6),
+            wobble=_wobble(rng, wob), **kw,
+        )  # fmt: skip
+
+    def put(self, blob: Blob, within: int | None = None) -> None:
+        """Paint a blob clipped to the abdominal cavity."""
+        self.cv.paint(blob, within, cavity="inside")
+
+    def place(self, row: Row) -> None:
+        """Draw and paint one row of :data:`ORGANS`."""
+        E = self.E  # noqa: N806  (the scanned extent, as in the formulas above)
+        if isinstance(row, Shared):
+            self.shared[row.name] = self.value(row.hu)
+        elif isinstance(row, Tube):
+            a = self.value(row.a)
+            b = a if row.b is None else row.b
+            h, x, y = self.value(row.hu), self.normal(row.x * self.sx, 3), self.normal(row.y * self.sy, 3)
+            self.put(Blob(row.label, h, x, y, E / 2, a, b, E, row.hi * E, profile="flat", drift=row.drift))
+        else:
+            x, y, t, h = (self.value(v) for v in (row.x, row.y, row.t, row.hu))
+            angle, air = self.value(row.angle), None if row.air_front is None else self.value(row.air_front)
+            drift = (self.value(row.drift[0]), self.value(row.drift[1]))
+            k = self.organ(row.label, h, x, y, t, row.a, row.b, row.lo * E, row.hi * E, angle, row.wob,
+                           air_front=air, drift=drift)  # fmt: skip
+            self.put(k, row.within)
+            if row.core is not None:
+                side = -1 if row.x < 0 else 1
+                self.put(Blob(row.label, self.value(row.core), k.x - side * 6, k.y - 4, k.z, k.a * 0.45,
+                              k.b * 0.45, k.c_lo * 0.6, k.c_hi * 0.6, k.angle))  # fmt: skip
+
+
+def _paint_body(anat: _Anatomy, A: float, B: float, fat: float, wall: float) -> None:  # noqa: N803
+    """Skin-to-cavity layers (subcutaneous fat, wall, the cavity the organs stay in), ribs, retroperitoneal
+    muscles. Painted first and without the cavity clip; organs painted later may touch ribs and wall."""
+    cv, hu, E, sx, sy = anat.cv, anat.normal, anat.E, anat.sx, anat.sy  # noqa: N806
+    body_w = _wobble(anat.rng, 0.03)
+    cv.paint(Blob(0, hu(-100, 6), 0, 0, E / 2, A, B, E, E, profile="flat", wobble=body_w))
+    cv.paint(Blob(0, hu(50), 0, 0, E / 2, A - fat, B - fat, E, E, profile="flat", wobble=body_w))
+    inner = (A - fat - wall, B - fat - wall)
+    cavity = Blob(0, hu(-90, 6), 0, 0, E / 2, *inner, E, E, profile="flat", wobble=body_w)
+    cv.paint(cavity, cavity="mark")
+    # Ribs sit in the wall of the upper abdomen.
+    rib_ring = (A - fat - wall * 0.5, B - fat - wall * 0.5)
+    for ang in np.linspace(25, 155, 6):
+        for side in (-1, 1):
+            th = math.radians(ang)
+            x, y = side * rib_ring[0] * math.sin(th), rib_ring[1] * math.cos(th) * -1
+            if y < -0.3 * rib_ring[1]:
+                continue
+            cv.paint(Blob(0, hu(600, 50), x, y, 0.8 * E, 6, 5, 0.24 * E, 0.2 * E, profile="flat"))
+    # Retroperitoneal muscles (below organs in paint order; organs never overlap them by construction).
+    size_f = anat.size_f
+    for side in (-1, 1):
+        cv.paint(Blob(0, hu(52), side * 38 * sx, 80 * sy, E / 2, 26 * sx, 20 * sy, E, E, profile="flat"))
+        cv.paint(Blob(0, hu(50), side * 34 * sx, 52 * sy, 0.1 * E, 18 * size_f, 16 * size_f, 0.1 * E,
+                      0.45 * E, drift=(side * -0.05, 0.0)))  # fmt: skip
+
+
+def _paint_gut(anat: _Anatomy) -> None:
+    """Bowel loops and colon with gas (background label) in the lower and anterior abdomen; their number
+    and places are drawn per case, so they are code rather than rows of the organ table."""
+    rng, hu, E = anat.rng, anat.normal, anat.E  # noqa: N806
+    for _ in range(int(rng.integers(6, 11))):
+        bx, by, bt = rng.uniform(-80, 80), rng.uniform(-70, 5), rng.uniform(0.02, 0.42)
+        h, angle, air = hu(38, 6), rng.uniform(0, 180), float(rng.uniform(0.3, 0.9))
+        anat.put(anat.organ(0, h, bx, by, bt, 22, 18, 30, 30, angle, wob=0.1, air_front=air))
+    for side, top in ((-1, 0.5), (1, 0.62)):  # ascending and descending colon
+        h = hu(30)
+        anat.put(anat.organ(0, h, side * 108, 5, top / 2, 20, 18, top * E / 2 + 10, top * E / 2, wob=0.1,
+                            profile="flat", air_front=0.2))  # fmt: skip
+    anat.put(anat.organ(0, hu(30), 0, -72, 0.5, 85, 16, 18, 18, wob=0.08, air_front=0.1))  # transverse
+
+
+def _paint_spine(anat: _Anatomy) -> None:
+    """Vertebral bodies (cortex and marrow, discs every ~35 mm), posterior elements, spinal canal."""
+    cv, hu, E, rng = anat.cv, anat.normal, anat.E, anat.rng  # noqa: N806
+    vy = 58 * anat.sy
+    cv.paint(Blob(0, hu(650, 40), 0, vy, E / 2, 21, 18, E, E, profile="flat"))
+    cv.paint(Blob(0, hu(230, 20), 0, vy, E / 2, 17, 14, E, E, profile="flat"))
+    period, phase = rng.uniform(32, 38), rng.uniform(0, 35)
+    for z0 in np.arange(phase, E, period):
+        cv.paint(Blob(0, hu(90), 0, vy, float(z0), 21, 18, 2.5, 2.5, profile="flat"))
+    cv.paint(Blob(0, hu(520, 40), 0, vy + 32, E / 2, 14, 12, E, E, profile="flat"))
+    cv.paint(Blob(0, hu(20, 5), 0, vy + 22, E / 2, 8, 7, E, E, profile="flat"))
+
+
+def _form_image(cv: _Canvas, rng: np.random.Generator, noise: float | None) -> np.ndarray:
+    """Image formation: partial volume, smooth texture, correlated noise; int16 HU."""
+    image = ndimage.gaussian_filter(cv.hu, (0.0, 0.6, 0.6))
+    inside = cv.hu > -500
+    low = torch.from_numpy(rng.normal(0, 1, (1, 1, max(2, cv.shape[0] // 8), 6, 6)).astype(np.float32))
+    texture = F.interpolate(low, size=image.shape, mode="trilinear", align_corners=True)[0, 0].numpy()
+    image[inside] += 6.0 * texture[inside]
+    sigma = float(rng.uniform(12, 22)) if noise is None else float(noise)
+    # White noise blurred by 0.7 px keeps ~40% of its SD: scaled so the visible noise is about `sigma` HU.
+    white = rng.standard_normal(image.shape, dtype=np.float32)
+    white *= np.float32(sigma * 2.4)
+    image += ndimage.gaussian_filter(white, (0.0, 0.7, 0.7))
+    return np.clip(np.round(image), -1024, 3071).astype(np.int16)
+
+
 def make_phantom_case(
     seed: int,
     size: int = 512,
@@ -198,242 +440,16 @@ def make_phantom_case(
         dz = extent / num_slices
     spacing = (float(dz), float(dxy), float(dxy))
     cv = _Canvas((num_slices, size, size), spacing)
-    E = extent  # noqa: N806  (z positions below are fractions of the scanned extent)
-
-    # Body habitus.
-    A, B = rng.uniform(135, 175), rng.uniform(100, 128)  # noqa: N806  lateral / AP semi-axes
+    # Body habitus: lateral / AP semi-axes, fat and wall thickness; organ placement follows the inner abdomen.
+    A, B = rng.uniform(135, 175), rng.uniform(100, 128)  # noqa: N806
     fat, wall = rng.uniform(8, 30), rng.uniform(7, 12)
-    sx, sy = (A - fat) / 140.0, (B - fat) / 100.0  # organ placement follows the inner abdomen
-    size_f = math.sqrt(sx * sy)
-
-    def jit(v: float, sd: float) -> float:
-        return float(v + rng.normal(0, sd))
-
-    def hu(v: float, sd: float = 8.0) -> float:
-        return float(v + rng.normal(0, sd))
-
-    def organ(
-        label: int | None,
-        h: float,
-        x: float,
-        y: float,
-        t: float,
-        a: float,
-        b: float,
-        lo: float,
-        hi: float,
-        angle: float = 0.0,
-        wob: float = 0.06,
-        **kw,
-    ) -> Blob:
-        g = rng.uniform(0.87, 1.13)
-        return Blob(
-            label,
-            h,
-            jit(x * sx, 4),
-            jit(y * sy, 4),
-            jit(t * E, 6),
-            a * g * size_f,
-            b * g * size_f,
-            lo * g,
-            hi * g,
-            jit(angle, 6),
-            wobble=_wobble(rng, wob),
-            **kw,
-        )
-
-    def put(blob: Blob, within: int | None = None) -> None:
-        cv.paint(blob, within, cavity="inside")
-
-    body_w = _wobble(rng, 0.03)
-    cv.paint(Blob(0, hu(-100, 6), 0, 0, E / 2, A, B, E, E, profile="flat", wobble=body_w))
-    cv.paint(Blob(0, hu(50), 0, 0, E / 2, A - fat, B - fat, E, E, profile="flat", wobble=body_w))
-    cv.paint(
-        Blob(0, hu(-90, 6), 0, 0, E / 2, A - fat - wall, B - fat - wall, E, E, profile="flat", wobble=body_w),
-        cavity="mark",
-    )
-
-    # Ribs sit in the wall of the upper abdomen; organs painted later may touch them.
-    rib_ring = (A - fat - wall * 0.5, B - fat - wall * 0.5)
-    for ang in np.linspace(25, 155, 6):
-        for side in (-1, 1):
-            th = math.radians(ang)
-            x, y = side * rib_ring[0] * math.sin(th), rib_ring[1] * math.cos(th) * -1
-            if y < -0.3 * rib_ring[1]:
-                continue
-            cv.paint(Blob(0, hu(600, 50), x, y, 0.8 * E, 6, 5, 0.24 * E, 0.2 * E, profile="flat"))
-
-    # Retroperitoneal muscles (below organs in paint order; organs never overlap them by construction).
-    for side in (-1, 1):
-        cv.paint(Blob(0, hu(52), side * 38 * sx, 80 * sy, E / 2, 26 * sx, 20 * sy, E, E, profile="flat"))
-        cv.paint(
-            Blob(
-                0,
-                hu(50),
-                side * 34 * sx,
-                52 * sy,
-                0.1 * E,
-                18 * size_f,
-                16 * size_f,
-                0.1 * E,
-                0.45 * E,
-                drift=(side * -0.05, 0.0),
-            )
-        )
-
-    # Bowel and colon with gas (background label) in the lower and anterior abdomen.
-    for _ in range(int(rng.integers(6, 11))):
-        bx, by, bt = rng.uniform(-80, 80), rng.uniform(-70, 5), rng.uniform(0.02, 0.42)
-        put(
-            organ(
-                0,
-                hu(38, 6),
-                bx,
-                by,
-                bt,
-                22,
-                18,
-                30,
-                30,
-                rng.uniform(0, 180),
-                wob=0.1,
-                air_front=float(rng.uniform(0.3, 0.9)),
-            )
-        )
-    for side, top in ((-1, 0.5), (1, 0.62)):
-        put(
-            organ(
-                0,
-                hu(30),
-                side * 108,
-                5,
-                top / 2,
-                20,
-                18,
-                top * E / 2 + 10,
-                top * E / 2,
-                wob=0.1,
-                profile="flat",
-                air_front=0.2,
-            )
-        )
-    put(organ(0, hu(30), 0, -72, 0.5, 85, 16, 18, 18, wob=0.08, air_front=0.1))
-
-    # Organs, portal venous phase. Positions in mm for a reference habitus, z as a fraction of the extent.
-    liver_h, spleen_h = hu(105, 10), hu(112, 10)
-    liver_r = organ(LIVER, liver_h, -72, 0, 0.76, 72, 82, 0.30 * E, 0.26 * E, -10)
-    liver_l = organ(LIVER, liver_h, 8, -50, 0.84, 52, 32, 0.12 * E, 0.14 * E, 15)
-    put(liver_r)
-    put(liver_l)
-    for _ in range(4):  # hepatic vessels: brighter tubes inside the liver, still labelled liver
-        put(
-            organ(
-                LIVER,
-                liver_h + 40,
-                -72 + rng.uniform(-35, 35),
-                rng.uniform(-40, 40),
-                rng.uniform(0.62, 0.9),
-                4,
-                4,
-                0.08 * E,
-                0.08 * E,
-                wob=0.0,
-                drift=(rng.uniform(-0.3, 0.3), rng.uniform(-0.3, 0.3)),
-            ),
-            within=LIVER,
-        )
-    put(organ(SPLEEN, spleen_h, 100, 42, 0.73, 28, 55, 0.15 * E, 0.15 * E, 35, wob=0.08))
-    put(
-        organ(
-            STOMACH,
-            hu(55),
-            52,
-            -32,
-            0.78,
-            46,
-            34,
-            0.16 * E,
-            0.17 * E,
-            20,
-            wob=0.08,
-            air_front=float(rng.uniform(0.2, 0.6)),
-        )
-    )
-    put(organ(GALL, hu(15, 8), -42, -42, 0.47, 17, 25, 0.07 * E, 0.07 * E, 30, wob=0.04))
-    kid_h = hu(165, 20)
-    for lab, side, t in ((RKID, -1, 0.36), (LKID, 1, 0.41)):
-        k = organ(lab, kid_h, side * 62, 52, t, 27, 38, 0.17 * E, 0.17 * E, side * 25, wob=0.04)
-        put(k)
-        inner = Blob(
-            lab,
-            hu(35, 8),
-            k.x - side * 6,
-            k.y - 4,
-            k.z,
-            k.a * 0.45,
-            k.b * 0.45,
-            k.c_lo * 0.6,
-            k.c_hi * 0.6,
-            k.angle,
-        )
-        put(inner)
-    for lab, side in ((RADR, -1), (LADR, 1)):
-        put(organ(lab, hu(40), side * 38, 40, 0.6, 5, 12, 0.06 * E, 0.06 * E, side * 30, wob=0.05))
-    # Pancreas: lobulated chain of blobs from the head (right) to the tail (splenic hilum).
-    pan_h = hu(95, 10)
-    path = [
-        (-32, -8, 0.50, 16),
-        (-12, -14, 0.52, 13),
-        (12, -8, 0.54, 12),
-        (38, 2, 0.56, 11),
-        (62, 14, 0.58, 10),
-        (82, 24, 0.60, 9),
-    ]
-    for x, y, t, r in path:
-        put(organ(PANCREAS, pan_h, x, y, t, r * 1.3, r, 0.045 * E, 0.045 * E, 20, wob=0.08))
-    # Vessels.
-    aorta_r = rng.uniform(10, 13)
-    put(
-        Blob(
-            AORTA,
-            hu(170, 25),
-            jit(14 * sx, 3),
-            jit(24 * sy, 3),
-            E / 2,
-            aorta_r,
-            aorta_r,
-            E,
-            0.5 * E,
-            profile="flat",
-            drift=(0.0, -0.02),
-        )
-    )
-    put(Blob(IVC, hu(135, 15), jit(-24 * sx, 3), jit(20 * sy, 3), E / 2, 14, 10, E, 0.42 * E, profile="flat"))
-    put(organ(PORTAL, hu(160, 15), -24, -4, 0.58, 7, 7, 0.07 * E, 0.07 * E, wob=0.0, drift=(-0.6, 0.1)))
-    put(organ(ESO, hu(40), 6, 12, 0.96, 9, 8, 0.06 * E, 0.06 * E, wob=0.05, air_front=0.5))
-
-    # Skeleton: vertebral bodies (discs every ~35 mm), posterior elements, spinal canal.
-    vy = 58 * sy
-    cv.paint(Blob(0, hu(650, 40), 0, vy, E / 2, 21, 18, E, E, profile="flat"))
-    cv.paint(Blob(0, hu(230, 20), 0, vy, E / 2, 17, 14, E, E, profile="flat"))
-    period, phase = rng.uniform(32, 38), rng.uniform(0, 35)
-    for z0 in np.arange(phase, E, period):
-        cv.paint(Blob(0, hu(90), 0, vy, float(z0), 21, 18, 2.5, 2.5, profile="flat"))
-    cv.paint(Blob(0, hu(520, 40), 0, vy + 32, E / 2, 14, 12, E, E, profile="flat"))
-    cv.paint(Blob(0, hu(20, 5), 0, vy + 22, E / 2, 8, 7, E, E, profile="flat"))
-    # Image formation: partial volume, smooth texture, correlated noise.
-    image = ndimage.gaussian_filter(cv.hu, (0.0, 0.6, 0.6))
-    inside = cv.hu > -500
-    low = torch.from_numpy(rng.normal(0, 1, (1, 1, max(2, num_slices // 8), 6, 6)).astype(np.float32))
-    texture = F.interpolate(low, size=image.shape, mode="trilinear", align_corners=True)[0, 0].numpy()
-    image[inside] += 6.0 * texture[inside]
-    sigma = float(rng.uniform(12, 22)) if noise is None else float(noise)
-    # White noise blurred by 0.7 px keeps ~40% of its SD: scaled so the visible noise is about `sigma` HU.
-    white = rng.standard_normal(image.shape, dtype=np.float32)
-    white *= np.float32(sigma * 2.4)
-    image += ndimage.gaussian_filter(white, (0.0, 0.7, 0.7))
-    image = np.clip(np.round(image), -1024, 3071).astype(np.int16)
-    return image, cv.label, spacing
+    anat = _Anatomy(rng, cv, extent, (A - fat) / 140.0, (B - fat) / 100.0)
+    _paint_body(anat, A, B, fat, wall)
+    _paint_gut(anat)
+    for row in ORGANS:
+        anat.place(row)
+    _paint_spine(anat)
+    return _form_image(cv, rng, noise), cv.label, spacing
 
 
 def phantom_geometry(shape: Sequence[int], spacing: Sequence[float]) -> Geometry:

@@ -51,6 +51,7 @@ from organseg.data.io import (
     read_sitk,
 )
 from organseg.data.preprocess import SYNAPSE_WINDOW, apply_preprocessing, ct_window_spec
+from organseg.data.split import DEFAULT_TEST_FRACTION, decide_split, format_ids, parse_case_id
 from organseg.data.synapse import PREPARE_RECORDS, SIDECAR
 from organseg.errors import ConfigError, DataError
 from organseg.fileio import atomic_write_text, check_output, check_output_dir
@@ -58,9 +59,6 @@ from organseg.progress import progress_bar
 
 log = logging.getLogger("organseg.data")
 
-REFERENCE_TEST_IDS: tuple[int, ...] = (1, 2, 3, 4, 8, 22, 25, 29, 32, 35, 36, 38)
-REFERENCE_TRAIN_IDS: tuple[int, ...] = (5, 6, 7, 9, 10, 21, 23, 24, 26, 27, 28, 30, 31, 33, 34, 37, 39, 40)
-DEFAULT_TEST_FRACTION = 0.4  # 12 of 30, the reference proportion
 MARKERS = PREPARE_RECORDS
 FORMAT = "organseg-synapse/1"
 WRITER = "prepare synapse"
@@ -141,107 +139,6 @@ def find_raw_cases(raw: str | Path) -> dict[int, RawCase]:
     for k in sorted(set(labels) - set(images)):
         raise DataError(f"{labels[k]}: missing image (expected {raw / 'img'}/img{k:04d}.nii.gz)")
     return {k: RawCase(k, images[k], labels[k]) for k in sorted(images)}
-
-
-def parse_case_id(value: str | int) -> int:
-    """'1', '0001', 'case0001', 'img0001' -> 1. A sign is refused: ``-3`` is a typo, not case 3."""
-    m = re.fullmatch(r"(?:[A-Za-z_]*)(\d+)", str(value).strip())
-    if not m or isinstance(value, bool):
-        raise ConfigError(f"bad case id {value!r}: expected a number such as 1, 0001 or case0001")
-    return int(m.group(1))
-
-
-def decide_split(
-    available: Sequence[int],
-    train_cases: Sequence[str | int] | None = None,
-    test_cases: Sequence[str | int] | None = None,
-    *,
-    test_fraction: float = DEFAULT_TEST_FRACTION,
-    seed: int = 1234,
-) -> tuple[list[int], list[int], str]:
-    """(train ids, test ids, rule). See docs/data.md "Synapse split" for the rule.
-
-    - explicit ``train_cases`` / ``test_cases``: used as given; one of them alone means "the rest" for
-      the other;
-    - otherwise, when all 30 reference ids are present: the reference 18/12 split (other ids are left
-      out, with a warning);
-    - otherwise: a seeded random split with ``test_fraction`` of the cases for test, with a warning.
-    """
-    avail = sorted(set(int(a) for a in available))
-    where = "--train-cases/--test-cases"
-
-    def _ids(values: Sequence[str | int], what: str) -> list[int]:
-        ids = [parse_case_id(v) for v in values]
-        seen: set[int] = set()
-        for i in ids:
-            if i in seen:
-                raise ConfigError(f"{what}: duplicate case id {i}")
-            seen.add(i)
-        absent = [i for i in ids if i not in avail]
-        if absent:
-            raise DataError(f"{what}: case id(s) {absent} not in the raw folder (it has {_fmt(avail)})")
-        return sorted(ids)
-
-    if train_cases is not None or test_cases is not None:
-        train = _ids(train_cases, "train cases") if train_cases is not None else None
-        test = _ids(test_cases, "test cases") if test_cases is not None else None
-        if train is None:
-            train = [i for i in avail if i not in set(test)]
-        if test is None:
-            test = [i for i in avail if i not in set(train)]
-        both = sorted(set(train) & set(test))
-        if both:
-            raise ConfigError(f"{where}: case id(s) {both} are in both the training and the test split")
-        if not train and not test:
-            raise ConfigError(f"{where}: the split is empty")
-        return train, test, "explicit"
-
-    ref = set(REFERENCE_TRAIN_IDS) | set(REFERENCE_TEST_IDS)
-    if ref <= set(avail):
-        extra = [i for i in avail if i not in ref]
-        if extra:
-            log.warning(
-                "reference split: case id(s) %s are not in it and are left out; pass %s to use them",
-                _fmt(extra),
-                where,
-            )
-        return list(REFERENCE_TRAIN_IDS), sorted(REFERENCE_TEST_IDS), "reference"
-
-    if not 0.0 <= test_fraction < 1.0:
-        raise ConfigError(f"--test-fraction must be in [0, 1), got {test_fraction}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ConfigError(f"--split-seed must be an integer 0 or more, got {seed!r}")
-    n = len(avail)
-    n_test = 0 if n < 2 else min(n - 1, max(1, int(round(n * test_fraction))))
-    if test_fraction == 0.0:
-        n_test = 0
-    order = np.random.default_rng(seed).permutation(n)
-    test = sorted(avail[i] for i in order[:n_test])
-    train = [i for i in avail if i not in set(test)]
-    missing = sorted(ref - set(avail))
-    log.warning(
-        "the reference split needs BTCV ids %s; %d of them are absent, so %d case(s) were split "
-        "automatically: %d train / %d test (test fraction %g, seed %d). Pass %s to choose.",
-        _fmt(sorted(ref)),
-        len(missing),
-        n,
-        len(train),
-        len(test),
-        test_fraction,
-        seed,
-        where,
-    )
-    return train, test, f"auto(test_fraction={test_fraction}, seed={seed})"
-
-
-def _fmt(ids: Sequence[int]) -> str:
-    ids = list(ids)
-    return (
-        "["
-        + ", ".join(str(i) for i in ids[:12])
-        + (f", ... ({len(ids)} in all)" if len(ids) > 12 else "")
-        + "]"
-    )
 
 
 def _check_headers(case: RawCase) -> tuple[int, int, int]:
@@ -436,6 +333,144 @@ def _finish_command(raw: Path, out: Path, args: dict) -> str:
     return " ".join(shlex.quote(p) for p in parts)
 
 
+@dataclass(frozen=True)
+class _Job:
+    """One prepare run: where it writes, each selected case's role, and how it converts (``options`` are
+    recorded per case: a re-run skips a case only when they are unchanged)."""
+
+    out: Path
+    roles: dict[int, str]  # case number -> "train" / "test"
+    spec: dict  # the CT window (organseg.data.preprocess)
+    options: dict
+    unknown_labels: str
+    compress: bool
+
+
+def _pass1_headers(job: _Job, selected: list[RawCase], planned: list[Path]) -> list[RawCase]:
+    """Pass 1, headers of every selected case (cheap): shapes and geometry, then the disk space that the cases
+    still to convert need. Returns those cases: all with ``--overwrite``, else the ones not finished by an
+    earlier run."""
+    shapes = {case.number: _check_headers(case) for case in selected}
+    todo = [c for c in selected if planned or _done(job.out, c, job.roles[c.number], job.options) is None]
+    # float32 image + uint8 label per voxel, uncompressed (compression saves about half on CT).
+    need = sum(int(np.prod(shapes[c.number])) for c in todo) * (5 if not job.compress else 3)
+    check_disk_space(job.out, need, f"preparing {len(todo)} case(s)")
+    return todo
+
+
+def _pass2_voxels(job: _Job, todo: list[RawCase], progress: bool) -> None:
+    """Pass 2, voxels of every case still to convert (NaN/inf, label ids, truncated data). Nothing is written
+    yet, so a bad input leaves no partial output."""
+    checking = progress_bar(todo, desc="checking", unit="case", disable=not progress or not todo, leave=False)
+    for case in checking:
+        _load_case(case, job.unknown_labels, warn=False)
+
+
+def _pass3_convert(job: _Job, selected: list[RawCase], todo: list[RawCase], progress: bool) -> list[str]:
+    """Pass 3, convert: each case's arrays, then its record (which is what marks it finished). Returns the
+    names of the cases converted."""
+    converted = []
+    for case in progress_bar(selected, desc="prepare synapse", unit="case", disable=not progress):
+        if case in todo:
+            _convert_case(job, case)
+            converted.append(case.name)
+    return converted
+
+
+def _convert_case(job: _Job, case: RawCase) -> None:
+    out, role = job.out, job.roles[case.number]
+    image, label, geom, stats = _load_case(case, job.unknown_labels)
+    image01 = apply_preprocessing(image, job.spec, source=str(case.image))
+    classes = remap_labels(label, BTCV_TO_SYNAPSE)
+    del image, label
+    _remove_outputs(out, case.name)
+    if role == "test":
+        atomic_write_h5(
+            out / "test_vol_h5" / f"{case.name}.npy.h5",
+            image=image01,
+            label=classes,
+            compression="gzip" if job.compress else None,
+        )
+    else:
+        for k in range(image01.shape[0]):
+            atomic_write_npz(
+                out / "train_npz" / f"{case.name}_slice{k:03d}.npz",
+                compress=job.compress,
+                image=image01[k],
+                label=classes[k],
+            )
+    counts = np.bincount(classes.ravel(), minlength=len(SYNAPSE_CLASSES))
+    meta = {
+        "case": case.name,
+        "role": role,
+        "slices": int(image01.shape[0]),
+        "shape": list(image01.shape),
+        **geom.to_dict(),
+        "class_voxels": {SYNAPSE_CLASSES[i]: int(c) for i, c in enumerate(counts) if c},
+        **stats,
+        "options": job.options,
+        "source": _fingerprint(case),
+    }
+    atomic_write_text(out / MARKERS / f"{case.name}.json", json.dumps(meta, indent=1))
+
+
+def _write_lists(
+    out: Path, names: dict[int, str], split: tuple[list[int], list[int], list[int]], metas: dict[str, dict]
+) -> tuple[list[Path], int]:
+    """The reference's list files (names and order conventions); returns them and the training slice count."""
+    train, test, val = split
+    train_lines = [f"{names[i]}_slice{k:03d}" for i in train for k in range(metas[names[i]]["slices"])]
+    lists = out / "lists_Synapse"
+    atomic_write_text(lists / "train.txt", "".join(f"{n}\n" for n in train_lines))
+    atomic_write_text(lists / "test_vol.txt", "".join(f"{names[i]}\n" for i in test))
+    atomic_write_text(lists / "all.lst", "".join(f"{names[i]}.npy.h5\n" for i in sorted(names)))
+    if val:
+        atomic_write_text(lists / "val.txt", "".join(f"{names[i]}\n" for i in sorted(val)))
+    else:
+        (lists / "val.txt").unlink(missing_ok=True)
+    written = [lists / n for n in ("train.txt", "test_vol.txt", "all.lst", *(["val.txt"] if val else []))]
+    return written, len(train_lines)
+
+
+def _synthetic_note(raw: Path, out: Path) -> str | None:
+    """A phantom's SYNTHETIC.txt (in the raw folder or above it), carried into ``out``; None for real data."""
+    for cand in (raw / "SYNTHETIC.txt", raw.parent / "SYNTHETIC.txt"):
+        if cand.is_file():
+            note = cand.read_text(encoding="utf-8")
+            atomic_write_text(out / "SYNTHETIC.txt", note)
+            return note
+    return None
+
+
+#: What the sidecar keeps of each case's record.
+_SIDECAR_CASE_KEYS = (
+    "role",
+    "slices",
+    "shape",
+    "spacing",
+    "origin",
+    "direction",
+    "class_voxels",
+    "dropped_btcv_voxels",
+    "unknown_id_voxels",
+)
+
+
+def _sidecar(
+    raw: Path, job: _Job, rule: str, split: dict[str, list[str]], metas: dict[str, dict], synthetic: bool
+) -> dict:
+    return {
+        "format": FORMAT,
+        "source": str(raw.resolve()),
+        "synthetic": synthetic,
+        "class_names": list(SYNAPSE_CLASSES),
+        "btcv_to_synapse": {str(k): v for k, v in BTCV_TO_SYNAPSE.items()},
+        "preprocessing": job.spec,
+        "split": {"rule": rule, **split},
+        "cases": {name: {k: m[k] for k in _SIDECAR_CASE_KEYS} for name, m in sorted(metas.items())},
+    }
+
+
 def prepare_synapse(
     raw: str | Path,
     out: str | Path,
@@ -474,7 +509,7 @@ def prepare_synapse(
     not_train = [v for v in val if v not in train]
     if not_train:
         raise DataError(
-            f"--val-cases: case id(s) {not_train} are not training cases of this split ({_fmt(train)})"
+            f"--val-cases: case id(s) {not_train} are not training cases of this split ({format_ids(train)})"
         )
     roles = {**{i: "train" for i in train}, **{i: "test" for i in test}}
     options = {
@@ -483,23 +518,11 @@ def prepare_synapse(
         "compress": bool(compress),
         "format": FORMAT,
     }
-
-    # Pass 1: headers of every selected case (cheap): shapes and geometry.
+    job = _Job(out, roles, spec, options, unknown_labels, bool(compress))
     selected = [cases[i] for i in sorted(roles)]
-    shapes = {case.number: _check_headers(case) for case in selected}
-    # --overwrite converts every case again; otherwise finished cases of an earlier run are kept.
-    todo = [c for c in selected if planned or _done(out, c, roles[c.number], options) is None]
-
-    # float32 image + uint8 label per voxel, uncompressed (compression saves about half on CT).
-    need = sum(int(np.prod(shapes[c.number])) for c in todo) * (5 if not compress else 3)
-    check_disk_space(out, need, f"preparing {len(todo)} case(s)")
-
-    # Pass 2: voxels of every case still to convert (NaN/inf, label ids, truncated data). Nothing written yet.
-    checking = progress_bar(todo, desc="checking", unit="case", disable=not progress or not todo, leave=False)
-    for case in checking:
-        _load_case(case, unknown_labels, warn=False)
-
-    # Pass 3: convert. The record says "in progress" before the first file is deleted or written.
+    todo = _pass1_headers(job, selected, planned)
+    _pass2_voxels(job, todo, progress)
+    # The record says "in progress" before the first file is deleted or written.
     finish = _finish_command(
         raw,
         out,
@@ -516,119 +539,49 @@ def prepare_synapse(
     )
     mark_started(out, writer=WRITER, finish=finish, source=str(raw.resolve()))
     delete_planned(planned)
-    converted = []
-    for case in progress_bar(selected, desc="prepare synapse", unit="case", disable=not progress):
-        role = roles[case.number]
-        if case not in todo:
-            continue
-        image, label, geom, stats = _load_case(case, unknown_labels)
-        image01 = apply_preprocessing(image, spec, source=str(case.image))
-        classes = remap_labels(label, BTCV_TO_SYNAPSE)
-        del image, label
-        _remove_outputs(out, case.name)
-        if role == "test":
-            atomic_write_h5(
-                out / "test_vol_h5" / f"{case.name}.npy.h5",
-                image=image01,
-                label=classes,
-                compression="gzip" if compress else None,
-            )
-        else:
-            for k in range(image01.shape[0]):
-                atomic_write_npz(
-                    out / "train_npz" / f"{case.name}_slice{k:03d}.npz",
-                    compress=compress,
-                    image=image01[k],
-                    label=classes[k],
-                )
-        counts = np.bincount(classes.ravel(), minlength=len(SYNAPSE_CLASSES))
-        meta = {
-            "case": case.name,
-            "role": role,
-            "slices": int(image01.shape[0]),
-            "shape": list(image01.shape),
-            **geom.to_dict(),
-            "class_voxels": {SYNAPSE_CLASSES[i]: int(c) for i, c in enumerate(counts) if c},
-            **stats,
-            "options": options,
-            "source": _fingerprint(case),
-        }
-        atomic_write_text(out / MARKERS / f"{case.name}.json", json.dumps(meta, indent=1))
-        converted.append(case.name)
+    converted = _pass3_convert(job, selected, todo, progress)
+    return _write_index(raw, job, cases, (train, test, val), rule, converted)
 
-    metas = {c.name: _done(out, c, roles[c.number], options) for c in selected}
+
+def _write_index(
+    raw: Path,
+    job: _Job,
+    cases: dict[int, RawCase],
+    split_ids: tuple[list[int], list[int], list[int]],
+    rule: str,
+    converted: list[str],
+) -> dict:
+    """After the last case: the list files and the sidecar (written last), then the completion record;
+    returns prepare_synapse's summary."""
+    out, roles = job.out, job.roles
+    train, test, val = split_ids
+    selected = [cases[i] for i in sorted(roles)]
+    metas = {c.name: _done(out, c, roles[c.number], job.options) for c in selected}
     broken = [k for k, v in metas.items() if v is None]
     if broken:  # only possible if files vanish while we run
         raise DataError(f"{out}: outputs of {broken} disappeared during preparation")
-
-    # Lists (reference names and order conventions) and the sidecar, written last.
     names = {i: cases[i].name for i in roles}
-    train_lines = [f"{names[i]}_slice{k:03d}" for i in train for k in range(metas[names[i]]["slices"])]
-    lists = out / "lists_Synapse"
-    atomic_write_text(lists / "train.txt", "".join(f"{n}\n" for n in train_lines))
-    atomic_write_text(lists / "test_vol.txt", "".join(f"{names[i]}\n" for i in test))
-    atomic_write_text(lists / "all.lst", "".join(f"{names[i]}.npy.h5\n" for i in sorted(roles)))
-    if val:
-        atomic_write_text(lists / "val.txt", "".join(f"{names[i]}\n" for i in sorted(val)))
-    else:
-        (lists / "val.txt").unlink(missing_ok=True)
-
-    synthetic_note = None
-    for cand in (raw / "SYNTHETIC.txt", raw.parent / "SYNTHETIC.txt"):
-        if cand.is_file():
-            synthetic_note = cand.read_text(encoding="utf-8")
-            break
-    if synthetic_note is not None:
-        atomic_write_text(out / "SYNTHETIC.txt", synthetic_note)
-    sidecar = {
-        "format": FORMAT,
-        "source": str(raw.resolve()),
-        "synthetic": synthetic_note is not None,
-        "class_names": list(SYNAPSE_CLASSES),
-        "btcv_to_synapse": {str(k): v for k, v in BTCV_TO_SYNAPSE.items()},
-        "preprocessing": spec,
-        "split": {
-            "rule": rule,
-            "train": [names[i] for i in train],
-            "test": [names[i] for i in test],
-            "val": [names[i] for i in sorted(val)],
-        },
-        "cases": {
-            name: {
-                k: m[k]
-                for k in (
-                    "role",
-                    "slices",
-                    "shape",
-                    "spacing",
-                    "origin",
-                    "direction",
-                    "class_voxels",
-                    "dropped_btcv_voxels",
-                    "unknown_id_voxels",
-                )
-            }
-            for name, m in sorted(metas.items())
-        },
+    list_files, train_slices = _write_lists(out, names, split_ids, metas)
+    synthetic_note = _synthetic_note(raw, out)
+    split = {
+        "train": [names[i] for i in train],
+        "test": [names[i] for i in test],
+        "val": [names[i] for i in sorted(val)],
     }
+    sidecar = _sidecar(raw, job, rule, split, metas, synthetic_note is not None)
     atomic_write_text(out / SIDECAR, json.dumps(sidecar, indent=1))
     written = [p for c in selected for p in _outputs(out, c.name, roles[c.number], metas[c.name]["slices"])]
-    written += [out / MARKERS / f"{c.name}.json" for c in selected]
-    written += [lists / n for n in ("train.txt", "test_vol.txt", "all.lst", *(["val.txt"] if val else []))]
+    written += [out / MARKERS / f"{c.name}.json" for c in selected] + list_files
     written += [out / SIDECAR] + ([out / "SYNTHETIC.txt"] if synthetic_note is not None else [])
-    mark_complete(
-        out,
-        written,
-        {"train_cases": len(train), "test_cases": len(test), "train_slices": len(train_lines)},
-    )
+    counts = {"train_cases": len(train), "test_cases": len(test), "train_slices": train_slices}
+    mark_complete(out, written, counts)
+    skipped = [c.name for c in selected if c.name not in converted]
     return {
         "out": str(out),
         "rule": rule,
-        "train": sidecar["split"]["train"],
-        "test": sidecar["split"]["test"],
-        "val": sidecar["split"]["val"],
-        "train_slices": len(train_lines),
+        **split,
+        "train_slices": train_slices,
         "converted": converted,
-        "skipped": [c.name for c in selected if c.name not in converted],
+        "skipped": skipped,
         "synthetic": synthetic_note is not None,
     }

@@ -9,7 +9,7 @@ The batched path does the same arithmetic, reorganised:
 * Slices are zoomed by the same 2-D ``scipy.ndimage.zoom`` calls, in worker threads (SciPy releases the GIL),
   so each zoomed slice is bit-identical to the reference one. A single 3-D ``zoom`` with factor 1 along D is
   *not* used: it spline-filters along D too and only undoes that up to float64 rounding (equal after the cast
-  to float32 on random tests, but not guaranteed), and it is about 3x slower (4x4x4 instead of 4x4 taps).
+  to float32 on random tests, but not guaranteed), and it is slower (4x4x4 instead of 4x4 taps).
 * The network sees ``batch_size`` slices per forward pass under ``torch.inference_mode`` (optionally under
   bf16/fp16 autocast); the zooms of later slices run while it computes.
 * ``argmax(softmax)`` per batch, then the same 2-D nearest zooms back, again in threads.
@@ -35,8 +35,9 @@ import torch
 from scipy.ndimage import zoom
 from torch import nn
 
+from organseg.device import resolve_device
 from organseg.errors import ConfigError
-from organseg.models.unet import UNet, prepare_for_speed
+from organseg.models.layout import is_channels_last, prefers_channels_last, set_channels_last
 from organseg.precision import autocast as autocast_context
 from organseg.progress import progress_bar
 
@@ -53,8 +54,10 @@ def _pair(size: int | Sequence[int]) -> tuple[int, int]:
 
 
 def _device_of(model: nn.Module, device: str | torch.device | None) -> torch.device:
+    if isinstance(device, torch.device):
+        return device
     if device is not None:
-        return torch.device(device)
+        return resolve_device(device)  # the one rule for a user's device string (organseg.device)
     p = next(model.parameters(), None)
     return p.device if p is not None else torch.device("cpu")
 
@@ -76,18 +79,18 @@ def _true_fp32(device: torch.device):
 
 @contextlib.contextmanager
 def _fast_layout(model: nn.Module) -> Iterator[None]:
-    """For bf16/fp16 only: a U-Net runs channels-last for the call (oneDNN's and cuDNN's reduced-precision
-    convolutions want NHWC: 16 slices at 224² on 2 CPU cores took 6.6 s contiguous, 2.2 s channels-last,
-    10.5 s in fp32) and gets its own layout back after. fp32 keeps the caller's layout, so the fp32 paths stay
-    the reference's arithmetic. The U-Nets inside a :class:`SoftmaxAverage` are switched too."""
-    switched = [m for m in model.modules() if isinstance(m, UNet) and not m.is_channels_last]
+    """For bf16/fp16 only: a network that prefers channels-last (the U-Net) runs so for the call (oneDNN's
+    and cuDNN's reduced-precision convolutions want NHWC; timings in docs/evaluation.md) and gets its own
+    layout back after. fp32 keeps the caller's layout, so the fp32 paths stay the reference's arithmetic. The
+    networks inside a :class:`SoftmaxAverage` are switched too."""
+    switched = [m for m in model.modules() if prefers_channels_last(m) and not is_channels_last(m)]
     for m in switched:
-        prepare_for_speed(m)
+        set_channels_last(m)
     try:
         yield
     finally:
         for m in switched:
-            prepare_for_speed(m, channels_last=False)
+            set_channels_last(m, channels_last=False)
 
 
 #: Mirror test-time augmentation: the slice flips (along H, along W, both) that the reference augmentation
@@ -169,7 +172,7 @@ def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def _labels(logits: torch.Tensor) -> torch.Tensor:
     # softmax before argmax as in the reference: after rounding, two logits can tie as probabilities.
-    # argmax over the class axis of NCHW reads with a stride of H*W: 5x slower on a CPU than over the last
+    # argmax over the class axis of NCHW reads with a stride of H*W, much slower on a CPU than over the last
     # axis of a channels-last copy, which gives the same indices (the first maximum).
     return torch.softmax(logits, dim=1).movedim(1, -1).contiguous().argmax(dim=-1)
 

@@ -20,7 +20,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -32,6 +32,9 @@ from organseg.evaluation.inference import predict_volume
 from organseg.evaluation.runs import checkpoint_patch_size
 from organseg.fileio import check_distinct, check_output, check_output_file, check_outputs_against, staged
 from organseg.values import POSITIVE_INT, check_value
+
+if TYPE_CHECKING:
+    from organseg.data.io import Geometry
 
 _OUT_SUFFIXES = (".nii.gz", ".nii", ".mha", ".nrrd")
 FORMATS = ("nifti", "dicom-seg", "both")
@@ -172,7 +175,8 @@ class Case:
 def expand_inputs(items: Sequence[str | Path]) -> list[Path]:
     """Files, DICOM series folders, folders of scans (their image files and DICOM series subfolders) and
     glob patterns, in the order given (a folder's scans sorted by name)."""
-    from organseg.data.io import IMAGE_SUFFIXES, is_dicom_folder
+    from organseg.data.dicom import is_dicom_folder
+    from organseg.data.io import IMAGE_SUFFIXES
 
     found: list[Path] = []
     for item in items:
@@ -276,11 +280,45 @@ def check_predict_outputs(
 # --------------------------------------------------------------------------------------------- one case
 
 
+def _write_views(
+    predictor: Predictor, case: Case, image: np.ndarray, pred: np.ndarray, geometry: Geometry,
+    info: dict[str, Any],
+    written: list[Path], series_uid: str | None,
+) -> None:  # fmt: skip
+    """The optional outputs of one case (DICOM-SEG, viewer, overlay figure), each added to ``written`` as soon
+    as it exists (so that a failure later removes it) and named in ``info``."""
+    input_path, names = case.input, predictor.class_names
+    if case.dicom_seg is not None:
+        from organseg import __version__
+        from organseg.data.dicom import dicom_series_files
+        from organseg.evaluation.dicomseg import write_dicom_seg
+
+        params = {"checkpoints": "; ".join(Path(s).name for s in predictor.sources)}
+        params["tta"] = str(predictor.tta)
+        info["dicom_seg"] = write_dicom_seg(
+            pred, geometry, dicom_series_files(input_path, series_uid), names, case.dicom_seg,
+            algorithm={"name": predictor.name, "version": __version__, "parameters": params},
+        )  # fmt: skip
+        written.append(case.dicom_seg)
+    if case.viewer is not None:
+        from organseg.evaluation.viewer import write_viewer
+
+        write_viewer(case.viewer, image, label=pred, geometry=geometry, class_names=names, title=case.name)
+        written.append(case.viewer)
+        info["viewer"] = str(case.viewer)
+    if case.overlay is not None:
+        from organseg.evaluation.report import plot_prediction
+
+        plot_prediction(image, pred, names, case.overlay, geometry=geometry, title=Path(input_path).name)
+        written.append(case.overlay)
+        info["overlay"] = str(case.overlay)
+
+
 def predict_case(predictor: Predictor, case: Case, *, series_uid: str | None = None, progress: bool = True
                  ) -> dict[str, Any]:  # fmt: skip
     """Predict one scan and write its files; returns the sidecar's content. On any failure the files this
     call wrote are removed again, so the case is left without a sidecar: not done, redone by the next call."""
-    from organseg.data.io import dicom_series_files, read_image, write_image
+    from organseg.data.io import read_image, write_image
     from organseg.data.preprocess import apply_preprocessing
 
     input_path = case.input
@@ -322,31 +360,7 @@ def predict_case(predictor: Predictor, case: Case, *, series_uid: str | None = N
     }
     written: list[Path] = []
     try:
-        if case.dicom_seg is not None:
-            from organseg import __version__
-            from organseg.evaluation.dicomseg import write_dicom_seg
-
-            params = {"checkpoints": "; ".join(Path(s).name for s in predictor.sources)}
-            params["tta"] = str(predictor.tta)
-            info["dicom_seg"] = write_dicom_seg(
-                pred, geometry, dicom_series_files(input_path, series_uid), names, case.dicom_seg,
-                algorithm={"name": predictor.name, "version": __version__, "parameters": params},
-            )  # fmt: skip
-            written.append(case.dicom_seg)
-        if case.viewer is not None:
-            from organseg.evaluation.viewer import write_viewer
-
-            write_viewer(
-                case.viewer, image, label=pred, geometry=geometry, class_names=names, title=case.name
-            )
-            written.append(case.viewer)
-            info["viewer"] = str(case.viewer)
-        if case.overlay is not None:
-            from organseg.evaluation.report import plot_prediction
-
-            plot_prediction(image, pred, names, case.overlay, geometry=geometry, title=Path(input_path).name)
-            written.append(case.overlay)
-            info["overlay"] = str(case.overlay)
+        _write_views(predictor, case, image, pred, geometry, info, written, series_uid)
         # The label map and its sidecar appear together or not at all (a map without its JSON is half a
         # result).
         labels = pred.astype(np.uint8 if len(names) <= 256 else np.int32)

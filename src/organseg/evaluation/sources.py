@@ -85,7 +85,7 @@ def load_member(target: RunTarget, device: torch.device) -> Member:
 
 
 def class_count(ckpt: dict[str, Any]) -> int:
-    from organseg.models._registry import head_key
+    from organseg.models import head_key
 
     head = head_key(ckpt["model_name"])
     weights = ckpt.get("model") or {}

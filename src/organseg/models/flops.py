@@ -103,8 +103,7 @@ def describe(model: nn.Module) -> str:
 
 def model_profile(name: str, img_size: int = 224, **overrides: Any) -> dict[str, Any]:
     """Build registered network ``name`` and return its size, cost and configuration as plain data."""
-    from organseg.models import create_model
-    from organseg.models._registry import has_model, takes_image_size
+    from organseg.models import create_model, has_model, takes_image_size
 
     if has_model(name) and takes_image_size(name):
         overrides.setdefault("img_size", img_size)  # a network built for one input size (Swin-Unet)

@@ -29,16 +29,16 @@ Two attention paths give the same function (tested to 1e-5):
   the output head applies LayerNorm and the 1x1 conv before the 4x4 pixel rearrangement (both act per pixel),
   so that the rearrangement moves num_classes channels instead of 96.
 
-Measured (torch 2.11, quiet 16-core x86 host limited to 2 threads, fp32): shifted-window attention at
-56x56 (first stage), batch 8: 55 ms (reference) -> 21 ms; whole network: 118 -> 96 ms per 224x224 image in
-inference, training step at batch 4: 1.31 -> 1.19 s. While the bias table needs a gradient, SDPA runs its
-math kernel on CPU (the fused one has no mask gradient), so training gains less than inference. On an H200
-(batch 24, TF32) a training step took 42 -> 36 ms. Both paths agree to ~4e-6 in fp32 on CPU and GPU.
+While the bias table needs a gradient, SDPA runs its math kernel on CPU (the fused one has no mask gradient),
+so training gains less than inference. Both paths agree to ~4e-6 in fp32 on CPU and GPU. Measured times of
+both paths: docs/training.md, "Where the network time goes".
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +47,20 @@ from torch.utils.checkpoint import checkpoint
 
 from organseg.errors import ConfigError
 from organseg.models._registry import register_model
+from organseg.models.blocks import (
+    DropPath,
+    Mlp,
+    PatchEmbed,
+    PatchMerging,
+    _PermuteTokens,
+    init_transformer_weights,
+    pixel_unfold,
+    relative_position_index,
+    shifted_window_mask,
+    window_partition,
+    window_reverse,
+    window_token_index,
+)
 
 ATTN_IMPLS = ("sdpa", "reference")
 
@@ -56,103 +70,6 @@ def _pair(v: int | Sequence[int]) -> tuple[int, int]:
         return (v, v)
     a, b = v
     return (int(a), int(b))
-
-
-class DropPath(nn.Module):
-    """Stochastic depth: zero a sample's residual branch with probability ``drop_prob``, rescale the rest."""
-
-    def __init__(self, drop_prob: float = 0.0) -> None:
-        super().__init__()
-        self.drop_prob = float(drop_prob)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.drop_prob == 0.0 or not self.training:
-            return x
-        keep = 1.0 - self.drop_prob
-        shape = (x.shape[0],) + (1,) * (x.ndim - 1)
-        return x * x.new_empty(shape).bernoulli_(keep).div_(keep)
-
-    def extra_repr(self) -> str:
-        return f"drop_prob={self.drop_prob}"
-
-
-class Mlp(nn.Module):
-    def __init__(self, in_features: int, hidden_features: int, drop: float = 0.0) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(in_features, hidden_features)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden_features, in_features)
-        self.drop = nn.Dropout(drop)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
-
-
-def window_partition(x: torch.Tensor, window_size: int) -> torch.Tensor:
-    """(B, H, W, C) -> (B * nW, ws, ws, C), windows in row-major order."""
-    B, H, W, C = x.shape
-    x = x.view(B, H // window_size, window_size, W // window_size, window_size, C)
-    return x.permute(0, 1, 3, 2, 4, 5).contiguous().view(-1, window_size, window_size, C)
-
-
-def window_reverse(windows: torch.Tensor, window_size: int, H: int, W: int) -> torch.Tensor:
-    """(B * nW, ws, ws, C) -> (B, H, W, C), the inverse of :func:`window_partition`."""
-    B = windows.shape[0] // ((H // window_size) * (W // window_size))
-    x = windows.view(B, H // window_size, W // window_size, window_size, window_size, -1)
-    return x.permute(0, 1, 3, 2, 4, 5).contiguous().view(B, H, W, -1)
-
-
-def relative_position_index(window_size: tuple[int, int]) -> torch.Tensor:
-    """(N, N) index into the ((2Wh-1)(2Ww-1), nH) bias table for every query/key pair of a window."""
-    wh, ww = window_size
-    coords = torch.stack(torch.meshgrid(torch.arange(wh), torch.arange(ww), indexing="ij")).flatten(1)
-    rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0).contiguous()
-    rel[:, :, 0] += wh - 1
-    rel[:, :, 1] += ww - 1
-    rel[:, :, 0] *= 2 * ww - 1
-    return rel.sum(-1)
-
-
-def shifted_window_mask(resolution: tuple[int, int], window_size: int, shift_size: int) -> torch.Tensor:
-    """The reference SW-MSA mask (nW, N, N): 0 within a region, -100 across the 3x3 region cut."""
-    H, W = resolution
-    img = torch.zeros(1, H, W, 1)
-    cuts = (slice(0, -window_size), slice(-window_size, -shift_size), slice(-shift_size, None))
-    label = 0
-    for h in cuts:
-        for w in cuts:
-            img[:, h, w, :] = label
-            label += 1
-    win = window_partition(img, window_size).view(-1, window_size * window_size)
-    diff = win.unsqueeze(1) - win.unsqueeze(2)
-    return torch.where(diff != 0, -100.0, 0.0)
-
-
-def window_token_index(resolution: tuple[int, int], window_size: int, shift_size: int) -> torch.Tensor:
-    """Token order of ``window_partition(roll(x, -shift))`` as indices into the flat H*W sequence.
-
-    Gathering with it does the cyclic shift and the partition in one copy; ``argsort`` of it undoes both.
-    """
-    H, W = resolution
-    rows = (torch.arange(H) + shift_size) % H
-    cols = (torch.arange(W) + shift_size) % W
-    flat = (rows[:, None] * W + cols[None, :]).view(1, H, W, 1)
-    return window_partition(flat, window_size).reshape(-1)
-
-
-class _PermuteTokens(torch.autograd.Function):
-    """``x.index_select(1, index)`` for a permutation ``index`` of the tokens, whose gradient is the gather by
-    the inverse permutation: the same numbers as autograd's zero-fill + ``index_add_``, in one pass."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, index: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(inverse)
-        return x.index_select(1, index)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-        (inverse,) = ctx.saved_tensors
-        return grad.index_select(1, inverse), None, None
 
 
 class WindowAttention(nn.Module):
@@ -212,7 +129,7 @@ class WindowAttention(nn.Module):
         B_, N, C = x.shape
         qkv = self.qkv(x).reshape(B_, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
         # unbind, not qkv[0], qkv[1], qkv[2]: the same views, but one stack in the backward instead of three
-        # zero-filled full-size gradients added together (~2% of a CPU training step).
+        # zero-filled full-size gradients added together.
         q, k, v = qkv.unbind(0)
         if self.attn_impl == "sdpa" and q.device.type == "cpu" and torch.is_grad_enabled():
             out = self._explicit_attention(q, k, v, mask)
@@ -235,7 +152,7 @@ class WindowAttention(nn.Module):
         """The sdpa path's function written out, for CPU training. There SDPA's fused kernel cannot run (it
         has no mask gradient, and the bias table trains), and its math fallback materialises the mask for the
         whole batch and checks every row for full masking; broadcasting the same -inf mask over the batch
-        measured 25% faster for a bf16 training step (batch 4, 2 cores: 0.74 s vs 0.99 s)."""
+        is faster (docs/training.md, "Where the network time goes")."""
         B_, nH, N, _ = q.shape
         attn = (q * self.scale) @ k.transpose(-2, -1)
         add = self.additive_mask(mask, 1, attn.dtype)  # (nW, nH, N, N), or (1, nH, N, N) without a shift
@@ -349,34 +266,6 @@ class SwinTransformerBlock(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
-class PatchMerging(nn.Module):
-    """2x downsampling: concatenate each 2x2 neighbourhood (4C), LayerNorm, linear to 2C."""
-
-    def __init__(self, input_resolution: tuple[int, int], dim: int) -> None:
-        super().__init__()
-        self.input_resolution = input_resolution
-        self.dim = dim
-        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
-        self.norm = nn.LayerNorm(4 * dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        H, W = self.input_resolution
-        B, _, C = x.shape
-        x = x.view(B, H, W, C)
-        # Sub-grid order (even,even), (odd,even), (even,odd), (odd,odd) is the reference's; weights need it.
-        x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], -1)
-        return self.reduction(self.norm(x.view(B, -1, 4 * C)))
-
-
-def _pixel_unfold(x: torch.Tensor, H: int, W: int, scale: int) -> torch.Tensor:
-    """(B, H*W, s*s*c) -> (B, sH*sW, c): channel group (p1, p2) becomes sub-pixel (p1, p2) (einops
-    ``b h w (p1 p2 c) -> b (h p1) (w p2) c``)."""
-    B, _, C = x.shape
-    c = C // (scale * scale)
-    x = x.view(B, H, W, scale, scale, c).permute(0, 1, 3, 2, 4, 5)
-    return x.reshape(B, H * scale * W * scale, c)
-
-
 class PatchExpand(nn.Module):
     """2x upsampling: linear C -> 2C, rearrange to 2H x 2W x C/2, LayerNorm."""
 
@@ -389,7 +278,7 @@ class PatchExpand(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         H, W = self.input_resolution
-        return self.norm(_pixel_unfold(self.expand(x), H, W, 2))
+        return self.norm(pixel_unfold(self.expand(x), H, W, 2))
 
 
 class FinalPatchExpand(nn.Module):
@@ -409,7 +298,7 @@ class FinalPatchExpand(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         H, W = self.input_resolution
-        return self.norm(_pixel_unfold(self.expand(x), H, W, self.dim_scale))
+        return self.norm(pixel_unfold(self.expand(x), H, W, self.dim_scale))
 
 
 class BasicLayer(nn.Module):
@@ -461,25 +350,6 @@ class BasicLayer(nn.Module):
                 x = blk(x)
         resample = self.upsample if self._up else self.downsample
         return x if resample is None else resample(x)
-
-
-class PatchEmbed(nn.Module):
-    """Non-overlapping p x p patches -> linear embedding (a strided conv), then LayerNorm."""
-
-    def __init__(
-        self, img_size: tuple[int, int], patch_size: int, in_chans: int, embed_dim: int, patch_norm: bool
-    ) -> None:
-        super().__init__()
-        self.img_size = img_size
-        self.patches_resolution = (img_size[0] // patch_size, img_size[1] // patch_size)
-        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
-        self.norm = nn.LayerNorm(embed_dim) if patch_norm else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if tuple(x.shape[-2:]) != self.img_size:
-            raise ValueError(f"Swin-Unet was built for {self.img_size} inputs, got {tuple(x.shape[-2:])}")
-        x = self.proj(x).flatten(2).transpose(1, 2)
-        return x if self.norm is None else self.norm(x)
 
 
 class SwinTransformerSys(nn.Module):
@@ -554,7 +424,7 @@ class SwinTransformerSys(nn.Module):
         self.norm_up = nn.LayerNorm(embed_dim)
         self.up = FinalPatchExpand(res, embed_dim, dim_scale=patch_size)
         self.output = nn.Conv2d(embed_dim, num_classes, kernel_size=1, bias=False)
-        self.apply(_init_weights)
+        self.apply(init_transformer_weights)
 
     def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         x = self.patch_embed(x)
@@ -594,16 +464,6 @@ class SwinTransformerSys(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x, skips = self.forward_features(x)
         return self.up_x4(self.forward_up_features(x, skips))
-
-
-def _init_weights(m: nn.Module) -> None:
-    if isinstance(m, nn.Linear):
-        nn.init.trunc_normal_(m.weight, std=0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.LayerNorm):
-        nn.init.ones_(m.weight)
-        nn.init.zeros_(m.bias)
 
 
 def _check_config(
@@ -659,7 +519,10 @@ def _size_error(img_size: tuple[int, int], patch_size: int, n: int, window_size:
 
 class SwinUnet(nn.Module):
     """The reference wrapper: a 1-channel input is repeated to the network's channels; weights under
-    ``swin_unet``."""
+    ``swin_unet``. Its work is linear layers on token sequences, which NHWC does not speed up:
+    ``prefers_channels_last`` is False (:mod:`organseg.models.layout`)."""
+
+    prefers_channels_last = False
 
     def __init__(self, **config) -> None:
         super().__init__()
@@ -691,12 +554,14 @@ class SwinUnet(nn.Module):
         return self.swin_unet(x)
 
 
+#: The paper configuration: the constructor's own defaults (one place; the factory's signature is this).
+_PAPER = inspect.signature(SwinTransformerSys)
+
+
 def _size_problem(side: int, args: dict) -> str | None:
     """Why a ``side`` x ``side`` input does not fit a Swin-Unet built with ``args``, or None. Arguments wrong
     whatever the size are left to the constructor's own message."""
-    import inspect
-
-    cfg = {k: p.default for k, p in inspect.signature(swin_unet).parameters.items()} | args
+    cfg = {k: p.default for k, p in _PAPER.parameters.items()} | args
     try:
         patch, depths, window = int(cfg["patch_size"]), len(cfg["depths"]), int(cfg["window_size"])
     except (TypeError, ValueError):
@@ -708,35 +573,19 @@ def _size_problem(side: int, args: dict) -> str | None:
 
 
 @register_model("swin_unet", head="swin_unet.output.weight", size_problem=_size_problem)
-def swin_unet(
-    img_size: int = 224,
-    patch_size: int = 4,
-    in_chans: int = 3,
-    num_classes: int = 9,
-    embed_dim: int = 96,
-    depths: Sequence[int] = (2, 2, 2, 2),
-    num_heads: Sequence[int] = (3, 6, 12, 24),
-    window_size: int = 7,
-    mlp_ratio: float = 4.0,
-    qkv_bias: bool = True,
-    qk_scale: float | None = None,
-    drop_rate: float = 0.0,
-    attn_drop_rate: float = 0.0,
-    drop_path_rate: float = 0.2,
-    ape: bool = False,
-    patch_norm: bool = True,
-    use_checkpoint: bool = False,
-    final_upsample: str = "expand_first",
-    attn_impl: str = "sdpa",
-) -> SwinUnet:
-    """Swin-Unet with the paper's Synapse configuration (swin_tiny_patch4_window7_224_lite)."""
-    config = {
-        "img_size": list(img_size) if not isinstance(img_size, int) else img_size,
-        "patch_size": patch_size, "in_chans": in_chans, "num_classes": num_classes, "embed_dim": embed_dim,
-        "depths": [int(d) for d in depths], "num_heads": [int(h) for h in num_heads],
-        "window_size": window_size, "mlp_ratio": mlp_ratio, "qkv_bias": qkv_bias, "qk_scale": qk_scale,
-        "drop_rate": drop_rate, "attn_drop_rate": attn_drop_rate, "drop_path_rate": drop_path_rate,
-        "ape": ape, "patch_norm": patch_norm, "use_checkpoint": use_checkpoint,
-        "final_upsample": final_upsample, "attn_impl": attn_impl,
-    }  # fmt: skip
+def swin_unet(**overrides: Any) -> SwinUnet:
+    """Swin-Unet with the paper's Synapse configuration (swin_tiny_patch4_window7_224_lite): the defaults of
+    :class:`SwinTransformerSys`, any of its arguments overridden (the registry reads them from this
+    function's signature, which is the constructor's)."""
+    bound = _PAPER.bind(**overrides)  # an unknown argument is a TypeError, as for a written-out signature
+    bound.apply_defaults()
+    config = dict(bound.arguments)
+    # Plain lists, so that the configuration a checkpoint stores reads back equal from JSON or YAML.
+    if not isinstance(config["img_size"], int):
+        config["img_size"] = list(config["img_size"])
+    config["depths"] = [int(d) for d in config["depths"]]
+    config["num_heads"] = [int(h) for h in config["num_heads"]]
     return SwinUnet(**config)
+
+
+swin_unet.__signature__ = _PAPER.replace(return_annotation=SwinUnet)  # type: ignore[attr-defined]

@@ -24,10 +24,10 @@ Speed (CPU and GPU): nearly all of the work is 3x3 convolutions, so memory forma
 matter. ``prepare_for_speed(model)`` converts the weights to channels-last; the forward pass then converts
 its input once (a no-op when it is already channels-last) and returns channels-last logits, which every
 PyTorch op accepts, so callers need not care. Combine it with ``torch.autocast(device, torch.bfloat16)``.
-Outputs equal the contiguous fp32 path to float rounding (tested). Measured on 2 Xeon cores with AMX
-(``benchmarks/bench_models.py``), a batch-4 training step: contiguous fp32 5.2 s, channels-last fp32 4.6 s,
-contiguous bf16 3.9 s, channels-last bf16 1.5 s. Channels-last is what lets oneDNN's bf16 kernels run
-without reorders, hence the two together.
+Outputs equal the contiguous fp32 path to float rounding (tested). Channels-last is what lets oneDNN's bf16
+kernels run without reorders, hence the two together (measured step times: docs/training.md). The class says
+``prefers_channels_last = True``, which ``train.channels_last: auto`` and bf16 inference follow
+(:mod:`organseg.models.layout`).
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from organseg.models._registry import register_model
+from organseg.models.layout import set_channels_last
 
 # VGG16 configuration ("D" in the VGG paper): output channels of each 3x3 conv, "M" for a 2x2 max-pool.
 # The indices of the resulting nn.Sequential are the seed's (conv, bn, relu per entry; one module per "M").
@@ -132,12 +133,17 @@ class Decoder(nn.Module):
 class UNet(nn.Module):
     """U-Net of the seed reproduction: VGG16-BN encoder, bilinear x2 decoder, ``num_classes`` logits.
 
+    ``prefers_channels_last``: nearly all of the work is 3x3 convolutions, fastest in NHWC (see the module
+    notes); the layout policy (:mod:`organseg.models.layout`) reads it.
+
     Args:
         num_classes: output channels (9 for Synapse: background + 8 organs; 4 for ACDC).
         in_chans: input channels (1 for CT / MRI slices).
         width: multiplier on every channel count (1.0 is the seed's network; 0.25 gives a 16x cheaper
             U-Net of the same shape, used by the CPU demo). Channels are rounded to multiples of 8.
     """
+
+    prefers_channels_last = True
 
     def __init__(self, num_classes: int = 9, in_chans: int = 1, width: float = 1.0) -> None:
         super().__init__()
@@ -180,8 +186,7 @@ def prepare_for_speed(model: UNet, channels_last: bool = True) -> UNet:
     reorders, and is what bf16 / tensor-core kernels prefer. The logits are numerically the same as the
     contiguous path; they come back channels-last, which every PyTorch op accepts.
     """
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    return model.to(memory_format=fmt)
+    return set_channels_last(model, channels_last)
 
 
 def _size_problem(side: int, args: dict) -> str | None:

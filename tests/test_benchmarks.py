@@ -1,0 +1,41 @@
+"""The benchmark scripts start, and their shared child-process helper passes results and failures through.
+Nothing here times anything (the scripts' measurements are only meaningful on a quiet machine)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+from _common import run_child  # noqa: E402
+
+
+@pytest.mark.parametrize("script", ["bench_data.py", "bench_eval.py", "bench_models.py", "bench_onnx.py",
+                                    "bench_train.py"])  # fmt: skip
+def test_benchmark_script_starts(script):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(BENCH / script), "--help"], capture_output=True, text=True,
+                          env=env, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("usage:")
+
+
+def test_run_child_returns_the_last_json_line_and_reports_failures(tmp_path):
+    child = tmp_path / "child.py"
+    child.write_text(
+        "import json, sys\n"
+        "spec = json.loads(sys.argv[-1])\n"
+        "print('noise before the result')\n"
+        "if spec.get('fail'):\n"
+        "    sys.exit('child: it went wrong')\n"
+        "print(json.dumps({'twice': 2 * spec['n'], 'argv': sys.argv[1:-2]}))\n"
+    )
+    assert run_child(child, "--_one", {"n": 21}, argv=["--x", "1"]) == {"twice": 42, "argv": ["--x", "1"]}
+    assert run_child(child, "--_one", {"fail": True}) == {"error": "child: it went wrong"}
+    with pytest.raises(SystemExit, match="bench: case failed"):
+        run_child(child, "--_one", {"fail": True}, failed="bench: case failed")
