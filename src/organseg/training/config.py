@@ -55,7 +55,7 @@ DEFAULTS: dict[str, Any] = {
         "deterministic": False,
         "precision": "fp32",  # fp32 | bf16 | fp16 (fp16: GPU only, with a grad scaler)
         "compile": False,
-        "channels_last": "auto",  # auto: on for convolutional networks (U-Net)
+        "channels_last": "auto",  # auto: the network's own preference (models.layout; on for the U-Net)
         "augment": "batched",  # reference (per-sample SciPy) | batched (torch, whole batch) | none
         "num_workers": 0,  # DataLoader workers of the reference augmentation path
         "device": "auto",  # auto | cpu | cuda | cuda:N

@@ -23,6 +23,7 @@ from organseg.data.base import SegmentationDataset
 from organseg.errors import CheckpointError, ConfigError, DataError, OrgansegError
 from organseg.fileio import check_output, check_output_dir
 from organseg.losses import DiceCELoss
+from organseg.models import wants_channels_last
 from organseg.precision import autocast_dtype
 from organseg.progress import progress_bar, progress_write
 from organseg.run import TRAIN_FILES, RunDir
@@ -69,17 +70,6 @@ def open_dataset_for(data: str | Path | SegmentationDataset | None, cfg: dict) -
     from organseg.data.detect import resolve_dataset
 
     return resolve_dataset(data, cfg, "no training data: pass --data DIR (or set data.root)")
-
-
-def _wants_channels_last(model: nn.Module, setting: str | bool) -> bool:
-    if setting != "auto":
-        return bool(setting)
-    # Convolutional networks (the U-Net: ~99 % 3x3 convs) gain from NHWC; Swin-Unet (linear layers) does not.
-    total = sum(p.numel() for p in model.parameters())
-    conv = sum(
-        p.numel() for m in model.modules() if isinstance(m, nn.Conv2d) for p in m.parameters(recurse=False)
-    )
-    return conv > total / 2
 
 
 def _checkpoint(model: nn.Module, cfg: dict, args: dict, dataset: SegmentationDataset, **state: Any) -> dict:
@@ -237,7 +227,7 @@ class Trainer:
         self.max_iterations = run_length(t, self.ipe)
         self.max_epochs = math.ceil(self.max_iterations / self.ipe)
         self.pretrained_info = self._load_weights(state)
-        self.channels_last = _wants_channels_last(self.model, t["channels_last"])
+        self.channels_last = wants_channels_last(self.model, t["channels_last"])
         # On the device before the optimizer exists, so that its restored state lands there too.
         fmt = torch.channels_last if self.channels_last else torch.preserve_format
         self.model.to(env.device, memory_format=fmt)
@@ -542,7 +532,7 @@ def check_network(cfg: dict) -> None:
     """The configured network exists and takes ``train.img_size`` inputs (one rule per network, from the
     registry): raised as a ConfigError naming the key and the nearest sizes that fit, before a run folder
     exists, instead of a ValueError from the first forward pass."""
-    from organseg.models._registry import check_input_size, check_model_args, has_model, list_models
+    from organseg.models import check_input_size, check_model_args, has_model, list_models
 
     m, side = cfg["model"], cfg["train"]["img_size"]
     if not has_model(m["name"]):
@@ -571,7 +561,7 @@ def _check_same_classes(state: dict, dataset: SegmentationDataset, last_path: Pa
 def model_args(cfg: dict, num_classes: int) -> dict[str, Any]:
     """Constructor arguments: ``model.args``, the dataset's class count and, for networks built for one input
     size (Swin-Unet), ``train.img_size`` unless ``model.args`` sets it."""
-    from organseg.models._registry import has_model, list_models, takes_image_size
+    from organseg.models import has_model, list_models, takes_image_size
 
     m = cfg["model"]
     if not has_model(m["name"]):
