@@ -68,6 +68,7 @@ def describe(run_dir: Path) -> dict:
         "name": run_dir.name,
         "network": cfg["model"]["name"],
         "recipe": {k: t[k] for k in RECIPE_KEYS},
+        "model_args": cfg["model"]["args"],
         "budget_min": t["time_budget_min"],
         "threads": t["threads"],
         "iterations": summary["iterations"],
@@ -89,7 +90,8 @@ def _recipe_text(r: dict) -> str:
     if x["warmup_iterations"]:
         text += f" (warm-up {x['warmup_iterations']})"
     loss = f"{x['ce_weight']:g}·CE+{x['dice_weight']:g}·Dice"
-    return text + f", {loss}, {x['precision']}, augment {x['augment']}"
+    args = "".join(f", {k} {v}" for k, v in r["model_args"].items())
+    return text + f", {loss}, {x['precision']}, augment {x['augment']}{args}"
 
 
 def _pct(v: float | None) -> str:
@@ -99,11 +101,12 @@ def _pct(v: float | None) -> str:
 def report(args: argparse.Namespace) -> int:
     rows = [describe(Path(d)) for d in args.runs if (Path(d) / "summary.json").is_file()]
     classes = sorted({c for r in rows for c in r["per_class"]}, key=["RV", "Myo", "LV"].index)
-    head = ["trial", "network", "recipe", "budget (min)", "threads", "iterations", "images", "img/s",
-            "mean DSC", *classes, "HD95"]  # fmt: skip
+    head = ["trial", "network", "recipe", "budget (min)", "trained (min)", "threads", "iterations", "images",
+            "img/s", "mean DSC", *classes, "HD95"]  # fmt: skip
     print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
     for r in rows:
-        cells = [r["name"], r["network"], _recipe_text(r), f"{r['budget_min']:g}", str(r["threads"]),
+        cells = [r["name"], r["network"], _recipe_text(r), f"{r['budget_min']:g}", f"{r['minutes']:.1f}",
+                 str(r["threads"]),
                  str(r["iterations"]), str(r["images"]), f"{r['images_per_second']:.2f}",
                  _pct(r["mean_dice"]),
                  *(_pct(r["per_class"].get(c)) for c in classes),
