@@ -69,7 +69,9 @@ def test_fit_horizon_fills_the_budget_within_the_cap():
 def test_fast_presets_resolve_to_the_reference_networks_and_input(preset):
     cfg = resolve_config(load_config(preset))
     reference = resolve_config(load_config(preset.replace("_fast", "")))
-    assert cfg["model"]["name"] == reference["model"]["name"] and cfg["model"]["args"] == {}
+    assert cfg["model"]["name"] == reference["model"]["name"]
+    # The same network: only stochastic depth, a training-time regulariser, may differ (no weight changes).
+    assert set(cfg["model"]["args"]) <= {"drop_path_rate"}
     assert cfg["train"]["img_size"] == reference["train"]["img_size"] == 224
     assert cfg["model"]["pretrained"] is None  # from scratch
     assert cfg["train"]["optimizer"] == "adamw" and cfg["train"]["schedule"] == "cosine"
