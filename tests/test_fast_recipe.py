@@ -183,3 +183,22 @@ def test_a_study_reuses_a_budget_run_that_finished_its_fitted_horizon(tmp_path, 
     spent = tiny_config(train={"time_budget_min": 1e-9})  # stops after one iteration, before any fit
     train(spent, tiny_dataset(N_SLICES), tmp_path / "spent")
     assert run_state(tmp_path / "spent", resolve_config(spent)) == ("complete", 1)  # not resumed again
+
+
+def test_the_study_progress_bar_follows_a_fitted_horizon(tmp_path):
+    from types import SimpleNamespace
+
+    from organseg.study.runner import _ProcessPool
+
+    plan = SimpleNamespace(name="r", config=resolve_config(_budget_config()))
+    pool = _ProcessPool([plan], tmp_path, 1, N_SLICES, {"r": "[1/1] r"}, [], progress=False)
+    assert pool.totals == {"r": IPE * EPOCHS}  # nothing fitted yet: the configured epochs
+    run = tmp_path / "runs" / "r"
+    run.mkdir(parents=True)
+    fitted = resolve_config(_budget_config())
+    fitted["train"]["fitted_iterations"] = 5
+    (run / "config.yaml").write_text(yaml.safe_dump(fitted))
+    pool.running["r"] = ("train", None, None)
+    bar = SimpleNamespace(total=IPE * EPOCHS)
+    pool._refit_totals(bar)
+    assert pool.totals == {"r": 5} and bar.total == 5

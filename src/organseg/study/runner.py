@@ -356,7 +356,23 @@ class _ProcessPool:
                     f"{code}): {_last_line(run.process_log) or 'no output'} (see {run.process_log})"
                 )
 
+    def _refit_totals(self, bar: Any) -> None:
+        """A run with a time budget fits its horizon after its first iterations (config.yaml's
+        ``train.fitted_iterations``; half-way once more): the bar's total follows it."""
+        for name, (phase, _, _) in self.running.items():
+            plan_t = self.by_name[name].config["train"]
+            if phase != "train" or not plan_t["time_budget_min"] or plan_t["max_iterations"]:
+                continue
+            try:
+                fitted = RunDir(self.out / STUDY_RUNS / name).config["train"].get("fitted_iterations")
+            except (OrgansegError, OSError, KeyError, TypeError):
+                continue  # not written yet, or being replaced
+            if fitted and fitted != self.totals[name]:
+                self.totals[name] = fitted
+                bar.total = sum(self.totals.values())
+
     def _show(self, bar: Any) -> None:
+        self._refit_totals(bar)
         done = {
             n: RunDir(self.out / STUDY_RUNS / n).last_iteration()
             for n, r in self.running.items()
