@@ -141,6 +141,47 @@ def _phantom(raw: Path, spec: dict[str, Any], progress: bool) -> None:
     )
 
 
+def _data_line(ph: dict[str, Any], n_train: int) -> str:
+    """The settings line that says the data are a phantom, and how they are split."""
+    return (
+        f"- data: {ph['cases']} SYNTHETIC phantom CT cases ({ph['size']}x{ph['size']}, "
+        f"{ph['slices']} slices), {n_train} for training ({n_train * ph['slices']} slices), "
+        f"{ph['cases'] - n_train} for testing"
+    )
+
+
+def _print_intro(fast: bool, dev: Any, lines: list[str]) -> None:
+    """Say first, before minutes of work, that the data are synthetic and what the reduced settings are."""
+    print(
+        f"organseg demo{' --fast' if fast else ''}: everything below is SYNTHETIC DATA (a phantom, "
+        f"not patients) and runs on {dev}.",
+        flush=True,
+    )
+    print("Reduced networks and schedule (the full ones are what `organseg train` uses):", flush=True)
+    for line in lines:
+        print(line, flush=True)
+
+
+def _print_outcome(result: dict[str, Any], fast: bool, seconds: float, report: Path, runs: Path) -> None:
+    """The comparison table, each network's mean DSC against the demo's target, and where the report is."""
+    from organseg.study import console_table
+
+    print("\n" + console_table(result), flush=True)
+    for g in result["groups"]:
+        d = g["reference"]["mean_dice"]["mean"]
+        mark = (
+            "" if fast else f"; {'at or above' if d >= TARGET_DSC else 'BELOW'} the demo's {TARGET_DSC:.0%}"
+        )
+        print(
+            f"{g['label']}: mean DSC {100 * d:.2f} % (reference protocol, SYNTHETIC phantom test cases{mark})"
+        )
+    print(
+        f"organseg demo: done in {int(seconds // 60)} min {int(seconds % 60)} s; report {report} "
+        f"(runs and per-run reports in {runs})",
+        flush=True,
+    )
+
+
 def run_demo(
     out: str | Path | None = None,
     *,
@@ -155,7 +196,7 @@ def run_demo(
     from organseg.device import resolve_device
     from organseg.fileio import check_output_dir
     from organseg.run import STUDY_RUNS
-    from organseg.study import console_table, parse_sets, plan_runs, run_study
+    from organseg.study import parse_sets, plan_runs, run_study
 
     spec = FAST if fast else DEMO
     out = Path(out) if out is not None else Path("demo_out/fast" if fast else "demo_out")
@@ -169,19 +210,8 @@ def run_demo(
     settings = settings_lines(plans, len(SYNAPSE_CLASSES))
     ph = spec["phantom"]
     n_train = spec["train_cases"]
-    data_line = (
-        f"- data: {ph['cases']} SYNTHETIC phantom CT cases ({ph['size']}x{ph['size']}, "
-        f"{ph['slices']} slices), {n_train} for training ({n_train * ph['slices']} slices), "
-        f"{ph['cases'] - n_train} for testing"
-    )
-    print(
-        f"organseg demo{' --fast' if fast else ''}: everything below is SYNTHETIC DATA (a phantom, "
-        f"not patients) and runs on {dev}.",
-        flush=True,
-    )
-    print("Reduced networks and schedule (the full ones are what `organseg train` uses):", flush=True)
-    for line in [data_line, *settings]:
-        print(line, flush=True)
+    data_line = _data_line(ph, n_train)
+    _print_intro(fast, dev, [data_line, *settings])
 
     print(f"\n[1/3] phantom: {ph['cases']} SYNTHETIC CT cases -> {out / 'phantom'}", flush=True)
     _phantom(out / "phantom", ph, progress)
@@ -206,21 +236,8 @@ def run_demo(
         precision=precision, device=device, jobs=jobs, progress=progress, notes=notes,
     )  # fmt: skip
     seconds = time.perf_counter() - t0
-    print("\n" + console_table(result), flush=True)
-    for g in result["groups"]:
-        d = g["reference"]["mean_dice"]["mean"]
-        mark = (
-            "" if fast else f"; {'at or above' if d >= TARGET_DSC else 'BELOW'} the demo's {TARGET_DSC:.0%}"
-        )
-        print(
-            f"{g['label']}: mean DSC {100 * d:.2f} % (reference protocol, SYNTHETIC phantom test cases{mark})"
-        )
     report = out / "comparison.md"
-    print(
-        f"organseg demo: done in {int(seconds // 60)} min {int(seconds % 60)} s; report {report} "
-        f"(runs and per-run reports in {out / STUDY_RUNS})",
-        flush=True,
-    )
+    _print_outcome(result, fast, seconds, report, out / STUDY_RUNS)
     return {**result, "seconds": seconds, "report": str(report)}
 
 

@@ -125,38 +125,21 @@ def _frame_indices(
     return idx
 
 
-def write_dicom_seg(
-    labels: np.ndarray,
-    geometry: Geometry,
-    source_files: Sequence[str | Path],
-    class_names: Sequence[str],
-    out: str | Path,
-    *,
-    algorithm: dict[str, str],
-) -> dict[str, Any]:
-    """Write ``labels`` (the (D, H, W) label map read from ``source_files`` with ``geometry``) as a DICOM-SEG.
-
-    ``algorithm`` holds ``name`` (e.g. "organseg swin_unet"), ``version`` and ``parameters`` strings
-    (checkpoint and its SHA-256). Returns a summary for the sidecar: path, segments written (class index,
-    name, code), the referenced series and any UID that had to be derived."""
-    hd, pydicom = _highdicom()
-    from pydicom.sr.codedict import codes
-
-    from organseg import __version__
-    from organseg.checkpoint import atomic_write_bytes
-    from organseg.evaluation.report import class_color
-
-    out = Path(out)
-    labels = np.asarray(labels)
-    sources = read_source_series(source_files)
-    order = _frame_indices(sources, labels.shape, geometry, str(out))
+def _segment_frames(labels: np.ndarray, order: list[int], out: Path) -> tuple[list[int], np.ndarray]:
+    """The foreground classes present, and one frame per source image (in the sources' order) that holds
+    segment numbers 1..n instead of class indices (DICOM wants consecutive segment numbers)."""
     present = [int(c) for c in np.unique(labels) if c != 0]
     if not present:
         raise DataError(f"{out}: the prediction holds no foreground class; a DICOM-SEG needs one segment")
     lut = np.zeros(int(labels.max()) + 1, dtype=np.uint8)
     lut[present] = np.arange(1, len(present) + 1)
-    frames = lut[labels[order]]  # one frame per source image, in the sources' order
+    return present, lut[labels[order]]
 
+
+def _complete_source_headers(sources: list[Any], pydicom: Any) -> tuple[dict[str, str], list[str]]:
+    """Fill, in memory, the study/series UIDs and patient attributes highdicom insists on.
+
+    Returns the UIDs that had to be derived and a note for each, so the sidecar says what was invented."""
     notes = []
     derived: dict[str, str] = {}
     for key in ("StudyInstanceUID", "SeriesInstanceUID"):
@@ -171,6 +154,17 @@ def write_dicom_seg(
         for ds in sources:
             if key not in ds:
                 setattr(ds, key, "")
+    return derived, notes
+
+
+def _segment_descriptions(
+    hd: Any, present: list[int], class_names: Sequence[str], algorithm: dict[str, str]
+) -> tuple[list[Any], list[dict[str, Any]]]:
+    """One highdicom SegmentDescription per present class (numbered from 1), and its sidecar summary."""
+    from pydicom.sr.codedict import codes
+
+    from organseg import __version__
+    from organseg.evaluation.report import class_color
 
     alg = hd.AlgorithmIdentificationSequence(
         name=algorithm.get("name", "organseg"),
@@ -198,6 +192,35 @@ def write_dicom_seg(
             item.SegmentedPropertyTypeModifierCodeSequence = [hd.sr.CodedConcept(*modifier)]
         descriptions.append(desc)
         segments.append({"segment": number, "class": cls, "name": name, "code": [value, scheme, meaning]})
+    return descriptions, segments
+
+
+def write_dicom_seg(
+    labels: np.ndarray,
+    geometry: Geometry,
+    source_files: Sequence[str | Path],
+    class_names: Sequence[str],
+    out: str | Path,
+    *,
+    algorithm: dict[str, str],
+) -> dict[str, Any]:
+    """Write ``labels`` (the (D, H, W) label map read from ``source_files`` with ``geometry``) as a DICOM-SEG.
+
+    ``algorithm`` holds ``name`` (e.g. "organseg swin_unet"), ``version`` and ``parameters`` strings
+    (checkpoint and its SHA-256). Returns a summary for the sidecar: path, segments written (class index,
+    name, code), the referenced series and any UID that had to be derived."""
+    hd, pydicom = _highdicom()
+
+    from organseg import __version__
+    from organseg.checkpoint import atomic_write_bytes
+
+    out = Path(out)
+    labels = np.asarray(labels)
+    sources = read_source_series(source_files)
+    order = _frame_indices(sources, labels.shape, geometry, str(out))
+    present, frames = _segment_frames(labels, order, out)
+    derived, notes = _complete_source_headers(sources, pydicom)
+    descriptions, segments = _segment_descriptions(hd, present, class_names, algorithm)
     seg = hd.seg.Segmentation(
         source_images=sources,
         pixel_array=frames,

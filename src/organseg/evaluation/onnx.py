@@ -243,59 +243,78 @@ def export_onnx(
         model, ckpt = model_from_checkpoint(ckpt)
         model = model.float().eval()
         size = checkpoint_patch_size(ckpt)
-        example = parity_input(2, size, seed=1)
-        try:
-            with torch.inference_mode():
-                model(example)
-        except ValueError as exc:  # e.g. a U-Net trained at a size not divisible by 16
-            raise CheckpointError(
-                f"{source}: the network does not take {size[0]}x{size[1]} slices ({exc})"
-            ) from None
-        proto = _export_proto(model, example, opset)
-        if proto.ByteSize() > _PROTOBUF_LIMIT:
-            raise CheckpointError(f"{source}: the network is over 2 GB, beyond one ONNX file")
-        x = parity_input(check_batch, size)
-        diff, scale = max_logit_difference(model, _session(proto.SerializeToString()), x)
-        if not diff <= PARITY_TOLERANCE * max(1.0, scale):
-            raise CheckpointError(
-                f"{source}: the exported graph differs from the PyTorch network by {diff:.3g} in the logits "
-                f"(tolerance {PARITY_TOLERANCE * max(1.0, scale):.3g}); not written"
-            )
-        meta = {
-            "organseg_format": FORMAT,
-            "organseg_version": __version__,
-            "model_name": ckpt.get("model_name"),
-            "model_args": ckpt.get("model_args") or {},
-            "class_names": list(ckpt.get("class_names") or []),
-            "preprocessing": ckpt.get("preprocessing") or {"kind": "none"},
-            "input_size": list(size),
-            "source_checkpoint": {
-                "path": str(source.resolve()),
-                "name": source.name,
-                "sha256": file_sha256(source),
-            },
-            "export_check": {
-                "input": f"uniform [0, 1), batch {check_batch}, seed 0",
-                "max_abs_logit_diff": diff,
-                "max_abs_logit": scale,
-            },
-            "torch_version": torch.__version__,
-        }
-        del proto.metadata_props[:]
-        for key, value in meta.items():
-            entry = proto.metadata_props.add()
-            entry.key, entry.value = key, json.dumps(value)
-        h, w = size
-        proto.doc_string = (
-            f"organseg {meta['model_name']}: input {INPUT_NAME} (B, 1, {h}, {w}) float32 in [0, 1] after "
-            f"the preprocessing in the metadata; output {OUTPUT_NAME} (B, classes, {h}, {w}) float32"
-        )
+        proto, diff, scale = _checked_export(model, size, opset, check_batch, source)
+        meta = _export_metadata(ckpt, source, size, check_batch, diff, scale)
+        _stamp(proto, meta, size)
         data = proto.SerializeToString()
         pending.commit(data)
     except BaseException:
         pending.discard()
         raise
     return {**meta, "path": str(out), "bytes": len(data)}
+
+
+def _checked_export(model: nn.Module, size: tuple[int, int], opset: int, check_batch: int, source: Path):
+    """(ONNX proto, max logit difference, max logit) of ``model``, refused when the graph does not
+    reproduce PyTorch's logits on a random batch: a wrong file is worse than none."""
+    example = parity_input(2, size, seed=1)
+    try:
+        with torch.inference_mode():
+            model(example)
+    except ValueError as exc:  # e.g. a U-Net trained at a size not divisible by 16
+        raise CheckpointError(
+            f"{source}: the network does not take {size[0]}x{size[1]} slices ({exc})"
+        ) from None
+    proto = _export_proto(model, example, opset)
+    if proto.ByteSize() > _PROTOBUF_LIMIT:
+        raise CheckpointError(f"{source}: the network is over 2 GB, beyond one ONNX file")
+    x = parity_input(check_batch, size)
+    diff, scale = max_logit_difference(model, _session(proto.SerializeToString()), x)
+    if not diff <= PARITY_TOLERANCE * max(1.0, scale):
+        raise CheckpointError(
+            f"{source}: the exported graph differs from the PyTorch network by {diff:.3g} in the logits "
+            f"(tolerance {PARITY_TOLERANCE * max(1.0, scale):.3g}); not written"
+        )
+    return proto, diff, scale
+
+
+def _export_metadata(
+    ckpt: dict[str, Any], source: Path, size: tuple[int, int], check_batch: int, diff: float, scale: float
+) -> dict[str, Any]:
+    """What the .onnx file carries so that ``organseg predict`` can run it without the checkpoint."""
+    return {
+        "organseg_format": FORMAT,
+        "organseg_version": __version__,
+        "model_name": ckpt.get("model_name"),
+        "model_args": ckpt.get("model_args") or {},
+        "class_names": list(ckpt.get("class_names") or []),
+        "preprocessing": ckpt.get("preprocessing") or {"kind": "none"},
+        "input_size": list(size),
+        "source_checkpoint": {
+            "path": str(source.resolve()),
+            "name": source.name,
+            "sha256": file_sha256(source),
+        },
+        "export_check": {
+            "input": f"uniform [0, 1), batch {check_batch}, seed 0",
+            "max_abs_logit_diff": diff,
+            "max_abs_logit": scale,
+        },
+        "torch_version": torch.__version__,
+    }
+
+
+def _stamp(proto: Any, meta: dict[str, Any], size: tuple[int, int]) -> None:
+    """Write ``meta`` (JSON values) into the proto's metadata and describe the input and output."""
+    del proto.metadata_props[:]
+    for key, value in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, json.dumps(value)
+    h, w = size
+    proto.doc_string = (
+        f"organseg {meta['model_name']}: input {INPUT_NAME} (B, 1, {h}, {w}) float32 in [0, 1] after "
+        f"the preprocessing in the metadata; output {OUTPUT_NAME} (B, classes, {h}, {w}) float32"
+    )
 
 
 # ----------------------------------------------------------------------------------------------- runtime
