@@ -41,6 +41,11 @@ def signed_pct(v: float | None) -> str:
     return MISSING if is_missing(v) else f"{100 * v:+.1f}%"
 
 
+def json_number(v: float | int | None) -> float | None:
+    """A number for a JSON file: JSON has no NaN or infinity, so an undefined value is written as null."""
+    return None if v is None or not math.isfinite(float(v)) else float(v)
+
+
 def fmt_value(v: Any) -> str:
     """A configuration value as text (swept values in labels, tables and CSV cells): floats in ``g`` form,
     lists and dicts as JSON, anything else as ``str`` (a setting left ``None`` reads ``None``: that is its

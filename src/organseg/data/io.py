@@ -26,6 +26,8 @@ from organseg.fileio import atomic_write, atomic_write_bytes
 if TYPE_CHECKING:  # SimpleITK is imported where it is used: augmentation and the phantom do not need it
     import SimpleITK as sitk
 
+    from organseg.data.base import Volume
+
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
 
@@ -56,6 +58,17 @@ class Geometry:
             spacing=(float(sz), float(sy), float(sx)),
             origin=tuple(float(v) for v in image.GetOrigin()),
             direction=tuple(float(v) for v in image.GetDirection()),
+        )
+
+    @classmethod
+    def of_volume(cls, volume: Volume) -> Geometry:
+        """The geometry an evaluation volume records; what it does not know (spacing, origin, direction)
+        takes the defaults above, since a NIfTI file needs all three."""
+        direction = volume.meta.get("direction")
+        return cls(
+            spacing=tuple(volume.spacing) if volume.spacing is not None else cls().spacing,
+            origin=tuple(volume.meta.get("origin", cls().origin)),
+            direction=tuple(direction) if direction is not None else cls().direction,
         )
 
     def apply_to(self, image: sitk.Image) -> sitk.Image:

@@ -27,6 +27,7 @@ from organseg.errors import DataError
 from organseg.evaluation.inference import predict_volume
 from organseg.evaluation.metrics import SURFACE_METRICS, case_metrics_all
 from organseg.fileio import staged
+from organseg.formatting import json_number
 from organseg.progress import progress_bar
 
 #: status of a (case, class) pair under the corrected protocol
@@ -37,11 +38,6 @@ def _status(pred_present: bool, gt_present: bool) -> str:
     if gt_present:
         return SCORED if pred_present else MISSED
     return FALSE_POSITIVE if pred_present else ABSENT
-
-
-def _num(x: float) -> float | None:
-    """JSON has no NaN: undefined values are written as null."""
-    return None if x is None or not math.isfinite(x) else float(x)
 
 
 def reference_summary(per_case: np.ndarray, class_names: Sequence[str]) -> dict[str, Any]:
@@ -97,19 +93,19 @@ def corrected_summary(
             counts[_status(bool(p), bool(g))] += 1
         for k, v in counts.items():
             totals[k] += v
-        out_classes[name] = {"dice": _num(dice), "hd95": _num(hd), **counts}
+        out_classes[name] = {"dice": json_number(dice), "hd95": json_number(hd), **counts}
         if surface is not None:
             for k, metric in enumerate(SURFACE_METRICS):
                 value = _nanmean(surface[:, i, k])
-                out_classes[name][metric] = _num(value)
+                out_classes[name][metric] = json_number(value)
                 surface_means[metric].append(value)
         if math.isfinite(dice):
             dices.append(dice)
         if math.isfinite(hd):
             hds.append(hd)
     out = {
-        "mean_dice": _num(float(np.mean(dices))) if dices else None,
-        "mean_hd95": _num(float(np.mean(hds))) if hds else None,
+        "mean_dice": json_number(float(np.mean(dices))) if dices else None,
+        "mean_hd95": json_number(float(np.mean(hds))) if hds else None,
         "hd95_unit": hd95_unit,
         "per_class": out_classes,
         "missed": totals[MISSED],
@@ -119,7 +115,7 @@ def corrected_summary(
     if surface is not None:
         for metric, values in surface_means.items():
             finite = [v for v in values if math.isfinite(v)]
-            out[f"mean_{metric}"] = _num(float(np.mean(finite))) if finite else None
+            out[f"mean_{metric}"] = json_number(float(np.mean(finite))) if finite else None
         out["nsd_tolerance"] = None if nsd_tolerance is None else [float(t) for t in nsd_tolerance]
         out["assd_unit"] = hd95_unit
     return out
@@ -199,8 +195,8 @@ class EvaluationResult:
                         "class": name,
                         "dice_reference": float(self.reference[n, i, 0]),
                         "hd95_reference": float(self.reference[n, i, 1]),
-                        "dice_corrected": _num(self.corrected[n, i, 0]),
-                        "hd95_corrected": _num(self.corrected[n, i, 1]),
+                        "dice_corrected": json_number(self.corrected[n, i, 0]),
+                        "hd95_corrected": json_number(self.corrected[n, i, 1]),
                         **self._surface_cells(n, i, "{}_corrected"),
                         "status": _status(bool(p), bool(g)),
                     }
@@ -210,7 +206,7 @@ class EvaluationResult:
     def _surface_cells(self, n: int, i: int, key: str = "{}") -> dict[str, float | None]:
         if self.surface is None:
             return {}
-        return {key.format(m): _num(self.surface[n, i, k]) for k, m in enumerate(SURFACE_METRICS)}
+        return {key.format(m): json_number(self.surface[n, i, k]) for k, m in enumerate(SURFACE_METRICS)}
 
     def per_case(self) -> list[dict[str, Any]]:
         """The per-case JSON: each case with its spacing, per-class values and its reference-style means."""
@@ -222,7 +218,9 @@ class EvaluationResult:
                 r, c = self.reference[n, i], self.corrected[n, i]
                 classes[name] = {
                     "reference": {"dice": float(r[0]), "hd95": float(r[1])},
-                    "corrected": {"dice": _num(c[0]), "hd95": _num(c[1]), **self._surface_cells(n, i)},
+                    "corrected": {
+                        "dice": json_number(c[0]), "hd95": json_number(c[1]), **self._surface_cells(n, i)
+                    },
                     "status": _status(bool(p), bool(g)),
                 }
             sp = self.spacings[n]

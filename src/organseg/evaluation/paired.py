@@ -40,7 +40,7 @@ from scipy import stats
 
 from organseg.errors import DataError
 from organseg.evaluation.cost import duration
-from organseg.formatting import MISSING, num
+from organseg.formatting import MISSING, json_number, num
 
 DEFAULT_RESAMPLES = 10_000
 DEFAULT_SEED = 0
@@ -158,7 +158,7 @@ def mean_ci(
     x = np.asarray(x, dtype=np.float64)
     point, dist = bootstrap_mean(x, resamples=resamples, seed=seed)
     lo, hi = np.percentile(dist, [2.5, 97.5]) if dist.size else (math.nan, math.nan)
-    return {"mean": point, "ci_low": _finite(lo), "ci_high": _finite(hi), "cases": int(x.shape[1])}
+    return {"mean": point, "ci_low": json_number(lo), "ci_high": json_number(hi), "cases": int(x.shape[1])}
 
 
 def paired_difference(
@@ -191,17 +191,13 @@ def paired_difference(
         "a": float(ma[keep].mean()),
         "b": float(mb[keep].mean()),
         "diff": float(mb[keep].mean() - ma[keep].mean()),
-        "ci_low": _finite(lo),
-        "ci_high": _finite(hi),
-        "p": _finite(wilcoxon_p(d)),
+        "ci_low": json_number(lo),
+        "ci_high": json_number(hi),
+        "p": json_number(wilcoxon_p(d)),
         "wins": int(better.sum()),
         "losses": int(worse.sum()),
         "n": n,
     }
-
-
-def _finite(x: float) -> float | None:
-    return float(x) if x is not None and math.isfinite(float(x)) else None
 
 
 def paired_table(
@@ -224,7 +220,7 @@ def paired_table(
         records.append({"organ": organ, **rec})
     adjusted = holm([math.nan if r["p"] is None else r["p"] for r in records])
     for r, q in zip(records, adjusted, strict=True):
-        r["p_holm"] = _finite(q)
+        r["p_holm"] = json_number(q)
     # The mean over organs: per case, the organs every run of both networks has a value for.
     common = np.isfinite(a).all(axis=0) & np.isfinite(b).all(axis=0)  # (cases, organs)
     counted = common.sum(axis=1)

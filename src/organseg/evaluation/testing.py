@@ -35,11 +35,7 @@ def _nifti_writer(folder: Path, collector: OverlayCollector):
 
     def on_case(vol: Volume, pred: np.ndarray, metrics: np.ndarray) -> None:
         collector(vol, pred, metrics)
-        geom = Geometry(
-            spacing=tuple(vol.spacing) if vol.spacing is not None else (1.0, 1.0, 1.0),
-            origin=tuple(vol.meta.get("origin", (0.0, 0.0, 0.0))),
-            direction=tuple(vol.meta.get("direction", Geometry().direction)),
-        )
+        geom = Geometry.of_volume(vol)
         write_image(vol.image.astype(np.float32), geom, folder / f"{vol.case_id}_img.nii.gz")
         write_image(pred, geom, folder / f"{vol.case_id}_pred.nii.gz")
         if vol.label is not None:
@@ -140,6 +136,50 @@ def members_table(summary: dict[str, Any], members: Sequence[dict[str, Any]]) ->
     return "\n".join(lines)
 
 
+def _check_classes(tgt: RunTarget, ckpt: dict[str, Any], dataset: SegmentationDataset) -> None:
+    """The network must have been trained on the dataset's classes: scores of a mismatched head are noise."""
+    names = list(ckpt.get("class_names") or [])
+    if names and [n.lower() for n in names] != [str(n).lower() for n in dataset.class_names]:
+        raise DataError(
+            f"{tgt.checkpoint_path}: the network was trained on classes {names}, but the dataset "
+            f"{getattr(dataset, 'root', dataset.name)} has {list(dataset.class_names)}"
+        )
+    if not names:  # an official checkpoint: the dataset names the classes; the head must count as many
+        from organseg.evaluation.sources import class_count
+
+        if class_count(ckpt) != dataset.num_classes:
+            raise DataError(
+                f"{tgt.checkpoint_path}: its class head has {class_count(ckpt)} outputs, but the dataset "
+                f"{getattr(dataset, 'root', dataset.name)} has {dataset.num_classes} classes"
+            )
+
+
+def _report_root(tgt: RunTarget, out: str | Path | None, folder: Path) -> Path:
+    """Where the report goes: the run folder when testing a run into its own results, else the results."""
+    return tgt.run_dir if tgt.run_dir is not None and out is None else folder
+
+
+def _checked_results_folder(
+    tgt: RunTarget,
+    split: str,
+    out: str | Path | None,
+    dataset: SegmentationDataset,
+    sources: Sequence[str],
+    report: bool,
+) -> Path:
+    """The results folder, checked before the (long) evaluation: it may not hold or sit in the data or a
+    checkpoint, and neither it nor the report may be unwritable."""
+    folder = results_dir(tgt, split, out)
+    what = "--out" if out is not None else "results folder"
+    inputs: dict[str, Any] = {"--data": getattr(dataset, "root", None), "CHECKPOINT": tgt.checkpoint_path}
+    inputs.update({f"--ensemble member {k}": s for k, s in enumerate(sources[1:], start=1)})
+    check_output(folder, inputs, what=what, folder=True)
+    check_output_dir(folder, what=what)
+    if report:
+        check_output_file(RunDir(_report_root(tgt, out, folder)).report_file, what="")
+    return folder
+
+
 def _test_one(
     tgt: RunTarget,
     *,
@@ -170,31 +210,9 @@ def _test_one(
         model, ckpt = member.model, member.ckpt
     assert ckpt is not None
     dataset = _open_dataset(data, ckpt)
-    names = list(ckpt.get("class_names") or [])
-    if names and [n.lower() for n in names] != [str(n).lower() for n in dataset.class_names]:
-        raise DataError(
-            f"{tgt.checkpoint_path}: the network was trained on classes {names}, but the dataset "
-            f"{getattr(dataset, 'root', dataset.name)} has {list(dataset.class_names)}"
-        )
-    if not names:  # an official checkpoint: the dataset names the classes; the head must count as many
-        from organseg.evaluation.sources import class_count
-
-        if class_count(ckpt) != dataset.num_classes:
-            raise DataError(
-                f"{tgt.checkpoint_path}: its class head has {class_count(ckpt)} outputs, but the dataset "
-                f"{getattr(dataset, 'root', dataset.name)} has {dataset.num_classes} classes"
-            )
+    _check_classes(tgt, ckpt, dataset)
     model.to(dev)
-    folder = results_dir(tgt, split, out)
-    # Before the (long) evaluation: the results folder may not hold or sit in the data or a checkpoint.
-    what = "--out" if out is not None else "results folder"
-    inputs: dict[str, Any] = {"--data": getattr(dataset, "root", None), "CHECKPOINT": tgt.checkpoint_path}
-    inputs.update({f"--ensemble member {k}": s for k, s in enumerate(sources[1:], start=1)})
-    check_output(folder, inputs, what=what, folder=True)
-    check_output_dir(folder, what=what)
-    if report:
-        report_root = tgt.run_dir if tgt.run_dir is not None and out is None else folder
-        check_output_file(RunDir(report_root).report_file, what="")
+    folder = _checked_results_folder(tgt, split, out, dataset, sources, report)
     collector = OverlayCollector()
     on_case = chain(
         _nifti_writer(ResultsDir(folder).file(ResultsDir.NIFTI), collector) if save_nifti else collector,
@@ -227,6 +245,5 @@ def _test_one(
     collector.save(ResultsDir(folder).file(ResultsDir.OVERLAYS))
     summary = {**result.summary(), **extra, "results_dir": str(folder)}
     summary["table"] = results_table(summary, ckpt.get("model_name"))
-    report_root = tgt.run_dir if tgt.run_dir is not None and out is None else folder
-    summary["report"] = str(write_report(report_root)) if report else None
+    summary["report"] = str(write_report(_report_root(tgt, out, folder))) if report else None
     return summary

@@ -32,6 +32,7 @@ import numpy as np
 from organseg.data.orientation import radiological_orientation
 from organseg.errors import DataError
 from organseg.fileio import atomic_write_text
+from organseg.formatting import json_number
 from organseg.run import ResultsDir
 
 if TYPE_CHECKING:
@@ -94,8 +95,95 @@ def _packed_labels(labels: np.ndarray) -> dict[str, Any]:
             "zlib": base64.b64encode(zlib.compress(raw, 6)).decode("ascii")}
 
 
-def _number(v: Any) -> float | None:
-    return None if v is None or not math.isfinite(float(v)) else float(v)
+def _label_maps(
+    path: Path, image: np.ndarray, label: np.ndarray | None, truth: np.ndarray | None
+) -> dict[str, np.ndarray]:
+    """The prediction and ground truth given, checked against the image, as integer arrays."""
+    if image.ndim != 3 or min(image.shape) < 1:
+        raise DataError(f"{path}: the viewer needs a (D, H, W) image, got shape {image.shape}")
+    for what, arr in (("label", label), ("truth", truth)):
+        if arr is not None and np.shape(arr) != image.shape:
+            raise DataError(f"{path}: {what} shape {np.shape(arr)} differs from image shape {image.shape}")
+    maps = {k: np.asarray(v) for k, v in (("label", label), ("truth", truth)) if v is not None}
+    maps = {k: a.astype(np.uint8) if a.dtype == bool else a for k, a in maps.items()}
+    for what, arr in maps.items():
+        if arr.size and (not np.issubdtype(arr.dtype, np.integer) or int(arr.min()) < 0):
+            raise DataError(f"{path}: {what} must hold non-negative integer class ids (dtype {arr.dtype})")
+    return maps
+
+
+def _class_table(
+    maps: Mapping[str, np.ndarray],
+    class_names: Sequence[str] | None,
+    spacing: Sequence[float] | None,
+    colors: Sequence[Sequence[float]] | None,
+    metrics: MetricTable,
+) -> tuple[list[str], list[dict[str, Any]]]:
+    """(metric columns, one row per class shown): the table comes from the full-resolution arrays, before
+    any subsampling for display."""
+    from organseg.evaluation.report import class_color
+
+    n_classes = max([len(class_names or ())] + [int(a.max(initial=0)) + 1 for a in maps.values()])
+    names = list(class_names or ["background"])
+    names += [f"class {i}" for i in range(len(names), n_classes)]
+    voxel_ml = float(np.prod(spacing)) / 1000.0 if spacing is not None else None
+    counts = {k: np.bincount(a.ravel(), minlength=n_classes) for k, a in maps.items()}
+    metric_cols: list[str] = []
+    for row in metrics.values():
+        metric_cols += [c for c in row if c not in metric_cols]
+    classes = []
+    for i in range(1, n_classes):
+        present = {k: int(c[i]) for k, c in counts.items()}
+        if not any(present.values()) and names[i] not in metrics:
+            continue  # e.g. most of TotalSegmentator's 117 classes in one abdominal scan
+        color = colors[i] if colors is not None and i < len(colors) else class_color(i)
+        classes.append({
+            "index": i,
+            "name": names[i],
+            "color": _hex(color),
+            "voxels": present,
+            "ml": {k: (None if voxel_ml is None else round(n * voxel_ml, 2)) for k, n in present.items()},
+            "metrics": {c: json_number(metrics.get(names[i], {}).get(c)) for c in metric_cols},
+        })
+    return metric_cols, classes
+
+
+def _display_data(
+    image: np.ndarray,
+    maps: Mapping[str, np.ndarray],
+    geometry: Geometry | None,
+    spacing: Sequence[float] | None,
+    window: tuple[float, float] | None,
+    max_voxels: int,
+) -> dict[str, Any]:
+    """The page's slices in radiological orientation, subsampled under ``max_voxels``, and what the page
+    must know to show them (pixel aspect, file slice numbers, window, a note on any subsampling)."""
+    orient = radiological_orientation(geometry)
+    shown = orient.apply(image)
+    step, slice_step = _strides(shown.shape, max_voxels)
+    sub = (slice(None, None, slice_step), slice(None, None, step), slice(None, None, step))
+    grey, used_window = _to_uint8(shown[sub], window)
+    disp_spacing = orient.spacing(spacing) if spacing is not None else (1.0, 1.0, 1.0)
+    n_display = shown.shape[0]
+    note = ""
+    if step > 1 or slice_step > 1:
+        parts = [f"1 pixel in {step} in-plane"] if step > 1 else []
+        parts += [f"1 slice in {slice_step} of {n_display}"] if slice_step > 1 else []
+        note = (f"Shown subsampled to stay under {max_voxels:,} voxels: {', '.join(parts)}. "
+                "Volumes and metrics are from the full resolution.")
+    return {
+        "shape": list(grey.shape),
+        "spacing": [disp_spacing[0] * slice_step, disp_spacing[1] * step, disp_spacing[2] * step],
+        "has_spacing": spacing is not None,
+        "radiological": orient.radiological,
+        "file_slice": [orient.array_index(z, image.shape) for z in range(0, n_display, slice_step)],
+        "slice_axis": orient.axes[0],
+        "window": list(used_window),
+        "note": note,
+        "images": [_jpeg_data_uri(s) for s in grey],
+        "label": _packed_labels(orient.apply(maps["label"])[sub]) if "label" in maps else None,
+        "truth": _packed_labels(orient.apply(maps["truth"])[sub]) if "truth" in maps else None,
+    }
 
 
 def write_viewer(
@@ -122,76 +210,20 @@ def write_viewer(
     ``metrics`` maps a class name to its columns (e.g. ``{"liver": {"DSC": 0.95, "HD95 mm": 3.1}}``);
     ``window`` (lo, hi) maps intensities to grey (default: see :func:`_to_uint8`). Written atomically.
     """
-    from organseg.evaluation.report import class_color
-
     path = Path(path)
     image = np.asarray(image)
-    if image.ndim != 3 or min(image.shape) < 1:
-        raise DataError(f"{path}: the viewer needs a (D, H, W) image, got shape {image.shape}")
-    for what, arr in (("label", label), ("truth", truth)):
-        if arr is not None and np.shape(arr) != image.shape:
-            raise DataError(f"{path}: {what} shape {np.shape(arr)} differs from image shape {image.shape}")
+    maps = _label_maps(path, image, label, truth)
     if geometry is not None:
         spacing = geometry.spacing
-    maps = {k: np.asarray(v) for k, v in (("label", label), ("truth", truth)) if v is not None}
-    maps = {k: a.astype(np.uint8) if a.dtype == bool else a for k, a in maps.items()}
-    for what, arr in maps.items():
-        if arr.size and (not np.issubdtype(arr.dtype, np.integer) or int(arr.min()) < 0):
-            raise DataError(f"{path}: {what} must hold non-negative integer class ids (dtype {arr.dtype})")
-    n_classes = max([len(class_names or ())] + [int(a.max(initial=0)) + 1 for a in maps.values()])
-    names = list(class_names or ["background"])
-    names += [f"class {i}" for i in range(len(names), n_classes)]
-
-    # The table comes from the full-resolution arrays, before any subsampling for display.
-    voxel_ml = float(np.prod(spacing)) / 1000.0 if spacing is not None else None
-    counts = {k: np.bincount(a.ravel(), minlength=n_classes) for k, a in maps.items()}
-    metrics = metrics or {}
-    metric_cols: list[str] = []
-    for row in metrics.values():
-        metric_cols += [c for c in row if c not in metric_cols]
-    classes = []
-    for i in range(1, n_classes):
-        present = {k: int(c[i]) for k, c in counts.items()}
-        if not any(present.values()) and names[i] not in metrics:
-            continue  # e.g. most of TotalSegmentator's 117 classes in one abdominal scan
-        color = colors[i] if colors is not None and i < len(colors) else class_color(i)
-        classes.append({
-            "index": i,
-            "name": names[i],
-            "color": _hex(color),
-            "voxels": present,
-            "ml": {k: (None if voxel_ml is None else round(n * voxel_ml, 2)) for k, n in present.items()},
-            "metrics": {c: _number(metrics.get(names[i], {}).get(c)) for c in metric_cols},
-        })
-
-    orient = radiological_orientation(geometry)
-    shown = orient.apply(image)
-    step, slice_step = _strides(shown.shape, max_voxels)
-    sub = (slice(None, None, slice_step), slice(None, None, step), slice(None, None, step))
-    grey, used_window = _to_uint8(shown[sub], window)
-    disp_spacing = orient.spacing(spacing) if spacing is not None else (1.0, 1.0, 1.0)
-    n_display = shown.shape[0]
-    note = ""
-    if step > 1 or slice_step > 1:
-        parts = [f"1 pixel in {step} in-plane"] if step > 1 else []
-        parts += [f"1 slice in {slice_step} of {n_display}"] if slice_step > 1 else []
-        note = (f"Shown subsampled to stay under {max_voxels:,} voxels: {', '.join(parts)}. "
-                "Volumes and metrics are from the full resolution.")
+    metric_cols, classes = _class_table(maps, class_names, spacing, colors, metrics or {})
+    shown = _display_data(image, maps, geometry, spacing, window, max_voxels)
     data = {
         "title": title,
-        "shape": list(grey.shape),
-        "spacing": [disp_spacing[0] * slice_step, disp_spacing[1] * step, disp_spacing[2] * step],
-        "has_spacing": spacing is not None,
-        "radiological": orient.radiological,
-        "file_slice": [orient.array_index(z, image.shape) for z in range(0, n_display, slice_step)],
-        "slice_axis": orient.axes[0],
-        "window": list(used_window),
-        "note": note,
+        **{k: shown[k] for k in ("shape", "spacing", "has_spacing", "radiological", "file_slice",
+                                 "slice_axis", "window", "note")},
         "metric_columns": metric_cols,
         "classes": classes,
-        "images": [_jpeg_data_uri(s) for s in grey],
-        "label": _packed_labels(orient.apply(maps["label"])[sub]) if "label" in maps else None,
-        "truth": _packed_labels(orient.apply(maps["truth"])[sub]) if "truth" in maps else None,
+        **{k: shown[k] for k in ("images", "label", "truth")},
     }
     # "</" would end the <script> element early; JSON allows the escaped form.
     payload = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")
@@ -208,17 +240,11 @@ def viewer_name(case_id: str) -> str:
 
 
 def volume_geometry(volume: Volume) -> Geometry | None:
-    """The :class:`Geometry` of an evaluation volume when it knows its direction matrix, else None."""
+    """The :class:`Geometry` of an evaluation volume when it knows its direction matrix, else None (the
+    page then shows the array order rather than guess an orientation)."""
     from organseg.data.io import Geometry
 
-    direction = volume.meta.get("direction")
-    if direction is None:
-        return None
-    return Geometry(
-        spacing=tuple(volume.spacing) if volume.spacing is not None else (1.0, 1.0, 1.0),
-        origin=tuple(volume.meta.get("origin", (0.0, 0.0, 0.0))),
-        direction=tuple(direction),
-    )
+    return Geometry.of_volume(volume) if volume.meta.get("direction") is not None else None
 
 
 class CaseViewers:
