@@ -118,23 +118,27 @@ def report(args: argparse.Namespace) -> int:
 
 
 def _figure(rows: list[dict], path: Path, series: list[str] | None) -> None:
+    """One colour per series (``PREFIX=LABEL``: the runs whose name starts with PREFIX); each run is its own
+    line through its validations (a run validated only at its end is one point), so runs with different
+    budgets (and so different schedules) are never joined into one curve."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups: dict[str, list[tuple[float, float]]] = {}
+    pairs = [s.split("=", 1) for s in series or []]
+    fig, ax = plt.subplots(figsize=(6.8, 4.2))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    labelled: set[str] = set()
     for r in rows:
-        pairs = [s.split("=", 1) for s in series or []]
-        label = next((lab for prefix, lab in pairs if r["name"].startswith(prefix)), None)
-        if label is None:
+        index = next((i for i, (prefix, _) in enumerate(pairs) if r["name"].startswith(prefix)), None)
+        if index is None or not r["curve"]:
             continue
-        points = groups.setdefault(label, [])
-        points += [(m, 100 * d) for m, d in r["curve"]]
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    for label, points in groups.items():
-        points.sort()
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+        label = pairs[index][1]
+        xs, ys = zip(*sorted((m, 100 * d) for m, d in r["curve"]), strict=True)
+        ax.plot(xs, ys, marker="o", color=colors[index % len(colors)],
+                label=None if label in labelled else label)  # fmt: skip
+        labelled.add(label)
     ax.set_xlabel("training minutes (2-core CPU, one core per run)")
     ax.set_ylabel("ACDC validation mean DSC (%)")
     ax.set_ylim(0, 100)
