@@ -10,33 +10,13 @@ benchmarks/bench_train.py times whole iterations with it). Warm-up steps run fir
 from __future__ import annotations
 
 import argparse
-import platform
 import time
-from pathlib import Path
 
 import torch
 
+from _common import cpu_description
 from organseg.losses import DiceCELoss
 from organseg.models import create_model
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def bf16_flags() -> str:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "?"
-    found = [f for f in ("amx_bf16", "avx512_bf16") if f in flags]
-    return ", ".join(found) or "none"
 
 
 def main() -> None:
@@ -83,11 +63,13 @@ def main() -> None:
         for _ in range(args.steps):
             step()
     per_step = (time.perf_counter() - t0) / args.steps
+    cpu = cpu_description()
     events = prof.key_averages()
     total = sum(e.self_cpu_time_total for e in events)
     rows = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[: args.top]
+    bf16 = ", ".join(cpu["flags"]) or "none"
     print(f"# {args.network}, batch {args.batch}, {args.precision}, {args.optimizer}, {args.threads} "
-          f"threads, torch {torch.__version__}; {cpu_name()} (bf16: {bf16_flags()})")  # fmt: skip
+          f"threads, torch {torch.__version__}; {cpu['model']} (bf16: {bf16})")  # fmt: skip
     print(f"# {per_step:.3f} s per step under the profiler ({args.steps} steps after {args.warmup} "
           "warm-up)\n")  # fmt: skip
     print("| operator | self CPU per step (ms) | share | calls per step |\n|---|---|---|---|")

@@ -100,7 +100,7 @@ def _pct(v: float | None) -> str:
 
 def report(args: argparse.Namespace) -> int:
     rows = [describe(Path(d)) for d in args.runs if (Path(d) / "summary.json").is_file()]
-    classes = sorted({c for r in rows for c in r["per_class"]}, key=["RV", "Myo", "LV"].index)
+    classes = list(dict.fromkeys(c for r in rows for c in r["per_class"]))  # the dataset's class order
     head = ["trial", "network", "recipe", "budget (min)", "trained (min)", "threads", "iterations", "images",
             "img/s", "mean DSC", *classes, "HD95"]  # fmt: skip
     print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))

@@ -16,7 +16,7 @@ from _common import run_child  # noqa: E402
 
 
 @pytest.mark.parametrize("script", ["bench_data.py", "bench_eval.py", "bench_models.py", "bench_onnx.py",
-                                    "bench_train.py"])  # fmt: skip
+                                    "bench_train.py", "profile_step.py", "time_to_accuracy.py"])  # fmt: skip
 def test_benchmark_script_starts(script):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, str(BENCH / script), "--help"], capture_output=True, text=True,
@@ -39,3 +39,24 @@ def test_run_child_returns_the_last_json_line_and_reports_failures(tmp_path):
     assert run_child(child, "--_one", {"fail": True}) == {"error": "child: it went wrong"}
     with pytest.raises(SystemExit, match="bench: case failed"):
         run_child(child, "--_one", {"fail": True}, failed="bench: case failed")
+
+
+def test_time_to_accuracy_report_reads_a_run_folder(tmp_path, capsys):
+    import json
+
+    import time_to_accuracy as tta
+    from organseg.training import train
+    from test_train_support import tiny_config, tiny_dataset
+
+    run = tmp_path / "T9_tiny"
+    recipe = {"optimizer": "adamw", "base_lr": 1e-3, "schedule": "cosine", "max_iterations": 6}
+    cfg = tiny_config(train=recipe)
+    summary = train(cfg, tiny_dataset(12), run)
+    args = type("A", (), {"runs": [str(run)], "figure": str(tmp_path / "f.png"), "series": ["T9=tiny"]})
+    assert tta.report(args) == 0
+    row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| T9_tiny")][0]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1] == "tiny_train_test_net" and cells[2].startswith("adamw lr 0.001")
+    assert cells[6] == "6" and cells[9] == f"{100 * summary['last_val']['mean_dice']:.1f}"
+    assert (tmp_path / "f.png").stat().st_size > 1000
+    assert json.loads((run / "summary.json").read_text())["iterations"] == 6
