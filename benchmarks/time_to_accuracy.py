@@ -105,7 +105,8 @@ def report(args: argparse.Namespace) -> int:
             "img/s", "mean DSC", *classes, "HD95"]  # fmt: skip
     print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
     for r in rows:
-        cells = [r["name"], r["network"], _recipe_text(r), f"{r['budget_min']:g}", f"{r['minutes']:.1f}",
+        budget = "–" if r["budget_min"] is None else f"{r['budget_min']:g}"
+        cells = [r["name"], r["network"], _recipe_text(r), budget, f"{r['minutes']:.1f}",
                  str(r["threads"]),
                  str(r["iterations"]), str(r["images"]), f"{r['images_per_second']:.2f}",
                  _pct(r["mean_dice"]),
