@@ -168,3 +168,19 @@ def test_the_study_tells_divergence_by_the_exit_code_not_the_message(tmp_path):
     # Exit code 2 is any other failure, whatever the message says.
     with pytest.raises(OrgansegError, match=r"training failed \(exit code 2\): .*training stopped"):
         _finish(pool, "b", 2, "organseg train: error: loss is nan: training stopped")
+
+
+def test_env_names_the_cpu_model_and_its_bf16_instructions(monkeypatch, tmp_path):
+    """The cost table's "trained on" column: a CPU is named by its model and bf16 instructions, not by
+    ``platform.processor()`` (which reads "x86_64" on Linux)."""
+    import torch
+
+    from organseg.training import runlog
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Some Xeon\nflags\t\t: fpu avx2 amx_bf16 avx512_bf16\n")
+    real = runlog.Path
+    monkeypatch.setattr(runlog, "Path", lambda p: real(cpuinfo) if str(p) == "/proc/cpuinfo" else real(p))
+    assert runlog.device_name(torch.device("cpu")) == "Some Xeon (amx_bf16, avx512_bf16)"
+    cpuinfo.write_text("model name\t: Plain CPU\nflags\t\t: fpu avx2\n")
+    assert runlog.device_name(torch.device("cpu")) == "Plain CPU"

@@ -46,9 +46,23 @@ def git_revision(path: Path) -> dict[str, Any]:
 
 
 def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU's model name with its bf16 instructions (what decides bf16 speed: AMX,
+    AVX512-BF16 or neither), e.g. ``AMD EPYC (avx512_bf16)``."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return platform.processor() or platform.machine()
+    model, flags = "", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and not model:
+                model = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    except OSError:  # not Linux
+        pass
+    name = model or platform.processor() or platform.machine()
+    bf16 = [f for f in ("amx_bf16", "avx512_bf16") if f in flags]
+    return f"{name} ({', '.join(bf16)})" if bf16 else name
 
 
 def environment(device: torch.device, precision: str, world_size: int) -> dict[str, Any]:
