@@ -143,6 +143,7 @@ def _figure(rows: list[dict], path: Path, series: list[str] | None) -> None:
     ax.set_xlabel("training minutes (2-core CPU, one core per run)")
     ax.set_ylabel("ACDC validation mean DSC (%)")
     ax.set_ylim(0, 100)
+    ax.set_xlim(left=0)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     path.parent.mkdir(parents=True, exist_ok=True)
