@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -56,15 +55,7 @@ def phantom_ct(num_slices: int, size: int, seed: int = 0) -> tuple[np.ndarray, n
 
 def cpu_description() -> dict:
     """Model name, logical cores and the bf16-relevant instruction-set flags of this machine's CPU."""
-    name, flags = platform.processor() or "unknown", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and name in ("unknown", "", "x86_64"):
-                name = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
-                break
-    except OSError:
-        pass
+    from organseg.device import cpu_info
+
+    name, flags = cpu_info()
     return {"model": name, "cores": os.cpu_count(), "flags": [f for f in BF16_FLAGS if f in flags]}

@@ -15,13 +15,12 @@ training minutes, one line per preset (its runs of different budgets, and any va
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import subprocess
 import sys
 from pathlib import Path
 
-import yaml
+from organseg.run import RunDir
+from organseg.study.efficiency import learning_curve
 
 ROOT = Path(__file__).resolve().parents[1]
 ACDC = ROOT.parent / "shared" / "data" / "acdc"
@@ -44,42 +43,29 @@ def run(args: argparse.Namespace) -> int:
     return subprocess.call(cmd)
 
 
-def _records(run_dir: Path) -> tuple[list[dict], list[dict]]:
-    train, val = [], []
-    for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:  # a cut last line
-            continue
-        (train if rec.get("kind") == "train" else val if rec.get("kind") == "val" else []).append(rec)
-    return train, val
-
-
 def describe(run_dir: Path) -> dict:
-    """One trial's row: its recipe, length and validation results, from its own run folder."""
-    cfg = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
-    env = json.loads((run_dir / "env.json").read_text(encoding="utf-8"))
-    summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
-    train, val = _records(run_dir)
-    minutes_at = {r["iter"]: r["time"] / 60 for r in train}
+    """One trial's row: its recipe, length and validation results, from its own run folder (read through
+    organseg's RunDir; the curve is the one ``organseg compare`` draws, in minutes)."""
+    run = RunDir(run_dir)
+    cfg, summary, env = run.config, run.summary(), run.env()
     t = cfg["train"]
-    last = summary.get("last_val") or {}
+    last = summary.raw.get("last_val") or {}
     return {
-        "name": run_dir.name,
+        "name": run.path.name,
         "network": cfg["model"]["name"],
         "recipe": {k: t[k] for k in RECIPE_KEYS},
         "model_args": cfg["model"]["args"],
         "budget_min": t["time_budget_min"],
         "threads": t["threads"],
-        "iterations": summary["iterations"],
-        "images": summary["iterations"] * t["batch_size"],
-        "minutes": round(summary["train_seconds"] / 60, 1),
-        "images_per_second": summary["images_per_second"],
+        "iterations": summary.iterations,
+        "images": summary.iterations * t["batch_size"],
+        "minutes": round(summary.train_seconds / 60, 1),
+        "images_per_second": summary.images_per_second,
         "mean_dice": last.get("mean_dice"),
         "mean_hd95": last.get("mean_hd95"),
         "per_class": {k: v["dice"] for k, v in (last.get("per_class") or {}).items()},
-        "curve": [(minutes_at.get(r["iter"], 0.0), r["mean_dice"]) for r in val],
-        "cpu": env.get("cpu") or platform.processor(),
+        "curve": [((p["seconds"] or 0.0) / 60, p["dice"]) for p in learning_curve(run.path)],
+        "cpu": env.device_name if env is not None else None,
     }
 
 
@@ -99,7 +85,7 @@ def _pct(v: float | None) -> str:
 
 
 def report(args: argparse.Namespace) -> int:
-    rows = [describe(Path(d)) for d in args.runs if (Path(d) / "summary.json").is_file()]
+    rows = [describe(Path(d)) for d in args.runs if RunDir(d).summary() is not None]
     classes = list(dict.fromkeys(c for r in rows for c in r["per_class"]))  # the dataset's class order
     head = ["trial", "network", "recipe", "budget (min)", "trained (min)", "threads", "iterations", "images",
             "img/s", "mean DSC", *classes, "HD95"]  # fmt: skip

@@ -175,12 +175,12 @@ def test_env_names_the_cpu_model_and_its_bf16_instructions(monkeypatch, tmp_path
     ``platform.processor()`` (which reads "x86_64" on Linux)."""
     import torch
 
+    from organseg import device
     from organseg.training import runlog
 
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text("processor\t: 0\nmodel name\t: Some Xeon\nflags\t\t: fpu avx2 amx_bf16 avx512_bf16\n")
-    real = runlog.Path
-    monkeypatch.setattr(runlog, "Path", lambda p: real(cpuinfo) if str(p) == "/proc/cpuinfo" else real(p))
+    monkeypatch.setattr(device, "CPUINFO", cpuinfo)
     assert runlog.device_name(torch.device("cpu")) == "Some Xeon (amx_bf16, avx512_bf16)"
     cpuinfo.write_text("model name\t: Plain CPU\nflags\t\t: fpu avx2\n")
     assert runlog.device_name(torch.device("cpu")) == "Plain CPU"

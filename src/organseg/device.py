@@ -8,7 +8,9 @@ instead of the AssertionError torch raises on first use.
 
 from __future__ import annotations
 
+import platform
 import re
+from pathlib import Path
 
 import torch
 
@@ -51,3 +53,23 @@ def resolve_device(
     if index >= count:
         raise ConfigError(f"{source} {device!r}: there is no GPU {index}; this machine shows {count} GPU(s)")
     return torch.device("cuda", index)
+
+
+#: Where Linux describes the CPU (a module constant, so that tests can point it at a made-up file).
+CPUINFO = Path("/proc/cpuinfo")
+
+
+def cpu_info() -> tuple[str, frozenset[str]]:
+    """This machine's CPU model name and instruction-set flags (from /proc/cpuinfo; elsewhere the name
+    ``platform`` gives and no flags). The flags decide bf16 speed: AMX, AVX512-BF16 or neither."""
+    model, flags = "", frozenset()
+    try:
+        for line in CPUINFO.read_text(encoding="utf-8", errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and not model:
+                model = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = frozenset(value.split())
+    except OSError:  # not Linux
+        pass
+    return model or platform.processor() or platform.machine(), flags

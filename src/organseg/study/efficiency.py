@@ -24,7 +24,6 @@ The numbers behind both figures go to ``comparison.json`` under ``"efficiency"``
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -32,23 +31,21 @@ from typing import Any
 import numpy as np
 
 from organseg.errors import DataError
+from organseg.evaluation.metrics import PROTOCOLS
+from organseg.formatting import fmt_value
+from organseg.run import RunDir
 
 FRACTION_KEY = "data.train_fraction"
 FRACTION_FIGURE = "comparison_fraction.png"
 LEARNING_FIGURE = "comparison_learning.png"
-PROTOCOLS = ("reference", "corrected")
 
 
 # ------------------------------------------------------------------------------------------------ numbers
 
 
-def _fmt(v: Any) -> str:
-    return f"{v:g}" if isinstance(v, float) else json.dumps(v) if isinstance(v, (list, dict)) else str(v)
-
-
 def _line_label(model: str, sweep: dict[str, Any], skip: str | None) -> str:
     """``unet`` or ``unet, base_lr=0.01``: the network and the swept values other than ``skip``."""
-    return model + "".join(f", {k.rsplit('.', 1)[-1]}={_fmt(v)}" for k, v in sweep.items() if k != skip)
+    return model + "".join(f", {k.rsplit('.', 1)[-1]}={fmt_value(v)}" for k, v in sweep.items() if k != skip)
 
 
 def fraction_curves(
@@ -100,39 +97,11 @@ def fraction_curves(
     return out
 
 
-def _records(path: Path) -> list[dict[str, Any]]:
-    """The records of a ``metrics.jsonl``; a line cut by a killed run (or one being written) is skipped."""
+def _batch_size(run: RunDir) -> int | None:
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return []
-    out = []
-    for line in text.splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(rec, dict):
-            out.append(rec)
-    return out
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _batch_size(run_dir: Path) -> int | None:
-    from organseg.fileio import read_yaml
-
-    try:
-        cfg = read_yaml(run_dir / "config.yaml", "run configuration")
+        value = (run.config.get("train") or {}).get("batch_size")
     except DataError:
         return None
-    value = ((cfg or {}).get("train") or {}).get("batch_size") if isinstance(cfg, dict) else None
     return int(value) if isinstance(value, int) and value > 0 else None
 
 
@@ -140,14 +109,17 @@ def learning_curve(run_dir: str | Path) -> list[dict[str, Any]]:
     """The validation points of one run folder: ``iter``, ``images`` (iterations x ``train.batch_size``),
     ``seconds`` (training wall clock at that iteration) and ``dice`` (validation mean DSC, a fraction); None
     where a record does not tell."""
-    run_dir = Path(run_dir)
-    records = _records(run_dir / "metrics.jsonl")
+    run = RunDir(run_dir)
+    try:
+        records = run.metrics()  # the one reader: a cut last line is skipped
+    except DataError:  # no log, or a damaged one: no points for this run, the figure goes on
+        records = []
     times = {int(r["iter"]): float(r["time"]) for r in records
              if r.get("kind") == "train" and "iter" in r and r.get("time") is not None}  # fmt: skip
-    summary = _read_json(run_dir / "summary.json")
-    if summary.get("iterations") is not None and summary.get("train_seconds") is not None:
-        times.setdefault(int(summary["iterations"]), float(summary["train_seconds"]))
-    batch = _batch_size(run_dir)
+    summary = run.summary()
+    if summary is not None and summary.iterations is not None and summary.train_seconds is not None:
+        times.setdefault(int(summary.iterations), float(summary.train_seconds))
+    batch = _batch_size(run)
     points = []
     for r in records:
         if r.get("kind") != "val" or r.get("mean_dice") is None or "iter" not in r:
@@ -214,7 +186,7 @@ def _plot_fractions(path: Path, c: dict[str, Any], curves: list[dict[str, Any]],
             ax.fill_between(xs, lo, hi, color=colors[line], alpha=0.2, linewidth=0)
         if min(fractions) > 0 and max(fractions) / min(fractions) >= 4:
             ax.set_xscale("log")
-        ax.set_xticks(fractions, [_fmt(f) for f in fractions])
+        ax.set_xticks(fractions, [fmt_value(f) for f in fractions])
         ax.minorticks_off()
         ax.set_xlabel("training fraction (data.train_fraction, whole cases)")
         ax.set_title(f"{protocol} protocol", fontsize=9)

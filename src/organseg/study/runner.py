@@ -280,6 +280,7 @@ class _ProcessPool:
         self.finished: dict[str, int] = {}
         self.failed: dict[str, str] = {}
         self.totals = {p.name: _total_iterations(p.config, n_slices) for p in plans}
+        self.config_stamps: dict[str, int] = {}  # config.yaml's mtime when the bar last read it
         self.shown: tuple[int, str] = (0, "")
 
     def run(self) -> dict[str, str]:
@@ -363,10 +364,15 @@ class _ProcessPool:
             plan_t = self.by_name[name].config["train"]
             if phase != "train" or not plan_t["time_budget_min"] or plan_t["max_iterations"]:
                 continue
+            run = RunDir(self.out / STUDY_RUNS / name)
             try:
-                fitted = RunDir(self.out / STUDY_RUNS / name).config["train"].get("fitted_iterations")
+                stamp = run.config_file.stat().st_mtime_ns
+                if self.config_stamps.get(name) == stamp:  # read again only when train rewrote it
+                    continue
+                fitted = run.config["train"].get("fitted_iterations")
             except (OrgansegError, OSError, KeyError, TypeError):
                 continue  # not written yet, or being replaced
+            self.config_stamps[name] = stamp
             if fitted and fitted != self.totals[name]:
                 self.totals[name] = fitted
                 bar.total = sum(self.totals.values())

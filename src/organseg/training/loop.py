@@ -187,10 +187,7 @@ def _resume_state(
                     "for inference only? Train into another --out"
                 )
             _check_same_classes(state, dataset, last_path)
-            fitted = state["config"].get("train", {}).get("fitted_iterations")
-            if fitted and cfg["train"]["fitted_iterations"] is None:  # resume keeps the fitted horizon
-                cfg["train"]["fitted_iterations"] = fitted
-            diff = config_differences(state["config"], cfg)
+            diff = config_differences(state["config"], cfg)  # train.fitted_iterations aside: taken below
             if diff:
                 raise ConfigError(
                     f"{last_path}: the configuration differs from the run being resumed: " + "; ".join(diff)
@@ -200,8 +197,8 @@ def _resume_state(
     state, error = broadcast_object((state, error), env)
     if error is not None:
         raise error
-    if state is not None:  # every rank: the horizon fitted before the interruption
-        cfg["train"]["fitted_iterations"] = state["config"]["train"].get("fitted_iterations")
+    if state is not None:  # every rank: resume keeps the horizon fitted before the interruption
+        cfg["train"]["fitted_iterations"] = state["config"].get("train", {}).get("fitted_iterations")
     return state
 
 

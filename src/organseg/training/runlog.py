@@ -50,17 +50,9 @@ def device_name(device: torch.device) -> str:
     AVX512-BF16 or neither), e.g. ``AMD EPYC (avx512_bf16)``."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    model, flags = "", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and not model:
-                model = value.strip()
-            elif key.strip() == "flags" and not flags:
-                flags = set(value.split())
-    except OSError:  # not Linux
-        pass
-    name = model or platform.processor() or platform.machine()
+    from organseg.device import cpu_info
+
+    name, flags = cpu_info()
     bf16 = [f for f in ("amx_bf16", "avx512_bf16") if f in flags]
     return f"{name} ({', '.join(bf16)})" if bf16 else name
 
