@@ -415,9 +415,9 @@ def test_parallel_jobs_train_the_same_runs_as_one_process(study, tmp_path):
 def test_a_failing_parallel_run_is_one_clear_error(study, tmp_path, capsys):
     out = tmp_path / "broken"
     argv = ["compare", "--data", str(study["data"]), "--models", "unet", "swin_unet", "--out", str(out),
-            "--preset", study["preset"], "--set", "model.args.in_chans=3", "--jobs", "2"]  # fmt: skip
+            "--preset", study["preset"], "--set", "model.args.in_chans=0", "--jobs", "2"]  # fmt: skip
     # Every up-front check passes (in_chans is a U-Net argument of the right type); the U-Net child then
-    # fails at its first forward pass (1-channel slices into a 3-channel network).
+    # fails when it builds the network (no input channels).
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bar
     assert err.startswith("organseg compare: error:") and "training failed (exit code" in err, err
@@ -484,3 +484,14 @@ def test_cost_records_come_from_the_runs_own_records(study):
         assert cost["train_device"].startswith("cpu") and cost["test_device"] == "cpu"
     md = (out / "comparison.md").read_text()
     assert "## Cost" in md and "| swin_unet, base_lr=0.05 |" in md.split("## Cost")[1]
+
+
+def test_the_runs_table_writes_zero_iterations_as_zero_and_only_none_as_missing():
+    from organseg.study.outputs import _runs
+
+    ref = {"mean_dice": 0.5, "mean_hd95": 3.0}
+    run = {"name": "unet__seed1", "model": "unet", "seed": 1, "reference": ref}
+    rows = _runs({"runs": [{**run, "iterations": 0, "train_seconds": 0.0},
+                           {**run, "iterations": None, "train_seconds": None}], "skipped": []})  # fmt: skip
+    cells = [[c.strip() for c in line.split("|")[1:-1]] for line in rows if line.startswith("| `")]
+    assert [c[3:5] for c in cells] == [["0", "0.0"], ["–", "–"]]

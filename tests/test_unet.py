@@ -153,6 +153,13 @@ def test_other_classes_and_channels(num_classes, in_chans):
         assert model(torch.rand(2, in_chans, 32, 48)).shape == (2, num_classes, 32, 48)
 
 
+def test_a_one_channel_slice_feeds_a_three_channel_unet_as_the_slice_repeated():
+    model = create_model("unet", num_classes=4, in_chans=3, width=0.25).eval()
+    x = torch.rand(2, 1, 32, 48)
+    with torch.no_grad():
+        assert torch.equal(model(x), model(x.repeat(1, 3, 1, 1)))
+
+
 def test_backward_reaches_every_parameter(small_unet):
     model = copy.deepcopy(small_unet).train()
     x = torch.rand(2, 1, 32, 48)

@@ -55,6 +55,18 @@ def fmt_value(v: Any) -> str:
     return json.dumps(v) if isinstance(v, (list, dict)) else str(v)
 
 
+def first_names(names: list[str], n: int = 4) -> str:
+    """The first ``n`` of a list of names for an error message: ``[a, b, ... 7 more]``."""
+    if not names:
+        return "[]"
+    return "[" + ", ".join(names[:n]) + (f", ... {len(names) - n} more" if len(names) > n else "") + "]"
+
+
+def shape_text(t: Any) -> str:
+    """A tensor's shape as a list, the way the weight-loading messages write it: ``[96, 3, 4, 4]``."""
+    return str(list(t.shape))
+
+
 def plot_value(v: float | None, scale: float = 1.0) -> float:
     """A value for a figure: NaN where it is missing (matplotlib leaves a gap)."""
     return math.nan if is_missing(v) else v * scale

@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from organseg.errors import CheckpointError
-from organseg.models.pretrained import _first, _shape, read_weights
+from organseg.formatting import first_names, shape_text
+from organseg.models.pretrained import read_weights
 
 # ------------------------------------------------------------------------------------------- published files
 
@@ -108,14 +109,14 @@ def resolve_pretrained(
     if model is not None:
         target = model.state_dict()
         wrong = [
-            f"{pub.model_prefix + k} {_shape(target[pub.model_prefix + k])} vs {list(shape)}"
+            f"{pub.model_prefix + k} {shape_text(target[pub.model_prefix + k])} vs {list(shape)}"
             for k, shape in pub.expect.items()
             if pub.model_prefix + k in target and tuple(target[pub.model_prefix + k].shape) != shape
         ]
         if wrong:
             raise CheckpointError(
                 f"model.pretrained=imagenet: the {pub.what} weights do not fit this {model_name} "
-                f"(model.args change its size: {_first(wrong, 2)}); train from scratch with "
+                f"(model.args change its size: {first_names(wrong, 2)}); train from scratch with "
                 "--set model.pretrained=null"
             )
     folder = cache_dir()
@@ -187,9 +188,9 @@ def download_weights(pub: PublishedWeights, dest: Path, *, progress: bool = True
 def check_published_layout(state: dict[str, torch.Tensor], pub: PublishedWeights, *, source: str) -> None:
     """CheckpointError unless ``state`` holds the keys and shapes of ``pub`` (not another size or layout)."""
     wrong = [
-        f"{k}: {'missing' if k not in state else _shape(state[k])} (expected {list(shape)})"
+        f"{k}: {'missing' if k not in state else shape_text(state[k])} (expected {list(shape)})"
         for k, shape in pub.expect.items()
         if k not in state or tuple(state[k].shape) != shape
     ]
     if wrong:
-        raise CheckpointError(f"{source}: is not the {pub.what} file: {_first(wrong, 3)}")
+        raise CheckpointError(f"{source}: is not the {pub.what} file: {first_names(wrong, 3)}")

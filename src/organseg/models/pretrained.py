@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from organseg.errors import CheckpointError
+from organseg.formatting import first_names, shape_text
 
 KINDS = ("auto", "swin_unet", "swin_imagenet", "vgg16_bn")
 # Buffers derived from the architecture: never "left random", whether or not a file supplies them.
@@ -84,15 +85,9 @@ class LoadReport:
     def __str__(self) -> str:
         return (
             f"{self.path}: {self.kind} weights, {self.loaded} tensors loaded, {self.ignored} ignored "
-            f"{_first(list(self.ignored_keys))}, {self.left_random} left at initialisation "
-            f"{_first(self.left_random_keys)}"
+            f"{first_names(list(self.ignored_keys))}, {self.left_random} left at initialisation "
+            f"{first_names(self.left_random_keys)}"
         )
-
-
-def _first(names: list[str], n: int = 4) -> str:
-    if not names:
-        return "[]"
-    return "[" + ", ".join(names[:n]) + (f", ... {len(names) - n} more" if len(names) > n else "") + "]"
 
 
 def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
@@ -126,7 +121,7 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
     state = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
     if not state:
-        raise CheckpointError(f"{path}: holds no tensors (keys {_first([str(k) for k in obj])})")
+        raise CheckpointError(f"{path}: holds no tensors (keys {first_names([str(k) for k in obj])})")
     if all(k.startswith("module.") for k in state):
         state = {k[len("module.") :]: v for k, v in state.items()}
     return state
@@ -145,7 +140,8 @@ def detect_kind(state: dict[str, torch.Tensor]) -> str:
     if "features.0.weight" in state and "features.1.running_var" in state:
         return "vgg16_bn"
     raise CheckpointError(
-        f"unrecognised weights (neither Swin-Unet, ImageNet Swin nor VGG16-BN); first keys {_first(keys)}"
+        "unrecognised weights (neither Swin-Unet, ImageNet Swin nor VGG16-BN); "
+        f"first keys {first_names(keys)}"
     )
 
 
@@ -166,11 +162,8 @@ def _mismatch_message(
 ) -> str:
     from organseg.checkpoint import describe_mismatch
 
-    return f"{path}: does not fit {what}: " + describe_mismatch(missing, unexpected, shapes, first=_first)
-
-
-def _shape(t: torch.Tensor) -> str:
-    return str(list(t.shape))
+    detail = describe_mismatch(missing, unexpected, shapes, first=first_names)
+    return f"{path}: does not fit {what}: {detail}"
 
 
 # --------------------------------------------------------------------------------------------- Swin-Unet
@@ -202,7 +195,7 @@ def _load_swin_unet_state(
     missing = [prefix + k for k in expected if k not in state]
     unexpected = [prefix + k for k in state if k not in target]
     shapes = [
-        f"{prefix + k} file {_shape(v)} vs model {_shape(target[k])}"
+        f"{prefix + k} file {shape_text(v)} vs model {shape_text(target[k])}"
         for k, v in state.items()
         if k in target and v.shape != target[k].shape
     ]
@@ -259,8 +252,8 @@ def _load_swin_imagenet_state(model: nn.Module, state: dict[str, torch.Tensor], 
     if any(k not in state for k in need):
         raise CheckpointError(
             f"{path}: not a Swin classification checkpoint: missing keys "
-            f"{_first([k for k in need if k not in state])}; "
-            f"first keys in file {_first(list(state))}"
+            f"{first_names([k for k in need if k not in state])}; "
+            f"first keys in file {first_names(list(state))}"
         )
     layout = swin_layout(state)
     origin = timm_to_ms(state) if layout == "timm" else {k: k for k in state}
@@ -286,7 +279,7 @@ def _load_swin_imagenet_state(model: nn.Module, state: dict[str, torch.Tensor], 
         if src.shape != target[name].shape:
             # As the reference: a differently shaped tensor (other window size, width, classes) is dropped.
             mismatched.setdefault(
-                file_key, f"shape {_shape(src)} vs model {prefix + name} {_shape(target[name])}"
+                file_key, f"shape {shape_text(src)} vs model {prefix + name} {shape_text(target[name])}"
             )
             continue
         load[name] = src
@@ -296,7 +289,7 @@ def _load_swin_imagenet_state(model: nn.Module, state: dict[str, torch.Tensor], 
     if not any(k.endswith("attn.qkv.weight") for k in load):
         raise CheckpointError(
             f"{path}: no Swin block weights fit this model ({len(mismatched)} shape mismatches "
-            f"{_first([f'{k}: {r}' for k, r in mismatched.items()], 2)}); is it another Swin size?"
+            f"{first_names([f'{k}: {r}' for k, r in mismatched.items()], 2)}); is it another Swin size?"
         )
     net.load_state_dict(load, strict=False)
 
@@ -350,7 +343,7 @@ def _load_vgg_state(unet: nn.Module, state: dict[str, torch.Tensor], path: Path)
         ):
             v = v.sum(dim=1, keepdim=True)  # RGB -> grey, see the docstring
         if v.shape != want:
-            shapes.append(f"{s} file {_shape(v)} vs model {k} {list(want)}")
+            shapes.append(f"{s} file {shape_text(v)} vs model {k} {list(want)}")
             continue
         load[k] = v.to(target[k].dtype)
     if missing or shapes:

@@ -138,7 +138,8 @@ class UNet(nn.Module):
 
     Args:
         num_classes: output channels (9 for Synapse: background + 8 organs; 4 for ACDC).
-        in_chans: input channels (1 for CT / MRI slices).
+        in_chans: input channels of the first convolution (1 for CT / MRI slices); a 1-channel input is
+            repeated to ``in_chans``, so slices feed a network built for 3-channel (ImageNet) weights.
         width: multiplier on every channel count (1.0 is the seed's network; 0.25 gives a 16x cheaper
             U-Net of the same shape, used by the CPU demo). Channels are rounded to multiples of 8.
     """
@@ -169,10 +170,15 @@ class UNet(nn.Module):
         return w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 4 or x.shape[1] != self.in_chans or x.shape[-1] % 16 or x.shape[-2] % 16:
+        if x.ndim != 4 or x.shape[1] not in (1, self.in_chans) or x.shape[-1] % 16 or x.shape[-2] % 16:
             raise ValueError(
-                f"UNet expects (B, {self.in_chans}, H, W) with H and W divisible by 16, got {tuple(x.shape)}"
+                f"UNet expects (B, 1 or {self.in_chans}, H, W) with H and W divisible by 16, "
+                f"got {tuple(x.shape)}"
             )
+        if x.shape[1] == 1 and self.in_chans != 1:
+            # CT / MRI slices are one channel; a network built for more (ImageNet VGG weights take 3) sees the
+            # slice repeated, as the Swin-Unet does.
+            x = x.expand(-1, self.in_chans, -1, -1)
         if self.is_channels_last:
             # A channels-last model fed a contiguous tensor would convert at every conv; convert once.
             x = x.contiguous(memory_format=torch.channels_last)

@@ -212,9 +212,9 @@ _RUN_COLUMNS: tuple[Column, ...] = (
     ("run", lambda r: f"`{r['name']}`"),
     ("model", lambda r: r["model"]),
     ("seed", lambda r: str(r["seed"])),
-    # `or`: a run that recorded 0 (iterations or seconds, rounded) shows the dash, as it always has
-    ("iterations", lambda r: str(r["iterations"] or MISSING)),
-    ("train s", lambda r: str(r["train_seconds"] or MISSING)),
+    # A run that recorded 0 iterations (stopped by its budget before one step) says 0: only None is missing.
+    ("iterations", lambda r: MISSING if r["iterations"] is None else str(r["iterations"])),
+    ("train s", lambda r: MISSING if r["train_seconds"] is None else str(r["train_seconds"])),
     ("DSC (ref)", lambda r: num(r["reference"]["mean_dice"], scale=100)),
     ("HD95 (ref)", lambda r: num(r["reference"]["mean_hd95"])),
 )
