@@ -6,10 +6,14 @@ on the ACDC validation patients (the dataset has no test split here, and tuning 
 
     python benchmarks/time_to_accuracy.py run T1_swin swin_unet_acdc_fast 15 --threads 1 [--set k=v ...]
     python benchmarks/time_to_accuracy.py report runs/tta/* --figure docs/figures/time_to_accuracy.png
+    python benchmarks/time_to_accuracy.py epochs REFERENCE_RUN FAST_RUN   # gpu_time_to_accuracy.sh
 
 ``run`` resumes a trial that was interrupted (the same command). ``report`` prints one Markdown row per run
 folder (recipe, budget, iterations, images, validation DSC per class) and draws validation DSC against
 training minutes, one line per preset (its runs of different budgets, and any validations during a run).
+``epochs`` answers the GPU question of the time-to-accuracy issue: the first epoch at which a fast run's
+validation DSC reaches the reference run's last validation DSC, and that epoch as a fraction of the
+reference run's epochs.
 """
 
 from __future__ import annotations
@@ -137,6 +141,40 @@ def _figure(rows: list[dict], path: Path, series: list[str] | None) -> None:
     print(f"figure: {path}")
 
 
+def val_by_epoch(run_dir: Path) -> list[tuple[int, float]]:
+    """(epochs done, validation mean DSC) of every validation of a run, in order."""
+    records = RunDir(run_dir).metrics()
+    return [(int(r["epoch"]) + 1, float(r["mean_dice"])) for r in records
+            if r.get("kind") == "val" and r.get("mean_dice") is not None]  # fmt: skip
+
+
+def epochs_to_reach(reference: list[tuple[int, float]], fast: list[tuple[int, float]]) -> dict:
+    """The reference run's last validation (its target) and the first validation of the fast run at or
+    above it; ``ratio`` is that epoch over the reference run's epochs (None when never reached)."""
+    if not reference or not fast:
+        raise SystemExit("epochs: both runs need validation records (val.every > 0)")
+    ref_epochs, target = reference[-1]
+    reached = next((e for e, d in fast if d >= target), None)
+    return {"reference_epochs": ref_epochs, "target": target, "fast_epochs": fast[-1][0],
+            "fast_best": max(d for _, d in fast), "reached_at": reached,
+            "ratio": None if reached is None else reached / ref_epochs}  # fmt: skip
+
+
+def epochs(args: argparse.Namespace) -> int:
+    ref, fast = val_by_epoch(Path(args.reference)), val_by_epoch(Path(args.fast))
+    r = epochs_to_reach(ref, fast)
+    print("| run | epochs | validation mean DSC by epoch |\n|---|---|---|")
+    for name, pts in ((args.reference, ref), (args.fast, fast)):
+        curve = ", ".join(f"{e}: {100 * d:.1f}" for e, d in pts)
+        print(f"| {Path(name).name} | {pts[-1][0]} | {curve} |")
+    where = "never" if r["reached_at"] is None else f"at epoch {r['reached_at']} ({r['ratio']:.2f} of them)"
+    verdict = "meets" if r["ratio"] is not None and r["ratio"] <= 1 / 3 else "misses"
+    print(f"\nreference after {r['reference_epochs']} epochs: {100 * r['target']:.2f}; the fast run "
+          f"(best {100 * r['fast_best']:.2f} in {r['fast_epochs']} epochs) reaches it {where}: {verdict} "
+          "the one-third goal")
+    return 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="verb", required=True)
@@ -152,8 +190,11 @@ def main() -> int:
     q.add_argument("runs", nargs="+")
     q.add_argument("--figure", help="PNG: validation DSC against training minutes")
     q.add_argument("--series", nargs="+", metavar="PREFIX=LABEL", help="the runs of each line of the figure")
+    e = sub.add_parser("epochs", help="epochs for a fast run to reach a reference run's last validation DSC")
+    e.add_argument("reference")
+    e.add_argument("fast")
     args = p.parse_args()
-    return run(args) if args.verb == "run" else report(args)
+    return {"run": run, "report": report, "epochs": epochs}[args.verb](args)
 
 
 if __name__ == "__main__":

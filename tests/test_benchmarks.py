@@ -60,3 +60,21 @@ def test_time_to_accuracy_report_reads_a_run_folder(tmp_path, capsys):
     assert cells[6] == "6" and cells[9] == f"{100 * summary['last_val']['mean_dice']:.1f}"
     assert (tmp_path / "f.png").stat().st_size > 1000
     assert json.loads((run / "summary.json").read_text())["iterations"] == 6
+
+
+def test_epochs_to_reach_finds_the_first_fast_validation_at_the_reference_target():
+    import time_to_accuracy as tta
+
+    reference = [(50, 0.60), (100, 0.80), (150, 0.85)]
+    r = tta.epochs_to_reach(reference, [(10, 0.70), (20, 0.86), (30, 0.84), (50, 0.90)])
+    assert (r["target"], r["reached_at"], r["fast_best"], r["fast_epochs"]) == (0.85, 20, 0.90, 50)
+    assert r["ratio"] == pytest.approx(20 / 150)
+    never = tta.epochs_to_reach(reference, [(10, 0.70), (50, 0.84)])
+    assert never["reached_at"] is None and never["ratio"] is None
+    with pytest.raises(SystemExit, match="validation records"):
+        tta.epochs_to_reach(reference, [])
+
+
+def test_gpu_time_to_accuracy_script_parses():
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_time_to_accuracy.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
