@@ -76,5 +76,4 @@ def test_epochs_to_reach_finds_the_first_fast_validation_at_the_reference_target
 
 
 def test_gpu_time_to_accuracy_script_parses():
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_time_to_accuracy.sh"
-    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    assert subprocess.run(["bash", "-n", str(BENCH / "gpu_time_to_accuracy.sh")]).returncode == 0
