@@ -141,6 +141,9 @@ def test_fraction_study_draws_both_figures_and_links_them(fraction_study):
     assert f"]({FRACTION_FIGURE})" in md and f"]({LEARNING_FIGURE})" in md
     figures = json.loads((out / "comparison.json").read_text())["figures"]
     assert FRACTION_FIGURE in figures.values() and LEARNING_FIGURE in figures.values()
+    # one figure per question: the fraction has no std-bar sweep figure beside the banded one
+    assert not (out / "comparison_sweep_data.train_fraction.png").exists()
+    assert all("train_fraction" not in name or name == FRACTION_FIGURE for name in figures.values())
 
 
 def test_fraction_curve_points_are_the_tables_numbers_inside_their_bands(fraction_study):

@@ -1,5 +1,6 @@
 """The study's figures: per-organ grouped bars (DSC and HD95, error bars = std over seeds) and DSC / HD95
-against each swept key, next to ``comparison.md``."""
+against each swept key, next to ``comparison.md`` (``data.train_fraction`` has its own figure, with
+bootstrap bands: :mod:`organseg.study.efficiency`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from organseg.formatting import fmt_value, plot_value, pyplot, save_figure
+from organseg.study.efficiency import FRACTION_KEY
 from organseg.study.grid import freeze, safe_name
 
 
@@ -18,6 +20,8 @@ def write_figures(out: Path, c: dict[str, Any]) -> dict[str, str]:
     """Per-organ grouped bars (DSC and HD95, error bars = std over seeds) and DSC vs each swept key."""
     figures = {"per-organ DSC and HD95": _plot_organs(out / "comparison_organs.png", c)}
     for key in c["sweep_keys"]:
+        if key == FRACTION_KEY:  # drawn with its bootstrap band by organseg.study.efficiency instead
+            continue
         path = _plot_sweep(out / f"comparison_sweep_{safe_name(key)}.png", c, key)
         if path is not None:
             figures[f"DSC vs {key}"] = path

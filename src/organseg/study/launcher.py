@@ -250,10 +250,12 @@ class SubmititLauncher:
         checkpoint: str = "last",
         device: str = "auto",
         report: bool = True,
+        states: dict[str, tuple[str, int]] | None = None,
     ) -> tuple[dict[str, str], list[str]]:
         """Submit a job for every planned run (``PlannedRun``) with work left, resubmit the ones that end
-        without a result, wait for all. Returns ({run name: reason} of the diverged runs, the names the
-        jobs trained or tested, in the grid's order)."""
+        without a result, wait for all. ``states`` are the runs' :func:`run_state` when the caller has read
+        them already (each reads a checkpoint). Returns ({run name: reason} of the diverged runs, the names
+        the jobs trained or tested, in the grid's order)."""
         from organseg.study.runner import _fresh_results, run_state
 
         _submitit()
@@ -263,7 +265,8 @@ class SubmititLauncher:
             rd = RunDir(run_dir)
             precision = plan.config["train"]["precision"]
             fresh = _fresh_results(rd.results(split, checkpoint), rd.checkpoint(checkpoint), precision)
-            if run_state(run_dir, plan.config)[0] == "complete" and fresh:
+            state = states[plan.name] if states and plan.name in states else run_state(run_dir, plan.config)
+            if state[0] == "complete" and fresh:
                 continue  # the study reports it as reused
             jobs.append(GridPointJob(plan.name, plan.config, str(data), str(run_dir), split, checkpoint,
                                      device, report))  # fmt: skip

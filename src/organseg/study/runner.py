@@ -104,7 +104,7 @@ class _Study:
             o = self.opts
             self.failed, tested = launcher.run(
                 self.plans, self.out / STUDY_RUNS, data_root, self.heads, split=o["split"],
-                checkpoint=o["checkpoint"], device=o["device"], report=o["report"],
+                checkpoint=o["checkpoint"], device=o["device"], report=o["report"], states=states,
             )  # fmt: skip
             self.tested = list(tested)
             self.trained, todo = [p.name for p in todo if p.name in tested], []
