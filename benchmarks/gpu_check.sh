@@ -7,29 +7,9 @@
 #
 # env: PYTHON (default .venv/bin/python if present, else python3), ACDC_DIR (default ../shared/data/acdc),
 #      TRAIN_MIN (ACDC training minutes, default 3), OUT (default runs/gpu_check)
-set -euo pipefail
-cd "$(dirname "$0")/.."
-
-dry=0
-[[ "${1:-}" == "--dry-run" ]] && dry=1
-py=${PYTHON:-$( [[ -x .venv/bin/python ]] && echo .venv/bin/python || echo python3 )}
+source "$(dirname "$0")/_gpu_setup.sh" "$@"  # dry, py, acdc; installs what is missing
 out=${OUT:-runs/gpu_check}
-acdc=${ACDC_DIR:-../shared/data/acdc}
 mkdir -p "$out"
-
-# 1. Install what is missing. The device machines have no internet: torch (with CUDA) and the scientific stack
-#    must already be there; organseg itself installs from this checkout without touching the network.
-if ! "$py" -c "import organseg.training" 2>/dev/null; then
-  "$py" -m pip install --no-deps --no-build-isolation -e . >/dev/null
-fi
-missing=$("$py" - <<'PY'
-import importlib.util as u
-print(" ".join(m for m in ("torch", "numpy", "scipy", "h5py", "yaml", "tqdm", "SimpleITK") if u.find_spec(m) is None))
-PY
-)
-if [[ -n "$missing" ]]; then
-  "$py" -m pip install -q $missing || { echo "gpu_check: cannot install: $missing" >&2; exit 2; }
-fi
 "$py" - <<'PY'
 import torch
 print(f"torch {torch.__version__}, CUDA {torch.version.cuda},",

@@ -12,21 +12,12 @@
 # env: PYTHON (default .venv/bin/python if present, else python3), ACDC_DIR (default ../shared/data/acdc),
 #      NETWORKS (default swin_unet), FAST_EPOCHS (default 50), VAL_EVERY (default 5), OUT (default
 #      runs/gpu_tta). A run folder that is already there is resumed, so a call cut by a time limit continues.
-set -euo pipefail
-cd "$(dirname "$0")/.."
-
-dry=0
-[[ "${1:-}" == "--dry-run" ]] && dry=1
-py=${PYTHON:-$( [[ -x .venv/bin/python ]] && echo .venv/bin/python || echo python3 )}
+source "$(dirname "$0")/_gpu_setup.sh" "$@"  # dry, py, acdc; installs what is missing
 out=${OUT:-runs/gpu_tta}
-acdc=${ACDC_DIR:-../shared/data/acdc}
 fast_epochs=${FAST_EPOCHS:-50}
 every=${VAL_EVERY:-5}
 mkdir -p "$out"
 [[ -d "$acdc" ]] || { echo "gpu_time_to_accuracy: $acdc not found (set ACDC_DIR)" >&2; exit 2; }
-if ! "$py" -c "import organseg.training" 2>/dev/null; then
-  "$py" -m pip install --no-deps --no-build-isolation -e . >/dev/null
-fi
 
 # From scratch: the device machines have no network for the ImageNet weights, and the fast presets are from
 # scratch too, so the two recipes start from the same place.

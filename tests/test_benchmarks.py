@@ -75,5 +75,6 @@ def test_epochs_to_reach_finds_the_first_fast_validation_at_the_reference_target
         tta.epochs_to_reach(reference, [])
 
 
-def test_gpu_time_to_accuracy_script_parses():
-    assert subprocess.run(["bash", "-n", str(BENCH / "gpu_time_to_accuracy.sh")]).returncode == 0
+@pytest.mark.parametrize("script", ["_gpu_setup.sh", "gpu_check.sh", "gpu_time_to_accuracy.sh"])
+def test_gpu_scripts_parse(script):
+    assert subprocess.run(["bash", "-n", str(BENCH / script)]).returncode == 0

@@ -486,3 +486,16 @@ def test_squeue_state_of_a_job(monkeypatch):
     assert launcher_module._slurm_state("7") == "RUNNING"
     assert launcher_module._slurm_state("8") == "" and launcher_module._slurm_state("9") == ""
     assert calls[0] == ["squeue", "-h", "-o", "%T", "-j", "7"]
+
+
+def test_states_the_study_read_are_used_without_reading_the_checkpoints_again(monkeypatch, tmp_path):
+    from organseg.study import runner
+
+    def read_again(*_a, **_k):
+        raise AssertionError("run_state called although the study passed the states")
+
+    launcher = fake_launcher(monkeypatch, tmp_path, {"a": [{"status": "done"}]})
+    monkeypatch.setattr(runner, "run_state", read_again)
+    states = {"a": ("new", 0)}
+    assert launcher.run(plans("a"), tmp_path / "runs", tmp_path / "data", {}, states=states) == ({}, ["a"])
+    assert len(launcher.submitted) == 1
