@@ -14,6 +14,8 @@ from organseg.errors import DataError
 from organseg.evaluation.paired import (
     ALPHA,
     bootstrap_diff,
+    by_subject,
+    case_subjects,
     holm,
     paired_difference,
     paired_from_runs,
@@ -145,9 +147,11 @@ def test_paired_from_runs_reads_per_case_files(tmp_path) -> None:
                                          "c2": {"liver": 0.7, "spleen": 0.6}})  # fmt: skip
     b = _write_per_case(tmp_path / "b", {"c2": {"liver": 0.8, "spleen": 0.6},
                                          "c1": {"liver": 0.9, "spleen": 0.9}})  # fmt: skip
-    recs, cases = paired_from_runs([a], [b], ["background", "liver", "spleen"], [("Liver", 1), ("Spleen", 2)],
-                                   resamples=100)  # fmt: skip
+    recs, cases, subjects = paired_from_runs([a], [b], ["background", "liver", "spleen"],
+                                             [("Liver", 1), ("Spleen", 2)], resamples=100)  # fmt: skip
     assert cases == ["c1", "c2"]
+    assert subjects is None  # these per-case files predate subjects: each volume is its own unit
+    assert {r["unit_of_analysis"] for r in recs} == {"volume"}
     got = {(r["protocol"], r["metric"], r["organ"]): r for r in recs}
     assert len(got) == 2 * 2 * 3
     assert got[("reference", "dice", "Liver")]["diff"] == pytest.approx(0.05)
@@ -181,3 +185,64 @@ def test_verdict_states_only_what_the_records_give() -> None:
     assert "smallest p the exact Wilcoxon" not in text  # 12 cases can reach significance
     few = " ".join(verdict_markdown(recs, cost, {"cases": 4, "alpha": ALPHA}))
     assert "smallest p the exact Wilcoxon test can give is 0.12" in few
+
+
+# ------------------------------------------------------------------------------------------ subjects
+
+
+def test_by_subject_means_each_subjects_volumes() -> None:
+    x = np.array([[1.0, 3.0, 5.0, np.nan], [2.0, 2.0, np.nan, np.nan]])
+    means, names, volumes = by_subject(x, ["p1", "p1", "p2", "p3"])
+    assert names == ["p1", "p2", "p3"]
+    np.testing.assert_allclose(means, [[2.0, 5.0, np.nan], [2.0, np.nan, np.nan]])
+    assert volumes.tolist() == [2, 0, 0]  # volumes with a value in every seed
+
+
+def test_paired_difference_counts_subjects_not_volumes() -> None:
+    # Two frames per patient: the patient's value is the mean of its frames, n is 3 patients.
+    a = np.array([0.5, 0.7, 0.6, 0.6, 0.9, 0.9])
+    b = np.array([0.6, 0.8, 0.5, 0.9, 1.0, 1.0])
+    subjects = ["p1", "p1", "p2", "p2", "p3", "p3"]
+    r = paired_difference(a, b, subjects=subjects, resamples=200)
+    assert (r["n"], r["n_subjects"], r["n_volumes"], r["unit_of_analysis"]) == (3, 3, 6, "subject")
+    d = np.array([0.1, 0.1, 0.1])  # per-patient differences: (0.1+0.1)/2, (-0.1+0.3)/2, (0.1+0.1)/2
+    assert r["diff"] == pytest.approx(d.mean())
+    assert (r["wins"], r["losses"]) == (3, 0)
+    assert r["p"] == pytest.approx(stats.wilcoxon(np.array([0.1, 0.1, 0.1])).pvalue)
+    # The same numbers with each patient's frames already averaged: subjects are what is counted.
+    one = paired_difference(
+        np.array([0.6, 0.6, 0.9]), np.array([0.7, 0.7, 1.0]), resamples=200
+    )
+    assert one["diff"] == pytest.approx(r["diff"]) and one["p"] == pytest.approx(r["p"])
+    assert one["ci_low"] == pytest.approx(r["ci_low"]) and one["ci_high"] == pytest.approx(r["ci_high"])
+    assert one["unit_of_analysis"] == "volume"
+
+
+def test_bootstrap_draws_whole_subjects() -> None:
+    # A subject with two identical frames must weigh as one subject, not two: the interval equals the
+    # interval of the per-subject values.
+    rng = np.random.default_rng(0)
+    per_subject = rng.normal(0.05, 0.1, 12)
+    frames = np.repeat(per_subject, 2)
+    subjects = np.repeat([f"p{i}" for i in range(12)], 2).tolist()
+    zeros = np.zeros(24)
+    grouped = paired_difference(zeros, frames, subjects=subjects, resamples=400, seed=5)
+    single = paired_difference(np.zeros(12), per_subject, resamples=400, seed=5)
+    assert (grouped["ci_low"], grouped["ci_high"]) == pytest.approx((single["ci_low"], single["ci_high"]))
+    assert grouped["n"] == 12 and grouped["n_volumes"] == 24
+
+
+def test_paired_table_mean_row_by_subject() -> None:
+    a = np.array([[[0.5, 0.7], [0.7, 0.9], [0.4, 0.4], [0.6, 0.6]]])  # (seeds, volumes, organs)
+    b = a + 0.1
+    recs = paired_table(a, b, ["x", "y"], "dice", subjects=["p1", "p1", "p2", "p2"], resamples=100)
+    mean = recs[-1]
+    assert mean["organ"] == "mean" and mean["n"] == 2 and mean["n_volumes"] == 4
+    assert mean["diff"] == pytest.approx(0.1)
+
+
+def test_case_subjects_must_agree(tmp_path) -> None:
+    runs = [[{"case": "c1", "subject": "p1"}], [{"case": "c1", "subject": "p2"}]]
+    with pytest.raises(DataError, match="case c1 belongs to subject 'p1' in one run and 'p2'"):
+        case_subjects(runs, ["c1"])
+    assert case_subjects([[{"case": "c1", "subject": "p1"}]], ["c1"]) == ["p1"]

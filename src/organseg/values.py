@@ -143,6 +143,7 @@ def check_value(key: str, value: Any, rule: Rule) -> Any:
 POSITIVE_INT = Rule("int", lo=1)
 OPTIONAL_POSITIVE_INT = Rule("int", lo=1, optional=True)
 SEED = Rule("int", lo=0, hi=_SEED_MAX)
+FOLDS = Rule("int", lo=2, hi=100, why="folds of the training subjects")
 WORKERS = Rule("int", lo=1, hi=max_threads, why="4 x the CPU cores here")
 FINITE = Rule("float")
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 
 from organseg.errors import ConfigError
-from organseg.values import WORKERS, option
+from organseg.values import FOLDS, WORKERS, option
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -44,7 +44,27 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="preset name or YAML path, '{model}' is replaced by each network "
         "(default: {model}_synapse, or {model}_acdc on ACDC)",
     )
-    p.add_argument("--split", default="test", choices=("test", "val"), help="split to test on (default test)")
+    p.add_argument(
+        "--split",
+        choices=("test", "val"),
+        help="split to test on (default test; with --folds each fold's held-out subjects)",
+    )
+    p.add_argument(
+        "--folds",
+        type=option(FOLDS),
+        metavar="K",
+        help="K-fold cross-validation over the training subjects: every network x seed x fold is a run "
+        "(OUT/runs/..._fold<k>), each tested on the subjects it never saw; the statistics pool them "
+        "(nnU-Net's splits_final.json when the dataset has one, else a seeded split in OUT/splits.json)",
+    )
+    p.add_argument(
+        "--note",
+        dest="notes",
+        metavar="TEXT",
+        action="append",
+        default=[],
+        help="a sentence for comparison.md's notes (repeatable), e.g. which data chose the recipe",
+    )
     p.add_argument(
         "--checkpoint",
         default="last",
@@ -84,13 +104,15 @@ def run(args: argparse.Namespace) -> int:
     launcher = from_args(args)  # None: --launcher local
     if args.collect is not None:
         given = [n for n, v in (("--data", args.data), ("--seeds", args.seeds), ("--set", args.sets),
-                                ("--preset", args.preset), ("--precision", args.precision)) if v]  # fmt: skip
+                                ("--preset", args.preset), ("--precision", args.precision),
+                                ("--folds", args.folds)) if v]  # fmt: skip
         if given:
             raise ConfigError(
                 f"--collect reads everything from the run folders; {', '.join(given)} do(es) not apply"
             )
         result = collect(
-            args.out, args.collect or None, split=args.split, checkpoint=args.checkpoint, models=args.models
+            args.out, args.collect or None, split=args.split, checkpoint=args.checkpoint, models=args.models,
+            notes=args.notes,
         )
     else:
         if not args.data or not args.models:
@@ -109,6 +131,8 @@ def run(args: argparse.Namespace) -> int:
             jobs=args.jobs,
             report=not args.no_report,
             launcher=launcher,
+            folds=args.folds,
+            notes=args.notes,
         )
     print(console_table(result))
     print(f"organseg compare: wrote {args.out}/comparison.md, comparison.json, comparison.csv")

@@ -1,4 +1,5 @@
-"""``organseg info``: the registered networks side by side: size, cost per image, configuration."""
+"""``organseg info``: the registered networks side by side: size, cost per image, configuration; with
+``--data DIR``, a dataset's splits in volumes and subjects."""
 
 from __future__ import annotations
 
@@ -22,7 +23,46 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--img-size", type=option(Rule("int", lo=16, hi=4096)), default=224, help="square input size (224)"
     )
     p.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    p.add_argument(
+        "--data",
+        metavar="DIR",
+        help="describe a dataset instead: layout, classes, each split's volumes and subjects (patients)",
+    )
+    p.add_argument(
+        "--subjects",
+        metavar="RULE",
+        help="with --data: map cases to subjects as data.subjects does (a regex's first group, or a .json)",
+    )
     return p
+
+
+def dataset_rows(root: str, subjects: str | None = None) -> dict:
+    """A dataset's description for ``organseg info --data``: layout, classes, and per split the number of
+    volumes and of subjects (training slices count their volumes and subjects too)."""
+    from organseg.data import open_dataset
+    from organseg.data.folds import apply_data_config
+
+    dataset = apply_data_config(open_dataset(root), {"subjects": subjects})
+    splits = {}
+    for split in ("train", "val", "test"):
+        cases = dataset.case_ids(split)
+        splits[split] = {"volumes": len(cases), "subjects": len({dataset.subject_of(c) for c in cases})}
+    info = dataset.info()
+    return {
+        "root": str(root),
+        "layout": info.get("layout", dataset.name),
+        "classes": list(dataset.class_names),
+        "train_slices": len(dataset.train_slices()),
+        "splits": splits,
+    }
+
+
+def format_dataset(d: dict) -> str:
+    lines = [f"{d['root']}: {d['layout']} layout, {len(d['classes'])} classes ({', '.join(d['classes'])}), "
+             f"{d['train_slices']} training slices"]  # fmt: skip
+    for split, n in d["splits"].items():
+        lines.append(f"  {split:<5} {n['volumes']:>5} volume(s) of {n['subjects']:>4} subject(s)")
+    return "\n".join(lines)
 
 
 def format_table(rows: list[dict]) -> str:
@@ -56,6 +96,12 @@ def format_table(rows: list[dict]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.data is not None:
+        d = dataset_rows(args.data, args.subjects)
+        print(json.dumps(d, indent=2) if args.json else format_dataset(d))
+        return 0
+    if args.subjects is not None:
+        raise ConfigError("--subjects maps a dataset's cases to subjects: give the dataset with --data")
     from organseg.models import list_models
     from organseg.models.flops import model_profile
 

@@ -83,7 +83,10 @@ def run(args: argparse.Namespace) -> int:
         tta=args.tta,
     )
     print(summary["table"])
-    print(f"organseg test: results in {summary['results_dir']}")
+    print(
+        f"organseg test: {summary['cases']} volume(s) of {summary.get('subjects', summary['cases'])} "
+        f"subject(s) on the {summary['split']} split; results in {summary['results_dir']}"
+    )
     if summary.get("report"):
         print(f"organseg test: report {summary['report']}")
     return 0

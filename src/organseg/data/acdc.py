@@ -18,7 +18,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from organseg.data.base import SegmentationDataset, Volume
+import numpy as np
+
+from organseg.data.base import SegmentationDataset, Volume, check_disjoint_subjects
 from organseg.data.classes import ACDC_CLASSES
 from organseg.data.io import read_h5_pair, read_list, require_files
 from organseg.data.slices import FileSlices
@@ -59,10 +61,10 @@ class ACDCDataset(SegmentationDataset):
         overlap = set(self._splits["val"]) & set(self._splits["test"])
         if overlap:
             raise DataError(f"{self.root}: case(s) {sorted(overlap)[:5]} are in both val.list and test.list")
-        train_cases = {n.split("_slice")[0] for n in self._train}
-        leak = sorted(train_cases & (set(self._splits["val"]) | set(self._splits["test"])))
-        if leak:
-            raise DataError(f"{self.root}: evaluation case(s) {leak[:5]} also appear in train_slices.list")
+        self._train_volumes: dict[str, list[str]] = {}
+        for n in self._train:
+            self._train_volumes.setdefault(n.split("_slice")[0], []).append(n)
+        check_disjoint_subjects(self)
         if not self._train and not any(self._splits.values()):
             raise DataError(f"{self.root}: empty ACDC folder (no training slices and no volumes)")
 
@@ -73,21 +75,56 @@ class ACDCDataset(SegmentationDataset):
         # patientNNN_frameMM_slice_K: both frames of a patient are one case (never part of a patient)
         return [n.split("_frame")[0] for n in self._train]
 
+    def default_subject(self, case_id: str) -> str:
+        return case_id.split("_frame")[0]  # patientNNN_frameMM: the ED and ES frames of one patient
+
+    def split_source(self, split: str) -> str:
+        if split == "train":
+            return self.train_source
+        return str(self.root / f"{split}.list")
+
     def case_ids(self, split: str) -> list[str]:
         if split in self._splits:
             return list(self._splits[split])
         if split == "train":
-            return sorted({n.split("_slice")[0] for n in self._train})
+            return sorted(self._train_volumes)
         raise ConfigError(f"unknown split {split!r}; expected 'train', 'val' or 'test'")
 
     def volume(self, case_id: str) -> Volume:
         path = self.volume_dir / f"{case_id}.h5"
-        if not path.is_file():
-            raise DataError(f"{path}: no volume for case {case_id!r}")
-        image, label = read_h5_pair(path, ndim=3)
+        if path.is_file():
+            image, label = read_h5_pair(path, ndim=3)
+            source = str(path)
+        elif case_id in self._train_volumes:
+            image, label = self._stack_slices(case_id)
+            source = str(self.slice_dir / f"{case_id}_slice_*.h5")
+        else:
+            raise DataError(f"{path}: no volume for case {case_id!r} (nor training slices of it)")
         if label.size and int(label.max()) >= self.num_classes:
-            raise DataError(f"{path}: label id {int(label.max())} is outside the 4 ACDC classes")
-        return Volume(case_id, image, label, None, {"source": str(path)})
+            raise DataError(f"{source}: label id {int(label.max())} is outside the 4 ACDC classes")
+        return Volume(case_id, image, label, None, {"source": source})
+
+    def _stack_slices(self, case_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """A training volume from its slices (cross-validation predicts the held-out patients' volumes):
+        ``_slice_K`` in K order, which must run without gaps."""
+        numbered = {}
+        for n in self._train_volumes[case_id]:
+            k = n.rpartition("_slice_")[2]
+            if not k.isdigit():
+                raise DataError(f"{self.slice_dir / n}.h5: expected the name {case_id}_slice_K (K a number)")
+            numbered[int(k)] = n
+        index = sorted(numbered)
+        names = [numbered[k] for k in index]
+        if index != list(range(index[0], index[0] + len(index))):
+            raise DataError(
+                f"{self.slice_dir}: the slices of {case_id} are numbered {index}, with gaps: the volume "
+                "cannot be rebuilt"
+            )
+        pairs = [read_h5_pair(self.slice_dir / f"{n}.h5", ndim=2) for n in names]
+        shapes = {p[0].shape for p in pairs}
+        if len(shapes) != 1:
+            raise DataError(f"{self.slice_dir}: the slices of {case_id} differ in shape {sorted(shapes)}")
+        return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
 
     def info(self) -> dict:
         out = super().info()

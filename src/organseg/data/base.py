@@ -6,10 +6,12 @@ Training code sees 2-D slices, evaluation code sees 3-D volumes; neither needs t
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from organseg.errors import DataError
 
 SPLITS = ("train", "val", "test")
 
@@ -55,6 +57,31 @@ class SegmentationDataset(ABC):
         case (a dataset that does not know better, e.g. :class:`ArrayDataset`)."""
         return [f"slice{i}" for i in range(len(self.train_slices()))]
 
+    def default_subject(self, case_id: str) -> str:
+        """The reader's own rule for the subject (patient) a case or volume belongs to: the case itself
+        unless the layout knows better (ACDC: ``patientNNN`` of ``patientNNN_frameMM``)."""
+        return case_id
+
+    def subject_of(self, case_id: str) -> str:
+        """The subject (patient) of a case: ``data.subjects`` when set (:meth:`set_subjects`), else the
+        reader's rule. Statistics count subjects, and splits never share one."""
+        rule = getattr(self, "_subject_rule", None)
+        return rule(case_id) if rule is not None else self.default_subject(case_id)
+
+    def set_subjects(self, rule: Callable[[str], str] | None) -> None:
+        """Map cases to subjects with ``rule`` (None: the reader's own), then check again that no subject
+        is on two sides of the splits."""
+        self._subject_rule = rule
+        check_disjoint_subjects(self)
+
+    def train_slice_subjects(self) -> list[str]:
+        """The subject of every training slice, in ``train_slices()`` order."""
+        return [self.subject_of(c) for c in self.train_slice_cases()]
+
+    def split_source(self, split: str) -> str:
+        """Where a split's cases are listed (a list file or a folder), for messages that name it."""
+        return f"the {split} split"
+
     @abstractmethod
     def case_ids(self, split: str) -> list[str]:
         """Case ids of an evaluation split ("val" or "test"); empty when the split does not exist."""
@@ -74,6 +101,26 @@ class SegmentationDataset(ABC):
             "class_names": list(self.class_names),
             "preprocessing": dict(self.preprocessing),
         }
+
+
+def check_disjoint_subjects(dataset: SegmentationDataset) -> None:
+    """No subject (patient) may have volumes on two sides of train / val / test: a DataError naming the
+    subject, its volumes and both lists. (ACDC's two frames of one patient are one subject.)"""
+    sides: dict[str, dict[str, str]] = {}  # subject -> {split: one of its cases there}
+    train = [(c, "train") for c in dict.fromkeys(dataset.train_slice_cases())]
+    listed = [(c, s) for s in ("val", "test") for c in dataset.case_ids(s)]
+    for case, split in train + listed:
+        seen = sides.setdefault(dataset.subject_of(case), {})
+        seen.setdefault(split, case)
+        if len(seen) > 1:
+            (s1, c1), (s2, c2) = list(seen.items())[:2]
+            subject = dataset.subject_of(case)
+            where = getattr(dataset, "root", dataset.name)
+            raise DataError(
+                f"{where}: subject {subject!r} is on two sides of the split: "
+                f"{c1} in {dataset.split_source(s1)} and {c2} in {dataset.split_source(s2)}; a patient's "
+                "volumes (e.g. both ACDC frames) must all be in one list"
+            )
 
 
 class ArrayDataset(SegmentationDataset):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from organseg.data.acdc import ACDCDataset
 from organseg.data.base import SegmentationDataset
+from organseg.data.folds import apply_data_config
 from organseg.data.nnunet import NnUNetDataset
 from organseg.data.synapse import SynapseDataset
 from organseg.errors import ConfigError, DataError
@@ -70,11 +71,16 @@ def resolve_dataset(
 ) -> SegmentationDataset:
     """The one dataset opener of ``train`` and ``test``: a dataset object as given, else the folder ``data``,
     else the configuration's ``data.root`` (a run's config, or a checkpoint's); ``missing`` is the ConfigError
-    message when there is none of them."""
+    message when there is none of them. The configuration's ``data.subjects`` and ``data.fold`` apply
+    (:func:`organseg.data.folds.apply_data_config`)."""
+    data_cfg = (config or {}).get("data") or {}
     if isinstance(data, SegmentationDataset):
-        return data
-    root = data if data is not None else ((config or {}).get("data") or {}).get("root")
+        return apply_data_config(data, data_cfg)
+    root = data if data is not None else data_cfg.get("root")
     if root is None:
         raise ConfigError(missing)
-    return open_dataset(root)
+    options = {}
+    if data_cfg.get("fold") is not None and detect_layout(root) == "nnunet":
+        options["cross_validation"] = True  # every labelled case in the pool the folds divide
+    return apply_data_config(open_dataset(root, **options), data_cfg)
 

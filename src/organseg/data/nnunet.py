@@ -173,6 +173,7 @@ class NnUNetDataset(SegmentationDataset):
         splits_file: str | Path | None = None,
         cache_bytes: int = 2 * 1024**3,
         progress: bool = True,
+        cross_validation: bool = False,
     ) -> None:
         self.root = Path(root)
         self.cache_bytes = cache_bytes
@@ -216,7 +217,11 @@ class NnUNetDataset(SegmentationDataset):
         self.slice_axis = axis
         self.transpose = (axis, *[a for a in range(3) if a != axis])
 
-        self._train, self._val = self._split(fold, val_fraction, split_seed, splits_file)
+        self._splits_path = Path(splits_file) if splits_file is not None else self.root / "splits_final.json"
+        if cross_validation:  # data.fold: every labelled case is in the pool the folds divide
+            self._train, self._val = sorted(self._train_pairs), []
+        else:
+            self._train, self._val = self._split(fold, val_fraction, split_seed, splits_file)
 
         # Intensity spec.
         if channel.lower() == "ct":
@@ -374,6 +379,27 @@ class NnUNetDataset(SegmentationDataset):
         order = np.random.default_rng(seed).permutation(len(cases))
         val = sorted(cases[i] for i in order[:n_val])
         return [c for c in cases if c not in set(val)], val
+
+    def predefined_folds(self) -> list[list[str]] | None:
+        """The held-out cases of each fold of ``splits_final.json`` (nnU-Net's own cross-validation), or
+        None without the file."""
+        if not self._splits_path.is_file():
+            return None
+        return [self._split(k, 0.0, 0, self._splits_path)[1] for k in range(self._fold_count())]
+
+    def _fold_count(self) -> int:
+        try:
+            folds = json.loads(self._splits_path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise DataError(f"{self._splits_path}: cannot read JSON ({exc})") from None
+        return len(folds) if isinstance(folds, list) else 0
+
+    def split_source(self, split: str) -> str:
+        if split == "test":
+            return str(self.root / "imagesTs")
+        if self._splits_path.is_file():
+            return f"{self._splits_path} ({split})"
+        return f"the seeded {split} split of {self.root / 'imagesTr'}"
 
     def _iter_raw(self, cases: Sequence[str], progress: bool):
         bar = progress_bar(cases, desc="intensity percentiles", unit="case", disable=not progress,

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from organseg.data.base import SegmentationDataset, Volume
+from organseg.data.base import SegmentationDataset, Volume, check_disjoint_subjects
 from organseg.data.classes import SYNAPSE_CLASSES
 from organseg.data.completion import require_complete
 from organseg.data.io import read_h5_pair, read_list, read_npz_slice, require_files
@@ -129,6 +129,7 @@ class SynapseDataset(SegmentationDataset):
         self._val = self._resolve_val(val_cases, val_seed)
         if not self._train_names and not self._test:
             raise DataError(f"{self.root}: no training slices and no test volumes found")
+        check_disjoint_subjects(self)
 
     # ----------------------------------------------------------------------------------------------- helpers
     def _read_sidecar(self) -> dict:
@@ -217,6 +218,14 @@ class SynapseDataset(SegmentationDataset):
             held = set(self._val)
             return [c for c in sorted(self._train_cases) if c not in held]
         raise ConfigError(f"unknown split {split!r}; expected 'train', 'val' or 'test'")
+
+    def split_source(self, split: str) -> str:
+        if split == "train":
+            return self.train_source
+        name = {"val": "val.txt", "test": "test_vol.txt"}[split]
+        if self.list_dir is not None and (self.list_dir / name).is_file():
+            return str(self.list_dir / name)
+        return f"the {split} split"
 
     def spacing(self, case_id: str) -> tuple[float, float, float] | None:
         meta = self._cases_meta.get(case_id, {})

@@ -141,6 +141,7 @@ class EvaluationResult:
     nsd_tolerance: list[float] | None = None
     slices: list[int] | None = None
     inference_seconds: float | None = None
+    subjects: list[str] | None = None  # the subject (patient) of each case; None: each case is one
 
     @property
     def hd95_unit(self) -> str:
@@ -154,6 +155,7 @@ class EvaluationResult:
         return {
             "split": self.split,
             "cases": len(self.case_ids),
+            "subjects": len(set(self.subject_ids)),
             "class_names": list(self.class_names),
             "reference": reference_summary(self.reference, self.class_names),
             "corrected": corrected_summary(
@@ -168,6 +170,52 @@ class EvaluationResult:
             **self._timing(),
             **self.meta,
         }
+
+    @classmethod
+    def from_per_case(
+        cls,
+        records: Sequence[dict[str, Any]],
+        class_names: Sequence[str],
+        split: str,
+        nsd_tolerance: Sequence[float] | None = None,
+    ) -> EvaluationResult:
+        """The result whose :meth:`per_case` gave ``records`` (``per_case.json``): how a cross-validation's
+        folds, each tested on its held-out subjects, are pooled into one result over every subject (the
+        summaries are recomputed from the cases, never averaged over folds)."""
+        names = list(class_names[1:])
+        shape = (len(records), len(names), 2)
+        reference, corrected = np.zeros(shape), np.full(shape, np.nan)
+        presence = np.zeros(shape, bool)
+        surface = np.full((len(records), len(names), len(SURFACE_METRICS)), np.nan)
+        flags = {
+            SCORED: (True, True), MISSED: (False, True), FALSE_POSITIVE: (True, False), ABSENT: (False, False)
+        }
+        for n, rec in enumerate(records):
+            for i, name in enumerate(names):
+                entry = rec["classes"][name]
+                reference[n, i] = entry["reference"]["dice"], entry["reference"]["hd95"]
+                corr = entry["corrected"]
+                corrected[n, i] = [math.nan if corr.get(m) is None else corr[m] for m in ("dice", "hd95")]
+                surface[n, i] = [math.nan if corr.get(m) is None else corr[m] for m in SURFACE_METRICS]
+                presence[n, i] = flags[entry["status"]]
+        first = records[0]["classes"][names[0]]["corrected"] if records and names else {}
+        has_surface = any(m in first for m in SURFACE_METRICS)
+        return cls(
+            split=split,
+            class_names=tuple(class_names),
+            case_ids=[str(r["case"]) for r in records],
+            reference=reference,
+            corrected=corrected,
+            presence=presence,
+            spacings=[None if r.get("spacing") is None else tuple(r["spacing"]) for r in records],
+            surface=surface if has_surface else None,
+            nsd_tolerance=None if nsd_tolerance is None else list(nsd_tolerance),
+            subjects=[str(r.get("subject", r["case"])) for r in records],
+        )
+
+    @property
+    def subject_ids(self) -> list[str]:
+        return list(self.subjects) if self.subjects is not None else list(self.case_ids)
 
     def _timing(self) -> dict[str, Any]:
         """Slices and prediction time, for the cost table of ``organseg compare``."""
@@ -227,6 +275,7 @@ class EvaluationResult:
             out.append(
                 {
                     "case": case,
+                    "subject": self.subject_ids[n],
                     "spacing": None if sp is None else [float(v) for v in sp],
                     "mean_dice_reference": float(self.reference[n, :, 0].mean()),
                     "mean_hd95_reference": float(self.reference[n, :, 1].mean()),
@@ -351,4 +400,5 @@ def evaluate_dataset(
         nsd_tolerance=[float(t) for t in tolerances],
         slices=slices,
         inference_seconds=infer_seconds,
+        subjects=[dataset.subject_of(c) for c in case_ids],
     )

@@ -1,29 +1,41 @@
-"""Paired statistics of two networks tested on the same cases: is B better than A, and by how much?
+"""Paired statistics of two networks tested on the same subjects: is B better than A, and by how much?
 
-For each metric protocol, metric (DSC, HD95) and organ, and for the per-case mean over organs:
+The unit of analysis is the **subject** (the patient): ACDC's ED and ES frames of one patient, or several
+scans of one patient in an nnU-Net dataset mapped with ``data.subjects``, are one subject, never two
+independent cases. A subject's value is the mean over its volumes (and over a network's seeds). For each
+metric protocol, metric (DSC, HD95) and organ, and for the per-volume mean over organs:
 
 ``a``, ``b``
-    The mean over the paired cases of each network's per-case value; with several seeds (training runs) per
-    network, a case's value is the mean over that network's seeds.
+    The mean over the paired subjects of each network's per-subject value; with several seeds (training runs)
+    per network, a subject's value is the mean over that network's seeds of the mean over its volumes.
 ``diff``
     ``b - a``, in the order the networks are given (positive: B has the higher DSC / the larger HD95).
 ``ci_low``, ``ci_high``
-    95 % percentile bootstrap interval of ``diff``: every resample draws the cases with replacement and, when
-    a network has several seeds, also its seeds with replacement (independently per network, as seed 1 of
-    one network has nothing to do with seed 1 of the other), so the interval holds both the case-to-case and
-    the run-to-run variation. Seeded (``seed``), :data:`DEFAULT_RESAMPLES` resamples by default.
+    95 % percentile bootstrap interval of ``diff``: every resample draws the subjects with replacement (a
+    drawn subject brings all its volumes) and, when a network has several seeds, also its seeds with
+    replacement (independently per network, as seed 1 of one network has nothing to do with seed 1 of the
+    other), so the interval holds both the subject-to-subject and the run-to-run variation. Seeded (``seed``),
+    :data:`DEFAULT_RESAMPLES` resamples by default.
 ``p``, ``p_holm``
     Two-sided Wilcoxon signed-rank test (``scipy.stats.wilcoxon``, its defaults: zero differences dropped,
-    exact distribution for small samples) of the per-case differences of the seed means, then Holm's
-    step-down correction over the organs of one (protocol, metric). The mean over organs is one test of its
-    own and is not part of the family (``p_holm == p``). When every difference is 0 there is nothing to
-    test: ``p = 1``.
+    exact distribution for small samples) of the per-subject differences, then Holm's step-down correction
+    over the organs of one (protocol, metric). The mean over organs is one test of its own and is not part of
+    the family (``p_holm == p``). When every difference is 0 there is nothing to test: ``p = 1``. With n
+    subjects the exact test cannot go below ``2 / 2^n`` (1.95e-3 for 10 patients).
 ``wins``, ``losses``
-    Cases where B is better (higher DSC, lower HD95) / worse than A; equal cases count in neither.
+    Subjects where B is better (higher DSC, lower HD95) / worse than A; equal subjects count in neither.
+``n``, ``n_subjects``, ``n_volumes``, ``unit_of_analysis``
+    Paired subjects (``n == n_subjects``), the volumes they hold, and ``"subject"`` (``"volume"`` for
+    results written before organseg recorded subjects: each volume is then its own unit, and a note says so).
 
-Which cases pair: those where both networks have a value (the corrected protocol leaves an organ absent from
-the truth unscored, and the HD95 of a missed organ). For the per-case mean, a case's organs are those that
-every run of both networks has a value for, so the two means always average the same organs.
+Which subjects pair: those where both networks have a value in at least one volume (the corrected protocol
+leaves an organ absent from the truth unscored, and the HD95 of a missed organ). For the per-volume mean, a
+volume's organs are those that every run of both networks has a value for, so the two means always average
+the same organs.
+
+Counting a patient's volumes as independent cases is wrong: in a simulation with no true difference and two
+correlated frames per patient it rejected the null far more often than the nominal 5 % and its intervals
+covered the truth too rarely; ``tests/test_paired_calibration.py`` checks both methods.
 """
 
 from __future__ import annotations
@@ -161,27 +173,60 @@ def mean_ci(
     return {"mean": point, "ci_low": json_number(lo), "ci_high": json_number(hi), "cases": int(x.shape[1])}
 
 
+def by_subject(x: np.ndarray, subjects: Sequence[str]) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """(seeds, volumes) values -> (seeds, subjects): each subject's mean over its volumes with a value (NaN
+    where none), the subjects in order of first appearance, and each subject's number of volumes whose
+    value is defined for every seed."""
+    x = np.atleast_2d(np.asarray(x, dtype=np.float64))
+    if len(subjects) != x.shape[1]:
+        raise ValueError(f"{len(subjects)} subject labels for {x.shape[1]} volumes")
+    names = list(dict.fromkeys(str(s) for s in subjects))
+    column = {s: i for i, s in enumerate(names)}
+    member = np.zeros((x.shape[1], len(names)))
+    member[np.arange(x.shape[1]), [column[str(s)] for s in subjects]] = 1.0
+    ok = np.isfinite(x)
+    count = ok.astype(np.float64) @ member  # (seeds, subjects)
+    total = np.where(ok, x, 0.0) @ member
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+    volumes = (ok.all(axis=0).astype(np.float64) @ member).astype(int)
+    return means, names, volumes
+
+
 def paired_difference(
     a: np.ndarray,
     b: np.ndarray,
     *,
+    subjects: Sequence[str] | None = None,
     higher_is_better: bool = True,
     resamples: int = DEFAULT_RESAMPLES,
     seed: int = DEFAULT_SEED,
 ) -> dict[str, Any]:
-    """Difference B - A of one metric over paired cases. ``a``: (seeds_a, cases), ``b``: (seeds_b, cases)
-    (a 1-D array is one seed), NaN where a run has no value. Returns ``a``, ``b``, ``diff``, ``ci_low``,
-    ``ci_high``, ``p``, ``wins``, ``losses``, ``n`` (paired cases); None for what cannot be computed."""
+    """Difference B - A of one metric over paired subjects. ``a``: (seeds_a, volumes), ``b``: (seeds_b,
+    volumes) (a 1-D array is one seed), NaN where a run has no value; ``subjects``: the subject of each
+    volume (None: every volume is its own subject, ``unit_of_analysis`` "volume"). Every statistic is
+    computed on the subjects' means over their volumes (module docstring). Returns ``a``, ``b``, ``diff``,
+    ``ci_low``, ``ci_high``, ``p``, ``wins``, ``losses``, ``n`` (paired subjects), ``n_subjects``,
+    ``n_volumes``, ``unit_of_analysis``; None for what cannot be computed."""
     a = np.atleast_2d(np.asarray(a, dtype=np.float64))
     b = np.atleast_2d(np.asarray(b, dtype=np.float64))
     if a.shape[1] != b.shape[1]:
-        raise ValueError(f"{a.shape[1]} and {b.shape[1]} cases: pairing needs the same cases on both sides")
+        raise ValueError(f"{a.shape[1]} and {b.shape[1]} volumes: pairing needs the same ones on both sides")
+    unit = "volume" if subjects is None else "subject"
+    labels = [str(i) for i in range(a.shape[1])] if subjects is None else list(subjects)
+    both = np.concatenate([a, b])
+    means, _, _ = by_subject(both, labels)
+    a, b = means[: a.shape[0]], means[a.shape[0] :]
     ma, mb = _seed_mean(a), _seed_mean(b)
     keep = np.isfinite(ma) & np.isfinite(mb)
     n = int(keep.sum())
+    kept = {s for s, k in zip(dict.fromkeys(labels), keep, strict=True) if k}
+    volume_ok = np.isfinite(_seed_mean(both[: a.shape[0]])) & np.isfinite(_seed_mean(both[a.shape[0] :]))
+    n_volumes = int(sum(1 for s, ok in zip(labels, volume_ok, strict=True) if ok and s in kept))
+    counts = {"n": n, "n_subjects": n, "n_volumes": n_volumes, "unit_of_analysis": unit}
     if n == 0:
         none = dict.fromkeys(("a", "b", "diff", "ci_low", "ci_high", "p"))
-        return {**none, "wins": 0, "losses": 0, "n": 0}
+        return {**none, "wins": 0, "losses": 0, **counts}
     d = mb[keep] - ma[keep]
     dist = bootstrap_diff(a[:, keep], b[:, keep], resamples=resamples, seed=seed)
     better = d > 0 if higher_is_better else d < 0
@@ -196,7 +241,7 @@ def paired_difference(
         "p": json_number(wilcoxon_p(d)),
         "wins": int(better.sum()),
         "losses": int(worse.sum()),
-        "n": n,
+        **counts,
     }
 
 
@@ -206,17 +251,20 @@ def paired_table(
     organs: Sequence[str],
     metric: str,
     *,
+    subjects: Sequence[str] | None = None,
     resamples: int = DEFAULT_RESAMPLES,
     seed: int = DEFAULT_SEED,
 ) -> list[dict[str, Any]]:
-    """One record per organ and one for ``"mean"`` (the per-case mean over organs) of one metric, with
-    Holm's correction over the organs. ``a``: (seeds_a, cases, organs), ``b``: (seeds_b, cases, organs)."""
+    """One record per organ and one for ``"mean"`` (the per-volume mean over organs) of one metric, with
+    Holm's correction over the organs. ``a``: (seeds_a, volumes, organs), ``b``: (seeds_b, volumes, organs);
+    ``subjects``: each volume's subject (:func:`paired_difference`)."""
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
     hib = HIGHER_IS_BETTER[metric]
+    opts = {"subjects": subjects, "higher_is_better": hib, "resamples": resamples, "seed": seed}
     records = []
     for k, organ in enumerate(organs):
-        rec = paired_difference(a[:, :, k], b[:, :, k], higher_is_better=hib, resamples=resamples, seed=seed)
+        rec = paired_difference(a[:, :, k], b[:, :, k], **opts)
         records.append({"organ": organ, **rec})
     adjusted = holm([math.nan if r["p"] is None else r["p"] for r in records])
     for r, q in zip(records, adjusted, strict=True):
@@ -230,7 +278,7 @@ def paired_table(
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(counted > 0, total / np.maximum(counted, 1), np.nan)
 
-    mean = paired_difference(case_mean(a), case_mean(b), higher_is_better=hib, resamples=resamples, seed=seed)
+    mean = paired_difference(case_mean(a), case_mean(b), **opts)
     records.append({"organ": "mean", **mean, "p_holm": mean["p"]})
     for r in records:
         r["significant"] = r["p_holm"] is not None and r["p_holm"] < ALPHA
@@ -273,24 +321,44 @@ def per_case_array(
     return out
 
 
+def case_subjects(per_case_runs: Sequence[list[dict[str, Any]]], case_ids: Sequence[str]) -> list[str] | None:
+    """The subject of each case as the runs' ``per_case.json`` record it; None when a run predates subjects
+    (each volume is then its own unit). Runs that disagree on a case's subject were tested on different
+    datasets: a DataError."""
+    seen: dict[str, str] = {}
+    for per_case in per_case_runs:
+        for c in per_case:
+            if "subject" not in c:
+                return None
+            case, subject = str(c["case"]), str(c["subject"])
+            if seen.setdefault(case, subject) != subject:
+                raise DataError(
+                    f"case {case} belongs to subject {seen[case]!r} in one run and {subject!r} in another: "
+                    "the runs were tested with different data.subjects"
+                )
+    return [seen[c] for c in case_ids]
+
+
 def paired_from_runs(
-    runs_a: Sequence[str | Path],
-    runs_b: Sequence[str | Path],
+    runs_a: Sequence[str | Path | list[dict[str, Any]]],
+    runs_b: Sequence[str | Path | list[dict[str, Any]]],
     class_names: Sequence[str],
     columns: Sequence[tuple[str, int]],
     protocols: Sequence[str] = ("reference", "corrected"),
     *,
     resamples: int = DEFAULT_RESAMPLES,
     seed: int = DEFAULT_SEED,
-) -> tuple[list[dict[str, Any]], list[str]]:
-    """Paired records of network B's runs against network A's (results folders, one per seed), for every
-    protocol and metric; organs named by their table column (``columns``: (title, class index)). Returns the
-    records and the cases they pair over (those every run was tested on)."""
-    per_a = [read_per_case(d) for d in runs_a]
-    per_b = [read_per_case(d) for d in runs_b]
+) -> tuple[list[dict[str, Any]], list[str], list[str] | None]:
+    """Paired records of network B's runs against network A's (one per seed: a results folder, or its
+    per-case records, e.g. a cross-validation's pooled folds), for every protocol and metric; organs named
+    by their table column (``columns``: (title, class index)). Returns the records, the cases they pair over
+    (those every run was tested on) and the cases' subjects (None: unknown, each case its own)."""
+    per_a = [d if isinstance(d, list) else read_per_case(d) for d in runs_a]
+    per_b = [d if isinstance(d, list) else read_per_case(d) for d in runs_b]
     ids = [str(c["case"]) for c in per_a[0]]
     shared = set.intersection(*({str(c["case"]) for c in p} for p in per_a + per_b))
     case_ids = [c for c in ids if c in shared]
+    subjects = case_subjects(per_a + per_b, case_ids)
     names = [class_names[i] for _, i in columns]
     titles = [t for t, _ in columns]
     records = []
@@ -298,9 +366,9 @@ def paired_from_runs(
         for metric in METRICS:
             a = np.stack([per_case_array(p, case_ids, names, protocol, metric) for p in per_a])
             b = np.stack([per_case_array(p, case_ids, names, protocol, metric) for p in per_b])
-            for rec in paired_table(a, b, titles, metric, resamples=resamples, seed=seed):
-                records.append({"protocol": protocol, "metric": metric, **rec})
-    return records, case_ids
+            recs = paired_table(a, b, titles, metric, subjects=subjects, resamples=resamples, seed=seed)
+            records += [{"protocol": protocol, "metric": metric, **rec} for rec in recs]
+    return records, case_ids, subjects
 
 
 # ------------------------------------------------------------------------------------------------ writing
@@ -360,12 +428,13 @@ def paired_markdown(
         lines += [
             title.replace("−", MINUS),
             "",
-            f"Difference {b} {MINUS} {a} over {settings.get('cases', '?')} test cases "
+            f"Difference {b} {MINUS} {a} over {_units(settings)} "
             f"({first['seeds_a']} and {first['seeds_b']} seed(s)), DSC in points, HD95 in {unit}; "
-            f"[95 % bootstrap interval, {settings['resamples']:,} resamples of the {first['resampled']}, "
-            f"seed {settings['seed']}]; p: Wilcoxon signed-rank, Holm-adjusted over the organs (the mean "
-            f"row is one test, not adjusted), significant when below {settings['alpha']:g}. W/L: cases "
-            f"where {b} is better / worse (higher DSC, lower HD95).",
+            f"{_unit_rule(settings)}; [95 % bootstrap interval, {settings['resamples']:,} resamples of the "
+            f"{first['resampled']}, seed {settings['seed']}]; p: Wilcoxon signed-rank, Holm-adjusted over "
+            f"the organs (the mean row is one test, not adjusted), significant when below "
+            f"{settings['alpha']:g}. W/L: {_unit_name(settings)}s where {b} is better / worse (higher DSC, "
+            "lower HD95).",
             "",
             f"| Organ | {a} DSC | {b} DSC | ΔDSC | W/L | {a} HD95 | {b} HD95 | ΔHD95 | W/L |",
             "|---|---|---|---|---|---|---|---|---|",
@@ -439,6 +508,46 @@ def _organs(n: int) -> str:
     return "the 1 organ" if n == 1 else f"the {n} organs"
 
 
+def _unit_name(settings: dict[str, Any]) -> str:
+    return "volume" if settings.get("unit_of_analysis") == "volume" else "subject"
+
+
+def _units(settings: dict[str, Any]) -> str:
+    """``10 subjects (20 volumes)``, or ``20 volumes`` when each volume is its own unit."""
+    n, volumes = settings.get("subjects", settings.get("cases", "?")), settings.get("cases", "?")
+    if _unit_name(settings) == "volume":
+        return f"{volumes} test volume(s)"
+    return f"{n} subject(s) ({volumes} volume(s))"
+
+
+def _unit_rule(settings: dict[str, Any]) -> str:
+    if _unit_name(settings) == "volume":
+        return "each volume counted as its own subject (its results do not record subjects)"
+    return "the unit is the subject (patient): a subject's value is the mean over its volumes"
+
+
+def _p_floor(recs: Sequence[dict[str, Any]], settings: dict[str, Any]) -> str:
+    """The exact Wilcoxon test's smallest p for this n (every subject on one side: 2 / 2^n), said when it
+    keeps the test from significance or when a p of the table sits on it."""
+    n = settings.get("subjects", settings.get("cases"))
+    if not isinstance(n, int) or n <= 0 or n > 50:
+        return ""
+    floor = 2.0 / 2**n
+    alpha = settings.get("alpha", ALPHA)
+    unit = _unit_name(settings)
+    if floor >= alpha:
+        return (
+            f"With {n} paired {unit}(s) the smallest p the exact Wilcoxon test can give is {floor:.3g}: "
+            f"more {unit}s are needed for significance at {alpha:g}."
+        )
+    if any(r.get("p") is not None and r["p"] <= floor * 1.000001 for r in recs):
+        return (
+            f"With {n} paired {unit}s the exact Wilcoxon test cannot give a p below 2/2^{n} = {floor:.3g}; "
+            "the p-values at that floor mean every subject favours the same network, not a stronger effect."
+        )
+    return ""
+
+
 def _cost_sentence(cost: Sequence[dict[str, Any]], a: str, b: str, sweep: dict[str, Any]) -> str:
     by = {c["model"]: c for c in cost if (c.get("sweep") or {}) == sweep}
     parts = []
@@ -482,8 +591,7 @@ def verdict_markdown(
         first = recs[0]
         head = f"**{b} against {a}**" + (f" ({_sweep_text(sweep)})" if sweep else "")
         sentences = [
-            f"{head}: {settings.get('cases', '?')} test case(s), {first['seeds_a']} seed(s) of {a} and "
-            f"{first['seeds_b']} of {b}."
+            f"{head}: {_units(settings)}, {first['seeds_a']} seed(s) of {a} and {first['seeds_b']} of {b}."
         ]
         for protocol in ("corrected", "reference"):
             prec = [r for r in recs if r["protocol"] == protocol]
@@ -495,7 +603,7 @@ def verdict_markdown(
             mh = next(r for r in h if r["organ"] == "mean")
             label = "Corrected protocol" if protocol == "corrected" else "Reference protocol (the papers')"
             if md["diff"] is None:
-                sentences.append(f"{label}: no case has a DSC for both.")
+                sentences.append(f"{label}: no {_unit_name(settings)} has a DSC for both.")
                 continue
             s = (
                 f"{label}: mean DSC {num(md['b'], scale=100)} % for {b}, "
@@ -515,14 +623,9 @@ def verdict_markdown(
                     f"HD95 per organ, ahead (lower): {_ahead(h, a, b, 'hd95')}; "
                     f"{_significance(h, a, b, 'hd95', 1)}."
                 )
-        n_cases = settings.get("cases")
-        if isinstance(n_cases, int) and n_cases > 0 and 2.0 / 2**n_cases >= settings.get("alpha", ALPHA):
-            # The exact test's most extreme outcome (every case on one side) has probability 2 / 2^n.
-            sentences.append(
-                f"With {n_cases} paired case(s) the smallest p the exact Wilcoxon test can give is "
-                f"{2.0 / 2**n_cases:.3g}: more test cases are needed for significance at "
-                f"{settings.get('alpha', ALPHA):g}."
-            )
+        floor = _p_floor(recs, settings)
+        if floor:
+            sentences.append(floor)
         cost_text = _cost_sentence(cost, a, b, sweep)
         if cost_text:
             sentences.append(cost_text)
@@ -535,7 +638,7 @@ def verdict_markdown(
 
 def study_paired(
     groups: Sequence[dict[str, Any]],
-    results_dirs: dict[str, str | Path],
+    results_dirs: dict[str, str | Path | list[dict[str, Any]]],
     class_names: Sequence[str],
     columns: Sequence[tuple[str, int]],
     *,
@@ -543,8 +646,9 @@ def study_paired(
     seed: int = DEFAULT_SEED,
 ) -> tuple[list[dict[str, Any]], dict[str, Any], list[str]]:
     """Paired records of every network against the first one, at the same swept values, from a study's
-    groups (``model``, ``sweep``, ``runs``: run names, ``n``: seeds) and each run's results folder.
-    Returns the records (``comparison.json``'s ``"paired"``), the settings and notes for what could not be
+    groups (``model``, ``sweep``, ``runs``: run names, ``n``: seeds) and each run's results folder (or its
+    per-case records: a cross-validation's pooled folds). Returns the records (``comparison.json``'s
+    ``"paired"``), the settings and notes for what could not be
     paired (results written before organseg wrote ``per_case.json``)."""
     models = list(dict.fromkeys(g["model"] for g in groups))
     settings: dict[str, Any] = {
@@ -568,7 +672,7 @@ def study_paired(
         if base is None:
             continue
         try:
-            recs, case_ids = paired_from_runs(
+            recs, case_ids, subjects = paired_from_runs(
                 [results_dirs[n] for n in base["runs"]],
                 [results_dirs[n] for n in g["runs"]],
                 class_names,
@@ -580,7 +684,16 @@ def study_paired(
             notes.append(f"No paired statistics for {g['label']} against {base['label']}: {exc}")
             continue
         settings["cases"] = len(case_ids)
-        resampled = "cases and seeds" if max(base["n"], g["n"]) > 1 else "cases"
+        settings["subjects"] = len(set(subjects)) if subjects is not None else len(case_ids)
+        settings["unit_of_analysis"] = "subject" if subjects is not None else "volume"
+        if subjects is None:
+            notes.append(
+                f"The results of {g['label']} or {base['label']} were written before organseg recorded each "
+                "volume's subject: every volume counts as its own subject here. Test the runs again to pool "
+                "a patient's volumes."
+            )
+        units = "subjects" if subjects is not None else "volumes"
+        resampled = f"{units} and seeds" if max(base["n"], g["n"]) > 1 else units
         for r in recs:
             unit = "fraction" if r["metric"] == "dice" else g[r["protocol"]]["hd95_unit"]
             out.append({

@@ -22,11 +22,18 @@ from organseg.run import ResultsDir, RunDir
 from organseg.values import OPTIONAL_POSITIVE_INT, POSITIVE_INT, check_value
 
 
-def _open_dataset(data: str | Path | SegmentationDataset | None, ckpt: dict[str, Any]) -> SegmentationDataset:
+def _open_dataset(
+    data: str | Path | SegmentationDataset | None, ckpt: dict[str, Any], whole: bool = False
+) -> SegmentationDataset:
+    """The checkpoint's dataset (its ``data.fold`` view), or with ``whole`` the dataset's own splits: the
+    fold models of a cross-validation tested as one ensemble (every fold saw all but its own subjects)."""
     from organseg.data.detect import resolve_dataset
 
     missing = "no test data: pass --data DIR (the checkpoint's configuration has no data.root)"
-    return resolve_dataset(data, ckpt.get("config"), missing)
+    config = ckpt.get("config")
+    if whole and config:
+        config = {**config, "data": {**(config.get("data") or {}), "fold": None}}
+    return resolve_dataset(data, config, missing)
 
 
 def _nifti_writer(folder: Path, collector: OverlayCollector):
@@ -92,16 +99,21 @@ def run_test(
     first = targets[0]
     tag = (f"_ensemble{len(targets)}" if len(targets) > 1 else "") + ("_tta" if tta else "")
     name = RunTarget(first.checkpoint_path, first.checkpoint_name + tag, first.run_dir)
-    member_out = (lambda k: Path(out) / "members" / f"{k}_{targets[k].checkpoint_name}") if out else None
+    # Fold models of a cross-validation form one model of the whole dataset: tested on its own splits, and
+    # each alone beside the ensemble, never over its run's held-out results.
+    whole = any(((m.ckpt.get("config") or {}).get("data") or {}).get("fold") is not None for m in members)
+    members_root = Path(out) if out else (results_dir(name, split) if whole else None)
+    member_out = [members_root / "members" / f"{k}_{t.checkpoint_name}" if members_root else None
+                  for k, t in enumerate(targets)]  # fmt: skip
     alone = [
-        _test_one(t, data=data, out=member_out(k) if member_out else None, device=dev, report=False,
-                  viewer=False, **common)  # fmt: skip
+        _test_one(t, data=data, out=member_out[k], device=dev, report=False,
+                  viewer=False, whole=whole, **common)  # fmt: skip
         for k, t in enumerate(targets)
     ]
     summary = _test_one(
         name, data=data, save_nifti=save_nifti, out=out, device=dev, report=report, viewer=viewer,
         model=combined(members, tta), ckpt=members[0].ckpt, sources=[str(t.checkpoint_path) for t in targets],
-        tta=tta, **common,
+        tta=tta, whole=whole, **common,
     )  # fmt: skip
     summary["members"] = [
         {"checkpoint": m["checkpoint"], "results_dir": m["results_dir"], "reference": _means(m["reference"]),
@@ -199,8 +211,10 @@ def _test_one(
     ckpt: dict[str, Any] | None = None,
     sources: Sequence[str] = (),
     tta: bool = False,
+    whole: bool = False,
 ) -> dict[str, Any]:
-    """One network (``tgt``'s checkpoint, or ``model`` with ``ckpt``'s fields) on ``split``."""
+    """One network (``tgt``'s checkpoint, or ``model`` with ``ckpt``'s fields) on ``split`` (of the whole
+    dataset, not the checkpoint's fold, with ``whole``)."""
     from organseg.evaluation.sources import load_member
 
     dev = resolve_device(device)
@@ -209,7 +223,7 @@ def _test_one(
         member = load_member(tgt, dev)
         model, ckpt = member.model, member.ckpt
     assert ckpt is not None
-    dataset = _open_dataset(data, ckpt)
+    dataset = _open_dataset(data, ckpt, whole)
     _check_classes(tgt, ckpt, dataset)
     model.to(dev)
     folder = _checked_results_folder(tgt, split, out, dataset, sources, report)

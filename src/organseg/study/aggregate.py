@@ -29,6 +29,8 @@ from organseg.study.figures import write_figures
 from organseg.study.grid import DEFAULT_SEED, NOT_SWEPT, freeze, short_keys
 from organseg.study.outputs import write_comparison
 
+CV_DIR = "cv"  # a cross-validation study's pooled out-of-fold results: OUT/cv/<model>__seed<N>/
+
 # Per protocol, the summary fields a run contributes, in comparison.json's order: "stats" fields are
 # aggregated over seeds (:func:`_stats`), "first" fields (units, tolerances) are taken from the first run.
 PROTOCOL_FIELDS: dict[str, tuple[tuple[str, str], ...]] = {
@@ -50,10 +52,211 @@ class RunResult:
     summary: dict
     results: ResultsDir
     sweep: dict[str, Any] = field(default_factory=dict)
+    folds: list[RunResult] = field(default_factory=list)  # a cross-validation's fold runs, pooled here
 
     @property
     def name(self) -> str:
-        return self.run.name
+        return cv_name(self.run.name) if self.folds else self.run.name
+
+    @property
+    def fold(self) -> int | None:
+        return (self.config.get("data") or {}).get("fold")
+
+
+def cv_name(run_name: str) -> str:
+    """``unet__seed1234_fold3`` -> ``unet__seed1234``: the name of the pooled cross-validation of a seed."""
+    head, sep, k = run_name.rpartition("_fold")
+    return head if sep and k.isdigit() else run_name
+
+
+def pool_folds(out: Path, runs: Sequence[RunResult], split: str) -> tuple[list[RunResult], list[str]]:
+    """Cross-validation: the fold runs of one network x swept values x seed become one result over every
+    held-out subject (``OUT/cv/<model>__seed<N>/``: per_case.json and a summary recomputed from the pooled
+    cases), so the tables and paired statistics count each subject once, predicted by the fold model that
+    never saw it. Runs without ``data.fold`` pass through. Returns the runs and notes (missing folds)."""
+    from organseg.evaluation.evaluate import EvaluationResult
+    from organseg.evaluation.paired import read_per_case
+
+    plain = [r for r in runs if r.fold is None]
+    by_key: dict[tuple[str, str, int], list[RunResult]] = {}
+    for r in runs:
+        if r.fold is not None:
+            by_key.setdefault((r.model, freeze(r.sweep), r.seed), []).append(r)
+    pooled, notes = [], []
+    for members in by_key.values():
+        members.sort(key=lambda r: int(r.fold or 0))
+        first = members[0]
+        k = int((first.config.get("data") or {}).get("folds") or len(members))
+        have = [int(r.fold or 0) for r in members]
+        if have != list(range(k)):
+            notes.append(
+                f"{cv_name(first.run.name)}: folds {have} of {k} are tested; the pooled results hold only "
+                "their held-out subjects"
+            )
+        records: list[dict[str, Any]] = []
+        seen: dict[str, str] = {}
+        for r in members:
+            for rec in read_per_case(r.results.path):
+                case = str(rec["case"])
+                if case in seen:
+                    raise DataError(
+                        f"{r.results.path}: case {case} is held out in {seen[case]} too: these runs are not "
+                        "folds of one cross-validation"
+                    )
+                seen[case] = r.name
+                records.append(rec)
+        class_names = first.summary["class_names"]
+        tolerance = (first.summary.get("corrected") or {}).get("nsd_tolerance")
+        result = EvaluationResult.from_per_case(records, class_names, split, tolerance)
+        folder = ResultsDir(out / CV_DIR / cv_name(first.run.name))
+        timing = {key: sum(float(r.summary.get(key) or 0) for r in members)
+                  for key in ("inference_seconds", "slices")}  # fmt: skip
+        extra = {
+            "pooled_folds": [r.name for r in members],
+            "folds": k,
+            "checkpoint": first.summary.get("checkpoint"),
+            "precision": first.summary.get("precision"),
+            "data": first.summary.get("data"),
+            "inference_seconds": round(timing["inference_seconds"], 3),
+            "slices": int(timing["slices"]),
+        }
+        if records:
+            extra["inference_seconds_per_case"] = round(timing["inference_seconds"] / len(records), 4)
+        if timing["slices"]:
+            extra["inference_seconds_per_slice"] = round(timing["inference_seconds"] / timing["slices"], 5)
+        result.write(folder.path, extra)
+        pooled.append(
+            RunResult(first.run, first.model, first.seed, first.config, folder.summary(), folder,
+                      dict(first.sweep), folds=members)
+        )  # fmt: skip
+    return plain + pooled, notes
+
+
+def fold_table(runs: Sequence[RunResult], model_order: Sequence[str]) -> list[dict[str, Any]]:
+    """``comparison.json["folds"]``: each fold run's own numbers on its held-out subjects, in model order."""
+    rows = []
+    for pooled in sorted(runs, key=lambda r: (list(model_order).index(r.model), r.seed)):
+        for r in pooled.folds:
+            rows.append({
+                "model": r.model, "seed": r.seed, "sweep": dict(pooled.sweep), "fold": r.fold, "run": r.name,
+                "subjects": r.summary.get("subjects"), "volumes": r.summary.get("cases"),
+                **{p: {"mean_dice": r.summary[p].get("mean_dice"), "mean_hd95": r.summary[p].get("mean_hd95")}
+                   for p in PROTOCOLS},
+            })  # fmt: skip
+    return rows
+
+
+def cross_validation_record(out: Path, runs: Sequence[RunResult]) -> dict[str, Any]:
+    """``comparison.json["cross_validation"]``: folds, fold seed, subjects and volumes pooled, and the
+    spread of each group's mean DSC across its folds (mean, sample std, min, max; reference protocol)."""
+    pooled = [r for r in runs if r.folds]
+    data = pooled[0].config.get("data") or {}
+    spread = []
+    for r in pooled:
+        values = [f.summary["reference"].get("mean_dice") for f in r.folds]
+        stats = _stats(values)
+        finite = [float(v) for v in values if v is not None]
+        spread.append({
+            "model": r.model, "seed": r.seed, "sweep": dict(r.sweep), "mean_dice_across_folds": stats,
+            "min": min(finite) if finite else None, "max": max(finite) if finite else None,
+        })  # fmt: skip
+    splits = out / "splits.json"
+    return {
+        "folds": int(data.get("folds") or len(pooled[0].folds)),
+        "fold_seed": data.get("fold_seed"),
+        "subjects": pooled[0].summary.get("subjects"),
+        "volumes": pooled[0].summary.get("cases"),
+        "splits_file": str(splits) if splits.is_file() else None,
+        "spread": spread,
+    }
+
+
+RISE_DSC = 0.005  # half a DSC point: a validation curve still rising by more is "still improving"
+LOSS_DROP = 0.02  # a training loss 2 % lower in the last quarter than in the third is still falling
+
+
+def still_improving(run: RunDir, iterations: int | None) -> tuple[bool | None, str]:
+    """Whether a run was still improving at its end, and by which record: its validation mean DSC at the
+    end against the last validation at or before 75 % of the run (rising by more than :data:`RISE_DSC`);
+    without a validation there, its training loss over the last quarter against the third (falling by
+    more than :data:`LOSS_DROP`); None when neither is recorded."""
+    try:
+        vals = [v for v in run.metrics("val") if v.get("mean_dice") is not None]
+        if iterations and len(vals) >= 2:
+            earlier = [v for v in vals[:-1] if v["iter"] <= 0.75 * iterations]
+            if earlier:
+                return vals[-1]["mean_dice"] - earlier[-1]["mean_dice"] > RISE_DSC, "validation DSC"
+        train = [t for t in run.metrics("train") if t.get("loss") is not None]
+    except DataError:
+        return None, "no record"
+    if train:
+        end = train[-1]["iter"]
+        third = [t["loss"] for t in train if 0.5 * end < t["iter"] <= 0.75 * end]
+        last = [t["loss"] for t in train if t["iter"] > 0.75 * end]
+        if third and last:
+            return float(np.mean(last)) < (1 - LOSS_DROP) * float(np.mean(third)), "training loss"
+    return None, "no record"
+
+
+def conditions(runs: Sequence[RunResult], split: str, checkpoint: str) -> dict[str, Any]:
+    """``comparison.json["conditions"]``: under which conditions the verdict holds, from the runs' own
+    records: per network the training budget (minutes, iterations, epochs, images seen), initialisation,
+    data fraction, device, and the runs still improving at their end; for the study the split or folds
+    and what chose the checkpoint."""
+    if checkpoint == "best":
+        selection = "best.pt, chosen on the validation split" + (
+            " — the split these numbers are from, so they are optimistic" if split == "val" else ""
+        )
+    elif checkpoint == "last":
+        selection = "last.pt, chosen by no data (the end of the schedule)"
+    else:
+        selection = f"{checkpoint}.pt, a fixed epoch"
+    models: dict[str, dict[str, Any]] = {}
+    for r in runs:
+        for member in r.folds or [r]:
+            m = models.setdefault(member.model, {"runs": [], "improving": [], "evidence": set()})
+            summary = member.run.summary()
+            seconds = summary.train_seconds if summary else None
+            env = member.run.env()
+            train = member.config.get("train") or {}
+            iters = summary.iterations if summary else None
+            improving, evidence = still_improving(member.run, iters)
+            m["runs"].append({
+                "minutes": None if seconds is None else seconds / 60,
+                "iterations": iters, "epochs": summary.epochs if summary else None,
+                "images": None if iters is None else iters * int(train.get("batch_size") or 0),
+                "device": env.device_name or env.device if env else None,
+                "threads": env.torch_threads if env else None,
+                "init": (member.config.get("model") or {}).get("pretrained") or "scratch",
+                "fraction": (member.config.get("data") or {}).get("train_fraction") or 1.0,
+                "budget_min": train.get("time_budget_min"), "precision": train.get("precision"),
+            })  # fmt: skip
+            if improving:
+                m["improving"].append(member.name)
+            m["evidence"].add(evidence)
+    out = {}
+    for model, m in models.items():
+        rows = m["runs"]
+
+        def mean(key: str, rows: list[dict[str, Any]] = rows) -> float | None:
+            vals = [x[key] for x in rows if x[key] is not None]
+            return float(np.mean(vals)) if vals else None
+
+        out[model] = {
+            "runs": len(rows),
+            "train_minutes": mean("minutes"), "iterations": mean("iterations"), "epochs": mean("epochs"),
+            "images_seen": mean("images"),
+            "time_budget_min": sorted({x["budget_min"] for x in rows if x["budget_min"] is not None}),
+            "init": sorted({str(x["init"]) for x in rows}),
+            "train_fraction": sorted({float(x["fraction"]) for x in rows}),
+            "device": sorted({str(x["device"]) for x in rows if x["device"]}),
+            "threads": sorted({int(x["threads"]) for x in rows if x["threads"]}),
+            "precision": sorted({str(x["precision"]) for x in rows if x["precision"]}),
+            "still_improving": m["improving"],
+            "improving_by": sorted(m["evidence"]),
+        }  # fmt: skip
+    folds = sorted({int(f.config["data"]["folds"]) for r in runs for f in r.folds}) or None
+    return {"split": split, "checkpoint": checkpoint, "selection": selection, "folds": folds, "models": out}
 
 
 def find_runs(out: str | Path) -> list[Path]:
@@ -236,14 +439,20 @@ def _costs(groups: Sequence[dict[str, Any]], runs: Sequence[RunResult], n_classe
         r = by_name[name]
         return run_cost(r.run.path, r.results.path, r.config, n_classes)
 
-    return [group_cost(g["model"], g["label"], g["sweep"], [one(n) for n in g["runs"]]) for g in groups]
+    # A cross-validation costs what its fold runs cost: each fold is a run.
+    by_name.update({f.name: f for r in runs for f in r.folds})
+    members = {r.name: [f.name for f in r.folds] or [r.name] for r in runs}
+    return [
+        group_cost(g["model"], g["label"], g["sweep"], [one(m) for n in g["runs"] for m in members[n]])
+        for g in groups
+    ]
 
 
 def collect(
     out: str | Path,
     run_dirs: Sequence[str | Path] | None = None,
     *,
-    split: str = "test",
+    split: str | None = None,
     checkpoint: str = "last",
     sweep_keys: Sequence[str] | None = None,
     models: Sequence[str] | None = None,
@@ -255,6 +464,8 @@ def collect(
     ``run_dirs``: default every run folder in ``OUT/runs``. A run without
     ``results/<split>_<checkpoint>/summary.json`` is listed as skipped (with the command that tests it).
     ``sweep_keys``: default inferred (:func:`infer_sweep_keys`). ``models``: keep / order these networks.
+    ``split``: default ``test``, or ``val`` (each fold's held-out subjects) for a cross-validation study,
+    whose fold runs are pooled (:func:`pool_folds`).
     """
     from organseg.evaluation.paired import study_paired
     from organseg.evaluation.tables import columns, dataset_kind
@@ -262,6 +473,10 @@ def collect(
     dirs = [Path(d) for d in run_dirs] if run_dirs is not None else find_runs(out)
     if not dirs:
         raise DataError(f"{out / STUDY_RUNS}: no run folders (with config.yaml) to collect")
+    if split is None:
+        folds = [(RunDir(d).config.get("data") or {}).get("fold") for d in dirs if RunDir(d).is_run()]
+        cv = any(f is not None for f in folds)
+        split = "val" if cv else "test"
     runs, skipped = _read_runs(dirs, split, checkpoint, models)
     skipped = [{"run_dir": k, "reason": v} for k, v in (failed or {}).items()] + skipped
     if not runs:
@@ -276,6 +491,7 @@ def collect(
     for r in runs:
         flat = _flat(r.config)
         r.sweep = {k: flat.get(k) for k in keys}
+    runs, cv_notes = pool_folds(out, runs, split)
     model_order = _model_order(runs, models)
     cols = columns(class_names)
     kind = dataset_kind(class_names)
@@ -299,7 +515,7 @@ def collect(
         "models": model_order,
         "baseline": baseline,
         "sweep_keys": keys,
-        "runs": [_run_record(r, cols) for r in runs],
+        "runs": [_run_record(x, cols) for r in runs for x in (r.folds or [r])],
         "skipped": skipped,
         "groups": groups,
         "relative": _relative_changes(groups, baseline),
@@ -307,8 +523,12 @@ def collect(
         "paired_settings": paired_settings,
         "cost": _costs(groups, runs, len(class_names)),
         "published": _published(kind, baseline, model_order),
-        "notes": [*notes, *paired_notes],
+        "notes": [*notes, *cv_notes, *paired_notes],
     }
+    if any(r.folds for r in runs):
+        comparison["folds"] = fold_table(runs, model_order)
+        comparison["cross_validation"] = cross_validation_record(out, runs)
+    comparison["conditions"] = conditions(runs, split, checkpoint)
     comparison["figures"] = write_figures(out, comparison)
     add_efficiency(out, comparison)  # DSC against the data fraction, learning curves: figures and numbers
     write_comparison(out, comparison)

@@ -16,7 +16,7 @@ from organseg.values import SEED, check_value
 
 DEFAULT_SEED = 1234  # the reference recipe's seed
 # Keys that never make a sweep: the grid's own axes (nor do the runtime keys: where and how fast a run ran).
-NOT_SWEPT = {"model.name", "train.seed"}
+NOT_SWEPT = {"model.name", "train.seed", "data.fold"}
 _SAFE = re.compile(r"[^A-Za-z0-9._+-]+")
 
 
@@ -69,7 +69,7 @@ def parse_sets(items: Sequence[str]) -> Sweep:
                 f"--set {item!r}: expected key=value or key=v1,v2,..., e.g. train.base_lr=0.01,0.05"
             )
         if key in NOT_SWEPT:
-            flag = "--models" if key == "model.name" else "--seeds"
+            flag = {"model.name": "--models", "train.seed": "--seeds", "data.fold": "--folds"}[key]
             raise ConfigError(f"--set {item!r}: use {flag} for {key}")
         if key in seen:
             raise ConfigError(f"--set {item!r}: {key} is set twice; give all its values in one --set")
@@ -120,10 +120,12 @@ def safe_name(text: str) -> str:
     return _SAFE.sub("-", text).strip("-") or "x"
 
 
-def run_name(model: str, seed: int, sweep: Sequence[tuple[str, str]] = ()) -> str:
-    """The run folder name: ``swin_unet__seed1234__base_lr0.05`` (sweep = (key, raw value) pairs)."""
+def run_name(model: str, seed: int, sweep: Sequence[tuple[str, str]] = (), fold: int | None = None) -> str:
+    """The run folder name: ``swin_unet__seed1234__base_lr0.05`` (sweep = (key, raw value) pairs), with
+    ``_fold<k>`` after it for a cross-validation fold."""
     short = short_keys([k for k, _ in sweep])
-    return "__".join([model, f"seed{seed}", *(f"{short[k]}{safe_name(v)}" for k, v in sweep)])
+    name = "__".join([model, f"seed{seed}", *(f"{short[k]}{safe_name(v)}" for k, v in sweep)])
+    return name if fold is None else f"{name}_fold{fold}"
 
 
 def preset_for(template: str | None, model: str, kind: str | None) -> str:
@@ -147,6 +149,7 @@ class PlannedRun:
     seed: int
     sweep: tuple[tuple[str, str], ...]
     config: dict = field(compare=False, hash=False)
+    fold: int | None = None
 
 
 def plan_runs(
@@ -159,8 +162,10 @@ def plan_runs(
     precision: str | None = None,
     device: str | None = None,
     data_root: str | Path | None = None,
+    folds: int | None = None,
 ) -> list[PlannedRun]:
-    """Expand the grid (model-major, then swept values, then seeds) into resolved configurations."""
+    """Expand the grid (model-major, then swept values, then seeds, then ``folds`` cross-validation folds)
+    into resolved configurations."""
     from organseg.models import list_models
     from organseg.training.config import apply_overrides, load_config, resolve_config
 
@@ -185,7 +190,7 @@ def plan_runs(
             base = {**base, "model": {**base["model"], "name": model, "args": {}}}
         for values in itertools.product(*(vals for _, vals in sets.swept)):
             sweep = tuple(zip(sets.keys, values, strict=True))
-            for seed in seeds:
+            for seed, fold in itertools.product(seeds, range(folds) if folds else [None]):
                 items = [
                     *sets.fixed,
                     *(f"{k}={v}" for k, v in sweep),
@@ -196,9 +201,12 @@ def plan_runs(
                     items.append(f"train.precision={precision}")
                 if device:
                     items.append(f"train.device={device}")
+                if fold is not None:
+                    items += [f"data.fold={fold}", f"data.folds={folds}"]
                 raw = apply_overrides(base, items)
                 cfg = resolve_config(raw, data_root)
-                plans.append(PlannedRun(run_name(model, seed, sweep), model, seed, sweep, cfg))
+                name = run_name(model, seed, sweep, fold)
+                plans.append(PlannedRun(name, model, seed, sweep, cfg, fold))
     names = [p.name for p in plans]
     clash = sorted({n for n in names if names.count(n) > 1})
     if clash:

@@ -34,7 +34,8 @@ CONSOLE_SECTIONS = ("## Verdict", "## Reference protocol", "## Paired", "## Swin
                     "## Sweep", "## Cost")  # fmt: skip
 # comparison.csv's columns for the paired rows (kind "paired"; the summary rows leave them empty)
 _PAIRED_FIELDS = ("kind", "baseline", "metric", "a", "b", "diff", "ci_low", "ci_high", "p", "p_holm", "wins",
-                  "losses", "significant", "seeds_a", "seeds_b", "resampled")  # fmt: skip
+                  "losses", "significant", "seeds_a", "seeds_b", "resampled", "unit_of_analysis",
+                  "n_subjects", "n_volumes")  # fmt: skip
 # comparison.csv's columns of the summary rows; the swept keys go after "model".
 _SUMMARY_FIELDS = ("protocol", "column", "n", "seeds", "dice_mean", "dice_std", "hd95_mean", "hd95_std",
                    "hd95_unit")  # fmt: skip
@@ -83,7 +84,96 @@ def _verdict(c: dict[str, Any]) -> Lines:
     # Imported here: scipy.stats (under paired) costs the CLI's start-up a noticeable moment.
     from organseg.evaluation.paired import verdict_markdown
 
-    return verdict_markdown(c.get("paired") or [], c.get("cost") or [], c.get("paired_settings") or {})
+    lines = verdict_markdown(c.get("paired") or [], c.get("cost") or [], c.get("paired_settings") or {})
+    cond = conditions_markdown(c)
+    if not cond:
+        return lines
+    if not lines:
+        return ["## Verdict", "", cond, ""]
+    return [*lines[:2], cond, "", *lines[2:]]
+
+
+def _minutes(v: float | None) -> str:
+    return MISSING if v is None else f"{v:.1f} min"
+
+
+def _count(v: float | None, digits: int = 0) -> str:
+    return MISSING if v is None else f"{v:,.{digits}f}"
+
+
+def conditions_markdown(c: dict[str, Any]) -> str:
+    """The verdict's opening paragraph: the conditions it holds under, from the runs' records
+    (``comparison.json["conditions"]``): folds or split, what chose the checkpoint, and per network the
+    budget, initialisation, data fraction and device; which networks were still improving at their end."""
+    cond = c.get("conditions")
+    if not cond:
+        return ""
+    settings = c.get("paired_settings") or {}
+    cv = c.get("cross_validation")
+    if cv:
+        where = (
+            f"{cv['folds']}-fold cross-validation over {cv['subjects']} subjects ({cv['volumes']} volumes): "
+            "every subject is predicted once, by the fold model that never saw it"
+            + (f" (folds seeded {cv['fold_seed']}, listed in splits.json)" if cv.get("splits_file") else "")
+        )
+        seeds = len(cv["spread"]) > len({x["model"] for x in cv["spread"]})
+        spread = "; ".join(
+            f"{s['model']}" + (f" seed {s['seed']}" if seeds else "")
+            + f" {pm(s['mean_dice_across_folds'], 100)} "
+            f"(range {num(s['min'], scale=100)}–{num(s['max'], scale=100)})"
+            for s in cv["spread"]
+        )
+        where += f". Mean DSC per fold (reference protocol), mean ± std over folds: {spread}"
+    else:
+        n = settings.get("subjects")
+        where = f"tested on the {cond['split']} split" + (
+            f" ({n} subjects, {settings.get('cases')} volumes)" if n is not None else ""
+        )
+    parts = [f"**Conditions.** This verdict holds for {where}. Checkpoint: {cond['selection']}."]
+    for model, m in cond["models"].items():
+        init = ", ".join("from scratch" if i == "scratch" else f"initialised from {i}" for i in m["init"])
+        fraction = ", ".join("all training data" if f >= 1 else f"{f:g} of the training subjects"
+                             for f in m["train_fraction"])  # fmt: skip
+        budgets = ", ".join(f"{b:g}" for b in m["time_budget_min"])
+        budget = f" (budget {budgets} min)" if budgets else ""
+        device = ", ".join(m["device"]) or "an unrecorded device"
+        threads = f", {', '.join(map(str, m['threads']))} thread(s)" if m["threads"] else ""
+        parts.append(
+            f"{model}: {m['runs']} run(s), {init}, {fraction}, trained {_minutes(m['train_minutes'])} per run"
+            f"{budget}: {_count(m['iterations'])} iterations, {_count(m['epochs'], 1)} epochs, "
+            f"{_count(m['images_seen'])} images seen, {', '.join(m['precision'])} on {device}{threads}."
+        )
+    for model, m in cond["models"].items():
+        if m["still_improving"]:
+            parts.append(
+                f"{model} was still improving at the end of {len(m['still_improving'])} of its "
+                f"{m['runs']} run(s) "
+                f"(by its {' / '.join(x for x in m['improving_by'] if x != 'no record')}): more training may "
+                "change this result."
+            )
+    return " ".join(parts)
+
+
+def _folds(c: dict[str, Any]) -> Lines:
+    rows = c.get("folds")
+    if not rows:
+        return []
+    table = [
+        [r["model"], str(r["seed"]), str(r["fold"]), str(r["subjects"]), str(r["volumes"]),
+         num(r["reference"]["mean_dice"], scale=100), num(r["reference"]["mean_hd95"]),
+         num(r["corrected"]["mean_dice"], scale=100)]
+        for r in rows
+    ]  # fmt: skip
+    return [
+        "## Cross-validation folds",
+        "",
+        "Each fold's model on its own held-out subjects (the tables above pool the folds: every subject "
+        "once).",
+        "",
+        *_table(["Model", "seed", "fold", "subjects", "volumes", "DSC (ref)", "HD95 (ref)", "DSC (corr)"],
+                table),
+        "",
+    ]
 
 
 def _protocol_section(c: dict[str, Any], p: str) -> Lines:
@@ -230,7 +320,7 @@ def _runs(c: dict[str, Any]) -> Lines:
 
 #: comparison.md, top to bottom: each section is a function of the comparison dict returning its lines.
 SECTIONS: tuple[Callable[[dict[str, Any]], Lines], ...] = (
-    _header, _verdict, _protocols, _relative, _sweep, _cost, _figures, _runs,
+    _header, _verdict, _protocols, _folds, _relative, _sweep, _cost, _figures, _runs,
 )  # fmt: skip
 
 

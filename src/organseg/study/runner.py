@@ -10,6 +10,7 @@ it exits with :data:`organseg.run.EXIT_DIVERGED`.
 from __future__ import annotations
 
 import copy
+import json
 import math
 import os
 import subprocess
@@ -30,7 +31,8 @@ from organseg.training.schedule import run_length
 from organseg.values import WORKERS, check_value
 
 # What compare writes in its --out folder (the demo keeps its dataset there too).
-STUDY_OUTPUTS = (STUDY_RUNS, "comparison.md", "comparison.json", "comparison.csv")
+STUDY_OUTPUTS = (STUDY_RUNS, "comparison.md", "comparison.json", "comparison.csv", "splits.json")
+SPLITS_FILE = "splits.json"  # a cross-validation study's folds, in nnU-Net's splits_final.json form
 
 
 def run_state(run_dir: Path, cfg: dict) -> tuple[str, int]:
@@ -177,7 +179,7 @@ def run_study(
     seeds: Sequence[int] = (DEFAULT_SEED,),
     sets: Sweep | Sequence[str] = (),
     preset: str | None = None,
-    split: str = "test",
+    split: str | None = None,
     checkpoint: str = "last",
     precision: str | None = None,
     device: str = "auto",
@@ -186,6 +188,7 @@ def run_study(
     progress: bool = True,
     notes: Sequence[str] = (),
     launcher: Any = None,
+    folds: int | None = None,
 ) -> dict[str, Any]:
     """Train (or reuse / resume) and test every grid point, then aggregate (see :func:`collect`).
 
@@ -194,6 +197,10 @@ def run_study(
     comparison dict (as written to ``comparison.json``) with ``trained`` / ``tested`` listing the runs this
     call trained and tested. ``launcher`` (:class:`organseg.study.launcher.SubmititLauncher`): each grid
     point with work left runs as a cluster job instead (``jobs`` does not apply).
+
+    ``folds`` K: K-fold cross-validation over the training subjects (``data.fold``, run folders
+    ``..._fold<k>``); each fold's model is tested on its held-out subjects (the ``val`` split of the fold),
+    and the statistics pool the out-of-fold predictions. ``split`` defaults to ``test`` (``val`` with folds).
     """
     from organseg.data import open_dataset
     from organseg.evaluation.tables import dataset_kind
@@ -206,14 +213,17 @@ def run_study(
     # The demo keeps its dataset in OUT/data: only what compare writes in OUT may not hold the data.
     check_output(out, {"--data": data}, folder=True, owned=STUDY_OUTPUTS)
     check_output_dir(out)
+    split = _check_cv_options(split, checkpoint, folds)
     dataset = open_dataset(data)
     plans = plan_runs(
         models, seeds, sweep, preset=preset, kind=dataset_kind(dataset.class_names), precision=precision,
-        device=None if device == "auto" else device, data_root=Path(data).resolve(),
+        device=None if device == "auto" else device, data_root=Path(data).resolve(), folds=folds,
     )  # fmt: skip
     for plan in plans:
         check_network(plan.config)  # every network takes its img_size, before any run starts
-    if not dataset.case_ids(split):
+    if folds:
+        write_splits(out, dataset, plans)
+    elif not dataset.case_ids(split):
         raise DataError(f"{data}: the {split!r} split has no cases to test on")
     t0 = time.perf_counter()
     print(
@@ -237,6 +247,50 @@ def run_study(
         flush=True,
     )
     return result
+
+
+def _check_cv_options(split: str | None, checkpoint: str, folds: int | None) -> str:
+    """The split to test on; with ``folds``, the held-out fold (``val``) and a checkpoint no held-out data
+    chose."""
+    if not folds:
+        return split or "test"
+    if split not in (None, "val"):
+        raise ConfigError(
+            f"--folds tests each fold's model on its held-out subjects (the fold's val split), not on "
+            f"--split {split}; test the fold models as one ensemble: `organseg test STUDY --split {split}`"
+        )
+    if checkpoint == "best":
+        raise ConfigError(
+            "--folds with --checkpoint best: best.pt is chosen on the held-out fold, so its scores would not "
+            "be held out; use last (or epoch_N)"
+        )
+    return "val"
+
+
+def write_splits(out: Path, dataset: Any, plans: Sequence[PlannedRun]) -> list[dict[str, Any]]:
+    """``OUT/splits.json``: every fold's training and held-out volumes and subjects (nnU-Net's
+    ``splits_final.json`` keys ``train`` / ``val``, plus ``train_subjects`` / ``val_subjects``), as the runs
+    will see them; also checks that each fold holds out at least one volume."""
+    from organseg.data.folds import apply_data_config
+    from organseg.fileio import atomic_write_text
+
+    records: dict[int, dict[str, Any]] = {}
+    for plan in plans:
+        if plan.fold is None or plan.fold in records:
+            continue
+        view = apply_data_config(dataset, plan.config["data"])
+        held = view.case_ids("val")
+        if not held:
+            raise DataError(f"{view.split_source('val')}: no volume to test on")
+        records[plan.fold] = {
+            "train": view.case_ids("train"),
+            "val": held,
+            "train_subjects": sorted({view.subject_of(c) for c in view.case_ids("train")}),
+            "val_subjects": list(view.held_out),
+        }
+    folds = [records[k] for k in sorted(records)]
+    atomic_write_text(out / SPLITS_FILE, json.dumps(folds, indent=1) + "\n")
+    return folds
 
 
 def _total_iterations(cfg: dict, n_slices: int) -> int:
@@ -375,6 +429,12 @@ class _ProcessPool:
             self.config_stamps[name] = stamp
             if fitted and fitted != self.totals[name]:
                 self.totals[name] = fitted
+                # Runs still waiting with the same network and budget will fit about the same horizon: the
+                # bar's total (and ETA) follows, instead of their max_epochs.
+                model = self.by_name[name].model
+                for plan in self.pending:
+                    if plan.model == model and plan.config["train"] == plan_t:
+                        self.totals[plan.name] = fitted
                 bar.total = sum(self.totals.values())
 
     def _show(self, bar: Any) -> None:

@@ -33,6 +33,10 @@ DEFAULTS: dict[str, Any] = {
         "max_train_slices": None,  # first N training slices only: smoke tests and demos
         "train_fraction": None,  # a seeded subset of the training cases (patients), nested across fractions
         "subset_seed": 0,  # which cases a fraction keeps: the same for every network and train.seed
+        "subjects": None,  # case -> subject (patient): a regex (first group) or a .json map; None: layout's
+        "fold": None,  # cross-validation fold: train on the other folds' subjects, validate on this one's
+        "folds": 5,
+        "fold_seed": 12345,  # which subjects each fold holds out (nnU-Net's splits_final.json wins)
     },
     "train": {
         "img_size": 224,
@@ -197,6 +201,10 @@ SCHEMA: dict[str, Rule] = {
     "data.max_train_slices": OPTIONAL_POSITIVE_INT,
     "data.train_fraction": Rule("float", lo=0, hi=1, lo_open=True, optional=True, why="of the cases"),
     "data.subset_seed": SEED,
+    "data.subjects": Rule("str", optional=True),
+    "data.fold": Rule("int", lo=0, optional=True, why="a fold index, 0 .. data.folds - 1"),
+    "data.folds": Rule("int", lo=2, hi=100, why="folds of the training subjects"),
+    "data.fold_seed": SEED,
     "train.img_size": Rule("int", lo=1, hi=4096, why="the network input side in pixels"),
     "train.batch_size": POSITIVE_INT,
     "train.base_lr": Rule("float", lo=0, lo_open=True),
@@ -259,6 +267,9 @@ def resolve_config(cfg: dict, data_root: str | Path | None = None) -> dict:
             "train.fitted_iterations is the horizon train fits to train.time_budget_min; it cannot be set "
             "beside train.max_iterations or train.budget_images"
         )
+    d = out["data"]
+    if d["fold"] is not None and d["fold"] >= d["folds"]:
+        raise ConfigError(f"data.fold={d['fold']} must be in 0..{d['folds'] - 1} (data.folds={d['folds']})")
     if t["ce_weight"] + t["dice_weight"] <= 0:
         raise ConfigError("train.ce_weight and train.dice_weight are both 0: the loss would be constant")
     return out

@@ -102,7 +102,8 @@ class TrainBatches:
         self.cases: list[str] | None = None
         fraction = cfg["data"].get("train_fraction")
         if fraction is not None and fraction < 1:
-            keep, self.cases = train_subset(dataset.train_slice_cases(), fraction, cfg["data"]["subset_seed"])
+            subjects = dataset.train_slice_subjects()
+            keep, self.cases = train_subset(subjects, fraction, cfg["data"]["subset_seed"])
             slices = Subset(slices, keep)  # type: ignore[arg-type]
         limit = cfg["data"]["max_train_slices"]
         if limit is not None and limit < len(slices):

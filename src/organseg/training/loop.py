@@ -461,6 +461,9 @@ class Trainer:
         env_info.update(channels_last=self.channels_last, compile=t["compile"], augment=t["augment"])
         if self.batches.cases is not None:  # data.train_fraction: which cases this run trained on
             env_info["train_subset"] = {"cases": self.batches.cases, "slices": self.batches.num_slices}
+        if getattr(self.dataset, "held_out", None) is not None:  # data.fold: the subjects it never saw
+            fold = self.dataset
+            env_info["fold"] = {"fold": fold.fold, "folds": fold.folds, "held_out_subjects": fold.held_out}
         previous = _previous_env(run_dir) if self.resumed else {}
         pretrained = self.pretrained_info or previous.get("pretrained")  # a resumed run keeps its start's
         if pretrained is not None:
