@@ -1192,6 +1192,9 @@ INT_KEYS = {
     "val.batch_size": ["true", "-1", "0", "1.5", "abc"],
     "val.max_cases": ["true", "-1", "0", "1.5", "abc"],
     "data.max_train_slices": ["true", "-1", "0", "1.5", "abc"],
+    "data.fold": ["true", "-1", "1.5", "abc", "5"],
+    "data.folds": ["true", "1", "0", "1.5", "abc", "null"],
+    "data.fold_seed": ["true", "-1", "abc"],
     "checkpoint.save_interval": ["true", "-1", "0", "1.5", "abc"],
 }
 FLOAT_KEYS = {
@@ -1651,6 +1654,17 @@ ACDC_FAULTS = [
         wr("acdc/test.list", "patient002_frame01\n"),
         ["patient002_frame01"],
     ),
+    (
+        "patient-on-two-sides",
+        "one patient's frame 1 in train_slices.list, its frame 2 in val.list (a per-patient leak)",
+        steps(
+            lambda c: shutil.copy(
+                c.t / "acdc/volumes/patient002_frame01.h5", c.t / "acdc/volumes/patient001_frame02.h5"
+            ),
+            wr("acdc/val.list", "patient001_frame02\n"),
+        ),
+        ["patient001", "train_slices.list", "val.list"],
+    ),
     ("list-empty", "an empty train_slices.list", wr("acdc/train_slices.list", ""), ["train_slices.list"]),
 ]
 for slug, what, damage, expect in ACDC_FAULTS:
@@ -2010,6 +2024,33 @@ for cid, what, setup, argv, expect, group in [
      [*TRAIN, "--set", "train.budget_images=100"], ["train.budget_images"], "config"),
     ("train-set-fitted-and-iterations", "train.fitted_iterations with train.max_iterations", TRAIN_SETUP,
      [*TRAIN, "--set", "train.fitted_iterations=100"], ["train.fitted_iterations"], "config"),
+    ("train-set-data.subjects-bad-regex", "--set data.subjects='(' (not a regex nor a .json)", TRAIN_SETUP,
+     [*TRAIN, "--set", "data.subjects=("], ["data.subjects"], "config"),
+    ("train-set-data.subjects-no-match", "--set data.subjects=^(sub-\\d+) matches no case", TRAIN_SETUP,
+     [*TRAIN, "--set", "data.subjects=^(sub-\\d+)"], ["data.subjects"], "config"),
+    ("train-set-data.subjects-missing-json", "--set data.subjects names a missing .json", TRAIN_SETUP,
+     [*TRAIN, "--set", "data.subjects={t}/nope.json"], ["data.subjects", "nope.json"], "config"),
+    ("train-set-data.subjects-json-gap", "data.subjects .json that leaves a case out", steps(TRAIN_SETUP,
+     wr("subjects.json", '{"case0001": "P1"}')), [*TRAIN, "--set", "data.subjects={t}/subjects.json"],
+     ["subjects.json"], "config"),
+    ("train-set-data.folds-too-many", "--set data.fold=0 data.folds=50: more folds than training subjects",
+     TRAIN_SETUP, [*TRAIN, "--set", "data.fold=0", "--set", "data.folds=50"], ["data.folds"], "config"),
+    ("compare-folds-split-test", "compare --folds 2 --split test (a fold tests its held-out subjects)",
+     COMPARE_SETUP, [*COMPARE, "--folds", "2", "--split", "test"], ["--folds", "--split"], "options"),
+    ("compare-folds-best", "compare --folds 2 --checkpoint best (chosen on the held-out fold)",
+     COMPARE_SETUP, [*COMPARE, "--folds", "2", "--checkpoint", "best"], ["--folds", "best"], "options"),
+    ("compare-folds-one", "compare --folds 1", COMPARE_SETUP, [*COMPARE, "--folds", "1"], ["--folds"],
+     "options"),
+    ("compare-folds-text", "compare --folds abc", COMPARE_SETUP, [*COMPARE, "--folds", "abc"], ["--folds"],
+     "options"),
+    ("compare-set-data.fold-swept", "compare --set data.fold=0,1 (folds are --folds)", COMPARE_SETUP,
+     [*COMPARE, "--set", "data.fold=0,1"], ["--folds"], "options"),
+    ("compare-collect-folds", "compare --collect --folds 2", COMPARE_SETUP,
+     ["compare", "--collect", "--out", "{t}/study", "--folds", "2"], ["--folds"], "options"),
+    ("info-subjects-without-data", "info --subjects without --data", lambda c: None,
+     ["info", "--subjects", "^(p\\d+)"], ["--subjects", "--data"], "options"),
+    ("info-data-missing", "info --data on a missing folder", lambda c: None,
+     ["info", "--data", "{t}/nope"], ["nope"], "paths"),
 ]:
     add(cid, argv[0], what, setup, argv, expect, group=group)
 
