@@ -438,7 +438,10 @@ def test_paired_records_are_recomputed_from_the_runs_per_case_files(study):
     assert {(r["protocol"], r["metric"]) for r in c["paired"]} == {
         (p, m) for p in ("reference", "corrected") for m in ("dice", "hd95")}  # fmt: skip
     assert {(r["model_a"], r["model_b"]) for r in c["paired"]} == {("unet", "swin_unet")}
-    assert all(r["resampled"] == "cases and seeds" and r["seeds_a"] == r["seeds_b"] == 2 for r in c["paired"])
+    assert all(r["resampled"] == "subjects and seeds" and r["seeds_a"] == r["seeds_b"] == 2
+               for r in c["paired"])  # fmt: skip
+    counted = {(r["unit_of_analysis"], r["n_subjects"], r["n_volumes"]) for r in c["paired"] if r["n"]}
+    assert counted == {("subject", 1, 1)}  # the phantom's one test case is one subject
     for lr in LRS:
         def values(model: str, lr: str = lr) -> np.ndarray:
             out_ = []
