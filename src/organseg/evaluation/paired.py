@@ -613,7 +613,7 @@ def verdict_markdown(
             if mh["diff"] is not None:
                 s += f"; mean HD95 {num(mh['b'])} for {b}, {num(mh['a'])} for {a}, difference {cell(mh)}"
                 if protocol == "corrected":
-                    s += " (per case over the organs found in every run of both)"
+                    s += " (per volume over the organs found in every run of both)"
             sentences.append(s + ".")
             if protocol == "corrected":
                 sentences.append(

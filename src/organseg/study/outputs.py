@@ -94,7 +94,9 @@ def _verdict(c: dict[str, Any]) -> Lines:
 
 
 def _minutes(v: float | None) -> str:
-    return MISSING if v is None else f"{v:.1f} min"
+    if v is None:
+        return MISSING
+    return f"{v:.1f} min" if v >= 1 else f"{v * 60:.1f} s"
 
 
 def _count(v: float | None, digits: int = 0) -> str:
@@ -126,8 +128,8 @@ def conditions_markdown(c: dict[str, Any]) -> str:
         where += f". Mean DSC per fold (reference protocol), mean ± std over folds: {spread}"
     else:
         n = settings.get("subjects")
-        where = f"tested on the {cond['split']} split" + (
-            f" ({n} subjects, {settings.get('cases')} volumes)" if n is not None else ""
+        where = f"the {cond['split']} split" + (
+            f" ({n} subject(s), {settings.get('cases')} volume(s))" if n is not None else ""
         )
     parts = [f"**Conditions.** This verdict holds for {where}. Checkpoint: {cond['selection']}."]
     for model, m in cond["models"].items():
