@@ -307,7 +307,8 @@ def test_cv_fold_models_as_one_ensemble(cv_study, tmp_path) -> None:
     assert main(["predict", str(out), str(scan), "--models", "unet", "--out",
                  str(tmp_path / "pred.nii.gz"), "--device", "cpu"]) == 0  # fmt: skip
     sidecar = json.loads((tmp_path / "pred.json").read_text())
-    assert [Path(m).parts[-3] for m in sidecar["ensemble"]] == ["unet__seed1234_fold0", "unet__seed1234_fold1"]
+    members = [Path(m).parts[-3] for m in sidecar["ensemble"]]
+    assert members == ["unet__seed1234_fold0", "unet__seed1234_fold1"]
 
 
 @pytest.mark.parametrize(
