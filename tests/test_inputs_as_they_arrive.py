@@ -86,7 +86,7 @@ def test_several_series_in_one_folder_are_listed_and_picked_by_uid_or_descriptio
     with pytest.raises(DataError) as e:
         read_image(folder)
     message = str(e.value)
-    assert "2 DICOM series" in message and "\n" not in message
+    assert "2 DICOM series in one folder" in message and "\n" not in message
     for needle in (g.uid(1), "'CT abdomen'", "(4 files)", g.uid(2), "'CT lung'", "(3 files)", "--series"):
         assert needle in message, message
     assert read_image(folder, series_uid=g.uid(2))[0].shape == (3, 8, 8)
@@ -108,7 +108,7 @@ def test_media_export_is_read_through_its_sub_folders(tmp_path):
         (g.uid(2), "CT lung", "3", 3),
     ]
     assert all(export in f.parents and f.parent != export for s in series for f in s.files)
-    with pytest.raises(DataError, match=r"cd: 2 DICOM series"):
+    with pytest.raises(DataError, match=r"cd: 2 DICOM series in this media export"):
         read_image(export)
     image, geom = read_image(export, series_uid="CT lung")
     plain = tmp_path / "plain"

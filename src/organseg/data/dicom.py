@@ -334,9 +334,10 @@ def select_series(series: Sequence[SeriesInfo], choice: str | None, where: str |
     if choice is None:
         if len(series) == 1:
             return series[0]
+        place = "this media export" if is_media_export(where) else "one folder"
         raise DataError(
-            f"{where}: {len(series)} DICOM series ({listed}); pick one with --series UID or DESCRIPTION "
-            "(series_uid=), or give each series its own folder"
+            f"{where}: {len(series)} DICOM series in {place} ({listed}); pick one with --series UID or "
+            "DESCRIPTION (series_uid=), or give each series its own folder"
         )
     for s in series:
         if s.uid == choice:
