@@ -10,6 +10,7 @@ from organseg.evaluation.evaluate import EvaluationResult
 from organseg.evaluation.predict import axial_axis, class_volumes, sidecar_path
 from organseg.evaluation.report import (
     OverlayCollector,
+    _caption,
     colorize,
     load_overlays,
     plot_dice_bars,
@@ -18,6 +19,7 @@ from organseg.evaluation.report import (
     representative,
 )
 from organseg.evaluation.tables import dataset_kind, results_table
+from organseg.formatting import slice_caption
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -81,6 +83,10 @@ def test_figures_are_written(tmp_path) -> None:
     collector.save(tmp_path / "ov.npz")
     items = load_overlays(tmp_path / "ov.npz")
     assert [it["case"] for it in items] == ["c0", "c1", "c2", "c3"]
+    # one slice caption everywhere: display number from 1 of the count, then the index in the file
+    assert [(it["file_z"], it["count"]) for it in items] == [(0, 3), (1, 3), (2, 3), (0, 3)]
+    assert _caption(items[1]) == slice_caption(1, 3, 1) == "slice 2 / 3 (file slice 1)"
+    assert _caption({"z": 4, "count": -1, "file_z": -1}) == "slice 5"  # an overlay file of an older organseg
     np.testing.assert_array_equal(items[2]["label"], collector.items[2]["label"])
     assert plot_overlays(items, ACDC_CLASSES, tmp_path / "ov.png").read_bytes()[:8] == PNG
     records = [{"kind": "train", "iter": i, "loss": 1 / (i + 1), "ce": 0.5, "dice": 0.5, "lr": 0.01}

@@ -147,7 +147,9 @@ def test_metadata_round_trip(exported: dict) -> None:
     assert info["organseg_version"] == __version__
     src = info["source_checkpoint"]
     assert src["sha256"] == hashlib.sha256(ckpt_path.read_bytes()).hexdigest()
-    assert Path(src["path"]) == ckpt_path.resolve() and src["name"] == "best.pt"
+    # the file name and hash identify the checkpoint; no local path travels with the model
+    assert src == {"name": "best.pt", "sha256": src["sha256"]}
+    assert str(ckpt_path.parent) not in exported["onnx"].read_bytes().decode("latin-1")
     assert 0 <= info["export_check"]["max_abs_logit_diff"] <= PARITY_TOLERANCE
     # Without organseg: every metadata value is a JSON string in the file's metadata_props.
     props = {p.key: p.value for p in onnx.load(str(exported["onnx"])).metadata_props}
@@ -250,6 +252,38 @@ def test_load_onnx_errors(tmp_path: Path, exported: dict, monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(Exception, match=r"onnxruntime, not installed: pip install 'organseg\[onnx\]'"):
         load_onnx(exported["onnx"])
+
+
+@pytest.mark.parametrize(
+    ("edit", "needle"),
+    [
+        ({"channels": 4}, "outputs 4 class channels but its metadata names 9 classes"),
+        ({"class_names": ["background", "liver"]}, "outputs 9 class channels but its metadata names 2"),
+        ({"input_size": [8]}, "metadata 'input_size' is [8]; expected [H, W]"),
+        ({"input_size": "64x64"}, "metadata 'input_size' is '64x64'"),
+        ({"input_size": [16, 16]}, "the graph takes 'image' of shape ['batch', 1, 8, 8]"),
+        ({"preprocessing": {"kind": "magic"}}, "'preprocessing': unknown preprocessing kind 'magic'"),
+        ({"preprocessing": {"kind": "ct_window"}}, "'preprocessing': preprocessing 'ct_window' needs"),
+        ({"preprocessing": None}, "organseg metadata without 'preprocessing'"),
+        ({"class_names": "liver"}, "metadata 'class_names' is 'liver'"),
+    ],
+)
+def test_graph_is_checked_against_its_metadata(tmp_path: Path, edit: dict, needle: str) -> None:
+    from badinput.inputs import write_organseg_onnx
+
+    path = write_organseg_onnx(tmp_path / "bad.onnx", **edit)
+    with pytest.raises(CheckpointError) as e:
+        load_onnx(path)
+    message = str(e.value)
+    assert message.startswith(f"{path}: ") and needle in message and "\n" not in message
+
+
+def test_a_graph_that_fits_its_metadata_loads(tmp_path: Path) -> None:
+    from badinput.inputs import write_organseg_onnx
+
+    model, info = load_onnx(write_organseg_onnx(tmp_path / "ok.onnx"))
+    assert model.num_classes == 9 and info["config"]["train"]["img_size"] == [8, 8]
+    assert tuple(model(torch.zeros(2, 1, 8, 8)).shape) == (2, 9, 8, 8)
 
 
 def test_is_onnx_path() -> None:

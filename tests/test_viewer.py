@@ -22,7 +22,7 @@ from organseg.data.io import Geometry, read_image
 from organseg.data.orientation import radiological_orientation
 from organseg.errors import DataError
 from organseg.evaluation.report import class_color
-from organseg.evaluation.viewer import viewer_name, write_viewer
+from organseg.evaluation.viewer import case_metric_cells, viewer_name, write_viewer
 
 RAS = Geometry(spacing=(2.5, 0.8, 0.7), origin=(10.0, -5.0, 3.0), direction=(-1, 0, 0, 0, -1, 0, 0, 0, 1))
 
@@ -85,6 +85,29 @@ def test_page_is_self_contained_and_holds_exact_oriented_labels(tmp_path: Path) 
     assert rows["RV"]["color"] == "#" + "".join(f"{round(255 * v):02x}" for v in class_color(1))
     assert rows["RV"]["metrics"] == {"DSC": 0.91, "HD95 (mm)": 2.5}
     assert rows["Myo"]["metrics"] == {"DSC": None, "HD95 (mm)": None}
+
+
+def test_missed_and_false_positive_organs_show_a_dash_not_a_score(tmp_path: Path) -> None:
+    truth = np.zeros((2, 4, 4), np.uint8)
+    truth[0, :2] = 1  # RV: in the truth only (missed)
+    truth[1, :2] = 3  # LV: in both (scored)
+    pred = np.zeros_like(truth)
+    pred[1, :2] = 3
+    pred[0, 2:] = 2  # Myo: predicted, absent from the truth (false positive)
+    reference = np.array([[0.0, 0.0], [1.0, 0.0], [1.0, 0.0]])  # the reference protocol's edge values
+    cells = case_metric_cells(pred, truth, ACDC_CLASSES, reference, "mm")
+    assert cells == {
+        "RV": {"DSC": 0.0, "HD95 (mm)": "\u2013 (missed)"},
+        "Myo": {"DSC": "\u2013 (false positive)", "HD95 (mm)": "\u2013"},
+        "LV": {"DSC": 1.0, "HD95 (mm)": 0.0},
+    }
+    assert case_metric_cells(pred, truth, [*ACDC_CLASSES, "extra"], np.zeros((4, 2)), "mm")["extra"] == {
+        "DSC": "\u2013 (absent)", "HD95 (mm)": "\u2013 (absent)"
+    }
+    page = write_viewer(tmp_path / "c.html", truth.astype(np.float32), label=pred, truth=truth,
+                        class_names=ACDC_CLASSES, metrics=cells)
+    rows = {c["name"]: c["metrics"] for c in page_data(page)["classes"]}
+    assert rows["RV"] == {"DSC": 0.0, "HD95 (mm)": "\u2013 (missed)"}  # the page shows the note as is
 
 
 def test_no_geometry_keeps_array_order_and_large_volumes_are_subsampled(tmp_path: Path) -> None:
@@ -224,10 +247,11 @@ def test_browser_scrolls_and_toggles_classes(browser, tmp_path: Path) -> None:
     names = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#classes td.name")]
     assert names == ["RV", "Myo"]
     _, sum_mid, z_mid, text_mid = browser.execute_script(PIXELS_JS, rgb(1))
-    assert z_mid == "3" and text_mid.startswith("4 / 6")  # opens on the middle slice
+    assert z_mid == "3" and text_mid.startswith("slice 4 / 6")  # opens on the middle slice
     set_range(browser, "slice", 1)
     _, sum_1, z_1, text_1 = browser.execute_script(PIXELS_JS, rgb(1))
-    assert z_1 == "1" and text_1.startswith("2 / 6") and "file slice 4" in text_1 and sum_1 != sum_mid
+    assert text_1 == "slice 2 / 6 (file slice 4)"  # organseg.formatting.slice_caption, as in the report
+    assert z_1 == "1" and sum_1 != sum_mid
     browser.find_element(By.TAG_NAME, "body").send_keys(Keys.ARROW_DOWN)
     assert browser.execute_script(PIXELS_JS, rgb(1))[2] == "2"
     browser.execute_script("document.getElementById('view').dispatchEvent("

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import re
@@ -249,6 +250,15 @@ def atomic_write(path: PathLike, write: Callable[[Path], None], *, suffix: bool 
     """Call ``write(tmp)`` to fill a temporary file, then put it in place as ``path`` (see module doc)."""
     with staged(path, suffix=suffix) as (tmp,):
         write(tmp)
+
+
+def file_sha256(path: PathLike) -> str:
+    """The SHA-256 of a file's bytes, as 64 hex digits (read in 1 MiB blocks: checkpoints are large)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def atomic_write_bytes(path: PathLike, data: bytes) -> None:

@@ -46,6 +46,14 @@ def json_number(v: float | int | None) -> float | None:
     return None if v is None or not math.isfinite(float(v)) else float(v)
 
 
+def slice_caption(display_index: int, count: int, file_index: int | None = None) -> str:
+    """How every picture names a slice (viewer, report overlays, ``predict --overlay``): its number in display
+    order counted from 1 (slice 1 the most superior, see :mod:`organseg.data.orientation`) out of ``count``,
+    then its 0-based index along the file's slice axis, when known: ``slice 4 / 6 (file slice 2)``."""
+    text = f"slice {display_index + 1} / {count}"
+    return text if file_index is None else f"{text} (file slice {file_index})"
+
+
 def fmt_value(v: Any) -> str:
     """A configuration value as text (swept values in labels, tables and CSV cells): floats in ``g`` form,
     lists and dicts as JSON, anything else as ``str`` (a setting left ``None`` reads ``None``: that is its

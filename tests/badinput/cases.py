@@ -675,6 +675,106 @@ add(
     needs_shared=True,
 )
 
+
+
+# ---------------------------------------------------------------- predict: DICOM as it arrives (generated)
+
+
+def _gen_series(dest: str, n: int, description: str = "CT abdomen", tilt: float = 0.0, prefix: str = "IM"):
+    """A generated 4-slice 8x8 CT series (tests/dicomgen.py) in the case folder ``dest``."""
+
+    def run(c: Ctx) -> None:
+        import dicomgen
+
+        slices = dicomgen.ct_slices(
+            series_uid=dicomgen.uid(n), study_uid=dicomgen.uid(100), description=description, tilt_deg=tilt
+        )
+        dicomgen.write_series(c.t / dest, slices, prefix)
+
+    return run
+
+
+def _gen_export(dest: str, series: int):
+    """A DICOMDIR media export of ``series`` generated series (0: the index alone, no image below it)."""
+
+    def run(c: Ctx) -> None:
+        import dicomgen
+
+        made = [
+            dicomgen.ct_slices(series_uid=dicomgen.uid(k), study_uid=dicomgen.uid(100), number=k)
+            for k in range(1, max(series, 1) + 1)
+        ]
+        dicomgen.write_dicomdir(c.t / dest, *made)
+        if not series:
+            for p in sorted((c.t / dest).iterdir()):
+                if p.is_dir():
+                    shutil.rmtree(p)
+
+    return run
+
+
+GEN_PREDICT = ["predict", "{t}/ckpt.pt", "{t}/dicom", "--out", "{t}/out/seg.nii.gz"]
+EXPORT_PREDICT = ["predict", "{t}/ckpt.pt", "{t}/cd", "--out", "{t}/out"]
+CKPT = cp("unet.pt", "ckpt.pt")
+TWO_IN_ONE = steps(CKPT, _gen_series("dicom", 1, prefix="A"), _gen_series("dicom", 2, "CT lung", prefix="B"))
+SAME_DESCRIPTION = steps(CKPT, _gen_series("dicom", 1, prefix="A"), _gen_series("dicom", 2, prefix="B"))
+GENERATED_DICOM = [
+    (
+        "predict-dicom-gantry-tilt",
+        "a gantry-tilted series (15 deg): refused, not stacked as orthogonal",
+        steps(CKPT, _gen_series("dicom", 1, tilt=15.0)),
+        GEN_PREDICT,
+        ["dicom", "15.00 deg"],
+    ),
+    ("predict-dicom-several-series", "two series in one folder, none picked", TWO_IN_ONE, GEN_PREDICT,
+     ["dicom", "--series"]),
+    (
+        "predict-dicom-series-description-twice",
+        "--series DESCRIPTION that names two series",
+        SAME_DESCRIPTION,
+        [*GEN_PREDICT, "--series", "CT abdomen"],
+        ["dicom", "CT abdomen"],
+    ),
+    (
+        "predict-dicomdir-without-images",
+        "a DICOMDIR media export with no image series below it",
+        steps(CKPT, _gen_export("cd", 0)),
+        EXPORT_PREDICT,
+        ["cd"],
+    ),
+    (
+        "predict-dicomdir-several-series-one-out",
+        "a media export of two series, --out naming one label map",
+        steps(CKPT, _gen_export("cd", 2)),
+        replace_opt(EXPORT_PREDICT, "--out", "{t}/seg.nii.gz"),
+        ["--out", "cd"],
+    ),
+]
+for cid, what, setup, argv, expect in GENERATED_DICOM:
+    add(cid, "predict", what, setup, argv, expect, group="dicom")
+
+
+def _onnx(**meta):
+    def run(c: Ctx) -> None:
+        from badinput.inputs import write_organseg_onnx
+
+        write_organseg_onnx(c.t / "model.onnx", **meta)
+
+    return run
+
+
+ONNX_PREDICT = ["predict", "{t}/model.onnx", "{t}/scan.nii.gz", "--out", "{t}/o.nii.gz"]
+ONNX_FAULTS = [
+    ("class-count", "a graph of 4 output channels, metadata naming 9 classes", {"channels": 4}, "9 classes"),
+    ("input-size-bad", "metadata input_size that is not [H, W]", {"input_size": [8]}, "input_size"),
+    ("input-size-other", "metadata input_size the graph does not take", {"input_size": [16, 16]}, "[16, 16]"),
+    ("preprocessing-bad", "metadata preprocessing of an unknown kind", {"preprocessing": {"kind": "x"}}, "x"),
+]
+for slug, what, meta, needle in ONNX_FAULTS:
+    setup = steps(cp("scan.nii.gz"), _onnx(**meta))
+    expect = ["model.onnx", needle]
+    add(f"predict-onnx-{slug}", "predict", what, setup, ONNX_PREDICT, expect, group="checkpoint")
+
 # ---------------------------------------------------------------- output over input, unwritable outputs
 
 OVER = [

@@ -216,3 +216,39 @@ def edit_checkpoint(path: Path, fn) -> None:
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     fn(ckpt)
     torch.save(ckpt, path)
+
+
+def write_organseg_onnx(path: Path, *, channels: int = 9, size: int = 8, **meta) -> Path:
+    """A tiny ONNX model with organseg's metadata, built by hand (no export): a 1x1 convolution from the
+    (B, 1, size, size) input ``image`` to ``channels`` output ``logits``. ``meta`` overrides or adds metadata
+    entries (values are JSON-encoded; ``None`` drops the entry), to build graphs that disagree with it."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from organseg.data.classes import SYNAPSE_CLASSES
+
+    ramp = np.linspace(-1, 1, channels, dtype=np.float32).reshape(channels, 1, 1, 1)
+    weight = numpy_helper.from_array(ramp, "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["image", "w"], ["logits"])],
+        "organseg-test",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 1, size, size])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", channels, size, size])],
+        initializer=[weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    entries = {
+        "organseg_format": "organseg-onnx/1",
+        "model_name": "unet",
+        "class_names": list(SYNAPSE_CLASSES),
+        "preprocessing": {"kind": "ct_window", "window": [-125.0, 275.0]},
+        "input_size": [size, size],
+        **meta,
+    }
+    for key, value in entries.items():
+        if value is not None:
+            entry = model.metadata_props.add()
+            entry.key, entry.value = key, json.dumps(value)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(model.SerializeToString())
+    return path

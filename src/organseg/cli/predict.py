@@ -1,7 +1,7 @@
 """``organseg predict CHECKPOINT INPUT [INPUT ...] --out OUT [--ensemble CKPT ...] [--tta] [--overwrite]
-[--format nifti|dicom-seg|both] [--viewer] [--overlay [OUT.png]]``: segment NIfTI files, DICOM series folders,
-folders of scans and glob patterns; each label map keeps its input's size, spacing, origin and direction.
-See docs/evaluation.md."""
+[--format nifti|dicom-seg|both] [--viewer] [--overlay [OUT.png]] [--series UID_OR_DESCRIPTION]``: segment
+NIfTI files, DICOM series folders, DICOMDIR media exports, folders of scans and glob patterns; each label map
+keeps its input's size, spacing, origin and direction. See docs/evaluation.md."""
 
 from __future__ import annotations
 
@@ -57,7 +57,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="also draw the slices with the most foreground (default name OUT_STEM.png)",
     )  # fmt: skip
     p.add_argument("--overwrite", action="store_true", help="redo cases whose outputs exist")
-    p.add_argument("--series-uid", metavar="UID", help="which DICOM series, when a folder holds several")
+    p.add_argument(
+        "--series",
+        "--series-uid",
+        dest="series_uid",
+        metavar="UID_OR_DESCRIPTION",
+        help="which DICOM series, by SeriesInstanceUID or SeriesDescription, when a folder holds several "
+        "(a DICOMDIR export without it: every series is a case)",
+    )
     p.add_argument(
         "--batch-size", type=option(POSITIVE_INT), default=16, help="slices per forward pass (default 16)"
     )
@@ -70,7 +77,14 @@ def run(args: argparse.Namespace) -> int:
     from organseg.evaluation.predict import expand_inputs, load_predictor, plan_cases, predict_many
 
     inputs = expand_inputs(args.inputs)
-    cases = plan_cases(inputs, args.out, formats=args.formats, viewer=args.viewer, overlay=args.overlay)
+    cases = plan_cases(
+        inputs,
+        args.out,
+        formats=args.formats,
+        viewer=args.viewer,
+        overlay=args.overlay,
+        series=args.series_uid,
+    )
     predictor = load_predictor(
         args.checkpoint, ensemble=args.ensemble, models=args.models, tta=args.tta, batch_size=args.batch_size,
         precision=args.precision, device=args.device,
@@ -89,7 +103,10 @@ def run(args: argparse.Namespace) -> int:
         if o.status == "done" and o.info is not None:
             vols = [f"{c['name']} {c['volume_ml']:.1f} mL" for c in o.info["classes"][1:] if c["voxels"]]
             print(f"{o.case.name}: {', '.join(vols) or 'no foreground'}")
-            written = ", ".join(str(p) for p in o.case.outputs.values())
+            seg = o.info.get("dicom_seg") or {}
+            if seg.get("written") is False:
+                print(f"organseg predict: {o.case.name}: no DICOM-SEG written: {seg['reason']}")
+            written = ", ".join(str(p) for p in o.case.outputs.values() if p.is_file())
             print(f"organseg predict: wrote {written}")
     skipped = [o for o in outcomes if o.status == "skipped"]
     failed = [o for o in outcomes if o.status == "failed"]

@@ -9,10 +9,14 @@ order is kept, exactly as the reference pipeline does.
 from __future__ import annotations
 
 import contextlib
+import gzip
 import io
 import locale
 import os
+import shutil
+import struct
 import zipfile
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,8 +140,6 @@ _NIFTI_FLOATS = {16: "f4", 64: "f8"}  # NIfTI datatype codes of float32 / float6
 def _nifti_layout(header: bytes) -> tuple[int, int, str | None, tuple[float, ...]] | None:
     """(data start, data end, numpy dtype if float else None, spatial pixdim) of a NIfTI-1/2 header; None if
     not NIfTI."""
-    import struct
-
     for endian in ("<", ">"):
         if len(header) >= 348 and struct.unpack(endian + "i", header[:4])[0] == 348:
             datatype = struct.unpack(endian + "h", header[70:72])[0]
@@ -165,13 +167,125 @@ def _nifti_layout(header: bytes) -> tuple[int, int, str | None, tuple[float, ...
     return offset, offset + count * int(bitpix) // 8, (endian + fdtype if fdtype else None), spatial
 
 
+@dataclass(frozen=True)
+class NiftiTransform:
+    """The fields of a NIfTI header that place the voxels in space, as stored: both codes, the qform
+    (quaternion, offset, qfac = pixdim[0]), the voxel size pixdim[1:4], the sform rows and the spatial unit.
+
+    ITK reads one placement from them (the sform when it is a rotation and scaling, else the qform, and with
+    both codes 0 a plain diagonal) and writes back its own: qform and sform from that one placement, codes 1
+    ("scanner"). A sheared sform, an "aligned" or "template" code, or a file with neither would thus come
+    out placed otherwise, in nibabel-based tools at least. :func:`write_image` stamps these fields on a label
+    map unchanged, so it carries exactly its input's affine(s) in every reader."""
+
+    qform_code: int
+    sform_code: int
+    qfac: float
+    pixdim: tuple[float, float, float]
+    quatern: tuple[float, float, float]  # quatern_b, _c, _d
+    qoffset: tuple[float, float, float]  # qoffset_x, _y, _z
+    srow: tuple[float, ...]  # srow_x, srow_y, srow_z: 12 numbers
+    xyzt_units: int
+
+    def sform_is_sheared(self) -> bool:
+        """Whether the sform (when its code is set) is more than a rotation, reflection and voxel scaling:
+        its three columns are not orthogonal. ITK then places the image by the qform instead."""
+        if self.sform_code <= 0:
+            return False
+        m = np.asarray(self.srow, dtype=np.float64).reshape(3, 4)[:, :3]
+        norms = np.linalg.norm(m, axis=0)
+        if not np.all(norms > 0):
+            return True
+        unit = m / norms
+        return not np.allclose(unit.T @ unit, np.eye(3), atol=1e-4)
+
+
+# Byte layouts of the fields above, (format of one number, offset): NIfTI-1 stores shorts, floats and an
+# unsigned char (xyzt_units), NIfTI-2 ints and doubles.
+_NIFTI_XFORM = {
+    348: dict(codes=("h", 252), pixdim=("f", 76), quatern=("f", 256), srow=("f", 280), units=("B", 123)),
+    540: dict(codes=("i", 344), pixdim=("d", 104), quatern=("d", 352), srow=("d", 400), units=("i", 500)),
+}
+
+
+def _nifti_version(header: bytes) -> tuple[str, int] | None:
+    """(byte order, header size 348 or 540) of a NIfTI header; None if it is not one."""
+    for endian in ("<", ">"):
+        for size in (348, 540):
+            if len(header) >= size and struct.unpack(endian + "i", header[:4])[0] == size:
+                return endian, size
+    return None
+
+
+def _open_nifti(path: Path, mode: str = "rb"):
+    return gzip.open(path, mode) if path.name.lower().endswith(".gz") else open(path, mode)
+
+
+def read_nifti_transform(path: str | Path) -> NiftiTransform | None:
+    """The placement fields of a NIfTI file (see :class:`NiftiTransform`); None for any other input (a
+    DICOM folder, an .mha). DataError for an unreadable header."""
+    path = Path(path)
+    if not path.is_file() or not path.name.lower().endswith((".nii", ".nii.gz")):
+        return None
+    try:
+        with _open_nifti(path) as fh:
+            header = fh.read(540)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DataError(f"{path}: cannot read the NIfTI header ({exc})") from None
+    version = _nifti_version(header)
+    if version is None:
+        return None
+    endian, size = version
+    lay = _NIFTI_XFORM[size]
+    code_fmt, code_at = lay["codes"]
+    codes = struct.unpack_from(f"{endian}2{code_fmt}", header, code_at)
+    f, at = lay["pixdim"]
+    pixdim = struct.unpack_from(f"{endian}4{f}", header, at)
+    f, at = lay["quatern"]
+    quatern = struct.unpack_from(f"{endian}6{f}", header, at)
+    f, at = lay["srow"]
+    srow = struct.unpack_from(f"{endian}12{f}", header, at)
+    f, at = lay["units"]
+    (units,) = struct.unpack_from(f"{endian}{f}", header, at)
+    return NiftiTransform(
+        qform_code=int(codes[0]),
+        sform_code=int(codes[1]),
+        qfac=float(pixdim[0]),
+        pixdim=tuple(float(v) for v in pixdim[1:4]),
+        quatern=tuple(float(v) for v in quatern[:3]),
+        qoffset=tuple(float(v) for v in quatern[3:]),
+        srow=tuple(float(v) for v in srow),
+        xyzt_units=int(units),
+    )
+
+
+def _stamp_nifti_transform(plain: Path, transform: NiftiTransform, where: Path) -> None:
+    """Overwrite the placement fields of the uncompressed NIfTI file ``plain`` with ``transform``."""
+    with open(plain, "r+b") as fh:
+        header = bytearray(fh.read(540))
+        version = _nifti_version(bytes(header))
+        if version is None:
+            raise OutputError(f"{where}: the image writer did not write a NIfTI header")
+        endian, size = version
+        lay = _NIFTI_XFORM[size]
+        f, at = lay["codes"]
+        struct.pack_into(f"{endian}2{f}", header, at, transform.qform_code, transform.sform_code)
+        f, at = lay["pixdim"]
+        struct.pack_into(f"{endian}4{f}", header, at, transform.qfac, *transform.pixdim)
+        f, at = lay["quatern"]
+        struct.pack_into(f"{endian}6{f}", header, at, *transform.quatern, *transform.qoffset)
+        f, at = lay["srow"]
+        struct.pack_into(f"{endian}12{f}", header, at, *transform.srow)
+        f, at = lay["units"]
+        struct.pack_into(f"{endian}{f}", header, at, transform.xyzt_units)
+        fh.seek(0)
+        fh.write(header[:size])
+
+
 def _check_nifti_header(path: Path) -> tuple[int, int, str | None, tuple[float, ...]] | None:
     """The NIfTI layout of ``path`` (None for other formats), after the header check ITK does not do: it
     reads a zero or NaN voxel size as 1 mm (and a negative one as its absolute value) without a word, and
     every volume and distance would then be wrong."""
-    import gzip
-    import zlib
-
     name = path.name.lower()
     if not name.endswith((".nii", ".nii.gz")):
         return None
@@ -190,9 +304,6 @@ def _check_nifti_file(path: Path) -> None:
     """Checks ITK does not do for NIfTI: the header's voxel size (above); it fills a truncated .nii.gz with
     zeros, and it turns NaN/inf voxels into 0, both without a word. Integer files cost one look at gzip's
     stored length; float files are scanned."""
-    import gzip
-    import zlib
-
     layout = _check_nifti_header(path)
     if layout is None:
         return
@@ -378,6 +489,7 @@ def write_image(
     *,
     description: str | None = None,
     atomic: bool = True,
+    nifti_transform: NiftiTransform | None = None,
 ) -> None:
     """Write a (D, H, W) array with ``geometry`` (spacing, origin, direction kept) atomically.
 
@@ -386,7 +498,9 @@ def write_image(
 
     The format follows the suffix (``.nii.gz`` compressed NIfTI). Integer arrays are stored in the smallest of
     uint8 / int16 / int32 that holds their range; float64 is stored as float32. ``description`` goes into the
-    NIfTI ``descrip`` field (used to label synthetic data).
+    NIfTI ``descrip`` field (used to label synthetic data). ``nifti_transform`` (a NIfTI ``path`` only)
+    replaces the placement fields ITK writes with those of the input the array was read from (see
+    :class:`NiftiTransform`): the array must then be in that input's voxel order and shape.
     """
     import SimpleITK as sitk
 
@@ -400,11 +514,35 @@ def write_image(
     final = Path(path)
     compress = final.name.lower().endswith(".gz")
 
-    def write(tmp: Path) -> None:
+    is_nifti = final.name.lower().endswith((".nii", ".nii.gz"))
+    if nifti_transform is not None and not is_nifti:
+        raise OutputError(f"{final}: a NIfTI header's placement can only be kept in a .nii or .nii.gz file")
+
+    def itk_write(tmp: Path, compress: bool) -> None:
         try:
             sitk.WriteImage(image, str(tmp), useCompression=compress)
         except RuntimeError as exc:  # ITK reports a full disk or an unwritable file this way
             raise OutputError(f"{final}: cannot write image ({describe_itk_error(exc)})") from None
+
+    def write(tmp: Path) -> None:
+        if nifti_transform is None:
+            itk_write(tmp, compress)
+            return
+        # ITK writes its own placement; the header is stamped on an uncompressed file, then compressed once.
+        plain = tmp.with_name(tmp.name[:-3]) if tmp.name.lower().endswith(".gz") else tmp
+        try:
+            itk_write(plain, False)
+            _stamp_nifti_transform(plain, nifti_transform, final)
+            if plain != tmp:
+                with (
+                    open(plain, "rb") as src,
+                    open(tmp, "wb") as raw,
+                    gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0) as out,
+                ):
+                    shutil.copyfileobj(src, out, 1 << 20)
+        finally:
+            if plain != tmp:
+                plain.unlink(missing_ok=True)
 
     if atomic:
         atomic_write(final, write, suffix=True)

@@ -47,6 +47,8 @@ _ANATOMY: dict[str, tuple[str, str, str | None]] = {
 }
 _LATERALITY = {"right": ("24028007", "Right"), "left": ("7771000", "Left")}
 _CATEGORY = ("123037004", "Anatomical Structure")  # DICOM CID 7150
+#: Why no DICOM-SEG is written for a prediction without foreground (a SEG needs at least one segment).
+NO_SEGMENT = "the prediction holds no foreground class; a DICOM-SEG needs at least one segment"
 
 
 def _highdicom():
@@ -130,7 +132,7 @@ def _segment_frames(labels: np.ndarray, order: list[int], out: Path) -> tuple[li
     segment numbers 1..n instead of class indices (DICOM wants consecutive segment numbers)."""
     present = [int(c) for c in np.unique(labels) if c != 0]
     if not present:
-        raise DataError(f"{out}: the prediction holds no foreground class; a DICOM-SEG needs one segment")
+        raise DataError(f"{out}: {NO_SEGMENT}")
     lut = np.zeros(int(labels.max()) + 1, dtype=np.uint8)
     lut[present] = np.arange(1, len(present) + 1)
     return present, lut[labels[order]]
@@ -206,9 +208,12 @@ def write_dicom_seg(
 ) -> dict[str, Any]:
     """Write ``labels`` (the (D, H, W) label map read from ``source_files`` with ``geometry``) as a DICOM-SEG.
 
-    ``algorithm`` holds ``name`` (e.g. "organseg swin_unet"), ``version`` and ``parameters`` strings
-    (checkpoint and its SHA-256). Returns a summary for the sidecar: path, segments written (class index,
-    name, code), the referenced series and any UID that had to be derived."""
+    ``algorithm`` holds ``name`` (e.g. "organseg swin_unet"), ``version`` and ``parameters``: strings that
+    go into every segment's AlgorithmParameters as ``key=value`` pairs (``predict`` gives the network, each
+    checkpoint's file name and SHA-256, the organseg version and TTA). The series description is the name
+    followed by "segmentation", with "organseg" in front unless the name starts with it. Returns a summary
+    for the sidecar: path, segments written (class index, name, code), the referenced series and any UID
+    that had to be derived."""
     hd, pydicom = _highdicom()
 
     from organseg import __version__
@@ -221,6 +226,8 @@ def write_dicom_seg(
     present, frames = _segment_frames(labels, order, out)
     derived, notes = _complete_source_headers(sources, pydicom)
     descriptions, segments = _segment_descriptions(hd, present, class_names, algorithm)
+    name = str(algorithm.get("name") or "organseg").strip()
+    description = f"{name if name.startswith('organseg') else f'organseg {name}'} segmentation"[:64]
     seg = hd.seg.Segmentation(
         source_images=sources,
         pixel_array=frames,
@@ -235,8 +242,8 @@ def write_dicom_seg(
         software_versions=__version__,
         device_serial_number="none",
         content_label="ORGANSEG",
-        content_description=f"{algorithm.get('name', 'organseg')} segmentation"[:64],
-        series_description=f"organseg {algorithm.get('name', '')} segmentation".strip()[:64],
+        content_description=description,
+        series_description=description,
     )
     buf = io.BytesIO()
     seg.save_as(buf)

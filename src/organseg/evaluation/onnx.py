@@ -9,7 +9,7 @@ Deployments often have no PyTorch; an ONNX file and ONNX Runtime are enough ther
 * ``metadata_props``, each value a JSON string (``json.loads`` it): ``organseg_format``
   (``"organseg-onnx/1"``), ``organseg_version``, ``model_name``, ``model_args``, ``class_names``,
   ``preprocessing`` (the spec of :func:`organseg.data.preprocess.apply_preprocessing`), ``input_size``
-  ([H, W]), ``source_checkpoint`` (path, file name and sha256), ``export_check`` (the largest logit
+  ([H, W]), ``source_checkpoint`` (file name and sha256), ``export_check`` (the largest logit
   difference between ONNX Runtime and PyTorch measured at export), ``torch_version``.
 
 Export path: ``torch.onnx.export`` with the dynamo-based exporter (``torch.export`` + onnxscript), the default
@@ -29,7 +29,6 @@ returns it with an info dict shaped like a checkpoint dict (``model_name``, ``cl
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -45,6 +44,7 @@ from torch import nn
 
 from organseg import __version__
 from organseg.errors import CheckpointError, ConfigError, OrgansegError
+from organseg.fileio import file_sha256
 
 FORMAT = "organseg-onnx/1"
 #: ONNX opset of the exported graph; ONNX Runtime reads it from release 1.17 on.
@@ -75,14 +75,6 @@ def _require(*names: str) -> None:
 def is_onnx_path(path: str | Path) -> bool:
     """Whether ``path`` names an ONNX model: by its suffix, as ``predict`` tells it from a checkpoint."""
     return Path(path).suffix.lower() == ".onnx"
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # ----------------------------------------------------------------------------------------------- export
@@ -290,11 +282,9 @@ def _export_metadata(
         "class_names": list(ckpt.get("class_names") or []),
         "preprocessing": ckpt.get("preprocessing") or {"kind": "none"},
         "input_size": list(size),
-        "source_checkpoint": {
-            "path": str(source.resolve()),
-            "name": source.name,
-            "sha256": file_sha256(source),
-        },
+        # The file name and hash identify the checkpoint; its absolute path would only tell where it lay on
+        # the exporting machine (a user name, a project folder) to whoever receives the model.
+        "source_checkpoint": {"name": source.name, "sha256": file_sha256(source)},
         "export_check": {
             "input": f"uniform [0, 1), batch {check_batch}, seed 0",
             "max_abs_logit_diff": diff,
@@ -357,6 +347,73 @@ def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [""])[0]
 
 
+def _check_metadata(path: Path, meta: dict[str, Any]) -> tuple[int, int]:
+    """The input size (H, W) after checking every metadata entry ``predict`` relies on; CheckpointError
+    naming the file and the entry otherwise (a bad entry used to surface as a traceback, or as a message
+    that did not say which file it came from)."""
+    from organseg.data.preprocess import validate_spec
+
+    for key in ("model_name", "class_names", "preprocessing", "input_size"):
+        if key not in meta:
+            raise CheckpointError(f"{path}: organseg metadata without {key!r}")
+    if not isinstance(meta["model_name"], str) or not meta["model_name"]:
+        raise CheckpointError(f"{path}: metadata 'model_name' is {meta['model_name']!r}; expected a name")
+    names = meta["class_names"]
+    if not isinstance(names, list) or len(names) < 2 or not all(isinstance(n, str) for n in names):
+        raise CheckpointError(
+            f"{path}: metadata 'class_names' is {names!r}; expected a list of names, background first"
+        )
+    size = meta["input_size"]
+    if (
+        not isinstance(size, list)
+        or len(size) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)
+    ):
+        raise CheckpointError(
+            f"{path}: metadata 'input_size' is {size!r}; expected [H, W], two positive integers"
+        )
+    try:
+        validate_spec(meta["preprocessing"])
+    except ConfigError as exc:
+        raise CheckpointError(f"{path}: metadata 'preprocessing': {exc}") from None
+    return int(size[0]), int(size[1])
+
+
+def _check_graph(path: Path, session: Any, size: tuple[int, int], class_names: list[str]) -> int:
+    """The graph's class count, after checking the graph against its metadata: one input ``image`` of
+    (B, 1, H, W), H x W the metadata's ``input_size`` where the graph fixes them, an output ``logits`` with
+    one channel per class name. A graph whose class axis is a symbol is run once on a zero slice to count.
+    CheckpointError naming the file otherwise: a wrong count would label every organ with another's name."""
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    logits = next((o for o in outputs if o.name == OUTPUT_NAME), None)
+    if [i.name for i in inputs] != [INPUT_NAME] or logits is None:
+        raise CheckpointError(f"{path}: expected input {INPUT_NAME!r} and output {OUTPUT_NAME!r}")
+    shape = list(inputs[0].shape)
+    fixed = [v if isinstance(v, int) else None for v in shape]
+    expected = (None, 1, size[0], size[1])
+    if len(shape) != 4 or any(f is not None and f != e for f, e in zip(fixed[1:], expected[1:], strict=True)):
+        raise CheckpointError(
+            f"{path}: the graph takes {INPUT_NAME!r} of shape {shape}, but the metadata's input_size is "
+            f"{list(size)}: expected (B, 1, {size[0]}, {size[1]})"
+        )
+    channels = logits.shape[1] if len(logits.shape) == 4 else None
+    if not isinstance(channels, int):
+        try:
+            x = np.zeros((1, 1, *size), np.float32)
+            channels = int(session.run([OUTPUT_NAME], {INPUT_NAME: x})[0].shape[1])
+        except Exception as exc:  # ONNX Runtime raises its own types
+            raise CheckpointError(
+                f"{path}: the graph does not run on a (1, 1, {size[0]}, {size[1]}) slice "
+                f"({type(exc).__name__}: {_first_line(exc)})"
+            ) from None
+    if channels != len(class_names):
+        raise CheckpointError(
+            f"{path}: the graph outputs {channels} class channels but its metadata names {len(class_names)} "
+            f"classes ({', '.join(class_names)}): every label would get another's name"
+        )
+    return channels
+
+
 def load_onnx(
     path: str | Path, *, threads: int | None = None, providers: Sequence[str] | None = None
 ) -> tuple[OnnxModel, dict[str, Any]]:
@@ -388,14 +445,8 @@ def load_onnx(
     if meta["organseg_format"] != FORMAT:
         found = meta["organseg_format"]
         raise CheckpointError(f"{path}: organseg ONNX format {found!r}, expected {FORMAT!r}")
-    for key in ("model_name", "class_names", "preprocessing", "input_size"):
-        if key not in meta:
-            raise CheckpointError(f"{path}: organseg metadata without {key!r}")
-    size = tuple(int(v) for v in meta["input_size"])
-    inputs, outputs = session.get_inputs(), session.get_outputs()
-    if [i.name for i in inputs] != [INPUT_NAME] or OUTPUT_NAME not in [o.name for o in outputs]:
-        raise CheckpointError(f"{path}: expected input {INPUT_NAME!r} and output {OUTPUT_NAME!r}")
-    num_classes = outputs[0].shape[1] if isinstance(outputs[0].shape[1], int) else len(meta["class_names"])
+    size = _check_metadata(path, meta)
+    num_classes = _check_graph(path, session, size, meta["class_names"])
     model = OnnxModel(session, size, num_classes, source=str(path))
     info = {
         **meta,

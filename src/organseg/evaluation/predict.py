@@ -30,7 +30,14 @@ from organseg.device import resolve_device
 from organseg.errors import ConfigError, DataError, OrgansegError
 from organseg.evaluation.inference import predict_volume
 from organseg.evaluation.runs import checkpoint_patch_size
-from organseg.fileio import check_distinct, check_output, check_output_file, check_outputs_against, staged
+from organseg.fileio import (
+    check_distinct,
+    check_output,
+    check_output_file,
+    check_outputs_against,
+    file_sha256,
+    staged,
+)
 from organseg.values import POSITIVE_INT, check_value
 
 if TYPE_CHECKING:
@@ -92,6 +99,18 @@ class Predictor:
     precision: str = "fp32"
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     notes: list[str] = field(default_factory=list)
+    _digests: list[str] | None = field(default=None, repr=False, compare=False)
+
+    def source_digests(self) -> list[str]:
+        """``NAME sha256:HEX`` of every source file (checkpoint or ONNX model), in member order: what names
+        the network an output came from, whatever the files are called (every run has a ``last.pt``). The
+        hashes are computed once per predictor. An in-memory checkpoint has no file and says so."""
+        if self._digests is None:
+            self._digests = [
+                f"{Path(s).name} sha256:{file_sha256(s)}" if Path(s).is_file() else f"{s} (no file, no hash)"
+                for s in self.sources
+            ]
+        return self._digests
 
     @property
     def name(self) -> str:
@@ -159,6 +178,7 @@ class Case:
     dicom_seg: Path | None = None
     viewer: Path | None = None
     overlay: Path | None = None
+    series: str | None = None  # the SeriesInstanceUID of one series of a DICOM media export
 
     @property
     def outputs(self) -> dict[str, Path]:
@@ -169,7 +189,16 @@ class Case:
         return {k: v for k, v in found.items() if v is not None}
 
     def done(self) -> bool:
-        return all(p.is_file() for p in self.outputs.values())
+        """Whether every output exists; a DICOM-SEG counts as done when the sidecar records that none could
+        be written (an empty prediction has no segment)."""
+        missing = [p for p in self.outputs.values() if not p.is_file()]
+        if missing == [self.dicom_seg] and self.sidecar.is_file():
+            try:
+                seg = json.loads(self.sidecar.read_text(encoding="utf-8")).get("dicom_seg") or {}
+            except (OSError, ValueError, AttributeError):
+                return False
+            return seg.get("written") is False
+        return not missing
 
 
 def expand_inputs(items: Sequence[str | Path]) -> list[Path]:
@@ -204,6 +233,25 @@ def _case_name(path: Path) -> str:
     return _stem(path.name.rstrip("/")) or "scan"
 
 
+def _export_series(path: Path) -> list[tuple[str, str]]:
+    """(case name, SeriesInstanceUID) of every series of a DICOM media export (a DICOMDIR folder): each is
+    one case, named ``EXPORT_sN`` by its SeriesNumber (``EXPORT_K`` by its place when numbers are missing
+    or repeated). One series keeps the export's name; a damaged export stays one case, which then fails with
+    the reader's message."""
+    from organseg.data.dicom import find_series
+
+    try:
+        found = find_series(path)
+    except DataError:
+        return [(_case_name(path), "")]
+    if len(found) == 1:
+        return [(_case_name(path), found[0].uid)]
+    numbers = [s.number for s in found]
+    by_number = all(numbers) and len(set(numbers)) == len(numbers)
+    tags = [f"s{s.number}" if by_number else str(k + 1) for k, s in enumerate(found)]
+    return [(f"{_case_name(path)}_{tag}", s.uid) for tag, s in zip(tags, found, strict=True)]
+
+
 def plan_cases(
     inputs: Sequence[Path],
     out: str | Path,
@@ -211,16 +259,33 @@ def plan_cases(
     formats: str = "nifti",
     viewer: bool = False,
     overlay: str | Path | bool | None = None,
+    series: str | None = None,
 ) -> list[Case]:
-    """The output files of every case: ``--out`` names the label map when there is one input and it has an
-    image suffix (or ``.dcm``); otherwise ``--out`` is a folder and each case is named after its input."""
+    """The output files of every case: ``--out`` names the label map when there is one case and it has an
+    image suffix (or ``.dcm``); otherwise ``--out`` is a folder and each case is named after its input.
+
+    A DICOM media export (a DICOMDIR folder) given without ``series`` is one case per series it holds
+    (:func:`_export_series`); with ``series`` (a UID or a SeriesDescription) it is one case, that series."""
+    from organseg.data.dicom import is_media_export
+
     if formats not in FORMATS:
         raise ConfigError(f"--format {formats!r}: expected one of {', '.join(FORMATS)}")
+    planned: list[tuple[Path, str, str | None]] = []
+    for path in inputs:
+        if series is None and is_media_export(path):
+            planned += [(path, name, uid or None) for name, uid in _export_series(path)]
+        else:
+            planned.append((path, _case_name(path), None))
     out = Path(out)
     nifti, dicom = formats in ("nifti", "both"), formats in ("dicom-seg", "both")
     lower = out.name.lower()
-    one_file = len(inputs) == 1 and lower.endswith((*_OUT_SUFFIXES, ".dcm"))
+    one_file = len(planned) == 1 and lower.endswith((*_OUT_SUFFIXES, ".dcm"))
     if not one_file and not out.is_dir() and "." in out.name:
+        if len(inputs) == 1 and len(planned) > 1:
+            raise ConfigError(
+                f"--out {out}: {inputs[0]} is a DICOM media export of {len(planned)} series, each written as "
+                "a case into a folder; give a folder, or pick one series with --series UID or DESCRIPTION"
+            )
         if len(inputs) == 1:
             raise ConfigError(
                 f"--out {out}: the label map needs an image suffix ({', '.join(_OUT_SUFFIXES)}), or give a "
@@ -228,12 +293,12 @@ def plan_cases(
             )
         raise ConfigError(f"--out {out}: {len(inputs)} inputs are written into a folder; give a folder")
     cases = []
-    for path in inputs:
+    for path, name, uid in planned:
         if one_file:
             base = out.with_name(_stem(out.name))
             label_path = out if lower.endswith(_OUT_SUFFIXES) else base.with_name(base.name + ".nii.gz")
         else:
-            base = out / _case_name(path)
+            base = out / name
             label_path = base.with_name(base.name + ".nii.gz")
         if overlay is None or overlay is False:
             png = None
@@ -242,10 +307,10 @@ def plan_cases(
         else:
             png = Path(overlay)
         cases.append(Case(
-            input=path, name=_case_name(path), label=label_path if nifti else None,
+            input=path, name=name, label=label_path if nifti else None,
             sidecar=base.with_name(base.name + ".json"),
             dicom_seg=base.with_name(base.name + ".dcm") if dicom else None,
-            viewer=base.with_name(base.name + ".html") if viewer else None, overlay=png,
+            viewer=base.with_name(base.name + ".html") if viewer else None, overlay=png, series=uid,
         ))  # fmt: skip
     names = [c.name for c in cases]
     twice = sorted({n for n in names if names.count(n) > 1})
@@ -288,17 +353,28 @@ def _write_views(
     """The optional outputs of one case (DICOM-SEG, viewer, overlay figure), each added to ``written`` as soon
     as it exists (so that a failure later removes it) and named in ``info``."""
     input_path, names = case.input, predictor.class_names
-    if case.dicom_seg is not None:
+    if case.dicom_seg is not None and not pred.any():
+        from organseg.evaluation.dicomseg import NO_SEGMENT
+
+        # An empty prediction is a result (no organ found), not a failure: the label map and the JSON are
+        # still written, and the JSON says why there is no DICOM-SEG.
+        info["dicom_seg"] = {"path": None, "written": False, "reason": NO_SEGMENT}
+    elif case.dicom_seg is not None:
         from organseg import __version__
         from organseg.data.dicom import dicom_series_files
         from organseg.evaluation.dicomseg import write_dicom_seg
 
-        params = {"checkpoints": "; ".join(Path(s).name for s in predictor.sources)}
-        params["tta"] = str(predictor.tta)
+        params = {
+            "network": str(predictor.ckpt.get("model_name")),
+            "checkpoints": "; ".join(predictor.source_digests()),
+            "organseg_version": __version__,
+            "tta": str(predictor.tta),
+        }
         info["dicom_seg"] = write_dicom_seg(
             pred, geometry, dicom_series_files(input_path, series_uid), names, case.dicom_seg,
             algorithm={"name": predictor.name, "version": __version__, "parameters": params},
         )  # fmt: skip
+        info["dicom_seg"]["written"] = True
         written.append(case.dicom_seg)
     if case.viewer is not None:
         from organseg.evaluation.viewer import write_viewer
@@ -318,16 +394,25 @@ def predict_case(predictor: Predictor, case: Case, *, series_uid: str | None = N
                  ) -> dict[str, Any]:  # fmt: skip
     """Predict one scan and write its files; returns the sidecar's content. On any failure the files this
     call wrote are removed again, so the case is left without a sidecar: not done, redone by the next call."""
-    from organseg.data.io import read_image, write_image
+    from organseg.data.io import read_image, read_nifti_transform, write_image
     from organseg.data.preprocess import apply_preprocessing
 
     input_path = case.input
+    series_uid = case.series if case.series is not None else series_uid
     if case.dicom_seg is not None and not Path(input_path).is_dir():
         raise ConfigError(
             f"{input_path}: --format dicom-seg needs a DICOM series as input (a DICOM-SEG references the "
             "images it segments); this input is not one: use --format nifti"
         )
     raw, geometry = read_image(input_path, series_uid=series_uid)
+    # A NIfTI label map gets its input's placement fields as stored (ITK writes its own: see NiftiTransform).
+    nifti = read_nifti_transform(input_path)
+    notes = list(predictor.notes)
+    if nifti is not None and nifti.sform_is_sheared():
+        notes.append(
+            "the input's sform is sheared: the voxels were read (and the viewer and overlay drawn) placed by "
+            "its qform, as ITK reads it; the label map keeps both, as stored"
+        )
     if min(raw.shape) < 2:
         raise DataError(f"{input_path}: image of shape {raw.shape} is a single slice; a 3-D scan is needed")
     image = apply_preprocessing(raw, predictor.preprocessing, source=str(input_path))
@@ -344,12 +429,13 @@ def predict_case(predictor: Predictor, case: Case, *, series_uid: str | None = N
     names = predictor.class_names
     info: dict[str, Any] = {
         "input": str(input_path),
+        **({"series": series_uid} if series_uid is not None else {}),
         "output": str(case.label) if case.label else None,
         "checkpoint": predictor.sources[0] if len(predictor.sources) == 1 else None,
         "ensemble": predictor.sources if len(predictor.sources) > 1 else None,
         "tta": predictor.tta,
         "model_name": predictor.ckpt.get("model_name"),
-        "notes": predictor.notes,
+        "notes": notes,
         "shape": list(pred.shape),
         **geometry.to_dict(),
         "axial_axis": axis,
@@ -367,7 +453,8 @@ def predict_case(predictor: Predictor, case: Case, *, series_uid: str | None = N
         files = [p for p in (case.label, case.sidecar) if p is not None]
         with staged(*files, suffix=True) as temps:
             if case.label is not None:
-                write_image(labels, geometry, temps[0], atomic=False)
+                keep = nifti if case.label.name.lower().endswith((".nii", ".nii.gz")) else None
+                write_image(labels, geometry, temps[0], atomic=False, nifti_transform=keep)
             temps[-1].write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
     except BaseException:
         for p in written:

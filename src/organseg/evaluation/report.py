@@ -23,7 +23,7 @@ from organseg.data.orientation import radiological_orientation
 from organseg.errors import DataError
 from organseg.evaluation.tables import PUBLISHED, columns, dataset_kind, results_table
 from organseg.fileio import atomic_write_bytes, atomic_write_text, check_output_dir, check_output_file
-from organseg.formatting import plot_value, pyplot, save_figure
+from organseg.formatting import plot_value, pyplot, save_figure, slice_caption
 from organseg.run import ResultsDir, RunDir, read_test_summary
 
 if TYPE_CHECKING:
@@ -60,7 +60,8 @@ class OverlayCollector:
 
     def __call__(self, volume: Volume, prediction: np.ndarray, reference_metrics: np.ndarray) -> None:
         # Slices are kept as radiologists view them (see organseg.data.orientation); "z" is the slice's index
-        # in that display order, which is the array index when the volume has no direction matrix.
+        # in that display order, which is the array index when the volume has no direction matrix, "file_z"
+        # its index along the file's slice axis and "count" the number of slices (the viewer's caption).
         orient = radiological_orientation(volume.meta.get("direction"))
         label = volume.label if volume.label is not None else prediction
         label_d = orient.apply(np.asarray(label))
@@ -71,6 +72,8 @@ class OverlayCollector:
             {
                 "case": volume.case_id,
                 "z": z,
+                "file_z": orient.array_index(z, np.shape(label)),
+                "count": int(label_d.shape[0]),
                 "image": np.array(orient.apply(np.asarray(volume.image))[z], dtype=np.float32),
                 "label": np.array(label_d[z], dtype=np.uint8),
                 "pred": np.array(orient.apply(np.asarray(prediction))[z], dtype=np.uint8),
@@ -85,6 +88,8 @@ class OverlayCollector:
             "z": np.array([it["z"] for it in self.items], dtype=np.int64),
             "dice": np.array([it["dice"] for it in self.items], dtype=np.float64),
             "aspect": np.array([it.get("aspect", 1.0) for it in self.items], dtype=np.float64),
+            "file_z": np.array([it.get("file_z", -1) for it in self.items], dtype=np.int64),
+            "count": np.array([it.get("count", -1) for it in self.items], dtype=np.int64),
         }
         for n, it in enumerate(self.items):
             for key in ("image", "label", "pred"):
@@ -102,6 +107,9 @@ def load_overlays(path: str | Path) -> list[dict[str, Any]]:
             n = len(f["cases"])
             # files written before the aspect was kept show square pixels, as they did then
             aspect = f["aspect"] if "aspect" in f.files else np.ones(n)
+            # files written before the file index and count were kept (-1) show the slice number alone
+            file_z = f["file_z"] if "file_z" in f.files else np.full(n, -1)
+            count = f["count"] if "count" in f.files else np.full(n, -1)
             return [
                 {
                     "case": str(f["cases"][i]),
@@ -111,6 +119,8 @@ def load_overlays(path: str | Path) -> list[dict[str, Any]]:
                     "label": f[f"label_{i}"],
                     "pred": f[f"pred_{i}"],
                     "aspect": float(aspect[i]),
+                    "file_z": int(file_z[i]),
+                    "count": int(count[i]),
                 }
                 for i in range(n)
             ]
@@ -126,6 +136,14 @@ def representative(items: Sequence[dict[str, Any]], k: int = 3) -> list[dict[str
         return list(order)
     picks = np.unique(np.round(np.linspace(0, len(order) - 1, k)).astype(int))
     return [order[i] for i in picks]
+
+
+def _caption(item: dict[str, Any]) -> str:
+    """The slice caption of a kept overlay slice (:func:`organseg.formatting.slice_caption`); a file written
+    before the count and the file index were kept gives the display number alone."""
+    if item.get("count", -1) < 0:
+        return f"slice {item['z'] + 1}"
+    return slice_caption(item["z"], item["count"], item["file_z"] if item.get("file_z", -1) >= 0 else None)
 
 
 def plot_overlays(items: Sequence[dict[str, Any]], class_names: Sequence[str], path: str | Path) -> Path:
@@ -147,7 +165,7 @@ def plot_overlays(items: Sequence[dict[str, Any]], class_names: Sequence[str], p
             if lab is not None:
                 ax.imshow(colorize(lab, n_cls), alpha=0.5, interpolation="nearest", aspect=aspect)
             note = f" (DSC {100 * it['dice']:.1f})" if c == 2 else ""
-            ax.set_title(f"{it['case']} slice {it['z']}: {title}{note}", fontsize=8)
+            ax.set_title(f"{it['case']} {_caption(it)}: {title}{note}", fontsize=8)
             ax.axis("off")
     handles = [Patch(color=class_color(c), label=class_names[c]) for c in range(1, n_cls)]
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 5), fontsize=8, frameon=False)
@@ -170,7 +188,8 @@ def plot_prediction(
     ``image`` (in [0, 1]) and ``pred`` are (D, H, W) in the file's own order; with ``geometry`` the slices are
     shown in radiological orientation (anterior up, patient's right on the left, see
     :mod:`organseg.data.orientation`) and with the true pixel aspect, whatever order the file stores.
-    Slice numbers in the titles count in that display order (superior first).
+    Each title names its slice as every picture does (:func:`organseg.formatting.slice_caption`): the number
+    in that display order from 1 (superior first), then the index in the file.
     """
     from matplotlib.patches import Patch
 
@@ -189,7 +208,8 @@ def plot_prediction(
             if c:
                 overlay = colorize(pred_d[z], len(class_names))
                 ax.imshow(overlay, alpha=0.5, interpolation="nearest", aspect=aspect)
-            ax.set_title(f"{title} slice {z}" + (": prediction" if c else ""), fontsize=8)
+            caption = slice_caption(z, pred_d.shape[0], orient.array_index(z, np.shape(pred)))
+            ax.set_title(f"{title} {caption}" + (": prediction" if c else ""), fontsize=8)
             ax.axis("off")
     present = [c for c in range(1, len(class_names)) if np.any(pred_d == c)]
     handles = [Patch(color=class_color(c), label=class_names[c]) for c in present]

@@ -44,7 +44,11 @@ MAX_VOXELS = 192 * 512 * 512
 JPEG_QUALITY = 85
 VIEWER_DIR = ResultsDir.VIEWER  # results/<name>/viewer/<case>.html, beside the other results files
 
-MetricTable = Mapping[str, Mapping[str, "float | None"]]
+MetricTable = Mapping[str, Mapping[str, "float | str | None"]]
+#: What a metric cell shows for an organ without a defined value under the reference protocol: missed (truth
+#: present, nothing predicted: its HD95 would read 0, a perfect boundary), predicted where the truth has none
+#: (DSC 1 and HD95 0), or absent from both.
+MISSED, FALSE_POSITIVE, ABSENT = "\u2013 (missed)", "\u2013 (false positive)", "\u2013 (absent)"
 
 
 def _hex(rgb: Sequence[float]) -> str:
@@ -112,6 +116,11 @@ def _label_maps(
     return maps
 
 
+def _cell(value: float | str | None) -> float | str | None:
+    """A metric cell for the page: a number (null when undefined, shown as a dash) or a note shown as is."""
+    return value if isinstance(value, str) else json_number(value)
+
+
 def _class_table(
     maps: Mapping[str, np.ndarray],
     class_names: Sequence[str] | None,
@@ -143,7 +152,7 @@ def _class_table(
             "color": _hex(color),
             "voxels": present,
             "ml": {k: (None if voxel_ml is None else round(n * voxel_ml, 2)) for k, n in present.items()},
-            "metrics": {c: json_number(metrics.get(names[i], {}).get(c)) for c in metric_cols},
+            "metrics": {c: _cell(metrics.get(names[i], {}).get(c)) for c in metric_cols},
         })
     return metric_cols, classes
 
@@ -247,6 +256,37 @@ def volume_geometry(volume: Volume) -> Geometry | None:
     return Geometry.of_volume(volume) if volume.meta.get("direction") is not None else None
 
 
+def case_metric_cells(
+    prediction: np.ndarray,
+    truth: np.ndarray | None,
+    class_names: Sequence[str],
+    reference_metrics: np.ndarray,
+    hd_unit: str,
+) -> dict[str, dict[str, float | str]]:
+    """The viewer table's DSC and HD95 of each foreground class: the reference protocol's numbers where both
+    the truth and the prediction hold the organ. The reference's edge values are not shown as numbers, because
+    they read as results: a missed organ (truth present, prediction empty) shows DSC 0 and HD95 "– (missed)",
+    not 0; an organ predicted where the truth has none shows "– (false positive)" for DSC (the reference
+    scores it 1) and "–" for HD95; an organ absent from both shows "– (absent)"."""
+    hd = f"HD95 ({hd_unit})"
+    n = len(class_names)
+    pred_count = np.bincount(np.asarray(prediction).ravel(), minlength=n)
+    true_count = np.bincount(np.asarray(truth).ravel(), minlength=n) if truth is not None else None
+    cells: dict[str, dict[str, float | str]] = {}
+    for i, name in enumerate(class_names[1:], start=1):
+        dsc, hd95 = float(reference_metrics[i - 1, 0]), float(reference_metrics[i - 1, 1])
+        if true_count is not None:
+            in_truth, in_pred = bool(true_count[i]), bool(pred_count[i])
+            if in_truth and not in_pred:
+                dsc, hd95 = 0.0, MISSED
+            elif in_pred and not in_truth:
+                dsc, hd95 = FALSE_POSITIVE, "\u2013"
+            elif not in_pred:
+                dsc, hd95 = ABSENT, ABSENT
+        cells[name] = {"DSC": dsc, hd: hd95}
+    return cells
+
+
 class CaseViewers:
     """``on_case`` callback for :func:`~organseg.evaluation.evaluate.evaluate_dataset`: one viewer page per
     test case, written as the case is scored, so no prediction stays in memory. The table has the case's
@@ -259,10 +299,7 @@ class CaseViewers:
 
     def __call__(self, volume: Volume, prediction: np.ndarray, reference_metrics: np.ndarray) -> None:
         hd_unit = "mm" if volume.spacing is not None else "voxels"
-        metrics = {
-            name: {"DSC": float(reference_metrics[i, 0]), f"HD95 ({hd_unit})": float(reference_metrics[i, 1])}
-            for i, name in enumerate(self.class_names[1:])
-        }
+        metrics = case_metric_cells(prediction, volume.label, self.class_names, reference_metrics, hd_unit)
         self.written.append(write_viewer(
             self.folder / viewer_name(volume.case_id),
             volume.image,
@@ -383,7 +420,8 @@ _PAGE = r"""<!DOCTYPE html>
   }
 
   // ---- class table: toggle, colour, name, volumes, metrics
-  const fmt = (v, d) => (v === null || v === undefined) ? "\u2013" : Number(v).toFixed(d);
+  const fmt = (v, d) => (v === null || v === undefined) ? "\u2013" :
+    (typeof v === "string" ? v : Number(v).toFixed(d));
   const unit = D.has_spacing ? "mL" : "voxels";
   const head = $("head");
   const cols = ["", "", "class"];
@@ -451,7 +489,8 @@ _PAGE = r"""<!DOCTYPE html>
     const z = Number(slider.value);
     const img = image(z);
     canvas.dataset.slice = String(z);
-    $("slice-index").textContent = (z + 1) + " / " + S + "  (file slice " + D.file_slice[z] + ")";
+    // the one slice caption of every picture (organseg.formatting.slice_caption)
+    $("slice-index").textContent = "slice " + (z + 1) + " / " + S + " (file slice " + D.file_slice[z] + ")";
     if (!img.complete || !img.naturalWidth) return;  // drawn again on load
     ctx.drawImage(img, 0, 0, C, R);
     const frame = ctx.getImageData(0, 0, C, R), px = frame.data;
