@@ -34,6 +34,7 @@ from organseg.errors import DataError
 from organseg.evaluation.metrics import PROTOCOLS
 from organseg.formatting import fmt_value
 from organseg.run import RunDir
+from organseg.study.grid import evaluated_on
 
 FRACTION_KEY = "data.train_fraction"
 FRACTION_FIGURE = "comparison_fraction.png"
@@ -195,7 +196,7 @@ def _plot_fractions(path: Path, c: dict[str, Any], curves: list[dict[str, Any]],
     axes[0].legend(fontsize=7)
     synth = " — SYNTHETIC DATA" if c["dataset"].get("synthetic") else ""
     fig.suptitle(
-        f"DSC against training data, {c['split']} split; band: 95 % bootstrap interval "
+        f"DSC against training data, {evaluated_on(c)}; band: 95 % bootstrap interval "
         f"({settings['resamples']:,} resamples of cases and seeds, seed {settings['seed']}){synth}",
         fontsize=9,
     )

@@ -13,7 +13,7 @@ import numpy as np
 
 from organseg.formatting import fmt_value, plot_value, pyplot, save_figure
 from organseg.study.efficiency import FRACTION_KEY
-from organseg.study.grid import freeze, safe_name
+from organseg.study.grid import evaluated_on, freeze, safe_name
 
 
 def write_figures(out: Path, c: dict[str, Any]) -> dict[str, str]:
@@ -101,7 +101,7 @@ def _plot_organs(path: Path, c: dict[str, Any]) -> str:
             ax.set_ylim(0, 105)
     synth = " — SYNTHETIC DATA" if c["dataset"]["synthetic"] else ""
     axes[0].set_title(
-        f"Per-organ DSC and HD95, {c['split']} split, reference protocol, mean ± std over seeds{synth}",
+        f"Per-organ DSC and HD95, {evaluated_on(c)}, reference protocol, mean ± std over seeds{synth}",
         fontsize=9,
     )
     fig.legend(loc="lower center", ncol=min(n_series, 3), fontsize=7, frameon=False)
@@ -151,7 +151,7 @@ def _plot_sweep(path: Path, c: dict[str, Any], key: str) -> str | None:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     synth = " — SYNTHETIC DATA" if c["dataset"]["synthetic"] else ""
-    fig.suptitle(f"{c['split']} split, reference protocol, mean ± std over seeds{synth}", fontsize=9)
+    fig.suptitle(f"{evaluated_on(c)}, reference protocol, mean ± std over seeds{synth}", fontsize=9)
     fig.tight_layout()
     save_figure(fig, path)
     return path.name

@@ -214,3 +214,10 @@ def plan_runs(
             f"two grid points get the same run folder name ({clash[0]}); make the --set values distinct"
         )
     return plans
+
+
+def evaluated_on(c: dict[str, Any]) -> str:
+    """What a comparison's numbers are on, for titles: ``test split``, or ``5-fold cross-validation
+    (out-of-fold)`` for a study whose folds were pooled."""
+    cv = c.get("cross_validation")
+    return f"{cv['folds']}-fold cross-validation (out-of-fold)" if cv else f"{c['split']} split"

@@ -20,7 +20,7 @@ from typing import Any
 from organseg.evaluation.metrics import PROTOCOLS
 from organseg.fileio import atomic_write_text
 from organseg.formatting import MISSING, fmt_value, num, pm, signed_pct
-from organseg.study.grid import freeze
+from organseg.study.grid import evaluated_on, freeze
 
 Lines = list[str]
 Column = tuple[str, Callable[[dict[str, Any]], str]]
@@ -71,7 +71,7 @@ def _header(c: dict[str, Any]) -> Lines:
             "",
         ]
     lines += [
-        f"{len(c['runs'])} run(s), {c['split']} split, checkpoint `{c['checkpoint']}.pt`; values are "
+        f"{len(c['runs'])} run(s), {evaluated_on(c)}, checkpoint `{c['checkpoint']}.pt`; values are "
         "mean ± sample standard deviation over seeds (n = number of seeds). DSC in %.",
         "",
     ]
