@@ -136,7 +136,7 @@ def load_predictor(
         model, sources, notes = model.to(dev), ["checkpoint"], []
         if ensemble or tta:
             raise ConfigError("ensembles and TTA take checkpoint files")
-        orientation, said = network_orientation([ckpt], sources)
+        orientation, orientation_notes = network_orientation([ckpt], sources)
     else:
         members = load_members([checkpoint, *ensemble], dev, models=models)
         from organseg.evaluation.onnx import OnnxModel
@@ -145,11 +145,11 @@ def load_predictor(
             raise ConfigError(f"--precision {precision}: ONNX models run in fp32; use the PyTorch checkpoint")
         model, ckpt = combined(members, tta), members[0].ckpt
         sources, notes = [m.source for m in members], [n for m in members for n in m.notes]
-        orientation, said = network_orientation([m.ckpt for m in members], sources)
+        orientation, orientation_notes = network_orientation([m.ckpt for m in members], sources)
         known = next((m.ckpt for m in members if m.ckpt.get("class_names")), None)
         if known is not None:
             ckpt = {**ckpt, "class_names": known["class_names"], "preprocessing": known.get("preprocessing")}
-    notes += said
+    notes += orientation_notes
     names = list(ckpt.get("class_names") or [])
     spec = dict(ckpt.get("preprocessing") or {})
     if not names:
