@@ -58,6 +58,8 @@ def test_synapse_reader_reference_layout(tmp_path):
     vol = ds.volume(tests[0])
     assert vol.image.shape == (4, 16, 16) and vol.spacing is None and vol.label.dtype == np.int64
     assert ds.info()["splits"] == {"train": 3, "val": 0, "test": 2}
+    # no geometry in the TransUNet files: their documented orientation (docs/evaluation.md, Orientation)
+    assert ds.orientation == "LPS" and vol.meta["orientation"] == "LPS" and "assumed" in ds.orientation_note
     with pytest.raises(ConfigError, match="unknown split"):
         ds.case_ids("training")
 
@@ -112,6 +114,7 @@ def test_acdc_real_folder(acdc_dir):
     ds = open_dataset(acdc_dir)
     assert detect_layout(acdc_dir) == "acdc"
     assert ds.class_names == ACDC_CLASSES and ds.preprocessing == {"kind": "minmax"}
+    assert ds.orientation is None and ds.info()["orientation"] is None  # short-axis stacks: none
     slices = ds.train_slices()
     assert len(slices) == 1312
     image, label = slices[0]
@@ -226,6 +229,8 @@ def test_nnunet_mri_zscore_and_coarsest_axis(tmp_path):
     vol = ds.volume(ds.case_ids("val")[0])
     assert vol.image.shape == (6, 20, 24) and vol.spacing == (8.0, 1.25, 1.25)
     assert vol.meta["transpose"] == [2, 0, 1]
+    # identity direction (LPS files), x first: the arrays the network sees run S, L, P along (D, H, W)
+    assert ds.orientation == "PSL" and vol.meta["orientation"] == ds.orientation
     assert abs(float(vol.image.mean()) - 0.5) < 0.02
 
 

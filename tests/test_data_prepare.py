@@ -85,6 +85,10 @@ def test_prepare_sidecar_and_reader(prepared):
     vol = ds.volume("case0002")
     assert vol.spacing == pytest.approx((2.0, 0.9765625, 0.9765625))
     assert ds.preprocessing == {"kind": "ct_window", "window": [-125.0, 275.0]}
+    # from the direction matrices in the sidecar: prepare keeps each file's voxel order, so the training case
+    # (the TotalSegmentator NIfTI) is RAS and the test case (the DICOM series) LPS: test turns it to RAS
+    assert ds.orientation == "RAS" and vol.meta["orientation"] == "LPS"
+    assert "organseg_synapse.json" in ds.orientation_note
 
 
 def test_prepare_rerun_skips_finished_cases_and_follows_a_new_split(prepared, tmp_path):

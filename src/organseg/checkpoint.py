@@ -8,6 +8,8 @@ A checkpoint is a dict saved with ``torch.save`` and read with ``weights_only=Tr
     model_args    constructor overrides used to build it (plain data)
     class_names   list of class names, index 0 background
     preprocessing plain dict describing how raw intensities were mapped to [0, 1] (see organseg.data)
+    orientation   patient orientation code of the training arrays ("LPS", see organseg.data.orientation),
+                  or None when the training data had none; absent in checkpoints written before it existed
     config        the resolved run configuration (plain data), may be {}
     ...           training state (optimizer, scheduler, RNG, epoch, iteration) when written by ``train``
 
@@ -24,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from organseg.data.orientation import code_problem
 from organseg.errors import CheckpointError, OrgansegError
 from organseg.fileio import atomic_write, atomic_write_bytes, atomic_write_text  # noqa: F401 (earlier home)
 
@@ -87,10 +90,13 @@ def make_checkpoint(
     model_args: dict | None = None,
     class_names: list[str] | tuple[str, ...] = (),
     preprocessing: dict | None = None,
+    orientation: str | None = None,
     config: dict | None = None,
     **extra: Any,
 ) -> dict:
-    """The dict :func:`read_checkpoint` returns; ``extra`` carries training state."""
+    """The dict :func:`read_checkpoint` returns; ``extra`` carries training state. ``orientation`` is always
+    written (None: the training data had no patient orientation), so that a checkpoint without the key is
+    known to predate it."""
     module = model.module if hasattr(model, "module") else model  # DDP / DataParallel
     module = getattr(module, "_orig_mod", module)  # torch.compile
     return {
@@ -100,6 +106,7 @@ def make_checkpoint(
         "model_args": dict(model_args or {}),
         "class_names": list(class_names),
         "preprocessing": dict(preprocessing or {}),
+        "orientation": orientation,
         "config": dict(config or {}),
         **extra,
     }
@@ -145,6 +152,27 @@ def describe_mismatch(
     return "; ".join(parts)
 
 
+#: What :func:`checkpoint_orientation` says of a checkpoint without the field (written before it existed).
+PREDATES_ORIENTATION = "predates"
+
+
+def checkpoint_orientation(ckpt: dict) -> str | None:
+    """The orientation code a checkpoint (or an ONNX model's info dict) records; None when its training data
+    had none; :data:`PREDATES_ORIENTATION` when it was written before checkpoints recorded one."""
+    if "orientation" not in ckpt:
+        return PREDATES_ORIENTATION
+    return ckpt["orientation"]
+
+
+def checkpoint_orientation_problem(ckpt: dict) -> str | None:
+    """Why a checkpoint's ``orientation`` field is unusable (None when it is fine: absent, None or a code)."""
+    value = ckpt.get("orientation")
+    if value is None:
+        return None
+    problem = code_problem(value)
+    return f"field 'orientation': {problem}" if problem else None
+
+
 def validate_checkpoint(ckpt: dict, source: str | Path = "checkpoint") -> nn.Module:
     """Check everything a verb relies on and return the network with the weights loaded (eval mode).
 
@@ -176,6 +204,9 @@ def validate_checkpoint(ckpt: dict, source: str | Path = "checkpoint") -> nn.Mod
     official = (ckpt.get("source") or {}).get("kind") == "official_swin_unet"
     if not names and not official:  # only an official Swin-Unet file lacks them (the dataset supplies them)
         raise CheckpointError(f"{src}: no class_names: an organseg checkpoint names its classes")
+    orientation_problem = checkpoint_orientation_problem(ckpt)
+    if orientation_problem:
+        raise CheckpointError(f"{src}: {orientation_problem}")
     if ckpt.get("preprocessing"):
         from organseg.data.preprocess import validate_spec
 

@@ -343,6 +343,13 @@ CKPT_FAULTS = [
         lambda p: edit_checkpoint(p, _set("preprocessing", {"kind": "bogus"})),
         ["bogus"],
     ),
+    (
+        "bad-orientation",
+        "orientation that is not an orientation code",
+        "unet.pt",
+        lambda p: edit_checkpoint(p, _set("orientation", "LPX")),
+        ["orientation"],
+    ),
 ]
 
 
@@ -2151,6 +2158,50 @@ for cid, what, setup, argv, expect, group in [
      ["info", "--subjects", "^(p\\d+)"], ["--subjects", "--data"], "options"),
     ("info-data-missing", "info --data on a missing folder", lambda c: None,
      ["info", "--data", "{t}/nope"], ["nope"], "paths"),
+]:
+    add(cid, argv[0], what, setup, argv, expect, group=group)
+
+
+# ---------------------------------------------------------------- orientation (issue 22): scans that no axis
+# permutation turns to the network's orientation, checkpoints that disagree on it
+
+
+def _redirect(rel: str, direction: np.ndarray, out: str | None = None):
+    """Give the scan ``rel`` another direction matrix (same voxels), written to ``out`` (default: itself)."""
+
+    def run(c: Ctx) -> None:
+        import SimpleITK as sitk
+
+        source = sitk.ReadImage(str(c.t / rel))
+        image = sitk.GetImageFromArray(sitk.GetArrayFromImage(source))  # voxels and grid, no NIfTI fields
+        image.CopyInformation(source)
+        image.SetDirection(tuple(float(v) for v in np.asarray(direction).ravel()))
+        sitk.WriteImage(image, str(c.t / (out or rel)))
+        if out:
+            (c.t / rel).unlink()
+
+    return run
+
+
+def _diagonal_frame() -> np.ndarray:
+    """Image x along the cube diagonal: 54.7 degrees from every patient axis, nearest to none."""
+    u, v = np.array([1.0, 1.0, 1.0]) / np.sqrt(3), np.array([1.0, -1.0, 0.0]) / np.sqrt(2)
+    return np.stack([u, v, np.cross(u, v)], axis=1)
+
+
+_SHEAR = np.array([[1.0, 0.3, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+ORIENTED = on("ckpt.pt", lambda p: edit_checkpoint(p, _set("orientation", "LPS")))
+for cid, what, setup, argv, expect, group in [
+    ("predict-scan-oblique-45", "a scan whose voxel axes are 45 degrees or more from every patient axis",
+     steps(PREDICT_SETUP, ORIENTED, _redirect("scan.nii.gz", _diagonal_frame())), PREDICT, ["scan.nii.gz"],
+     "scan"),
+    ("predict-scan-sheared", "a scan with a sheared (not orthonormal) direction matrix (.mha)",
+     steps(PREDICT_SETUP, ORIENTED, _redirect("scan.nii.gz", _SHEAR, "scan.mha")),
+     [a.replace("scan.nii.gz", "scan.mha") for a in PREDICT], ["scan.mha"], "scan"),
+    ("predict-ensemble-other-orientation", "members trained on slices in other orientations",
+     steps(PREDICT_SETUP, ORIENTED, cp("swin.pt"),
+           on("swin.pt", lambda p: edit_checkpoint(p, _set("orientation", "RAS")))),
+     [*PREDICT, "--ensemble", "{t}/swin.pt"], ["swin.pt"], "checkpoint"),
 ]:
     add(cid, argv[0], what, setup, argv, expect, group=group)
 

@@ -6,6 +6,7 @@ keeps its input's size, spacing, origin and direction. See docs/evaluation.md.""
 from __future__ import annotations
 
 import argparse
+import sys
 
 from organseg.values import POSITIVE_INT, option
 
@@ -100,6 +101,8 @@ def run(args: argparse.Namespace) -> int:
 
         raise OrgansegError(outcomes[0].reason)  # one case: the usual one-line error, exit 2
     for o in outcomes:
+        for warning in (o.info or {}).get("warnings") or []:
+            print(f"organseg predict: warning: {warning}", file=sys.stderr)
         if o.status == "done" and o.info is not None:
             vols = [f"{c['name']} {c['volume_ml']:.1f} mL" for c in o.info["classes"][1:] if c["voxels"]]
             print(f"{o.case.name}: {', '.join(vols) or 'no foreground'}")

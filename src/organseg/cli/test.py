@@ -82,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
         models=args.models,
         tta=args.tta,
     )
+    for note in summary.get("orientation_notes") or []:
+        print(f"organseg test: {note}")
     print(summary["table"])
     print(
         f"organseg test: {summary['cases']} volume(s) of {summary.get('subjects', summary['cases'])} "

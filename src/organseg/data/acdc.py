@@ -12,6 +12,12 @@ Classes: 0 background, 1 RV, 2 Myo, 3 LV. In-plane size varies per patient (augm
 spacing is stored, so distances are in pixels (``Volume.spacing`` is None). The images were made with
 per-volume min-max scaling (every volume spans exactly [0, 1]); ``preprocessing`` is therefore ``{"kind":
 "minmax"}``, the spec to apply to a raw ACDC NIfTI at prediction time.
+
+Orientation: none is recorded (:attr:`SegmentationDataset.orientation` is None). The h5 files keep the voxel
+order of the challenge's NIfTI files (SSL4MIS read them with SimpleITK) and drop their geometry, and cine
+short-axis stacks are planned along the heart's own axes, oblique to the patient's by design: no patient
+orientation describes them. A network trained on them is given a scan's voxel order as stored
+(docs/evaluation.md).
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ class ACDCDataset(SegmentationDataset):
     name = "acdc"
     class_names = ACDC_CLASSES
     preprocessing = {"kind": "minmax"}  # noqa: RUF012
+    orientation = None
+    orientation_note = "none: short-axis stacks without geometry, scans are given in their stored voxel order"
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)

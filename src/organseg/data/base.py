@@ -42,6 +42,14 @@ class SegmentationDataset(ABC):
     preprocessing: dict = {"kind": "none"}  # noqa: RUF012
     #: where the training slices are listed (a list file or a folder), for messages about them
     train_source: str = ""
+    #: the patient orientation of the (D, H, W) arrays the network trains on, as a code of
+    #: :mod:`organseg.data.orientation` ("LPS": columns toward the patient's left, rows toward posterior,
+    #: slices toward superior); None when it is not known. Recorded in checkpoints: ``predict`` and ``test``
+    #: turn every scan to it before the network sees it.
+    orientation: str | None = None
+    #: where :attr:`orientation` comes from (direction cosines of the training images, or the documented
+    #: orientation of a layout without geometry), for ``organseg info`` and run folders
+    orientation_note: str = ""
 
     @property
     def num_classes(self) -> int:
@@ -100,6 +108,8 @@ class SegmentationDataset(ABC):
             "name": self.name,
             "class_names": list(self.class_names),
             "preprocessing": dict(self.preprocessing),
+            "orientation": self.orientation,
+            "orientation_note": self.orientation_note,
         }
 
 
@@ -132,6 +142,7 @@ class ArrayDataset(SegmentationDataset):
         volumes: dict[str, Sequence[Volume]] | None = None,
         class_names: Sequence[str] | None = None,
         name: str = "arrays",
+        orientation: str | None = None,
     ) -> None:
         self._slices = list(slices)
         self._volumes = {split: list(v) for split, v in (volumes or {}).items()}
@@ -140,6 +151,8 @@ class ArrayDataset(SegmentationDataset):
             class_names = ["background"] + [f"class_{i}" for i in range(1, top + 1)]
         self.class_names = tuple(class_names)
         self.name = name
+        self.orientation = orientation
+        self.orientation_note = "given" if orientation else "unknown (arrays without geometry)"
 
     def train_slices(self) -> Sequence[tuple[np.ndarray, np.ndarray]]:
         return self._slices

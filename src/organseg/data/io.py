@@ -2,8 +2,8 @@
 TransUNet/SSL4MIS ``.npz`` / ``.h5`` arrays, with one clear :class:`~organseg.errors.DataError` per bad file.
 
 Arrays are (D, H, W) = SimpleITK's (z, y, x) voxel order, which is also the order the reference's SAMed-style
-preprocessing produces (nibabel data transposed by (2, 1, 0)). No reorientation is applied: a file's own voxel
-order is kept, exactly as the reference pipeline does.
+preprocessing produces (nibabel data transposed by (2, 1, 0)). Reading keeps a file's own voxel order, exactly
+as the reference pipeline does; turning arrays to a patient orientation is :mod:`organseg.data.orientation`'s.
 """
 
 from __future__ import annotations

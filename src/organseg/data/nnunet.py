@@ -11,10 +11,15 @@ Layout::
 Intensities: a channel named CT is windowed (default the Synapse window [-125, 275]) or, with
 ``ct_normalization="percentile"``, clipped nnU-Net-style at the 0.5/99.5 percentiles of the training
 foreground (computed once at open, or given as ``percentiles=(lo, hi)``); any other modality gets a per-image
-z-score clipped to +-3 SD and mapped to [0, 1]. Slices are taken along the axis of coarsest median spacing of
-the training cases (ties: the file's first array axis); ``Volume.meta["transpose"]`` records the axis order so
-predictions can be written back in the file's order. Without a split file, ``val_fraction`` of the cases form
-a seeded validation split.
+z-score clipped to +-3 SD and mapped to [0, 1].
+
+Orientation: every case is turned (an exact permutation and flips of its voxels, from its direction matrix;
+see :mod:`organseg.data.orientation`) to the orientation of the first training case, so that all training
+slices share one patient orientation; then slices are taken along the axis of coarsest median spacing of the
+training cases (ties: that orientation's first array axis). :attr:`orientation` is the code of the arrays the
+network sees; ``Volume.meta`` records it with the origin and direction of the turned array (so that a label
+map written with them lies on the scan) and ``transpose`` / ``flips``, the turn from the file's voxel order.
+Without a split file, ``val_fraction`` of the cases form a seeded validation split.
 """
 
 from __future__ import annotations
@@ -30,12 +35,14 @@ from organseg.data.base import SegmentationDataset, Volume
 from organseg.data.classes import unknown_ids
 from organseg.data.io import (
     IMAGE_SUFFIXES,
+    Geometry,
     check_finite,
     find_duplicates,
     grid_relation,
     read_image,
     read_image_info,
 )
+from organseg.data.orientation import Reorientation, reorientation, scan_orientation, transposed_code
 from organseg.data.preprocess import (
     SYNAPSE_WINDOW,
     apply_preprocessing,
@@ -54,12 +61,12 @@ def _load_pair(
     image_path: Path,
     label_path: Path | None,
     spec: dict,
-    transpose: tuple[int, int, int],
+    turn: Reorientation,
     label_ids: Sequence[int],
 ) -> tuple[np.ndarray, np.ndarray | None, tuple[float, float, float]]:
     raw, geom = read_image(image_path)
     check_finite(raw, image_path)
-    image = np.ascontiguousarray(apply_preprocessing(raw, spec, source=str(image_path)).transpose(transpose))
+    image = np.ascontiguousarray(turn.apply(apply_preprocessing(raw, spec, source=str(image_path))))
     label = None
     if label_path is not None:
         lab, _ = read_image(label_path)
@@ -73,9 +80,8 @@ def _load_pair(
         if bad:
             detail = ", ".join(f"id {k}: {v} voxels" for k, v in sorted(bad.items())[:8])
             raise DataError(f"{label_path}: label ids not in dataset.json 'labels' ({detail})")
-        label = np.ascontiguousarray(lab.astype(np.int64).transpose(transpose))
-    spacing = tuple(float(geom.spacing[a]) for a in transpose)
-    return image, label, spacing  # type: ignore[return-value]
+        label = np.ascontiguousarray(turn.apply(lab.astype(np.int64)))
+    return image, label, turn.spacing(geom.spacing)
 
 
 class _VolumeCache:
@@ -113,13 +119,13 @@ class NnUNetSlices(Sequence):
         cases: Sequence[tuple[str, str]],
         depths: Sequence[int],
         spec: dict,
-        transpose: tuple[int, int, int],
+        turns: Sequence[Reorientation],
         label_ids: Sequence[int],
         cache_bytes: int,
     ) -> None:
         self.cases = [(str(i), str(lab)) for i, lab in cases]
         self.spec = dict(spec)
-        self.transpose = tuple(transpose)
+        self.turns = list(turns)
         self.label_ids = list(label_ids)
         self.cache_bytes = int(cache_bytes)
         self.depths = [int(d) for d in depths]
@@ -144,7 +150,7 @@ class NnUNetSlices(Sequence):
         if item is None:
             image_path, label_path = self.cases[c]
             image, label, _ = _load_pair(
-                Path(image_path), Path(label_path), self.spec, self.transpose, self.label_ids
+                Path(image_path), Path(label_path), self.spec, self.turns[c], self.label_ids
             )
             if image.shape[0] != self.depths[c]:
                 raise DataError(f"{image_path}: the file changed since the dataset was opened")
@@ -197,7 +203,7 @@ class NnUNetDataset(SegmentationDataset):
 
         # Header pass: shapes, geometry, spacing (cheap; no voxels read).
         self._shapes: dict[str, tuple[int, int, int]] = {}
-        spacings = []
+        self._geometries: dict[str, Geometry] = {}
         for case, (img, lab) in {**self._train_pairs, **self._test_pairs}.items():
             shape_i, geom_i = read_image_info(img)
             shape_l, geom_l = read_image_info(lab)
@@ -208,14 +214,8 @@ class NnUNetDataset(SegmentationDataset):
                     )
                 raise DataError(f"{lab}: label geometry (spacing/origin/direction) does not match {img.name}")
             self._shapes[case] = shape_i
-            if case in self._train_pairs:
-                spacings.append(geom_i.spacing)
-        median = np.median(np.asarray(spacings, dtype=np.float64), axis=0)
-        axis = int(np.argmax(median))
-        if np.isclose(median[axis], median[0]):
-            axis = 0  # ties keep the file's own slice axis
-        self.slice_axis = axis
-        self.transpose = (axis, *[a for a in range(3) if a != axis])
+            self._geometries[case] = geom_i
+        self._orient()
 
         self._splits_path = Path(splits_file) if splits_file is not None else self.root / "splits_final.json"
         if cross_validation:  # data.fold: every labelled case is in the pool the folds divide
@@ -242,6 +242,31 @@ class NnUNetDataset(SegmentationDataset):
             self.preprocessing = {"kind": "zscore_minmax", "clip": clip}
 
     # ------------------------------------------------------------------------------------------- helpers
+    def _orient(self) -> None:
+        """One orientation for every case: the first training case's, with the coarsest axis first."""
+        codes = {
+            case: scan_orientation(self._geometries[case].direction, str(pair[0])).code
+            for case, pair in {**self._train_pairs, **self._test_pairs}.items()
+        }
+        first = sorted(self._train_pairs)[0]
+        stored = codes[first]
+        spacings = [
+            reorientation(codes[c], stored).spacing(self._geometries[c].spacing) for c in self._train_pairs
+        ]
+        median = np.median(np.asarray(spacings, dtype=np.float64), axis=0)
+        axis = int(np.argmax(median))
+        if np.isclose(median[axis], median[0]):
+            axis = 0  # ties keep the first array axis
+        self.slice_axis = axis
+        self.transpose = (axis, *[a for a in range(3) if a != axis])
+        self.orientation = transposed_code(stored, self.transpose)
+        turned = sum(codes[c] != stored for c in self._train_pairs)
+        self.orientation_note = (
+            f"from the direction matrix of {self._train_pairs[first][0].name}"
+            + (f"; {turned} other training case(s) turned to it" if turned else "")
+        )
+        self._turns = {case: reorientation(code, self.orientation) for case, code in codes.items()}
+
     def _read_dataset_json(self) -> dict:
         if not self.root.is_dir():
             raise DataError(f"{self.root}: folder not found")
@@ -414,13 +439,15 @@ class NnUNetDataset(SegmentationDataset):
     # ------------------------------------------------------------------------------------------- interface
     def train_slices(self) -> NnUNetSlices:
         cases = [self._train_pairs[c] for c in self._train]
-        depths = [self._shapes[c][self.slice_axis] for c in self._train]
-        return NnUNetSlices(
-            cases, depths, self.preprocessing, self.transpose, self.label_ids, self.cache_bytes
-        )
+        depths = [self._depth(c) for c in self._train]
+        turns = [self._turns[c] for c in self._train]
+        return NnUNetSlices(cases, depths, self.preprocessing, turns, self.label_ids, self.cache_bytes)
+
+    def _depth(self, case: str) -> int:
+        return self._turns[case].shape(self._shapes[case])[0]
 
     def train_slice_cases(self) -> list[str]:
-        return [str(c) for c in self._train for _ in range(self._shapes[c][self.slice_axis])]
+        return [str(c) for c in self._train for _ in range(self._depth(c))]
 
     def case_ids(self, split: str) -> list[str]:
         if split == "train":
@@ -435,10 +462,17 @@ class NnUNetDataset(SegmentationDataset):
         pair = self._train_pairs.get(case_id) or self._test_pairs.get(case_id)
         if pair is None:
             raise DataError(f"{self.root}: no case {case_id!r} in labelsTr or labelsTs")
-        image, label, spacing = _load_pair(
-            pair[0], pair[1], self.preprocessing, self.transpose, self.label_ids
-        )
-        meta = {"source": str(pair[0]), "transpose": list(self.transpose)}
+        turn = self._turns[case_id]
+        image, label, spacing = _load_pair(pair[0], pair[1], self.preprocessing, turn, self.label_ids)
+        geometry = turn.geometry(self._geometries[case_id], self._shapes[case_id])
+        meta = {
+            "source": str(pair[0]),
+            "orientation": self.orientation,
+            "origin": list(geometry.origin),
+            "direction": list(geometry.direction),
+            "transpose": list(turn.axes),
+            "flips": list(turn.flips),
+        }
         return Volume(case_id, image, label, spacing, meta)
 
     def info(self) -> dict:

@@ -10,6 +10,13 @@ reference repositories, or anywhere via ``list_dir=``)::
     lists_Synapse/val.txt               optional: case names held out for validation
     organseg_synapse.json               optional sidecar from ``organseg prepare synapse`` (spacing, split)
 
+Orientation (:attr:`SegmentationDataset.orientation`): a folder written by ``organseg prepare synapse``
+records each case's direction matrix, and the training cases' common orientation code is the dataset's
+(None, file order, when they differ). The TransUNet files as distributed record no geometry: they are
+taken to be :data:`TRANSUNET_ORIENTATION` ("LPS": rows anterior to posterior, columns from the patient's
+right to left), the orientation the Swin-Unet and TransUNet papers' figures show when the arrays are drawn
+as stored, and what ``prepare`` writes from an LPS-stored raw CT. It is an assumption (docs/evaluation.md).
+
 Splits: ``test`` is ``test_vol.txt``. The reference has **no validation split** (it evaluates the last epoch);
 ``val`` exists only when ``val.txt`` exists or when ``val_cases=N`` holds out N training cases (seeded).
 Held-out cases are removed from the training slices, and their volumes are rebuilt by stacking their slices.
@@ -27,6 +34,7 @@ from organseg.data.base import SegmentationDataset, Volume, check_disjoint_subje
 from organseg.data.classes import SYNAPSE_CLASSES
 from organseg.data.completion import require_complete
 from organseg.data.io import read_h5_pair, read_list, read_npz_slice, require_files
+from organseg.data.orientation import scan_orientation
 from organseg.data.preprocess import ct_window_spec, validate_spec
 from organseg.data.slices import FileSlices, holdout
 from organseg.errors import ConfigError, DataError
@@ -34,6 +42,8 @@ from organseg.errors import ConfigError, DataError
 SIDECAR = "organseg_synapse.json"
 PREPARE_RECORDS = ".organseg_prepare"  # prepare's per-case records (organseg.data.prepare.MARKERS)
 _SLICE_RE = re.compile(r"^(?P<case>.+)_slice(?P<index>\d+)$")
+#: The orientation the TransUNet Synapse files (no geometry stored) are taken to have (module docstring).
+TRANSUNET_ORIENTATION = "LPS"
 
 
 def _case_of(slice_name: str) -> str:
@@ -129,6 +139,8 @@ class SynapseDataset(SegmentationDataset):
         self._val = self._resolve_val(val_cases, val_seed)
         if not self._train_names and not self._test:
             raise DataError(f"{self.root}: no training slices and no test volumes found")
+        self._codes = self._case_orientations()
+        self.orientation, self.orientation_note = self._training_orientation()
         check_disjoint_subjects(self)
 
     # ----------------------------------------------------------------------------------------------- helpers
@@ -165,6 +177,26 @@ class SynapseDataset(SegmentationDataset):
                     "every volume and surface distance is computed from it"
                 )
         return data
+
+    def _case_orientations(self) -> dict[str, str]:
+        """Orientation code of every case whose direction matrix the sidecar records."""
+        where = str(self.root / SIDECAR)
+        return {
+            case: scan_orientation(meta["direction"], f"{where}: case {case}").code
+            for case, meta in self._cases_meta.items()
+            if isinstance(meta, dict) and meta.get("direction") is not None
+        }
+
+    def _training_orientation(self) -> tuple[str | None, str]:
+        """The training cases' common orientation and where it comes from."""
+        cases = [c for c in self.case_ids("train") if c in self._codes] or list(self._codes)
+        if not cases:
+            return TRANSUNET_ORIENTATION, "assumed: the TransUNet Synapse files record no geometry"
+        codes = sorted({self._codes[c] for c in cases})
+        if len(codes) > 1:
+            counts = ", ".join(f"{k} ({sum(self._codes[c] == k for c in cases)})" for k in codes)
+            return None, f"unknown: the training cases are stored in {len(codes)} orientations, {counts}"
+        return codes[0], f"from the direction matrices of {len(cases)} case(s) in {SIDECAR}"
 
     def _h5_path(self, case_id: str) -> Path:
         return self.test_dir / f"{case_id}.npy.h5"
@@ -256,6 +288,9 @@ class SynapseDataset(SegmentationDataset):
         meta.update(
             {k: v for k, v in self._cases_meta.get(case_id, {}).items() if k in ("origin", "direction")}
         )
+        code = self._codes.get(case_id) if self._codes else TRANSUNET_ORIENTATION
+        if code is not None:
+            meta["orientation"] = code
         return Volume(case_id, image, label, self.spacing(case_id), meta)
 
     def info(self) -> dict:

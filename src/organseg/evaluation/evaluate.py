@@ -24,7 +24,7 @@ from torch import nn
 
 from organseg.data.base import SegmentationDataset, Volume
 from organseg.errors import DataError
-from organseg.evaluation.inference import predict_volume
+from organseg.evaluation.inference import predict_turned, volume_turn
 from organseg.evaluation.metrics import SURFACE_METRICS, case_metrics_all
 from organseg.fileio import staged
 from organseg.formatting import json_number
@@ -343,8 +343,14 @@ def evaluate_dataset(
     progress: bool = True,
     on_case: Callable[[Volume, np.ndarray, np.ndarray], None] | None = None,
     nsd_tolerance_mm: float | Sequence[float] | None = None,
+    orientation: str | None = None,
 ) -> EvaluationResult:
     """Predict every case of ``split`` and score it under both protocols.
+
+    ``orientation``: the network's (its checkpoint's) orientation code. A volume whose orientation is known
+    (:func:`organseg.data.orientation.volume_orientation`) and differs is turned to it before the network
+    sees it and its label map turned back (exact), so predictions and metrics are on the volume's own grid.
+    None gives every volume as stored.
 
     ``on_case(volume, prediction, reference_metrics)`` is called after each case (for saving NIfTI files or
     picking report slices) so predictions need not stay in memory. ``max_cases`` keeps the first N cases.
@@ -369,9 +375,10 @@ def evaluate_dataset(
         if vol.label is None:
             where = vol.meta.get("source", case_id)
             raise DataError(f"{where}: case {case_id!r} has no label to evaluate against")
+        turn = volume_turn(vol.meta, orientation, str(vol.meta.get("source", case_id)))
         t0 = time.perf_counter()
-        pred = predict_volume(
-            model, vol.image, patch_size, batch_size, precision, device, reference_loop=reference_loop
+        pred = predict_turned(
+            model, vol.image, turn, patch_size, batch_size, precision, device, reference_loop=reference_loop
         )
         infer_seconds += time.perf_counter() - t0
         m = case_metrics_all(pred, vol.label, num_classes, spacing=vol.spacing, tolerance_mm=tolerances)

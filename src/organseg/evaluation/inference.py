@@ -35,6 +35,7 @@ import torch
 from scipy.ndimage import zoom
 from torch import nn
 
+from organseg.data.orientation import Reorientation, reorientation, volume_orientation
 from organseg.device import resolve_device
 from organseg.errors import ConfigError
 from organseg.models.layout import is_channels_last, prefers_channels_last, set_channels_last
@@ -307,3 +308,25 @@ def _batched(
         stats.update(slices=depth, rerun_slices=reruns)
     assert pred is not None
     return pred
+
+
+def volume_turn(meta: dict, orientation: str | None, source: str = "volume") -> Reorientation | None:
+    """The turn that brings an evaluation volume (its ``meta``, see
+    :func:`organseg.data.orientation.volume_orientation`) to the network's ``orientation``; None when either
+    is unknown: the array then goes in as stored, as before checkpoints recorded an orientation."""
+    code = volume_orientation(meta, source)
+    if code is None or orientation is None:
+        return None
+    return reorientation(code, orientation)
+
+
+def predict_turned(
+    model: nn.Module, image: np.ndarray, turn: Reorientation | None, *args, **kwargs
+) -> np.ndarray:
+    """:func:`predict_volume` of ``image`` turned by ``turn`` (exact permutation and flips), with the label
+    map turned back to ``image``'s own voxel order; ``turn=None`` is :func:`predict_volume` itself. Other
+    arguments go to :func:`predict_volume`."""
+    if turn is None or turn.identity:
+        return predict_volume(model, image, *args, **kwargs)
+    pred = predict_volume(model, np.ascontiguousarray(turn.apply(image)), *args, **kwargs)
+    return np.ascontiguousarray(turn.undo(pred))

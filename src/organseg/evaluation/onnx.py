@@ -8,9 +8,11 @@ Deployments often have no PyTorch; an ONNX file and ONNX Runtime are enough ther
 * one output ``logits``: (B, num_classes, H, W) float32, the network's raw scores (argmax gives the labels);
 * ``metadata_props``, each value a JSON string (``json.loads`` it): ``organseg_format``
   (``"organseg-onnx/1"``), ``organseg_version``, ``model_name``, ``model_args``, ``class_names``,
-  ``preprocessing`` (the spec of :func:`organseg.data.preprocess.apply_preprocessing`), ``input_size``
-  ([H, W]), ``source_checkpoint`` (file name and sha256), ``export_check`` (the largest logit
-  difference between ONNX Runtime and PyTorch measured at export), ``torch_version``.
+  ``preprocessing`` (the spec of :func:`organseg.data.preprocess.apply_preprocessing`), ``orientation`` (the
+  patient orientation code of the training slices, see :mod:`organseg.data.orientation`, or null; absent when
+  the checkpoint predates it), ``input_size`` ([H, W]), ``source_checkpoint`` (file name and sha256),
+  ``export_check`` (the largest logit difference between ONNX Runtime and PyTorch measured at export),
+  ``torch_version``.
 
 Export path: ``torch.onnx.export`` with the dynamo-based exporter (``torch.export`` + onnxscript), the default
 since torch 2.9. Its batch is a symbol, so no Python branch is baked in at the example's batch size; the
@@ -43,6 +45,7 @@ import torch
 from torch import nn
 
 from organseg import __version__
+from organseg.checkpoint import checkpoint_orientation_problem
 from organseg.errors import CheckpointError, ConfigError, OrgansegError
 from organseg.fileio import file_sha256
 
@@ -281,6 +284,8 @@ def _export_metadata(
         "model_args": ckpt.get("model_args") or {},
         "class_names": list(ckpt.get("class_names") or []),
         "preprocessing": ckpt.get("preprocessing") or {"kind": "none"},
+        # absent, not null, for a checkpoint that predates orientation records: predict then says so
+        **({"orientation": ckpt["orientation"]} if "orientation" in ckpt else {}),
         "input_size": list(size),
         # The file name and hash identify the checkpoint; its absolute path would only tell where it lay on
         # the exporting machine (a user name, a project folder) to whoever receives the model.
@@ -446,6 +451,9 @@ def load_onnx(
         found = meta["organseg_format"]
         raise CheckpointError(f"{path}: organseg ONNX format {found!r}, expected {FORMAT!r}")
     size = _check_metadata(path, meta)
+    problem = checkpoint_orientation_problem(meta)
+    if problem:
+        raise CheckpointError(f"{path}: metadata {problem}")
     num_classes = _check_graph(path, session, size, meta["class_names"])
     model = OnnxModel(session, size, num_classes, source=str(path))
     info = {

@@ -1,8 +1,12 @@
 """Segment new scans (NIfTI files, DICOM series folders, folders of them) with trained networks.
 
 The raw intensities are mapped with the preprocessing recorded in the checkpoint (e.g. the Synapse CT
-window [-125, 275] HU -> [0, 1]); slices along the axial axis go through :func:`predict_volume` exactly as in
-the test protocol; the label map is written with the input's size, spacing, origin and direction. There is no
+window [-125, 275] HU -> [0, 1]); the scan is turned to the orientation the checkpoint records (the training
+slices'; an exact permutation and flips of the voxels from the scan's direction matrix, see
+:mod:`organseg.data.orientation`), its slices go through :func:`predict_volume` exactly as in the test
+protocol, and the label map is turned back and written with the input's size, spacing, origin and direction.
+A checkpoint without an orientation (trained on data without one, or written before checkpoints recorded it)
+gets the scan's voxel order as stored, slices along the axial axis, and a note says so. There is no
 resampling, as in the reference: each slice is zoomed to the network size and back.
 
 Many scans per call: the network (or the ensemble, see :mod:`organseg.evaluation.sources`) is built once and
@@ -26,9 +30,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from organseg.data.orientation import Reorientation, reorientation, scan_orientation
 from organseg.device import resolve_device
 from organseg.errors import ConfigError, DataError, OrgansegError
-from organseg.evaluation.inference import predict_volume
+from organseg.evaluation.inference import predict_turned
 from organseg.evaluation.runs import checkpoint_patch_size
 from organseg.fileio import (
     check_distinct,
@@ -99,6 +104,8 @@ class Predictor:
     precision: str = "fp32"
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     notes: list[str] = field(default_factory=list)
+    #: the orientation code every scan is turned to; None: scans go in as stored, slices along the axial axis
+    orientation: str | None = None
     _digests: list[str] | None = field(default=None, repr=False, compare=False)
 
     def source_digests(self) -> list[str]:
@@ -133,7 +140,13 @@ def load_predictor(
 ) -> Predictor:
     """Build the network(s) once for any number of cases; every setting is checked here, before any scan."""
     from organseg.checkpoint import model_from_checkpoint
-    from organseg.evaluation.sources import class_count, combined, load_members, reference_defaults
+    from organseg.evaluation.sources import (
+        class_count,
+        combined,
+        load_members,
+        network_orientation,
+        reference_defaults,
+    )
 
     check_value("--batch-size", batch_size, POSITIVE_INT)
     dev = resolve_device(device)
@@ -142,6 +155,7 @@ def load_predictor(
         model, sources, notes = model.to(dev), ["checkpoint"], []
         if ensemble or tta:
             raise ConfigError("ensembles and TTA take checkpoint files")
+        orientation, orientation_notes = network_orientation([ckpt], sources)
     else:
         members = load_members([checkpoint, *ensemble], dev, models=models)
         from organseg.evaluation.onnx import OnnxModel
@@ -150,9 +164,11 @@ def load_predictor(
             raise ConfigError(f"--precision {precision}: ONNX models run in fp32; use the PyTorch checkpoint")
         model, ckpt = combined(members, tta), members[0].ckpt
         sources, notes = [m.source for m in members], [n for m in members for n in m.notes]
+        orientation, orientation_notes = network_orientation([m.ckpt for m in members], sources)
         known = next((m.ckpt for m in members if m.ckpt.get("class_names")), None)
         if known is not None:
             ckpt = {**ckpt, "class_names": known["class_names"], "preprocessing": known.get("preprocessing")}
+    notes += orientation_notes
     names = list(ckpt.get("class_names") or [])
     spec = dict(ckpt.get("preprocessing") or {})
     if not names:
@@ -160,7 +176,7 @@ def load_predictor(
         notes.append(f"the checkpoint records no classes or preprocessing: using {said}")
     return Predictor(
         model=model, ckpt=ckpt, sources=sources, class_names=names, preprocessing=spec or {"kind": "none"},
-        tta=tta, batch_size=batch_size, precision=precision, device=dev, notes=notes,
+        tta=tta, batch_size=batch_size, precision=precision, device=dev, notes=notes, orientation=orientation,
     )  # fmt: skip
 
 
@@ -390,6 +406,35 @@ def _write_views(
         info["overlay"] = str(case.overlay)
 
 
+def scan_turn(
+    orientation: str | None, raw_geometry: Geometry, source: str
+) -> tuple[Reorientation, dict[str, Any], list[str]]:
+    """How a scan goes to the network: the turn of its (D, H, W) array, what the sidecar records of it and
+    the warnings to print.
+
+    With the network's ``orientation`` code: the scan's nearest orientation code from its direction matrix
+    and the exact permutation and flips to ``orientation``; an oblique scan (tilted by more than
+    :data:`~organseg.data.orientation.OBLIQUE_DEGREES`) gets a warning naming the tilt, and one 45 degrees or
+    more from the patient axes, or with a sheared direction matrix, is refused (DataError naming ``source``).
+    Without (None): the array as stored with its axial axis first (the axis closest to head-foot), as
+    before checkpoints recorded an orientation."""
+    if orientation is None:
+        axis = axial_axis(raw_geometry.direction)
+        turn = Reorientation((axis, *[a for a in range(3) if a != axis]), (False, False, False))
+        return turn, {"network": None, "scan": None}, []
+    scan = scan_orientation(raw_geometry.direction, source)
+    turn = reorientation(scan.code, orientation)
+    record = {"network": orientation, "scan": scan.code, "tilt_degrees": round(scan.tilt, 3)}
+    warnings = []
+    if scan.oblique:
+        warnings.append(
+            f"{source}: an oblique scan, its voxel axes {scan.tilt:.2f} degrees from the patient axes; "
+            f"turned to {orientation} from its nearest orientation {scan.code} (no resampling: the network "
+            "sees it tilted by that angle)"
+        )
+    return turn, record, warnings
+
+
 def predict_case(predictor: Predictor, case: Case, *, series_uid: str | None = None, progress: bool = True
                  ) -> dict[str, Any]:  # fmt: skip
     """Predict one scan and write its files; returns the sidecar's content. On any failure the files this
@@ -415,17 +460,15 @@ def predict_case(predictor: Predictor, case: Case, *, series_uid: str | None = N
         )
     if min(raw.shape) < 2:
         raise DataError(f"{input_path}: image of shape {raw.shape} is a single slice; a 3-D scan is needed")
+    # To the training slices' orientation (or, for a checkpoint without one, the axial axis first) and back.
+    turn, orientation, warnings = scan_turn(predictor.orientation, geometry, str(input_path))
     image = apply_preprocessing(raw, predictor.preprocessing, source=str(input_path))
-    # Slice along the axial axis; reference data are stored axial-first, other acquisitions are turned to it.
-    axis = axial_axis(geometry.direction)
     start = time.perf_counter()
-    pred_ax = predict_volume(
-        predictor.model, np.ascontiguousarray(np.moveaxis(image, axis, 0)),
-        checkpoint_patch_size(predictor.ckpt), predictor.batch_size, predictor.precision, predictor.device,
-        progress=progress,
+    pred = predict_turned(
+        predictor.model, image, turn, checkpoint_patch_size(predictor.ckpt), predictor.batch_size,
+        predictor.precision, predictor.device, progress=progress,
     )  # fmt: skip
     seconds = time.perf_counter() - start
-    pred = np.ascontiguousarray(np.moveaxis(pred_ax, 0, axis))
     names = predictor.class_names
     info: dict[str, Any] = {
         "input": str(input_path),
@@ -436,9 +479,11 @@ def predict_case(predictor: Predictor, case: Case, *, series_uid: str | None = N
         "tta": predictor.tta,
         "model_name": predictor.ckpt.get("model_name"),
         "notes": notes,
+        "warnings": warnings,
         "shape": list(pred.shape),
         **geometry.to_dict(),
-        "axial_axis": axis,
+        "axial_axis": turn.axes[0],
+        "orientation": {**orientation, "turn": {"axes": list(turn.axes), "flips": list(turn.flips)}},
         "preprocessing": predictor.preprocessing,
         "precision": predictor.precision,
         "seconds": round(seconds, 3),

@@ -8,7 +8,11 @@ intensity preprocessing and the input size, since one image goes through all of 
 
 An official Swin-Unet checkpoint records neither its class names nor how intensities were mapped. ``test``
 takes both from the dataset; ``predict`` uses the reference defaults (9 classes: the Synapse classes and CT
-window [-125, 275] HU; 4 classes: ACDC, per-image min-max) and says so in its output.
+window [-125, 275] HU; 4 classes: ACDC, per-image min-max) and says so in its output. Its orientation is
+taken as the TransUNet Synapse files' (9 classes) or none (ACDC), as for organseg's readers of those files.
+
+Orientation (:func:`network_orientation`): members that record one must agree on it; a member without one
+(trained on data with no orientation, or written before checkpoints recorded it) follows the others.
 """
 
 from __future__ import annotations
@@ -21,7 +25,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from organseg.checkpoint import model_from_checkpoint, read_checkpoint
+from organseg.checkpoint import (
+    PREDATES_ORIENTATION,
+    checkpoint_orientation,
+    model_from_checkpoint,
+    read_checkpoint,
+)
+from organseg.data.synapse import TRANSUNET_ORIENTATION
 from organseg.errors import CheckpointError, ConfigError
 from organseg.evaluation.inference import averaged
 from organseg.evaluation.runs import RunTarget, checkpoint_patch_size, resolve_target
@@ -80,7 +90,12 @@ def load_member(target: RunTarget, device: torch.device) -> Member:
     member = Member(target, model.to(device), ckpt)
     if member.official:
         n = class_count(ckpt)
-        member.notes.append(f"{path}: official Swin-Unet checkpoint, {n} classes from its head")
+        orientation = TRANSUNET_ORIENTATION if n == 9 else None
+        member.ckpt = {**ckpt, "orientation": orientation}
+        said = f"{orientation}, as the TransUNet Synapse files" if orientation else "none"
+        member.notes.append(
+            f"{path}: official Swin-Unet checkpoint, {n} classes from its head; orientation {said}"
+        )
     return member
 
 
@@ -127,9 +142,47 @@ def _check_agree(a: Member, b: Member) -> None:
     pa, pb = a.ckpt.get("preprocessing") or {}, b.ckpt.get("preprocessing") or {}
     if pa and pb and pa != pb:
         raise ConfigError(f"{what} map intensities differently: {pa} vs {pb}")
+    oa, ob = _code(a.ckpt), _code(b.ckpt)
+    if oa and ob and oa != ob:
+        raise ConfigError(
+            f"{what} were trained on slices in other orientations: {oa} vs {ob} (one scan is turned to one "
+            "orientation for all members)"
+        )
     sa, sb = checkpoint_patch_size(a.ckpt), checkpoint_patch_size(b.ckpt)
     if sa != sb:
         raise ConfigError(f"{what} take inputs of {sa} and {sb} pixels")
+
+
+def _code(ckpt: dict[str, Any]) -> str | None:
+    code = checkpoint_orientation(ckpt)
+    return None if code == PREDATES_ORIENTATION else code
+
+
+def network_orientation(
+    ckpts: Sequence[dict[str, Any]], sources: Sequence[str]
+) -> tuple[str | None, list[str]]:
+    """The orientation code scans are turned to for these networks (checked by :func:`load_members` to
+    agree), and the notes that say what happens: None (scans go in as stored, slices along the axial axis)
+    when no network records one, with a note per network without one saying why."""
+    codes = [_code(c) for c in ckpts]
+    code = next((c for c in codes if c), None)
+    notes = []
+    for ckpt, source, own in zip(ckpts, sources, codes, strict=True):
+        if own:
+            continue
+        why = (
+            "predates orientation records"
+            if checkpoint_orientation(ckpt) == PREDATES_ORIENTATION
+            else "was trained on data without a patient orientation"
+        )
+        if code:
+            notes.append(f"{source} {why}: scans are turned to {code}, the other members' orientation")
+        else:
+            notes.append(
+                f"{source} {why}: scans go in their stored voxel order (slices along the axial axis), "
+                "as before"
+            )
+    return code, notes
 
 
 def combined(members: Sequence[Member], tta: bool = False) -> nn.Module:

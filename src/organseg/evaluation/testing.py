@@ -82,7 +82,7 @@ def run_test(
     write it), then the softmax average is tested into ``<split>_<checkpoint>_ensembleN[_tta]`` beside the
     first member's results (or ``out``); the summary's ``members`` and ``table`` give the members beside it.
     """
-    from organseg.evaluation.sources import combined, expand_source, load_members
+    from organseg.evaluation.sources import combined, expand_source, load_members, network_orientation
 
     check_value("--batch-size", batch_size, POSITIVE_INT)
     check_value("--max-cases", max_cases, OPTIONAL_POSITIVE_INT)
@@ -113,7 +113,8 @@ def run_test(
     summary = _test_one(
         name, data=data, save_nifti=save_nifti, out=out, device=dev, report=report, viewer=viewer,
         model=combined(members, tta), ckpt=members[0].ckpt, sources=[str(t.checkpoint_path) for t in targets],
-        tta=tta, whole=whole, **common,
+        tta=tta, whole=whole,
+        orientation=network_orientation([m.ckpt for m in members], [m.source for m in members]), **common,
     )  # fmt: skip
     summary["members"] = [
         {"checkpoint": m["checkpoint"], "results_dir": m["results_dir"], "reference": _means(m["reference"]),
@@ -212,10 +213,12 @@ def _test_one(
     sources: Sequence[str] = (),
     tta: bool = False,
     whole: bool = False,
+    orientation: tuple[str | None, list[str]] | None = None,
 ) -> dict[str, Any]:
     """One network (``tgt``'s checkpoint, or ``model`` with ``ckpt``'s fields) on ``split`` (of the whole
-    dataset, not the checkpoint's fold, with ``whole``)."""
-    from organseg.evaluation.sources import load_member
+    dataset, not the checkpoint's fold, with ``whole``). ``orientation``: the network's orientation code and
+    notes (:func:`organseg.evaluation.sources.network_orientation`), by default ``ckpt``'s."""
+    from organseg.evaluation.sources import load_member, network_orientation
 
     dev = resolve_device(device)
     if model is None:
@@ -223,6 +226,7 @@ def _test_one(
         member = load_member(tgt, dev)
         model, ckpt = member.model, member.ckpt
     assert ckpt is not None
+    code, orientation_notes = orientation or network_orientation([ckpt], [str(tgt.checkpoint_path)])
     dataset = _open_dataset(data, ckpt, whole)
     _check_classes(tgt, ckpt, dataset)
     model.to(dev)
@@ -244,6 +248,7 @@ def _test_one(
         max_cases=max_cases,
         progress=progress,
         on_case=on_case,
+        orientation=code,
     )
     extra = {
         "model_name": ckpt.get("model_name"),
@@ -252,6 +257,8 @@ def _test_one(
         "precision": precision,
         "device": str(dev),
         "inference": "reference loop" if reference_loop else f"batched ({batch_size} slices)",
+        "orientation": code,
+        "orientation_notes": orientation_notes,
     }
     if sources:
         extra.update(ensemble=list(sources), tta=tta)

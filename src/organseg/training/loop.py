@@ -79,6 +79,7 @@ def _checkpoint(model: nn.Module, cfg: dict, args: dict, dataset: SegmentationDa
         model_args=args,
         class_names=list(dataset.class_names),
         preprocessing=dataset.preprocessing,
+        orientation=dataset.orientation,
         config=cfg,
         **state,
     )

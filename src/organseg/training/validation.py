@@ -13,7 +13,7 @@ import torch.distributed as dist
 from torch import nn
 
 from organseg.data.base import SegmentationDataset
-from organseg.evaluation.inference import predict_volume
+from organseg.evaluation.inference import predict_turned, volume_turn
 from organseg.evaluation.metrics import case_metrics
 from organseg.training.distributed import DistEnv
 
@@ -37,7 +37,9 @@ def validate(
     mine: dict[str, np.ndarray] = {}
     for case_id in case_ids[env.rank :: env.world_size]:
         vol = dataset.volume(case_id)
-        pred = predict_volume(model, vol.image, img_size, batch_size, precision, env.device)
+        # in the orientation of the training slices, as test and predict give volumes to the network
+        turn = volume_turn(vol.meta, dataset.orientation, str(vol.meta.get("source", case_id)))
+        pred = predict_turned(model, vol.image, turn, img_size, batch_size, precision, env.device)
         # Reference protocol: voxel units, spacing ignored, the (1, 0) / (0, 0) edge rules.
         mine[case_id] = case_metrics(np.asarray(pred), vol.label, dataset.num_classes, protocol="reference")
     model.train(was_training)
