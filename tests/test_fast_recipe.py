@@ -202,3 +202,27 @@ def test_the_study_progress_bar_follows_a_fitted_horizon(tmp_path):
     bar = SimpleNamespace(total=IPE * EPOCHS)
     pool._refit_totals(bar)
     assert pool.totals == {"r": 5} and bar.total == 5
+
+
+def test_waiting_runs_take_the_fitted_horizon_of_a_run_like_them(tmp_path):
+    # A cross-validation's later folds (same network, same recipe) are estimated from the first fitted run,
+    # not from max_epochs: the bar's ETA is minutes, not days.
+    from types import SimpleNamespace
+
+    from organseg.study.runner import _ProcessPool
+
+    cfg = resolve_config(_budget_config())
+    other = resolve_config({**_budget_config(), "train": {**_budget_config()["train"], "seed": 7}})
+    plans = [SimpleNamespace(name=n, config=c) for n, c in (("f0", cfg), ("f1", cfg), ("s7", other))]
+    pool = _ProcessPool(plans, tmp_path, 1, N_SLICES, {p.name: p.name for p in plans}, [], progress=False)
+    pool.pending = plans[1:]
+    run = tmp_path / "runs" / "f0"
+    run.mkdir(parents=True)
+    fitted = resolve_config(_budget_config())
+    fitted["train"]["fitted_iterations"] = 5
+    (run / "config.yaml").write_text(yaml.safe_dump(fitted))
+    pool.running["f0"] = ("train", None, None)
+    bar = SimpleNamespace(total=3 * IPE * EPOCHS)
+    pool._refit_totals(bar)
+    assert pool.totals == {"f0": 5, "f1": 5, "s7": IPE * EPOCHS}  # another seed is another recipe
+    assert bar.total == 10 + IPE * EPOCHS

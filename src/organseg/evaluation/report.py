@@ -189,7 +189,8 @@ def plot_prediction(
     shown in radiological orientation (anterior up, patient's right on the left, see
     :mod:`organseg.data.orientation`) and with the true pixel aspect, whatever order the file stores.
     Each title names its slice as every picture does (:func:`organseg.formatting.slice_caption`): the number
-    in that display order from 1 (superior first), then the index in the file.
+    in that display order from 1 (superior first). The index in the file is left out here, so that every
+    voxel order of one scan draws the same picture (the viewer gives it).
     """
     from matplotlib.patches import Patch
 
@@ -208,7 +209,7 @@ def plot_prediction(
             if c:
                 overlay = colorize(pred_d[z], len(class_names))
                 ax.imshow(overlay, alpha=0.5, interpolation="nearest", aspect=aspect)
-            caption = slice_caption(z, pred_d.shape[0], orient.array_index(z, np.shape(pred)))
+            caption = slice_caption(z, pred_d.shape[0])
             ax.set_title(f"{title} {caption}" + (": prediction" if c else ""), fontsize=8)
             ax.axis("off")
     present = [c for c in range(1, len(class_names)) if np.any(pred_d == c)]

@@ -431,9 +431,9 @@ class _ProcessPool:
                 self.totals[name] = fitted
                 # Runs still waiting with the same network and budget will fit about the same horizon: the
                 # bar's total (and ETA) follows, instead of their max_epochs.
-                model = self.by_name[name].model
+                model = self.by_name[name].config["model"]["name"]
                 for plan in self.pending:
-                    if plan.model == model and plan.config["train"] == plan_t:
+                    if plan.config["model"]["name"] == model and plan.config["train"] == plan_t:
                         self.totals[plan.name] = fitted
                 bar.total = sum(self.totals.values())
 
