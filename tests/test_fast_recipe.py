@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -185,6 +186,15 @@ def test_a_study_reuses_a_budget_run_that_finished_its_fitted_horizon(tmp_path, 
     assert run_state(tmp_path / "spent", resolve_config(spent)) == ("complete", 1)  # not resumed again
 
 
+def _fitted_run(study: Path, name: str, iterations: int) -> None:
+    """A run folder whose config.yaml records the horizon train fitted to its budget."""
+    run = study / "runs" / name
+    run.mkdir(parents=True)
+    fitted = resolve_config(_budget_config())
+    fitted["train"]["fitted_iterations"] = iterations
+    (run / "config.yaml").write_text(yaml.safe_dump(fitted))
+
+
 def test_the_study_progress_bar_follows_a_fitted_horizon(tmp_path):
     from types import SimpleNamespace
 
@@ -193,11 +203,7 @@ def test_the_study_progress_bar_follows_a_fitted_horizon(tmp_path):
     plan = SimpleNamespace(name="r", config=resolve_config(_budget_config()))
     pool = _ProcessPool([plan], tmp_path, 1, N_SLICES, {"r": "[1/1] r"}, [], progress=False)
     assert pool.totals == {"r": IPE * EPOCHS}  # nothing fitted yet: the configured epochs
-    run = tmp_path / "runs" / "r"
-    run.mkdir(parents=True)
-    fitted = resolve_config(_budget_config())
-    fitted["train"]["fitted_iterations"] = 5
-    (run / "config.yaml").write_text(yaml.safe_dump(fitted))
+    _fitted_run(tmp_path, "r", 5)
     pool.running["r"] = ("train", None, None)
     bar = SimpleNamespace(total=IPE * EPOCHS)
     pool._refit_totals(bar)
@@ -216,11 +222,7 @@ def test_waiting_runs_take_the_fitted_horizon_of_a_run_like_them(tmp_path):
     plans = [SimpleNamespace(name=n, config=c) for n, c in (("f0", cfg), ("f1", cfg), ("s7", other))]
     pool = _ProcessPool(plans, tmp_path, 1, N_SLICES, {p.name: p.name for p in plans}, [], progress=False)
     pool.pending = plans[1:]
-    run = tmp_path / "runs" / "f0"
-    run.mkdir(parents=True)
-    fitted = resolve_config(_budget_config())
-    fitted["train"]["fitted_iterations"] = 5
-    (run / "config.yaml").write_text(yaml.safe_dump(fitted))
+    _fitted_run(tmp_path, "f0", 5)
     pool.running["f0"] = ("train", None, None)
     bar = SimpleNamespace(total=3 * IPE * EPOCHS)
     pool._refit_totals(bar)

@@ -15,6 +15,7 @@ from organseg.data.io import Geometry, read_image
 from organseg.data.orientation import DisplayOrientation, radiological_orientation
 from organseg.errors import DataError
 from organseg.evaluation.report import OverlayCollector, plot_prediction
+from synthetic_scan import RAS_STORAGE, synthetic_scan
 
 
 def _reoriented(image: sitk.Image, perm: tuple[int, int, int], flips: tuple[bool, bool, bool]) -> sitk.Image:
@@ -24,15 +25,6 @@ def _reoriented(image: sitk.Image, perm: tuple[int, int, int], flips: tuple[bool
 
 def _arrays(image: sitk.Image) -> tuple[np.ndarray, Geometry]:
     return sitk.GetArrayFromImage(image), Geometry.from_sitk(image)
-
-
-def _synthetic(direction=(1, 0, 0, 0, 1, 0, 0, 0, 1)) -> sitk.Image:
-    arr = np.random.default_rng(0).integers(0, 1000, (5, 6, 7)).astype(np.int16)
-    image = sitk.GetImageFromArray(arr)
-    image.SetSpacing((0.7, 0.8, 2.5))
-    image.SetOrigin((10.0, -20.0, 30.0))
-    image.SetDirection([float(v) for v in direction])
-    return image
 
 
 def test_lps_identity_and_no_geometry() -> None:
@@ -63,7 +55,7 @@ def test_bad_direction_is_a_data_error() -> None:
 @pytest.mark.parametrize("direction", [(1, 0, 0, 0, 1, 0, 0, 0, 1), (-1, 0, 0, 0, -1, 0, 0, 0, 1),
                                        (0, 0, 1, 1, 0, 0, 0, -1, 0)])
 def test_every_axis_order_and_flip_gives_the_same_display(direction) -> None:
-    base = _synthetic(direction)
+    base = synthetic_scan(direction)
     ref_arr, ref_geom = _arrays(base)
     expected = radiological_orientation(ref_geom).apply(ref_arr)
     seen = set()
@@ -82,7 +74,7 @@ def test_overlay_pngs_equal_for_a_reoriented_copy(tmp_path: Path) -> None:
     of a scan (with its matching direction and origin)."""
     import matplotlib.image as mpimg
 
-    base = _synthetic((-1, 0, 0, 0, -1, 0, 0, 0, 1))
+    base = synthetic_scan(RAS_STORAGE)
     arr0, geom0 = _arrays(base)
     copy = _reoriented(base, (2, 0, 1), (True, False, True))
     arr1, geom1 = _arrays(copy)

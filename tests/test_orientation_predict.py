@@ -36,6 +36,7 @@ from organseg.data.preprocess import apply_preprocessing, ct_window_spec
 from organseg.errors import CheckpointError, ConfigError, DataError
 from organseg.evaluation.predict import expand_inputs, load_predictor, plan_cases, predict_file, predict_many
 from organseg.models import create_model
+from synthetic_scan import RAS_STORAGE, synthetic_scan
 
 CLASSES = ["background", "liver", "spleen"]
 ORGANS = {5: 1, 1: 2}  # TotalSegmentator "total" ids -> our classes
@@ -334,17 +335,8 @@ def test_checkpoint_orientation_field_is_checked(world: dict, tmp_path: Path) ->
 # ---------------------------------------------------------------- the arithmetic alone (no network)
 
 
-def _synthetic(direction=(-1, 0, 0, 0, -1, 0, 0, 0, 1)) -> sitk.Image:
-    arr = np.random.default_rng(0).integers(0, 1000, (5, 6, 7)).astype(np.int16)
-    image = sitk.GetImageFromArray(arr)
-    image.SetSpacing((0.7, 0.8, 2.5))
-    image.SetOrigin((10.0, -20.0, 30.0))
-    image.SetDirection([float(v) for v in direction])
-    return image
-
-
 def test_reorientation_is_exact_for_every_storage_order() -> None:
-    base = _synthetic()
+    base = synthetic_scan(RAS_STORAGE)
     ref_arr, ref_geom = sitk.GetArrayFromImage(base), Geometry.from_sitk(base)
     assert scan_orientation(ref_geom.direction).code == "RAS"
     codes = set()
