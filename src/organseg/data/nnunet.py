@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from organseg.data.base import SegmentationDataset, Volume
+from organseg.data.base import SegmentationDataset, Volume, check_disjoint_subjects
 from organseg.data.classes import unknown_ids
 from organseg.data.io import (
     IMAGE_SUFFIXES,
@@ -240,6 +240,7 @@ class NnUNetDataset(SegmentationDataset):
         else:
             clip = [float(v) for v in zscore_clip]
             self.preprocessing = {"kind": "zscore_minmax", "clip": clip}
+        check_disjoint_subjects(self)
 
     # ------------------------------------------------------------------------------------------- helpers
     def _orient(self) -> None:
