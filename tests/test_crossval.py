@@ -25,8 +25,9 @@ from organseg.data.prepare import prepare_synapse
 from organseg.errors import ConfigError, DataError
 from organseg.evaluation.evaluate import EvaluationResult
 from organseg.evaluation.paired import read_per_case
-from organseg.run import ResultsDir
+from organseg.run import ResultsDir, RunDir
 from organseg.study import collect
+from organseg.study.aggregate import still_improving
 
 # ------------------------------------------------------------------------------------------- ACDC layout
 
@@ -332,3 +333,54 @@ def test_cv_options_that_cannot_apply_are_one_line(cv_study, tmp_path, capsys, e
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert message in err[-1]
+
+
+def test_nnunet_folds_divide_every_labelled_case_in_the_study_and_the_runs(tmp_path) -> None:
+    # Without splits_final.json an nnU-Net folder keeps a seeded 20 % validation split of its own; a
+    # cross-validation divides all labelled cases, and compare's splits.json must be what each run sees.
+    from organseg.data.detect import layout_options
+
+    cases = [f"c{i}" for i in range(5)]
+    root = _nnunet(tmp_path / "nn", cases)
+    assert len(open_dataset(root).case_ids("train")) == 4  # the reader's own split
+    study = open_dataset(root, **layout_options(root, {"fold": 0}))
+    assert study.case_ids("train") == cases
+    run = resolve_dataset(None, {"data": {"root": str(root), "fold": 1, "folds": 5}}, "x")
+    assert FoldView(study, 1, 5, 12345).held_out == run.held_out
+    assert sorted(run.case_ids("train") + run.case_ids("val")) == cases
+
+
+def test_info_prints_volumes_and_subjects(tmp_path, capsys) -> None:
+    root = write_acdc(tmp_path / "acdc", _patients(3), ["patient009_frame01", "patient009_frame02"])
+    assert main(["info", "--data", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "train     6 volume(s) of    3 subject(s)" in out
+    assert "val       2 volume(s) of    1 subject(s)" in out
+    assert main(["info", "--data", str(root), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["splits"]["val"] == {"volumes": 2, "subjects": 1}
+
+
+def _run_with(tmp_path: Path, records: list[dict]) -> RunDir:
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir(parents=True)
+    run.metrics_file.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return run
+
+
+def test_still_improving_reads_validation_then_training_loss(tmp_path) -> None:
+    def val(it: int, dice: float) -> dict:
+        return {"kind": "val", "iter": it, "epoch": 0, "mean_dice": dice}
+
+    def loss(values: list[float]) -> list[dict]:
+        return [{"kind": "train", "iter": i + 1, "loss": v} for i, v in enumerate(values)]
+
+    rising = _run_with(tmp_path / "a", loss([1.0] * 8) + [val(6, 0.60), val(8, 0.70)])
+    assert still_improving(rising, 8) == (True, "validation DSC")
+    flat = _run_with(tmp_path / "b", loss([1.0] * 8) + [val(6, 0.700), val(8, 0.702)])
+    assert still_improving(flat, 8) == (False, "validation DSC")
+    # Validated at the end only: the training loss of the last quarter against the third.
+    falling = _run_with(tmp_path / "c", loss([1.0] * 4 + [0.9, 0.9, 0.5, 0.5]) + [val(8, 0.7)])
+    assert still_improving(falling, 8) == (True, "training loss")
+    level = _run_with(tmp_path / "d", loss([1.0] * 4 + [0.5, 0.5, 0.5, 0.5]) + [val(8, 0.7)])
+    assert still_improving(level, 8) == (False, "training loss")
+    assert still_improving(_run_with(tmp_path / "e", []), None) == (None, "no record")

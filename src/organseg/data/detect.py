@@ -79,8 +79,14 @@ def resolve_dataset(
     root = data if data is not None else data_cfg.get("root")
     if root is None:
         raise ConfigError(missing)
-    options = {}
+    return apply_data_config(open_dataset(root, **layout_options(root, data_cfg)), data_cfg)
+
+
+def layout_options(root: str | Path, data_cfg: dict) -> dict:
+    """Reader options a configuration's ``data`` section implies: with ``data.fold``, an nnU-Net folder
+    opens with every labelled case in the pool the folds divide (no seeded validation split of its own).
+    ``compare --folds`` opens its dataset with the same options, so its splits.json is what the runs see."""
     if data_cfg.get("fold") is not None and detect_layout(root) == "nnunet":
-        options["cross_validation"] = True  # every labelled case in the pool the folds divide
-    return apply_data_config(open_dataset(root, **options), data_cfg)
+        return {"cross_validation": True}
+    return {}
 

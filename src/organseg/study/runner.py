@@ -203,6 +203,7 @@ def run_study(
     and the statistics pool the out-of-fold predictions. ``split`` defaults to ``test`` (``val`` with folds).
     """
     from organseg.data import open_dataset
+    from organseg.data.detect import layout_options
     from organseg.evaluation.tables import dataset_kind
     from organseg.training.loop import check_network
 
@@ -214,7 +215,8 @@ def run_study(
     check_output(out, {"--data": data}, folder=True, owned=STUDY_OUTPUTS)
     check_output_dir(out)
     split = _check_cv_options(split, checkpoint, folds)
-    dataset = open_dataset(data)
+    # With folds, the pool the folds divide (an nnU-Net folder without its own validation split).
+    dataset = open_dataset(data, **layout_options(data, {"fold": 0} if folds else {}))
     plans = plan_runs(
         models, seeds, sweep, preset=preset, kind=dataset_kind(dataset.class_names), precision=precision,
         device=None if device == "auto" else device, data_root=Path(data).resolve(), folds=folds,
