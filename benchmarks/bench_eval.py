@@ -37,8 +37,8 @@ from scipy import ndimage
 from _common import phantom_ct, run_child
 from _reference import medpy_case, medpy_monai_surface
 from organseg.device import resolve_device
-from organseg.evaluation.inference import predict_volume
-from organseg.evaluation.metrics import DEFAULT_NSD_TOLERANCE_MM, case_metrics, case_metrics_all, dice, hd95
+from organseg.inference.engine import predict_volume
+from organseg.metrics import DEFAULT_NSD_TOLERANCE_MM, case_metrics, case_metrics_all, dice, hd95
 from organseg.runtime import tune_malloc
 
 

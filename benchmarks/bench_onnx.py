@@ -4,7 +4,7 @@
     python benchmarks/bench_onnx.py --slices 32 --repeat 1 --models swin_unet --json out.json
 
 Each network at the paper configuration (seed-0 random weights, 9 classes, 224x224 input) is saved as an
-organseg checkpoint and exported with ``organseg.evaluation.onnx.export_onnx`` (which checks the logits
+organseg checkpoint and exported with ``organseg.inference.onnx.export_onnx`` (which checks the logits
 against PyTorch). A synthetic abdominal CT phantom (``organseg.data.phantom``) of ``--slices`` slices at
 224x224, CT-windowed, then goes through ``predict_volume`` (batched, ``--batch-size`` slices per pass, the
 near-tie re-runs of fp32 on) once per backend, each in its own process started as the ``organseg`` command
@@ -38,7 +38,7 @@ def make_onnx(name: str, folder: Path) -> tuple[Path, Path, dict, float]:
     from organseg.checkpoint import atomic_torch_save, make_checkpoint
     from organseg.data.classes import SYNAPSE_CLASSES
     from organseg.data.preprocess import ct_window_spec
-    from organseg.evaluation.onnx import export_onnx
+    from organseg.inference.onnx import export_onnx
     from organseg.models import create_model
 
     torch.manual_seed(0)
@@ -57,11 +57,11 @@ def _child(spec: dict) -> None:
     from organseg.runtime import tune_malloc
 
     tune_malloc()
-    from organseg.evaluation.inference import predict_volume
+    from organseg.inference.engine import predict_volume
 
     torch.set_num_threads(spec["threads"])
     if spec["backend"] == "onnx":
-        from organseg.evaluation.onnx import load_onnx
+        from organseg.inference.onnx import load_onnx
 
         model, _ = load_onnx(spec["onnx"], threads=spec["threads"])
     else:

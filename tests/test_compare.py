@@ -428,7 +428,7 @@ def test_a_failing_parallel_run_is_one_clear_error(study, tmp_path, capsys):
 
 
 def test_paired_records_are_recomputed_from_the_runs_per_case_files(study):
-    from organseg.evaluation.paired import paired_difference
+    from organseg.study.paired import paired_difference
 
     out = study["out"]
     c = json.loads((out / "comparison.json").read_text())

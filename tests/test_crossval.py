@@ -24,10 +24,10 @@ from organseg.data.phantom import write_phantom_set
 from organseg.data.prepare import prepare_synapse
 from organseg.errors import ConfigError, DataError
 from organseg.evaluation.evaluate import EvaluationResult
-from organseg.evaluation.paired import read_per_case
 from organseg.run import ResultsDir, RunDir
 from organseg.study import collect
 from organseg.study.aggregate import still_improving
+from organseg.study.paired import read_per_case
 
 # ------------------------------------------------------------------------------------------- ACDC layout
 

@@ -12,9 +12,10 @@ import pytest
 
 from organseg.cli.main import main
 from organseg.data import open_dataset
-from organseg.data.io import Geometry, atomic_write_h5, atomic_write_npz, read_image, write_image
+from organseg.data.io import atomic_write_h5, atomic_write_npz
 from organseg.data.prepare import prepare_synapse
 from organseg.errors import DataError
+from organseg.imageio.volumes import Geometry, read_image, write_image
 from test_data_helpers import tiny_case, write_tiny_raw
 
 

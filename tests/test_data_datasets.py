@@ -12,10 +12,11 @@ import torch
 from organseg.data import SegmentationDataset, detect_layout, open_dataset
 from organseg.data.augment import RandomGenerator, SliceDataset
 from organseg.data.classes import ACDC_CLASSES, SYNAPSE_CLASSES
-from organseg.data.io import Geometry, atomic_write_h5, atomic_write_npz, read_image, write_image
+from organseg.data.io import atomic_write_h5, atomic_write_npz
 from organseg.data.nnunet import NnUNetDataset
 from organseg.data.prepare import prepare_synapse
 from organseg.errors import ConfigError, DataError
+from organseg.imageio.volumes import Geometry, read_image, write_image
 from test_data_helpers import totalseg_raw, write_tiny_raw  # noqa: F401  (fixture)
 
 

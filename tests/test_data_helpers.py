@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from organseg.data.classes import TOTALSEG_TO_BTCV, remap_labels
-from organseg.data.io import Geometry, read_image, write_image
+from organseg.imageio.volumes import Geometry, read_image, write_image
 
 
 def write_totalseg_raw(totalseg_dir: Path, raw: Path) -> dict:

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from organseg.data.io import read_image
 from organseg.errors import DataError
+from organseg.imageio.volumes import read_image
 
 UID = "1.2.826.0.1.3680043.2.1125.77"
 
@@ -242,7 +242,7 @@ def test_phantom_killed_half_way_is_refused_by_prepare(tmp_path, monkeypatch):
 
 
 def test_phantom_refuses_a_non_empty_folder_and_overwrite_deletes_only_its_own(tmp_path):
-    from organseg.data.io import write_image
+    from organseg.imageio.volumes import write_image
 
     raw = tmp_path / "raw"
     _phantom(raw)
@@ -310,7 +310,7 @@ def test_prepare_out_must_be_new_empty_or_the_same_raw(tmp_path):
 
 
 def test_prepare_checks_a_dicom_label_series(tmp_path):
-    from organseg.data.io import Geometry, write_image
+    from organseg.imageio.volumes import Geometry, write_image
 
     raw = tmp_path / "raw"
     geom = Geometry(spacing=(2.5, 0.5, 0.5), origin=(1.0, 2.0, 3.0))
@@ -387,7 +387,7 @@ def test_synapse_sidecar_spacing_and_class_names_are_checked(tmp_path):
 def test_nifti_zero_or_nan_voxel_size_is_refused(tmp_path, pixdim):
     import struct
 
-    from organseg.data.io import read_image_info, write_image
+    from organseg.imageio.volumes import read_image_info, write_image
 
     write_image(np.zeros((3, 4, 5), np.int16), None, tmp_path / "ct.nii")
     data = bytearray((tmp_path / "ct.nii").read_bytes())
@@ -402,7 +402,7 @@ def test_nifti_zero_or_nan_voxel_size_is_refused(tmp_path, pixdim):
 def test_nifti_negative_pixdim_header_and_full_read_agree(tmp_path):
     import struct
 
-    from organseg.data.io import read_image_info, write_image
+    from organseg.imageio.volumes import read_image_info, write_image
 
     write_image(np.zeros((3, 4, 5), np.int16), None, tmp_path / "ct.nii")
     data = bytearray((tmp_path / "ct.nii").read_bytes())
@@ -412,8 +412,8 @@ def test_nifti_negative_pixdim_header_and_full_read_agree(tmp_path):
 
 
 def test_nnunet_file_ending_that_matches_no_file_names_the_files(tmp_path):
-    from organseg.data.io import write_image
     from organseg.data.nnunet import NnUNetDataset
+    from organseg.imageio.volumes import write_image
 
     for case in ("a", "b"):
         write_image(np.zeros((3, 4, 5), np.int16), None, tmp_path / "imagesTr" / f"{case}_0000.nii")
@@ -484,7 +484,7 @@ def test_predict_on_a_series_with_a_gap_is_one_line_and_writes_nothing(totalseg_
 
 
 def test_prepare_refuses_a_ct_that_is_not_in_hounsfield_units(tmp_path):
-    from organseg.data.io import write_image
+    from organseg.imageio.volumes import write_image
 
     raw = tmp_path / "raw"
     scaled = np.random.default_rng(0).random((4, 8, 8)).astype(np.float32)  # already in [0, 1]

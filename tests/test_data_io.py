@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from organseg.data.io import Geometry, grid_relation, read_image, read_image_info, write_image
 from organseg.errors import DataError
+from organseg.imageio.volumes import Geometry, grid_relation, read_image, read_image_info, write_image
 
 OBLIQUE = Geometry(
     spacing=(2.5, 0.7, 0.8),

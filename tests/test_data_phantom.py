@@ -9,8 +9,8 @@ import pytest
 import SimpleITK as sitk
 
 from organseg.data.classes import BTCV_TO_SYNAPSE
-from organseg.data.io import read_image
 from organseg.data.phantom import make_phantom_case, phantom_geometry, write_phantom_set
+from organseg.imageio.volumes import read_image
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,8 @@ from organseg.errors import ConfigError, DataError
 
 hd = pytest.importorskip("highdicom", reason="the dicom extra (highdicom) is not installed")
 
-from organseg.data.io import read_image  # noqa: E402
-from organseg.evaluation.dicomseg import anatomy_code, write_dicom_seg  # noqa: E402
+from organseg.imageio.volumes import read_image  # noqa: E402
+from organseg.prediction.dicomseg import anatomy_code, write_dicom_seg  # noqa: E402
 
 ALG = {"name": "organseg swin_unet", "version": "9.9", "parameters": {"checkpoint": "best.pt"}}
 

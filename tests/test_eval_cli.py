@@ -20,9 +20,9 @@ from organseg.data.classes import ACDC_CLASSES, SYNAPSE_CLASSES
 from organseg.data.preprocess import ct_window_spec
 from organseg.errors import CheckpointError, DataError
 from organseg.evaluation.evaluate import evaluate_dataset
-from organseg.evaluation.metrics import case_metrics
-from organseg.evaluation.runs import resolve_target
-from organseg.evaluation.testing import run_test
+from organseg.evaluation.tester import run_test
+from organseg.inference.targets import resolve_target
+from organseg.metrics import case_metrics
 from organseg.models import create_model
 
 TINY_SWIN = {"img_size": 64, "embed_dim": 12, "num_heads": [1, 2, 3, 4], "window_size": 4}
@@ -84,7 +84,7 @@ def test_cli_test_on_real_acdc_validation(tmp_path: Path, acdc_dir: Path, capsys
     ds = open_dataset(acdc_dir)
     per_case = json.loads((res / "per_case.json").read_text())
     model = tiny_model(4)
-    from organseg.evaluation.inference import predict_volume
+    from organseg.inference.engine import predict_volume
 
     for entry in per_case:
         vol = ds.volume(entry["case"])
@@ -191,7 +191,7 @@ def ct_checkpoint(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("source", ["example_ct.nii.gz", "example_ct_dicom"])
 def test_cli_predict_keeps_geometry(tmp_path: Path, totalseg_dir: Path, ct_checkpoint: Path, source: str,
                                     capsys) -> None:
-    from organseg.data.io import read_image
+    from organseg.imageio.volumes import read_image
 
     src = totalseg_dir / source
     out = tmp_path / "seg.nii.gz"
@@ -245,8 +245,8 @@ def test_cli_predict_bad_inputs(tmp_path: Path, totalseg_dir: Path, ct_checkpoin
 
 def test_predict_turns_a_non_axial_first_scan(tmp_path: Path, totalseg_dir: Path, ct_checkpoint: Path):
     """A scan stored with another axis first is predicted along its axial axis and written back unturned."""
-    from organseg.data.io import read_image
-    from organseg.evaluation.predict import predict_file
+    from organseg.imageio.volumes import read_image
+    from organseg.prediction.predict import predict_file
 
     src = totalseg_dir / "example_ct_sm.nii.gz"
     img = sitk.ReadImage(str(src))

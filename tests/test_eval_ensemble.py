@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from organseg.evaluation.inference import MIRROR_FLIPS, SoftmaxAverage, averaged, predict_volume
+from organseg.inference.engine import MIRROR_FLIPS, SoftmaxAverage, averaged, predict_volume
 from organseg.models import create_model
 from organseg.models.unet import UNet
 from test_eval_inference import make_volume

@@ -9,7 +9,7 @@ from scipy.ndimage import zoom
 from torch import nn
 
 from organseg.errors import ConfigError
-from organseg.evaluation.inference import _near_tie, predict_volume
+from organseg.inference.engine import _near_tie, predict_volume
 from organseg.models import create_model
 from organseg.models.unet import prepare_for_speed
 
@@ -174,7 +174,7 @@ def test_bad_input_and_settings() -> None:
 
 
 def test_fp32_switches_tf32_off_on_cuda_and_restores_it() -> None:
-    from organseg.evaluation.inference import _true_fp32
+    from organseg.inference.engine import _true_fp32
 
     saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     try:

@@ -9,7 +9,7 @@ import pytest
 from scipy import ndimage
 
 from organseg.evaluation.evaluate import corrected_summary, reference_summary
-from organseg.evaluation.metrics import _surface_points, case_metrics, case_metrics_all, dice, hd95, presence
+from organseg.metrics import _surface_points, case_metrics, case_metrics_all, dice, hd95, presence
 
 medpy_binary = pytest.importorskip("medpy.metric.binary", reason="MedPy (the 'test' extra) is the reference")
 

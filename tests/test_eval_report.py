@@ -7,8 +7,9 @@ import pytest
 
 from organseg.data.classes import ACDC_CLASSES, SYNAPSE_CLASSES
 from organseg.evaluation.evaluate import EvaluationResult
-from organseg.evaluation.predict import axial_axis, class_volumes, sidecar_path
-from organseg.evaluation.report import (
+from organseg.formatting import slice_caption
+from organseg.prediction.predict import axial_axis, class_volumes, sidecar_path
+from organseg.reporting.report import (
     OverlayCollector,
     _caption,
     colorize,
@@ -18,8 +19,7 @@ from organseg.evaluation.report import (
     plot_training_curves,
     representative,
 )
-from organseg.evaluation.tables import dataset_kind, results_table
-from organseg.formatting import slice_caption
+from organseg.reporting.tables import dataset_kind, results_table
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

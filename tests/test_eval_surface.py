@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 import pytest
 
-from organseg.evaluation.metrics import (
+from organseg.metrics import (
     DEFAULT_NSD_TOLERANCE_MM,
     case_metrics,
     case_metrics_all,

@@ -17,7 +17,7 @@ import torch
 
 from organseg import fileio
 from organseg.checkpoint import atomic_torch_save
-from organseg.data.io import atomic_write_h5, atomic_write_npz, write_image
+from organseg.data.io import atomic_write_h5, atomic_write_npz
 from organseg.errors import OutputError
 from organseg.fileio import (
     atomic_write_bytes,
@@ -28,6 +28,7 @@ from organseg.fileio import (
     staged,
     sweep_stale,
 )
+from organseg.imageio.volumes import write_image
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 

@@ -19,10 +19,10 @@ from organseg import __version__
 from organseg.checkpoint import atomic_torch_save, make_checkpoint
 from organseg.cli.main import main
 from organseg.data.classes import SYNAPSE_CLASSES
-from organseg.data.dicom import find_series, select_series
-from organseg.data.io import read_image, read_nifti_transform
 from organseg.data.preprocess import ct_window_spec
 from organseg.errors import DataError
+from organseg.imageio.dicom import find_series, select_series
+from organseg.imageio.volumes import read_image, read_nifti_transform
 from organseg.models import create_model
 
 pytest.importorskip("pydicom", reason="pydicom (organseg[dicom]) builds the test series")

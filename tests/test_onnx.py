@@ -25,9 +25,9 @@ from organseg.cli.main import main  # noqa: E402
 from organseg.data.classes import SYNAPSE_CLASSES  # noqa: E402
 from organseg.data.preprocess import ct_window_spec  # noqa: E402
 from organseg.errors import CheckpointError, ConfigError  # noqa: E402
-from organseg.evaluation.inference import predict_volume  # noqa: E402
-from organseg.evaluation.onnx import PARITY_TOLERANCE, OnnxModel, is_onnx_path, load_onnx  # noqa: E402
-from organseg.evaluation.runs import checkpoint_patch_size  # noqa: E402
+from organseg.inference.engine import predict_volume  # noqa: E402
+from organseg.inference.onnx import PARITY_TOLERANCE, OnnxModel, is_onnx_path, load_onnx  # noqa: E402
+from organseg.inference.targets import checkpoint_patch_size  # noqa: E402
 from organseg.models import create_model  # noqa: E402
 
 # Small networks of the two architectures, as the brief of the test suite asks: fast, same graph structure.
@@ -116,7 +116,7 @@ def test_onnx_runtime_logits_equal_pytorch(exported: dict, batch: int) -> None:
 def test_paper_size_networks_export_with_parity(tmp_path: Path, name: str) -> None:
     """The paper configurations (about 7 s and 13 s each on a quiet 2-core machine): logits within 1e-4,
     absolute and relative to the largest logit (random U-Net logits are only ~0.15), at batch 1 and 3."""
-    from organseg.evaluation.onnx import export_onnx
+    from organseg.inference.onnx import export_onnx
 
     torch.manual_seed(0)
     model = create_model(name).eval()
@@ -161,8 +161,8 @@ def test_metadata_round_trip(exported: dict) -> None:
 def test_predict_volume_argmax_equal_on_real_ct(exported: dict, totalseg_dir: Path) -> None:
     """The batched inference of ``predict`` gives the same label map with ONNX Runtime as with PyTorch on a
     real CT (windowed as the checkpoint says, slices zoomed to the network size and back)."""
-    from organseg.data.io import read_image
     from organseg.data.preprocess import apply_preprocessing
+    from organseg.imageio.volumes import read_image
 
     raw, _ = read_image(totalseg_dir / "example_ct_sm.nii.gz")
     _, info = load_onnx(exported["onnx"])

@@ -11,10 +11,10 @@ import SimpleITK as sitk
 
 from organseg.data.base import Volume
 from organseg.data.classes import SYNAPSE_CLASSES
-from organseg.data.io import Geometry, read_image
-from organseg.data.orientation import DisplayOrientation, radiological_orientation
 from organseg.errors import DataError
-from organseg.evaluation.report import OverlayCollector, plot_prediction
+from organseg.imageio.orientation import DisplayOrientation, radiological_orientation
+from organseg.imageio.volumes import Geometry, read_image
+from organseg.reporting.report import OverlayCollector, plot_prediction
 from synthetic_scan import RAS_STORAGE, synthetic_scan
 
 

@@ -24,18 +24,18 @@ import torch
 from scipy.ndimage import zoom
 
 from organseg.checkpoint import atomic_torch_save, make_checkpoint, read_checkpoint
-from organseg.data.io import Geometry, read_image
-from organseg.data.orientation import (
+from organseg.data.preprocess import apply_preprocessing, ct_window_spec
+from organseg.errors import CheckpointError, ConfigError, DataError
+from organseg.imageio.orientation import (
     Reorientation,
     reorientation,
     scan_orientation,
     transposed_code,
     volume_orientation,
 )
-from organseg.data.preprocess import apply_preprocessing, ct_window_spec
-from organseg.errors import CheckpointError, ConfigError, DataError
-from organseg.evaluation.predict import expand_inputs, load_predictor, plan_cases, predict_file, predict_many
+from organseg.imageio.volumes import Geometry, read_image
 from organseg.models import create_model
+from organseg.prediction.predict import expand_inputs, load_predictor, plan_cases, predict_file, predict_many
 from synthetic_scan import RAS_STORAGE, synthetic_scan
 
 CLASSES = ["background", "liver", "spleen"]
@@ -190,7 +190,7 @@ def test_ensemble_with_tta_48_storage_orders_one_answer(world: dict, tmp_path: P
 def test_onnx_48_storage_orders_one_answer(world: dict, tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
-    from organseg.evaluation.onnx import export_onnx, load_onnx
+    from organseg.inference.onnx import export_onnx, load_onnx
 
     onnx_path = tmp_path / "net.onnx"
     meta = export_onnx(world["ckpt"], onnx_path)
@@ -221,7 +221,7 @@ def test_test_verb_48_storage_orders_one_answer(world: dict, tmp_path: Path) -> 
     """``organseg test`` on an nnU-Net folder of the 48 copies: the reader turns every case to the training
     case's orientation, the evaluation turns it to the network's; metrics and the saved label maps agree."""
     from organseg.data.nnunet import NnUNetDataset
-    from organseg.evaluation.testing import run_test
+    from organseg.evaluation.tester import run_test
 
     data = _nnunet_folder(world, tmp_path / "data")
     ds = NnUNetDataset(data, progress=False)

@@ -14,9 +14,9 @@ import pytest
 
 from organseg.cli.main import main
 from organseg.data.classes import SYNAPSE_CLASSES
-from organseg.data.io import Geometry, write_image
 from organseg.data.prepare import prepare_synapse
 from organseg.data.preprocess import ct_window_spec
+from organseg.imageio.volumes import Geometry, write_image
 from organseg.progress import PlainProgress, progress_bar
 from test_data_helpers import write_tiny_raw
 from test_eval_cli import make_run

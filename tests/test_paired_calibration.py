@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from organseg.evaluation.paired import ALPHA, paired_difference
+from organseg.study.paired import ALPHA, paired_difference
 
 STUDIES = 2000
 SUBJECTS = 60

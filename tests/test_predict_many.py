@@ -15,9 +15,9 @@ import yaml
 from organseg.checkpoint import atomic_torch_save, make_checkpoint
 from organseg.cli.main import main
 from organseg.data.classes import SYNAPSE_CLASSES
-from organseg.data.io import Geometry, read_image, write_image
 from organseg.data.preprocess import apply_preprocessing, ct_window_spec
-from organseg.evaluation.inference import averaged, predict_volume
+from organseg.imageio.volumes import Geometry, read_image, write_image
+from organseg.inference.engine import averaged, predict_volume
 from organseg.models import create_model
 
 TINY = {"img_size": 64, "embed_dim": 12, "num_heads": [1, 2, 3, 4], "window_size": 4}
@@ -267,7 +267,7 @@ def _dataset():
 
 def test_test_reports_the_ensemble_beside_its_members(world, tmp_path):
     from organseg.evaluation.evaluate import evaluate_dataset
-    from organseg.evaluation.testing import run_test
+    from organseg.evaluation.tester import run_test
 
     runs = [_run(tmp_path / f"r{s}", s) for s in (1, 2)]
     ds = _dataset()
@@ -289,7 +289,7 @@ def test_test_reports_the_ensemble_beside_its_members(world, tmp_path):
 
 
 def test_test_applies_an_official_checkpoint_with_the_dataset_classes(tmp_path):
-    from organseg.evaluation.testing import run_test
+    from organseg.evaluation.tester import run_test
 
     official = tmp_path / "epoch_149.pth"
     torch.save(_net(1).state_dict(), official)

@@ -17,8 +17,8 @@ import yaml
 from organseg.cli.main import main
 from organseg.data.phantom import write_phantom_set
 from organseg.data.prepare import prepare_synapse
-from organseg.evaluation.paired import bootstrap_mean, mean_ci
 from organseg.study.efficiency import FRACTION_FIGURE, LEARNING_FIGURE, learning_curve
+from organseg.study.paired import bootstrap_mean, mean_ci
 
 PNG = b"\x89PNG\r\n\x1a\n"
 TINY_ARGS = {"unet": {"width": 0.125}, "swin_unet": {"embed_dim": 12, "num_heads": [1, 2, 3, 4],

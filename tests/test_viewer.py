@@ -18,11 +18,11 @@ import pytest
 
 from organseg.data.base import ArrayDataset, Volume
 from organseg.data.classes import ACDC_CLASSES, SYNAPSE_CLASSES
-from organseg.data.io import Geometry, read_image
-from organseg.data.orientation import radiological_orientation
 from organseg.errors import DataError
-from organseg.evaluation.report import class_color
-from organseg.evaluation.viewer import case_metric_cells, viewer_name, write_viewer
+from organseg.imageio.orientation import radiological_orientation
+from organseg.imageio.volumes import Geometry, read_image
+from organseg.reporting.palette import class_color
+from organseg.reporting.viewer import case_metric_cells, viewer_name, write_viewer
 
 RAS = Geometry(spacing=(2.5, 0.8, 0.7), origin=(10.0, -5.0, 3.0), direction=(-1, 0, 0, 0, -1, 0, 0, 0, 1))
 
@@ -145,7 +145,7 @@ def test_bad_input_is_one_clear_error(tmp_path: Path) -> None:
 
 
 def test_organseg_test_writes_a_viewer_per_case(tmp_path: Path) -> None:
-    from organseg.evaluation.testing import run_test
+    from organseg.evaluation.tester import run_test
     from test_eval_cli import make_run
 
     rng = np.random.default_rng(0)

@@ -8,7 +8,7 @@ A checkpoint is a dict saved with ``torch.save`` and read with ``weights_only=Tr
     model_args    constructor overrides used to build it (plain data)
     class_names   list of class names, index 0 background
     preprocessing plain dict describing how raw intensities were mapped to [0, 1] (see organseg.data)
-    orientation   patient orientation code of the training arrays ("LPS", see organseg.data.orientation),
+    orientation   patient orientation code of the training arrays ("LPS", see organseg.imageio.orientation),
                   or None when the training data had none; absent in checkpoints written before it existed
     config        the resolved run configuration (plain data), may be {}
     ...           training state (optimizer, scheduler, RNG, epoch, iteration) when written by ``train``
@@ -26,9 +26,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from organseg.data.orientation import code_problem
 from organseg.errors import CheckpointError, OrgansegError
 from organseg.fileio import atomic_write, atomic_write_bytes, atomic_write_text  # noqa: F401 (earlier home)
+from organseg.imageio.orientation import code_problem
 
 FORMAT = "organseg-checkpoint/1"
 

@@ -48,7 +48,7 @@ def json_number(v: float | int | None) -> float | None:
 
 def slice_caption(display_index: int, count: int, file_index: int | None = None) -> str:
     """How every picture names a slice (viewer, report overlays, ``predict --overlay``): its number in display
-    order counted from 1 (slice 1 the most superior, see :mod:`organseg.data.orientation`) out of ``count``,
+    order counted from 1 (slice 1 the most superior, :mod:`~organseg.imageio.orientation`) out of ``count``,
     then its 0-based index along the file's slice axis, when known: ``slice 4 / 6 (file slice 2)``."""
     text = f"slice {display_index + 1} / {count}"
     return text if file_index is None else f"{text} (file slice {file_index})"

@@ -60,10 +60,11 @@ def build_base(root: Path) -> Base:
     from organseg.checkpoint import atomic_torch_save, make_checkpoint
     from organseg.cli.main import main
     from organseg.data.classes import SYNAPSE_CLASSES
-    from organseg.data.io import Geometry, atomic_write_h5, write_image
+    from organseg.data.io import atomic_write_h5
     from organseg.data.phantom import write_phantom_set
     from organseg.data.prepare import prepare_synapse
     from organseg.data.preprocess import ct_window_spec
+    from organseg.imageio.volumes import Geometry, write_image
     from organseg.models import create_model
 
     root.mkdir(parents=True, exist_ok=True)

@@ -31,7 +31,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from organseg.evaluation.onnx import export_onnx
+    from organseg.inference.onnx import export_onnx
 
     info = export_onnx(args.target, args.onnx, checkpoint=args.checkpoint)
     h, w = info["input_size"]

@@ -75,7 +75,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from organseg.evaluation.predict import expand_inputs, load_predictor, plan_cases, predict_many
+    from organseg.prediction.predict import expand_inputs, load_predictor, plan_cases, predict_many
 
     inputs = expand_inputs(args.inputs)
     cases = plan_cases(

@@ -21,7 +21,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from organseg.evaluation.report import write_report
+    from organseg.reporting.report import write_report
 
     print(f"organseg report: wrote {write_report(args.run_dir)}")
     return 0

@@ -62,7 +62,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from organseg.evaluation.testing import run_test
+    from organseg.evaluation.tester import run_test
 
     summary = run_test(
         args.target,

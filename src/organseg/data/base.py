@@ -43,7 +43,7 @@ class SegmentationDataset(ABC):
     #: where the training slices are listed (a list file or a folder), for messages about them
     train_source: str = ""
     #: the patient orientation of the (D, H, W) arrays the network trains on, as a code of
-    #: :mod:`organseg.data.orientation` ("LPS": columns toward the patient's left, rows toward posterior,
+    #: :mod:`organseg.imageio.orientation` ("LPS": columns toward the patient's left, rows toward posterior,
     #: slices toward superior); None when it is not known. Recorded in checkpoints: ``predict`` and ``test``
     #: turn every scan to it before the network sees it.
     orientation: str | None = None

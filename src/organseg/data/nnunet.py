@@ -14,7 +14,7 @@ foreground (computed once at open, or given as ``percentiles=(lo, hi)``); any ot
 z-score clipped to +-3 SD and mapped to [0, 1].
 
 Orientation: every case is turned (an exact permutation and flips of its voxels, from its direction matrix;
-see :mod:`organseg.data.orientation`) to the orientation of the first training case, so that all training
+see :mod:`organseg.imageio.orientation`) to the orientation of the first training case, so that all training
 slices share one patient orientation; then slices are taken along the axis of coarsest median spacing of the
 training cases (ties: that orientation's first array axis). :attr:`orientation` is the code of the arrays the
 network sees; ``Volume.meta`` records it with the origin and direction of the turned array (so that a label
@@ -33,16 +33,7 @@ import numpy as np
 
 from organseg.data.base import SegmentationDataset, Volume, check_disjoint_subjects
 from organseg.data.classes import unknown_ids
-from organseg.data.io import (
-    IMAGE_SUFFIXES,
-    Geometry,
-    check_finite,
-    find_duplicates,
-    grid_relation,
-    read_image,
-    read_image_info,
-)
-from organseg.data.orientation import Reorientation, reorientation, scan_orientation, transposed_code
+from organseg.data.io import check_finite, find_duplicates
 from organseg.data.preprocess import (
     SYNAPSE_WINDOW,
     apply_preprocessing,
@@ -51,6 +42,9 @@ from organseg.data.preprocess import (
 )
 from organseg.data.preprocess import percentile_spec as make_percentile_spec
 from organseg.errors import ConfigError, DataError
+from organseg.imageio.formats import IMAGE_SUFFIXES
+from organseg.imageio.orientation import Reorientation, reorientation, scan_orientation, transposed_code
+from organseg.imageio.volumes import Geometry, grid_relation, read_image, read_image_info
 from organseg.progress import progress_bar
 
 REQUIRED_KEYS = ("channel_names", "labels", "numTraining", "file_ending")

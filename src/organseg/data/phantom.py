@@ -41,9 +41,9 @@ from organseg.data.completion import (
     plan_clear,
     read_status,
 )
-from organseg.data.io import Geometry, write_image
 from organseg.errors import ConfigError, DataError
 from organseg.fileio import atomic_write_text, check_output_dir
+from organseg.imageio.volumes import Geometry, write_image
 from organseg.progress import progress_bar
 from organseg.values import POSITIVE_INT, SEED, Rule, check_value
 

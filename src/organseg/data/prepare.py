@@ -40,21 +40,14 @@ from organseg.data.completion import (
     read_status,
     require_complete,
 )
-from organseg.data.io import (
-    IMAGE_SUFFIXES,
-    Geometry,
-    atomic_write_h5,
-    atomic_write_npz,
-    check_finite,
-    grid_relation,
-    read_image_info,
-    read_sitk,
-)
+from organseg.data.io import atomic_write_h5, atomic_write_npz, check_finite
 from organseg.data.preprocess import SYNAPSE_WINDOW, apply_preprocessing, ct_window_spec
 from organseg.data.split import DEFAULT_TEST_FRACTION, decide_split, format_ids, parse_case_id
 from organseg.data.synapse import PREPARE_RECORDS, SIDECAR
 from organseg.errors import ConfigError, DataError
 from organseg.fileio import atomic_write_text, check_output, check_output_dir
+from organseg.imageio.formats import IMAGE_SUFFIXES
+from organseg.imageio.volumes import Geometry, grid_relation, read_image_info, read_sitk
 from organseg.progress import progress_bar
 
 log = logging.getLogger("organseg.data")

@@ -34,10 +34,10 @@ from organseg.data.base import SegmentationDataset, Volume, check_disjoint_subje
 from organseg.data.classes import SYNAPSE_CLASSES
 from organseg.data.completion import require_complete
 from organseg.data.io import read_h5_pair, read_list, read_npz_slice, require_files
-from organseg.data.orientation import scan_orientation
 from organseg.data.preprocess import ct_window_spec, validate_spec
 from organseg.data.slices import FileSlices, holdout
 from organseg.errors import ConfigError, DataError
+from organseg.imageio.orientation import scan_orientation
 
 SIDECAR = "organseg_synapse.json"
 PREPARE_RECORDS = ".organseg_prepare"  # prepare's per-case records (organseg.data.prepare.MARKERS)

@@ -3,7 +3,7 @@
 The reference summary is TransUNet / Swin-Unet ``test.py``: the mean over cases of each class, then the mean
 over classes (every case x class pair counts, the (1, 0) and (0, 0) edge entries included). The corrected
 summary is documented in :func:`corrected_summary`; it also carries the surface metrics NSD and ASSD
-(:func:`organseg.evaluation.metrics.surface_metrics`), which the reference protocol does not have.
+(:func:`organseg.metrics.surface_metrics`), which the reference protocol does not have.
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ from torch import nn
 
 from organseg.data.base import SegmentationDataset, Volume
 from organseg.errors import DataError
-from organseg.evaluation.inference import predict_turned, volume_turn
-from organseg.evaluation.metrics import SURFACE_METRICS, case_metrics_all
 from organseg.fileio import staged
 from organseg.formatting import json_number
+from organseg.inference.engine import predict_turned, volume_turn
+from organseg.metrics import SURFACE_METRICS, case_metrics_all
 from organseg.progress import progress_bar
 
 #: status of a (case, class) pair under the corrected protocol
@@ -348,14 +348,14 @@ def evaluate_dataset(
     """Predict every case of ``split`` and score it under both protocols.
 
     ``orientation``: the network's (its checkpoint's) orientation code. A volume whose orientation is known
-    (:func:`organseg.data.orientation.volume_orientation`) and differs is turned to it before the network
+    (:func:`organseg.imageio.orientation.volume_orientation`) and differs is turned to it before the network
     sees it and its label map turned back (exact), so predictions and metrics are on the volume's own grid.
     None gives every volume as stored.
 
     ``on_case(volume, prediction, reference_metrics)`` is called after each case (for saving NIfTI files or
     picking report slices) so predictions need not stay in memory. ``max_cases`` keeps the first N cases.
     ``nsd_tolerance_mm``: the NSD tolerance, one value or one per foreground class (default
-    :data:`organseg.evaluation.metrics.DEFAULT_NSD_TOLERANCE_MM`).
+    :data:`organseg.metrics.DEFAULT_NSD_TOLERANCE_MM`).
     """
     case_ids = dataset.case_ids(split)
     if max_cases is not None:
@@ -363,7 +363,7 @@ def evaluate_dataset(
     if not case_ids:
         raise DataError(f"{getattr(dataset, 'root', dataset.name)}: the {split!r} split has no cases")
     num_classes = dataset.num_classes
-    from organseg.evaluation.metrics import _tolerances
+    from organseg.metrics import _tolerances
 
     tolerances = _tolerances(nsd_tolerance_mm, num_classes)  # a bad value fails before any prediction
     ref, corr, pres, spacings, surf, slices = [], [], [], [], [], []

@@ -3,7 +3,7 @@
 A study is a grid: every model x seed x value of every swept ``--set key=v1,v2``. Each grid point is an
 ordinary run folder (:class:`organseg.run.RunDir`) under ``OUT/runs/`` with a stable name
 (``swin_unet__seed1234__base_lr0.05``), trained with :func:`organseg.training.train` and tested with
-:func:`organseg.evaluation.testing.run_test` (both metric protocols). Runs trained anywhere (``organseg train
+:func:`organseg.evaluation.tester.run_test` (both metric protocols). Runs trained anywhere (``organseg train
 ... --out OUT/runs/NAME`` then ``organseg test OUT/runs/NAME --checkpoint last``) are aggregated with
 ``compare --collect``.
 

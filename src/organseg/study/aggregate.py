@@ -20,9 +20,9 @@ import numpy as np
 
 from organseg import __version__
 from organseg.errors import DataError
-from organseg.evaluation.metrics import PROTOCOLS
 from organseg.fileio import check_output_dir
 from organseg.formatting import fmt_value
+from organseg.metrics import PROTOCOLS
 from organseg.run import STUDY_RUNS, ResultsDir, RunDir
 from organseg.study.efficiency import add_efficiency
 from organseg.study.figures import write_figures
@@ -75,7 +75,7 @@ def pool_folds(out: Path, runs: Sequence[RunResult], split: str) -> tuple[list[R
     cases), so the tables and paired statistics count each subject once, predicted by the fold model that
     never saw it. Runs without ``data.fold`` pass through. Returns the runs and notes (missing folds)."""
     from organseg.evaluation.evaluate import EvaluationResult
-    from organseg.evaluation.paired import read_per_case
+    from organseg.study.paired import read_per_case
 
     plain = [r for r in runs if r.fold is None]
     by_key: dict[tuple[str, str, int], list[RunResult]] = {}
@@ -414,7 +414,7 @@ def _groups(
 
 def _published(kind: str | None, baseline: str, model_order: Sequence[str]) -> dict[str, Any] | None:
     """The paper's rows for this dataset, with their relative HD95 change against the baseline's row."""
-    from organseg.evaluation.tables import PUBLISHED
+    from organseg.reporting.tables import PUBLISHED
 
     published = PUBLISHED.get(kind) if kind else None
     if not published:
@@ -431,7 +431,7 @@ def _published(kind: str | None, baseline: str, model_order: Sequence[str]) -> d
 
 
 def _costs(groups: Sequence[dict[str, Any]], runs: Sequence[RunResult], n_classes: int) -> list[dict]:
-    from organseg.evaluation.cost import group_cost, run_cost
+    from organseg.study.cost import group_cost, run_cost
 
     by_name = {r.name: r for r in runs}
 
@@ -467,8 +467,8 @@ def collect(
     ``split``: default ``test``, or ``val`` (each fold's held-out subjects) for a cross-validation study,
     whose fold runs are pooled (:func:`pool_folds`).
     """
-    from organseg.evaluation.paired import study_paired
-    from organseg.evaluation.tables import columns, dataset_kind
+    from organseg.reporting.tables import columns, dataset_kind
+    from organseg.study.paired import study_paired
     out = check_output_dir(out)
     dirs = [Path(d) for d in run_dirs] if run_dirs is not None else find_runs(out)
     if not dirs:

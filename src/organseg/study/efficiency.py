@@ -8,7 +8,7 @@ Two figures beside ``comparison.md`` (linked from its Figures section), both rea
     value of any other swept key) against the fraction, in both metric protocols, with its 95 % bootstrap
     interval as a band. The point is the number of the comparison tables (the mean over organs of the
     per-organ mean over the test cases, averaged over seeds); the band comes from
-    :func:`organseg.evaluation.paired.mean_ci` on the runs' ``per_case.json`` (cases, and seeds when there
+    :func:`organseg.study.paired.mean_ci` on the runs' ``per_case.json`` (cases, and seeds when there
     are several, resampled; seeded), so it holds the case-to-case and the run-to-run variation.
 ``comparison_learning.png``
     Drawn when any run has validation records: each run's validation mean DSC (the ``"val"`` records of its
@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 
 from organseg.errors import DataError
-from organseg.evaluation.metrics import PROTOCOLS
 from organseg.formatting import fmt_value
+from organseg.metrics import PROTOCOLS
 from organseg.run import RunDir
 from organseg.study.grid import evaluated_on
 
@@ -56,7 +56,7 @@ def fraction_curves(
     (the figure's legend entry), ``fraction``, ``protocol``, ``seeds``, ``mean``, ``ci_low``, ``ci_high``
     (DSC as a fraction) and ``cases``. Empty when the fraction is not swept. A group whose runs lack
     ``per_case.json`` (results of an older organseg) gets its mean from the tables and no interval."""
-    from organseg.evaluation.paired import (
+    from organseg.study.paired import (
         DEFAULT_RESAMPLES,
         DEFAULT_SEED,
         mean_ci,
@@ -256,7 +256,7 @@ def add_efficiency(
     """Write the data-efficiency figures of the study ``c`` (the comparison dict) into ``out``, add them to
     ``c["figures"]`` (so ``comparison.md`` links them) and their numbers to ``c["efficiency"]``. Returns the
     figures written ({title: file name}). Bootstrap settings default to the paired statistics' own."""
-    from organseg.evaluation.paired import DEFAULT_RESAMPLES, DEFAULT_SEED
+    from organseg.study.paired import DEFAULT_RESAMPLES, DEFAULT_SEED
 
     out = Path(out)
     settings = {

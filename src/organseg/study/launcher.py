@@ -131,7 +131,7 @@ class GridPointJob:
 
     def __call__(self) -> dict[str, str]:
         from organseg.data import open_dataset
-        from organseg.evaluation.testing import run_test
+        from organseg.evaluation.tester import run_test
         from organseg.study.runner import _fresh_results, run_state
         from organseg.training import train
         from organseg.training.loop import TrainingDiverged

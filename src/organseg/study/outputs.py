@@ -4,7 +4,7 @@
 
 ``comparison.md`` holds a verdict from the numbers, paper-format tables (mean ± std over seeds), the published
 rows, paired statistics per protocol, the HD95 change, the sweep table and the cost table. The paired
-statistics (:mod:`organseg.evaluation.paired`) and the cost table (:mod:`organseg.evaluation.cost`) are
+statistics (:mod:`organseg.study.paired`) and the cost table (:mod:`organseg.study.cost`) are
 computed and written there; this module places them.
 """
 
@@ -17,9 +17,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from organseg.evaluation.metrics import PROTOCOLS
 from organseg.fileio import atomic_write_text
 from organseg.formatting import MISSING, fmt_value, num, pm, signed_pct
+from organseg.metrics import PROTOCOLS
 from organseg.study.grid import evaluated_on, freeze
 
 Lines = list[str]
@@ -82,7 +82,7 @@ def _header(c: dict[str, Any]) -> Lines:
 
 def _verdict(c: dict[str, Any]) -> Lines:
     # Imported here: scipy.stats (under paired) costs the CLI's start-up a noticeable moment.
-    from organseg.evaluation.paired import verdict_markdown
+    from organseg.study.paired import verdict_markdown
 
     lines = verdict_markdown(c.get("paired") or [], c.get("cost") or [], c.get("paired_settings") or {})
     cond = conditions_markdown(c)
@@ -181,7 +181,7 @@ def _folds(c: dict[str, Any]) -> Lines:
 def _protocol_section(c: dict[str, Any], p: str) -> Lines:
     """One protocol: DSC table (with the published rows under the reference protocol), per-organ HD95,
     surface metrics (corrected), paired statistics."""
-    from organseg.evaluation.paired import paired_markdown
+    from organseg.study.paired import paired_markdown
 
     titles = c["dataset"]["columns"]
     pub = c.get("published")
@@ -285,7 +285,7 @@ def _sweep(c: dict[str, Any]) -> Lines:
 
 
 def _cost(c: dict[str, Any]) -> Lines:
-    from organseg.evaluation.cost import cost_markdown
+    from organseg.study.cost import cost_markdown
 
     return cost_markdown(c.get("cost") or [])
 

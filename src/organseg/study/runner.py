@@ -119,7 +119,7 @@ class _Study:
                 self.test(plan)
 
     def test(self, plan: PlannedRun) -> None:
-        from organseg.evaluation.testing import run_test
+        from organseg.evaluation.tester import run_test
 
         o = self.opts
         run = self.run_dir(plan)
@@ -204,7 +204,7 @@ def run_study(
     """
     from organseg.data import open_dataset
     from organseg.data.detect import layout_options
-    from organseg.evaluation.tables import dataset_kind
+    from organseg.reporting.tables import dataset_kind
     from organseg.training.loop import check_network
 
     check_value("--jobs", jobs, WORKERS)

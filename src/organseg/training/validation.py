@@ -13,8 +13,8 @@ import torch.distributed as dist
 from torch import nn
 
 from organseg.data.base import SegmentationDataset
-from organseg.evaluation.inference import predict_turned, volume_turn
-from organseg.evaluation.metrics import case_metrics
+from organseg.inference.engine import predict_turned, volume_turn
+from organseg.metrics import case_metrics
 from organseg.training.distributed import DistEnv
 
 

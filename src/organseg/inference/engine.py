@@ -35,9 +35,9 @@ import torch
 from scipy.ndimage import zoom
 from torch import nn
 
-from organseg.data.orientation import Reorientation, reorientation, volume_orientation
 from organseg.device import resolve_device
 from organseg.errors import ConfigError
+from organseg.imageio.orientation import Reorientation, reorientation, volume_orientation
 from organseg.models.layout import is_channels_last, prefers_channels_last, set_channels_last
 from organseg.precision import autocast as autocast_context
 from organseg.progress import progress_bar
@@ -312,8 +312,8 @@ def _batched(
 
 def volume_turn(meta: dict, orientation: str | None, source: str = "volume") -> Reorientation | None:
     """The turn that brings an evaluation volume (its ``meta``, see
-    :func:`organseg.data.orientation.volume_orientation`) to the network's ``orientation``; None when either
-    is unknown: the array then goes in as stored, as before checkpoints recorded an orientation."""
+    :func:`~organseg.imageio.orientation.volume_orientation`) to the network's ``orientation``; None when
+    either is unknown: the array then goes in as stored, as before checkpoints recorded an orientation."""
     code = volume_orientation(meta, source)
     if code is None or orientation is None:
         return None

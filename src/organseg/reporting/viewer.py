@@ -3,12 +3,12 @@
 The page holds everything it shows: the image as one JPEG per slice (8-bit after windowing; display only),
 the prediction and the ground truth as exact label maps (zlib-compressed bytes that the browser inflates
 with its built-in ``DecompressionStream``), the class names and colours (those of the overlay PNGs, from
-:func:`organseg.evaluation.report.class_color`) and a table of per-class volumes and metrics. No server, no
+:func:`organseg.reporting.palette.class_color`) and a table of per-class volumes and metrics. No server, no
 network, no external script or font: it works from ``file://`` and can be mailed as an attachment.
 
 Slices are shown in radiological orientation from the volume's direction matrix (anterior up, the patient's
-right on the viewer's left, slice 1 the most superior: :mod:`organseg.data.orientation`); a volume without a
-direction matrix is shown in its array order, and the page says so.
+right on the viewer's left, slice 1 the most superior: :mod:`~organseg.imageio.orientation`); a volume
+without a direction matrix is shown in its array order, and the page says so.
 
 Size: about 35 kB per 512 x 512 slice (JPEG quality 85) plus base64's third, so a 100-slice CT is ~5 MB. A
 volume over ``max_voxels`` is shown subsampled (every n-th pixel in-plane, then every m-th slice) with a note
@@ -29,15 +29,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from organseg.data.orientation import radiological_orientation
 from organseg.errors import DataError
 from organseg.fileio import atomic_write_text
 from organseg.formatting import json_number
+from organseg.imageio.orientation import radiological_orientation
 from organseg.run import ResultsDir
 
 if TYPE_CHECKING:
     from organseg.data.base import Volume
-    from organseg.data.io import Geometry
+    from organseg.imageio.volumes import Geometry
 
 #: the largest volume embedded at full resolution: 192 slices of 512 x 512 (about 9 MB of HTML)
 MAX_VOXELS = 192 * 512 * 512
@@ -130,7 +130,7 @@ def _class_table(
 ) -> tuple[list[str], list[dict[str, Any]]]:
     """(metric columns, one row per class shown): the table comes from the full-resolution arrays, before
     any subsampling for display."""
-    from organseg.evaluation.report import class_color
+    from organseg.reporting.palette import class_color
 
     n_classes = max([len(class_names or ())] + [int(a.max(initial=0)) + 1 for a in maps.values()])
     names = list(class_names or ["background"])
@@ -251,7 +251,7 @@ def viewer_name(case_id: str) -> str:
 def volume_geometry(volume: Volume) -> Geometry | None:
     """The :class:`Geometry` of an evaluation volume when it knows its direction matrix, else None (the
     page then shows the array order rather than guess an orientation)."""
-    from organseg.data.io import Geometry
+    from organseg.imageio.volumes import Geometry
 
     return Geometry.of_volume(volume) if volume.meta.get("direction") is not None else None
 

@@ -3,13 +3,13 @@
 The raw intensities are mapped with the preprocessing recorded in the checkpoint (e.g. the Synapse CT
 window [-125, 275] HU -> [0, 1]); the scan is turned to the orientation the checkpoint records (the training
 slices'; an exact permutation and flips of the voxels from the scan's direction matrix, see
-:mod:`organseg.data.orientation`), its slices go through :func:`predict_volume` exactly as in the test
+:mod:`organseg.imageio.orientation`), its slices go through :func:`predict_volume` exactly as in the test
 protocol, and the label map is turned back and written with the input's size, spacing, origin and direction.
 A checkpoint without an orientation (trained on data without one, or written before checkpoints recorded it)
 gets the scan's voxel order as stored, slices along the axial axis, and a note says so. There is no
 resampling, as in the reference: each slice is zoomed to the network size and back.
 
-Many scans per call: the network (or the ensemble, see :mod:`organseg.evaluation.sources`) is built once and
+Many scans per call: the network (or the ensemble, see :mod:`organseg.inference.sources`) is built once and
 each case is written on its own. A case is complete when all its files exist; the JSON sidecar is written
 last, together with the label map (both or neither), after the DICOM-SEG, the viewer page and the overlay. A
 case that fails leaves none of the files it wrote and does not stop the others; a complete case is skipped
@@ -30,11 +30,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from organseg.data.orientation import Reorientation, reorientation, scan_orientation
 from organseg.device import resolve_device
 from organseg.errors import ConfigError, DataError, OrgansegError
-from organseg.evaluation.inference import predict_turned
-from organseg.evaluation.runs import checkpoint_patch_size
 from organseg.fileio import (
     check_distinct,
     check_output,
@@ -43,10 +40,13 @@ from organseg.fileio import (
     file_sha256,
     staged,
 )
+from organseg.imageio.orientation import Reorientation, reorientation, scan_orientation
+from organseg.inference.engine import predict_turned
+from organseg.inference.targets import checkpoint_patch_size
 from organseg.values import POSITIVE_INT, check_value
 
 if TYPE_CHECKING:
-    from organseg.data.io import Geometry
+    from organseg.imageio.volumes import Geometry
 
 _OUT_SUFFIXES = (".nii.gz", ".nii", ".mha", ".nrrd")
 FORMATS = ("nifti", "dicom-seg", "both")
@@ -140,7 +140,7 @@ def load_predictor(
 ) -> Predictor:
     """Build the network(s) once for any number of cases; every setting is checked here, before any scan."""
     from organseg.checkpoint import model_from_checkpoint
-    from organseg.evaluation.sources import (
+    from organseg.inference.sources import (
         class_count,
         combined,
         load_members,
@@ -158,7 +158,7 @@ def load_predictor(
         orientation, orientation_notes = network_orientation([ckpt], sources)
     else:
         members = load_members([checkpoint, *ensemble], dev, models=models)
-        from organseg.evaluation.onnx import OnnxModel
+        from organseg.inference.onnx import OnnxModel
 
         if precision != "fp32" and any(isinstance(m.model, OnnxModel) for m in members):
             raise ConfigError(f"--precision {precision}: ONNX models run in fp32; use the PyTorch checkpoint")
@@ -220,8 +220,8 @@ class Case:
 def expand_inputs(items: Sequence[str | Path]) -> list[Path]:
     """Files, DICOM series folders, folders of scans (their image files and DICOM series subfolders) and
     glob patterns, in the order given (a folder's scans sorted by name)."""
-    from organseg.data.dicom import is_dicom_folder
-    from organseg.data.io import IMAGE_SUFFIXES
+    from organseg.imageio.dicom import is_dicom_folder
+    from organseg.imageio.formats import IMAGE_SUFFIXES
 
     found: list[Path] = []
     for item in items:
@@ -254,7 +254,7 @@ def _export_series(path: Path) -> list[tuple[str, str]]:
     one case, named ``EXPORT_sN`` by its SeriesNumber (``EXPORT_K`` by its place when numbers are missing
     or repeated). One series keeps the export's name; a damaged export stays one case, which then fails with
     the reader's message."""
-    from organseg.data.dicom import find_series
+    from organseg.imageio.dicom import find_series
 
     try:
         found = find_series(path)
@@ -282,7 +282,7 @@ def plan_cases(
 
     A DICOM media export (a DICOMDIR folder) given without ``series`` is one case per series it holds
     (:func:`_export_series`); with ``series`` (a UID or a SeriesDescription) it is one case, that series."""
-    from organseg.data.dicom import is_media_export
+    from organseg.imageio.dicom import is_media_export
 
     if formats not in FORMATS:
         raise ConfigError(f"--format {formats!r}: expected one of {', '.join(FORMATS)}")
@@ -370,15 +370,15 @@ def _write_views(
     as it exists (so that a failure later removes it) and named in ``info``."""
     input_path, names = case.input, predictor.class_names
     if case.dicom_seg is not None and not pred.any():
-        from organseg.evaluation.dicomseg import NO_SEGMENT
+        from organseg.prediction.dicomseg import NO_SEGMENT
 
         # An empty prediction is a result (no organ found), not a failure: the label map and the JSON are
         # still written, and the JSON says why there is no DICOM-SEG.
         info["dicom_seg"] = {"path": None, "written": False, "reason": NO_SEGMENT}
     elif case.dicom_seg is not None:
         from organseg import __version__
-        from organseg.data.dicom import dicom_series_files
-        from organseg.evaluation.dicomseg import write_dicom_seg
+        from organseg.imageio.dicom import dicom_series_files
+        from organseg.prediction.dicomseg import write_dicom_seg
 
         params = {
             "network": str(predictor.ckpt.get("model_name")),
@@ -393,13 +393,13 @@ def _write_views(
         info["dicom_seg"]["written"] = True
         written.append(case.dicom_seg)
     if case.viewer is not None:
-        from organseg.evaluation.viewer import write_viewer
+        from organseg.reporting.viewer import write_viewer
 
         write_viewer(case.viewer, image, label=pred, geometry=geometry, class_names=names, title=case.name)
         written.append(case.viewer)
         info["viewer"] = str(case.viewer)
     if case.overlay is not None:
-        from organseg.evaluation.report import plot_prediction
+        from organseg.reporting.report import plot_prediction
 
         plot_prediction(image, pred, names, case.overlay, geometry=geometry, title=Path(input_path).name)
         written.append(case.overlay)
@@ -414,7 +414,8 @@ def scan_turn(
 
     With the network's ``orientation`` code: the scan's nearest orientation code from its direction matrix
     and the exact permutation and flips to ``orientation``; an oblique scan (tilted by more than
-    :data:`~organseg.data.orientation.OBLIQUE_DEGREES`) gets a warning naming the tilt, and one 45 degrees or
+    :data:`~organseg.imageio.orientation.OBLIQUE_DEGREES`) gets a warning naming its tilt, and one 45
+    degrees or
     more from the patient axes, or with a sheared direction matrix, is refused (DataError naming ``source``).
     Without (None): the array as stored with its axial axis first (the axis closest to head-foot), as
     before checkpoints recorded an orientation."""
@@ -439,8 +440,8 @@ def predict_case(predictor: Predictor, case: Case, *, series_uid: str | None = N
                  ) -> dict[str, Any]:  # fmt: skip
     """Predict one scan and write its files; returns the sidecar's content. On any failure the files this
     call wrote are removed again, so the case is left without a sidecar: not done, redone by the next call."""
-    from organseg.data.io import read_image, read_nifti_transform, write_image
     from organseg.data.preprocess import apply_preprocessing
+    from organseg.imageio.volumes import read_image, read_nifti_transform, write_image
 
     input_path = case.input
     series_uid = case.series if case.series is not None else series_uid

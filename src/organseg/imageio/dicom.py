@@ -4,8 +4,8 @@ GDCM (through SimpleITK) groups a folder's files by SeriesInstanceUID and sorts 
 files it cannot parse and stacks whatever it finds, reporting the mean spacing; a missing slice would then
 shift every later slice without a word. Here every file of the folder must be a readable slice of the
 series, and the slices must share one orientation, matrix and pixel spacing and sit evenly spaced along the
-slice normal with no gap and no duplicate. :func:`organseg.data.io.read_image` reads a series folder in the
-order :func:`dicom_series_files` returns.
+slice normal with no gap and no duplicate. :func:`~organseg.imageio.volumes.read_image` reads a series
+folder in the order :func:`dicom_series_files` returns.
 
 Two more shapes of input are read the same way. A folder holding several series is listed series by series
 (SeriesInstanceUID, SeriesDescription, file count) and one is picked by UID or by description
@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from organseg.data.io import IMAGE_SUFFIXES, describe_itk_error
 from organseg.errors import DataError
+from organseg.imageio.formats import IMAGE_SUFFIXES, describe_itk_error
 
 _DICOMDIR = "DICOMDIR"  # the standard index file of a DICOM export: DICOM, but not a slice
 

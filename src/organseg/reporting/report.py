@@ -19,37 +19,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from organseg.data.base import Volume
-from organseg.data.orientation import radiological_orientation
 from organseg.errors import DataError
-from organseg.evaluation.tables import PUBLISHED, columns, dataset_kind, results_table
 from organseg.fileio import atomic_write_bytes, atomic_write_text, check_output_dir, check_output_file
 from organseg.formatting import plot_value, pyplot, save_figure, slice_caption
+from organseg.imageio.orientation import radiological_orientation
+from organseg.reporting.palette import class_color, colorize
+from organseg.reporting.tables import PUBLISHED, columns, dataset_kind, results_table
 from organseg.run import ResultsDir, RunDir, read_test_summary
 
 if TYPE_CHECKING:
-    from organseg.data.io import Geometry
-
-# Distinct colours (RGB 0..1) for classes 1..; background is transparent.
-PALETTE: tuple[tuple[float, float, float], ...] = (
-    (0.90, 0.10, 0.10), (0.10, 0.60, 0.95), (0.15, 0.80, 0.25), (1.00, 0.80, 0.00), (0.70, 0.30, 0.90),
-    (1.00, 0.50, 0.05), (0.00, 0.85, 0.85), (0.95, 0.35, 0.70), (0.55, 0.35, 0.15), (0.60, 0.80, 0.20),
-    (0.30, 0.30, 0.95), (0.95, 0.60, 0.60),
-)  # fmt: skip
-
-OVERLAY_FILE = ResultsDir.OVERLAYS
-
-
-def class_color(index: int) -> tuple[float, float, float]:
-    return PALETTE[(index - 1) % len(PALETTE)]
-
-
-def colorize(labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """(H, W) labels -> (H, W, 4) RGBA, background transparent."""
-    lut = np.zeros((max(num_classes, int(labels.max()) + 1), 4))
-    for c in range(1, lut.shape[0]):
-        lut[c] = (*class_color(c), 1.0)
-    return lut[labels]
-
+    from organseg.imageio.volumes import Geometry
 
 class OverlayCollector:
     """``on_case`` callback for :func:`~organseg.evaluation.evaluate.evaluate_dataset`: keeps, per case, the
@@ -59,7 +38,7 @@ class OverlayCollector:
         self.items: list[dict[str, Any]] = []
 
     def __call__(self, volume: Volume, prediction: np.ndarray, reference_metrics: np.ndarray) -> None:
-        # Slices are kept as radiologists view them (see organseg.data.orientation); "z" is the slice's index
+        # Slices are kept as radiologists view them (imageio.orientation); "z" is the slice's index
         # in that display order, which is the array index when the volume has no direction matrix, "file_z"
         # its index along the file's slice axis and "count" the number of slices (the viewer's caption).
         orient = radiological_orientation(volume.meta.get("direction"))
@@ -187,7 +166,7 @@ def plot_prediction(
 
     ``image`` (in [0, 1]) and ``pred`` are (D, H, W) in the file's own order; with ``geometry`` the slices are
     shown in radiological orientation (anterior up, patient's right on the left, see
-    :mod:`organseg.data.orientation`) and with the true pixel aspect, whatever order the file stores.
+    :mod:`organseg.imageio.orientation`) and with the true pixel aspect, whatever order the file stores.
     Each title names its slice as every picture does (:func:`organseg.formatting.slice_caption`): the number
     in that display order from 1 (superior first). The index in the file is left out here, so that every
     voxel order of one scan draws the same picture (the viewer gives it).
@@ -312,8 +291,8 @@ def _model_name(root: Path, summary: dict[str, Any]) -> str | None:
 def _viewer_links(root: Path, folder: Path) -> list[str]:
     """Markdown links to the cases' HTML viewer pages that ``organseg test`` wrote (cases of this result
     only, in per_case.json's order; pages of an earlier run in the same folder are not listed)."""
-    from organseg.evaluation.viewer import VIEWER_DIR, viewer_name
     from organseg.fileio import read_json
+    from organseg.reporting.viewer import VIEWER_DIR, viewer_name
 
     per_case = ResultsDir(folder).file(ResultsDir.PER_CASE_JSON)
     if not (folder / VIEWER_DIR).is_dir() or not per_case.is_file():

@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from organseg.data.io import Geometry
 from organseg.errors import ConfigError, DataError
+from organseg.imageio.volumes import Geometry
 
 # SNOMED CT codes (value, meaning) of the organs organseg's datasets name, plus a laterality modifier.
 _ANATOMY: dict[str, tuple[str, str, str | None]] = {
@@ -166,7 +166,7 @@ def _segment_descriptions(
     from pydicom.sr.codedict import codes
 
     from organseg import __version__
-    from organseg.evaluation.report import class_color
+    from organseg.reporting.palette import class_color
 
     alg = hd.AlgorithmIdentificationSequence(
         name=algorithm.get("name", "organseg"),

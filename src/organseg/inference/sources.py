@@ -3,7 +3,7 @@
 A source is a checkpoint file (organseg's, or one written by the official Swin-Unet trainer), an ONNX model
 from ``organseg export``, a run folder (its best checkpoint, else last), or an ``organseg compare`` study
 folder (every run in ``runs/``, optionally only some networks). Several sources are averaged in softmax
-space (:class:`~organseg.evaluation.inference.SoftmaxAverage`); the members must agree on the classes, the
+space (:class:`~organseg.inference.engine.SoftmaxAverage`); the members must agree on the classes, the
 intensity preprocessing and the input size, since one image goes through all of them.
 
 An official Swin-Unet checkpoint records neither its class names nor how intensities were mapped. ``test``
@@ -33,8 +33,8 @@ from organseg.checkpoint import (
 )
 from organseg.data.synapse import TRANSUNET_ORIENTATION
 from organseg.errors import CheckpointError, ConfigError
-from organseg.evaluation.inference import averaged
-from organseg.evaluation.runs import RunTarget, checkpoint_patch_size, resolve_target
+from organseg.inference.engine import averaged
+from organseg.inference.targets import RunTarget, checkpoint_patch_size, resolve_target
 from organseg.run import STUDY_RUNS, RunDir
 
 
@@ -79,7 +79,7 @@ def expand_source(
 
 def load_member(target: RunTarget, device: torch.device) -> Member:
     """Build one source's network on ``device`` (an ONNX model runs on the CPU through ONNX Runtime)."""
-    from organseg.evaluation.onnx import is_onnx_path, load_onnx
+    from organseg.inference.onnx import is_onnx_path, load_onnx
 
     path = target.checkpoint_path
     if is_onnx_path(path):

@@ -36,8 +36,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from organseg.data.io import Geometry
 from organseg.errors import DataError
+from organseg.imageio.volumes import Geometry
 
 #: The letters of each LPS patient axis (x, y, z): (toward its negative end, toward its positive end).
 AXIS_LETTERS = (("R", "L"), ("A", "P"), ("I", "S"))
@@ -88,7 +88,7 @@ def _fmt_direction(d: np.ndarray) -> str:
 
 def scan_orientation(direction: Sequence[float], source: str = "image") -> ScanOrientation:
     """The orientation code of a 3x3 direction matrix (row-major, one column per image axis x, y, z, LPS
-    patient coordinates, as :class:`~organseg.data.io.Geometry` holds it) and its tilt.
+    patient coordinates, as :class:`~organseg.imageio.volumes.Geometry` holds it) and its tilt.
 
     Each image axis is matched to the patient axis with the largest |cosine|; the sign says which way it runs.
     Raises DataError naming ``source`` when the matrix is not 9 finite numbers, not orthonormal (columns off

@@ -13,11 +13,11 @@ from organseg.data.base import SegmentationDataset, Volume
 from organseg.device import resolve_device
 from organseg.errors import DataError
 from organseg.evaluation.evaluate import evaluate_dataset
-from organseg.evaluation.report import OverlayCollector, write_report
-from organseg.evaluation.runs import RunTarget, checkpoint_patch_size, results_dir
-from organseg.evaluation.tables import results_table
-from organseg.evaluation.viewer import VIEWER_DIR, CaseViewers, chain
 from organseg.fileio import check_output, check_output_dir, check_output_file
+from organseg.inference.targets import RunTarget, checkpoint_patch_size, results_dir
+from organseg.reporting.report import OverlayCollector, write_report
+from organseg.reporting.tables import results_table
+from organseg.reporting.viewer import VIEWER_DIR, CaseViewers, chain
 from organseg.run import ResultsDir, RunDir
 from organseg.values import OPTIONAL_POSITIVE_INT, POSITIVE_INT, check_value
 
@@ -38,7 +38,7 @@ def _open_dataset(
 
 def _nifti_writer(folder: Path, collector: OverlayCollector):
     """on_case callback: the reference's ``{case}_img/_pred/_gt.nii.gz``, with the case's real geometry."""
-    from organseg.data.io import Geometry, write_image
+    from organseg.imageio.volumes import Geometry, write_image
 
     def on_case(vol: Volume, pred: np.ndarray, metrics: np.ndarray) -> None:
         collector(vol, pred, metrics)
@@ -82,7 +82,7 @@ def run_test(
     write it), then the softmax average is tested into ``<split>_<checkpoint>_ensembleN[_tta]`` beside the
     first member's results (or ``out``); the summary's ``members`` and ``table`` give the members beside it.
     """
-    from organseg.evaluation.sources import combined, expand_source, load_members, network_orientation
+    from organseg.inference.sources import combined, expand_source, load_members, network_orientation
 
     check_value("--batch-size", batch_size, POSITIVE_INT)
     check_value("--max-cases", max_cases, OPTIONAL_POSITIVE_INT)
@@ -158,7 +158,7 @@ def _check_classes(tgt: RunTarget, ckpt: dict[str, Any], dataset: SegmentationDa
             f"{getattr(dataset, 'root', dataset.name)} has {list(dataset.class_names)}"
         )
     if not names:  # an official checkpoint: the dataset names the classes; the head must count as many
-        from organseg.evaluation.sources import class_count
+        from organseg.inference.sources import class_count
 
         if class_count(ckpt) != dataset.num_classes:
             raise DataError(
@@ -217,8 +217,8 @@ def _test_one(
 ) -> dict[str, Any]:
     """One network (``tgt``'s checkpoint, or ``model`` with ``ckpt``'s fields) on ``split`` (of the whole
     dataset, not the checkpoint's fold, with ``whole``). ``orientation``: the network's orientation code and
-    notes (:func:`organseg.evaluation.sources.network_orientation`), by default ``ckpt``'s."""
-    from organseg.evaluation.sources import load_member, network_orientation
+    notes (:func:`organseg.inference.sources.network_orientation`), by default ``ckpt``'s."""
+    from organseg.inference.sources import load_member, network_orientation
 
     dev = resolve_device(device)
     if model is None:

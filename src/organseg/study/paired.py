@@ -51,8 +51,8 @@ import numpy as np
 from scipy import stats
 
 from organseg.errors import DataError
-from organseg.evaluation.cost import duration
 from organseg.formatting import MISSING, json_number, num
+from organseg.study.cost import duration
 
 DEFAULT_RESAMPLES = 10_000
 DEFAULT_SEED = 0

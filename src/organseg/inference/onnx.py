@@ -9,7 +9,8 @@ Deployments often have no PyTorch; an ONNX file and ONNX Runtime are enough ther
 * ``metadata_props``, each value a JSON string (``json.loads`` it): ``organseg_format``
   (``"organseg-onnx/1"``), ``organseg_version``, ``model_name``, ``model_args``, ``class_names``,
   ``preprocessing`` (the spec of :func:`organseg.data.preprocess.apply_preprocessing`), ``orientation`` (the
-  patient orientation code of the training slices, see :mod:`organseg.data.orientation`, or null; absent when
+  patient orientation code of the training slices, see :mod:`~organseg.imageio.orientation`, or null;
+  absent when
   the checkpoint predates it), ``input_size`` ([H, W]), ``source_checkpoint`` (file name and sha256),
   ``export_check`` (the largest logit difference between ONNX Runtime and PyTorch measured at export),
   ``torch_version``.
@@ -23,7 +24,7 @@ floats, slow on x86 in ONNX Runtime too). Every export is checked: ONNX Runtime 
 the same random batch must agree to 1e-4 (relative to the logit size), else nothing is written.
 
 :class:`OnnxModel` wraps an ``onnxruntime.InferenceSession`` in an ``nn.Module`` without parameters, so
-:func:`organseg.evaluation.inference.predict_volume` calls it like the torch network; :func:`load_onnx`
+:func:`organseg.inference.engine.predict_volume` calls it like the torch network; :func:`load_onnx`
 returns it with an info dict shaped like a checkpoint dict (``model_name``, ``class_names``,
 ``preprocessing``, ``config.train.img_size``), so code that reads those fields reads either.
 """
@@ -222,7 +223,7 @@ def export_onnx(
     random batch of ``check_batch`` slices before anything is written. Returns the metadata (decoded) plus
     ``path`` and ``bytes``."""
     from organseg.checkpoint import model_from_checkpoint, read_checkpoint
-    from organseg.evaluation.runs import checkpoint_patch_size, resolve_target
+    from organseg.inference.targets import checkpoint_patch_size, resolve_target
 
     _require("onnx", "onnxscript", "onnxruntime")
     if not _torch_supports_export():
