@@ -7,6 +7,8 @@ import pytest
 import torch
 from torch import nn
 
+from organseg.evaluation.tester import members_table
+from organseg.formatting import MISSING
 from organseg.inference.engine import MIRROR_FLIPS, SoftmaxAverage, averaged, predict_volume
 from organseg.models import create_model
 from organseg.models.unet import UNet
@@ -104,3 +106,19 @@ def test_bf16_ensemble_switches_each_unet_to_channels_last_and_back() -> None:
     pred = predict_volume(averaged([a, b], tta=True), image, patch_size=S, precision="bf16")
     assert pred.shape == image.shape
     assert not a.is_channels_last and not b.is_channels_last
+
+
+def test_members_table_writes_a_missing_corrected_hd95_as_missing() -> None:
+    # An organ missed in every case leaves the corrected mean HD95 undefined (None in summary.json): the
+    # table of an ensemble or TTA test must say so, not crash on the number format.
+    def summary(dice: float, hd95: float | None) -> dict:
+        return {
+            "checkpoint": "a.pt",
+            "reference": {"mean_dice": dice, "mean_hd95": 12.5, "hd95_unit": "voxel"},
+            "corrected": {"mean_dice": dice, "mean_hd95": hd95, "hd95_unit": "mm"},
+        }
+
+    table = members_table({**summary(0.5, None), "tta": True}, [summary(0.8123, None)])
+    member, ensemble = table.splitlines()[2:]
+    assert member == f"| member 1: a.pt | 81.23 | 12.50 | 81.23 | {MISSING} |"
+    assert ensemble == f"| **the network + mirror TTA** | 50.00 | 12.50 | 50.00 | {MISSING} |"

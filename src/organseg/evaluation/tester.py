@@ -14,6 +14,7 @@ from organseg.device import resolve_device
 from organseg.errors import DataError
 from organseg.evaluation.evaluate import evaluate_dataset
 from organseg.fileio import check_output, check_output_dir, check_output_file
+from organseg.formatting import num
 from organseg.inference.targets import RunTarget, checkpoint_patch_size, results_dir
 from organseg.reporting.report import OverlayCollector, write_report
 from organseg.reporting.tables import results_table
@@ -139,9 +140,12 @@ def members_table(summary: dict[str, Any], members: Sequence[dict[str, Any]]) ->
     ]
 
     def row(label: str, s: dict[str, Any]) -> str:
+        # The corrected means are None when no case has the organ pair they need (an organ missed
+        # everywhere has no HD95): written as every table writes a missing number.
         r, c = s["reference"], s["corrected"]
-        cells = [100 * r["mean_dice"], r["mean_hd95"], 100 * c["mean_dice"], c["mean_hd95"]]
-        return f"| {label} | " + " | ".join(f"{v:.2f}" for v in cells) + " |"
+        cells = [num(r["mean_dice"], scale=100), num(r["mean_hd95"]), num(c["mean_dice"], scale=100),
+                 num(c["mean_hd95"])]  # fmt: skip
+        return f"| {label} | " + " | ".join(cells) + " |"
 
     for k, m in enumerate(members):
         lines.append(row(f"member {k + 1}: {m['checkpoint']}", m))
