@@ -27,8 +27,9 @@ from organseg.errors import DataError
 from organseg.fileio import staged
 from organseg.formatting import json_number
 from organseg.inference.engine import predict_turned, volume_turn
-from organseg.metrics import SURFACE_METRICS, case_metrics_all
+from organseg.metrics import SURFACE_METRICS, _tolerances, case_metrics_all
 from organseg.progress import progress_bar
+from organseg.run import ResultsDir
 
 #: status of a (case, class) pair under the corrected protocol
 SCORED, MISSED, FALSE_POSITIVE, ABSENT = "scored", "missed", "false_positive", "absent"
@@ -301,8 +302,6 @@ class EvaluationResult:
     def write(self, folder: str | Path, extra_summary: dict[str, Any] | None = None) -> dict[str, Path]:
         """Write ``per_case.csv``, ``per_case.json``, ``summary.json``, ``reference_log.txt`` atomically, as
         one set: a full disk leaves the previous results folder as it was, not a mix of old and new files."""
-        from organseg.run import ResultsDir
-
         res = ResultsDir(folder)
         paths = {
             "per_case_csv": res.file(res.PER_CASE_CSV),
@@ -363,8 +362,6 @@ def evaluate_dataset(
     if not case_ids:
         raise DataError(f"{getattr(dataset, 'root', dataset.name)}: the {split!r} split has no cases")
     num_classes = dataset.num_classes
-    from organseg.metrics import _tolerances
-
     tolerances = _tolerances(nsd_tolerance_mm, num_classes)  # a bad value fails before any prediction
     ref, corr, pres, spacings, surf, slices = [], [], [], [], [], []
     infer_seconds = 0.0

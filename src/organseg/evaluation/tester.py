@@ -10,11 +10,21 @@ import numpy as np
 import torch
 
 from organseg.data.base import SegmentationDataset, Volume
+from organseg.data.detect import resolve_dataset
 from organseg.device import resolve_device
 from organseg.errors import DataError
 from organseg.evaluation.evaluate import evaluate_dataset
 from organseg.fileio import check_output, check_output_dir, check_output_file
 from organseg.formatting import num
+from organseg.imageio.volumes import Geometry, write_image
+from organseg.inference.sources import (
+    class_count,
+    combined,
+    expand_source,
+    load_member,
+    load_members,
+    network_orientation,
+)
 from organseg.inference.targets import RunTarget, checkpoint_patch_size, results_dir
 from organseg.reporting.report import OverlayCollector, write_report
 from organseg.reporting.tables import results_table
@@ -28,8 +38,6 @@ def _open_dataset(
 ) -> SegmentationDataset:
     """The checkpoint's dataset (its ``data.fold`` view), or with ``whole`` the dataset's own splits: the
     fold models of a cross-validation tested as one ensemble (every fold saw all but its own subjects)."""
-    from organseg.data.detect import resolve_dataset
-
     missing = "no test data: pass --data DIR (the checkpoint's configuration has no data.root)"
     config = ckpt.get("config")
     if whole and config:
@@ -39,8 +47,6 @@ def _open_dataset(
 
 def _nifti_writer(folder: Path, collector: OverlayCollector):
     """on_case callback: the reference's ``{case}_img/_pred/_gt.nii.gz``, with the case's real geometry."""
-    from organseg.imageio.volumes import Geometry, write_image
-
     def on_case(vol: Volume, pred: np.ndarray, metrics: np.ndarray) -> None:
         collector(vol, pred, metrics)
         geom = Geometry.of_volume(vol)
@@ -83,8 +89,6 @@ def run_test(
     write it), then the softmax average is tested into ``<split>_<checkpoint>_ensembleN[_tta]`` beside the
     first member's results (or ``out``); the summary's ``members`` and ``table`` give the members beside it.
     """
-    from organseg.inference.sources import combined, expand_source, load_members, network_orientation
-
     check_value("--batch-size", batch_size, POSITIVE_INT)
     check_value("--max-cases", max_cases, OPTIONAL_POSITIVE_INT)
     targets = [t for s in (target, *ensemble) for t in expand_source(s, checkpoint=checkpoint, models=models)]
@@ -161,14 +165,12 @@ def _check_classes(tgt: RunTarget, ckpt: dict[str, Any], dataset: SegmentationDa
             f"{tgt.checkpoint_path}: the network was trained on classes {names}, but the dataset "
             f"{getattr(dataset, 'root', dataset.name)} has {list(dataset.class_names)}"
         )
-    if not names:  # an official checkpoint: the dataset names the classes; the head must count as many
-        from organseg.inference.sources import class_count
-
-        if class_count(ckpt) != dataset.num_classes:
-            raise DataError(
-                f"{tgt.checkpoint_path}: its class head has {class_count(ckpt)} outputs, but the dataset "
-                f"{getattr(dataset, 'root', dataset.name)} has {dataset.num_classes} classes"
-            )
+    # An official checkpoint names no classes: the dataset names them, and the head must count as many.
+    if not names and class_count(ckpt) != dataset.num_classes:
+        raise DataError(
+            f"{tgt.checkpoint_path}: its class head has {class_count(ckpt)} outputs, but the dataset "
+            f"{getattr(dataset, 'root', dataset.name)} has {dataset.num_classes} classes"
+        )
 
 
 def _report_root(tgt: RunTarget, out: str | Path | None, folder: Path) -> Path:
@@ -222,8 +224,6 @@ def _test_one(
     """One network (``tgt``'s checkpoint, or ``model`` with ``ckpt``'s fields) on ``split`` (of the whole
     dataset, not the checkpoint's fold, with ``whole``). ``orientation``: the network's orientation code and
     notes (:func:`organseg.inference.sources.network_orientation`), by default ``ckpt``'s."""
-    from organseg.inference.sources import load_member, network_orientation
-
     dev = resolve_device(device)
     if model is None:
         # Checked before the dataset is opened: a bad checkpoint or device fails at once.

@@ -46,9 +46,11 @@ import torch
 from torch import nn
 
 from organseg import __version__
-from organseg.checkpoint import checkpoint_orientation_problem
+from organseg.checkpoint import checkpoint_orientation_problem, model_from_checkpoint, read_checkpoint
+from organseg.data.preprocess import validate_spec
 from organseg.errors import CheckpointError, ConfigError, OrgansegError
 from organseg.fileio import file_sha256
+from organseg.inference.targets import checkpoint_patch_size, resolve_target
 
 FORMAT = "organseg-onnx/1"
 #: ONNX opset of the exported graph; ONNX Runtime reads it from release 1.17 on.
@@ -183,7 +185,7 @@ def _export_proto(model: nn.Module, example: torch.Tensor, opset: int):
 
 
 def _session(model: bytes | str, threads: int | None = None, providers: Sequence[str] | None = None):
-    import onnxruntime as ort
+    import onnxruntime as ort  # noqa: PLC0415 (the optional organseg[onnx] extra)
 
     options = ort.SessionOptions()
     if threads is not None:
@@ -222,9 +224,6 @@ def export_onnx(
     or ``checkpoint``) to ``out`` (.onnx), with the metadata above. The export is checked against PyTorch on a
     random batch of ``check_batch`` slices before anything is written. Returns the metadata (decoded) plus
     ``path`` and ``bytes``."""
-    from organseg.checkpoint import model_from_checkpoint, read_checkpoint
-    from organseg.inference.targets import checkpoint_patch_size, resolve_target
-
     _require("onnx", "onnxscript", "onnxruntime")
     if not _torch_supports_export():
         raise ConfigError(
@@ -357,8 +356,6 @@ def _check_metadata(path: Path, meta: dict[str, Any]) -> tuple[int, int]:
     """The input size (H, W) after checking every metadata entry ``predict`` relies on; CheckpointError
     naming the file and the entry otherwise (a bad entry used to surface as a traceback, or as a message
     that did not say which file it came from)."""
-    from organseg.data.preprocess import validate_spec
-
     for key in ("model_name", "class_names", "preprocessing", "input_size"):
         if key not in meta:
             raise CheckpointError(f"{path}: organseg metadata without {key!r}")

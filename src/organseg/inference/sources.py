@@ -31,10 +31,13 @@ from organseg.checkpoint import (
     model_from_checkpoint,
     read_checkpoint,
 )
+from organseg.data.classes import ACDC_CLASSES, SYNAPSE_CLASSES
 from organseg.data.synapse import TRANSUNET_ORIENTATION
 from organseg.errors import CheckpointError, ConfigError
 from organseg.inference.engine import averaged
+from organseg.inference.onnx import is_onnx_path, load_onnx
 from organseg.inference.targets import RunTarget, checkpoint_patch_size, resolve_target
+from organseg.models import head_key
 from organseg.run import STUDY_RUNS, RunDir
 
 
@@ -79,8 +82,6 @@ def expand_source(
 
 def load_member(target: RunTarget, device: torch.device) -> Member:
     """Build one source's network on ``device`` (an ONNX model runs on the CPU through ONNX Runtime)."""
-    from organseg.inference.onnx import is_onnx_path, load_onnx
-
     path = target.checkpoint_path
     if is_onnx_path(path):
         model, info = load_onnx(path)
@@ -100,8 +101,6 @@ def load_member(target: RunTarget, device: torch.device) -> Member:
 
 
 def class_count(ckpt: dict[str, Any]) -> int:
-    from organseg.models import head_key
-
     head = head_key(ckpt["model_name"])
     weights = ckpt.get("model") or {}
     if head in weights:
@@ -193,8 +192,6 @@ def combined(members: Sequence[Member], tta: bool = False) -> nn.Module:
 def reference_defaults(num_classes: int) -> tuple[list[str], dict[str, Any], str]:
     """Class names and preprocessing for a network whose checkpoint does not record them (official
     Swin-Unet checkpoints), as the reference data were prepared, and the sentence that says so."""
-    from organseg.data.classes import ACDC_CLASSES, SYNAPSE_CLASSES
-
     if num_classes == len(ACDC_CLASSES):
         return list(ACDC_CLASSES), {"kind": "minmax"}, "the ACDC classes and per-image min-max intensities"
     names = list(SYNAPSE_CLASSES) if num_classes == len(SYNAPSE_CLASSES) else (

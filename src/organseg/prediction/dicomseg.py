@@ -25,8 +25,11 @@ from typing import Any
 
 import numpy as np
 
+from organseg import __version__
 from organseg.errors import ConfigError, DataError
+from organseg.fileio import atomic_write_bytes
 from organseg.imageio.volumes import Geometry
+from organseg.reporting.palette import class_color
 
 # SNOMED CT codes (value, meaning) of the organs organseg's datasets name, plus a laterality modifier.
 _ANATOMY: dict[str, tuple[str, str, str | None]] = {
@@ -53,8 +56,8 @@ NO_SEGMENT = "the prediction holds no foreground class; a DICOM-SEG needs at lea
 
 def _highdicom():
     try:
-        import highdicom
-        import pydicom
+        import highdicom  # noqa: PLC0415 (the optional organseg[dicom] extra)
+        import pydicom  # noqa: PLC0415 (the optional organseg[dicom] extra)
     except ImportError:
         raise ConfigError(
             "--format dicom-seg needs the optional extra: pip install 'organseg[dicom]' (highdicom, pydicom)"
@@ -163,10 +166,7 @@ def _segment_descriptions(
     hd: Any, present: list[int], class_names: Sequence[str], algorithm: dict[str, str]
 ) -> tuple[list[Any], list[dict[str, Any]]]:
     """One highdicom SegmentDescription per present class (numbered from 1), and its sidecar summary."""
-    from pydicom.sr.codedict import codes
-
-    from organseg import __version__
-    from organseg.reporting.palette import class_color
+    from pydicom.sr.codedict import codes  # noqa: PLC0415 (pydicom: the optional organseg[dicom] extra)
 
     alg = hd.AlgorithmIdentificationSequence(
         name=algorithm.get("name", "organseg"),
@@ -215,10 +215,6 @@ def write_dicom_seg(
     for the sidecar: path, segments written (class index, name, code), the referenced series and any UID
     that had to be derived."""
     hd, pydicom = _highdicom()
-
-    from organseg import __version__
-    from organseg.checkpoint import atomic_write_bytes
-
     out = Path(out)
     labels = np.asarray(labels)
     sources = read_source_series(source_files)

@@ -24,12 +24,15 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from organseg import __version__
+from organseg.checkpoint import model_from_checkpoint
+from organseg.data.preprocess import apply_preprocessing
 from organseg.device import resolve_device
 from organseg.errors import ConfigError, DataError, OrgansegError
 from organseg.fileio import (
@@ -40,13 +43,25 @@ from organseg.fileio import (
     file_sha256,
     staged,
 )
+from organseg.imageio.dicom import dicom_series_files, find_series, is_dicom_folder, is_media_export
+from organseg.imageio.formats import IMAGE_SUFFIXES
 from organseg.imageio.orientation import Reorientation, reorientation, scan_orientation
+from organseg.imageio.volumes import Geometry, read_image, read_nifti_transform, write_image
 from organseg.inference.engine import predict_turned
+from organseg.inference.onnx import OnnxModel
+from organseg.inference.sources import (
+    class_count,
+    combined,
+    load_members,
+    network_orientation,
+    reference_defaults,
+)
 from organseg.inference.targets import checkpoint_patch_size
+from organseg.prediction.dicomseg import NO_SEGMENT, write_dicom_seg
+from organseg.progress import progress_bar
+from organseg.reporting.report import plot_prediction
+from organseg.reporting.viewer import write_viewer
 from organseg.values import POSITIVE_INT, check_value
-
-if TYPE_CHECKING:
-    from organseg.imageio.volumes import Geometry
 
 _OUT_SUFFIXES = (".nii.gz", ".nii", ".mha", ".nrrd")
 FORMATS = ("nifti", "dicom-seg", "both")
@@ -139,15 +154,6 @@ def load_predictor(
     device: str | torch.device | None = "auto",
 ) -> Predictor:
     """Build the network(s) once for any number of cases; every setting is checked here, before any scan."""
-    from organseg.checkpoint import model_from_checkpoint
-    from organseg.inference.sources import (
-        class_count,
-        combined,
-        load_members,
-        network_orientation,
-        reference_defaults,
-    )
-
     check_value("--batch-size", batch_size, POSITIVE_INT)
     dev = resolve_device(device)
     if isinstance(checkpoint, dict):  # an in-memory checkpoint (tests, notebooks)
@@ -158,8 +164,6 @@ def load_predictor(
         orientation, orientation_notes = network_orientation([ckpt], sources)
     else:
         members = load_members([checkpoint, *ensemble], dev, models=models)
-        from organseg.inference.onnx import OnnxModel
-
         if precision != "fp32" and any(isinstance(m.model, OnnxModel) for m in members):
             raise ConfigError(f"--precision {precision}: ONNX models run in fp32; use the PyTorch checkpoint")
         model, ckpt = combined(members, tta), members[0].ckpt
@@ -220,9 +224,6 @@ class Case:
 def expand_inputs(items: Sequence[str | Path]) -> list[Path]:
     """Files, DICOM series folders, folders of scans (their image files and DICOM series subfolders) and
     glob patterns, in the order given (a folder's scans sorted by name)."""
-    from organseg.imageio.dicom import is_dicom_folder
-    from organseg.imageio.formats import IMAGE_SUFFIXES
-
     found: list[Path] = []
     for item in items:
         text = str(item)
@@ -254,8 +255,6 @@ def _export_series(path: Path) -> list[tuple[str, str]]:
     one case, named ``EXPORT_sN`` by its SeriesNumber (``EXPORT_K`` by its place when numbers are missing
     or repeated). One series keeps the export's name; a damaged export stays one case, which then fails with
     the reader's message."""
-    from organseg.imageio.dicom import find_series
-
     try:
         found = find_series(path)
     except DataError:
@@ -282,8 +281,6 @@ def plan_cases(
 
     A DICOM media export (a DICOMDIR folder) given without ``series`` is one case per series it holds
     (:func:`_export_series`); with ``series`` (a UID or a SeriesDescription) it is one case, that series."""
-    from organseg.imageio.dicom import is_media_export
-
     if formats not in FORMATS:
         raise ConfigError(f"--format {formats!r}: expected one of {', '.join(FORMATS)}")
     planned: list[tuple[Path, str, str | None]] = []
@@ -370,16 +367,10 @@ def _write_views(
     as it exists (so that a failure later removes it) and named in ``info``."""
     input_path, names = case.input, predictor.class_names
     if case.dicom_seg is not None and not pred.any():
-        from organseg.prediction.dicomseg import NO_SEGMENT
-
         # An empty prediction is a result (no organ found), not a failure: the label map and the JSON are
         # still written, and the JSON says why there is no DICOM-SEG.
         info["dicom_seg"] = {"path": None, "written": False, "reason": NO_SEGMENT}
     elif case.dicom_seg is not None:
-        from organseg import __version__
-        from organseg.imageio.dicom import dicom_series_files
-        from organseg.prediction.dicomseg import write_dicom_seg
-
         params = {
             "network": str(predictor.ckpt.get("model_name")),
             "checkpoints": "; ".join(predictor.source_digests()),
@@ -393,14 +384,10 @@ def _write_views(
         info["dicom_seg"]["written"] = True
         written.append(case.dicom_seg)
     if case.viewer is not None:
-        from organseg.reporting.viewer import write_viewer
-
         write_viewer(case.viewer, image, label=pred, geometry=geometry, class_names=names, title=case.name)
         written.append(case.viewer)
         info["viewer"] = str(case.viewer)
     if case.overlay is not None:
-        from organseg.reporting.report import plot_prediction
-
         plot_prediction(image, pred, names, case.overlay, geometry=geometry, title=Path(input_path).name)
         written.append(case.overlay)
         info["overlay"] = str(case.overlay)
@@ -440,9 +427,6 @@ def predict_case(predictor: Predictor, case: Case, *, series_uid: str | None = N
                  ) -> dict[str, Any]:  # fmt: skip
     """Predict one scan and write its files; returns the sidecar's content. On any failure the files this
     call wrote are removed again, so the case is left without a sidecar: not done, redone by the next call."""
-    from organseg.data.preprocess import apply_preprocessing
-    from organseg.imageio.volumes import read_image, read_nifti_transform, write_image
-
     input_path = case.input
     series_uid = case.series if case.series is not None else series_uid
     if case.dicom_seg is not None and not Path(input_path).is_dir():
@@ -558,8 +542,6 @@ def predict_many(
 
     Before any work, no output may land on (or in) an input: its own, another case's, or a folder of scans
     named in ``given`` (the inputs as the user gave them, before expansion)."""
-    from organseg.progress import progress_bar
-
     inputs = [c.input for c in cases] + [Path(g) for g in given if Path(g).exists()]
     for case in cases:
         check_predict_outputs(list(sources), case.input, case)

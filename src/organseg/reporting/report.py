@@ -20,11 +20,18 @@ import numpy as np
 
 from organseg.data.base import Volume
 from organseg.errors import DataError
-from organseg.fileio import atomic_write_bytes, atomic_write_text, check_output_dir, check_output_file
+from organseg.fileio import (
+    atomic_write_bytes,
+    atomic_write_text,
+    check_output_dir,
+    check_output_file,
+    read_json,
+)
 from organseg.formatting import plot_value, pyplot, save_figure, slice_caption
 from organseg.imageio.orientation import radiological_orientation
 from organseg.reporting.palette import class_color, colorize
 from organseg.reporting.tables import PUBLISHED, columns, dataset_kind, results_table
+from organseg.reporting.viewer import VIEWER_DIR, viewer_name
 from organseg.run import ResultsDir, RunDir, read_test_summary
 
 if TYPE_CHECKING:
@@ -128,7 +135,7 @@ def _caption(item: dict[str, Any]) -> str:
 def plot_overlays(items: Sequence[dict[str, Any]], class_names: Sequence[str], path: str | Path) -> Path:
     """Rows of (image, ground truth, prediction) with a legend of the organ names."""
     plt = pyplot()
-    from matplotlib.patches import Patch
+    from matplotlib.patches import Patch  # noqa: PLC0415 (matplotlib: not on the command line's start-up)
 
     rows = representative(items)
     if not rows:
@@ -171,7 +178,7 @@ def plot_prediction(
     in that display order from 1 (superior first). The index in the file is left out here, so that every
     voxel order of one scan draws the same picture (the viewer gives it).
     """
-    from matplotlib.patches import Patch
+    from matplotlib.patches import Patch  # noqa: PLC0415 (matplotlib: not on the command line's start-up)
 
     plt = pyplot()
     orient = radiological_orientation(geometry)
@@ -291,9 +298,6 @@ def _model_name(root: Path, summary: dict[str, Any]) -> str | None:
 def _viewer_links(root: Path, folder: Path) -> list[str]:
     """Markdown links to the cases' HTML viewer pages that ``organseg test`` wrote (cases of this result
     only, in per_case.json's order; pages of an earlier run in the same folder are not listed)."""
-    from organseg.fileio import read_json
-    from organseg.reporting.viewer import VIEWER_DIR, viewer_name
-
     per_case = ResultsDir(folder).file(ResultsDir.PER_CASE_JSON)
     if not (folder / VIEWER_DIR).is_dir() or not per_case.is_file():
         return []

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from organseg.data.classes import ACDC_CLASSES, SYNAPSE_CLASSES, paper_columns
 from organseg.formatting import num
 
 #: (column titles after the method, published rows). None = not reported.
@@ -52,8 +53,6 @@ PUBLISHED: dict[str, dict[str, Any]] = {
 
 def dataset_kind(class_names: Sequence[str]) -> str | None:
     """"synapse" or "acdc" when the class names are that dataset's, else None (no published rows)."""
-    from organseg.data.classes import ACDC_CLASSES, SYNAPSE_CLASSES
-
     folded = tuple(str(n).lower() for n in class_names)
     if folded == tuple(n.lower() for n in SYNAPSE_CLASSES):
         return "synapse"
@@ -64,8 +63,6 @@ def dataset_kind(class_names: Sequence[str]) -> str | None:
 
 def columns(class_names: Sequence[str]) -> list[tuple[str, int]]:
     """(title, class index) of the organ columns, in the papers' order for Synapse and ACDC."""
-    from organseg.data.classes import paper_columns
-
     return list(paper_columns(class_names))
 
 

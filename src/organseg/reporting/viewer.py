@@ -33,11 +33,12 @@ from organseg.errors import DataError
 from organseg.fileio import atomic_write_text
 from organseg.formatting import json_number
 from organseg.imageio.orientation import radiological_orientation
+from organseg.imageio.volumes import Geometry
+from organseg.reporting.palette import class_color
 from organseg.run import ResultsDir
 
 if TYPE_CHECKING:
     from organseg.data.base import Volume
-    from organseg.imageio.volumes import Geometry
 
 #: the largest volume embedded at full resolution: 192 slices of 512 x 512 (about 9 MB of HTML)
 MAX_VOXELS = 192 * 512 * 512
@@ -85,7 +86,7 @@ def _strides(shape: Sequence[int], max_voxels: int) -> tuple[int, int]:
 
 
 def _jpeg_data_uri(slice_u8: np.ndarray) -> str:
-    from PIL import Image  # a dependency of matplotlib, which organseg requires
+    from PIL import Image  # noqa: PLC0415 (a dependency of matplotlib, which organseg requires; not on the start-up)
 
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(slice_u8), mode="L").save(buf, format="JPEG", quality=JPEG_QUALITY)
@@ -130,8 +131,6 @@ def _class_table(
 ) -> tuple[list[str], list[dict[str, Any]]]:
     """(metric columns, one row per class shown): the table comes from the full-resolution arrays, before
     any subsampling for display."""
-    from organseg.reporting.palette import class_color
-
     n_classes = max([len(class_names or ())] + [int(a.max(initial=0)) + 1 for a in maps.values()])
     names = list(class_names or ["background"])
     names += [f"class {i}" for i in range(len(names), n_classes)]
@@ -251,8 +250,6 @@ def viewer_name(case_id: str) -> str:
 def volume_geometry(volume: Volume) -> Geometry | None:
     """The :class:`Geometry` of an evaluation volume when it knows its direction matrix, else None (the
     page then shows the array order rather than guess an orientation)."""
-    from organseg.imageio.volumes import Geometry
-
     return Geometry.of_volume(volume) if volume.meta.get("direction") is not None else None
 
 

@@ -20,14 +20,19 @@ import numpy as np
 
 from organseg import __version__
 from organseg.errors import DataError
+from organseg.evaluation.evaluate import EvaluationResult
 from organseg.fileio import check_output_dir
 from organseg.formatting import fmt_value
 from organseg.metrics import PROTOCOLS
+from organseg.reporting.tables import PUBLISHED, columns, dataset_kind
 from organseg.run import STUDY_RUNS, ResultsDir, RunDir
+from organseg.study.cost import group_cost, run_cost
 from organseg.study.efficiency import add_efficiency
 from organseg.study.figures import write_figures
 from organseg.study.grid import DEFAULT_SEED, NOT_SWEPT, freeze, short_keys
 from organseg.study.outputs import write_comparison
+from organseg.study.paired import read_per_case, study_paired
+from organseg.training.config import RUNTIME_KEYS, flatten
 
 CV_DIR = "cv"  # a cross-validation study's pooled out-of-fold results: OUT/cv/<model>__seed<N>/
 
@@ -74,9 +79,6 @@ def pool_folds(out: Path, runs: Sequence[RunResult], split: str) -> tuple[list[R
     held-out subject (``OUT/cv/<model>__seed<N>/``: per_case.json and a summary recomputed from the pooled
     cases), so the tables and paired statistics count each subject once, predicted by the fold model that
     never saw it. Runs without ``data.fold`` pass through. Returns the runs and notes (missing folds)."""
-    from organseg.evaluation.evaluate import EvaluationResult
-    from organseg.study.paired import read_per_case
-
     plain = [r for r in runs if r.fold is None]
     by_key: dict[tuple[str, str, int], list[RunResult]] = {}
     for r in runs:
@@ -265,20 +267,12 @@ def find_runs(out: str | Path) -> list[Path]:
     return sorted(p for p in base.iterdir() if RunDir(p).is_run()) if base.is_dir() else []
 
 
-def _flat(cfg: dict) -> dict[str, Any]:
-    from organseg.training.config import flatten
-
-    return flatten(cfg)
-
-
 def infer_sweep_keys(configs: Sequence[tuple[str, dict]]) -> list[str]:
     """Keys whose values differ between runs of the same network: what a study swept. ``configs`` are
     (model name, config) pairs; seeds, the model and runtime keys never count."""
-    from organseg.training.config import RUNTIME_KEYS
-
     by_model: dict[str, list[dict[str, Any]]] = {}
     for model, cfg in configs:
-        by_model.setdefault(model, []).append(_flat(cfg))
+        by_model.setdefault(model, []).append(flatten(cfg))
     keys: list[str] = []
     for flats in by_model.values():
         order = list(dict.fromkeys(k for f in flats for k in f))
@@ -414,8 +408,6 @@ def _groups(
 
 def _published(kind: str | None, baseline: str, model_order: Sequence[str]) -> dict[str, Any] | None:
     """The paper's rows for this dataset, with their relative HD95 change against the baseline's row."""
-    from organseg.reporting.tables import PUBLISHED
-
     published = PUBLISHED.get(kind) if kind else None
     if not published:
         return None
@@ -431,8 +423,6 @@ def _published(kind: str | None, baseline: str, model_order: Sequence[str]) -> d
 
 
 def _costs(groups: Sequence[dict[str, Any]], runs: Sequence[RunResult], n_classes: int) -> list[dict]:
-    from organseg.study.cost import group_cost, run_cost
-
     by_name = {r.name: r for r in runs}
 
     def one(name: str) -> dict[str, Any]:
@@ -467,8 +457,6 @@ def collect(
     ``split``: default ``test``, or ``val`` (each fold's held-out subjects) for a cross-validation study,
     whose fold runs are pooled (:func:`pool_folds`).
     """
-    from organseg.reporting.tables import columns, dataset_kind
-    from organseg.study.paired import study_paired
     out = check_output_dir(out)
     dirs = [Path(d) for d in run_dirs] if run_dirs is not None else find_runs(out)
     if not dirs:
@@ -489,7 +477,7 @@ def collect(
         list(sweep_keys) if sweep_keys is not None else infer_sweep_keys([(r.model, r.config) for r in runs])
     )
     for r in runs:
-        flat = _flat(r.config)
+        flat = flatten(r.config)
         r.sweep = {k: flat.get(k) for k in keys}
     runs, cv_notes = pool_folds(out, runs, split)
     model_order = _model_order(runs, models)

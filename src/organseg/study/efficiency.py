@@ -31,10 +31,17 @@ from typing import Any
 import numpy as np
 
 from organseg.errors import DataError
-from organseg.formatting import fmt_value
+from organseg.formatting import fmt_value, pyplot, save_figure
 from organseg.metrics import PROTOCOLS
 from organseg.run import RunDir
 from organseg.study.grid import evaluated_on
+from organseg.study.paired import (
+    DEFAULT_RESAMPLES,
+    DEFAULT_SEED,
+    mean_ci,
+    per_case_array,
+    read_per_case,
+)
 
 FRACTION_KEY = "data.train_fraction"
 FRACTION_FIGURE = "comparison_fraction.png"
@@ -56,14 +63,6 @@ def fraction_curves(
     (the figure's legend entry), ``fraction``, ``protocol``, ``seeds``, ``mean``, ``ci_low``, ``ci_high``
     (DSC as a fraction) and ``cases``. Empty when the fraction is not swept. A group whose runs lack
     ``per_case.json`` (results of an older organseg) gets its mean from the tables and no interval."""
-    from organseg.study.paired import (
-        DEFAULT_RESAMPLES,
-        DEFAULT_SEED,
-        mean_ci,
-        per_case_array,
-        read_per_case,
-    )
-
     if FRACTION_KEY not in c.get("sweep_keys", []):
         return []
     resamples = DEFAULT_RESAMPLES if resamples is None else resamples
@@ -154,7 +153,7 @@ def learning_curves(c: dict[str, Any]) -> list[dict[str, Any]]:
 def _colors(lines: Sequence[tuple[str, str]], models: Sequence[str]) -> dict[str, tuple[float, ...]]:
     """(model, line) -> colour: one tab10 colour per network, its lines from the full colour towards white
     (as the comparison's other figures colour a network's swept variants)."""
-    from matplotlib import colormaps
+    from matplotlib import colormaps  # noqa: PLC0415 (matplotlib: not on the command line's start-up)
 
     out: dict[str, tuple[float, ...]] = {}
     for model in dict.fromkeys(m for m, _ in lines):
@@ -167,8 +166,6 @@ def _colors(lines: Sequence[tuple[str, str]], models: Sequence[str]) -> dict[str
 
 
 def _plot_fractions(path: Path, c: dict[str, Any], curves: list[dict[str, Any]], settings: dict) -> str:
-    from organseg.formatting import pyplot, save_figure
-
     plt = pyplot()
     colors = _colors([(r["model"], r["line"]) for r in curves], c["models"])
     fractions = sorted({r["fraction"] for r in curves})
@@ -215,8 +212,6 @@ def _time_axis(seconds: float) -> tuple[float, str]:
 
 
 def _plot_learning(path: Path, c: dict[str, Any], curves: list[dict[str, Any]]) -> str:
-    from organseg.formatting import pyplot, save_figure
-
     plt = pyplot()
     colors = _colors([(r["model"], r["line"]) for r in curves], c["models"])
     longest = max((p["seconds"] or 0.0 for r in curves for p in r["points"]), default=0.0)
@@ -256,8 +251,6 @@ def add_efficiency(
     """Write the data-efficiency figures of the study ``c`` (the comparison dict) into ``out``, add them to
     ``c["figures"]`` (so ``comparison.md`` links them) and their numbers to ``c["efficiency"]``. Returns the
     figures written ({title: file name}). Bootstrap settings default to the paired statistics' own."""
-    from organseg.study.paired import DEFAULT_RESAMPLES, DEFAULT_SEED
-
     out = Path(out)
     settings = {
         "resamples": DEFAULT_RESAMPLES if resamples is None else resamples,

@@ -29,7 +29,7 @@ def write_figures(out: Path, c: dict[str, Any]) -> dict[str, str]:
 
 
 def _model_color(index: int) -> tuple[float, float, float]:
-    from matplotlib import colormaps
+    from matplotlib import colormaps  # noqa: PLC0415 (matplotlib: not on the command line's start-up)
 
     return tuple(colormaps["tab10"](index % 10)[:3])  # type: ignore[return-value]
 

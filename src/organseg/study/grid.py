@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from organseg.errors import ConfigError
+from organseg.models import list_models
+from organseg.training.config import apply_overrides, load_config, parse_override, resolve_config
 from organseg.values import SEED, check_value
 
 DEFAULT_SEED = 1234  # the reference recipe's seed
@@ -58,8 +60,6 @@ class Sweep:
 
 def parse_sets(items: Sequence[str]) -> Sweep:
     """Parse ``--set key=v1[,v2,...]`` items; raises ConfigError naming the bad item."""
-    from organseg.training.config import parse_override
-
     fixed, swept, seen = [], [], set()
     for item in items:
         key, sep, raw = item.partition("=")
@@ -166,9 +166,6 @@ def plan_runs(
 ) -> list[PlannedRun]:
     """Expand the grid (model-major, then swept values, then seeds, then ``folds`` cross-validation folds)
     into resolved configurations."""
-    from organseg.models import list_models
-    from organseg.training.config import apply_overrides, load_config, resolve_config
-
     if not models:
         raise ConfigError("--models: name at least one network")
     unknown = [m for m in models if m not in list_models()]

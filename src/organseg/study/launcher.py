@@ -39,8 +39,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from organseg.data import open_dataset
 from organseg.errors import ConfigError, OrgansegError
+from organseg.evaluation.tester import run_test
+from organseg.fileio import atomic_write_text
 from organseg.run import RunDir
+from organseg.study.runner import _fresh_results, run_state
+from organseg.training import train
+from organseg.training.loop import TrainingDiverged
+from organseg.values import POSITIVE_INT, Rule, option
 
 LAUNCHERS = ("local", "slurm")
 DEFAULT_TIME_MIN = 24 * 60
@@ -72,7 +79,7 @@ class SlurmOptions:
 
 def _submitit():
     try:
-        import submitit
+        import submitit  # noqa: PLC0415 (the optional organseg[slurm] extra)
     except ImportError:
         raise ConfigError(f"--launcher slurm needs the optional extra: {EXTRA} (submitit)") from None
     return submitit
@@ -130,12 +137,6 @@ class GridPointJob:
     report: bool = True
 
     def __call__(self) -> dict[str, str]:
-        from organseg.data import open_dataset
-        from organseg.evaluation.tester import run_test
-        from organseg.study.runner import _fresh_results, run_state
-        from organseg.training import train
-        from organseg.training.loop import TrainingDiverged
-
         rank = _start_processes()
         run_dir = Path(self.run_dir)
         dataset = open_dataset(self.data)
@@ -160,7 +161,7 @@ class GridPointJob:
 
     def __submitit_checkpoint__(self, *args: Any, **kwargs: Any):
         """Requeue the same call: the state that matters is on disk (``last.pt``), not in this object."""
-        from submitit.helpers import DelayedSubmission
+        from submitit.helpers import DelayedSubmission  # noqa: PLC0415 (the optional organseg[slurm] extra)
 
         return DelayedSubmission(self, *args, **kwargs)
 
@@ -168,7 +169,7 @@ class GridPointJob:
 def _start_processes() -> int:
     """This task's rank. A job of several tasks (``--gpus-per-run`` > 1) exports what ``torchrun`` would
     (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT), so that the trainer starts DistributedDataParallel."""
-    import submitit
+    import submitit  # noqa: PLC0415 (the optional organseg[slurm] extra)
 
     env = submitit.JobEnvironment()
     if env.num_tasks > 1:
@@ -230,8 +231,6 @@ class SubmititLauncher:
 
     def _submit(self, job: GridPointJob):
         """Submit ``job`` and record its id in ``RUN_DIR/slurm/job.json`` (see :func:`check_no_live_job`)."""
-        from organseg.fileio import atomic_write_text
-
         folder = Path(job.run_dir) / JOB_DIR
         folder.mkdir(parents=True, exist_ok=True)
         handle = make_executor(folder, self.options, job.name, self.cluster).submit(job)
@@ -256,8 +255,6 @@ class SubmititLauncher:
         without a result, wait for all. ``states`` are the runs' :func:`run_state` when the caller has read
         them already (each reads a checkpoint). Returns ({run name: reason} of the diverged runs, the names
         the jobs trained or tested, in the grid's order)."""
-        from organseg.study.runner import _fresh_results, run_state
-
         _submitit()
         jobs = []
         for plan in plans:
@@ -323,7 +320,7 @@ class SubmititLauncher:
     def _settle(self, job: GridPointJob, handle: Any, tries: int, head: str) -> tuple[dict | None, Any]:
         """(the result, None) of an ended job, or (None, the new job) when it ended unfinished and was
         submitted again. A job that failed raises one line naming the run, the error and the log."""
-        from submitit.core.utils import FailedJobError, UncompletedJobError
+        from submitit.core.utils import FailedJobError, UncompletedJobError  # noqa: PLC0415 (organseg[slurm])
 
         try:
             return handle.results()[0], None  # the first task's (rank 0) result
@@ -366,8 +363,6 @@ _SLURM_FLAGS = (
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """``compare``'s launcher options (an argument group of their own)."""
-    from organseg.values import POSITIVE_INT, Rule, option
-
     g = p.add_argument_group("cluster jobs (--launcher slurm; docs/compare.md)")
     g.add_argument("--launcher", choices=LAUNCHERS, default="local",
                    help="local: train here (default); slurm: one SLURM job per grid point, through submitit "

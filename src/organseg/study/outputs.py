@@ -20,7 +20,9 @@ from typing import Any
 from organseg.fileio import atomic_write_text
 from organseg.formatting import MISSING, fmt_value, num, pm, signed_pct
 from organseg.metrics import PROTOCOLS
+from organseg.study.cost import cost_markdown
 from organseg.study.grid import evaluated_on, freeze
+from organseg.study.paired import paired_markdown, verdict_markdown
 
 Lines = list[str]
 Column = tuple[str, Callable[[dict[str, Any]], str]]
@@ -81,9 +83,6 @@ def _header(c: dict[str, Any]) -> Lines:
 
 
 def _verdict(c: dict[str, Any]) -> Lines:
-    # Imported here: scipy.stats (under paired) costs the CLI's start-up a noticeable moment.
-    from organseg.study.paired import verdict_markdown
-
     lines = verdict_markdown(c.get("paired") or [], c.get("cost") or [], c.get("paired_settings") or {})
     cond = conditions_markdown(c)
     if not cond:
@@ -181,8 +180,6 @@ def _folds(c: dict[str, Any]) -> Lines:
 def _protocol_section(c: dict[str, Any], p: str) -> Lines:
     """One protocol: DSC table (with the published rows under the reference protocol), per-organ HD95,
     surface metrics (corrected), paired statistics."""
-    from organseg.study.paired import paired_markdown
-
     titles = c["dataset"]["columns"]
     pub = c.get("published")
     unit = c["groups"][0][p]["hd95_unit"] if c["groups"] else "voxel"
@@ -285,8 +282,6 @@ def _sweep(c: dict[str, Any]) -> Lines:
 
 
 def _cost(c: dict[str, Any]) -> Lines:
-    from organseg.study.cost import cost_markdown
-
     return cost_markdown(c.get("cost") or [])
 
 

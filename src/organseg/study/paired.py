@@ -48,10 +48,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 from organseg.errors import DataError
 from organseg.formatting import MISSING, json_number, num
+from organseg.run import ResultsDir
 from organseg.study.cost import duration
 
 DEFAULT_RESAMPLES = 10_000
@@ -87,6 +87,8 @@ def wilcoxon_p(differences: np.ndarray) -> float:
         return math.nan
     if not np.any(d):
         return 1.0
+    from scipy import stats  # noqa: PLC0415 (scipy.stats costs the command line's start-up most of a second)
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the normal approximation's small-sample warning
         return float(stats.wilcoxon(d).pvalue)
@@ -290,8 +292,6 @@ def paired_table(
 
 def read_per_case(results_dir: str | Path) -> list[dict[str, Any]]:
     """``per_case.json`` of a results folder (written by ``organseg test``)."""
-    from organseg.run import ResultsDir
-
     path = ResultsDir(results_dir).file(ResultsDir.PER_CASE_JSON)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))

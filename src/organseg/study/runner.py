@@ -21,12 +21,22 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from organseg.checkpoint import read_checkpoint
+from organseg.data import open_dataset
+from organseg.data.detect import layout_options
+from organseg.data.folds import apply_data_config
 from organseg.device import resolve_device
 from organseg.errors import ConfigError, DataError, OrgansegError
-from organseg.fileio import check_output, check_output_dir
+from organseg.evaluation.tester import run_test
+from organseg.fileio import atomic_write_text, check_output, check_output_dir
+from organseg.progress import progress_bar, progress_write
+from organseg.reporting.tables import dataset_kind
 from organseg.run import EXIT_DIVERGED, STUDY_RUNS, ResultsDir, RunDir
 from organseg.study.aggregate import collect
 from organseg.study.grid import DEFAULT_SEED, PlannedRun, Sweep, parse_sets, plan_runs
+from organseg.training import TrainingDiverged, train
+from organseg.training.config import config_differences, to_yaml
+from organseg.training.loop import check_network
 from organseg.training.schedule import run_length
 from organseg.values import WORKERS, check_value
 
@@ -41,9 +51,6 @@ def run_state(run_dir: Path, cfg: dict) -> tuple[str, int]:
     Raises ConfigError when the folder holds a run of another configuration (runtime keys aside), so a
     study never mixes recipes under one name.
     """
-    from organseg.checkpoint import read_checkpoint
-    from organseg.training.config import config_differences
-
     last = RunDir(run_dir).checkpoint("last")
     if not last.is_file():
         return "new", 0
@@ -119,8 +126,6 @@ class _Study:
                 self.test(plan)
 
     def test(self, plan: PlannedRun) -> None:
-        from organseg.evaluation.tester import run_test
-
         o = self.opts
         run = self.run_dir(plan)
         test_precision = plan.config["train"]["precision"]
@@ -140,8 +145,6 @@ class _Study:
 
     def train_here(self, todo: Sequence[PlannedRun], states: dict[str, tuple[str, int]]) -> None:
         """Train (then test) ``todo`` one after the other in this process."""
-        from organseg.training import TrainingDiverged, train
-
         for plan in todo:
             state, done = states[plan.name]
             print(
@@ -202,11 +205,6 @@ def run_study(
     ``..._fold<k>``); each fold's model is tested on its held-out subjects (the ``val`` split of the fold),
     and the statistics pool the out-of-fold predictions. ``split`` defaults to ``test`` (``val`` with folds).
     """
-    from organseg.data import open_dataset
-    from organseg.data.detect import layout_options
-    from organseg.reporting.tables import dataset_kind
-    from organseg.training.loop import check_network
-
     check_value("--jobs", jobs, WORKERS)
     resolve_device(device)  # a device this machine lacks fails before any data are read
     sweep = sets if isinstance(sets, Sweep) else parse_sets(list(sets))
@@ -273,9 +271,6 @@ def write_splits(out: Path, dataset: Any, plans: Sequence[PlannedRun]) -> list[d
     """``OUT/splits.json``: every fold's training and held-out volumes and subjects (nnU-Net's
     ``splits_final.json`` keys ``train`` / ``val``, plus ``train_subjects`` / ``val_subjects``), as the runs
     will see them; also checks that each fold holds out at least one volume."""
-    from organseg.data.folds import apply_data_config
-    from organseg.fileio import atomic_write_text
-
     records: dict[int, dict[str, Any]] = {}
     for plan in plans:
         if plan.fold is None or plan.fold in records:
@@ -341,8 +336,6 @@ class _ProcessPool:
 
     def run(self) -> dict[str, str]:
         """Returns {run name: reason} of the runs that diverged; any other failure raises."""
-        from organseg.progress import progress_bar
-
         n = len(self.pending)
         desc = f"training {n} runs, {min(self.jobs, n)} at a time"
         bar = progress_bar(total=sum(self.totals.values()), desc=desc, unit="it", disable=not self.progress,
@@ -369,9 +362,6 @@ class _ProcessPool:
         self.running[name] = (phase, proc, log)
 
     def _start_training(self, plan: PlannedRun, tmp: Path) -> None:
-        from organseg.progress import progress_write
-        from organseg.training.config import to_yaml
-
         run = RunDir(self.out / STUDY_RUNS / plan.name)
         cfg = copy.deepcopy(plan.config)
         cfg["train"]["progress"] = False  # runtime keys: the run stays the same run
@@ -388,8 +378,6 @@ class _ProcessPool:
 
     def _reap(self) -> None:
         """Collect the processes that ended: a trained run goes on to its test; a diverged one is noted."""
-        from organseg.progress import progress_write
-
         for name, (phase, proc, log) in list(self.running.items()):
             code = proc.poll()
             if code is None:
