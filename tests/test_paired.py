@@ -164,7 +164,7 @@ def test_paired_from_runs_reads_per_case_files(tmp_path) -> None:
 
 
 def test_verdict_states_only_what_the_records_give() -> None:
-    from organseg.study.paired import verdict_markdown
+    from organseg.study.verdict import verdict_markdown
 
     rng = np.random.default_rng(1)
     a = rng.uniform(0.6, 0.8, (1, 12, 2))

@@ -4,8 +4,8 @@
 
 ``comparison.md`` holds a verdict from the numbers, paper-format tables (mean ± std over seeds), the published
 rows, paired statistics per protocol, the HD95 change, the sweep table and the cost table. The paired
-statistics (:mod:`organseg.study.paired`) and the cost table (:mod:`organseg.study.cost`) are
-computed and written there; this module places them.
+statistics (computed by :mod:`organseg.study.paired`, written by :mod:`organseg.study.verdict`) and the cost
+table (:mod:`organseg.study.cost`) are written there; this module places them.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from organseg.formatting import MISSING, fmt_value, num, pm, signed_pct
 from organseg.metrics import PROTOCOLS
 from organseg.study.cost import cost_markdown
 from organseg.study.grid import evaluated_on, freeze
-from organseg.study.paired import paired_markdown, verdict_markdown
+from organseg.study.verdict import paired_markdown, verdict_markdown
 
 Lines = list[str]
 Column = tuple[str, Callable[[dict[str, Any]], str]]

@@ -1,0 +1,276 @@
+"""The paired statistics in words: the paired tables of ``comparison.md`` and its opening verdict, written
+from the paired records (:func:`organseg.study.paired.study_paired`) and the cost records
+(:mod:`organseg.study.cost`) only, so the text always says what the numbers say.
+
+A cell of a paired table reads ``+1.80 [−0.40, +4.10] p=0.12 (n.s.)``: the difference B − A (DSC in points,
+HD95 in its unit), its 95 % bootstrap interval, the Holm-adjusted p and whether it is significant.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from organseg.formatting import MISSING, num
+from organseg.study.cost import duration
+from organseg.study.paired import ALPHA, HIGHER_IS_BETTER
+
+MINUS = "\u2212"
+
+
+def _signed(v: float | None, scale: float, digits: int) -> str:
+    if v is None:
+        return MISSING
+    text = f"{v * scale:+.{digits}f}"
+    return text.replace("-", MINUS)
+
+
+def _p(p: float | None) -> str:
+    if p is None:
+        return MISSING
+    return f"{p:.2g}" if p >= 0.001 else f"{p:.1e}"
+
+
+def cell(rec: dict[str, Any], scale: float = 1.0, digits: int = 2, unit: str = "") -> str:
+    """``+1.80 [−0.40, +4.10] p=0.12 (n.s.)``: difference (with ``unit`` after it), bootstrap CI,
+    Holm-adjusted p, verdict."""
+    if rec.get("diff") is None:
+        return MISSING
+    mark = "significant" if rec.get("significant") else "n.s."
+    return (
+        f"{_signed(rec['diff'], scale, digits)}{unit} [{_signed(rec['ci_low'], scale, digits)}, "
+        f"{_signed(rec['ci_high'], scale, digits)}] p={_p(rec.get('p_holm'))} ({mark})"
+    )
+
+
+def _pairs(paired: Sequence[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    """(model_a, model_b, sweep as JSON) in the order of the records."""
+    return list(dict.fromkeys(_key(r) for r in paired))
+
+
+def _key(r: dict[str, Any]) -> tuple[str, str, str]:
+    return r["model_a"], r["model_b"], json.dumps(r.get("sweep") or {}, sort_keys=True, default=str)
+
+
+def _sweep_text(sweep: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sweep.items())
+
+
+def paired_markdown(
+    paired: Sequence[dict[str, Any]], protocol: str, hd95_unit: str, settings: dict[str, Any]
+) -> list[str]:
+    """The paired table of one protocol for every compared pair (lines of ``comparison.md``)."""
+    lines: list[str] = []
+    for pair in dict.fromkeys(_key(r) for r in paired if r["protocol"] == protocol):
+        recs = [r for r in paired if _key(r) == pair and r["protocol"] == protocol]
+        a, b, sweep = pair[0], pair[1], json.loads(pair[2])
+        first = recs[0]
+        title = f"## Paired: {b} − {a}, {protocol} protocol" + (f" ({_sweep_text(sweep)})" if sweep else "")
+        unit = "voxels" if hd95_unit == "voxel" else hd95_unit
+        lines += [
+            title.replace("−", MINUS),
+            "",
+            f"Difference {b} {MINUS} {a} over {_units(settings)} "
+            f"({first['seeds_a']} and {first['seeds_b']} seed(s)), DSC in points, HD95 in {unit}; "
+            f"{_unit_rule(settings)}; [95 % bootstrap interval, {settings['resamples']:,} resamples of the "
+            f"{first['resampled']}, seed {settings['seed']}]; p: Wilcoxon signed-rank, Holm-adjusted over "
+            f"the organs (the mean row is one test, not adjusted), significant when below "
+            f"{settings['alpha']:g}. W/L: {_unit_name(settings)}s where {b} is better / worse (higher DSC, "
+            "lower HD95).",
+            "",
+            f"| Organ | {a} DSC | {b} DSC | ΔDSC | W/L | {a} HD95 | {b} HD95 | ΔHD95 | W/L |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        organs = list(dict.fromkeys(r["organ"] for r in recs))
+        organs = [o for o in organs if o != "mean"] + ["mean"]
+        for organ in organs:
+            d = next(r for r in recs if r["organ"] == organ and r["metric"] == "dice")
+            h = next(r for r in recs if r["organ"] == organ and r["metric"] == "hd95")
+            name = "**mean**" if organ == "mean" else organ
+            lines.append(
+                f"| {name} | {num(d['a'], scale=100)} | {num(d['b'], scale=100)} | {cell(d, 100)} | "
+                f"{d['wins']}/{d['losses']} | {num(h['a'])} | {num(h['b'])} | {cell(h)} | "
+                f"{h['wins']}/{h['losses']} |"
+            )
+        lines.append("")
+    return lines
+
+
+def _names(organs: Sequence[str]) -> str:
+    organs = list(organs)
+    if len(organs) <= 1:
+        return "".join(organs)
+    return ", ".join(organs[:-1]) + " and " + organs[-1]
+
+
+def _ahead(recs: Sequence[dict[str, Any]], a: str, b: str, metric: str) -> str:
+    """Which network is ahead on which organs (by the sign of the mean difference)."""
+    better_b, better_a, equal = [], [], []
+    hib = HIGHER_IS_BETTER[metric]
+    for r in recs:
+        if r["organ"] == "mean" or r["diff"] is None:
+            continue
+        if r["diff"] == 0:
+            equal.append(r["organ"])
+        elif (r["diff"] > 0) == hib:
+            better_b.append(r["organ"])
+        else:
+            better_a.append(r["organ"])
+    parts = []
+    if better_b:
+        parts.append(f"{b} on {_names(better_b)}")
+    if better_a:
+        parts.append(f"{a} on {_names(better_a)}")
+    text = "; ".join(parts)
+    if equal:
+        text += ("; " if text else "") + f"equal on {_names(equal)}"
+    return text or "no organ has a value for both"
+
+
+def _significance(recs: Sequence[dict[str, Any]], a: str, b: str, metric: str, scale: float) -> str:
+    organs = [r for r in recs if r["organ"] != "mean" and r["p_holm"] is not None]
+    if not organs:
+        return "no organ could be tested"
+    sig = [r for r in organs if r["significant"]]
+    hib = HIGHER_IS_BETTER[metric]
+    if not sig:
+        best = min(r["p_holm"] for r in organs)
+        return (
+            f"after Holm's correction over {_organs(len(organs))} none of the differences is significant "
+            f"(smallest adjusted p = {_p(best)})"
+        )
+    items = []
+    for r in sig:
+        winner = b if (r["diff"] > 0) == hib else a
+        items.append(f"{r['organ']} ({winner} better, {_signed(r['diff'], scale, 2)}, p={_p(r['p_holm'])})")
+    return f"after Holm's correction over {_organs(len(organs))} significant: " + "; ".join(items)
+
+
+def _organs(n: int) -> str:
+    return "the 1 organ" if n == 1 else f"the {n} organs"
+
+
+def _unit_name(settings: dict[str, Any]) -> str:
+    return "volume" if settings.get("unit_of_analysis") == "volume" else "subject"
+
+
+def _units(settings: dict[str, Any]) -> str:
+    """``10 subjects (20 volumes)``, or ``20 volumes`` when each volume is its own unit."""
+    n, volumes = settings.get("subjects", settings.get("cases", "?")), settings.get("cases", "?")
+    if _unit_name(settings) == "volume":
+        return f"{volumes} test volume(s)"
+    return f"{n} subject(s) ({volumes} volume(s))"
+
+
+def _unit_rule(settings: dict[str, Any]) -> str:
+    if _unit_name(settings) == "volume":
+        return "each volume counted as its own subject (its results do not record subjects)"
+    return "the unit is the subject (patient): a subject's value is the mean over its volumes"
+
+
+def _p_floor(recs: Sequence[dict[str, Any]], settings: dict[str, Any]) -> str:
+    """The exact Wilcoxon test's smallest p for this n (every subject on one side: 2 / 2^n), said when it
+    keeps the test from significance or when a p of the table sits on it."""
+    n = settings.get("subjects", settings.get("cases"))
+    if not isinstance(n, int) or n <= 0 or n > 50:
+        return ""
+    floor = 2.0 / 2**n
+    alpha = settings.get("alpha", ALPHA)
+    unit = _unit_name(settings)
+    if floor >= alpha:
+        return (
+            f"With {n} paired {unit}(s) the smallest p the exact Wilcoxon test can give is {floor:.3g}: "
+            f"more {unit}s are needed for significance at {alpha:g}."
+        )
+    if any(r.get("p") is not None and r["p"] <= floor * 1.000001 for r in recs):
+        return (
+            f"With {n} paired {unit}s the exact Wilcoxon test cannot give a p below 2/2^{n} = {floor:.3g}; "
+            "the p-values at that floor mean every subject favours the same network, not a stronger effect."
+        )
+    return ""
+
+
+def _cost_sentence(cost: Sequence[dict[str, Any]], a: str, b: str, sweep: dict[str, Any]) -> str:
+    by = {c["model"]: c for c in cost if (c.get("sweep") or {}) == sweep}
+    parts = []
+    for m in (a, b):
+        c = by.get(m)
+        if c is None:
+            continue
+        bits = []
+        if c.get("params") is not None:
+            bits.append(f"{c['params'] / 1e6:.2f} M parameters")
+        if c.get("gflops_per_image") is not None:
+            bits.append(f"{c['gflops_per_image']:.3g} GFLOPs per image")
+        if c.get("train_images_per_s") is not None:
+            bits.append(f"trained at {c['train_images_per_s']:.1f} images/s")
+        if c.get("train_seconds") is not None:
+            bits.append(f"in {duration(c['train_seconds'])} per run")
+        if c.get("infer_seconds_per_volume") is not None:
+            bits.append(f"predicted in {c['infer_seconds_per_volume']:.2f} s per volume")
+        if bits:
+            parts.append(f"{m} has " + ", ".join(bits))
+    text = "; ".join(parts)
+    ca, cb = by.get(a), by.get(b)
+    if ca and cb and ca.get("gflops_per_image") and cb.get("gflops_per_image"):
+        ratio = ca["gflops_per_image"] / cb["gflops_per_image"]
+        cheaper, other, k = (b, a, ratio) if ratio >= 1 else (a, b, 1 / ratio)
+        text += f". Per image {cheaper} needs {k:.1f}× fewer FLOPs than {other}"
+    return f"Cost: {text}." if text else ""
+
+
+def verdict_markdown(
+    paired: Sequence[dict[str, Any]], cost: Sequence[dict[str, Any]], settings: dict[str, Any]
+) -> list[str]:
+    """The opening paragraph(s) of ``comparison.md``, generated from the paired records and the cost records
+    only: which network is ahead where, what is significant after Holm's correction, what each costs."""
+    if not paired:
+        return []
+    lines = ["## Verdict", ""]
+    for a, b, sweep_json in _pairs(paired):
+        sweep = json.loads(sweep_json)
+        recs = [r for r in paired if _key(r) == (a, b, sweep_json)]
+        first = recs[0]
+        head = f"**{b} against {a}**" + (f" ({_sweep_text(sweep)})" if sweep else "")
+        sentences = [
+            f"{head}: {_units(settings)}, {first['seeds_a']} seed(s) of {a} and {first['seeds_b']} of {b}."
+        ]
+        for protocol in ("corrected", "reference"):
+            prec = [r for r in recs if r["protocol"] == protocol]
+            if not prec:
+                continue
+            d = [r for r in prec if r["metric"] == "dice"]
+            h = [r for r in prec if r["metric"] == "hd95"]
+            md = next(r for r in d if r["organ"] == "mean")
+            mh = next(r for r in h if r["organ"] == "mean")
+            label = "Corrected protocol" if protocol == "corrected" else "Reference protocol (the papers')"
+            if md["diff"] is None:
+                sentences.append(f"{label}: no {_unit_name(settings)} has a DSC for both.")
+                continue
+            s = (
+                f"{label}: mean DSC {num(md['b'], scale=100)} % for {b}, "
+                f"{num(md['a'], scale=100)} % for {a}, "
+                f"difference {cell(md, 100, unit=' points')}"
+            )
+            if mh["diff"] is not None:
+                s += f"; mean HD95 {num(mh['b'])} for {b}, {num(mh['a'])} for {a}, difference {cell(mh)}"
+                if protocol == "corrected":
+                    s += " (per volume over the organs found in every run of both)"
+            sentences.append(s + ".")
+            if protocol == "corrected":
+                sentences.append(
+                    f"DSC per organ, ahead: {_ahead(d, a, b, 'dice')}; {_significance(d, a, b, 'dice', 100)}."
+                )
+                sentences.append(
+                    f"HD95 per organ, ahead (lower): {_ahead(h, a, b, 'hd95')}; "
+                    f"{_significance(h, a, b, 'hd95', 1)}."
+                )
+        floor = _p_floor(recs, settings)
+        if floor:
+            sentences.append(floor)
+        cost_text = _cost_sentence(cost, a, b, sweep)
+        if cost_text:
+            sentences.append(cost_text)
+        lines += [" ".join(sentences), ""]
+    return lines
