@@ -26,10 +26,13 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from organseg.errors import DataError
 from organseg.fileio import atomic_write_text, read_json, read_text, read_yaml
+
+if TYPE_CHECKING:  # the record lives beside its writer, which writes through this module: a type, no import
+    from organseg.evaluation.evaluate import ResultsSummary
 
 CONFIG = "config.yaml"
 ENV = "env.json"
@@ -95,11 +98,11 @@ class RunEnv:
 _TEST_SUMMARY_KEYS = ("class_names", "split", "cases", "reference", "corrected")
 
 
-def read_test_summary(path: str | Path) -> dict[str, Any]:
+def read_test_summary(path: str | Path) -> ResultsSummary:
     """A results folder's ``summary.json``; DataError naming the file when it is not an organseg test summary.
 
-    A dict, not a dataclass: its protocol blocks are the documented JSON that tables, reports and the study
-    index by organ and protocol."""
+    A dict typed as :class:`organseg.evaluation.evaluate.ResultsSummary`, not a dataclass: its protocol
+    blocks are the documented JSON that tables, reports and the study index by organ and protocol."""
     data = read_json(path, "test summary")
     missing = [k for k in _TEST_SUMMARY_KEYS if k not in data]
     if missing:
@@ -140,7 +143,7 @@ class ResultsDir:
         """Whether a test wrote its summary here (the other files are written with it, as one set)."""
         return self.summary_file.is_file()
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> ResultsSummary:
         return read_test_summary(self.summary_file)
 
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import torch
@@ -13,7 +13,7 @@ from organseg.data.base import SegmentationDataset, Volume
 from organseg.data.detect import resolve_dataset
 from organseg.device import resolve_device
 from organseg.errors import DataError
-from organseg.evaluation.evaluate import evaluate_dataset
+from organseg.evaluation.evaluate import ResultsSummary, SummaryExtra, evaluate_dataset
 from organseg.fileio import check_output, check_output_dir, check_output_file
 from organseg.formatting import num
 from organseg.imageio.volumes import Geometry, write_image
@@ -31,6 +31,36 @@ from organseg.reporting.tables import results_table
 from organseg.reporting.viewer import VIEWER_DIR, CaseViewers, chain
 from organseg.run import ResultsDir, RunDir
 from organseg.values import OPTIONAL_POSITIVE_INT, POSITIVE_INT, check_value
+
+
+class ProtocolMeans(TypedDict, total=False):
+    """A member's means under one protocol (the keys its summary block has of these three)."""
+
+    mean_dice: float | None
+    mean_hd95: float | None
+    hd95_unit: str
+
+
+class MemberSummary(TypedDict):
+    """``members[k]`` of an ensemble's or TTA's :class:`RunTestResult`: one member tested alone."""
+
+    checkpoint: str
+    results_dir: str  #: the member's own results folder
+    reference: ProtocolMeans
+    corrected: ProtocolMeans
+
+
+class _RunTestCore(TypedDict):
+    results_dir: str  #: the results folder written
+    table: str  #: the Markdown results table the command prints (with the members' table below it)
+    report: str | None  #: the report written, or None with ``report=False``
+
+
+class RunTestResult(ResultsSummary, _RunTestCore, total=False):
+    """What :func:`run_test` returns: the ``summary.json`` written (:class:`ResultsSummary`), then
+    ``results_dir``, ``table`` and ``report``; with ``--ensemble`` or ``--tta`` also ``members``."""
+
+    members: list[MemberSummary]
 
 
 def _open_dataset(
@@ -77,7 +107,7 @@ def run_test(
     ensemble: Sequence[str | Path] = (),
     models: Sequence[str] | None = None,
     tta: bool = False,
-) -> dict[str, Any]:
+) -> RunTestResult:
     """Evaluate a run folder's checkpoint (or a checkpoint file) on ``split`` and write the results folder.
 
     Returns the summary (as in ``summary.json``) plus ``results_dir``, ``table`` and ``report`` (a path or
@@ -130,11 +160,11 @@ def run_test(
     return summary
 
 
-def _means(protocol: dict[str, Any]) -> dict[str, Any]:
+def _means(protocol: Mapping[str, Any]) -> ProtocolMeans:
     return {k: protocol.get(k) for k in ("mean_dice", "mean_hd95", "hd95_unit") if k in protocol}
 
 
-def members_table(summary: dict[str, Any], members: Sequence[dict[str, Any]]) -> str:
+def members_table(summary: RunTestResult, members: Sequence[RunTestResult | MemberSummary]) -> str:
     """Mean DSC / HD95 of each member tested alone and of their average, under both protocols."""
     what = "ensemble" if len(members) > 1 else "the network"
     what += " + mirror TTA" if summary.get("tta") else ""
@@ -143,7 +173,7 @@ def members_table(summary: dict[str, Any], members: Sequence[dict[str, Any]]) ->
         "|---|---|---|---|---|",
     ]
 
-    def row(label: str, s: dict[str, Any]) -> str:
+    def row(label: str, s: RunTestResult | MemberSummary) -> str:
         # The corrected means are None when no case has the organ pair they need (an organ missed
         # everywhere has no HD95): written as every table writes a missing number.
         r, c = s["reference"], s["corrected"]
@@ -220,7 +250,7 @@ def _test_one(
     tta: bool = False,
     whole: bool = False,
     orientation: tuple[str | None, list[str]] | None = None,
-) -> dict[str, Any]:
+) -> RunTestResult:
     """One network (``tgt``'s checkpoint, or ``model`` with ``ckpt``'s fields) on ``split`` (of the whole
     dataset, not the checkpoint's fold, with ``whole``). ``orientation``: the network's orientation code and
     notes (:func:`organseg.inference.sources.network_orientation`), by default ``ckpt``'s."""
@@ -254,7 +284,7 @@ def _test_one(
         on_case=on_case,
         orientation=code,
     )
-    extra = {
+    extra: SummaryExtra = {
         "model_name": ckpt.get("model_name"),
         "checkpoint": str(tgt.checkpoint_path),
         "data": str(getattr(dataset, "root", dataset.name)),
@@ -268,7 +298,7 @@ def _test_one(
         extra.update(ensemble=list(sources), tta=tta)
     result.write(folder, extra)
     collector.save(ResultsDir(folder).file(ResultsDir.OVERLAYS))
-    summary = {**result.summary(), **extra, "results_dir": str(folder)}
+    summary: RunTestResult = {**result.summary(), **extra, "results_dir": str(folder)}
     summary["table"] = results_table(summary, ckpt.get("model_name"))
     summary["report"] = str(write_report(_report_root(tgt, out, folder))) if report else None
     return summary

@@ -20,6 +20,7 @@ import numpy as np
 
 from organseg.data.base import Volume
 from organseg.errors import DataError
+from organseg.evaluation.evaluate import ResultsSummary
 from organseg.fileio import (
     atomic_write_bytes,
     atomic_write_text,
@@ -206,7 +207,7 @@ def plot_prediction(
     return save_figure(fig, Path(path))
 
 
-def plot_dice_bars(summary: dict[str, Any], path: str | Path, model_name: str | None = None) -> Path:
+def plot_dice_bars(summary: ResultsSummary, path: str | Path, model_name: str | None = None) -> Path:
     """Per-organ DSC (%) under both protocols, with the published row of the same network when known."""
     plt = pyplot()
     class_names = summary["class_names"]
@@ -290,7 +291,7 @@ def _results_folders(root: Path) -> list[Path]:
     return [r.path for r in RunDir(root).all_results()]
 
 
-def _model_name(root: Path, summary: dict[str, Any]) -> str | None:
+def _model_name(root: Path, summary: ResultsSummary) -> str | None:
     # A damaged or missing configuration only loses the name.
     return summary.get("model_name") or RunDir(root).model_name
 

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from organseg.data.classes import ACDC_CLASSES, SYNAPSE_CLASSES, paper_columns
+from organseg.evaluation.evaluate import CorrectedSummary, ReferenceSummary, ResultsSummary
 from organseg.formatting import num
 
 #: (column titles after the method, published rows). None = not reported.
@@ -66,7 +67,9 @@ def columns(class_names: Sequence[str]) -> list[tuple[str, int]]:
     return list(paper_columns(class_names))
 
 
-def _our_row(protocol_summary: dict[str, Any], class_names: Sequence[str]) -> dict[str, float | None]:
+def _our_row(
+    protocol_summary: ReferenceSummary | CorrectedSummary, class_names: Sequence[str]
+) -> dict[str, float | None]:
     """A summary's values in table units: Dice in %, HD95 as is."""
     per_class = protocol_summary["per_class"]
 
@@ -82,7 +85,7 @@ def _our_row(protocol_summary: dict[str, Any], class_names: Sequence[str]) -> di
     return row
 
 
-def results_table(summary: dict[str, Any], model_name: str | None = None, label: str = "ours") -> str:
+def results_table(summary: ResultsSummary, model_name: str | None = None, label: str = "ours") -> str:
     """A Markdown table (also readable on a console): published rows of the dataset, our reference-protocol
     and corrected-protocol rows, and our reference row minus the published row of the same network."""
     class_names = summary["class_names"]
