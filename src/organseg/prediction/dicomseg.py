@@ -21,7 +21,7 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
@@ -52,6 +52,32 @@ _LATERALITY = {"right": ("24028007", "Right"), "left": ("7771000", "Left")}
 _CATEGORY = ("123037004", "Anatomical Structure")  # DICOM CID 7150
 #: Why no DICOM-SEG is written for a prediction without foreground (a SEG needs at least one segment).
 NO_SEGMENT = "the prediction holds no foreground class; a DICOM-SEG needs at least one segment"
+
+#: One segment of a written DICOM-SEG: its ``segment`` number (1..n), the ``class`` index it holds, the class
+#: ``name`` and its ``code`` (value, scheme, meaning: SNOMED CT where organseg knows the organ, else a
+#: private ``99ORGANSEG`` code).
+SegmentRecord = TypedDict("SegmentRecord", {"segment": int, "class": int, "name": str, "code": list[str]})
+
+
+class _DicomSegPath(TypedDict):
+    path: str | None  #: the DICOM-SEG file; None when none was written
+
+
+class DicomSegRecord(_DicomSegPath, total=False):
+    """The sidecar's ``dicom_seg`` (``predict --format dicom-seg`` or ``both``), in the order written.
+
+    Written (:func:`write_dicom_seg`, then ``written: true``): ``path``, ``segments`` (one
+    :data:`SegmentRecord` per class present), ``referenced_series`` (the source SeriesInstanceUID),
+    ``derived_uids`` ({DICOM keyword: UID} that an anonymised source lacked and had to be derived) and
+    ``notes`` (one per derived UID). Not written because the prediction is empty: ``path`` None, ``written``
+    false and ``reason`` (:data:`NO_SEGMENT`)."""
+
+    segments: list[SegmentRecord]
+    referenced_series: str
+    derived_uids: dict[str, str]
+    notes: list[str]
+    written: bool
+    reason: str
 
 
 def _highdicom():
@@ -164,7 +190,7 @@ def _complete_source_headers(sources: list[Any], pydicom: Any) -> tuple[dict[str
 
 def _segment_descriptions(
     hd: Any, present: list[int], class_names: Sequence[str], algorithm: dict[str, str]
-) -> tuple[list[Any], list[dict[str, Any]]]:
+) -> tuple[list[Any], list[SegmentRecord]]:
     """One highdicom SegmentDescription per present class (numbered from 1), and its sidecar summary."""
     from pydicom.sr.codedict import codes  # noqa: PLC0415 (pydicom: the optional organseg[dicom] extra)
 
@@ -205,7 +231,7 @@ def write_dicom_seg(
     out: str | Path,
     *,
     algorithm: dict[str, str],
-) -> dict[str, Any]:
+) -> DicomSegRecord:
     """Write ``labels`` (the (D, H, W) label map read from ``source_files`` with ``geometry``) as a DICOM-SEG.
 
     ``algorithm`` holds ``name`` (e.g. "organseg swin_unet"), ``version`` and ``parameters``: strings that

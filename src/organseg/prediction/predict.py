@@ -24,7 +24,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import torch
@@ -57,7 +57,7 @@ from organseg.inference.sources import (
     reference_defaults,
 )
 from organseg.inference.targets import checkpoint_patch_size
-from organseg.prediction.dicomseg import NO_SEGMENT, write_dicom_seg
+from organseg.prediction.dicomseg import NO_SEGMENT, DicomSegRecord, write_dicom_seg
 from organseg.progress import progress_bar
 from organseg.reporting.report import plot_prediction
 from organseg.reporting.viewer import write_viewer
@@ -65,6 +65,73 @@ from organseg.values import POSITIVE_INT, check_value
 
 _OUT_SUFFIXES = (".nii.gz", ".nii", ".mha", ".nrrd")
 FORMATS = ("nifti", "dicom-seg", "both")
+
+
+# ------------------------------------------------------------------------------------------------ the sidecar
+
+
+class ClassVolume(TypedDict):
+    """One class of the label map, background included (:func:`class_volumes`)."""
+
+    index: int  #: the label value
+    name: str
+    voxels: int
+    volume_ml: float  #: voxels x the voxel volume (spacing in mm; 1 mL = 1000 mm^3), 3 decimals
+
+
+class TurnRecord(TypedDict):
+    """The exact turn from the scan's (D, H, W) array to the network's (:class:`Reorientation`)."""
+
+    axes: list[int]  #: the scan's array axis that becomes each of the network's axes
+    flips: list[bool]  #: whether each of the network's axes is then reversed
+
+
+class _OrientationCodes(TypedDict):
+    network: str | None  #: the checkpoint's orientation code; None: the scan went in as stored
+    scan: str | None  #: the scan's nearest orientation code (None without a network code)
+
+
+class OrientationRecord(_OrientationCodes, total=False):
+    """The sidecar's ``orientation``: ``network`` and ``scan``, with a network code ``tilt_degrees`` (how far
+    the scan's voxel axes are from the patient axes, 3 decimals; :func:`scan_turn`), and ``turn``."""
+
+    tilt_degrees: float
+    turn: TurnRecord
+
+
+class _SidecarCore(TypedDict):
+    input: str  #: the scan as given (a file or a DICOM series folder)
+    output: str | None  #: the label map written; None with ``--format dicom-seg``
+    checkpoint: str | None  #: the one network's source file; None for an ensemble
+    ensemble: list[str] | None  #: every member's source, for an ensemble; None for one network
+    tta: bool  #: mirror test-time augmentation
+    model_name: str | None  #: the network (of the first member)
+    notes: list[str]  #: what the prediction assumed (a checkpoint without classes, a sheared sform ...)
+    warnings: list[str]  #: what the user should check (an oblique scan)
+    shape: list[int]  #: the label map's (D, H, W)
+    #: the input's geometry, which the label map keeps (:class:`~organseg.imageio.volumes.Geometry`):
+    spacing: list[float]  #: (z, y, x) in mm, the array's axis order
+    origin: list[float]  #: the (x, y, z) position of voxel [0, 0, 0] in mm (LPS)
+    direction: list[float]  #: the 3x3 direction cosines, row-major (LPS)
+    axial_axis: int  #: the scan's array axis the network sliced along
+    orientation: OrientationRecord
+    preprocessing: dict[str, Any]  #: the checkpoint's intensity preprocessing (``{"kind": ...}``)
+    precision: str
+    seconds: float  #: prediction time (network only), 3 decimals
+    classes: list[ClassVolume]  #: every class in label order, background first
+
+
+class Sidecar(_SidecarCore, total=False):
+    """The JSON written beside each label map (``OUT.json``, :func:`sidecar_path`), and what
+    :func:`predict_case` returns. Keys in the order written: ``input``, ``series`` (only when one series of
+    a DICOM folder or media export was picked: its SeriesInstanceUID), then the fields above from ``output``
+    to ``classes``, then the outputs beside the label map that were asked for: ``dicom_seg``
+    (:class:`~organseg.prediction.dicomseg.DicomSegRecord`), ``viewer`` and ``overlay`` (their paths)."""
+
+    series: str
+    dicom_seg: DicomSegRecord
+    viewer: str
+    overlay: str
 
 
 def axial_axis(direction: tuple[float, ...] | list[float]) -> int:
@@ -91,7 +158,7 @@ def sidecar_path(out: str | Path) -> Path:
 
 def class_volumes(
     labels: np.ndarray, class_names: list[str], spacing: tuple[float, ...]
-) -> list[dict[str, Any]]:
+) -> list[ClassVolume]:
     """Voxels and millilitres (spacing in mm; 1 mL = 1000 mm^3) of every class, background included."""
     counts = np.bincount(labels.ravel(), minlength=len(class_names))
     voxel_ml = float(np.prod(spacing)) / 1000.0
@@ -360,7 +427,7 @@ def check_predict_outputs(
 
 def _write_views(
     predictor: Predictor, case: Case, image: np.ndarray, pred: np.ndarray, geometry: Geometry,
-    info: dict[str, Any],
+    info: Sidecar,
     written: list[Path], series_uid: str | None,
 ) -> None:  # fmt: skip
     """The optional outputs of one case (DICOM-SEG, viewer, overlay figure), each added to ``written`` as soon
@@ -395,7 +462,7 @@ def _write_views(
 
 def scan_turn(
     orientation: str | None, raw_geometry: Geometry, source: str
-) -> tuple[Reorientation, dict[str, Any], list[str]]:
+) -> tuple[Reorientation, OrientationRecord, list[str]]:
     """How a scan goes to the network: the turn of its (D, H, W) array, what the sidecar records of it and
     the warnings to print.
 
@@ -412,7 +479,7 @@ def scan_turn(
         return turn, {"network": None, "scan": None}, []
     scan = scan_orientation(raw_geometry.direction, source)
     turn = reorientation(scan.code, orientation)
-    record = {"network": orientation, "scan": scan.code, "tilt_degrees": round(scan.tilt, 3)}
+    record = OrientationRecord(network=orientation, scan=scan.code, tilt_degrees=round(scan.tilt, 3))
     warnings = []
     if scan.oblique:
         warnings.append(
@@ -424,7 +491,7 @@ def scan_turn(
 
 
 def predict_case(predictor: Predictor, case: Case, *, series_uid: str | None = None, progress: bool = True
-                 ) -> dict[str, Any]:  # fmt: skip
+                 ) -> Sidecar:  # fmt: skip
     """Predict one scan and write its files; returns the sidecar's content. On any failure the files this
     call wrote are removed again, so the case is left without a sidecar: not done, redone by the next call."""
     input_path = case.input
@@ -455,7 +522,7 @@ def predict_case(predictor: Predictor, case: Case, *, series_uid: str | None = N
     )  # fmt: skip
     seconds = time.perf_counter() - start
     names = predictor.class_names
-    info: dict[str, Any] = {
+    info: Sidecar = {
         "input": str(input_path),
         **({"series": series_uid} if series_uid is not None else {}),
         "output": str(case.label) if case.label else None,
@@ -506,7 +573,7 @@ def predict_file(
     progress: bool = True,
     formats: str = "nifti",
     viewer: bool = False,
-) -> dict[str, Any]:
+) -> Sidecar:
     """Predict one scan to ``out`` (the label map) and its JSON sidecar (class names and volumes);
     optionally an overlay PNG, a viewer page and a DICOM-SEG. Returns the sidecar's content."""
     (case,) = plan_cases([Path(input_path)], out, formats=formats, viewer=viewer, overlay=overlay)
@@ -525,7 +592,7 @@ class Outcome:
     case: Case
     status: str  # "done" | "skipped" | "failed"
     reason: str = ""
-    info: dict[str, Any] | None = None
+    info: Sidecar | None = None
 
 
 def predict_many(
