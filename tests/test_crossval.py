@@ -26,7 +26,7 @@ from organseg.errors import ConfigError, DataError
 from organseg.evaluation.evaluate import EvaluationResult
 from organseg.run import ResultsDir, RunDir
 from organseg.study import collect
-from organseg.study.aggregate import still_improving
+from organseg.study.conditions import still_improving
 from organseg.study.paired import read_per_case
 
 # ------------------------------------------------------------------------------------------- ACDC layout

@@ -11,16 +11,21 @@ Modules, in the order a study uses them:
 
 - :mod:`~organseg.study.grid`: ``--set``/``--seeds`` parsing, run names, the planned runs and their configs;
 - :mod:`~organseg.study.runner`: training and testing the grid here or in child processes, reuse and resume;
+- :mod:`~organseg.study.runs`: the tested run folders as the aggregation reads them (``RunResult``);
+- :mod:`~organseg.study.crossval`: a cross-validation's fold runs pooled into one result per seed;
 - :mod:`~organseg.study.aggregate`: run folders -> the comparison dict (groups over seeds, HD95 change,
-  paired statistics and cost from :mod:`organseg.evaluation`);
-- :mod:`~organseg.study.outputs`: ``comparison.md/.json/.csv`` and the console table;
+  the conditions of :mod:`~organseg.study.conditions`, paired statistics of :mod:`~organseg.study.paired`
+  and cost of :mod:`~organseg.study.cost`);
+- :mod:`~organseg.study.outputs`: ``comparison.md/.json/.csv`` and the console table (the paired tables and
+  the verdict written by :mod:`~organseg.study.verdict`);
 - :mod:`~organseg.study.figures`: ``comparison_organs.png``, ``comparison_sweep_<key>.png``.
 """
 
-from organseg.study.aggregate import collect, find_runs, infer_sweep_keys
+from organseg.study.aggregate import collect, infer_sweep_keys
 from organseg.study.grid import PlannedRun, Sweep, parse_seeds, parse_sets, plan_runs, run_name, split_values
 from organseg.study.outputs import comparison_markdown, console_table, write_comparison
 from organseg.study.runner import run_state, run_study
+from organseg.study.runs import find_runs
 
 __all__ = [
     "PlannedRun",

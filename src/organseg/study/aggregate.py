@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,21 +19,21 @@ import numpy as np
 
 from organseg import __version__
 from organseg.errors import DataError
-from organseg.evaluation.evaluate import EvaluationResult
 from organseg.fileio import check_output_dir
 from organseg.formatting import fmt_value
 from organseg.metrics import PROTOCOLS
 from organseg.reporting.tables import PUBLISHED, columns, dataset_kind
-from organseg.run import STUDY_RUNS, ResultsDir, RunDir
+from organseg.run import STUDY_RUNS, RunDir
+from organseg.study.conditions import conditions
 from organseg.study.cost import group_cost, run_cost
+from organseg.study.crossval import pool_folds
 from organseg.study.efficiency import add_efficiency
 from organseg.study.figures import write_figures
-from organseg.study.grid import DEFAULT_SEED, NOT_SWEPT, freeze, short_keys
+from organseg.study.grid import NOT_SWEPT, freeze, short_keys
 from organseg.study.outputs import write_comparison
-from organseg.study.paired import read_per_case, study_paired
+from organseg.study.paired import study_paired
+from organseg.study.runs import RunResult, check_same_classes, find_runs, read_runs
 from organseg.training.config import RUNTIME_KEYS, flatten
-
-CV_DIR = "cv"  # a cross-validation study's pooled out-of-fold results: OUT/cv/<model>__seed<N>/
 
 # Per protocol, the summary fields a run contributes, in comparison.json's order: "stats" fields are
 # aggregated over seeds (:func:`_stats`), "first" fields (units, tolerances) are taken from the first run.
@@ -44,94 +43,6 @@ PROTOCOL_FIELDS: dict[str, tuple[tuple[str, str], ...]] = {
                   ("stats", "mean_nsd"), ("stats", "mean_assd"), ("first", "nsd_tolerance")),
 }  # fmt: skip
 COLUMN_METRICS = ("dice", "hd95")  # per organ column
-
-
-@dataclass
-class RunResult:
-    """What the aggregation needs from one run folder."""
-
-    run: RunDir
-    model: str
-    seed: int
-    config: dict
-    summary: dict
-    results: ResultsDir
-    sweep: dict[str, Any] = field(default_factory=dict)
-    folds: list[RunResult] = field(default_factory=list)  # a cross-validation's fold runs, pooled here
-
-    @property
-    def name(self) -> str:
-        return cv_name(self.run.name) if self.folds else self.run.name
-
-    @property
-    def fold(self) -> int | None:
-        return (self.config.get("data") or {}).get("fold")
-
-
-def cv_name(run_name: str) -> str:
-    """``unet__seed1234_fold3`` -> ``unet__seed1234``: the name of the pooled cross-validation of a seed."""
-    head, sep, k = run_name.rpartition("_fold")
-    return head if sep and k.isdigit() else run_name
-
-
-def pool_folds(out: Path, runs: Sequence[RunResult], split: str) -> tuple[list[RunResult], list[str]]:
-    """Cross-validation: the fold runs of one network x swept values x seed become one result over every
-    held-out subject (``OUT/cv/<model>__seed<N>/``: per_case.json and a summary recomputed from the pooled
-    cases), so the tables and paired statistics count each subject once, predicted by the fold model that
-    never saw it. Runs without ``data.fold`` pass through. Returns the runs and notes (missing folds)."""
-    plain = [r for r in runs if r.fold is None]
-    by_key: dict[tuple[str, str, int], list[RunResult]] = {}
-    for r in runs:
-        if r.fold is not None:
-            by_key.setdefault((r.model, freeze(r.sweep), r.seed), []).append(r)
-    pooled, notes = [], []
-    for members in by_key.values():
-        members.sort(key=lambda r: int(r.fold or 0))
-        first = members[0]
-        k = int((first.config.get("data") or {}).get("folds") or len(members))
-        have = [int(r.fold or 0) for r in members]
-        if have != list(range(k)):
-            notes.append(
-                f"{cv_name(first.run.name)}: folds {have} of {k} are tested; the pooled results hold only "
-                "their held-out subjects"
-            )
-        records: list[dict[str, Any]] = []
-        seen: dict[str, str] = {}
-        for r in members:
-            for rec in read_per_case(r.results.path):
-                case = str(rec["case"])
-                if case in seen:
-                    raise DataError(
-                        f"{r.results.path}: case {case} is held out in {seen[case]} too: these runs are not "
-                        "folds of one cross-validation"
-                    )
-                seen[case] = r.name
-                records.append(rec)
-        class_names = first.summary["class_names"]
-        tolerance = (first.summary.get("corrected") or {}).get("nsd_tolerance")
-        result = EvaluationResult.from_per_case(records, class_names, split, tolerance)
-        folder = ResultsDir(out / CV_DIR / cv_name(first.run.name))
-        timing = {key: sum(float(r.summary.get(key) or 0) for r in members)
-                  for key in ("inference_seconds", "slices")}  # fmt: skip
-        extra = {
-            "pooled_folds": [r.name for r in members],
-            "folds": k,
-            "checkpoint": first.summary.get("checkpoint"),
-            "precision": first.summary.get("precision"),
-            "data": first.summary.get("data"),
-            "inference_seconds": round(timing["inference_seconds"], 3),
-            "slices": int(timing["slices"]),
-        }
-        if records:
-            extra["inference_seconds_per_case"] = round(timing["inference_seconds"] / len(records), 4)
-        if timing["slices"]:
-            extra["inference_seconds_per_slice"] = round(timing["inference_seconds"] / timing["slices"], 5)
-        result.write(folder.path, extra)
-        pooled.append(
-            RunResult(first.run, first.model, first.seed, first.config, folder.summary(), folder,
-                      dict(first.sweep), folds=members)
-        )  # fmt: skip
-    return plain + pooled, notes
 
 
 def fold_table(runs: Sequence[RunResult], model_order: Sequence[str]) -> list[dict[str, Any]]:
@@ -171,100 +82,6 @@ def cross_validation_record(out: Path, runs: Sequence[RunResult]) -> dict[str, A
         "splits_file": str(splits) if splits.is_file() else None,
         "spread": spread,
     }
-
-
-RISE_DSC = 0.005  # half a DSC point: a validation curve still rising by more is "still improving"
-LOSS_DROP = 0.02  # a training loss 2 % lower in the last quarter than in the third is still falling
-
-
-def still_improving(run: RunDir, iterations: int | None) -> tuple[bool | None, str]:
-    """Whether a run was still improving at its end, and by which record: its validation mean DSC at the
-    end against the last validation at or before 75 % of the run (rising by more than :data:`RISE_DSC`);
-    without a validation there, its training loss over the last quarter against the third (falling by
-    more than :data:`LOSS_DROP`); None when neither is recorded."""
-    try:
-        vals = [v for v in run.metrics("val") if v.get("mean_dice") is not None]
-        if iterations and len(vals) >= 2:
-            earlier = [v for v in vals[:-1] if v["iter"] <= 0.75 * iterations]
-            if earlier:
-                return vals[-1]["mean_dice"] - earlier[-1]["mean_dice"] > RISE_DSC, "validation DSC"
-        train = [t for t in run.metrics("train") if t.get("loss") is not None]
-    except DataError:
-        return None, "no record"
-    if train:
-        end = train[-1]["iter"]
-        third = [t["loss"] for t in train if 0.5 * end < t["iter"] <= 0.75 * end]
-        last = [t["loss"] for t in train if t["iter"] > 0.75 * end]
-        if third and last:
-            return float(np.mean(last)) < (1 - LOSS_DROP) * float(np.mean(third)), "training loss"
-    return None, "no record"
-
-
-def conditions(runs: Sequence[RunResult], split: str, checkpoint: str) -> dict[str, Any]:
-    """``comparison.json["conditions"]``: under which conditions the verdict holds, from the runs' own
-    records: per network the training budget (minutes, iterations, epochs, images seen), initialisation,
-    data fraction, device, and the runs still improving at their end; for the study the split or folds
-    and what chose the checkpoint."""
-    if checkpoint == "best":
-        selection = "best.pt, chosen on the validation split" + (
-            " — the split these numbers are from, so they are optimistic" if split == "val" else ""
-        )
-    elif checkpoint == "last":
-        selection = "last.pt, chosen by no data (the end of the schedule)"
-    else:
-        selection = f"{checkpoint}.pt, a fixed epoch"
-    models: dict[str, dict[str, Any]] = {}
-    for r in runs:
-        for member in r.folds or [r]:
-            m = models.setdefault(member.model, {"runs": [], "improving": [], "evidence": set()})
-            summary = member.run.summary()
-            seconds = summary.train_seconds if summary else None
-            env = member.run.env()
-            train = member.config.get("train") or {}
-            iters = summary.iterations if summary else None
-            improving, evidence = still_improving(member.run, iters)
-            m["runs"].append({
-                "minutes": None if seconds is None else seconds / 60,
-                "iterations": iters, "epochs": summary.epochs if summary else None,
-                "images": None if iters is None else iters * int(train.get("batch_size") or 0),
-                "device": env.device_name or env.device if env else None,
-                "threads": env.torch_threads if env else None,
-                "init": (member.config.get("model") or {}).get("pretrained") or "scratch",
-                "fraction": (member.config.get("data") or {}).get("train_fraction") or 1.0,
-                "budget_min": train.get("time_budget_min"), "precision": train.get("precision"),
-            })  # fmt: skip
-            if improving:
-                m["improving"].append(member.name)
-            m["evidence"].add(evidence)
-    out = {}
-    for model, m in models.items():
-        rows = m["runs"]
-
-        def mean(key: str, rows: list[dict[str, Any]] = rows) -> float | None:
-            vals = [x[key] for x in rows if x[key] is not None]
-            return float(np.mean(vals)) if vals else None
-
-        out[model] = {
-            "runs": len(rows),
-            "train_minutes": mean("minutes"), "iterations": mean("iterations"), "epochs": mean("epochs"),
-            "images_seen": mean("images"),
-            "time_budget_min": sorted({x["budget_min"] for x in rows if x["budget_min"] is not None}),
-            "init": sorted({str(x["init"]) for x in rows}),
-            "train_fraction": sorted({float(x["fraction"]) for x in rows}),
-            "device": sorted({str(x["device"]) for x in rows if x["device"]}),
-            "threads": sorted({int(x["threads"]) for x in rows if x["threads"]}),
-            "precision": sorted({str(x["precision"]) for x in rows if x["precision"]}),
-            "still_improving": m["improving"],
-            "improving_by": sorted(m["evidence"]),
-        }  # fmt: skip
-    folds = sorted({int(f.config["data"]["folds"]) for r in runs for f in r.folds}) or None
-    return {"split": split, "checkpoint": checkpoint, "selection": selection, "folds": folds, "models": out}
-
-
-def find_runs(out: str | Path) -> list[Path]:
-    """Run folders (holding ``config.yaml``) under ``OUT/runs``."""
-    base = Path(out) / STUDY_RUNS
-    return sorted(p for p in base.iterdir() if RunDir(p).is_run()) if base.is_dir() else []
 
 
 def infer_sweep_keys(configs: Sequence[tuple[str, dict]]) -> list[str]:
@@ -328,44 +145,6 @@ def _synthetic(summary: dict, cfg: dict) -> bool:
         if root and (Path(str(root)) / "SYNTHETIC.txt").is_file():
             return True
     return False
-
-
-def _read_runs(
-    dirs: Sequence[Path], split: str, checkpoint: str, models: Sequence[str] | None
-) -> tuple[list[RunResult], list[dict[str, str]]]:
-    """The tested runs among ``dirs`` (of ``models``), and the untested ones as skipped records."""
-    runs, skipped = [], []
-    for d in dirs:
-        run = RunDir(d)
-        if not run.is_run():
-            raise DataError(f"{d}: not a run folder (no config.yaml)")
-        cfg = run.config
-        model = str(cfg["model"].get("name"))
-        if models is not None and model not in models:
-            continue
-        results = run.results(split, checkpoint)
-        if not results.exists():
-            reason = (
-                f"no {results.summary_file}: test it with "
-                f"`organseg test {d} --checkpoint {checkpoint} --split {split}`"
-            )
-            print(f"organseg compare: skipping {d.name}: {reason}", flush=True)
-            skipped.append({"run_dir": str(d), "reason": reason})
-            continue
-        seed = (cfg.get("train") or {}).get("seed", DEFAULT_SEED)
-        runs.append(RunResult(run, model, int(seed), cfg, results.summary(), results))
-    return runs, skipped
-
-
-def _check_same_classes(runs: Sequence[RunResult]) -> list[str]:
-    class_names = runs[0].summary["class_names"]
-    for r in runs[1:]:
-        if [str(n).lower() for n in r.summary["class_names"]] != [str(n).lower() for n in class_names]:
-            raise DataError(
-                f"{r.results.summary_file}: classes {r.summary['class_names']} differ from "
-                f"{runs[0].name}'s {class_names}: these runs were tested on different datasets"
-            )
-    return class_names
 
 
 def _model_order(runs: Sequence[RunResult], models: Sequence[str] | None) -> list[str]:
@@ -465,14 +244,14 @@ def collect(
         folds = [(RunDir(d).config.get("data") or {}).get("fold") for d in dirs if RunDir(d).is_run()]
         cv = any(f is not None for f in folds)
         split = "val" if cv else "test"
-    runs, skipped = _read_runs(dirs, split, checkpoint, models)
+    runs, skipped = read_runs(dirs, split, checkpoint, models)
     skipped = [{"run_dir": k, "reason": v} for k, v in (failed or {}).items()] + skipped
     if not runs:
         raise DataError(
             f"{out}: none of the {len(dirs)} run folder(s) has {split}_{checkpoint} results "
             f"(test them with `organseg test RUN_DIR --checkpoint {checkpoint} --split {split}`)"
         )
-    class_names = _check_same_classes(runs)
+    class_names = check_same_classes(runs)
     keys = (
         list(sweep_keys) if sweep_keys is not None else infer_sweep_keys([(r.model, r.config) for r in runs])
     )

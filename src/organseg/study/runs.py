@@ -1,0 +1,87 @@
+"""The tested run folders of a study as the aggregation reads them: :class:`RunResult` (one run's
+configuration, test summary and results folder), found under ``OUT/runs`` or given, read, and checked to be
+tested on the same classes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from organseg.errors import DataError
+from organseg.run import STUDY_RUNS, ResultsDir, RunDir
+from organseg.study.grid import DEFAULT_SEED
+
+
+@dataclass
+class RunResult:
+    """What the aggregation needs from one run folder."""
+
+    run: RunDir
+    model: str
+    seed: int
+    config: dict
+    summary: dict
+    results: ResultsDir
+    sweep: dict[str, Any] = field(default_factory=dict)
+    folds: list[RunResult] = field(default_factory=list)  # a cross-validation's fold runs, pooled here
+
+    @property
+    def name(self) -> str:
+        return cv_name(self.run.name) if self.folds else self.run.name
+
+    @property
+    def fold(self) -> int | None:
+        return (self.config.get("data") or {}).get("fold")
+
+
+def cv_name(run_name: str) -> str:
+    """``unet__seed1234_fold3`` -> ``unet__seed1234``: the name of the pooled cross-validation of a seed."""
+    head, sep, k = run_name.rpartition("_fold")
+    return head if sep and k.isdigit() else run_name
+
+
+def find_runs(out: str | Path) -> list[Path]:
+    """Run folders (holding ``config.yaml``) under ``OUT/runs``."""
+    base = Path(out) / STUDY_RUNS
+    return sorted(p for p in base.iterdir() if RunDir(p).is_run()) if base.is_dir() else []
+
+
+def read_runs(
+    dirs: Sequence[Path], split: str, checkpoint: str, models: Sequence[str] | None
+) -> tuple[list[RunResult], list[dict[str, str]]]:
+    """The tested runs among ``dirs`` (of ``models``), and the untested ones as skipped records."""
+    runs, skipped = [], []
+    for d in dirs:
+        run = RunDir(d)
+        if not run.is_run():
+            raise DataError(f"{d}: not a run folder (no config.yaml)")
+        cfg = run.config
+        model = str(cfg["model"].get("name"))
+        if models is not None and model not in models:
+            continue
+        results = run.results(split, checkpoint)
+        if not results.exists():
+            reason = (
+                f"no {results.summary_file}: test it with "
+                f"`organseg test {d} --checkpoint {checkpoint} --split {split}`"
+            )
+            print(f"organseg compare: skipping {d.name}: {reason}", flush=True)
+            skipped.append({"run_dir": str(d), "reason": reason})
+            continue
+        seed = (cfg.get("train") or {}).get("seed", DEFAULT_SEED)
+        runs.append(RunResult(run, model, int(seed), cfg, results.summary(), results))
+    return runs, skipped
+
+
+def check_same_classes(runs: Sequence[RunResult]) -> list[str]:
+    class_names = runs[0].summary["class_names"]
+    for r in runs[1:]:
+        if [str(n).lower() for n in r.summary["class_names"]] != [str(n).lower() for n in class_names]:
+            raise DataError(
+                f"{r.results.summary_file}: classes {r.summary['class_names']} differ from "
+                f"{runs[0].name}'s {class_names}: these runs were tested on different datasets"
+            )
+    return class_names
