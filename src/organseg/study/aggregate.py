@@ -19,11 +19,26 @@ import numpy as np
 
 from organseg import __version__
 from organseg.errors import DataError
+from organseg.evaluation.evaluate import ResultsSummary
 from organseg.fileio import check_output_dir
 from organseg.formatting import fmt_value
 from organseg.metrics import PROTOCOLS
 from organseg.reporting.tables import PUBLISHED, columns, dataset_kind
 from organseg.run import STUDY_RUNS, RunDir
+from organseg.study.comparison import (
+    Comparison,
+    CrossValidationRecord,
+    FoldRow,
+    GroupCorrected,
+    GroupRecord,
+    GroupReference,
+    PublishedRecord,
+    RelativeRecord,
+    RunCorrected,
+    RunRecord,
+    RunReference,
+    Stat,
+)
 from organseg.study.conditions import conditions
 from organseg.study.cost import group_cost, run_cost
 from organseg.study.crossval import pool_folds
@@ -45,7 +60,7 @@ PROTOCOL_FIELDS: dict[str, tuple[tuple[str, str], ...]] = {
 COLUMN_METRICS = ("dice", "hd95")  # per organ column
 
 
-def fold_table(runs: Sequence[RunResult], model_order: Sequence[str]) -> list[dict[str, Any]]:
+def fold_table(runs: Sequence[RunResult], model_order: Sequence[str]) -> list[FoldRow]:
     """``comparison.json["folds"]``: each fold run's own numbers on its held-out subjects, in model order."""
     rows = []
     for pooled in sorted(runs, key=lambda r: (list(model_order).index(r.model), r.seed)):
@@ -59,7 +74,7 @@ def fold_table(runs: Sequence[RunResult], model_order: Sequence[str]) -> list[di
     return rows
 
 
-def cross_validation_record(out: Path, runs: Sequence[RunResult]) -> dict[str, Any]:
+def cross_validation_record(out: Path, runs: Sequence[RunResult]) -> CrossValidationRecord:
     """``comparison.json["cross_validation"]``: folds, fold seed, subjects and volumes pooled, and the
     spread of each group's mean DSC across its folds (mean, sample std, min, max; reference protocol)."""
     pooled = [r for r in runs if r.folds]
@@ -101,7 +116,7 @@ def infer_sweep_keys(configs: Sequence[tuple[str, dict]]) -> list[str]:
     return keys
 
 
-def _stats(values: Sequence[float | None]) -> dict[str, Any]:
+def _stats(values: Sequence[float | None]) -> Stat:
     """Mean and sample standard deviation (ddof 1; None for a single value) of the defined values."""
     vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
     if not vals:
@@ -113,7 +128,9 @@ def _stats(values: Sequence[float | None]) -> dict[str, Any]:
     }
 
 
-def protocol_values(summary: dict, protocol: str, cols: Sequence[tuple[str, int]]) -> dict[str, Any]:
+def protocol_values(
+    summary: ResultsSummary, protocol: str, cols: Sequence[tuple[str, int]]
+) -> RunReference | RunCorrected:
     """A run's (mean, per-column) values under one protocol (:data:`PROTOCOL_FIELDS`); Dice as a fraction."""
     s = summary[protocol]
     names = summary["class_names"]
@@ -124,7 +141,9 @@ def protocol_values(summary: dict, protocol: str, cols: Sequence[tuple[str, int]
     }
 
 
-def _group_protocol(vals: Sequence[dict[str, Any]], protocol: str, titles: Sequence[str]) -> dict[str, Any]:
+def _group_protocol(
+    vals: Sequence[RunReference | RunCorrected], protocol: str, titles: Sequence[str]
+) -> GroupReference | GroupCorrected:
     """One group's block of one protocol from its runs' :func:`protocol_values`."""
     block: dict[str, Any] = {
         key: _stats([v[key] for v in vals]) if how == "stats" else vals[0][key]
@@ -140,7 +159,7 @@ def _label(model: str, sweep: dict[str, Any], short: dict[str, str]) -> str:
     return model + "".join(f", {short[k]}={fmt_value(v)}" for k, v in sweep.items())
 
 
-def _synthetic(summary: dict, cfg: dict) -> bool:
+def _synthetic(summary: ResultsSummary, cfg: dict) -> bool:
     for root in (summary.get("data"), (cfg.get("data") or {}).get("root")):
         if root and (Path(str(root)) / "SYNTHETIC.txt").is_file():
             return True
@@ -160,7 +179,7 @@ def _groups(
     model_order: Sequence[str],
     keys: Sequence[str],
     cols: Sequence[tuple[str, int]],
-) -> list[dict[str, Any]]:
+) -> list[GroupRecord]:
     """One group per (model, swept values), in model order then the order values first appear."""
     short = short_keys(keys)
     members_of: dict[tuple[str, str], list[RunResult]] = {}
@@ -185,7 +204,7 @@ def _groups(
     return groups
 
 
-def _published(kind: str | None, baseline: str, model_order: Sequence[str]) -> dict[str, Any] | None:
+def _published(kind: str | None, baseline: str, model_order: Sequence[str]) -> PublishedRecord | None:
     """The paper's rows for this dataset, with their relative HD95 change against the baseline's row."""
     published = PUBLISHED.get(kind) if kind else None
     if not published:
@@ -201,7 +220,7 @@ def _published(kind: str | None, baseline: str, model_order: Sequence[str]) -> d
     return pub
 
 
-def _costs(groups: Sequence[dict[str, Any]], runs: Sequence[RunResult], n_classes: int) -> list[dict]:
+def _costs(groups: Sequence[GroupRecord], runs: Sequence[RunResult], n_classes: int) -> list[dict[str, Any]]:
     by_name = {r.name: r for r in runs}
 
     def one(name: str) -> dict[str, Any]:
@@ -227,7 +246,7 @@ def collect(
     models: Sequence[str] | None = None,
     notes: Sequence[str] = (),
     failed: dict[str, str] | None = None,
-) -> dict[str, Any]:
+) -> Comparison:
     """Aggregate finished run folders and write ``OUT/comparison.{md,json,csv}`` and the figures.
 
     ``run_dirs``: default every run folder in ``OUT/runs``. A run without
@@ -267,7 +286,7 @@ def collect(
     paired, paired_settings, paired_notes = study_paired(
         groups, {r.name: r.results.path for r in runs}, class_names, cols
     )
-    comparison: dict[str, Any] = {
+    comparison: Comparison = {
         "organseg": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "split": split,
@@ -302,7 +321,7 @@ def collect(
     return comparison
 
 
-def _run_record(r: RunResult, cols: Sequence[tuple[str, int]]) -> dict[str, Any]:
+def _run_record(r: RunResult, cols: Sequence[tuple[str, int]]) -> RunRecord:
     train = r.run.summary()
     return {
         "name": r.name,
@@ -319,7 +338,7 @@ def _run_record(r: RunResult, cols: Sequence[tuple[str, int]]) -> dict[str, Any]
     }
 
 
-def _relative_changes(groups: Sequence[dict[str, Any]], baseline: str) -> list[dict[str, Any]]:
+def _relative_changes(groups: Sequence[GroupRecord], baseline: str) -> list[RelativeRecord]:
     """Each network against the baseline at the same swept values: the seed write-up's relative HD95
     change ``(HD_other - HD_base) / HD_base`` and the DSC difference in points, per protocol."""
     out = []
@@ -328,7 +347,7 @@ def _relative_changes(groups: Sequence[dict[str, Any]], baseline: str) -> list[d
         b = base.get(freeze(g["sweep"]))
         if g["model"] == baseline or b is None:
             continue
-        rec: dict[str, Any] = {"model": g["model"], "baseline": baseline, "sweep": g["sweep"]}
+        rec: RelativeRecord = {"model": g["model"], "baseline": baseline, "sweep": g["sweep"]}
         for p in PROTOCOLS:
             hd, hd0 = g[p]["mean_hd95"]["mean"], b[p]["mean_hd95"]["mean"]
             d, d0 = g[p]["mean_dice"]["mean"], b[p]["mean_dice"]["mean"]

@@ -12,6 +12,7 @@ import numpy as np
 
 from organseg.errors import DataError
 from organseg.run import RunDir
+from organseg.study.comparison import ConditionsRecord, ModelConditions
 from organseg.study.runs import RunResult
 
 RISE_DSC = 0.005  # half a DSC point: a validation curve still rising by more is "still improving"
@@ -41,7 +42,7 @@ def still_improving(run: RunDir, iterations: int | None) -> tuple[bool | None, s
     return None, "no record"
 
 
-def conditions(runs: Sequence[RunResult], split: str, checkpoint: str) -> dict[str, Any]:
+def conditions(runs: Sequence[RunResult], split: str, checkpoint: str) -> ConditionsRecord:
     """``comparison.json["conditions"]``: under which conditions the verdict holds, from the runs' own
     records: per network the training budget (minutes, iterations, epochs, images seen), initialisation,
     data fraction, device, and the runs still improving at their end; for the study the split or folds
@@ -77,7 +78,7 @@ def conditions(runs: Sequence[RunResult], split: str, checkpoint: str) -> dict[s
             if improving:
                 m["improving"].append(member.name)
             m["evidence"].add(evidence)
-    out = {}
+    out: dict[str, ModelConditions] = {}
     for model, m in models.items():
         rows = m["runs"]
 

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from organseg.errors import DataError
-from organseg.evaluation.evaluate import EvaluationResult
+from organseg.evaluation.evaluate import CaseRecord, EvaluationResult, SummaryExtra
 from organseg.run import ResultsDir
 from organseg.study.grid import freeze
 from organseg.study.paired import read_per_case
@@ -40,7 +39,7 @@ def pool_folds(out: Path, runs: Sequence[RunResult], split: str) -> tuple[list[R
                 f"{cv_name(first.run.name)}: folds {have} of {k} are tested; the pooled results hold only "
                 "their held-out subjects"
             )
-        records: list[dict[str, Any]] = []
+        records: list[CaseRecord] = []
         seen: dict[str, str] = {}
         for r in members:
             for rec in read_per_case(r.results.path):
@@ -58,7 +57,7 @@ def pool_folds(out: Path, runs: Sequence[RunResult], split: str) -> tuple[list[R
         folder = ResultsDir(out / CV_DIR / cv_name(first.run.name))
         timing = {key: sum(float(r.summary.get(key) or 0) for r in members)
                   for key in ("inference_seconds", "slices")}  # fmt: skip
-        extra = {
+        extra: SummaryExtra = {
             "pooled_folds": [r.name for r in members],
             "folds": k,
             "checkpoint": first.summary.get("checkpoint"),

@@ -34,6 +34,13 @@ from organseg.errors import DataError
 from organseg.formatting import fmt_value, pyplot, save_figure
 from organseg.metrics import PROTOCOLS
 from organseg.run import RunDir
+from organseg.study.comparison import (
+    Comparison,
+    EfficiencySettings,
+    FractionPoint,
+    LearningCurve,
+    LearningPoint,
+)
 from organseg.study.grid import evaluated_on
 from organseg.study.paired import (
     DEFAULT_RESAMPLES,
@@ -57,8 +64,8 @@ def _line_label(model: str, sweep: dict[str, Any], skip: str | None) -> str:
 
 
 def fraction_curves(
-    c: dict[str, Any], *, resamples: int | None = None, seed: int | None = None
-) -> list[dict[str, Any]]:
+    c: Comparison, *, resamples: int | None = None, seed: int | None = None
+) -> list[FractionPoint]:
     """One record per (group, protocol) of a study that swept ``data.train_fraction``: ``model``, ``line``
     (the figure's legend entry), ``fraction``, ``protocol``, ``seeds``, ``mean``, ``ci_low``, ``ci_high``
     (DSC as a fraction) and ``cases``. Empty when the fraction is not swept. A group whose runs lack
@@ -83,7 +90,7 @@ def fraction_curves(
         )
         case_ids = [str(x["case"]) for x in per_case[0] if str(x["case"]) in shared] if per_case else []
         for protocol in PROTOCOLS:
-            rec: dict[str, Any] = {
+            rec: FractionPoint = {
                 "model": g["model"], "line": _line_label(g["model"], g["sweep"], FRACTION_KEY),
                 "sweep": dict(g["sweep"]), "fraction": float(fraction), "protocol": protocol,
                 "seeds": g["n"],
@@ -105,7 +112,7 @@ def _batch_size(run: RunDir) -> int | None:
     return int(value) if isinstance(value, int) and value > 0 else None
 
 
-def learning_curve(run_dir: str | Path) -> list[dict[str, Any]]:
+def learning_curve(run_dir: str | Path) -> list[LearningPoint]:
     """The validation points of one run folder: ``iter``, ``images`` (iterations x ``train.batch_size``),
     ``seconds`` (training wall clock at that iteration) and ``dice`` (validation mean DSC, a fraction); None
     where a record does not tell."""
@@ -120,7 +127,7 @@ def learning_curve(run_dir: str | Path) -> list[dict[str, Any]]:
     if summary is not None and summary.iterations is not None and summary.train_seconds is not None:
         times.setdefault(int(summary.iterations), float(summary.train_seconds))
     batch = _batch_size(run)
-    points = []
+    points: list[LearningPoint] = []
     for r in records:
         if r.get("kind") != "val" or r.get("mean_dice") is None or "iter" not in r:
             continue
@@ -134,7 +141,7 @@ def learning_curve(run_dir: str | Path) -> list[dict[str, Any]]:
     return points
 
 
-def learning_curves(c: dict[str, Any]) -> list[dict[str, Any]]:
+def learning_curves(c: Comparison) -> list[LearningCurve]:
     """Per run of the study: ``name``, ``model``, ``seed``, ``sweep``, ``line`` and its ``points``
     (:func:`learning_curve`)."""
     out = []
@@ -165,7 +172,9 @@ def _colors(lines: Sequence[tuple[str, str]], models: Sequence[str]) -> dict[str
     return out
 
 
-def _plot_fractions(path: Path, c: dict[str, Any], curves: list[dict[str, Any]], settings: dict) -> str:
+def _plot_fractions(
+    path: Path, c: Comparison, curves: list[FractionPoint], settings: EfficiencySettings
+) -> str:
     plt = pyplot()
     colors = _colors([(r["model"], r["line"]) for r in curves], c["models"])
     fractions = sorted({r["fraction"] for r in curves})
@@ -211,7 +220,7 @@ def _time_axis(seconds: float) -> tuple[float, str]:
     return 1.0, "s"
 
 
-def _plot_learning(path: Path, c: dict[str, Any], curves: list[dict[str, Any]]) -> str:
+def _plot_learning(path: Path, c: Comparison, curves: list[LearningCurve]) -> str:
     plt = pyplot()
     colors = _colors([(r["model"], r["line"]) for r in curves], c["models"])
     longest = max((p["seconds"] or 0.0 for r in curves for p in r["points"]), default=0.0)
@@ -246,13 +255,13 @@ def _plot_learning(path: Path, c: dict[str, Any], curves: list[dict[str, Any]]) 
 
 
 def add_efficiency(
-    out: str | Path, c: dict[str, Any], *, resamples: int | None = None, seed: int | None = None
+    out: str | Path, c: Comparison, *, resamples: int | None = None, seed: int | None = None
 ) -> dict[str, str]:
     """Write the data-efficiency figures of the study ``c`` (the comparison dict) into ``out``, add them to
     ``c["figures"]`` (so ``comparison.md`` links them) and their numbers to ``c["efficiency"]``. Returns the
     figures written ({title: file name}). Bootstrap settings default to the paired statistics' own."""
     out = Path(out)
-    settings = {
+    settings: EfficiencySettings = {
         "resamples": DEFAULT_RESAMPLES if resamples is None else resamples,
         "seed": DEFAULT_SEED if seed is None else seed,
         "ci": "95 % percentile bootstrap of cases and seeds",

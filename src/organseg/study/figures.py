@@ -12,11 +12,12 @@ from typing import Any
 import numpy as np
 
 from organseg.formatting import fmt_value, plot_value, pyplot, save_figure
+from organseg.study.comparison import Comparison
 from organseg.study.efficiency import FRACTION_KEY
 from organseg.study.grid import evaluated_on, freeze, safe_name
 
 
-def write_figures(out: Path, c: dict[str, Any]) -> dict[str, str]:
+def write_figures(out: Path, c: Comparison) -> dict[str, str]:
     """Per-organ grouped bars (DSC and HD95, error bars = std over seeds) and DSC vs each swept key."""
     figures = {"per-organ DSC and HD95": _plot_organs(out / "comparison_organs.png", c)}
     for key in c["sweep_keys"]:
@@ -34,7 +35,7 @@ def _model_color(index: int) -> tuple[float, float, float]:
     return tuple(colormaps["tab10"](index % 10)[:3])  # type: ignore[return-value]
 
 
-def _group_colors(c: dict[str, Any]) -> list[tuple[float, float, float]]:
+def _group_colors(c: Comparison) -> list[tuple[float, float, float]]:
     """One colour family per network; its swept variants go from the full colour towards white."""
     out = []
     for g in c["groups"]:
@@ -45,7 +46,7 @@ def _group_colors(c: dict[str, Any]) -> list[tuple[float, float, float]]:
     return out
 
 
-def _plot_organs(path: Path, c: dict[str, Any]) -> str:
+def _plot_organs(path: Path, c: Comparison) -> str:
     plt = pyplot()
     titles = ["mean", *c["dataset"]["columns"]]
     groups = c["groups"]
@@ -110,7 +111,7 @@ def _plot_organs(path: Path, c: dict[str, Any]) -> str:
     return path.name
 
 
-def _plot_sweep(path: Path, c: dict[str, Any], key: str) -> str | None:
+def _plot_sweep(path: Path, c: Comparison, key: str) -> str | None:
     plt = pyplot()
     others = [k for k in c["sweep_keys"] if k != key]
     lines: dict[str, list[tuple[Any, dict, dict]]] = {}

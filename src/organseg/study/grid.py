@@ -13,6 +13,7 @@ from typing import Any
 
 from organseg.errors import ConfigError
 from organseg.models import list_models
+from organseg.study.comparison import Comparison
 from organseg.training.config import apply_overrides, load_config, parse_override, resolve_config
 from organseg.values import SEED, check_value
 
@@ -213,7 +214,7 @@ def plan_runs(
     return plans
 
 
-def evaluated_on(c: dict[str, Any]) -> str:
+def evaluated_on(c: Comparison) -> str:
     """What a comparison's numbers are on, for titles: ``test split``, or ``5-fold cross-validation
     (out-of-fold)`` for a study whose folds were pooled."""
     cv = c.get("cross_validation")

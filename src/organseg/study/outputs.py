@@ -13,19 +13,20 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from organseg.fileio import atomic_write_text
 from organseg.formatting import MISSING, fmt_value, num, pm, signed_pct
 from organseg.metrics import PROTOCOLS
+from organseg.study.comparison import Comparison
 from organseg.study.cost import cost_markdown
 from organseg.study.grid import evaluated_on, freeze
 from organseg.study.verdict import paired_markdown, verdict_markdown
 
 Lines = list[str]
-Column = tuple[str, Callable[[dict[str, Any]], str]]
+Column = tuple[str, Callable[[Mapping[str, Any]], str]]  # header, cell of a record
 
 PROTOCOL_TITLES = {
     "reference": "Reference protocol (the papers' test.py; comparable with the published rows)",
@@ -51,7 +52,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> Lines:
     return [_row(header), "|---" * len(header) + "|", *(_row(r) for r in rows)]
 
 
-def _columns_table(columns: Sequence[Column], records: Sequence[dict[str, Any]]) -> Lines:
+def _columns_table(columns: Sequence[Column], records: Sequence[Mapping[str, Any]]) -> Lines:
     return _table([h for h, _ in columns], [[cell(r) for _, cell in columns] for r in records])
 
 
@@ -62,7 +63,7 @@ def _unit_text(unit: str) -> str:
 # ------------------------------------------------------------------------------------------ the sections
 
 
-def _header(c: dict[str, Any]) -> Lines:
+def _header(c: Comparison) -> Lines:
     synthetic = c["dataset"]["synthetic"]
     lines = ["# organseg comparison" + (" (SYNTHETIC DATA)" if synthetic else ""), ""]
     if synthetic:
@@ -82,7 +83,7 @@ def _header(c: dict[str, Any]) -> Lines:
     return lines
 
 
-def _verdict(c: dict[str, Any]) -> Lines:
+def _verdict(c: Comparison) -> Lines:
     lines = verdict_markdown(c.get("paired") or [], c.get("cost") or [], c.get("paired_settings") or {})
     cond = conditions_markdown(c)
     if not cond:
@@ -102,7 +103,7 @@ def _count(v: float | None, digits: int = 0) -> str:
     return MISSING if v is None else f"{v:,.{digits}f}"
 
 
-def conditions_markdown(c: dict[str, Any]) -> str:
+def conditions_markdown(c: Comparison) -> str:
     """The verdict's opening paragraph: the conditions it holds under, from the runs' records
     (``comparison.json["conditions"]``): folds or split, what chose the checkpoint, and per network the
     budget, initialisation, data fraction and device; which networks were still improving at their end."""
@@ -155,7 +156,7 @@ def conditions_markdown(c: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
-def _folds(c: dict[str, Any]) -> Lines:
+def _folds(c: Comparison) -> Lines:
     rows = c.get("folds")
     if not rows:
         return []
@@ -177,7 +178,7 @@ def _folds(c: dict[str, Any]) -> Lines:
     ]
 
 
-def _protocol_section(c: dict[str, Any], p: str) -> Lines:
+def _protocol_section(c: Comparison, p: str) -> Lines:
     """One protocol: DSC table (with the published rows under the reference protocol), per-organ HD95,
     surface metrics (corrected), paired statistics."""
     titles = c["dataset"]["columns"]
@@ -202,11 +203,11 @@ def _protocol_section(c: dict[str, Any], p: str) -> Lines:
     return lines + paired_markdown(c.get("paired") or [], p, unit, c.get("paired_settings") or {})
 
 
-def _protocols(c: dict[str, Any]) -> Lines:
+def _protocols(c: Comparison) -> Lines:
     return [line for p in PROTOCOLS for line in _protocol_section(c, p)]
 
 
-def _surface_lines(c: dict[str, Any]) -> Lines:
+def _surface_lines(c: Comparison) -> Lines:
     """Mean NSD / ASSD per network (corrected protocol) under the corrected tables."""
     tol = c["groups"][0]["corrected"].get("nsd_tolerance")
     unit = c["groups"][0]["corrected"]["hd95_unit"]
@@ -238,7 +239,7 @@ _RELATIVE_COLUMNS: tuple[Column, ...] = (
 )
 
 
-def _relative(c: dict[str, Any]) -> Lines:
+def _relative(c: Comparison) -> Lines:
     if not c["relative"]:
         return []
     base = c["baseline"]
@@ -257,7 +258,7 @@ def _relative(c: dict[str, Any]) -> Lines:
     return [*lines, ""]
 
 
-def _sweep(c: dict[str, Any]) -> Lines:
+def _sweep(c: Comparison) -> Lines:
     keys, models = c["sweep_keys"], c["models"]
     if not keys:
         return []
@@ -281,11 +282,11 @@ def _sweep(c: dict[str, Any]) -> Lines:
     ]
 
 
-def _cost(c: dict[str, Any]) -> Lines:
+def _cost(c: Comparison) -> Lines:
     return cost_markdown(c.get("cost") or [])
 
 
-def _figures(c: dict[str, Any]) -> Lines:
+def _figures(c: Comparison) -> Lines:
     if not c.get("figures"):
         return []
     return [
@@ -307,7 +308,7 @@ _RUN_COLUMNS: tuple[Column, ...] = (
 )
 
 
-def _runs(c: dict[str, Any]) -> Lines:
+def _runs(c: Comparison) -> Lines:
     lines = ["## Runs", "", *_columns_table(_RUN_COLUMNS, c["runs"])]
     lines += [f"\nSkipped `{s['run_dir']}`: {s['reason']}" for s in c["skipped"]]
     if c.get("published"):
@@ -316,17 +317,17 @@ def _runs(c: dict[str, Any]) -> Lines:
 
 
 #: comparison.md, top to bottom: each section is a function of the comparison dict returning its lines.
-SECTIONS: tuple[Callable[[dict[str, Any]], Lines], ...] = (
+SECTIONS: tuple[Callable[[Comparison], Lines], ...] = (
     _header, _verdict, _protocols, _folds, _relative, _sweep, _cost, _figures, _runs,
 )  # fmt: skip
 
 
-def comparison_markdown(c: dict[str, Any]) -> str:
+def comparison_markdown(c: Comparison) -> str:
     """``comparison.md``: the paper-format tables and everything else a reader needs."""
     return "\n".join(line for section in SECTIONS for line in section(c)) + "\n"
 
 
-def console_table(c: dict[str, Any]) -> str:
+def console_table(c: Comparison) -> str:
     """What ``compare`` and ``demo`` print: comparison.md's sections in :data:`CONSOLE_SECTIONS` (the verdict,
     reference-protocol table, paired tables, HD95 change, sweep and cost)."""
     keep, on = [], False
@@ -341,7 +342,7 @@ def console_table(c: dict[str, Any]) -> str:
 # -------------------------------------------------------------------------------------- CSV, JSON, files
 
 
-def comparison_rows(c: dict[str, Any]) -> list[dict[str, Any]]:
+def comparison_rows(c: Comparison) -> list[dict[str, Any]]:
     """``comparison.csv``: one row per (group, protocol, column); Dice as a fraction, the mean first; then one
     row per paired record (kind "paired", ``model`` is the second network, ``baseline`` the first)."""
     rows = []
@@ -375,7 +376,7 @@ def comparison_rows(c: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def write_comparison(out: str | Path, c: dict[str, Any]) -> dict[str, Path]:
+def write_comparison(out: str | Path, c: Comparison) -> dict[str, Path]:
     """Write ``comparison.md``, ``.json`` and ``.csv`` atomically; returns their paths."""
     out = Path(out)
     paths = {"md": out / "comparison.md", "json": out / "comparison.json", "csv": out / "comparison.csv"}

@@ -47,13 +47,15 @@ import math
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 import numpy as np
 
 from organseg.errors import DataError
+from organseg.evaluation.evaluate import CaseRecord
 from organseg.formatting import json_number
 from organseg.run import ResultsDir
+from organseg.study.comparison import GroupRecord, PairedRecord, PairedSettings
 
 DEFAULT_RESAMPLES = 10_000
 DEFAULT_SEED = 0
@@ -62,6 +64,49 @@ METRICS = ("dice", "hd95")
 #: DSC: larger is better; HD95: smaller is better (the sign of a "win")
 HIGHER_IS_BETTER = {"dice": True, "hd95": False}
 _CHUNK = 2000  # resamples per vectorised block: bounds the (resamples, seeds, cases) gather
+
+
+class PairedDifference(TypedDict):
+    """:func:`paired_difference`: B - A of one metric over the paired subjects (the module docstring defines
+    each field); None for what cannot be computed (no paired subject)."""
+
+    a: float | None
+    b: float | None
+    diff: float | None
+    ci_low: float | None
+    ci_high: float | None
+    p: float | None
+    wins: int
+    losses: int
+    n: int
+    n_subjects: int
+    n_volumes: int
+    unit_of_analysis: str
+
+
+class OrganDifference(PairedDifference):
+    """:func:`paired_table`: one organ (or ``"mean"``) with its Holm-adjusted p and verdict, written as
+    ``organ``, the :class:`PairedDifference` fields, ``p_holm``, ``significant``."""
+
+    organ: str
+    p_holm: float | None
+    significant: bool
+
+
+class ProtocolDifference(OrganDifference):
+    """:func:`paired_from_runs`: an :class:`OrganDifference` under one protocol and metric (written first)."""
+
+    protocol: str
+    metric: str
+
+
+class MeanCI(TypedDict):
+    """:func:`mean_ci`: one network's mean DSC over organs with its 95 % bootstrap interval."""
+
+    mean: float | None
+    ci_low: float | None
+    ci_high: float | None
+    cases: int
 
 
 def holm(pvalues: Sequence[float]) -> np.ndarray:
@@ -167,7 +212,7 @@ def bootstrap_mean(
 
 def mean_ci(
     x: np.ndarray, *, resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED
-) -> dict[str, Any]:
+) -> MeanCI:
     """``mean``, ``ci_low``, ``ci_high`` (95 % percentile bootstrap, :func:`bootstrap_mean`) and ``cases`` of
     a (seeds, cases, organs) array; None for what cannot be computed."""
     x = np.asarray(x, dtype=np.float64)
@@ -204,7 +249,7 @@ def paired_difference(
     higher_is_better: bool = True,
     resamples: int = DEFAULT_RESAMPLES,
     seed: int = DEFAULT_SEED,
-) -> dict[str, Any]:
+) -> PairedDifference:
     """Difference B - A of one metric over paired subjects. ``a``: (seeds_a, volumes), ``b``: (seeds_b,
     volumes) (a 1-D array is one seed), NaN where a run has no value; ``subjects``: the subject of each
     volume (None: every volume is its own subject, ``unit_of_analysis`` "volume"). Every statistic is
@@ -257,7 +302,7 @@ def paired_table(
     subjects: Sequence[str] | None = None,
     resamples: int = DEFAULT_RESAMPLES,
     seed: int = DEFAULT_SEED,
-) -> list[dict[str, Any]]:
+) -> list[OrganDifference]:
     """One record per organ and one for ``"mean"`` (the per-volume mean over organs) of one metric, with
     Holm's correction over the organs. ``a``: (seeds_a, volumes, organs), ``b``: (seeds_b, volumes, organs);
     ``subjects``: each volume's subject (:func:`paired_difference`)."""
@@ -265,7 +310,7 @@ def paired_table(
     b = np.asarray(b, dtype=np.float64)
     hib = HIGHER_IS_BETTER[metric]
     opts = {"subjects": subjects, "higher_is_better": hib, "resamples": resamples, "seed": seed}
-    records = []
+    records: list[OrganDifference] = []
     for k, organ in enumerate(organs):
         rec = paired_difference(a[:, :, k], b[:, :, k], **opts)
         records.append({"organ": organ, **rec})
@@ -291,7 +336,7 @@ def paired_table(
 # --------------------------------------------------------------------------------- from run folders
 
 
-def read_per_case(results_dir: str | Path) -> list[dict[str, Any]]:
+def read_per_case(results_dir: str | Path) -> list[CaseRecord]:
     """``per_case.json`` of a results folder (written by ``organseg test``)."""
     path = ResultsDir(results_dir).file(ResultsDir.PER_CASE_JSON)
     try:
@@ -304,7 +349,7 @@ def read_per_case(results_dir: str | Path) -> list[dict[str, Any]]:
 
 
 def per_case_array(
-    per_case: list[dict[str, Any]],
+    per_case: Sequence[CaseRecord],
     case_ids: Sequence[str],
     class_names: Sequence[str],
     protocol: str,
@@ -322,7 +367,7 @@ def per_case_array(
     return out
 
 
-def case_subjects(per_case_runs: Sequence[list[dict[str, Any]]], case_ids: Sequence[str]) -> list[str] | None:
+def case_subjects(per_case_runs: Sequence[Sequence[CaseRecord]], case_ids: Sequence[str]) -> list[str] | None:
     """The subject of each case as the runs' ``per_case.json`` record it; None when a run predates subjects
     (each volume is then its own unit). Runs that disagree on a case's subject were tested on different
     datasets: a DataError."""
@@ -341,15 +386,15 @@ def case_subjects(per_case_runs: Sequence[list[dict[str, Any]]], case_ids: Seque
 
 
 def paired_from_runs(
-    runs_a: Sequence[str | Path | list[dict[str, Any]]],
-    runs_b: Sequence[str | Path | list[dict[str, Any]]],
+    runs_a: Sequence[str | Path | list[CaseRecord]],
+    runs_b: Sequence[str | Path | list[CaseRecord]],
     class_names: Sequence[str],
     columns: Sequence[tuple[str, int]],
     protocols: Sequence[str] = ("reference", "corrected"),
     *,
     resamples: int = DEFAULT_RESAMPLES,
     seed: int = DEFAULT_SEED,
-) -> tuple[list[dict[str, Any]], list[str], list[str] | None]:
+) -> tuple[list[ProtocolDifference], list[str], list[str] | None]:
     """Paired records of network B's runs against network A's (one per seed: a results folder, or its
     per-case records, e.g. a cross-validation's pooled folds), for every protocol and metric; organs named
     by their table column (``columns``: (title, class index)). Returns the records, the cases they pair over
@@ -362,7 +407,7 @@ def paired_from_runs(
     subjects = case_subjects(per_a + per_b, case_ids)
     names = [class_names[i] for _, i in columns]
     titles = [t for t, _ in columns]
-    records = []
+    records: list[ProtocolDifference] = []
     for protocol in protocols:
         for metric in METRICS:
             a = np.stack([per_case_array(p, case_ids, names, protocol, metric) for p in per_a])
@@ -376,21 +421,21 @@ def paired_from_runs(
 
 
 def study_paired(
-    groups: Sequence[dict[str, Any]],
-    results_dirs: dict[str, str | Path | list[dict[str, Any]]],
+    groups: Sequence[GroupRecord],
+    results_dirs: dict[str, str | Path | list[CaseRecord]],
     class_names: Sequence[str],
     columns: Sequence[tuple[str, int]],
     *,
     resamples: int = DEFAULT_RESAMPLES,
     seed: int = DEFAULT_SEED,
-) -> tuple[list[dict[str, Any]], dict[str, Any], list[str]]:
+) -> tuple[list[PairedRecord], PairedSettings, list[str]]:
     """Paired records of every network against the first one, at the same swept values, from a study's
     groups (``model``, ``sweep``, ``runs``: run names, ``n``: seeds) and each run's results folder (or its
     per-case records: a cross-validation's pooled folds). Returns the records (``comparison.json``'s
     ``"paired"``), the settings and notes for what could not be
     paired (results written before organseg wrote ``per_case.json``)."""
     models = list(dict.fromkeys(g["model"] for g in groups))
-    settings: dict[str, Any] = {
+    settings: PairedSettings = {
         "resamples": resamples,
         "seed": seed,
         "alpha": ALPHA,
@@ -399,7 +444,7 @@ def study_paired(
         "correction": "Holm over the organs of each protocol and metric; the mean row is not adjusted",
         "difference": "second network minus first (model_b - model_a)",
     }
-    out: list[dict[str, Any]] = []
+    out: list[PairedRecord] = []
     notes: list[str] = []
     if len(models) < 2:
         return out, settings, notes

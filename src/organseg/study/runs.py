@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from organseg.errors import DataError
+from organseg.evaluation.evaluate import ResultsSummary
 from organseg.run import STUDY_RUNS, ResultsDir, RunDir
+from organseg.study.comparison import SkippedRun
 from organseg.study.grid import DEFAULT_SEED
 
 
@@ -23,7 +25,7 @@ class RunResult:
     model: str
     seed: int
     config: dict
-    summary: dict
+    summary: ResultsSummary
     results: ResultsDir
     sweep: dict[str, Any] = field(default_factory=dict)
     folds: list[RunResult] = field(default_factory=list)  # a cross-validation's fold runs, pooled here
@@ -51,7 +53,7 @@ def find_runs(out: str | Path) -> list[Path]:
 
 def read_runs(
     dirs: Sequence[Path], split: str, checkpoint: str, models: Sequence[str] | None
-) -> tuple[list[RunResult], list[dict[str, str]]]:
+) -> tuple[list[RunResult], list[SkippedRun]]:
     """The tested runs among ``dirs`` (of ``models``), and the untested ones as skipped records."""
     runs, skipped = [], []
     for d in dirs:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from organseg.formatting import MISSING, num
+from organseg.study.comparison import PairedRecord, PairedSettings
 from organseg.study.cost import duration
 from organseg.study.paired import ALPHA, HIGHER_IS_BETTER
 
@@ -32,7 +33,7 @@ def _p(p: float | None) -> str:
     return f"{p:.2g}" if p >= 0.001 else f"{p:.1e}"
 
 
-def cell(rec: dict[str, Any], scale: float = 1.0, digits: int = 2, unit: str = "") -> str:
+def cell(rec: PairedRecord, scale: float = 1.0, digits: int = 2, unit: str = "") -> str:
     """``+1.80 [−0.40, +4.10] p=0.12 (n.s.)``: difference (with ``unit`` after it), bootstrap CI,
     Holm-adjusted p, verdict."""
     if rec.get("diff") is None:
@@ -44,12 +45,12 @@ def cell(rec: dict[str, Any], scale: float = 1.0, digits: int = 2, unit: str = "
     )
 
 
-def _pairs(paired: Sequence[dict[str, Any]]) -> list[tuple[str, str, str]]:
+def _pairs(paired: Sequence[PairedRecord]) -> list[tuple[str, str, str]]:
     """(model_a, model_b, sweep as JSON) in the order of the records."""
     return list(dict.fromkeys(_key(r) for r in paired))
 
 
-def _key(r: dict[str, Any]) -> tuple[str, str, str]:
+def _key(r: PairedRecord) -> tuple[str, str, str]:
     return r["model_a"], r["model_b"], json.dumps(r.get("sweep") or {}, sort_keys=True, default=str)
 
 
@@ -58,7 +59,7 @@ def _sweep_text(sweep: dict[str, Any]) -> str:
 
 
 def paired_markdown(
-    paired: Sequence[dict[str, Any]], protocol: str, hd95_unit: str, settings: dict[str, Any]
+    paired: Sequence[PairedRecord], protocol: str, hd95_unit: str, settings: PairedSettings
 ) -> list[str]:
     """The paired table of one protocol for every compared pair (lines of ``comparison.md``)."""
     lines: list[str] = []
@@ -104,7 +105,7 @@ def _names(organs: Sequence[str]) -> str:
     return ", ".join(organs[:-1]) + " and " + organs[-1]
 
 
-def _ahead(recs: Sequence[dict[str, Any]], a: str, b: str, metric: str) -> str:
+def _ahead(recs: Sequence[PairedRecord], a: str, b: str, metric: str) -> str:
     """Which network is ahead on which organs (by the sign of the mean difference)."""
     better_b, better_a, equal = [], [], []
     hib = HIGHER_IS_BETTER[metric]
@@ -128,7 +129,7 @@ def _ahead(recs: Sequence[dict[str, Any]], a: str, b: str, metric: str) -> str:
     return text or "no organ has a value for both"
 
 
-def _significance(recs: Sequence[dict[str, Any]], a: str, b: str, metric: str, scale: float) -> str:
+def _significance(recs: Sequence[PairedRecord], a: str, b: str, metric: str, scale: float) -> str:
     organs = [r for r in recs if r["organ"] != "mean" and r["p_holm"] is not None]
     if not organs:
         return "no organ could be tested"
@@ -151,11 +152,11 @@ def _organs(n: int) -> str:
     return "the 1 organ" if n == 1 else f"the {n} organs"
 
 
-def _unit_name(settings: dict[str, Any]) -> str:
+def _unit_name(settings: PairedSettings) -> str:
     return "volume" if settings.get("unit_of_analysis") == "volume" else "subject"
 
 
-def _units(settings: dict[str, Any]) -> str:
+def _units(settings: PairedSettings) -> str:
     """``10 subjects (20 volumes)``, or ``20 volumes`` when each volume is its own unit."""
     n, volumes = settings.get("subjects", settings.get("cases", "?")), settings.get("cases", "?")
     if _unit_name(settings) == "volume":
@@ -163,13 +164,13 @@ def _units(settings: dict[str, Any]) -> str:
     return f"{n} subject(s) ({volumes} volume(s))"
 
 
-def _unit_rule(settings: dict[str, Any]) -> str:
+def _unit_rule(settings: PairedSettings) -> str:
     if _unit_name(settings) == "volume":
         return "each volume counted as its own subject (its results do not record subjects)"
     return "the unit is the subject (patient): a subject's value is the mean over its volumes"
 
 
-def _p_floor(recs: Sequence[dict[str, Any]], settings: dict[str, Any]) -> str:
+def _p_floor(recs: Sequence[PairedRecord], settings: PairedSettings) -> str:
     """The exact Wilcoxon test's smallest p for this n (every subject on one side: 2 / 2^n), said when it
     keeps the test from significance or when a p of the table sits on it."""
     n = settings.get("subjects", settings.get("cases"))
@@ -221,7 +222,7 @@ def _cost_sentence(cost: Sequence[dict[str, Any]], a: str, b: str, sweep: dict[s
 
 
 def verdict_markdown(
-    paired: Sequence[dict[str, Any]], cost: Sequence[dict[str, Any]], settings: dict[str, Any]
+    paired: Sequence[PairedRecord], cost: Sequence[dict[str, Any]], settings: PairedSettings
 ) -> list[str]:
     """The opening paragraph(s) of ``comparison.md``, generated from the paired records and the cost records
     only: which network is ahead where, what is significant after Holm's correction, what each costs."""
