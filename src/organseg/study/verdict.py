@@ -12,7 +12,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from organseg.formatting import MISSING, num
+from organseg.formatting import MISSING, fmt_value, num
 from organseg.study.comparison import PairedRecord, PairedSettings
 from organseg.study.cost import duration
 from organseg.study.paired import ALPHA, HIGHER_IS_BETTER
@@ -21,16 +21,13 @@ MINUS = "\u2212"
 
 
 def _signed(v: float | None, scale: float, digits: int) -> str:
-    if v is None:
-        return MISSING
-    text = f"{v * scale:+.{digits}f}"
-    return text.replace("-", MINUS)
+    """A difference with its sign, its minus the typographic one (as the paired tables' titles write it)."""
+    return num(v, f"+.{digits}f", scale=scale).replace("-", MINUS)
 
 
 def _p(p: float | None) -> str:
-    if p is None:
-        return MISSING
-    return f"{p:.2g}" if p >= 0.001 else f"{p:.1e}"
+    """A p-value: two significant digits, or scientific notation below 0.001."""
+    return num(p, ".2g" if p is not None and p >= 0.001 else ".1e")
 
 
 def cell(rec: PairedRecord, scale: float = 1.0, digits: int = 2, unit: str = "") -> str:
@@ -77,8 +74,8 @@ def paired_markdown(
             f"{_unit_rule(settings)}; [95 % bootstrap interval, {settings['resamples']:,} resamples of the "
             f"{first['resampled']}, seed {settings['seed']}]; p: Wilcoxon signed-rank, Holm-adjusted over "
             f"the organs (the mean row is one test, not adjusted), significant when below "
-            f"{settings['alpha']:g}. W/L: {_unit_name(settings)}s where {b} is better / worse (higher DSC, "
-            "lower HD95).",
+            f"{fmt_value(settings['alpha'])}. W/L: {_unit_name(settings)}s where {b} is better / worse "
+            "(higher DSC, lower HD95).",
             "",
             f"| Organ | {a} DSC | {b} DSC | ΔDSC | W/L | {a} HD95 | {b} HD95 | ΔHD95 | W/L |",
             "|---|---|---|---|---|---|---|---|---|",
@@ -177,16 +174,17 @@ def _p_floor(recs: Sequence[PairedRecord], settings: PairedSettings) -> str:
     if not isinstance(n, int) or n <= 0 or n > 50:
         return ""
     floor = 2.0 / 2**n
+    smallest = num(floor, ".3g")
     alpha = settings.get("alpha", ALPHA)
     unit = _unit_name(settings)
     if floor >= alpha:
         return (
-            f"With {n} paired {unit}(s) the smallest p the exact Wilcoxon test can give is {floor:.3g}: "
-            f"more {unit}s are needed for significance at {alpha:g}."
+            f"With {n} paired {unit}(s) the smallest p the exact Wilcoxon test can give is {smallest}: "
+            f"more {unit}s are needed for significance at {fmt_value(alpha)}."
         )
     if any(r.get("p") is not None and r["p"] <= floor * 1.000001 for r in recs):
         return (
-            f"With {n} paired {unit}s the exact Wilcoxon test cannot give a p below 2/2^{n} = {floor:.3g}; "
+            f"With {n} paired {unit}s the exact Wilcoxon test cannot give a p below 2/2^{n} = {smallest}; "
             "the p-values at that floor mean every subject favours the same network, not a stronger effect."
         )
     return ""
@@ -201,15 +199,15 @@ def _cost_sentence(cost: Sequence[dict[str, Any]], a: str, b: str, sweep: dict[s
             continue
         bits = []
         if c.get("params") is not None:
-            bits.append(f"{c['params'] / 1e6:.2f} M parameters")
+            bits.append(f"{num(c['params'] / 1e6)} M parameters")
         if c.get("gflops_per_image") is not None:
-            bits.append(f"{c['gflops_per_image']:.3g} GFLOPs per image")
+            bits.append(f"{num(c['gflops_per_image'], '.3g')} GFLOPs per image")
         if c.get("train_images_per_s") is not None:
-            bits.append(f"trained at {c['train_images_per_s']:.1f} images/s")
+            bits.append(f"trained at {num(c['train_images_per_s'], '.1f')} images/s")
         if c.get("train_seconds") is not None:
             bits.append(f"in {duration(c['train_seconds'])} per run")
         if c.get("infer_seconds_per_volume") is not None:
-            bits.append(f"predicted in {c['infer_seconds_per_volume']:.2f} s per volume")
+            bits.append(f"predicted in {num(c['infer_seconds_per_volume'])} s per volume")
         if bits:
             parts.append(f"{m} has " + ", ".join(bits))
     text = "; ".join(parts)
@@ -217,7 +215,7 @@ def _cost_sentence(cost: Sequence[dict[str, Any]], a: str, b: str, sweep: dict[s
     if ca and cb and ca.get("gflops_per_image") and cb.get("gflops_per_image"):
         ratio = ca["gflops_per_image"] / cb["gflops_per_image"]
         cheaper, other, k = (b, a, ratio) if ratio >= 1 else (a, b, 1 / ratio)
-        text += f". Per image {cheaper} needs {k:.1f}× fewer FLOPs than {other}"
+        text += f". Per image {cheaper} needs {num(k, '.1f')}× fewer FLOPs than {other}"
     return f"Cost: {text}." if text else ""
 
 
