@@ -34,7 +34,9 @@ from organseg.study import (
     split_values,
 )
 from organseg.study.aggregate import _relative_changes, _stats
+from organseg.study.comparison import Comparison, SkippedRun
 from organseg.training import read_metrics, train
+from record_keys import PLAIN_STUDY_RECORDS, Keys, check_comparison
 
 # The two networks, tiny: U-Net at an eighth of its channels (8-16-32-64-64) and a narrow Swin-Unet.
 MODELS = ["unet", "swin_unet"]
@@ -498,3 +500,17 @@ def test_the_runs_table_writes_zero_iterations_as_zero_and_only_none_as_missing(
                            {**run, "iterations": None, "train_seconds": None}], "skipped": []})  # fmt: skip
     cells = [[c.strip() for c in line.split("|")[1:-1]] for line in rows if line.startswith("| `")]
     assert [c[3:5] for c in cells] == [["0", "0.0"], ["–", "–"]]
+
+
+def test_comparison_json_has_exactly_its_records_keys(study, tmp_path):
+    keys = Keys()
+    check_comparison(keys, json.loads((study["out"] / "comparison.json").read_text()))
+    other = tmp_path / "partial"  # an untested run: a skipped record
+    for p in (study["out"] / "runs").glob("unet__seed1__*"):
+        shutil.copytree(p, other / "runs" / p.name)
+    shutil.rmtree(next((other / "runs").iterdir()) / "results")
+    collect(other)
+    check_comparison(keys, json.loads((other / "comparison.json").read_text()))
+    keys.complete(Comparison, but=("folds", "cross_validation"))  # tests/test_crossval.py: a cv study
+    for record in (*PLAIN_STUDY_RECORDS, SkippedRun):
+        keys.complete(record)

@@ -23,11 +23,13 @@ from organseg.data.folds import FoldView, apply_data_config, fold_subjects, subj
 from organseg.data.phantom import write_phantom_set
 from organseg.data.prepare import prepare_synapse
 from organseg.errors import ConfigError, DataError
-from organseg.evaluation.evaluate import EvaluationResult
+from organseg.evaluation.evaluate import EvaluationResult, ResultsSummary
 from organseg.run import ResultsDir, RunDir
 from organseg.study import collect
+from organseg.study.comparison import Comparison, CrossValidationRecord, FoldMeans, FoldRow, FoldSpread
 from organseg.study.conditions import still_improving
 from organseg.study.paired import read_per_case
+from record_keys import Keys, check_comparison, check_per_case, check_summary
 
 # ------------------------------------------------------------------------------------------- ACDC layout
 
@@ -384,3 +386,17 @@ def test_still_improving_reads_validation_then_training_loss(tmp_path) -> None:
     level = _run_with(tmp_path / "d", loss([1.0] * 4 + [0.5, 0.5, 0.5, 0.5]) + [val(8, 0.7)])
     assert still_improving(level, 8) == (False, "training loss")
     assert still_improving(_run_with(tmp_path / "e", []), None) == (None, "no record")
+
+
+def test_cv_comparison_and_pooled_results_have_exactly_their_records_keys(cv_study) -> None:
+    keys = Keys()
+    check_comparison(keys, cv_study["comparison"])
+    for record in (Comparison, FoldRow, FoldMeans, CrossValidationRecord, FoldSpread):
+        keys.complete(record)
+    pooled = cv_study["out"] / "cv" / "unet__seed1234"
+    summary = json.loads((pooled / "summary.json").read_text())
+    check_summary(keys, summary)
+    check_per_case(keys, read_per_case(pooled))
+    pooled_fields = {"pooled_folds", "folds", "checkpoint", "precision", "data", "inference_seconds",
+                     "slices", "inference_seconds_per_case", "inference_seconds_per_slice"}  # fmt: skip
+    assert set(summary) == ResultsSummary.__required_keys__ | pooled_fields

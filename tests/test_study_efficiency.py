@@ -17,8 +17,10 @@ import yaml
 from organseg.cli.main import main
 from organseg.data.phantom import write_phantom_set
 from organseg.data.prepare import prepare_synapse
+from organseg.study.comparison import FractionPoint, LearningPoint
 from organseg.study.efficiency import FRACTION_FIGURE, LEARNING_FIGURE, learning_curve
 from organseg.study.paired import bootstrap_mean, mean_ci
+from record_keys import Keys, check_comparison
 
 PNG = b"\x89PNG\r\n\x1a\n"
 TINY_ARGS = {"unet": {"width": 0.125}, "swin_unet": {"embed_dim": 12, "num_heads": [1, 2, 3, 4],
@@ -187,3 +189,10 @@ def test_no_fraction_figure_without_a_fraction_sweep(fraction_study, tmp_path):
     c = collect(tmp_path / "one", runs)
     assert c["efficiency"]["fraction"] == [] and not (tmp_path / "one" / FRACTION_FIGURE).exists()
     assert (tmp_path / "one" / LEARNING_FIGURE).read_bytes()[:8] == PNG
+
+
+def test_efficiency_records_have_exactly_their_keys(fraction_study):
+    keys = Keys()
+    check_comparison(keys, json.loads((fraction_study["out"] / "comparison.json").read_text()))
+    keys.complete(FractionPoint)
+    keys.complete(LearningPoint)
