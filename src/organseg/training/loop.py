@@ -27,7 +27,15 @@ from organseg.models import wants_channels_last
 from organseg.precision import autocast_dtype
 from organseg.progress import progress_bar, progress_write
 from organseg.run import TRAIN_FILES, RunDir
-from organseg.training.config import config_differences, effective_lr, load_config, resolve_config, to_yaml
+from organseg.training.config import (
+    check_network,
+    config_differences,
+    effective_lr,
+    load_config,
+    model_args,
+    resolve_config,
+    to_yaml,
+)
 from organseg.training.data import TrainBatches
 from organseg.training.distributed import (
     STREAM_MODEL,
@@ -529,25 +537,6 @@ def _peak_memory(device: torch.device) -> dict[str, Any]:
     return {"peak_memory_mb": round(mb, 1), "peak_memory_kind": "process peak RSS"}
 
 
-def check_network(cfg: dict) -> None:
-    """The configured network exists and takes ``train.img_size`` inputs (one rule per network, from the
-    registry): raised as a ConfigError naming the key and the nearest sizes that fit, before a run folder
-    exists, instead of a ValueError from the first forward pass."""
-    from organseg.models import check_input_size, check_model_args, has_model, list_models
-
-    m, side = cfg["model"], cfg["train"]["img_size"]
-    if not has_model(m["name"]):
-        raise ConfigError(f"model.name: unknown model {m['name']!r}; available: {', '.join(list_models())}")
-    check_model_args(m["name"], m["args"])
-    given = m["args"].get("img_size")
-    if given is not None and given not in (side, [side, side], (side, side)):
-        raise ConfigError(
-            f"model.args.img_size={given} but train.img_size={side}: the network is fed {side}x{side} "
-            "slices; set train.img_size only"
-        )
-    check_input_size(m["name"], side, m["args"])
-
-
 def _check_same_classes(state: dict, dataset: SegmentationDataset, last_path: Path) -> None:
     """A run resumed on a dataset of another kind (Synapse run, ACDC data) says so in one line."""
     old, new = list(state.get("class_names") or []), [str(n) for n in dataset.class_names]
@@ -557,20 +546,6 @@ def _check_same_classes(state: dict, dataset: SegmentationDataset, last_path: Pa
             f"{getattr(dataset, 'root', dataset.name)} has {len(new)} {new}: resume with the run's dataset, "
             "or train into another --out"
         )
-
-
-def model_args(cfg: dict, num_classes: int) -> dict[str, Any]:
-    """Constructor arguments: ``model.args``, the dataset's class count and, for networks built for one input
-    size (Swin-Unet), ``train.img_size`` unless ``model.args`` sets it."""
-    from organseg.models import has_model, list_models, takes_image_size
-
-    m = cfg["model"]
-    if not has_model(m["name"]):
-        raise ConfigError(f"unknown model {m['name']!r}; available: {', '.join(list_models())}")
-    args = {**m["args"], "num_classes": num_classes}
-    if takes_image_size(m["name"]):
-        args.setdefault("img_size", cfg["train"]["img_size"])
-    return args
 
 
 def _build_model(cfg: dict, args: dict[str, Any]) -> nn.Module:
