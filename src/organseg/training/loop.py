@@ -220,55 +220,58 @@ class Trainer:
     def __init__(
         self, cfg: dict, dataset: SegmentationDataset, run_dir: Path, env: DistEnv, state: dict | None
     ) -> None:
-        t = self.t = cfg["train"]
-        self.cfg, self.dataset, self.run_dir, self.env, self.main = cfg, dataset, run_dir, env, env.is_main
-        self.rd = RunDir(run_dir)
-        self.last_path = self.rd.checkpoint("last")
-        self.amp_dtype = autocast_dtype(t["precision"], env.device)
-        seed_all(t["seed"])
-        self.args = model_args(cfg, dataset.num_classes)
-        self.model = _build_model(cfg, self.args)
+        train_cfg = self.train_cfg = cfg["train"]
+        self.cfg, self.dataset, self.env, self.main = cfg, dataset, env, env.is_main
+        self.run = RunDir(run_dir)
+        self.last_path = self.run.checkpoint("last")
+        self.amp_dtype = autocast_dtype(train_cfg["precision"], env.device)
+        seed_all(train_cfg["seed"])
+        self.model_args = model_args(cfg, dataset.num_classes)
+        self.model = _build_model(cfg, self.model_args)
         self.batches = TrainBatches(dataset, cfg, env)
-        self.ipe = len(self.batches)
-        self.max_iterations = run_length(t, self.ipe)
-        self.max_epochs = math.ceil(self.max_iterations / self.ipe)
+        self.iterations_per_epoch = len(self.batches)
+        self.max_iterations = run_length(train_cfg, self.iterations_per_epoch)
+        self.max_epochs = math.ceil(self.max_iterations / self.iterations_per_epoch)
         self.pretrained_info = self._load_weights(state)
-        self.channels_last = wants_channels_last(self.model, t["channels_last"])
+        self.channels_last = wants_channels_last(self.model, train_cfg["channels_last"])
         # On the device before the optimizer exists, so that its restored state lands there too.
         fmt = torch.channels_last if self.channels_last else torch.preserve_format
         self.model.to(env.device, memory_format=fmt)
         if env.device.type == "cuda":  # the summary's peak is this run's, not an earlier run's in the process
             torch.cuda.reset_peak_memory_stats(env.device)
-        self.base_lr = effective_lr(t)
+        self.base_lr = effective_lr(train_cfg)
         self.optimizer = self.build_optimizer()
-        self.scaler = torch.amp.GradScaler("cuda", enabled=t["precision"] == "fp16")
-        self.it, self.best, self.train_seconds = 0, -1.0, 0.0
+        self.scaler = torch.amp.GradScaler("cuda", enabled=train_cfg["precision"] == "fp16")
+        self.iteration, self.best_dice, self.train_seconds = 0, -1.0, 0.0
         self.resumed = state is not None
         if state is not None:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scaler.load_state_dict(state["scaler"])
-            self.it, self.best = state["iteration"], state["best_dice"]
+            self.iteration, self.best_dice = state["iteration"], state["best_dice"]
             self.train_seconds = state["train_seconds"]
-        self.net = self._wrap(self.model)
+        self.wrapped = self._wrap(self.model)
         self.loss_fn = DiceCELoss(
-            dataset.num_classes, t["ce_weight"], t["dice_weight"], all_reduce=sum_over_ranks_fn(env)
+            dataset.num_classes,
+            train_cfg["ce_weight"],
+            train_cfg["dice_weight"],
+            all_reduce=sum_over_ranks_fn(env),
         )
 
     # ----------------------------------------------------------------------------- the seams for variants
 
     def build_optimizer(self) -> torch.optim.Optimizer:
-        return make_optimizer(self.model.parameters(), self.t, self.lr_at(0))
+        return make_optimizer(self.model.parameters(), self.train_cfg, self.lr_at(0))
 
     def lr_at(self, step: int) -> float:
-        return scheduled_lr(self.t, self.base_lr, step, self.max_iterations)
+        return scheduled_lr(self.train_cfg, self.base_lr, step, self.max_iterations)
 
     def step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """One optimisation step on one batch; returns (loss, ce, dice) for the log."""
         # dropout / drop-path: a stream of its own per iteration and rank (the determinism design)
-        torch.manual_seed(derive_seed(self.t["seed"], STREAM_MODEL, self.it, self.env.rank))
+        torch.manual_seed(derive_seed(self.train_cfg["seed"], STREAM_MODEL, self.iteration, self.env.rank))
         amp = self.amp_dtype
         with torch.autocast(self.env.device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            logits = self.net(images)
+            logits = self.wrapped(images)
         loss, ce, dice = self.loss_fn.components(logits, labels)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -277,46 +280,51 @@ class Trainer:
         return loss, ce, dice
 
     def validate(self, epoch: int) -> dict[str, Any] | None:
-        return _validate(self.model, self.dataset, self.cfg, self.env, epoch, self.it, self.log)
+        return _validate(self.model, self.dataset, self.cfg, self.env, epoch, self.iteration, self.log)
 
     def save(self, name: str, full: bool, **extra: Any) -> None:
         """``name`` in the run's checkpoints/; only ``full`` ones (last.pt) carry what resuming needs, epoch_N
         and best.pt are for inference."""
         if not self.main:
             return
-        ckpt = _checkpoint(self.model, self.cfg, self.args, self.dataset, iteration=self.it,
-                           epoch=self.it // self.ipe, iterations_per_epoch=self.ipe, **extra)  # fmt: skip
+        per_epoch = self.iterations_per_epoch
+        ckpt = _checkpoint(
+            self.model, self.cfg, self.model_args, self.dataset, **extra,
+            iteration=self.iteration, epoch=self.iteration // per_epoch, iterations_per_epoch=per_epoch,
+        )  # fmt: skip
         if full:
             ckpt.update(optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict(),
-                        best_dice=self.best, train_seconds=self.train_seconds)  # fmt: skip
-        atomic_torch_save(ckpt, self.rd.checkpoint(name))
+                        best_dice=self.best_dice, train_seconds=self.train_seconds)  # fmt: skip
+        atomic_torch_save(ckpt, self.run.checkpoint(name))
 
     # ------------------------------------------------------------------------------------------ the loop
 
     def fit(self) -> dict[str, Any]:
-        t, env = self.t, self.env
+        train_cfg, env = self.train_cfg, self.env
         self._write_header()
-        self.log = RunLog(self.run_dir, enabled=self.main, resume_iteration=self.it if self.resumed else None)
-        self.budget_s = t["time_budget_min"] * 60 if t["time_budget_min"] else math.inf
-        fit_pending = bool(t["time_budget_min"]) and not (
-            t["max_iterations"] or t["budget_images"] or t["fitted_iterations"]
+        self.log = RunLog(
+            self.run.path, enabled=self.main, resume_iteration=self.iteration if self.resumed else None
+        )
+        self.budget_s = train_cfg["time_budget_min"] * 60 if train_cfg["time_budget_min"] else math.inf
+        fit_pending = bool(train_cfg["time_budget_min"]) and not (
+            train_cfg["max_iterations"] or train_cfg["budget_images"] or train_cfg["fitted_iterations"]
         )
         # (first iteration timed, its clock, the iteration at which the horizon is fitted)
-        self.fit_window = (self.it + FIT_SKIP, 0.0, 0) if fit_pending else None
+        self.fit_window = (self.iteration + FIT_SKIP, 0.0, 0) if fit_pending else None
         self.stopped = "time_budget" if self.train_seconds >= self.budget_s else "completed"
         self.start_time = time.perf_counter() - self.train_seconds
         self.v_loss, val_record = math.nan, None
-        self.net.train()
-        while self.it < self.max_iterations and self.stopped == "completed":
-            epoch = self.it // self.ipe
+        self.wrapped.train()
+        while self.iteration < self.max_iterations and self.stopped == "completed":
+            epoch = self.iteration // self.iterations_per_epoch
             self._epoch(epoch)
-            epoch_done = self.it % self.ipe == 0
-            final = self.it >= self.max_iterations or self.stopped != "completed"
+            epoch_done = self.iteration % self.iterations_per_epoch == 0
+            final = self.iteration >= self.max_iterations or self.stopped != "completed"
             every = self.cfg["val"]["every"]
             if final or (epoch_done and every and (epoch + 1) % every == 0):
                 val_record = self.validate(epoch)
-                if val_record is not None and val_record["mean_dice"] > self.best:
-                    self.best = val_record["mean_dice"]
+                if val_record is not None and val_record["mean_dice"] > self.best_dice:
+                    self.best_dice = val_record["mean_dice"]
                     self.save("best.pt", full=False, val=val_record)
             if epoch_done and is_save_epoch(epoch, self.max_epochs, self.cfg["checkpoint"]["save_interval"]):
                 self.save(f"epoch_{epoch}.pt", full=False)
@@ -328,10 +336,13 @@ class Trainer:
     def _epoch(self, epoch: int) -> None:
         """The iterations of one epoch (the rest of it, when resuming mid-epoch), until the horizon or the
         time budget; one plain line at its end for logs (the bar is for terminals)."""
-        start = self.it - epoch * self.ipe
-        bar = progress_bar(total=min(self.ipe, self.max_iterations - epoch * self.ipe), initial=start,
-                           desc=f"epoch {epoch + 1}/{self.max_epochs}",
-                           disable=not (self.main and self.t["progress"]), dynamic_ncols=True)  # fmt: skip
+        per_epoch = self.iterations_per_epoch
+        start = self.iteration - epoch * per_epoch
+        bar = progress_bar(
+            total=min(per_epoch, self.max_iterations - epoch * per_epoch), initial=start,
+            desc=f"epoch {epoch + 1}/{self.max_epochs}",
+            disable=not (self.main and self.train_cfg["progress"]), dynamic_ncols=True,
+        )  # fmt: skip
         self.epoch_t0, self.epoch_images = time.perf_counter(), 0
         for images, labels in self.batches.epoch(epoch, start):
             if self.channels_last:
@@ -339,15 +350,18 @@ class Trainer:
             loss, ce, dice = self.step(images, labels)
             lr = self.optimizer.param_groups[0]["lr"]
             for group in self.optimizer.param_groups:  # after the step, as the reference
-                group["lr"] = self.lr_at(self.it + 1)
-            self.it += 1
+                group["lr"] = self.lr_at(self.iteration + 1)
+            self.iteration += 1
             self.epoch_images += images.shape[0] * self.env.world_size  # the last batch of an epoch is short
             self.train_seconds = time.perf_counter() - self.start_time
             self._fit_to_budget()
-            if self.it % self.t["log_every"] == 0 or self.it % self.ipe == 0:
+            if (
+                self.iteration % self.train_cfg["log_every"] == 0
+                or self.iteration % self.iterations_per_epoch == 0
+            ):
                 self._log_iteration(epoch, lr, loss, ce, dice, bar)
             bar.update(1)
-            if self.stopped != "completed" or self.it >= self.max_iterations:
+            if self.stopped != "completed" or self.iteration >= self.max_iterations:
                 break
         bar.close()
         if self.main:
@@ -369,21 +383,21 @@ class Trainer:
             return
         first, t0, at = self.fit_window
         now = time.perf_counter()
-        if self.it == first and t0 == 0.0:
+        if self.iteration == first and t0 == 0.0:
             self.fit_window = (first, now, first + FIT_WINDOW)
-        if t0 == 0.0 or self.it != at:
+        if t0 == 0.0 or self.iteration != at:
             return
-        second = self.t["fitted_iterations"] is not None
-        per_it = (now - t0) / (self.it - first)
-        cap = self.t["max_epochs"] * self.ipe
-        fitted = fit_horizon(self.budget_s, now - self.start_time, self.it, per_it, cap)
+        second = self.train_cfg["fitted_iterations"] is not None
+        per_it = (now - t0) / (self.iteration - first)
+        cap = self.train_cfg["max_epochs"] * self.iterations_per_epoch
+        fitted = fit_horizon(self.budget_s, now - self.start_time, self.iteration, per_it, cap)
         fitted = broadcast_object(fitted, self.env)
-        self.max_iterations, self.max_epochs = fitted, math.ceil(fitted / self.ipe)
-        self.t["fitted_iterations"] = fitted
+        self.max_iterations, self.max_epochs = fitted, math.ceil(fitted / self.iterations_per_epoch)
+        self.train_cfg["fitted_iterations"] = fitted
         key = "time_budget_refit" if second else "time_budget_fit"
-        _record_fit(self.run_dir, self.cfg, self.env, key, per_it, [first, self.it], fitted)
-        refit_at = self.it + (fitted - self.it) // 2
-        self.fit_window = None if second or refit_at <= self.it else (self.it, now, refit_at)
+        _record_fit(self.run.path, self.cfg, self.env, key, per_it, [first, self.iteration], fitted)
+        refit_at = self.iteration + (fitted - self.iteration) // 2
+        self.fit_window = None if second or refit_at <= self.iteration else (self.iteration, now, refit_at)
 
     def _log_iteration(self, epoch: int, lr: float, loss, ce, dice, bar) -> None:
         """Averaged over ranks: the record, the divergence check and the budget stop (agreed by all ranks)."""
@@ -399,13 +413,13 @@ class Trainer:
                 else "no checkpoint was written"
             )
             raise TrainingDiverged(
-                f"loss is {v_loss} at iteration {self.it} (epoch {epoch + 1}): training stopped; {good}. "
-                "Try a lower train.base_lr, or --precision fp32"
+                f"loss is {v_loss} at iteration {self.iteration} (epoch {epoch + 1}): training stopped; "
+                f"{good}. Try a lower train.base_lr, or --precision fp32"
             )
-        self.log.write({"kind": "train", "iter": self.it, "epoch": epoch, "loss": v_loss, "ce": v_ce,
+        self.log.write({"kind": "train", "iter": self.iteration, "epoch": epoch, "loss": v_loss, "ce": v_ce,
                         "dice": v_dice, "lr": lr, "time": round(self.train_seconds, 3)})  # fmt: skip
         rate = self.epoch_images / max(time.perf_counter() - self.epoch_t0, 1e-9)
-        images_left = self.batches.images_seen(self.max_iterations) - self.batches.images_seen(self.it)
+        images_left = self.batches.images_seen(self.max_iterations) - self.batches.images_seen(self.iteration)
         bar.set_postfix_str(f"loss {v_loss:.4f} lr {lr:.2e} {rate:.1f} img/s ETA {_hms(images_left / rate)}",
                             refresh=False)  # fmt: skip
         if v_over > 0:
@@ -417,10 +431,10 @@ class Trainer:
         """A resumed run's own weights, or the configured pretrained ones at a fresh start (every rank loads
         the same file, so no broadcast; concurrent first downloads are safe: temporary, then rename)."""
         if state is not None:
-            if state["iterations_per_epoch"] != self.ipe:
+            if state["iterations_per_epoch"] != self.iterations_per_epoch:
                 raise ConfigError(
                     f"{self.last_path}: {state['iterations_per_epoch']} iterations per epoch there, "
-                    f"{self.ipe} now (another dataset or number of processes?)"
+                    f"{self.iterations_per_epoch} now (another dataset or number of processes?)"
                 )
             self.model.load_state_dict(state["model"])
             return None
@@ -430,7 +444,7 @@ class Trainer:
         from organseg.models.hub import resolve_pretrained
         from organseg.models.pretrained import load_pretrained
 
-        name, show = self.cfg["model"]["name"], self.main and self.t["progress"]
+        name, show = self.cfg["model"]["name"], self.main and self.train_cfg["progress"]
         weights = resolve_pretrained(spec, name, self.model, progress=show)
         report = load_pretrained(self.model, weights)
         if self.main:
@@ -446,28 +460,31 @@ class Trainer:
             warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
             device_ids = [self.env.device.index] if self.env.device.type == "cuda" else None
             net = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
-        return torch.compile(net) if self.t["compile"] else net
+        return torch.compile(net) if self.train_cfg["compile"] else net
 
     def _write_header(self) -> None:
         """The resolved configuration and the start line on the console; config.yaml and env.json."""
         if not self.main:
             return
-        t, env, run_dir = self.t, self.env, self.run_dir
+        train_cfg, env, run_dir = self.train_cfg, self.env, self.run.path
         print(f"organseg train: {run_dir}\n{to_yaml(self.cfg)}", flush=True)
         print(
-            f"{self.batches.num_slices} slices, {self.ipe} iterations/epoch, {self.max_iterations} in all, "
-            f"lr {self.base_lr:g}, {env.world_size} process(es) on {env.device}, {t['precision']}"
-            + (f", resuming at iteration {self.it}" if self.resumed else ""),
+            f"{self.batches.num_slices} slices, {self.iterations_per_epoch} iterations/epoch, "
+            f"{self.max_iterations} in all, "
+            f"lr {self.base_lr:g}, {env.world_size} process(es) on {env.device}, {train_cfg['precision']}"
+            + (f", resuming at iteration {self.iteration}" if self.resumed else ""),
             flush=True,
         )
-        if self.it >= self.max_iterations:
+        if self.iteration >= self.max_iterations:
             print("organseg train: the run is already complete; nothing to do", flush=True)
         if not self.dataset.case_ids("val"):
             print("organseg train: the dataset has no validation cases, so no best.pt is written", flush=True)
         run_dir.mkdir(parents=True, exist_ok=True)
-        self.rd.write_config(to_yaml(self.cfg))
-        env_info = environment(env.device, t["precision"], env.world_size)
-        env_info.update(channels_last=self.channels_last, compile=t["compile"], augment=t["augment"])
+        self.run.write_config(to_yaml(self.cfg))
+        env_info = environment(env.device, train_cfg["precision"], env.world_size)
+        env_info.update(
+            channels_last=self.channels_last, compile=train_cfg["compile"], augment=train_cfg["augment"]
+        )
         if self.batches.cases is not None:  # data.train_fraction: which cases this run trained on
             env_info["train_subset"] = {"cases": self.batches.cases, "slices": self.batches.num_slices}
         if getattr(self.dataset, "held_out", None) is not None:  # data.fold: the subjects it never saw
@@ -480,25 +497,27 @@ class Trainer:
         for key in ("time_budget_fit", "time_budget_refit"):  # a resumed run keeps its measurements
             if key in previous:
                 env_info[key] = previous[key]
-        self.rd.write_env(env_info)
+        self.run.write_env(env_info)
 
     def _summary(self, val_record: dict | None) -> dict[str, Any]:
-        it, ckpt_dir = self.it, self.rd.checkpoints_dir
+        iteration, ckpt_dir = self.iteration, self.run.checkpoints_dir
         summary = {
-            "run_dir": str(self.run_dir),
+            "run_dir": str(self.run.path),
             "stopped": self.stopped,
-            "iterations": it,
-            "epochs": round(it / self.ipe, 3),
+            "iterations": iteration,
+            "epochs": round(iteration / self.iterations_per_epoch, 3),
             "max_iterations": self.max_iterations,
             "train_seconds": round(self.train_seconds, 1),
-            "images_per_second": round(self.batches.images_seen(it) / max(self.train_seconds, 1e-9), 2),
-            "best_mean_dice": self.best if self.best >= 0 else None,
+            "images_per_second": round(
+                self.batches.images_seen(iteration) / max(self.train_seconds, 1e-9), 2
+            ),
+            "best_mean_dice": self.best_dice if self.best_dice >= 0 else None,
             "last_val": val_record,
             **_peak_memory(self.env.device),
             "checkpoints": sorted(p.name for p in ckpt_dir.glob("*.pt")) if self.main else [],
         }
         if self.main:
-            self.rd.write_summary(summary)
+            self.run.write_summary(summary)
         return summary
 
 
@@ -509,13 +528,13 @@ def _record_fit(
     measurement behind it into env.json under ``key``."""
     if not env.is_main:
         return
-    rd = RunDir(run_dir)
-    rd.write_config(to_yaml(cfg))
+    run = RunDir(run_dir)
+    run.write_config(to_yaml(cfg))
     info = _previous_env(run_dir)
     budget = cfg["train"]["time_budget_min"]
     info[key] = {"seconds_per_iteration": round(per_it, 4), "measured_iterations": span,
                  "budget_min": budget, "horizon": horizon}  # fmt: skip
-    rd.write_env(info)
+    run.write_env(info)
     again = " (again, half-way)" if key == "time_budget_refit" else ""
     progress_write(f"time budget {budget:g} min{again}: {per_it:.3f} s/iteration measured over iterations "
                    f"{span[0]}-{span[1]}, schedule horizon {horizon} iterations")  # fmt: skip
@@ -558,7 +577,13 @@ def _build_model(cfg: dict, args: dict[str, Any]) -> nn.Module:
 
 
 def _validate(
-    model: nn.Module, dataset: SegmentationDataset, cfg: dict, env: DistEnv, epoch: int, it: int, log: RunLog
+    model: nn.Module,
+    dataset: SegmentationDataset,
+    cfg: dict,
+    env: DistEnv,
+    epoch: int,
+    iteration: int,
+    log: RunLog,
 ):
     rec = validate(
         model,
@@ -571,7 +596,7 @@ def _validate(
     )
     if rec is None:
         return None
-    record = {"kind": "val", "epoch": epoch, "iter": it, **rec}
+    record = {"kind": "val", "epoch": epoch, "iter": iteration, **rec}
     log.write(record)
     if env.is_main:
         dice = " ".join(f"{n} {m['dice']:.4f}" for n, m in rec["per_class"].items())
