@@ -27,6 +27,7 @@ from organseg.models import wants_channels_last
 from organseg.precision import autocast_dtype
 from organseg.progress import progress_bar, progress_write
 from organseg.run import TRAIN_FILES, RunDir
+from organseg.training.budget import BudgetFit, TimeBudget
 from organseg.training.config import (
     check_network,
     config_differences,
@@ -51,15 +52,7 @@ from organseg.training.distributed import (
     sum_over_ranks_fn,
 )
 from organseg.training.runlog import RunLog, environment
-from organseg.training.schedule import (
-    FIT_SKIP,
-    FIT_WINDOW,
-    fit_horizon,
-    is_save_epoch,
-    make_optimizer,
-    run_length,
-    scheduled_lr,
-)
+from organseg.training.schedule import is_save_epoch, make_optimizer, run_length, scheduled_lr
 from organseg.training.validation import validate
 
 # What last.pt carries besides the weights so that a run can continue (see save() in _train).
@@ -305,13 +298,10 @@ class Trainer:
         self.log = RunLog(
             self.run.path, enabled=self.main, resume_iteration=self.iteration if self.resumed else None
         )
-        self.budget_s = train_cfg["time_budget_min"] * 60 if train_cfg["time_budget_min"] else math.inf
-        fit_pending = bool(train_cfg["time_budget_min"]) and not (
-            train_cfg["max_iterations"] or train_cfg["budget_images"] or train_cfg["fitted_iterations"]
+        self.budget = TimeBudget.from_config(
+            train_cfg, self.iteration, self.iterations_per_epoch, agree=lambda h: broadcast_object(h, env)
         )
-        # (first iteration timed, its clock, the iteration at which the horizon is fitted)
-        self.fit_window = (self.iteration + FIT_SKIP, 0.0, 0) if fit_pending else None
-        self.stopped = "time_budget" if self.train_seconds >= self.budget_s else "completed"
+        self.stopped = "time_budget" if self.budget.exhausted(self.train_seconds) else "completed"
         self.start_time = time.perf_counter() - self.train_seconds
         self.v_loss, val_record = math.nan, None
         self.wrapped.train()
@@ -354,12 +344,16 @@ class Trainer:
             self.iteration += 1
             self.epoch_images += images.shape[0] * self.env.world_size  # the last batch of an epoch is short
             self.train_seconds = time.perf_counter() - self.start_time
-            self._fit_to_budget()
+            fitted = self.budget.after_iteration(self.iteration, self.train_seconds)
+            if fitted is not None:
+                self._take_horizon(fitted)
             if (
                 self.iteration % self.train_cfg["log_every"] == 0
                 or self.iteration % self.iterations_per_epoch == 0
             ):
                 self._log_iteration(epoch, lr, loss, ce, dice, bar)
+            if self._out_of_time():
+                self.stopped = "time_budget"
             bar.update(1)
             if self.stopped != "completed" or self.iteration >= self.max_iterations:
                 break
@@ -372,39 +366,28 @@ class Trainer:
                 flush=True,
             )
 
-    def _fit_to_budget(self) -> None:
-        """``train.time_budget_min`` without a set length: time FIT_WINDOW iterations after FIT_SKIP, then fix
-        the horizon (every rank takes rank 0's) and record it. Half-way from there to that horizon it is
-        fitted once more from the rate since the first fit, so that a machine that got slower or faster
-        (other jobs) still ends its schedule near the budget. Both points are iterations, not clock readings,
-        so every rank takes part in the same broadcasts. A run resumed after the first fit keeps the recorded
-        horizon."""
-        if self.fit_window is None:
-            return
-        first, t0, at = self.fit_window
-        now = time.perf_counter()
-        if self.iteration == first and t0 == 0.0:
-            self.fit_window = (first, now, first + FIT_WINDOW)
-        if t0 == 0.0 or self.iteration != at:
-            return
-        second = self.train_cfg["fitted_iterations"] is not None
-        per_it = (now - t0) / (self.iteration - first)
-        cap = self.train_cfg["max_epochs"] * self.iterations_per_epoch
-        fitted = fit_horizon(self.budget_s, now - self.start_time, self.iteration, per_it, cap)
-        fitted = broadcast_object(fitted, self.env)
-        self.max_iterations, self.max_epochs = fitted, math.ceil(fitted / self.iterations_per_epoch)
-        self.train_cfg["fitted_iterations"] = fitted
-        key = "time_budget_refit" if second else "time_budget_fit"
-        _record_fit(self.run.path, self.cfg, self.env, key, per_it, [first, self.iteration], fitted)
-        refit_at = self.iteration + (fitted - self.iteration) // 2
-        self.fit_window = None if second or refit_at <= self.iteration else (self.iteration, now, refit_at)
+    def _take_horizon(self, fitted: BudgetFit) -> None:
+        """A horizon fitted to the time budget becomes the schedule's, and is recorded: config.yaml (so every
+        later checkpoint holds it, and resume keeps it) and env.json."""
+        self.max_iterations = fitted.horizon
+        self.max_epochs = math.ceil(fitted.horizon / self.iterations_per_epoch)
+        self.train_cfg["fitted_iterations"] = fitted.horizon
+        _record_fit(self.run.path, self.cfg, self.env, fitted)
+
+    def _out_of_time(self) -> bool:
+        """Whether the time budget is spent, the same answer on every rank: one rank's clock past the budget
+        stops them all at the same iteration. Only a run with a budget pays for the agreement."""
+        if not self.budget.limited:
+            return False
+        over = self.budget.exhausted(self.train_seconds)
+        if not self.env.distributed:
+            return over
+        return mean_over_ranks(torch.tensor(float(over), device=self.env.device), self.env).item() > 0
 
     def _log_iteration(self, epoch: int, lr: float, loss, ce, dice, bar) -> None:
-        """Averaged over ranks: the record, the divergence check and the budget stop (agreed by all ranks)."""
-        over = float(self.train_seconds >= self.budget_s)
-        flag = torch.tensor(over, device=loss.device)
-        stacked = torch.stack([loss.detach(), ce.detach(), dice.detach(), flag])
-        v_loss, v_ce, v_dice, v_over = mean_over_ranks(stacked, self.env).tolist()
+        """Averaged over ranks: the record and the divergence check."""
+        stacked = torch.stack([loss.detach(), ce.detach(), dice.detach()])
+        v_loss, v_ce, v_dice = mean_over_ranks(stacked, self.env).tolist()
         self.v_loss = v_loss
         if not math.isfinite(v_loss):
             good = (
@@ -422,8 +405,6 @@ class Trainer:
         images_left = self.batches.images_seen(self.max_iterations) - self.batches.images_seen(self.iteration)
         bar.set_postfix_str(f"loss {v_loss:.4f} lr {lr:.2e} {rate:.1f} img/s ETA {_hms(images_left / rate)}",
                             refresh=False)  # fmt: skip
-        if v_over > 0:
-            self.stopped = "time_budget"
 
     # ---------------------------------------------------------------------------------------- set-up, end
 
@@ -521,23 +502,25 @@ class Trainer:
         return summary
 
 
-def _record_fit(
-    run_dir: Path, cfg: dict, env: DistEnv, key: str, per_it: float, span: list[int], horizon: int
-) -> None:
+def _record_fit(run_dir: Path, cfg: dict, env: DistEnv, fitted: BudgetFit) -> None:
     """The fitted horizon goes into config.yaml (and so into every later checkpoint: resume keeps it) and the
-    measurement behind it into env.json under ``key``."""
+    measurement behind it into env.json under ``fitted.key``."""
     if not env.is_main:
         return
     run = RunDir(run_dir)
     run.write_config(to_yaml(cfg))
     info = _previous_env(run_dir)
-    budget = cfg["train"]["time_budget_min"]
-    info[key] = {"seconds_per_iteration": round(per_it, 4), "measured_iterations": span,
-                 "budget_min": budget, "horizon": horizon}  # fmt: skip
+    budget, per_it, span = (
+        cfg["train"]["time_budget_min"],
+        fitted.seconds_per_iteration,
+        list(fitted.measured),
+    )
+    info[fitted.key] = {"seconds_per_iteration": round(per_it, 4), "measured_iterations": span,
+                        "budget_min": budget, "horizon": fitted.horizon}  # fmt: skip
     run.write_env(info)
-    again = " (again, half-way)" if key == "time_budget_refit" else ""
+    again = " (again, half-way)" if fitted.refit else ""
     progress_write(f"time budget {budget:g} min{again}: {per_it:.3f} s/iteration measured over iterations "
-                   f"{span[0]}-{span[1]}, schedule horizon {horizon} iterations")  # fmt: skip
+                   f"{span[0]}-{span[1]}, schedule horizon {fitted.horizon} iterations")  # fmt: skip
 
 
 def _peak_memory(device: torch.device) -> dict[str, Any]:
