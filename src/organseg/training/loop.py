@@ -206,9 +206,16 @@ def _resume_state(
 
 class Trainer:
     """One training run. The parts a recipe variant changes are methods, so that a variant overrides one of
-    them (as nnU-Net's trainer variants do): :meth:`build_optimizer`, :meth:`lr_at` (the schedule),
-    :meth:`step` (forward, loss, backward, update), :meth:`validate` and :meth:`save` (checkpointing).
-    :meth:`fit` is the loop that calls them; its order of operations is what makes resume bit-identical."""
+    them (as nnU-Net's trainer variants do): :meth:`build_optimizer`, :meth:`build_loss`, :meth:`lr_at` (the
+    schedule), :meth:`step` (forward, loss, backward, update), :meth:`validate` and :meth:`save`
+    (checkpointing). All of them work on a Trainer just built, before :meth:`fit`.
+
+    :meth:`fit` is the loop that calls them. What makes a resumed run bit-identical belongs to the loop, not
+    to the seams, so that no variant can lose it: the dropout seed set before every step, the learning rate
+    set after it, ``last.pt`` at every epoch's end.
+
+    ``model`` is the network as built (what checkpoints hold and validation runs); ``wrapped`` is what
+    :meth:`step` calls (DistributedDataParallel and ``torch.compile`` around it, when configured)."""
 
     def __init__(
         self, cfg: dict, dataset: SegmentationDataset, run_dir: Path, env: DistEnv, state: dict | None
@@ -243,25 +250,39 @@ class Trainer:
             self.iteration, self.best_dice = state["iteration"], state["best_dice"]
             self.train_seconds = state["train_seconds"]
         self.wrapped = self._wrap(self.model)
-        self.loss_fn = DiceCELoss(
-            dataset.num_classes,
-            train_cfg["ce_weight"],
-            train_cfg["dice_weight"],
-            all_reduce=sum_over_ranks_fn(env),
+        self.loss_fn = self.build_loss()
+        self.budget = TimeBudget.from_config(
+            train_cfg, self.iteration, self.iterations_per_epoch, agree=lambda h: broadcast_object(h, env)
         )
+        self.stopped = "time_budget" if self.budget.exhausted(self.train_seconds) else "completed"
+        # Records nothing until fit() has written the run's header and opens its metrics.jsonl.
+        self.log = RunLog(self.run.path, enabled=False)
+        # Clocks: the run's (train_seconds = now - start_time, restarted by fit()) and the epoch's (its rate).
+        self.start_time = time.perf_counter() - self.train_seconds
+        self.epoch_start_time, self.epoch_images = time.perf_counter(), 0
+        self.last_loss = math.nan  # the last logged loss (mean over ranks), for the line at an epoch's end
 
     # ----------------------------------------------------------------------------- the seams for variants
 
     def build_optimizer(self) -> torch.optim.Optimizer:
+        """``train.optimizer`` over the network's parameters, at the schedule's first learning rate."""
         return make_optimizer(self.model.parameters(), self.train_cfg, self.lr_at(0))
 
+    def build_loss(self) -> nn.Module:
+        """The loss, whose ``components(logits, labels)`` gives (loss, ce, dice) to :meth:`step`: the
+        reference ``train.ce_weight`` · CE + ``train.dice_weight`` · Dice, its Dice over the global batch (all
+        ranks)."""
+        train_cfg = self.train_cfg
+        return DiceCELoss(self.dataset.num_classes, train_cfg["ce_weight"], train_cfg["dice_weight"],
+                          all_reduce=sum_over_ranks_fn(self.env))  # fmt: skip
+
     def lr_at(self, step: int) -> float:
+        """The learning rate of step ``step`` (0-based): ``train.schedule`` over ``max_iterations``."""
         return scheduled_lr(self.train_cfg, self.base_lr, step, self.max_iterations)
 
     def step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """One optimisation step on one batch; returns (loss, ce, dice) for the log."""
-        # dropout / drop-path: a stream of its own per iteration and rank (the determinism design)
-        torch.manual_seed(derive_seed(self.train_cfg["seed"], STREAM_MODEL, self.iteration, self.env.rank))
+        """One optimisation step on one batch; returns (loss, ce, dice) for the log. The loop has seeded
+        torch's generator for this iteration already."""
         amp = self.amp_dtype
         with torch.autocast(self.env.device.type, dtype=amp or torch.float32, enabled=amp is not None):
             logits = self.wrapped(images)
@@ -273,6 +294,8 @@ class Trainer:
         return loss, ce, dice
 
     def validate(self, epoch: int) -> dict[str, Any] | None:
+        """The validation record of the network as it is (written to metrics.jsonl once fit() runs), or None
+        when the dataset has no validation cases."""
         return _validate(self.model, self.dataset, self.cfg, self.env, epoch, self.iteration, self.log)
 
     def save(self, name: str, full: bool, **extra: Any) -> None:
@@ -293,17 +316,13 @@ class Trainer:
     # ------------------------------------------------------------------------------------------ the loop
 
     def fit(self) -> dict[str, Any]:
-        train_cfg, env = self.train_cfg, self.env
+        """Train to the horizon or until the time budget is spent; return the run summary."""
         self._write_header()
         self.log = RunLog(
             self.run.path, enabled=self.main, resume_iteration=self.iteration if self.resumed else None
         )
-        self.budget = TimeBudget.from_config(
-            train_cfg, self.iteration, self.iterations_per_epoch, agree=lambda h: broadcast_object(h, env)
-        )
-        self.stopped = "time_budget" if self.budget.exhausted(self.train_seconds) else "completed"
-        self.start_time = time.perf_counter() - self.train_seconds
-        self.v_loss, val_record = math.nan, None
+        self.start_time = time.perf_counter() - self.train_seconds  # writing the header is not training time
+        val_record = None
         self.wrapped.train()
         while self.iteration < self.max_iterations and self.stopped == "completed":
             epoch = self.iteration // self.iterations_per_epoch
@@ -319,7 +338,7 @@ class Trainer:
             if epoch_done and is_save_epoch(epoch, self.max_epochs, self.cfg["checkpoint"]["save_interval"]):
                 self.save(f"epoch_{epoch}.pt", full=False)
             self.save("last.pt", full=True)
-            barrier(env)
+            barrier(self.env)
         self.log.close()
         return self._summary(val_record)
 
@@ -328,67 +347,70 @@ class Trainer:
         time budget; one plain line at its end for logs (the bar is for terminals)."""
         per_epoch = self.iterations_per_epoch
         start = self.iteration - epoch * per_epoch
-        bar = progress_bar(
-            total=min(per_epoch, self.max_iterations - epoch * per_epoch), initial=start,
-            desc=f"epoch {epoch + 1}/{self.max_epochs}",
-            disable=not (self.main and self.train_cfg["progress"]), dynamic_ncols=True,
-        )  # fmt: skip
-        self.epoch_t0, self.epoch_images = time.perf_counter(), 0
+        bar = self._progress_bar(epoch, start)
+        self.epoch_start_time, self.epoch_images = time.perf_counter(), 0
         for images, labels in self.batches.epoch(epoch, start):
             if self.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
+            self._seed_iteration()  # here, not in step(): a variant's step() cannot lose it
             loss, ce, dice = self.step(images, labels)
-            lr = self.optimizer.param_groups[0]["lr"]
+            lr = self.optimizer.param_groups[0]["lr"]  # the one this step used
             for group in self.optimizer.param_groups:  # after the step, as the reference
                 group["lr"] = self.lr_at(self.iteration + 1)
             self.iteration += 1
             self.epoch_images += images.shape[0] * self.env.world_size  # the last batch of an epoch is short
             self.train_seconds = time.perf_counter() - self.start_time
-            fitted = self.budget.after_iteration(self.iteration, self.train_seconds)
-            if fitted is not None:
-                self._take_horizon(fitted)
-            if (
-                self.iteration % self.train_cfg["log_every"] == 0
-                or self.iteration % self.iterations_per_epoch == 0
-            ):
+            self._follow_budget()
+            if self.iteration % self.train_cfg["log_every"] == 0 or self.iteration % per_epoch == 0:
                 self._log_iteration(epoch, lr, loss, ce, dice, bar)
-            if self._out_of_time():
-                self.stopped = "time_budget"
             bar.update(1)
             if self.stopped != "completed" or self.iteration >= self.max_iterations:
                 break
         bar.close()
         if self.main:
-            secs = time.perf_counter() - self.epoch_t0
+            secs = time.perf_counter() - self.epoch_start_time
             print(
                 f"epoch {epoch + 1}/{self.max_epochs}: {self.epoch_images} images in {secs:.1f} s "
-                f"({self.epoch_images / secs:.1f} img/s), loss {self.v_loss:.4f}",
+                f"({self.epoch_images / secs:.1f} img/s), loss {self.last_loss:.4f}",
                 flush=True,
             )
 
-    def _take_horizon(self, fitted: BudgetFit) -> None:
-        """A horizon fitted to the time budget becomes the schedule's, and is recorded: config.yaml (so every
-        later checkpoint holds it, and resume keeps it) and env.json."""
-        self.max_iterations = fitted.horizon
-        self.max_epochs = math.ceil(fitted.horizon / self.iterations_per_epoch)
-        self.train_cfg["fitted_iterations"] = fitted.horizon
-        _record_fit(self.run.path, self.cfg, self.env, fitted)
+    def _seed_iteration(self) -> None:
+        """dropout / drop-path: a stream of its own per iteration and rank, whatever ran before (the
+        determinism design: a resumed run draws what the uninterrupted one drew)."""
+        torch.manual_seed(derive_seed(self.train_cfg["seed"], STREAM_MODEL, self.iteration, self.env.rank))
 
-    def _out_of_time(self) -> bool:
-        """Whether the time budget is spent, the same answer on every rank: one rank's clock past the budget
-        stops them all at the same iteration. Only a run with a budget pays for the agreement."""
-        if not self.budget.limited:
-            return False
-        over = self.budget.exhausted(self.train_seconds)
+    def _follow_budget(self) -> None:
+        """The time budget after an iteration: a horizon it fits becomes the schedule's (every rank takes rank
+        0's), and a spent budget stops the run (one rank's clock past it stops every rank at this iteration;
+        only a run with a budget pays for that agreement)."""
+        fitted = self.budget.after_iteration(self.iteration, self.train_seconds)
+        if fitted is not None:
+            self.max_iterations = fitted.horizon
+            self.max_epochs = math.ceil(fitted.horizon / self.iterations_per_epoch)
+            self.train_cfg["fitted_iterations"] = fitted.horizon  # config.yaml and every later checkpoint
+            _record_fit(self.run.path, self.cfg, self.env, fitted)
+        if self.budget.limited and self._on_any_rank(self.budget.exhausted(self.train_seconds)):
+            self.stopped = "time_budget"
+
+    def _on_any_rank(self, flag: bool) -> bool:
         if not self.env.distributed:
-            return over
-        return mean_over_ranks(torch.tensor(float(over), device=self.env.device), self.env).item() > 0
+            return flag
+        return mean_over_ranks(torch.tensor(float(flag), device=self.env.device), self.env).item() > 0
+
+    def _progress_bar(self, epoch: int, start: int):
+        per_epoch = self.iterations_per_epoch
+        return progress_bar(
+            total=min(per_epoch, self.max_iterations - epoch * per_epoch), initial=start,
+            desc=f"epoch {epoch + 1}/{self.max_epochs}",
+            disable=not (self.main and self.train_cfg["progress"]), dynamic_ncols=True,
+        )  # fmt: skip
 
     def _log_iteration(self, epoch: int, lr: float, loss, ce, dice, bar) -> None:
         """Averaged over ranks: the record and the divergence check."""
         stacked = torch.stack([loss.detach(), ce.detach(), dice.detach()])
         v_loss, v_ce, v_dice = mean_over_ranks(stacked, self.env).tolist()
-        self.v_loss = v_loss
+        self.last_loss = v_loss
         if not math.isfinite(v_loss):
             good = (
                 f"the last good checkpoint is {self.last_path}"
@@ -401,7 +423,7 @@ class Trainer:
             )
         self.log.write({"kind": "train", "iter": self.iteration, "epoch": epoch, "loss": v_loss, "ce": v_ce,
                         "dice": v_dice, "lr": lr, "time": round(self.train_seconds, 3)})  # fmt: skip
-        rate = self.epoch_images / max(time.perf_counter() - self.epoch_t0, 1e-9)
+        rate = self.epoch_images / max(time.perf_counter() - self.epoch_start_time, 1e-9)
         images_left = self.batches.images_seen(self.max_iterations) - self.batches.images_seen(self.iteration)
         bar.set_postfix_str(f"loss {v_loss:.4f} lr {lr:.2e} {rate:.1f} img/s ETA {_hms(images_left / rate)}",
                             refresh=False)  # fmt: skip
