@@ -20,10 +20,13 @@ from torch import nn
 
 from organseg.checkpoint import atomic_torch_save, make_checkpoint, read_checkpoint, validate_checkpoint
 from organseg.data.base import SegmentationDataset
+from organseg.data.detect import resolve_dataset
 from organseg.errors import CheckpointError, ConfigError, DataError, OrgansegError
 from organseg.fileio import check_output, check_output_dir
 from organseg.losses import DiceCELoss
-from organseg.models import wants_channels_last
+from organseg.models import create_model, wants_channels_last
+from organseg.models.hub import resolve_pretrained
+from organseg.models.pretrained import load_pretrained
 from organseg.precision import autocast_dtype
 from organseg.progress import progress_bar, progress_write
 from organseg.run import TRAIN_FILES, RunDir
@@ -68,8 +71,6 @@ RUN_FILES = TRAIN_FILES
 
 
 def open_dataset_for(data: str | Path | SegmentationDataset | None, cfg: dict) -> SegmentationDataset:
-    from organseg.data.detect import resolve_dataset
-
     return resolve_dataset(data, cfg, "no training data: pass --data DIR (or set data.root)")
 
 
@@ -444,9 +445,6 @@ class Trainer:
         spec = self.cfg["model"]["pretrained"]
         if not spec:
             return None
-        from organseg.models.hub import resolve_pretrained
-        from organseg.models.pretrained import load_pretrained
-
         name, show = self.cfg["model"]["name"], self.main and self.train_cfg["progress"]
         weights = resolve_pretrained(spec, name, self.model, progress=show)
         report = load_pretrained(self.model, weights)
@@ -573,8 +571,6 @@ def _check_same_classes(state: dict, dataset: SegmentationDataset, last_path: Pa
 
 
 def _build_model(cfg: dict, args: dict[str, Any]) -> nn.Module:
-    from organseg.models import create_model
-
     try:
         return create_model(cfg["model"]["name"], **args)
     except (TypeError, ValueError, AssertionError) as exc:
