@@ -390,7 +390,7 @@ class Trainer:
             self.max_iterations = fitted.horizon
             self.max_epochs = math.ceil(fitted.horizon / self.iterations_per_epoch)
             self.train_cfg["fitted_iterations"] = fitted.horizon  # config.yaml and every later checkpoint
-            _record_fit(self.run.path, self.cfg, self.env, fitted)
+            _record_fit(self.run, self.cfg, self.env, fitted)
         if self.budget.limited and self._on_any_rank(self.budget.exhausted(self.train_seconds)):
             self.stopped = "time_budget"
 
@@ -407,7 +407,9 @@ class Trainer:
             disable=not (self.main and self.train_cfg["progress"]), dynamic_ncols=True,
         )  # fmt: skip
 
-    def _log_iteration(self, epoch: int, lr: float, loss, ce, dice, bar) -> None:
+    def _log_iteration(
+        self, epoch: int, lr: float, loss: torch.Tensor, ce: torch.Tensor, dice: torch.Tensor, bar: Any
+    ) -> None:
         """Averaged over ranks: the record and the divergence check."""
         stacked = torch.stack([loss.detach(), ce.detach(), dice.detach()])
         v_loss, v_ce, v_dice = mean_over_ranks(stacked, self.env).tolist()
@@ -522,19 +524,15 @@ class Trainer:
         return summary
 
 
-def _record_fit(run_dir: Path, cfg: dict, env: DistEnv, fitted: BudgetFit) -> None:
+def _record_fit(run: RunDir, cfg: dict, env: DistEnv, fitted: BudgetFit) -> None:
     """The fitted horizon goes into config.yaml (and so into every later checkpoint: resume keeps it) and the
     measurement behind it into env.json under ``fitted.key``."""
     if not env.is_main:
         return
-    run = RunDir(run_dir)
     run.write_config(to_yaml(cfg))
-    info = _previous_env(run_dir)
-    budget, per_it, span = (
-        cfg["train"]["time_budget_min"],
-        fitted.seconds_per_iteration,
-        list(fitted.measured),
-    )
+    info = _previous_env(run.path)
+    budget = cfg["train"]["time_budget_min"]
+    per_it, span = fitted.seconds_per_iteration, list(fitted.measured)
     info[fitted.key] = {"seconds_per_iteration": round(per_it, 4), "measured_iterations": span,
                         "budget_min": budget, "horizon": fitted.horizon}  # fmt: skip
     run.write_env(info)
@@ -585,7 +583,7 @@ def _validate(
     epoch: int,
     iteration: int,
     log: RunLog,
-):
+) -> dict[str, Any] | None:
     rec = validate(
         model,
         dataset,
