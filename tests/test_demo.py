@@ -15,7 +15,7 @@ from organseg.cli.main import main
 from organseg.data.classes import SYNAPSE_CLASSES
 from organseg.models import create_model
 from organseg.study import parse_sets, plan_runs
-from organseg.training.loop import model_args
+from organseg.training.config import model_args
 
 
 @pytest.fixture(scope="module")

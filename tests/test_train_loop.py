@@ -151,6 +151,14 @@ def test_time_budget_stops_resumably_mid_epoch(uninterrupted, tmp_path):
     assert all(torch.equal(ref[k], got[k]) for k in ref)
 
 
+def test_time_budget_is_asked_after_every_iteration_not_only_logged_ones(tmp_path):
+    # log_every 5: no record before the end of the first epoch (iteration 3), yet the run stops after one.
+    cfg = tiny_config(train={"time_budget_min": 1e-9, "log_every": 5})
+    summary = train(cfg, tiny_dataset(N_SLICES), tmp_path / "budget")
+    assert summary["stopped"] == "time_budget" and summary["iterations"] == 1
+    assert read_checkpoint(tmp_path / "budget" / "checkpoints" / "last.pt")["iteration"] == 1
+
+
 def test_existing_run_needs_resume_and_the_same_recipe(uninterrupted, tmp_path):
     out = uninterrupted[0]
     with pytest.raises(ConfigError, match="already holds a run"):

@@ -93,7 +93,7 @@ def _params(name: str, args: dict[str, Any]) -> int:
 
 def settings_lines(plans: list, num_classes: int, img_size_full: int = 224) -> list[str]:
     """Human-readable network sizes and schedules of the planned runs, beside the full-size networks."""
-    from organseg.training.loop import model_args
+    from organseg.training.config import model_args
 
     lines = []
     for plan in plans:

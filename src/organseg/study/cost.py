@@ -28,7 +28,7 @@ _PROFILE_CACHE: dict[str, dict[str, Any] | None] = {}
 def _profile(cfg: dict, num_classes: int) -> dict[str, Any] | None:
     """Parameters and GFLOPs of the network a run configuration builds (None if it cannot be built)."""
     from organseg.models.flops import model_profile
-    from organseg.training.loop import model_args
+    from organseg.training.config import model_args
 
     img_size = (cfg.get("train") or {}).get("img_size")
     key = json.dumps([cfg.get("model"), img_size, num_classes], sort_keys=True, default=str)

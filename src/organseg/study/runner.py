@@ -27,6 +27,7 @@ from organseg.fileio import check_output, check_output_dir
 from organseg.run import EXIT_DIVERGED, STUDY_RUNS, ResultsDir, RunDir
 from organseg.study.aggregate import collect
 from organseg.study.grid import DEFAULT_SEED, PlannedRun, Sweep, parse_sets, plan_runs
+from organseg.training.config import check_network
 from organseg.training.schedule import run_length
 from organseg.values import WORKERS, check_value
 
@@ -205,7 +206,6 @@ def run_study(
     from organseg.data import open_dataset
     from organseg.data.detect import layout_options
     from organseg.reporting.tables import dataset_kind
-    from organseg.training.loop import check_network
 
     check_value("--jobs", jobs, WORKERS)
     resolve_device(device)  # a device this machine lacks fails before any data are read
