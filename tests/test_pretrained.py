@@ -440,8 +440,7 @@ def test_vgg_errors(tmp_path, unet, tiny_ms):
     ],
 )
 def test_official_checkpoint_applied_directly(tmp_path, wrap, args):
-    from organseg.checkpoint import model_from_checkpoint
-    from organseg.models.pretrained import official_swin_unet_checkpoint
+    from organseg.checkpoint import model_from_checkpoint, official_swin_unet_checkpoint
 
     torch.manual_seed(11)
     src = create_model("swin_unet", **args).eval()
@@ -462,7 +461,7 @@ def test_official_checkpoint_applied_directly(tmp_path, wrap, args):
 
 
 def test_official_checkpoint_refusals(tmp_path, tiny_ms):
-    from organseg.models.pretrained import official_swin_unet_checkpoint
+    from organseg.checkpoint import official_swin_unet_checkpoint
 
     sd = create_model("swin_unet", **TINY).state_dict()
     headless = tmp_path / "headless.pth"

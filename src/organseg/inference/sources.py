@@ -28,6 +28,7 @@ from torch import nn
 from organseg.checkpoint import (
     PREDATES_ORIENTATION,
     checkpoint_orientation,
+    is_official_swin_unet,
     model_from_checkpoint,
     read_checkpoint,
 )
@@ -53,7 +54,7 @@ class Member:
 
     @property
     def official(self) -> bool:
-        return (self.ckpt.get("source") or {}).get("kind") == "official_swin_unet"
+        return is_official_swin_unet(self.ckpt)
 
 
 def expand_source(
