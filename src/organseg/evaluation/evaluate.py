@@ -361,7 +361,7 @@ def evaluate_dataset(
     if max_cases is not None:
         case_ids = case_ids[:max_cases]
     if not case_ids:
-        raise DataError(f"{getattr(dataset, 'root', dataset.name)}: the {split!r} split has no cases")
+        raise DataError(f"{dataset.location}: the {split!r} split has no cases")
     num_classes = dataset.num_classes
     from organseg.metrics import _tolerances
 

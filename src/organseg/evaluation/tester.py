@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from organseg.data.base import SegmentationDataset, Volume
+from organseg.data.classes import check_same_classes
 from organseg.device import resolve_device
 from organseg.errors import DataError
 from organseg.evaluation.evaluate import evaluate_dataset
@@ -152,18 +153,20 @@ def members_table(summary: dict[str, Any], members: Sequence[dict[str, Any]]) ->
 def _check_classes(tgt: RunTarget, ckpt: dict[str, Any], dataset: SegmentationDataset) -> None:
     """The network must have been trained on the dataset's classes: scores of a mismatched head are noise."""
     names = list(ckpt.get("class_names") or [])
-    if names and [n.lower() for n in names] != [str(n).lower() for n in dataset.class_names]:
-        raise DataError(
-            f"{tgt.checkpoint_path}: the network was trained on classes {names}, but the dataset "
-            f"{getattr(dataset, 'root', dataset.name)} has {list(dataset.class_names)}"
-        )
+    check_same_classes(
+        names,
+        dataset.class_names,
+        source=tgt.checkpoint_path,
+        names_are="the network was trained on classes",
+        expected_are=f"the dataset {dataset.location} has",
+    )
     if not names:  # an official checkpoint: the dataset names the classes; the head must count as many
         from organseg.inference.sources import class_count
 
         if class_count(ckpt) != dataset.num_classes:
             raise DataError(
                 f"{tgt.checkpoint_path}: its class head has {class_count(ckpt)} outputs, but the dataset "
-                f"{getattr(dataset, 'root', dataset.name)} has {dataset.num_classes} classes"
+                f"{dataset.location} has {dataset.num_classes} classes"
             )
 
 
@@ -184,7 +187,7 @@ def _checked_results_folder(
     checkpoint, and neither it nor the report may be unwritable."""
     folder = results_dir(tgt, split, out)
     what = "--out" if out is not None else "results folder"
-    inputs: dict[str, Any] = {"--data": getattr(dataset, "root", None), "CHECKPOINT": tgt.checkpoint_path}
+    inputs: dict[str, Any] = {"--data": dataset.root, "CHECKPOINT": tgt.checkpoint_path}
     inputs.update({f"--ensemble member {k}": s for k, s in enumerate(sources[1:], start=1)})
     check_output(folder, inputs, what=what, folder=True)
     check_output_dir(folder, what=what)
@@ -253,7 +256,7 @@ def _test_one(
     extra = {
         "model_name": ckpt.get("model_name"),
         "checkpoint": str(tgt.checkpoint_path),
-        "data": str(getattr(dataset, "root", dataset.name)),
+        "data": dataset.location,
         "precision": precision,
         "device": str(dev),
         "inference": "reference loop" if reference_loop else f"batched ({batch_size} slices)",

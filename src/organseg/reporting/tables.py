@@ -52,12 +52,11 @@ PUBLISHED: dict[str, dict[str, Any]] = {
 
 def dataset_kind(class_names: Sequence[str]) -> str | None:
     """"synapse" or "acdc" when the class names are that dataset's, else None (no published rows)."""
-    from organseg.data.classes import ACDC_CLASSES, SYNAPSE_CLASSES
+    from organseg.data.classes import ACDC_CLASSES, SYNAPSE_CLASSES, same_class_names
 
-    folded = tuple(str(n).lower() for n in class_names)
-    if folded == tuple(n.lower() for n in SYNAPSE_CLASSES):
+    if same_class_names(class_names, SYNAPSE_CLASSES):
         return "synapse"
-    if folded == tuple(n.lower() for n in ACDC_CLASSES):
+    if same_class_names(class_names, ACDC_CLASSES):
         return "acdc"
     return None
 

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from organseg import __version__
+from organseg.data.classes import check_same_classes
 from organseg.errors import DataError
 from organseg.fileio import check_output_dir
 from organseg.formatting import fmt_value
@@ -366,11 +367,14 @@ def _read_runs(
 def _check_same_classes(runs: Sequence[RunResult]) -> list[str]:
     class_names = runs[0].summary["class_names"]
     for r in runs[1:]:
-        if [str(n).lower() for n in r.summary["class_names"]] != [str(n).lower() for n in class_names]:
-            raise DataError(
-                f"{r.results.summary_file}: classes {r.summary['class_names']} differ from "
-                f"{runs[0].name}'s {class_names}: these runs were tested on different datasets"
-            )
+        check_same_classes(
+            r.summary["class_names"],
+            class_names,
+            source=r.results.summary_file,
+            names_are="this run was tested on classes",
+            expected_are=f"{runs[0].name} on",
+            then="these runs were tested on different datasets",
+        )
     return class_names
 
 

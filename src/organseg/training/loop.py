@@ -20,6 +20,7 @@ from torch import nn
 
 from organseg.checkpoint import atomic_torch_save, make_checkpoint, read_checkpoint, validate_checkpoint
 from organseg.data.base import SegmentationDataset
+from organseg.data.classes import check_same_classes
 from organseg.data.detect import resolve_dataset
 from organseg.errors import CheckpointError, ConfigError, DataError, OrgansegError
 from organseg.fileio import check_output, check_output_dir
@@ -189,7 +190,15 @@ def _resume_state(
                     f"{last_path}: no training state to resume ({', '.join(missing)} missing): a checkpoint "
                     "for inference only? Train into another --out"
                 )
-            _check_same_classes(state, dataset, last_path)
+            old, new = list(state.get("class_names") or []), list(dataset.class_names)
+            check_same_classes(
+                old,
+                new,
+                source=last_path,
+                names_are=f"the run was trained on {len(old)} classes",
+                expected_are=f"the dataset {dataset.location} has {len(new)}",
+                then="resume with the run's dataset, or train into another --out",
+            )
             diff = config_differences(state["config"], cfg)  # train.fitted_iterations aside: taken below
             if diff:
                 raise ConfigError(
