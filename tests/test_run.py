@@ -13,7 +13,7 @@ import pytest
 import organseg.training
 from organseg.cli.main import main
 from organseg.errors import DataError, OrgansegError
-from organseg.formatting import MISSING, fmt_value, num, plot_value, pm, save_figure, signed_pct
+from organseg.formatting import MISSING, duration, fmt_value, num, plot_value, pm, save_figure, signed_pct
 from organseg.run import EXIT_DIVERGED, TRAIN_FILES, ResultsDir, RunDir, read_test_summary
 from organseg.training import TrainingDiverged
 from organseg.training.runlog import RunLog, read_metrics
@@ -120,6 +120,17 @@ def test_numbers_keep_their_formats():
     assert pm({"mean": 0.8, "std": 0.012}, 100) == "80.00 ± 1.20"
     assert signed_pct(-0.14) == "-14.0%"
     assert [fmt_value(v) for v in (0.05, [1, 2], None, "x")] == ["0.05", "[1, 2]", "None", "x"]
+
+
+def test_one_duration_formatter_three_styles():
+    """comparison.md's cost table and verdict ("short"), its conditions ("minutes"), progress ("clock")."""
+    short = ["12.3 s", "60.0 s", "1:00", "2:37", "1:02:05"]
+    assert [duration(s) for s in (12.34, 59.96, 60, 157.4, 3725)] == short
+    clock = ["0:00:00", "0:00:59", "1:02:05", "10:00:00"]
+    assert [duration(s, "clock") for s in (0, 59.4, 3725, 36000)] == clock
+    assert [duration(s, "minutes") for s in (45, 60, 258)] == ["45.0 s", "1.0 min", "4.3 min"]
+    for unknown in (None, math.nan, math.inf, -1.0):
+        assert duration(unknown) == duration(unknown, "clock") == duration(unknown, "minutes") == MISSING
 
 
 def test_save_figure_writes_a_png_and_closes_the_figure(tmp_path):

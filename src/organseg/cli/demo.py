@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from organseg.formatting import duration
+
 # The demo as plain data. The networks and their schedule are the presets demo_unet / demo_swin_unet.
 DEMO: dict[str, Any] = {
     "phantom": {"cases": 12, "size": 128, "slices": 48, "seed": 0},  # 8 train + 4 test, 384 training slices
@@ -176,7 +178,7 @@ def _print_outcome(result: dict[str, Any], fast: bool, seconds: float, report: P
             f"{g['label']}: mean DSC {100 * d:.2f} % (reference protocol, SYNTHETIC phantom test cases{mark})"
         )
     print(
-        f"organseg demo: done in {int(seconds // 60)} min {int(seconds % 60)} s; report {report} "
+        f"organseg demo: done in {duration(seconds, 'minutes')}; report {report} "
         f"(runs and per-run reports in {runs})",
         flush=True,
     )

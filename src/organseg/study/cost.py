@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from organseg.formatting import MISSING, is_missing, num
+from organseg.formatting import MISSING, duration, num
 from organseg.run import ResultsDir, RunDir, RunEnv, TrainSummary
 
 _PROFILE_CACHE: dict[str, dict[str, Any] | None] = {}
@@ -129,17 +129,6 @@ def group_cost(
         "test_device": _joined([r["test_device"] for r in runs]),
         "precision": _joined([r["precision"] for r in runs]),
     }
-
-
-def duration(seconds: float | None) -> str:
-    """``12.3 s`` below a minute, else ``m:ss`` or ``h:mm:ss``."""
-    if is_missing(seconds):
-        return MISSING
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    m, s = divmod(round(seconds), 60)
-    h, m = divmod(m, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
 def cost_markdown(records: Sequence[dict[str, Any]]) -> list[str]:

@@ -51,8 +51,7 @@ import numpy as np
 from scipy import stats
 
 from organseg.errors import DataError
-from organseg.formatting import MISSING, json_number, num
-from organseg.study.cost import duration
+from organseg.formatting import MISSING, duration, json_number, num
 
 DEFAULT_RESAMPLES = 10_000
 DEFAULT_SEED = 0
