@@ -489,6 +489,29 @@ def test_cost_records_come_from_the_runs_own_records(study):
     assert "## Cost" in md and "| swin_unet, base_lr=0.05 |" in md.split("## Cost")[1]
 
 
+def test_cost_cells_are_empty_only_for_a_network_this_organseg_cannot_build(monkeypatch):
+    """A run of a network (or arguments) the registry refuses leaves its cost cells empty; a fault while
+    counting (here a TypeError) is not hidden as empty cells."""
+    from organseg.study import cost
+
+    monkeypatch.setattr(cost, "_PROFILE_CACHE", {})
+    cfg = {"model": {"name": "unet", "args": {"width": 0.125}}, "train": {"img_size": 32}}
+    assert cost._profile(cfg, 3)["params"] > 0
+    assert cost._profile({**cfg, "model": {"name": "vnet", "args": {}}}, 3) is None  # not registered here
+    assert cost._profile({**cfg, "model": {"name": "unet", "args": {"depth": 3}}}, 3) is None  # no such arg
+    assert cost._profile({**cfg, "model": {"name": "unet", "args": {"width": 9.0}}}, 3) is None  # refused
+    assert cost._profile({"model": cfg["model"], "train": {}}, 3) is None  # no input size recorded
+
+    def broken(*args, **kwargs):
+        raise TypeError("a bug")
+
+    monkeypatch.setattr(cost, "_PROFILE_CACHE", {})
+    monkeypatch.setattr(cost, "model_profile", broken)
+    for _ in range(2):  # nor cached as an empty record
+        with pytest.raises(TypeError, match="a bug"):
+            cost._profile(cfg, 3)
+
+
 def test_the_runs_table_writes_zero_iterations_as_zero_and_only_none_as_missing():
     from organseg.study.outputs import _runs
 
