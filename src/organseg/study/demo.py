@@ -1,4 +1,5 @@
-"""``organseg demo [--out demo_out] [--fast]``: the whole study on a fresh machine with no data.
+"""The demo (``organseg demo [--out demo_out] [--fast]``, or :func:`run_demo` from Python): the whole study
+on a fresh machine with no data.
 
 SYNTHETIC phantom CT -> ``prepare synapse`` -> train U-Net and Swin-Unet (reduced networks and schedule, the
 ``demo_unet`` / ``demo_swin_unet`` presets) -> test with both metric protocols -> ``compare`` -> report. Every
@@ -7,12 +8,24 @@ step reuses what an earlier call finished, so a second call only prints the resu
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
 from pathlib import Path
 from typing import Any
+
+from organseg.data.classes import SYNAPSE_CLASSES
+from organseg.data.completion import read_status
+from organseg.data.phantom import write_phantom_set
+from organseg.data.prepare import prepare_synapse
+from organseg.device import resolve_device
+from organseg.fileio import check_output_dir
+from organseg.models import create_model
+from organseg.run import STUDY_RUNS
+from organseg.study.grid import parse_sets, plan_runs
+from organseg.study.outputs import console_table
+from organseg.study.runner import run_study
+from organseg.training.loop import model_args
 
 # The demo as plain data. The networks and their schedule are the presets demo_unet / demo_swin_unet.
 DEMO: dict[str, Any] = {
@@ -34,33 +47,6 @@ FAST: dict[str, Any] = {
 TARGET_DSC = 0.70  # what the full demo reaches for both networks (reference protocol); see docs/compare.md
 
 
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
-        "demo",
-        help="the main job on built-in SYNTHETIC data: phantom -> prepare -> train both networks -> compare",
-        description=(
-            "On a machine with no data: write SYNTHETIC phantom CT cases, prepare them as Synapse, train "
-            "U-Net and Swin-Unet at reduced size with a reduced schedule that fits two CPU cores (presets "
-            "demo_unet, demo_swin_unet), test both with both metric protocols, and write OUT/comparison.md "
-            "plus each run's report. Reuses whatever an earlier call finished."
-        ),
-    )
-    p.add_argument(
-        "--out", metavar="DIR", help="output folder (default demo_out, or demo_out/fast with --fast)"
-    )
-    p.add_argument(
-        "--fast", action="store_true", help="a tiny smoke run of the same steps (seconds; no real DSC)"
-    )
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
-    p.add_argument(
-        "--precision",
-        choices=("fp32", "bf16"),
-        help="force one precision for both networks (default: the presets' choice, fp32 where the CPU has no "
-        "fast bf16)",
-    )
-    return p
-
-
 def cpu_has_fast_bf16() -> bool:
     """AMX or AVX512-BF16 (Linux): elsewhere bf16 on the CPU is emulated and slower than fp32."""
     try:
@@ -73,8 +59,6 @@ def cpu_has_fast_bf16() -> bool:
 def demo_precision(device: str, precision: str | None) -> str | None:
     """The precision override of the demo: the explicit choice, else fp32 on a CPU without fast bf16 (where
     bf16 is emulated and slower), else None (the presets' choice: bf16 for the U-Net, fp32 for Swin-Unet)."""
-    from organseg.device import resolve_device
-
     if precision is None and resolve_device(device).type == "cpu" and not cpu_has_fast_bf16():
         return "fp32"
     return precision
@@ -86,15 +70,11 @@ FULL_PARAMS = {"unet": 24_898_953, "swin_unet": 27_168_900}
 
 
 def _params(name: str, args: dict[str, Any]) -> int:
-    from organseg.models import create_model
-
     return sum(p.numel() for p in create_model(name, **args).parameters())
 
 
 def settings_lines(plans: list, num_classes: int, img_size_full: int = 224) -> list[str]:
     """Human-readable network sizes and schedules of the planned runs, beside the full-size networks."""
-    from organseg.training.loop import model_args
-
     lines = []
     for plan in plans:
         cfg, t = plan.config, plan.config["train"]
@@ -113,9 +93,6 @@ def settings_lines(plans: list, num_classes: int, img_size_full: int = 224) -> l
 
 
 def _phantom(raw: Path, spec: dict[str, Any], progress: bool) -> None:
-    from organseg.data.completion import read_status
-    from organseg.data.phantom import write_phantom_set
-
     meta = raw / "phantom.json"
     status = read_status(raw) if raw.is_dir() else None
     if meta.is_file() and (status is None or status.get("state") == "complete"):
@@ -164,8 +141,6 @@ def _print_intro(fast: bool, dev: Any, lines: list[str]) -> None:
 
 def _print_outcome(result: dict[str, Any], fast: bool, seconds: float, report: Path, runs: Path) -> None:
     """The comparison table, each network's mean DSC against the demo's target, and where the report is."""
-    from organseg.study import console_table
-
     print("\n" + console_table(result), flush=True)
     for g in result["groups"]:
         d = g["reference"]["mean_dice"]["mean"]
@@ -190,14 +165,9 @@ def run_demo(
     precision: str | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Run the demo; returns the comparison dict plus ``seconds`` and ``report`` (the comparison.md path)."""
-    from organseg.data.classes import SYNAPSE_CLASSES
-    from organseg.data.prepare import prepare_synapse
-    from organseg.device import resolve_device
-    from organseg.fileio import check_output_dir
-    from organseg.run import STUDY_RUNS
-    from organseg.study import parse_sets, plan_runs, run_study
-
+    """Run the demo (what ``organseg demo`` does) and print its progress and results; ``out`` defaults to
+    ``demo_out`` (``demo_out/fast`` with ``fast``). Returns the comparison dict (as
+    :func:`organseg.study.run_study`) plus ``seconds`` and ``report`` (the comparison.md path)."""
     spec = FAST if fast else DEMO
     out = Path(out) if out is not None else Path("demo_out/fast" if fast else "demo_out")
     check_output_dir(out)
@@ -239,8 +209,3 @@ def run_demo(
     report = out / "comparison.md"
     _print_outcome(result, fast, seconds, report, out / STUDY_RUNS)
     return {**result, "seconds": seconds, "report": str(report)}
-
-
-def run(args: argparse.Namespace) -> int:
-    run_demo(args.out, fast=args.fast, device=args.device, precision=args.precision)
-    return 0
