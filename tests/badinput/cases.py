@@ -46,7 +46,9 @@ class Case:
     expect: tuple[str, ...] = ()
     group: str = "paths"
     subprocess: bool = False  # may crash the interpreter (SIGSEGV) or exhaust memory: run it apart
-    timeout: float = 60.0
+    # CPU seconds (user + system, all threads) the case may use: a measure of the work done, which a busy
+    # machine does not stretch as it stretches wall-clock time (see probe.py; every case needs a few at most).
+    cpu_limit_s: float = 60.0
     needs_shared: bool = False  # needs ../shared (the real DICOM series)
     mem_gb: float | None = None  # address-space limit of a subprocess case
     allow_new: tuple[str, ...] = field(default=())  # glob patterns (relative to {t}) a case may leave
@@ -1391,7 +1393,7 @@ for v in ("maybe", "2"):
         ["train.compile"],
         group="config",
         subprocess=True,
-        timeout=30,
+        cpu_limit_s=30,
     )
 
 STRUCT = [
