@@ -11,14 +11,13 @@ from pathlib import Path
 import pytest
 
 import organseg.training
+from helpers import PNG_MAGIC
 from organseg.cli.main import main
 from organseg.errors import DataError, OrgansegError
 from organseg.formatting import MISSING, fmt_value, num, plot_value, pm, save_figure, signed_pct
 from organseg.run import EXIT_DIVERGED, TRAIN_FILES, ResultsDir, RunDir, read_test_summary
 from organseg.training import TrainingDiverged
 from organseg.training.runlog import RunLog, read_metrics
-
-PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def _records(n: int) -> list[dict]:
@@ -129,7 +128,7 @@ def test_save_figure_writes_a_png_and_closes_the_figure(tmp_path):
     fig, ax = plt.subplots()
     ax.plot([0, 1], [1, 0])
     path = save_figure(fig, tmp_path / "f.png")
-    assert path.read_bytes().startswith(PNG) and not plt.fignum_exists(fig.number)
+    assert path.read_bytes().startswith(PNG_MAGIC) and not plt.fignum_exists(fig.number)
     assert [p.name for p in tmp_path.iterdir()] == ["f.png"]  # no temporary left
 
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import state_dict_of, tiny_config, tiny_dataset
 from organseg.checkpoint import model_from_checkpoint
 from organseg.training import read_metrics, train
-from test_train_support import state_dict_of, tiny_config, tiny_dataset
 
 TESTS = Path(__file__).resolve().parent
 
@@ -43,10 +43,9 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
             f"""
             import sys
             sys.path.insert(0, {str(TESTS)!r})
-            from test_train_ddp import _config
-            from test_train_support import tiny_dataset
+            from helpers import tiny_dataset
             from organseg.training import train
-            summary = train(_config(), tiny_dataset(12), {str(ddp)!r})
+            summary = train({_config()!r}, tiny_dataset(12), {str(ddp)!r})
             print("RANK_SUMMARY", summary["iterations"], summary["last_val"]["mean_dice"])
             """
         )

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from badinput.inputs import GARBAGE, TRAIN_SETS, Ctx, edit_checkpoint, edit_h5, edit_nifti, edit_npz, truncate
+from synthetic_scan import diagonal_frame
 
 GROUPS = {
     "paths": "Missing, empty, garbage or misplaced files and folders",
@@ -2185,17 +2186,11 @@ def _redirect(rel: str, direction: np.ndarray, out: str | None = None):
     return run
 
 
-def _diagonal_frame() -> np.ndarray:
-    """Image x along the cube diagonal: 54.7 degrees from every patient axis, nearest to none."""
-    u, v = np.array([1.0, 1.0, 1.0]) / np.sqrt(3), np.array([1.0, -1.0, 0.0]) / np.sqrt(2)
-    return np.stack([u, v, np.cross(u, v)], axis=1)
-
-
 _SHEAR = np.array([[1.0, 0.3, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
 ORIENTED = on("ckpt.pt", lambda p: edit_checkpoint(p, _set("orientation", "LPS")))
 for cid, what, setup, argv, expect, group in [
     ("predict-scan-oblique-45", "a scan whose voxel axes are 45 degrees or more from every patient axis",
-     steps(PREDICT_SETUP, ORIENTED, _redirect("scan.nii.gz", _diagonal_frame())), PREDICT, ["scan.nii.gz"],
+     steps(PREDICT_SETUP, ORIENTED, _redirect("scan.nii.gz", diagonal_frame())), PREDICT, ["scan.nii.gz"],
      "scan"),
     ("predict-scan-sheared", "a scan with a sheared (not orthonormal) direction matrix (.mha)",
      steps(PREDICT_SETUP, ORIENTED, _redirect("scan.nii.gz", _SHEAR, "scan.mha")),
