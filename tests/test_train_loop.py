@@ -23,6 +23,7 @@ from helpers import SIZE, TINY_NET, state_dict_of, tiny_config, tiny_dataset
 from organseg.checkpoint import model_from_checkpoint, read_checkpoint
 from organseg.data.augment import resize_slice
 from organseg.errors import CheckpointError, ConfigError, DataError
+from organseg.run import TRAIN_FILES
 from organseg.training import TrainingDiverged, poly_lr, read_metrics, train
 from organseg.training.data import TrainBatches
 from organseg.training.distributed import DistEnv
@@ -97,6 +98,14 @@ def test_run_folder_records_and_checkpoints(uninterrupted):
     model, _ = model_from_checkpoint(out / "checkpoints" / "last.pt")
     assert all(torch.equal(v, last["model"][k]) for k, v in model.state_dict().items())
     assert json.loads((out / "summary.json").read_text())["iterations"] == total
+
+
+def test_a_run_folder_holds_only_what_train_files_lists(uninterrupted):
+    # TRAIN_FILES is what train owns in its folder (a dataset kept beside the run is safe) and removes again
+    # when a fresh run fails before its first checkpoint: anything else train wrote would escape both.
+    out, _ = uninterrupted
+    written = {p.name for p in out.iterdir()}
+    assert written <= set(TRAIN_FILES) and {"config.yaml", "checkpoints", "metrics.jsonl"} <= written
 
 
 def test_training_learns_the_tiny_task(uninterrupted):
