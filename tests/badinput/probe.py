@@ -11,8 +11,8 @@ output is BAD.
 
 Time limits measure the work a case does, not the machine's load. A case may use ``Case.cpu_limit_s`` CPU
 seconds (60 by default; user + system time of all its threads): a fault that was accepted and went on to
-train or compile reaches it, while a busy machine, which stretches wall-clock time several-fold, does not
-change it. In-process cases count this process's CPU time with an ``ITIMER_PROF`` timer; subprocess cases
+train or compile reaches it, while a busy machine, which stretches wall-clock time several-fold, barely
+changes it. In-process cases count this process's CPU time with an ``ITIMER_PROF`` timer; subprocess cases
 run under ``RLIMIT_CPU`` (the kernel stops the child with SIGXCPU). Child processes that an in-process case
 starts (``compare`` runs) have their own clocks and are bounded by the backstop only. A wall-clock backstop
 of :data:`WALL_LIMIT_S` (10 min) catches what uses no CPU, a wait that never ends: only a real hang reaches
