@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import yaml
 
+from helpers import PNG_MAGIC, TINY_ARGS, write_presets
 from organseg.cli.main import main
 from organseg.data.phantom import write_phantom_set
 from organseg.data.prepare import prepare_synapse
@@ -36,25 +37,11 @@ from organseg.study import (
 from organseg.study.aggregate import _relative_changes, _stats
 from organseg.training import read_metrics, train
 
-# The two networks, tiny: U-Net at an eighth of its channels (8-16-32-64-64) and a narrow Swin-Unet.
+# The two networks, tiny (helpers.TINY_ARGS): U-Net at an eighth of its channels (8-16-32-64-64) and a narrow
+# Swin-Unet.
 MODELS = ["unet", "swin_unet"]
-TINY_ARGS = {"unet": {"width": 0.125}, "swin_unet": {"embed_dim": 12, "num_heads": [1, 2, 3, 4],
-                                                               "window_size": 2}}  # fmt: skip
 SEEDS = [1, 2]
 LRS = ["0.01", "0.05"]
-PNG = b"\x89PNG\r\n\x1a\n"
-
-
-def write_presets(folder: Path) -> str:
-    for model, args in TINY_ARGS.items():
-        cfg = {
-            "model": {"name": model, "args": args},
-            "train": {"img_size": 32, "batch_size": 4, "max_iterations": 2, "augment": "none",
-                      "progress": False, "threads": 1, "lr_scaling": "none"},
-            "val": {"every": 0},
-        }  # fmt: skip
-        (folder / f"tiny_{model}.yaml").write_text(yaml.safe_dump(cfg))
-    return str(folder / "tiny_{model}.yaml")
 
 
 @pytest.fixture(scope="module")
@@ -224,7 +211,7 @@ def test_study_writes_every_run_and_the_comparison_files(study):
     for f in ("comparison.md", "comparison.json", "comparison.csv"):
         assert (out / f).stat().st_size > 0
     for png in ("comparison_organs.png", "comparison_sweep_train.base_lr.png"):
-        assert (out / png).read_bytes()[:8] == PNG
+        assert (out / png).read_bytes()[:8] == PNG_MAGIC
     md = (out / "comparison.md").read_text()
     assert "SYNTHETIC DATA" in md and "| Swin-Unet (paper) | | 79.13 | 21.55 |" in md
     assert "## Sweep: train.base_lr" in md and "## Swin-Unet against U-Net" in md

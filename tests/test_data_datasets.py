@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import write_tiny_raw
 from organseg.data import ArrayDataset, SegmentationDataset, Volume, detect_layout, open_dataset
 from organseg.data.augment import RandomGenerator, SliceDataset
 from organseg.data.classes import ACDC_CLASSES, SYNAPSE_CLASSES
@@ -19,7 +20,6 @@ from organseg.data.prepare import prepare_synapse
 from organseg.errors import ConfigError, DataError
 from organseg.evaluation.evaluate import evaluate_dataset
 from organseg.imageio.volumes import Geometry, read_image, write_image
-from test_data_helpers import totalseg_raw, write_tiny_raw  # noqa: F401  (fixture)
 
 
 # ------------------------------------------------------------------------------------------------- Synapse

@@ -13,13 +13,13 @@ import yaml
 
 import organseg.training.budget as budget
 import organseg.training.loop as loop
+from helpers import state_dict_of, tiny_config, tiny_dataset
 from organseg.checkpoint import read_checkpoint
 from organseg.errors import ConfigError
 from organseg.training import poly_lr, read_metrics, train
 from organseg.training.budget import FIT_SKIP, FIT_WINDOW, fit_horizon
 from organseg.training.config import DEFAULTS, config_differences, load_config, resolve_config
 from organseg.training.schedule import make_optimizer, scheduled_lr
-from test_train_support import state_dict_of, tiny_config, tiny_dataset
 
 N_SLICES, IPE, EPOCHS = 12, 3, 3
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import state_dict_of, tiny_config, tiny_dataset
 from organseg.checkpoint import model_from_checkpoint
 from organseg.training import read_metrics, train
-from test_train_support import state_dict_of, tiny_config, tiny_dataset
 
 TESTS = Path(__file__).resolve().parent
 
@@ -51,10 +51,9 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
             f"""
             import sys
             sys.path.insert(0, {str(TESTS)!r})
-            from test_train_ddp import _config
-            from test_train_support import tiny_dataset
+            from helpers import tiny_dataset
             from organseg.training import train
-            summary = train(_config(), tiny_dataset(12), {str(ddp)!r})
+            summary = train({_config()!r}, tiny_dataset(12), {str(ddp)!r})
             print("RANK_SUMMARY", summary["iterations"], summary["last_val"]["mean_dice"])
             """
         )
@@ -90,7 +89,7 @@ def test_one_rank_out_of_time_stops_every_rank_at_the_same_iteration(tmp_path):
             f"""
             import os, sys
             sys.path.insert(0, {str(TESTS)!r})
-            from test_train_support import tiny_config, tiny_dataset
+            from helpers import tiny_config, tiny_dataset
             from organseg.training import train
             from organseg.training.budget import TimeBudget
             if os.environ["RANK"] == "0":  # rank 0's clock never runs out; rank 1's does after one iteration

@@ -15,7 +15,7 @@ from organseg.training import read_metrics
 from organseg.training.config import resolve_config
 from organseg.training.distributed import STREAM_MODEL, DistEnv, derive_seed
 from organseg.training.loop import Trainer
-from test_train_support import tiny_config, tiny_dataset
+from helpers import tiny_config, tiny_dataset
 
 N_SLICES = 12  # batch 4: 3 iterations per epoch
 

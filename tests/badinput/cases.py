@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from badinput.inputs import GARBAGE, TRAIN_SETS, Ctx, edit_checkpoint, edit_h5, edit_nifti, edit_npz, truncate
+from synthetic_scan import diagonal_frame
 
 GROUPS = {
     "paths": "Missing, empty, garbage or misplaced files and folders",
@@ -46,7 +47,9 @@ class Case:
     expect: tuple[str, ...] = ()
     group: str = "paths"
     subprocess: bool = False  # may crash the interpreter (SIGSEGV) or exhaust memory: run it apart
-    timeout: float = 60.0
+    # CPU seconds (user + system, all threads) the case may use: a measure of the work done, which a busy
+    # machine does not stretch as it stretches wall-clock time (see probe.py; every case needs a few at most).
+    cpu_limit_s: float = 60.0
     needs_shared: bool = False  # needs ../shared (the real DICOM series)
     mem_gb: float | None = None  # address-space limit of a subprocess case
     allow_new: tuple[str, ...] = field(default=())  # glob patterns (relative to {t}) a case may leave
@@ -1391,7 +1394,7 @@ for v in ("maybe", "2"):
         ["train.compile"],
         group="config",
         subprocess=True,
-        timeout=30,
+        cpu_limit_s=30,
     )
 
 STRUCT = [
@@ -2183,17 +2186,11 @@ def _redirect(rel: str, direction: np.ndarray, out: str | None = None):
     return run
 
 
-def _diagonal_frame() -> np.ndarray:
-    """Image x along the cube diagonal: 54.7 degrees from every patient axis, nearest to none."""
-    u, v = np.array([1.0, 1.0, 1.0]) / np.sqrt(3), np.array([1.0, -1.0, 0.0]) / np.sqrt(2)
-    return np.stack([u, v, np.cross(u, v)], axis=1)
-
-
 _SHEAR = np.array([[1.0, 0.3, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
 ORIENTED = on("ckpt.pt", lambda p: edit_checkpoint(p, _set("orientation", "LPS")))
 for cid, what, setup, argv, expect, group in [
     ("predict-scan-oblique-45", "a scan whose voxel axes are 45 degrees or more from every patient axis",
-     steps(PREDICT_SETUP, ORIENTED, _redirect("scan.nii.gz", _diagonal_frame())), PREDICT, ["scan.nii.gz"],
+     steps(PREDICT_SETUP, ORIENTED, _redirect("scan.nii.gz", diagonal_frame())), PREDICT, ["scan.nii.gz"],
      "scan"),
     ("predict-scan-sheared", "a scan with a sheared (not orthonormal) direction matrix (.mha)",
      steps(PREDICT_SETUP, ORIENTED, _redirect("scan.nii.gz", _SHEAR, "scan.mha")),
