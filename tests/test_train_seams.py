@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import tiny_config, tiny_dataset
 from organseg.checkpoint import read_checkpoint
 from organseg.losses import DiceCELoss
 from organseg.training import read_metrics
 from organseg.training.config import resolve_config
 from organseg.training.distributed import STREAM_MODEL, DistEnv, derive_seed
 from organseg.training.loop import Trainer
-from helpers import tiny_config, tiny_dataset
 
 N_SLICES = 12  # batch 4: 3 iterations per epoch
 

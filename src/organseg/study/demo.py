@@ -19,8 +19,8 @@ from organseg.data.completion import read_status
 from organseg.data.phantom import write_phantom_set
 from organseg.data.prepare import prepare_synapse
 from organseg.device import resolve_device
-from organseg.formatting import duration
 from organseg.fileio import check_output_dir
+from organseg.formatting import duration
 from organseg.models import create_model
 from organseg.run import STUDY_RUNS
 from organseg.study.grid import parse_sets, plan_runs
