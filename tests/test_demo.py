@@ -14,6 +14,7 @@ import yaml
 import organseg.study.demo as demo
 from organseg.cli.main import main
 from organseg.data.classes import SYNAPSE_CLASSES
+from organseg.formatting import duration
 from organseg.models import create_model
 from organseg.study import parse_sets, plan_runs, run_demo
 from organseg.training.config import model_args
@@ -34,7 +35,7 @@ def fast_demo(tmp_path_factory) -> tuple[Path, str, dict]:
 def test_run_demo_returns_the_comparison_and_where_its_report_is(fast_demo):
     out, text, result = fast_demo
     assert result["report"] == str(out / "comparison.md") and f"report {result['report']}" in text
-    assert result["seconds"] > 0 and f"done in {int(result['seconds'] // 60)} min" in text
+    assert result["seconds"] > 0 and f"done in {duration(result['seconds'], 'minutes')}" in text
     written = json.loads((out / "comparison.json").read_text())
     assert [g["label"] for g in result["groups"]] == [g["label"] for g in written["groups"]] != []
 
