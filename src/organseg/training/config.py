@@ -19,7 +19,7 @@ import yaml
 
 from organseg.errors import ConfigError, DataError
 from organseg.fileio import read_yaml, yaml_problem
-from organseg.models import check_input_size, check_model_args, has_model, list_models, takes_image_size
+from organseg.models import check_input_size, check_model_args, check_model_name, takes_image_size
 from organseg.precision import PRECISIONS
 from organseg.values import OPTIONAL_POSITIVE_INT, POSITIVE_INT, SEED, Rule, check_value, max_threads
 
@@ -298,8 +298,7 @@ def model_args(cfg: dict, num_classes: int) -> dict[str, Any]:
     """Constructor arguments: ``model.args``, the dataset's class count and, for networks built for one input
     size (Swin-Unet), ``train.img_size`` unless ``model.args`` sets it."""
     m = cfg["model"]
-    if not has_model(m["name"]):
-        raise ConfigError(f"unknown model {m['name']!r}; available: {', '.join(list_models())}")
+    check_model_name(m["name"])
     args = {**m["args"], "num_classes": num_classes}
     if takes_image_size(m["name"]):
         args.setdefault("img_size", cfg["train"]["img_size"])
@@ -311,8 +310,7 @@ def check_network(cfg: dict) -> None:
     registry): raised as a ConfigError naming the key and the nearest sizes that fit, before a run folder
     exists, instead of a ValueError from the first forward pass."""
     m, side = cfg["model"], cfg["train"]["img_size"]
-    if not has_model(m["name"]):
-        raise ConfigError(f"model.name: unknown model {m['name']!r}; available: {', '.join(list_models())}")
+    check_model_name(m["name"])
     check_model_args(m["name"], m["args"])
     given = m["args"].get("img_size")
     if given is not None and given not in (side, [side, side], (side, side)):

@@ -22,8 +22,9 @@ from organseg.checkpoint import atomic_torch_save, make_checkpoint, read_checkpo
 from organseg.data.base import SegmentationDataset
 from organseg.data.classes import check_same_classes
 from organseg.data.detect import resolve_dataset
-from organseg.errors import CheckpointError, ConfigError, DataError, OrgansegError
+from organseg.errors import CheckpointError, ConfigError, OrgansegError
 from organseg.fileio import check_output, check_output_dir
+from organseg.formatting import duration
 from organseg.losses import DiceCELoss
 from organseg.models import create_model, wants_channels_last
 from organseg.models.hub import resolve_pretrained
@@ -103,7 +104,7 @@ def train(
     raw = config if isinstance(config, dict) else load_config(config)
     cfg = resolve_config(raw, data if isinstance(data, (str, Path)) else None)
     check_network(cfg)  # before the data are read and before the run folder exists
-    data_root = data if isinstance(data, (str, Path)) else getattr(data, "root", None)
+    data_root = data if isinstance(data, (str, Path)) or data is None else data.root
     config_file = config if isinstance(config, (str, Path)) and Path(config).is_file() else None
     check_output(
         out_dir,
@@ -437,8 +438,8 @@ class Trainer:
                         "dice": v_dice, "lr": lr, "time": round(self.train_seconds, 3)})  # fmt: skip
         rate = self.epoch_images / max(time.perf_counter() - self.epoch_start_time, 1e-9)
         images_left = self.batches.images_seen(self.max_iterations) - self.batches.images_seen(self.iteration)
-        bar.set_postfix_str(f"loss {v_loss:.4f} lr {lr:.2e} {rate:.1f} img/s ETA {_hms(images_left / rate)}",
-                            refresh=False)  # fmt: skip
+        eta = duration(images_left / rate, "clock")
+        bar.set_postfix_str(f"loss {v_loss:.4f} lr {lr:.2e} {rate:.1f} img/s ETA {eta}", refresh=False)
 
     # ---------------------------------------------------------------------------------------- set-up, end
 
@@ -566,17 +567,6 @@ def _peak_memory(device: torch.device) -> dict[str, Any]:
     return {"peak_memory_mb": round(mb, 1), "peak_memory_kind": "process peak RSS"}
 
 
-def _check_same_classes(state: dict, dataset: SegmentationDataset, last_path: Path) -> None:
-    """A run resumed on a dataset of another kind (Synapse run, ACDC data) says so in one line."""
-    old, new = list(state.get("class_names") or []), [str(n) for n in dataset.class_names]
-    if old and [n.lower() for n in old] != [n.lower() for n in new]:
-        raise DataError(
-            f"{last_path}: the run was trained on {len(old)} classes {old}, but the dataset "
-            f"{getattr(dataset, 'root', dataset.name)} has {len(new)} {new}: resume with the run's dataset, "
-            "or train into another --out"
-        )
-
-
 def _build_model(cfg: dict, args: dict[str, Any]) -> nn.Module:
     try:
         return create_model(cfg["model"]["name"], **args)
@@ -612,10 +602,3 @@ def _validate(
             f"val epoch {epoch + 1}: mean DSC {rec['mean_dice']:.4f} HD95 {rec['mean_hd95']:.2f} | {dice}"
         )
     return record
-
-
-def _hms(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    s = int(seconds)
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
