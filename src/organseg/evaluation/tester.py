@@ -16,6 +16,7 @@ from organseg.errors import DataError
 from organseg.evaluation.evaluate import evaluate_dataset
 from organseg.fileio import check_output, check_output_dir, check_output_file
 from organseg.inference.targets import RunTarget, checkpoint_patch_size, results_dir
+from organseg.locks import folder_lock
 from organseg.reporting.report import OverlayCollector, write_report
 from organseg.reporting.tables import results_table
 from organseg.reporting.viewer import VIEWER_DIR, CaseViewers, chain
@@ -234,40 +235,41 @@ def _test_one(
     _check_classes(tgt, ckpt, dataset)
     model.to(dev)
     folder = _checked_results_folder(tgt, split, out, dataset, sources, report)
-    collector = OverlayCollector()
-    on_case = chain(
-        _nifti_writer(ResultsDir(folder).file(ResultsDir.NIFTI), collector) if save_nifti else collector,
-        CaseViewers(folder / VIEWER_DIR, dataset.class_names) if viewer else None,
-    )
-    result = evaluate_dataset(
-        model,
-        dataset,
-        split,
-        patch_size=checkpoint_patch_size(ckpt),
-        batch_size=batch_size,
-        precision=precision,
-        device=dev,
-        reference_loop=reference_loop,
-        max_cases=max_cases,
-        progress=progress,
-        on_case=on_case,
-        orientation=code,
-    )
-    extra = {
-        "model_name": ckpt.get("model_name"),
-        "checkpoint": str(tgt.checkpoint_path),
-        "data": dataset.location,
-        "precision": precision,
-        "device": str(dev),
-        "inference": "reference loop" if reference_loop else f"batched ({batch_size} slices)",
-        "orientation": code,
-        "orientation_notes": orientation_notes,
-    }
-    if sources:
-        extra.update(ensemble=list(sources), tta=tta)
-    result.write(folder, extra)
-    collector.save(ResultsDir(folder).file(ResultsDir.OVERLAYS))
-    summary = {**result.summary(), **extra, "results_dir": str(folder)}
-    summary["table"] = results_table(summary, ckpt.get("model_name"))
-    summary["report"] = str(write_report(_report_root(tgt, out, folder))) if report else None
-    return summary
+    with folder_lock(folder, "test"):  # one writer per results folder (organseg.locks)
+        collector = OverlayCollector()
+        on_case = chain(
+            _nifti_writer(ResultsDir(folder).file(ResultsDir.NIFTI), collector) if save_nifti else collector,
+            CaseViewers(folder / VIEWER_DIR, dataset.class_names) if viewer else None,
+        )
+        result = evaluate_dataset(
+            model,
+            dataset,
+            split,
+            patch_size=checkpoint_patch_size(ckpt),
+            batch_size=batch_size,
+            precision=precision,
+            device=dev,
+            reference_loop=reference_loop,
+            max_cases=max_cases,
+            progress=progress,
+            on_case=on_case,
+            orientation=code,
+        )
+        extra = {
+            "model_name": ckpt.get("model_name"),
+            "checkpoint": str(tgt.checkpoint_path),
+            "data": dataset.location,
+            "precision": precision,
+            "device": str(dev),
+            "inference": "reference loop" if reference_loop else f"batched ({batch_size} slices)",
+            "orientation": code,
+            "orientation_notes": orientation_notes,
+        }
+        if sources:
+            extra.update(ensemble=list(sources), tta=tta)
+        result.write(folder, extra)
+        collector.save(ResultsDir(folder).file(ResultsDir.OVERLAYS))
+        summary = {**result.summary(), **extra, "results_dir": str(folder)}
+        summary["table"] = results_table(summary, ckpt.get("model_name"))
+        summary["report"] = str(write_report(_report_root(tgt, out, folder))) if report else None
+        return summary

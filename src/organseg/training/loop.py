@@ -25,6 +25,7 @@ from organseg.data.detect import resolve_dataset
 from organseg.errors import CheckpointError, ConfigError, OrgansegError
 from organseg.fileio import check_output, check_output_dir
 from organseg.formatting import duration
+from organseg.locks import folder_lock
 from organseg.losses import DiceCELoss
 from organseg.models import create_model, wants_channels_last
 from organseg.models.hub import resolve_pretrained
@@ -120,20 +121,23 @@ def train(
     saved_cudnn = cudnn.benchmark, cudnn.deterministic
     run_dir = Path(out_dir)
     existed = {name for name in RUN_FILES if (run_dir / name).exists()} if run_dir.is_dir() else None
-    try:
-        if cfg["train"]["threads"]:
-            torch.set_num_threads(cfg["train"]["threads"])
-        set_deterministic(cfg["train"]["deterministic"])
-        return _train(cfg, open_dataset_for(data, cfg), run_dir, resume, env)
-    except BaseException:
-        if env.is_main:
-            _undo_fresh_run(run_dir, existed)
-        raise
-    finally:
-        torch.set_num_threads(threads)
-        set_deterministic(strict)
-        cudnn.benchmark, cudnn.deterministic = saved_cudnn
-        shutdown(env)
+    # One writer per run folder (organseg.locks): rank 0 holds it; the lock file goes at the end, and the
+    # folder too when this call created it and a failed fresh run left it empty.
+    with folder_lock(run_dir, "train", enabled=env.is_main):
+        try:
+            if cfg["train"]["threads"]:
+                torch.set_num_threads(cfg["train"]["threads"])
+            set_deterministic(cfg["train"]["deterministic"])
+            return _train(cfg, open_dataset_for(data, cfg), run_dir, resume, env)
+        except BaseException:
+            if env.is_main:
+                _undo_fresh_run(run_dir, existed)
+            raise
+        finally:
+            torch.set_num_threads(threads)
+            set_deterministic(strict)
+            cudnn.benchmark, cudnn.deterministic = saved_cudnn
+            shutdown(env)
 
 
 def _undo_fresh_run(run_dir: Path, existed: set[str] | None) -> None:
