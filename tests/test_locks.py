@@ -19,8 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from badinput.inputs import TRAIN_SETS
 
+from badinput.inputs import TRAIN_SETS
 from organseg.cli.main import main
 from organseg.data.completion import own_entries
 from organseg.errors import DataError
@@ -101,9 +101,8 @@ def test_a_second_writer_meets_one_line_naming_the_holder(tmp_path):
     folder = tmp_path / "run"
     with held_by_another_process(folder, "compare") as proc:
         before = sorted(p.name for p in folder.iterdir())
-        with pytest.raises(FolderBusy) as err:
-            with folder_lock(folder, "train"):
-                pass
+        with pytest.raises(FolderBusy) as err, folder_lock(folder, "train"):
+            pass
         message = str(err.value)
         assert "\n" not in message and message.startswith(f"{folder}: in use")
         _names_the_holder(message, proc.pid)
@@ -122,7 +121,7 @@ def test_a_dead_holder_is_taken_over_with_a_warning(tmp_path, capsys):
     assert (folder / LOCK_FILE).is_file()  # a killed holder cannot remove its file; the kernel freed the lock
     with folder_lock(folder, "train"):
         err = capsys.readouterr().err
-        assert err.startswith(f"organseg train: warning: {folder}: taking over the lock of pid {proc.pid} on ")
+        assert err.startswith(f"organseg train: warning: {folder}: taking over the lock of pid {proc.pid} ")
         assert "which is no longer running" in err and len(err.strip().splitlines()) == 1
         assert read_holder(folder).pid == os.getpid()
 

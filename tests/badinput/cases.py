@@ -32,6 +32,7 @@ GROUPS = {
     "unwritable": "Unwritable output places",
     "device": "Devices this build does not have",
     "resources": "Crashes and memory-impossible requests",
+    "busy": "Output folders another organseg process is writing",
 }
 
 
@@ -2201,6 +2202,37 @@ for cid, what, setup, argv, expect, group in [
      [*PREDICT, "--ensemble", "{t}/swin.pt"], ["swin.pt"], "checkpoint"),
 ]:
     add(cid, argv[0], what, setup, argv, expect, group=group)
+
+
+# ---------------------------------------------------------------- one writer per folder (issue 27): another
+# process holds the folder (Ctx.hold) while the case runs
+
+
+def held(rel: str):
+    return lambda c: c.hold(rel)
+
+
+BUSY = ["in use by another organseg process", "pid"]
+for cid, what, setup, argv, expect in [
+    ("train-busy-new-out", "train into a new --out another process is writing",
+     steps(TRAIN_SETUP, held("run2")), TRAIN, ["run2"]),
+    ("train-busy-resume", "train --resume of a run that is still training",
+     steps(cp("syn"), cp("run"), held("run")),
+     ["train", "unet_synapse", "--data", "{t}/syn", "--out", "{t}/run", "--resume", *TRAIN_SETS], ["run"]),
+    ("compare-busy-study", "compare on a study folder another compare is writing",
+     steps(COMPARE_SETUP, held("study")), COMPARE, ["study"]),
+    ("compare-busy-collect", "compare --collect into a study folder another compare is writing",
+     steps(cp("run", "study/runs/unet__seed1234"), held("study")),
+     ["compare", "--collect", "--out", "{t}/study"], ["study"]),
+    ("test-busy-results", "test into a run's results folder another test is writing",
+     steps(TEST_SETUP, held("run/results/test_last")), TEST, ["results/test_last"]),
+    ("test-busy-out", "test --out into a folder another process is writing",
+     steps(TEST_SETUP, held("res")), [*TEST, "--out", "{t}/res"], ["res"]),
+    ("predict-busy-out", "predict into an --out folder another predict is writing",
+     steps(PREDICT_SETUP, held("segs")), ["predict", "{t}/ckpt.pt", "{t}/scan.nii.gz", "--out", "{t}/segs"],
+     ["segs"]),
+]:
+    add(cid, argv[0], what, setup, argv, [*expect, *BUSY], group="busy")
 
 
 def by_id() -> dict[str, Case]:
