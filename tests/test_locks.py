@@ -23,6 +23,8 @@ import pytest
 from badinput.inputs import TRAIN_SETS
 from organseg.cli.main import main
 from organseg.data.completion import own_entries
+from organseg.data.phantom import write_phantom_set
+from organseg.data.prepare import prepare_synapse
 from organseg.errors import DataError
 from organseg.locks import LOCK_FILE, FolderBusy, folder_lock, holds, read_holder
 from organseg.training import train
@@ -172,9 +174,6 @@ def test_the_holding_thread_may_enter_again_another_thread_may_not(tmp_path):
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> dict[str, Path]:
     """A prepared phantom dataset, one scan, and a run trained on it for one iteration."""
-    from organseg.data.phantom import write_phantom_set
-    from organseg.data.prepare import prepare_synapse
-
     root = tmp_path_factory.mktemp("locks")
     write_phantom_set(root / "raw", 3, 64, 0, num_slices=4, progress=False)
     prepare_synapse(root / "raw", root / "syn", train_cases=[1, 2], test_cases=[3], progress=False)
