@@ -16,6 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
+from organseg.data.classes import BTCV_TO_SYNAPSE, remap_labels
+from organseg.data.phantom import make_phantom_case
+from organseg.data.preprocess import apply_preprocessing, ct_window_spec
+from organseg.device import cpu_info
+
 #: The instruction-set flags that decide bf16 speed on a CPU (AMX, AVX-512 BF16), as /proc/cpuinfo names them.
 BF16_FLAGS = ("avx512_bf16", "amx_bf16", "amx_tile", "avx512f", "avx2")
 
@@ -45,17 +50,11 @@ def run_child(
 def phantom_ct(num_slices: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
     """A synthetic abdominal CT (``organseg.data.phantom``) as the networks see it: the Synapse CT window in
     [0, 1] (float32, (D, H, W)), the label map in the 9 Synapse classes, and the spacing (z, y, x) mm."""
-    from organseg.data.classes import BTCV_TO_SYNAPSE, remap_labels
-    from organseg.data.phantom import make_phantom_case
-    from organseg.data.preprocess import apply_preprocessing, ct_window_spec
-
     hu, btcv, spacing = make_phantom_case(seed, size=size, num_slices=num_slices)
     return apply_preprocessing(hu, ct_window_spec()), remap_labels(btcv, BTCV_TO_SYNAPSE), spacing
 
 
 def cpu_description() -> dict:
     """Model name, logical cores and the bf16-relevant instruction-set flags of this machine's CPU."""
-    from organseg.device import cpu_info
-
     name, flags = cpu_info()
     return {"model": name, "cores": os.cpu_count(), "flags": [f for f in BF16_FLAGS if f in flags]}

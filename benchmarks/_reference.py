@@ -17,19 +17,18 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
 
-if TYPE_CHECKING:  # torch is imported where it is used: bench_models' parent process stays light
-    import torch
-    from torch import nn
+from organseg.data.augment import RandomGenerator, SliceDataset
+from organseg.losses import DiceCELoss
 
 
 def official_seed(seed: int = 1234) -> None:
     """The official scripts seed Python, NumPy and torch alike (1234 by default)."""
-    import torch
-
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -37,22 +36,16 @@ def official_seed(seed: int = 1234) -> None:
 
 def official_loss(num_classes: int) -> nn.Module:
     """The official training loss: 0.4 cross-entropy + 0.6 Dice (organseg's DiceCELoss computes it)."""
-    from organseg.losses import DiceCELoss
-
     return DiceCELoss(num_classes, ce_weight=0.4, dice_weight=0.6)
 
 
 def official_sgd(model: nn.Module, lr: float) -> torch.optim.Optimizer:
     """The official optimiser: plain SGD, momentum 0.9, weight decay 1e-4."""
-    import torch
-
     return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
 
 
 def official_dataset(slices: Sequence[tuple[np.ndarray, np.ndarray]], size: int):
     """The slices through the reference ``RandomGenerator`` (per sample, SciPy), for a DataLoader."""
-    from organseg.data.augment import RandomGenerator, SliceDataset
-
     return SliceDataset(slices, RandomGenerator((size, size)))
 
 
@@ -63,8 +56,6 @@ def official_train_rate(
     """Images/s of the official trainer's loop (fp32), data loading inside the timed region as in training;
     ``warmup`` iterations first, untimed. The caller seeds (:func:`official_seed`) before building
     ``model``."""
-    from torch.utils.data import DataLoader
-
     loader = DataLoader(official_dataset(slices, img), batch_size=batch, shuffle=True, num_workers=workers,
                         pin_memory=device != "cpu", drop_last=True)  # fmt: skip
     opt = official_sgd(model, 0.05)
@@ -92,7 +83,7 @@ def official_train_rate(
 def medpy_case(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> np.ndarray:
     """``calculate_metric_percase`` for classes 1..: (Dice, HD95) per class with MedPy, (1, 0) for a
     prediction without truth, (0, 0) for no prediction."""
-    from medpy.metric import binary
+    from medpy.metric import binary  # noqa: PLC0415 (MedPy is a dev extra, needed only for this row)
 
     out = []
     for i in range(1, num_classes):
@@ -110,13 +101,12 @@ def medpy_monai_surface(
     pred: np.ndarray, gt: np.ndarray, num_classes: int, spacing, tol: float
 ) -> np.ndarray:
     """(NSD from MONAI or NaN when it is not installed, ASSD from MedPy) per class present in both."""
-    from medpy.metric import binary
+    from medpy.metric import binary  # noqa: PLC0415 (MedPy is a dev extra, needed only for this row)
 
     try:
-        from monai.metrics import compute_surface_dice
+        from monai.metrics import compute_surface_dice  # noqa: PLC0415 (MONAI: an optional dev extra)
     except ImportError:
         compute_surface_dice = None
-    import torch
 
     out = np.full((num_classes - 1, 2), np.nan)
     for i in range(1, num_classes):

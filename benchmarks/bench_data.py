@@ -32,6 +32,9 @@ import torch
 
 from _common import phantom_ct
 from _reference import official_dataset, official_loss, official_sgd
+from organseg.data.augment import AugmentCollate, BatchAugment, SliceDataset
+from organseg.device import resolve_device
+from organseg.models import create_model
 
 
 def _slices(n: int, size: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -65,8 +68,6 @@ def _loader_rate(dataset, batch: int, workers: int, batches: int, collate=None) 
 
 
 def _main_process_rate(slices, batch: int, batches: int, device: torch.device, out: int) -> float:
-    from organseg.data.augment import BatchAugment
-
     images = torch.stack([torch.from_numpy(s[0]) for s in slices]).to(device)
     labels = torch.stack([torch.from_numpy(s[1]) for s in slices]).to(device=device, dtype=torch.uint8)
     aug = BatchAugment((out, out))
@@ -89,10 +90,8 @@ def _main_process_rate(slices, batch: int, batches: int, device: torch.device, o
 
 def _model_rate(name: str, batch: int, steps: int, device: torch.device, size: int) -> float | str:
     try:
-        from organseg.models import create_model
-
         model = create_model(name).to(device).train()
-    except Exception as exc:  # the model package is built by another part of the project
+    except Exception as exc:  # a network this device cannot hold: the row says why, the rest is measured
         return f"n/a ({type(exc).__name__}: {exc})"[:80]
     loss_fn = official_loss(9)
     opt = official_sgd(model, 0.01)
@@ -133,9 +132,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args(argv)
-
-    from organseg.data.augment import AugmentCollate, SliceDataset
-    from organseg.device import resolve_device
 
     if args.threads:
         # On an oversubscribed machine a second OpenMP thread can cost far more than it gives (spin waits).

@@ -36,9 +36,11 @@ from scipy import ndimage
 
 from _common import phantom_ct, run_child
 from _reference import medpy_case, medpy_monai_surface
+from organseg.checkpoint import model_from_checkpoint
 from organseg.device import resolve_device
 from organseg.inference.engine import predict_volume
 from organseg.metrics import DEFAULT_NSD_TOLERANCE_MM, case_metrics, case_metrics_all, dice, hd95
+from organseg.models import create_model
 from organseg.runtime import tune_malloc
 
 
@@ -131,9 +133,6 @@ def _timed_predict(model, image: np.ndarray, batch_size: int, device: torch.devi
 def _network(name: str, checkpoint: str | None) -> tuple[torch.nn.Module, str]:
     """The benchmarked network and its label: the checkpoint's, or ``name`` with seed-0 random weights (the
     same weights in the parent and in the reference-loop child)."""
-    from organseg.checkpoint import model_from_checkpoint
-    from organseg.models import create_model
-
     torch.manual_seed(0)
     if checkpoint:
         model, ckpt = model_from_checkpoint(checkpoint)

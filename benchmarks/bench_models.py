@@ -34,8 +34,16 @@ import statistics
 import time
 from pathlib import Path
 
+import torch
+from torch.profiler import ProfilerActivity, profile
+from tqdm import tqdm
+
 from _common import run_child
 from _reference import official_loss, official_sgd
+from organseg.fileio import atomic_write_text
+from organseg.models import create_model
+from organseg.models.unet import prepare_for_speed
+from organseg.runtime import tune_malloc
 
 # Official code, fp32, on the project's 2-core reference machine, and the targets for this project.
 REFERENCE_TRAIN_S = {"swin_unet": 1.85, "unet": 7.94}
@@ -48,15 +56,11 @@ CASES = {"train-b4": ("train", 4), "infer-b1": ("infer", 1), "infer-b16": ("infe
 
 
 def _build(name: str, mode: str, device: str):
-    from organseg.models import create_model
-
     plain = mode.startswith("plain")
     if name == "swin_unet":
         return create_model("swin_unet", attn_impl="reference" if plain else "sdpa").to(device)
     model = create_model(name).to(device)
     if name == "unet" and not plain:
-        from organseg.models.unet import prepare_for_speed
-
         prepare_for_speed(model)
     return model
 
@@ -67,8 +71,6 @@ def _max_rss_mb() -> float:
 
 def make_step(name: str, mode: str, case: str, device: str):
     """Build the network and inputs of one case; returns a closure that runs one step."""
-    import torch
-
     torch.manual_seed(0)
     kind, batch = CASES[case]
     model = _build(name, mode, device)
@@ -100,13 +102,9 @@ def make_step(name: str, mode: str, case: str, device: str):
 
 def run_case(name: str, mode: str, case: str, repeats: int, warmup: int, threads: int, device: str) -> dict:
     """Time one (network, mode, case) in this process; returns plain data."""
-    import torch
-
     if threads > 0:
         torch.set_num_threads(threads)
     if mode.startswith("fast"):
-        from organseg.runtime import tune_malloc
-
         tune_malloc()
     step = make_step(name, mode, case, device)
     batch = CASES[case][1]
@@ -146,14 +144,9 @@ def profile_case(
     name: str, mode: str, case: str, threads: int = 0, device: str = "cpu", steps: int = 2
 ) -> None:
     """Print the ops that dominate one case (after one warm-up step), by self time."""
-    import torch
-    from torch.profiler import ProfilerActivity, profile
-
     if threads > 0:
         torch.set_num_threads(threads)
     if mode.startswith("fast"):
-        from organseg.runtime import tune_malloc
-
         tune_malloc()
     step = make_step(name, mode, case, device)
     step()
@@ -235,8 +228,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.repeats, args.warmup = 2, 1
         args.cases = [c for c in args.cases if c != "infer-b16"]
-    from tqdm import tqdm
-
     specs = [
         {"name": m, "mode": mode, "case": c, "repeats": args.repeats, "warmup": args.warmup,
          "threads": args.threads, "device": args.device}
@@ -254,8 +245,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"torch threads {args.threads or 'default'}, device {args.device}, cpu count {os.cpu_count()}")
     print(format_table(results))
     if args.json:
-        from organseg.fileio import atomic_write_text
-
         atomic_write_text(args.json, json.dumps(results, indent=2))
     return 0
 

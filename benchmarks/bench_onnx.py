@@ -28,6 +28,13 @@ import numpy as np
 import torch
 
 from _common import cpu_description, phantom_ct, run_child
+from organseg.checkpoint import atomic_torch_save, make_checkpoint, model_from_checkpoint
+from organseg.data.classes import SYNAPSE_CLASSES
+from organseg.data.preprocess import ct_window_spec
+from organseg.inference.engine import predict_volume
+from organseg.inference.onnx import export_onnx, load_onnx
+from organseg.models import create_model
+from organseg.runtime import tune_malloc
 
 BACKENDS = (("torch", "fp32"), ("onnx", "fp32"), ("torch", "bf16"))
 
@@ -35,12 +42,6 @@ BACKENDS = (("torch", "fp32"), ("onnx", "fp32"), ("torch", "bf16"))
 def make_onnx(name: str, folder: Path) -> tuple[Path, Path, dict, float]:
     """A seed-0 paper-size checkpoint of ``name`` and its ONNX export; returns (checkpoint, onnx, export
     metadata, export seconds)."""
-    from organseg.checkpoint import atomic_torch_save, make_checkpoint
-    from organseg.data.classes import SYNAPSE_CLASSES
-    from organseg.data.preprocess import ct_window_spec
-    from organseg.inference.onnx import export_onnx
-    from organseg.models import create_model
-
     torch.manual_seed(0)
     model = create_model(name).eval()
     ckpt = make_checkpoint(model, model_name=name, model_args={}, class_names=list(SYNAPSE_CLASSES),
@@ -54,19 +55,11 @@ def make_onnx(name: str, folder: Path) -> tuple[Path, Path, dict, float]:
 
 def _child(spec: dict) -> None:
     """One backend, one network: warm-up batch, then the best of ``repeat`` volume predictions."""
-    from organseg.runtime import tune_malloc
-
     tune_malloc()
-    from organseg.inference.engine import predict_volume
-
     torch.set_num_threads(spec["threads"])
     if spec["backend"] == "onnx":
-        from organseg.inference.onnx import load_onnx
-
         model, _ = load_onnx(spec["onnx"], threads=spec["threads"])
     else:
-        from organseg.checkpoint import model_from_checkpoint
-
         model, _ = model_from_checkpoint(spec["checkpoint"])
     image = np.load(spec["image"])
     bs, precision = spec["batch_size"], spec["precision"]
@@ -92,7 +85,7 @@ def main() -> None:
     args = ap.parse_args()
     if args._child:
         return _child(json.loads(args._child))
-    import onnxruntime
+    import onnxruntime  # noqa: PLC0415 (the onnx extra; --help and the children need not have it)
 
     cpu = cpu_description()
     results: dict = {"cpu": cpu, "threads": args.threads, "slices": args.slices,

@@ -34,6 +34,11 @@ import torch
 
 from _common import run_child
 from _reference import official_seed, official_train_rate
+from organseg.data.acdc import ACDCDataset
+from organseg.data.base import ArrayDataset
+from organseg.models import create_model
+from organseg.runtime import tune_malloc
+from organseg.training import read_metrics, train
 
 ROOT = Path(__file__).resolve().parents[1]
 ACDC = ROOT.parent / "shared" / "data" / "acdc"
@@ -41,12 +46,8 @@ ACDC = ROOT.parent / "shared" / "data" / "acdc"
 
 def load_dataset(data: str | None, n: int):
     """(dataset, description): ACDC-layout folder when available, else synthetic 512² slices."""
-    from organseg.data.base import ArrayDataset
-
     root = Path(data) if data else ACDC
     if root.is_dir():
-        from organseg.data.acdc import ACDCDataset
-
         ds = ACDCDataset(root)
         slices = ds.train_slices()
         picked = [slices[i] for i in range(min(n, len(slices)))]
@@ -76,8 +77,6 @@ def reference_rate(
 ) -> float:
     """The official trainer's loop (benchmarks/_reference.py), fp32, per-sample SciPy augmentation in a
     DataLoader."""
-    from organseg.models import create_model
-
     official_seed()
     # Swin-Unet: the official attention arithmetic (explicit softmax, mask added through a 5-D view), as the
     # official trainer runs it; --ref-attn sdpa gives the reference loop organseg's attention instead.
@@ -100,8 +99,6 @@ def organseg_rate(
     args: dict,
 ) -> float:
     """organseg.training.train for warmup + iters iterations; rate from its own per-iteration clock."""
-    from organseg.training import read_metrics, train
-
     cfg = {
         "model": {"name": name, "args": args},
         "train": {
@@ -132,8 +129,6 @@ def _measure_one(args: argparse.Namespace, spec: dict, n_slices: int) -> int:
     does (organseg.runtime.tune_malloc); the reference loop runs in a plain process, as the official code."""
     name, kind = spec["network"], spec["kind"]
     if kind == "organseg":
-        from organseg.runtime import tune_malloc
-
         tune_malloc()
     ds, _ = load_dataset(args.data, n_slices)
     margs = json.loads(args.swin_args) if name == "swin_unet" else {}

@@ -17,6 +17,7 @@ import torch
 from _common import cpu_description
 from organseg.losses import DiceCELoss
 from organseg.models import create_model
+from organseg.training.schedule import make_optimizer
 
 
 def main() -> None:
@@ -37,8 +38,6 @@ def main() -> None:
     channels_last = args.network == "unet"
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    from organseg.training.schedule import make_optimizer
-
     t = {"optimizer": args.optimizer, "momentum": 0.9, "weight_decay": 1e-4}
     opt = make_optimizer(model.parameters(), t, 1e-3)
     loss_fn = DiceCELoss(4, 0.4, 0.6)

@@ -23,6 +23,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from organseg.formatting import pyplot
 from organseg.run import RunDir
 from organseg.study.efficiency import learning_curve
 
@@ -112,11 +113,7 @@ def _figure(rows: list[dict], path: Path, series: list[str] | None) -> None:
     """One colour per series (``PREFIX=LABEL``: the runs whose name starts with PREFIX); each run is its own
     line through its validations (a run validated only at its end is one point), so runs with different
     budgets (and so different schedules) are never joined into one curve."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     pairs = [s.split("=", 1) for s in series or []]
     fig, ax = plt.subplots(figsize=(6.8, 4.2))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]

@@ -9,6 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from organseg.data.classes import TOTALSEG_TO_BTCV, remap_labels
+from organseg.imageio.volumes import read_image, write_image
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 GOLDEN = SHARED / "golden"
@@ -42,6 +45,29 @@ def acdc_dir() -> Path:
 @pytest.fixture(scope="session")
 def totalseg_dir() -> Path:
     return _need(DATA / "totalseg")
+
+
+def write_totalseg_raw(totalseg_dir: Path, raw: Path) -> dict:
+    """A two-case raw BTCV folder from the real CT: case 1 = example_ct (NIfTI, 3 mm), case 2 = the DICOM
+    subject converted to NIfTI; label maps converted from TotalSegmentator ids to BTCV ids, each written with
+    its own header geometry (the DICOM subject's label is stored y-flipped, as TotalSegmentator wrote it)."""
+    ct, g_ct = read_image(totalseg_dir / "example_ct.nii.gz")
+    seg, g_seg = read_image(totalseg_dir / "example_seg_fast_force_split.nii.gz")
+    dcm, g_dcm = read_image(totalseg_dir / "example_ct_dicom")
+    seg2, g_seg2 = read_image(totalseg_dir / "example_seg_dicom.nii.gz")
+    write_image(ct, g_ct, raw / "img" / "img0001.nii.gz")
+    write_image(remap_labels(seg, TOTALSEG_TO_BTCV), g_seg, raw / "label" / "label0001.nii.gz")
+    write_image(dcm, g_dcm, raw / "img" / "img0002.nii.gz")
+    write_image(remap_labels(seg2, TOTALSEG_TO_BTCV), g_seg2, raw / "label" / "label0002.nii.gz")
+    return {"ct": (ct, g_ct, seg), "dicom": (dcm, g_dcm, seg2, g_seg2)}
+
+
+@pytest.fixture(scope="session")
+def totalseg_raw(tmp_path_factory, totalseg_dir) -> tuple[Path, dict]:
+    """The raw folder of :func:`write_totalseg_raw`, written once per session, and its arrays."""
+    raw = tmp_path_factory.mktemp("totalseg_raw")
+    arrays = write_totalseg_raw(totalseg_dir, raw)
+    return raw, arrays
 
 
 @pytest.fixture(autouse=True)

@@ -6,9 +6,13 @@ must list every case."""
 from __future__ import annotations
 
 import re
+import sys
+import time
 
 import pytest
 
+import badinput.probe as probe
+import organseg.cli.main
 from badinput.cases import CASES, GROUPS, Case, by_id
 from badinput.inputs import build_base
 from badinput.probe import BAD, CLEAN, DOC, SKIP, TRACEBACK, judge, run_case
@@ -107,3 +111,43 @@ def test_judge_allows_declared_outputs() -> None:
     assert judge(case, 2, LINE, None, False, FILES, {**FILES, "log/a.txt": "h"})[0] == CLEAN
     # a hidden temporary is never allowed, even in a declared place
     assert judge(case, 2, LINE, None, False, FILES, {**FILES, "log/.a.tmp": "h"})[0] == BAD
+
+
+# ---------------------------------------------------------------- the time limits: work done, not wall time
+
+
+def _busy(argv) -> int:
+    while True:
+        pass
+
+
+def _sleepy(argv) -> int:
+    time.sleep(1.5)
+    return 2
+
+
+def test_an_in_process_case_is_stopped_by_its_cpu_time(monkeypatch) -> None:
+    monkeypatch.setattr(organseg.cli.main, "main", _busy)
+    t0 = time.perf_counter()
+    rc, _, exc, timed_out = probe._run_inprocess(["train"], 0.5)
+    assert rc is None and exc is None and timed_out == "0.5 s of CPU time"
+    assert time.perf_counter() - t0 < 60
+
+
+def test_waiting_uses_no_cpu_time_and_only_the_backstop_stops_it(monkeypatch) -> None:
+    # 1.5 s of wall clock against a 0.5 s CPU limit: a wait (or a busy machine) is not work done.
+    monkeypatch.setattr(organseg.cli.main, "main", _sleepy)
+    assert probe._run_inprocess(["train"], 0.5) == (2, "", None, "")
+    monkeypatch.setattr(probe, "WALL_LIMIT_S", 0.5)
+    rc, _, exc, timed_out = probe._run_inprocess(["train"], 60)
+    assert rc is None and exc is None and timed_out == "the 0.5 s wall-clock backstop"
+
+
+def test_a_subprocess_case_runs_under_a_cpu_limit_and_the_backstop(tmp_path, monkeypatch) -> None:
+    busy = [sys.executable, "-c", "while True: pass"]
+    assert probe._run_subprocess(busy, tmp_path, 1, None) == (None, "", "1 s of CPU time")
+    monkeypatch.setattr(probe, "WALL_LIMIT_S", 1.0)
+    sleepy = [sys.executable, "-c", "import time; time.sleep(30)"]
+    assert probe._run_subprocess(sleepy, tmp_path, 60, None)[::2] == (None, "the 1 s wall-clock backstop")
+    ok = [sys.executable, "-c", "import sys; sys.exit(2)"]
+    assert probe._run_subprocess(ok, tmp_path, 60, None) == (2, "", "")

@@ -45,8 +45,8 @@ def test_time_to_accuracy_report_reads_a_run_folder(tmp_path, capsys):
     import json
 
     import time_to_accuracy as tta
+    from helpers import tiny_config, tiny_dataset
     from organseg.training import train
-    from test_train_support import tiny_config, tiny_dataset
 
     run = tmp_path / "T9_tiny"
     recipe = {"optimizer": "adamw", "base_lr": 1e-3, "schedule": "cosine", "max_iterations": 6}

@@ -135,3 +135,38 @@ def test_the_input_size_in_the_config_must_fit_the_network():
     # test / predict feed config train.img_size slices: a size the U-Net cannot take failed mid-inference.
     ckpt = _unet_checkpoint(config={"train": {"img_size": 40}})
     _fails(ckpt, "its config says train.img_size=40, but unet takes inputs whose side is a multiple of 16")
+
+
+def test_an_official_swin_unet_file_becomes_a_checkpoint_through_make_checkpoint(tmp_path):
+    """One writer of the format: the model side reads the network off the file, ``checkpoint`` makes the
+    dict, with the fields of any checkpoint but no ``orientation`` (the file records none)."""
+    from organseg.models import create_model
+
+    args = {"img_size": 64, "embed_dim": 12, "num_heads": [1, 2, 3, 4], "window_size": 4, "num_classes": 3}
+    net = create_model("swin_unet", **args)
+    path = tmp_path / "epoch_149.pth"
+    torch.save(net.state_dict(), path)
+    ckpt = ck.read_checkpoint(path, official=True)
+    assert list(ckpt) == ["format", "model", "model_name", "model_args", "class_names", "preprocessing",
+                          "config", "source"]  # fmt: skip
+    assert ckpt["format"] == ck.FORMAT and ckpt["model_name"] == "swin_unet"
+    assert ck.is_official_swin_unet(ckpt)
+    assert (ckpt["class_names"], ckpt["preprocessing"], ckpt["config"]) == ([], {}, {})
+    assert ckpt["source"] == {"kind": ck.OFFICIAL_SWIN_UNET, "path": str(path)}
+    assert ck.checkpoint_orientation(ckpt) == ck.PREDATES_ORIENTATION
+    assert {k: ckpt["model_args"][k] for k in args} == args
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in ckpt["model"].items())
+
+
+def test_the_model_side_does_not_import_the_checkpoint_format():
+    """models/ sits below checkpoint.py (no import circle): no module of it imports organseg.checkpoint."""
+    import ast
+    from pathlib import Path
+
+    import organseg.models
+
+    for path in Path(organseg.models.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            names += [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            assert not any(n.startswith("organseg.checkpoint") for n in names), path.name

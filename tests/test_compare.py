@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import yaml
 
+from helpers import PNG_MAGIC, TINY_ARGS, write_presets
 from organseg.cli.main import main
 from organseg.data.phantom import write_phantom_set
 from organseg.data.prepare import prepare_synapse
@@ -38,25 +39,11 @@ from organseg.study.comparison import Comparison, SkippedRun
 from organseg.training import read_metrics, train
 from record_keys import PLAIN_STUDY_RECORDS, Keys, check_comparison
 
-# The two networks, tiny: U-Net at an eighth of its channels (8-16-32-64-64) and a narrow Swin-Unet.
+# The two networks, tiny (helpers.TINY_ARGS): U-Net at an eighth of its channels (8-16-32-64-64) and a narrow
+# Swin-Unet.
 MODELS = ["unet", "swin_unet"]
-TINY_ARGS = {"unet": {"width": 0.125}, "swin_unet": {"embed_dim": 12, "num_heads": [1, 2, 3, 4],
-                                                               "window_size": 2}}  # fmt: skip
 SEEDS = [1, 2]
 LRS = ["0.01", "0.05"]
-PNG = b"\x89PNG\r\n\x1a\n"
-
-
-def write_presets(folder: Path) -> str:
-    for model, args in TINY_ARGS.items():
-        cfg = {
-            "model": {"name": model, "args": args},
-            "train": {"img_size": 32, "batch_size": 4, "max_iterations": 2, "augment": "none",
-                      "progress": False, "threads": 1, "lr_scaling": "none"},
-            "val": {"every": 0},
-        }  # fmt: skip
-        (folder / f"tiny_{model}.yaml").write_text(yaml.safe_dump(cfg))
-    return str(folder / "tiny_{model}.yaml")
 
 
 @pytest.fixture(scope="module")
@@ -226,7 +213,7 @@ def test_study_writes_every_run_and_the_comparison_files(study):
     for f in ("comparison.md", "comparison.json", "comparison.csv"):
         assert (out / f).stat().st_size > 0
     for png in ("comparison_organs.png", "comparison_sweep_train.base_lr.png"):
-        assert (out / png).read_bytes()[:8] == PNG
+        assert (out / png).read_bytes()[:8] == PNG_MAGIC
     md = (out / "comparison.md").read_text()
     assert "SYNTHETIC DATA" in md and "| Swin-Unet (paper) | | 79.13 | 21.55 |" in md
     assert "## Sweep: train.base_lr" in md and "## Swin-Unet against U-Net" in md
@@ -489,6 +476,29 @@ def test_cost_records_come_from_the_runs_own_records(study):
         assert cost["train_device"].startswith("cpu") and cost["test_device"] == "cpu"
     md = (out / "comparison.md").read_text()
     assert "## Cost" in md and "| swin_unet, base_lr=0.05 |" in md.split("## Cost")[1]
+
+
+def test_cost_cells_are_empty_only_for_a_network_this_organseg_cannot_build(monkeypatch):
+    """A run of a network (or arguments) the registry refuses leaves its cost cells empty; a fault while
+    counting (here a TypeError) is not hidden as empty cells."""
+    from organseg.study import cost
+
+    monkeypatch.setattr(cost, "_PROFILE_CACHE", {})
+    cfg = {"model": {"name": "unet", "args": {"width": 0.125}}, "train": {"img_size": 32}}
+    assert cost._profile(cfg, 3)["params"] > 0
+    assert cost._profile({**cfg, "model": {"name": "vnet", "args": {}}}, 3) is None  # not registered here
+    assert cost._profile({**cfg, "model": {"name": "unet", "args": {"depth": 3}}}, 3) is None  # no such arg
+    assert cost._profile({**cfg, "model": {"name": "unet", "args": {"width": 9.0}}}, 3) is None  # refused
+    assert cost._profile({"model": cfg["model"], "train": {}}, 3) is None  # no input size recorded
+
+    def broken(*args, **kwargs):
+        raise TypeError("a bug")
+
+    monkeypatch.setattr(cost, "_PROFILE_CACHE", {})
+    monkeypatch.setattr(cost, "model_profile", broken)
+    for _ in range(2):  # nor cached as an empty record
+        with pytest.raises(TypeError, match="a bug"):
+            cost._profile(cfg, 3)
 
 
 def test_the_runs_table_writes_zero_iterations_as_zero_and_only_none_as_missing():

@@ -10,13 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from badinput.inputs import truncate
+from helpers import tiny_case, write_tiny_raw
 from organseg.cli.main import main
 from organseg.data import open_dataset
 from organseg.data.io import atomic_write_h5, atomic_write_npz
 from organseg.data.prepare import prepare_synapse
 from organseg.errors import DataError
 from organseg.imageio.volumes import Geometry, read_image, write_image
-from test_data_helpers import tiny_case, write_tiny_raw
 
 
 def _prepare_fails(raw: Path, out: Path, capsys, *extra: str) -> str:
@@ -28,11 +29,6 @@ def _prepare_fails(raw: Path, out: Path, capsys, *extra: str) -> str:
     assert len(errors) == 1, err
     assert not out.exists() or not any(out.rglob("*")), sorted(out.rglob("*"))
     return errors[0]
-
-
-def _truncate(path: Path, keep: float = 0.5) -> None:
-    data = path.read_bytes()
-    path.write_bytes(data[: int(len(data) * keep)])
 
 
 def test_missing_label_of_a_pair(tmp_path, capsys):
@@ -110,7 +106,7 @@ def test_non_3d_volume(tmp_path, capsys):
 
 def test_truncated_nii_gz(tmp_path, capsys):
     write_tiny_raw(tmp_path / "raw", [1, 2], shape=(6, 64, 64))
-    _truncate(tmp_path / "raw" / "img" / "img0002.nii.gz", 0.6)
+    truncate(tmp_path / "raw" / "img" / "img0002.nii.gz", 0.6)
     msg = _prepare_fails(tmp_path / "raw", tmp_path / "out", capsys)
     assert "img0002.nii.gz" in msg and "truncated" in msg
     with pytest.raises(DataError, match="img0002.nii.gz.*truncated"):
@@ -124,7 +120,7 @@ def test_truncated_h5(tmp_path):
         label=np.zeros((4, 32, 32), np.uint8),
     )
     ds = open_dataset(tmp_path)
-    _truncate(tmp_path / "test_vol_h5" / "case0001.npy.h5")
+    truncate(tmp_path / "test_vol_h5" / "case0001.npy.h5")
     with pytest.raises(DataError, match=r"case0001\.npy\.h5: cannot read \.h5, file is truncated or corrupt"):
         ds.volume("case0001")
 
@@ -136,7 +132,7 @@ def test_truncated_npz(tmp_path):
         label=np.zeros((32, 32), np.uint8),
     )
     slices = open_dataset(tmp_path).train_slices()
-    _truncate(tmp_path / "train_npz" / "case0005_slice000.npz")
+    truncate(tmp_path / "train_npz" / "case0005_slice000.npz")
     with pytest.raises(DataError, match=r"case0005_slice000\.npz: cannot read \.npz, file is truncated"):
         slices[0]
 

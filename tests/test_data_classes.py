@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-import numpy as np
+import shutil
 
+import numpy as np
+import pytest
+import torch
+
+from organseg.checkpoint import atomic_torch_save, make_checkpoint
 from organseg.data.classes import (
     ACDC_CLASSES,
     ACDC_PAPER_COLUMNS,
@@ -12,10 +17,15 @@ from organseg.data.classes import (
     SYNAPSE_CLASSES,
     SYNAPSE_PAPER_COLUMNS,
     TOTALSEG_TO_BTCV,
+    check_same_classes,
     paper_columns,
     remap_labels,
+    same_class_names,
     unknown_ids,
 )
+from organseg.errors import ConfigError, DataError
+from organseg.inference.sources import load_members
+from organseg.models import create_model
 
 
 def test_synapse_index_order_and_paper_columns():
@@ -77,3 +87,42 @@ def test_unknown_ids_counts():
     label = np.array([0, 0, 1, 14, 14, 255])
     assert unknown_ids(label, range(14)) == {14: 2, 255: 1}
     assert unknown_ids(label, [0, 1, 14, 255]) == {}
+
+
+def test_one_class_name_check_case_aside_and_empty_is_unknown():
+    assert same_class_names(["Background", "rv", "MYO", "lv"], ACDC_CLASSES)
+    assert not same_class_names(ACDC_CLASSES, ACDC_CLASSES[:3])
+    assert not same_class_names(["a", "b"], ["b", "a"])
+    check_same_classes(["background", "rv"], ("Background", "RV"), source="x", names_are="", expected_are="")
+    check_same_classes([], ACDC_CLASSES, source="x", names_are="", expected_are="")  # an official checkpoint
+    with pytest.raises(DataError) as err:
+        check_same_classes(list(SYNAPSE_CLASSES[:3]), ACDC_CLASSES, source="run/last.pt",
+                           names_are="the run was trained on classes", expected_are="the dataset acdc has",
+                           then="use the run's dataset")  # fmt: skip
+    assert str(err.value) == (
+        "run/last.pt: the run was trained on classes ['background', 'spleen', 'right kidney'], but the "
+        "dataset acdc has ['background', 'RV', 'Myo', 'LV']: use the run's dataset"
+    )
+    with pytest.raises(ConfigError, match=r"^a\.pt: x \['a'\], but y \['b'\]$"):
+        check_same_classes(["a"], ["b"], source="a.pt", names_are="x", expected_are="y", error=ConfigError)
+
+
+def test_ensemble_members_of_other_classes_are_refused_naming_both(tmp_path):
+    """One of the callers: ``predict`` / ``test`` with several networks (the others: test, train --resume,
+    compare --collect)."""
+    torch.manual_seed(0)
+    paths = []
+    for name, classes in (("a.pt", ["background", "liver", "spleen"]), ("b.pt", ["background", "RV", "LV"])):
+        net = create_model("unet", num_classes=3, width=0.125)
+        ckpt = make_checkpoint(net, model_name="unet", model_args={"num_classes": 3, "width": 0.125},
+                               class_names=classes, preprocessing={"kind": "minmax"})  # fmt: skip
+        atomic_torch_save(ckpt, tmp_path / name)
+        paths.append(tmp_path / name)
+    with pytest.raises(ConfigError) as err:
+        load_members(paths, torch.device("cpu"))
+    assert str(err.value) == (
+        f"{paths[1]}: this ensemble member was trained on classes ['background', 'RV', 'LV'], but ensemble "
+        f"member {paths[0]} on ['background', 'liver', 'spleen']"
+    )
+    same = shutil.copy(paths[0], tmp_path / "c.pt")
+    assert len(load_members([paths[0], same], torch.device("cpu"))) == 2

@@ -9,15 +9,17 @@ import numpy as np
 import pytest
 import torch
 
-from organseg.data import SegmentationDataset, detect_layout, open_dataset
+from helpers import write_tiny_raw
+from organseg.data import ArrayDataset, SegmentationDataset, Volume, detect_layout, open_dataset
 from organseg.data.augment import RandomGenerator, SliceDataset
 from organseg.data.classes import ACDC_CLASSES, SYNAPSE_CLASSES
+from organseg.data.folds import FoldView
 from organseg.data.io import atomic_write_h5, atomic_write_npz
 from organseg.data.nnunet import NnUNetDataset
 from organseg.data.prepare import prepare_synapse
 from organseg.errors import ConfigError, DataError
+from organseg.evaluation.evaluate import evaluate_dataset
 from organseg.imageio.volumes import Geometry, read_image, write_image
-from test_data_helpers import totalseg_raw, write_tiny_raw  # noqa: F401  (fixture)
 
 
 # ------------------------------------------------------------------------------------------------- Synapse
@@ -247,3 +249,18 @@ def test_open_dataset_recognises_raw_btcv_and_unknown(tmp_path):
         open_dataset(tmp_path / "other", layout="kits")
     prepare_synapse(tmp_path / "raw", tmp_path / "syn", train_cases=[1], progress=False)
     assert open_dataset(tmp_path / "syn", layout="synapse").case_ids("test") == []
+
+
+def test_every_dataset_has_a_root_in_memory_ones_none(tmp_path):
+    """``root``: the folder a dataset is read from (None in memory); ``location`` names it in messages."""
+    _transunet_folder(tmp_path)
+    ds = open_dataset(tmp_path)
+    assert ds.root == tmp_path and ds.location == str(tmp_path)
+    arrays = ArrayDataset([], {"test": [Volume("a", np.zeros((1, 8, 8), np.float32), None)]}, name="arrays")
+    assert arrays.root is None and arrays.location == "arrays"
+    with pytest.raises(DataError, match=r"^arrays: the 'val' split has no cases"):
+        evaluate_dataset(torch.nn.Identity(), arrays, "val", patch_size=8, progress=False)
+    slices = [(np.zeros((8, 8), np.float32), np.zeros((8, 8), np.int64))] * 2
+    train = [Volume(f"c{i}", np.zeros((1, 8, 8), np.float32), None) for i in (0, 1)]
+    assert FoldView(ArrayDataset(slices, {"train": train}), 0, 2, 0).root is None  # where its dataset is
+    assert FoldView(ds, 0, 2, 0).root == tmp_path

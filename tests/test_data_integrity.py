@@ -467,10 +467,10 @@ def test_prepare_bad_split_seed_and_full_disk_are_refused_before_writing(tmp_pat
 
 
 def test_predict_on_a_series_with_a_gap_is_one_line_and_writes_nothing(totalseg_dir, tmp_path, capfd):
+    from helpers import make_run
     from organseg.cli.main import main
     from organseg.data.classes import SYNAPSE_CLASSES
     from organseg.data.preprocess import ct_window_spec
-    from test_eval_cli import make_run
 
     ckpt = make_run(tmp_path / "run", list(SYNAPSE_CLASSES), ct_window_spec()) / "checkpoints" / "best.pt"
     folder, files = _real_copy(totalseg_dir, tmp_path)

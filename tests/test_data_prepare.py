@@ -8,6 +8,7 @@ import logging
 import numpy as np
 import pytest
 
+from helpers import write_tiny_raw
 from organseg.cli.main import main
 from organseg.data import open_dataset
 from organseg.data.classes import BTCV_TO_SYNAPSE, TOTALSEG_TO_BTCV, remap_labels
@@ -16,7 +17,6 @@ from organseg.data.phantom import write_phantom_set
 from organseg.data.prepare import prepare_synapse
 from organseg.data.split import REFERENCE_TEST_IDS, REFERENCE_TRAIN_IDS, decide_split
 from organseg.errors import ConfigError, DataError
-from test_data_helpers import totalseg_raw, write_tiny_raw  # noqa: F401  (fixture)
 
 
 def _window(hu: np.ndarray) -> np.ndarray:
@@ -28,7 +28,7 @@ def _synapse(total_seg: np.ndarray) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def prepared(totalseg_raw, tmp_path_factory):  # noqa: F811
+def prepared(totalseg_raw, tmp_path_factory):
     raw, arrays = totalseg_raw
     out = tmp_path_factory.mktemp("synapse")
     summary = prepare_synapse(raw, out, train_cases=[1], test_cases=["case0002"], progress=False)

@@ -1,5 +1,6 @@
 """``organseg demo``: the full demo is too slow for a unit test (docs/compare.md gives its measured time and
-DSCs), so ``--fast`` runs the same steps on a tiny phantom; the full demo's configuration is checked here
+DSCs), so ``--fast`` runs the same steps on a tiny phantom, once from Python (``organseg.study.run_demo``) and
+once more from the command line (which reuses everything); the full demo's configuration is checked here
 without training."""
 
 from __future__ import annotations
@@ -10,27 +11,37 @@ from pathlib import Path
 import pytest
 import yaml
 
-import organseg.cli.demo as demo
+import organseg.study.demo as demo
 from organseg.cli.main import main
 from organseg.data.classes import SYNAPSE_CLASSES
+from organseg.formatting import duration
 from organseg.models import create_model
-from organseg.study import parse_sets, plan_runs
-from organseg.training.loop import model_args
+from organseg.study import parse_sets, plan_runs, run_demo
+from organseg.training.config import model_args
 
 
 @pytest.fixture(scope="module")
-def fast_demo(tmp_path_factory) -> tuple[Path, str]:
+def fast_demo(tmp_path_factory) -> tuple[Path, str, dict]:
+    """The fast demo called from Python as a notebook would: its folder, what it printed, what it returned."""
     out = tmp_path_factory.mktemp("demo") / "demo_out"
     capture = tmp_path_factory.mktemp("log") / "stdout.txt"
     import contextlib
 
     with capture.open("w") as f, contextlib.redirect_stdout(f):
-        assert main(["demo", "--fast", "--out", str(out), "--device", "cpu"]) == 0
-    return out, capture.read_text()
+        result = run_demo(out, fast=True, device="cpu")
+    return out, capture.read_text(), result
+
+
+def test_run_demo_returns_the_comparison_and_where_its_report_is(fast_demo):
+    out, text, result = fast_demo
+    assert result["report"] == str(out / "comparison.md") and f"report {result['report']}" in text
+    assert result["seconds"] > 0 and f"done in {duration(result['seconds'], 'minutes')}" in text
+    written = json.loads((out / "comparison.json").read_text())
+    assert [g["label"] for g in result["groups"]] == [g["label"] for g in written["groups"]] != []
 
 
 def test_fast_demo_runs_every_step_on_synthetic_data(fast_demo):
-    out, text = fast_demo
+    out, text, _ = fast_demo
     assert "SYNTHETIC" in (out / "phantom" / "SYNTHETIC.txt").read_text()
     assert (out / "data" / "SYNTHETIC.txt").is_file()  # prepare carries the mark on
     for step in ("[1/3] phantom", "[2/3] prepare synapse", "[3/3] compare"):
@@ -56,7 +67,7 @@ def test_fast_demo_runs_every_step_on_synthetic_data(fast_demo):
 
 
 def test_a_second_demo_call_reuses_everything(fast_demo, capsys):
-    out, _ = fast_demo
+    out, _, _ = fast_demo
     assert main(["demo", "--fast", "--out", str(out), "--device", "cpu"]) == 0
     text = capsys.readouterr().out
     assert "reusing" in text and "0 run(s) trained, 0 tested" in text

@@ -10,10 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-import torch
-import yaml
 
-from organseg.checkpoint import atomic_torch_save, make_checkpoint
+from helpers import PNG_MAGIC, make_run, one_line_error, tiny_swin
 from organseg.cli.main import main
 from organseg.data.base import ArrayDataset, Volume
 from organseg.data.classes import ACDC_CLASSES, SYNAPSE_CLASSES
@@ -23,45 +21,6 @@ from organseg.evaluation.evaluate import evaluate_dataset
 from organseg.evaluation.tester import run_test
 from organseg.inference.targets import resolve_target
 from organseg.metrics import case_metrics
-from organseg.models import create_model
-
-TINY_SWIN = {"img_size": 64, "embed_dim": 12, "num_heads": [1, 2, 3, 4], "window_size": 4}
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def tiny_model(num_classes: int) -> torch.nn.Module:
-    torch.manual_seed(0)
-    return create_model("swin_unet", num_classes=num_classes, **TINY_SWIN).eval()
-
-
-def make_run(root: Path, class_names, preprocessing: dict, data_root: str | None = None) -> Path:
-    """A run folder as ``organseg train`` leaves it: config, best/last checkpoints, metrics log."""
-    model = tiny_model(len(class_names))
-    args = {**TINY_SWIN, "num_classes": len(class_names)}
-    cfg = {"model": {"name": "swin_unet", "args": dict(TINY_SWIN)}, "data": {"root": data_root},
-           "train": {"img_size": 64, "batch_size": 4, "base_lr": 0.05, "max_epochs": 2}}
-    root.mkdir(parents=True)
-    (root / "config.yaml").write_text(yaml.safe_dump(cfg))
-    for name in ("best", "last"):
-        ckpt = make_checkpoint(model, model_name="swin_unet", model_args=args, class_names=class_names,
-                               preprocessing=preprocessing, config=cfg)
-        atomic_torch_save(ckpt, root / "checkpoints" / f"{name}.pt")
-    records = [{"kind": "train", "iter": i, "epoch": i // 5, "loss": 1.0 / (i + 1), "ce": 0.6 / (i + 1),
-                "dice": 0.4 / (i + 1), "lr": 0.05 * (1 - i / 10) ** 0.9} for i in range(10)]
-    records += [{"kind": "val", "epoch": e, "iter": 5 * e + 4, "mean_dice": 0.3 + 0.1 * e, "mean_hd95": 9.0,
-                 "per_class": {n: {"dice": 0.2 + 0.1 * e + 0.05 * k, "hd95": 9.0}
-                               for k, n in enumerate(class_names[1:])}} for e in range(2)]
-    (root / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    return root
-
-
-def one_line_error(capsys, argv: list[str], *needles: str) -> None:
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and err.startswith(f"organseg {argv[0]}: error:"), err
-    for n in needles:
-        assert n in err, err
-
 
 # ---------------------------------------------------------------- organseg test
 
@@ -83,7 +42,7 @@ def test_cli_test_on_real_acdc_validation(tmp_path: Path, acdc_dir: Path, capsys
 
     ds = open_dataset(acdc_dir)
     per_case = json.loads((res / "per_case.json").read_text())
-    model = tiny_model(4)
+    model = tiny_swin(4)
     from organseg.inference.engine import predict_volume
 
     for entry in per_case:
@@ -121,7 +80,7 @@ def test_run_test_save_nifti_keeps_spacing(tmp_path: Path) -> None:
     gt = sitk.GetArrayFromImage(sitk.ReadImage(str(res / "nifti" / "case1_gt.nii.gz")))
     np.testing.assert_array_equal(gt, vols[1].label)
     # evaluate_dataset gives the same arrays as the stored results
-    direct = evaluate_dataset(tiny_model(4), ds, "test", patch_size=64, progress=False)
+    direct = evaluate_dataset(tiny_swin(4), ds, "test", patch_size=64, progress=False)
     stored = json.loads((res / "per_case.json").read_text())
     assert [c["case"] for c in stored] == direct.case_ids
     assert stored[0]["mean_dice_reference"] == pytest.approx(direct.reference[0, :, 0].mean(), abs=1e-12)

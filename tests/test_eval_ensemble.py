@@ -7,20 +7,14 @@ import pytest
 import torch
 from torch import nn
 
+from helpers import TINY_SWIN, make_volume, tiny_swin
 from organseg.evaluation.tester import members_table
 from organseg.formatting import MISSING
 from organseg.inference.engine import MIRROR_FLIPS, SoftmaxAverage, averaged, predict_volume
 from organseg.models import create_model
 from organseg.models.unet import UNet
-from test_eval_inference import make_volume
 
-S = 64  # the tiny Swin-Unets' input size
-
-
-def tiny_swin(num_classes: int = 4, seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    args = {"img_size": S, "embed_dim": 12, "num_heads": (1, 2, 3, 4), "window_size": 4}
-    return create_model("swin_unet", num_classes=num_classes, **args).eval()
+S = TINY_SWIN["img_size"]  # the tiny Swin-Unets' input size
 
 
 def _probs(net: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -8,17 +8,11 @@ import torch
 from scipy.ndimage import zoom
 from torch import nn
 
+from helpers import make_volume, tiny_swin
 from organseg.errors import ConfigError
 from organseg.inference.engine import _near_tie, predict_volume
 from organseg.models import create_model
 from organseg.models.unet import prepare_for_speed
-
-
-def tiny_swin(num_classes: int = 4) -> nn.Module:
-    torch.manual_seed(0)
-    return create_model(
-        "swin_unet", img_size=64, embed_dim=12, num_heads=(1, 2, 3, 4), window_size=4, num_classes=num_classes
-    ).eval()
 
 
 def seed_unet(num_classes: int = 4) -> nn.Module:
@@ -28,14 +22,6 @@ def seed_unet(num_classes: int = 4) -> nn.Module:
     # labels, so the comparison below means something.
     nn.init.normal_(model.decoder.final.weight, std=1.0)
     return model.eval()
-
-
-def make_volume(shape=(5, 50, 37), seed: int = 0) -> np.ndarray:
-    """A smooth image in [0, 1] with structure at several scales."""
-    rng = np.random.default_rng(seed)
-    z, y, x = np.meshgrid(*[np.linspace(0, 1, s) for s in shape], indexing="ij")
-    img = 0.5 + 0.25 * np.sin(9 * y + 3 * z) * np.cos(7 * x) + 0.1 * rng.standard_normal(shape)
-    return np.clip(img, 0, 1).astype(np.float32)
 
 
 def reference_test_single_volume(image: np.ndarray, net: nn.Module, patch_size=(64, 64)) -> np.ndarray:

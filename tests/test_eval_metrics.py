@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from helpers import edge_cases, random_blobs
 from organseg.evaluation.evaluate import corrected_summary, reference_summary
 from organseg.metrics import _surface_points, case_metrics, case_metrics_all, dice, hd95, presence
 
@@ -26,22 +27,6 @@ def medpy_case(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> np.ndarray
         else:
             out.append((0, 0))
     return np.array(out, dtype=np.float64)
-
-
-def random_blobs(rng: np.random.Generator, shape: tuple[int, ...], num_classes: int, n_blobs: int):
-    """Overlapping ellipsoids of random classes, plus a few stray voxels: shapes with holes, touching
-    borders, several components."""
-    lab = np.zeros(shape, dtype=np.uint8)
-    grids = np.ogrid[tuple(slice(0, s) for s in shape)]
-    for _ in range(n_blobs):
-        c = rng.integers(1, num_classes)
-        center = [rng.uniform(-2, s + 2) for s in shape]
-        radii = [rng.uniform(1, max(2, s / 3)) for s in shape]
-        dist = sum(((g - c0) / r) ** 2 for g, c0, r in zip(grids, center, radii, strict=True))
-        lab[dist < 1] = c
-    for _ in range(rng.integers(0, 4)):
-        lab[tuple(rng.integers(0, s) for s in shape)] = rng.integers(1, num_classes)
-    return lab
 
 
 # ---------------------------------------------------------------- golden reference numbers
@@ -86,38 +71,9 @@ def test_random_volumes_equal_medpy(seed: int) -> None:
     np.testing.assert_array_equal(other, expected)
 
 
-def _cube(shape, lo, hi) -> np.ndarray:
-    m = np.zeros(shape, dtype=np.uint8)
-    m[tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))] = 1
-    return m
-
-
-def _edge_cases() -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    shape = (9, 20, 24)
-    z, y, x = np.ogrid[:9, :20, :24]
-    ball = ((z - 4) / 4.0) ** 2 + ((y - 10) / 8.0) ** 2 + ((x - 12) / 9.0) ** 2
-    hollow = ((ball < 1) & (ball > 0.35)).astype(np.uint8)
-    single = np.zeros(shape, np.uint8)
-    single[4, 10, 12] = 1
-    corner = np.zeros(shape, np.uint8)
-    corner[0, 0, 0] = 1
-    full = np.ones(shape, np.uint8)
-    return {
-        "single voxel vs single voxel elsewhere": (single, np.roll(single, 5, axis=2)),
-        "single voxel vs same voxel": (single, single.copy()),
-        "single voxel in a corner vs ball": (corner, (ball < 1).astype(np.uint8)),
-        "touching every border": (full, _cube(shape, (0, 0, 0), (9, 20, 12))),
-        "cube on the border": (_cube(shape, (0, 0, 0), (5, 8, 8)), _cube(shape, (1, 2, 0), (9, 9, 9))),
-        "hollow shell vs filled ball": (hollow, (ball < 1).astype(np.uint8)),
-        "hollow shell vs itself shifted": (hollow, np.roll(hollow, 2, axis=1)),
-        "far apart": (_cube(shape, (0, 0, 0), (2, 2, 2)), _cube(shape, (7, 17, 20), (9, 20, 24))),
-        "one-slice-thick plate": (_cube(shape, (4, 2, 2), (5, 18, 22)), _cube(shape, (3, 3, 3), (6, 17, 21))),
-    }
-
-
-@pytest.mark.parametrize("name", list(_edge_cases()))
+@pytest.mark.parametrize("name", list(edge_cases()))
 def test_edge_case_shapes_equal_medpy(name: str) -> None:
-    pred, gt = _edge_cases()[name]
+    pred, gt = edge_cases()[name]
     expected = medpy_case(pred, gt, 2)
     np.testing.assert_array_equal(case_metrics(pred, gt, 2), expected)
     assert hd95(pred, gt) == expected[0, 1]

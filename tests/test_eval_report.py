@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from helpers import PNG_MAGIC
 from organseg.data.classes import ACDC_CLASSES, SYNAPSE_CLASSES
 from organseg.evaluation.evaluate import EvaluationResult
 from organseg.formatting import slice_caption
@@ -20,8 +21,6 @@ from organseg.reporting.report import (
     representative,
 )
 from organseg.reporting.tables import dataset_kind, results_table
-
-PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def test_representative_picks_best_median_worst() -> None:
@@ -69,7 +68,7 @@ def test_tables_in_paper_order() -> None:
 
 def test_figures_are_written(tmp_path) -> None:
     res = _result(ACDC_CLASSES)
-    assert plot_dice_bars(res.summary(), tmp_path / "bars.png", "swin_unet").read_bytes()[:8] == PNG
+    assert plot_dice_bars(res.summary(), tmp_path / "bars.png", "swin_unet").read_bytes()[:8] == PNG_MAGIC
     from organseg.data.base import Volume
 
     collector = OverlayCollector()
@@ -88,11 +87,11 @@ def test_figures_are_written(tmp_path) -> None:
     assert _caption(items[1]) == slice_caption(1, 3, 1) == "slice 2 / 3 (file slice 1)"
     assert _caption({"z": 4, "count": -1, "file_z": -1}) == "slice 5"  # an overlay file of an older organseg
     np.testing.assert_array_equal(items[2]["label"], collector.items[2]["label"])
-    assert plot_overlays(items, ACDC_CLASSES, tmp_path / "ov.png").read_bytes()[:8] == PNG
+    assert plot_overlays(items, ACDC_CLASSES, tmp_path / "ov.png").read_bytes()[:8] == PNG_MAGIC
     records = [{"kind": "train", "iter": i, "loss": 1 / (i + 1), "ce": 0.5, "dice": 0.5, "lr": 0.01}
                for i in range(5)]
     records.append({"kind": "val", "epoch": 0, "mean_dice": 0.4, "per_class": {"RV": {"dice": 0.4}}})
-    assert plot_training_curves(records, tmp_path / "curves.png").read_bytes()[:8] == PNG
+    assert plot_training_curves(records, tmp_path / "curves.png").read_bytes()[:8] == PNG_MAGIC
     assert plot_training_curves([{"kind": "val", "mean_dice": 0.1}], tmp_path / "none.png") is None
 
 

@@ -9,13 +9,13 @@ import warnings
 import numpy as np
 import pytest
 
+from helpers import edge_cases, random_blobs
 from organseg.metrics import (
     DEFAULT_NSD_TOLERANCE_MM,
     case_metrics,
     case_metrics_all,
     surface_metrics,
 )
-from test_eval_metrics import _edge_cases, random_blobs
 
 medpy_binary = pytest.importorskip(
     "medpy.metric.binary", reason="MedPy (the 'test' extra) is the ASSD reference"
@@ -89,10 +89,10 @@ def test_random_volumes_equal_monai_and_medpy(seed: int, spacing) -> None:
     check_against_references(pred, gt, num_classes, spacing, [1.37 + 0.9 * k for k in range(num_classes - 1)])
 
 
-@pytest.mark.parametrize("name", list(_edge_cases()))
+@pytest.mark.parametrize("name", list(edge_cases()))
 @pytest.mark.parametrize("spacing", [None, (3.0, 0.78125, 0.8)], ids=str)
 def test_edge_case_shapes_equal_monai_and_medpy(name: str, spacing) -> None:
-    pred, gt = _edge_cases()[name]
+    pred, gt = edge_cases()[name]
     for tol in (0.0, 1.37, 2.21, 7.5):
         check_against_references(pred, gt, 2, spacing, tol)
         check_against_references(gt, pred, 2, spacing, tol)
@@ -169,10 +169,10 @@ def test_evaluate_dataset_writes_nsd_and_assd(tmp_path) -> None:
     import csv
     import json
 
+    from helpers import tiny_swin
     from organseg.data.base import ArrayDataset, Volume
     from organseg.data.classes import ACDC_CLASSES
     from organseg.evaluation.evaluate import evaluate_dataset
-    from test_eval_cli import tiny_model
 
     rng = np.random.default_rng(0)
     spacing = (2.5, 0.8, 0.7)
@@ -180,7 +180,7 @@ def test_evaluate_dataset_writes_nsd_and_assd(tmp_path) -> None:
                    rng.integers(0, 4, (3, 40, 48)), spacing, {}) for i in range(2)]  # fmt: skip
     ds = ArrayDataset([], {"test": vols}, class_names=ACDC_CLASSES)
     preds: list[np.ndarray] = []
-    res = evaluate_dataset(tiny_model(4), ds, "test", patch_size=64, progress=False,
+    res = evaluate_dataset(tiny_swin(4), ds, "test", patch_size=64, progress=False,
                            on_case=lambda v, p, m: preds.append(p),
                            nsd_tolerance_mm=[1.0, 2.0, 3.0])  # fmt: skip
     assert res.surface is not None and res.surface.shape == (2, 3, 2)
@@ -206,5 +206,5 @@ def test_evaluate_dataset_writes_nsd_and_assd(tmp_path) -> None:
     case0 = json.loads(paths["per_case_json"].read_text())[0]
     assert set(case0["classes"][ACDC_CLASSES[1]]["corrected"]) == {"dice", "hd95", "nsd", "assd"}
     with pytest.raises(ValueError, match="one per foreground class"):
-        evaluate_dataset(tiny_model(4), ds, "test", patch_size=64, progress=False,
+        evaluate_dataset(tiny_swin(4), ds, "test", patch_size=64, progress=False,
                          nsd_tolerance_mm=[1.0, 2.0])  # fmt: skip

@@ -11,13 +11,15 @@ import pytest
 import torch
 import yaml
 
+import organseg.training.budget as budget
 import organseg.training.loop as loop
+from helpers import state_dict_of, tiny_config, tiny_dataset
 from organseg.checkpoint import read_checkpoint
 from organseg.errors import ConfigError
 from organseg.training import poly_lr, read_metrics, train
+from organseg.training.budget import FIT_SKIP, FIT_WINDOW, fit_horizon
 from organseg.training.config import DEFAULTS, config_differences, load_config, resolve_config
-from organseg.training.schedule import FIT_SKIP, FIT_WINDOW, fit_horizon, make_optimizer, scheduled_lr
-from test_train_support import state_dict_of, tiny_config, tiny_dataset
+from organseg.training.schedule import make_optimizer, scheduled_lr
 
 N_SLICES, IPE, EPOCHS = 12, 3, 3
 
@@ -105,9 +107,9 @@ def fixed_fit(monkeypatch):
         assert per_it > 0 and elapsed_s > 0
         return 7
 
-    monkeypatch.setattr(loop, "FIT_SKIP", 1)
-    monkeypatch.setattr(loop, "FIT_WINDOW", 2)
-    monkeypatch.setattr(loop, "fit_horizon", fake_fit)
+    monkeypatch.setattr(budget, "FIT_SKIP", 1)
+    monkeypatch.setattr(budget, "FIT_WINDOW", 2)
+    monkeypatch.setattr(budget, "fit_horizon", fake_fit)
     return seen
 
 

@@ -15,6 +15,7 @@ import SimpleITK as sitk
 import torch
 
 import dicomgen as g
+from helpers import one_line_error
 from organseg import __version__
 from organseg.checkpoint import atomic_torch_save, make_checkpoint
 from organseg.cli.main import main
@@ -63,15 +64,6 @@ def _two_series_export(folder: Path) -> Path:
         g.ct_slices(series_uid=g.uid(2), study_uid=STUDY, description="CT lung", number=3, slices=3, seed=1),
     )
     return folder
-
-
-def _one_line(capsys, argv: list[str], *needles: str) -> str:
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and err.startswith("organseg predict: error:"), err
-    for needle in needles:
-        assert needle in err, err
-    return err
 
 
 # ---------------------------------------------------------------- several series, media exports, tilt
@@ -134,7 +126,8 @@ def test_gantry_tilted_series_is_refused_in_one_line(tmp_path, ckpts, capsys):
     with pytest.raises(DataError, match=tilt):
         read_image(tilted)
     out = tmp_path / "out" / "seg.nii.gz"
-    _one_line(capsys, ["predict", str(ckpts["net"]), str(tilted), "--out", str(out)], "tilted", "15.00 deg")
+    argv = ["predict", str(ckpts["net"]), str(tilted), "--out", str(out)]
+    one_line_error(capsys, argv, "tilted", "15.00 deg")
     assert not out.parent.exists()
     # an untilted series with positions written to a few decimals is read
     straight = tmp_path / "straight"
@@ -159,7 +152,7 @@ def test_predict_makes_each_series_of_an_export_a_case_or_the_one_picked(tmp_pat
     # several series cannot go into one label map
     capsys.readouterr()
     argv = ["predict", str(ckpts["net"]), str(export), "--out", str(tmp_path / "x.nii.gz")]
-    _one_line(capsys, argv, "media export of 2 series", "--series")
+    one_line_error(capsys, argv, "media export of 2 series", "--series")
 
 
 # ---------------------------------------------------------------- NIfTI placement kept on the label map

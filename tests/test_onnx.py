@@ -19,6 +19,7 @@ pytest.importorskip("onnxruntime", reason="onnxruntime is not installed: pip ins
 pytest.importorskip("onnxscript", reason="onnxscript is not installed: pip install 'organseg[onnx]'")
 onnx = pytest.importorskip("onnx", reason="onnx is not installed: pip install 'organseg[onnx]'")
 
+from helpers import one_line_error  # noqa: E402
 from organseg import __version__  # noqa: E402
 from organseg.checkpoint import atomic_torch_save, make_checkpoint  # noqa: E402
 from organseg.cli.main import main  # noqa: E402
@@ -35,15 +36,6 @@ NETWORKS = {
     "unet": ({"width": 0.25}, 64),
     "swin_unet": ({"img_size": 32, "embed_dim": 12, "num_heads": [3, 3, 3, 3], "window_size": 2}, 32),
 }
-
-
-def one_line_error(capsys, argv: list[str], *needles: str) -> str:
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and err.startswith(f"organseg {argv[0]}: error:"), err
-    for n in needles:
-        assert n in err, err
-    return err
 
 
 def make_checkpoint_file(folder: Path, name: str, file_name: str = "best.pt") -> Path:

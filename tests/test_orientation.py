@@ -15,12 +15,7 @@ from organseg.errors import DataError
 from organseg.imageio.orientation import DisplayOrientation, radiological_orientation
 from organseg.imageio.volumes import Geometry, read_image
 from organseg.reporting.report import OverlayCollector, plot_prediction
-from synthetic_scan import RAS_STORAGE, synthetic_scan
-
-
-def _reoriented(image: sitk.Image, perm: tuple[int, int, int], flips: tuple[bool, bool, bool]) -> sitk.Image:
-    # SimpleITK keeps every voxel at its physical position: direction and origin follow the new voxel order.
-    return sitk.Flip(sitk.PermuteAxes(image, list(perm)), list(flips))
+from synthetic_scan import RAS_STORAGE, reoriented, synthetic_scan
 
 
 def _arrays(image: sitk.Image) -> tuple[np.ndarray, Geometry]:
@@ -61,7 +56,7 @@ def test_every_axis_order_and_flip_gives_the_same_display(direction) -> None:
     seen = set()
     for perm in itertools.permutations(range(3)):
         for flips in itertools.product((False, True), repeat=3):
-            arr, geom = _arrays(_reoriented(base, perm, flips))
+            arr, geom = _arrays(reoriented(base, perm, flips))
             seen.add(arr.tobytes())
             o = radiological_orientation(geom)
             np.testing.assert_array_equal(o.apply(arr), expected, err_msg=f"perm {perm} flips {flips}")
@@ -76,7 +71,7 @@ def test_overlay_pngs_equal_for_a_reoriented_copy(tmp_path: Path) -> None:
 
     base = synthetic_scan(RAS_STORAGE)
     arr0, geom0 = _arrays(base)
-    copy = _reoriented(base, (2, 0, 1), (True, False, True))
+    copy = reoriented(base, (2, 0, 1), (True, False, True))
     arr1, geom1 = _arrays(copy)
     pngs, items = [], []
     for n, (arr, geom) in enumerate(((arr0, geom0), (arr1, geom1))):

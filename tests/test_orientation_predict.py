@@ -36,7 +36,7 @@ from organseg.imageio.orientation import (
 from organseg.imageio.volumes import Geometry, read_image
 from organseg.models import create_model
 from organseg.prediction.predict import expand_inputs, load_predictor, plan_cases, predict_file, predict_many
-from synthetic_scan import RAS_STORAGE, synthetic_scan
+from synthetic_scan import RAS_STORAGE, diagonal_frame, reoriented, synthetic_scan
 
 CLASSES = ["background", "liver", "spleen"]
 ORGANS = {5: 1, 1: 2}  # TotalSegmentator "total" ids -> our classes
@@ -45,11 +45,6 @@ NET_ARGS = {"num_classes": len(CLASSES), "width": 0.125}
 CONFIG = {"model": {"name": "unet", "args": {"width": 0.125}}, "train": {"img_size": SIZE}}
 FLIPS = list(itertools.product((False, True), repeat=3))
 VARIANTS = [(p, f) for p in itertools.permutations(range(3)) for f in FLIPS]  # the 48 storage orders
-
-
-def _stored(image: sitk.Image, perm: tuple[int, ...], flips: tuple[bool, ...]) -> sitk.Image:
-    # SimpleITK keeps every voxel at its physical position: direction and origin follow the new voxel order.
-    return sitk.Flip(sitk.PermuteAxes(image, list(perm)), list(flips))
 
 
 def _labels(seg: sitk.Image) -> sitk.Image:
@@ -117,7 +112,7 @@ def world(tmp_path_factory, totalseg_dir: Path) -> dict:
     scans = root / "scans"
     scans.mkdir()
     for k, (perm, flips) in enumerate(VARIANTS):
-        sitk.WriteImage(_stored(ct, perm, flips), str(scans / f"v{k:02d}.nii"))
+        sitk.WriteImage(reoriented(ct, perm, flips), str(scans / f"v{k:02d}.nii"))
     return {
         "root": root,
         "ct": ct,
@@ -206,11 +201,11 @@ def _nnunet_folder(world: dict, root: Path) -> Path:
     for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
         (root / sub).mkdir(parents=True)
     odd = ((2, 0, 1), (True, False, True))
-    sitk.WriteImage(_stored(world["ct"], *odd), str(root / "imagesTr" / "train_0000.nii"))
-    sitk.WriteImage(_stored(world["seg"], *odd), str(root / "labelsTr" / "train.nii"))
+    sitk.WriteImage(reoriented(world["ct"], *odd), str(root / "imagesTr" / "train_0000.nii"))
+    sitk.WriteImage(reoriented(world["seg"], *odd), str(root / "labelsTr" / "train.nii"))
     for k, (perm, flips) in enumerate(VARIANTS):
         shutil.copy(world["scans"] / f"v{k:02d}.nii", root / "imagesTs" / f"v{k:02d}_0000.nii")
-        sitk.WriteImage(_stored(world["seg"], perm, flips), str(root / "labelsTs" / f"v{k:02d}.nii"))
+        sitk.WriteImage(reoriented(world["seg"], perm, flips), str(root / "labelsTs" / f"v{k:02d}.nii"))
     meta = {"channel_names": {"0": "CT"}, "labels": {n: i for i, n in enumerate(CLASSES)}, "numTraining": 1,
             "file_ending": ".nii"}
     (root / "dataset.json").write_text(json.dumps(meta))
@@ -277,20 +272,13 @@ def _rot_z(degrees: float) -> np.ndarray:
     return np.array([[np.cos(t), -np.sin(t), 0], [np.sin(t), np.cos(t), 0], [0, 0, 1]])
 
 
-def _diagonal() -> np.ndarray:
-    """An orthonormal frame whose x axis runs along the cube diagonal: 54.7 degrees from all patient axes."""
-    u = np.array([1.0, 1.0, 1.0]) / np.sqrt(3)
-    v = np.array([1.0, -1.0, 0.0]) / np.sqrt(2)
-    return np.stack([u, v, np.cross(u, v)], axis=1)
-
-
 def test_oblique_scans_nearest_with_a_warning_or_refused(world: dict, tmp_path: Path, capsys) -> None:
     from organseg.cli.main import main
 
     ras = np.asarray(world["ct"].GetDirection()).reshape(3, 3)
     straight = _redirected(tmp_path / "straight.nii", world["ct"], ras)
     tilted = _redirected(tmp_path / "tilted.nii", world["ct"], _rot_z(10) @ ras)
-    steep = _redirected(tmp_path / "steep.nii", world["ct"], _diagonal())
+    steep = _redirected(tmp_path / "steep.nii", world["ct"], diagonal_frame())
     assert main(["predict", str(world["ckpt"]), str(straight), "--out", str(tmp_path / "a.nii.gz")]) == 0
     capsys.readouterr()
     assert main(["predict", str(world["ckpt"]), str(tilted), "--out", str(tmp_path / "b.nii.gz")]) == 0
@@ -341,7 +329,7 @@ def test_reorientation_is_exact_for_every_storage_order() -> None:
     assert scan_orientation(ref_geom.direction).code == "RAS"
     codes = set()
     for perm, flips in VARIANTS:
-        img = _stored(base, perm, flips)
+        img = reoriented(base, perm, flips)
         arr, geom = sitk.GetArrayFromImage(img), Geometry.from_sitk(img)
         code = scan_orientation(geom.direction).code
         codes.add(code)

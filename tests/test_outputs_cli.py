@@ -12,25 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers import make_run, one_line_error, write_tiny_raw
 from organseg.cli.main import main
 from organseg.data.classes import SYNAPSE_CLASSES
 from organseg.data.prepare import prepare_synapse
 from organseg.data.preprocess import ct_window_spec
 from organseg.imageio.volumes import Geometry, write_image
 from organseg.progress import PlainProgress, progress_bar
-from test_data_helpers import write_tiny_raw
-from test_eval_cli import make_run
 
 CONFIGS = Path(__file__).resolve().parents[1] / "src" / "organseg" / "configs"
-
-
-def one_line_error(capsys, argv: list[str], *needles: str) -> str:
-    assert main([str(a) for a in argv]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and err.startswith(f"organseg {argv[0]}: error:"), err
-    for n in needles:
-        assert str(n) in err, err
-    return err
 
 
 @pytest.fixture(scope="module")

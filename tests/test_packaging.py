@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import organseg
-import organseg.cli.demo as demo
+import organseg.study.demo as demo
 from organseg.cli.main import main
 from organseg.training.config import list_presets, load_config, presets_dir
 

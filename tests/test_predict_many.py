@@ -12,6 +12,7 @@ import pytest
 import torch
 import yaml
 
+from helpers import TINY_SWIN, one_line_error
 from organseg.checkpoint import atomic_torch_save, make_checkpoint
 from organseg.cli.main import main
 from organseg.data.classes import SYNAPSE_CLASSES
@@ -20,13 +21,12 @@ from organseg.imageio.volumes import Geometry, read_image, write_image
 from organseg.inference.engine import averaged, predict_volume
 from organseg.models import create_model
 
-TINY = {"img_size": 64, "embed_dim": 12, "num_heads": [1, 2, 3, 4], "window_size": 4}
-CFG = {"model": {"name": "swin_unet", "args": dict(TINY)}, "train": {"img_size": 64}}
+CFG = {"model": {"name": "swin_unet", "args": dict(TINY_SWIN)}, "train": {"img_size": 64}}
 
 
 def _net(seed: int) -> torch.nn.Module:
     torch.manual_seed(seed)
-    net = create_model("swin_unet", num_classes=9, **TINY).eval()
+    net = create_model("swin_unet", num_classes=9, **TINY_SWIN).eval()
     with torch.no_grad():  # a random head with spread logits: varied labels, so comparisons mean something
         net.swin_unet.output.weight.normal_(0, 2.0)
     return net
@@ -34,7 +34,7 @@ def _net(seed: int) -> torch.nn.Module:
 
 def _checkpoint(path: Path, seed: int) -> Path:
     ckpt = make_checkpoint(
-        _net(seed), model_name="swin_unet", model_args={**TINY, "num_classes": 9},
+        _net(seed), model_name="swin_unet", model_args={**TINY_SWIN, "num_classes": 9},
         class_names=list(SYNAPSE_CLASSES), preprocessing=ct_window_spec(), config=CFG,
     )  # fmt: skip
     atomic_torch_save(ckpt, path)
@@ -123,29 +123,23 @@ def test_folder_glob_skip_and_overwrite(world, tmp_path, capsys):
 def test_bad_plans_are_refused_before_any_work(world, tmp_path, capsys):
     scans = world["scans"]
     two = [str(scans / "case0.nii.gz"), str(scans / "case1.nii.gz")]
-    err = _one_line(capsys, ["predict", str(world["a"]), *two, "--out", str(tmp_path / "x.nii.gz")])
+    err = one_line_error(capsys, ["predict", str(world["a"]), *two, "--out", str(tmp_path / "x.nii.gz")])
     assert "2 inputs are written into a folder" in err
     twin = tmp_path / "twin"
     twin.mkdir()
     _scan(twin / "case0.nii.gz", 9)
     same = [str(scans / "case0.nii.gz"), str(twin / "case0.nii.gz")]
-    err = _one_line(capsys, ["predict", str(world["a"]), *same, "--out", str(tmp_path / "o")])
+    err = one_line_error(capsys, ["predict", str(world["a"]), *same, "--out", str(tmp_path / "o")])
     assert "inputs with the same name would write the same files: case0" in err
-    err = _one_line(capsys, ["predict", str(world["a"]), str(scans), "--out", str(scans)])
+    err = one_line_error(capsys, ["predict", str(world["a"]), str(scans), "--out", str(scans)])
     assert "lies inside INPUT" in err or "is the same as INPUT" in err
-    err = _one_line(capsys, ["predict", str(world["a"]), str(tmp_path / "nothing*.nii.gz"), "--out", "o"])
+    nothing = str(tmp_path / "nothing*.nii.gz")
+    err = one_line_error(capsys, ["predict", str(world["a"]), nothing, "--out", "o"])
     assert "no file or folder matches this pattern" in err
-    err = _one_line(capsys, ["predict", str(world["a"]), str(scans / "case0.nii.gz"), "--out",
-                             str(tmp_path / "d.nii.gz"), "--format", "dicom-seg"])  # fmt: skip
+    err = one_line_error(capsys, ["predict", str(world["a"]), str(scans / "case0.nii.gz"), "--out",
+                                  str(tmp_path / "d.nii.gz"), "--format", "dicom-seg"])  # fmt: skip
     assert "needs a DICOM series as input" in err and not (tmp_path / "d.dcm").exists()
     assert not (tmp_path / "o").exists()
-
-
-def _one_line(capsys, argv: list[str]) -> str:
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and err.startswith("organseg predict: error:"), err
-    return err
 
 
 def test_ensemble_and_tta_equal_their_definition(world, tmp_path, capsys):
@@ -169,12 +163,12 @@ def test_ensemble_and_tta_equal_their_definition(world, tmp_path, capsys):
 def test_ensemble_members_must_agree(world, tmp_path, capsys):
     other = tmp_path / "acdc.pt"
     torch.manual_seed(5)
-    net = create_model("swin_unet", num_classes=4, **TINY)
-    atomic_torch_save(make_checkpoint(net, model_name="swin_unet", model_args={**TINY, "num_classes": 4},
+    net = create_model("swin_unet", num_classes=4, **TINY_SWIN)
+    atomic_torch_save(make_checkpoint(net, model_name="swin_unet", model_args={**TINY_SWIN, "num_classes": 4},
                                       class_names=["background", "RV", "Myo", "LV"],
                                       preprocessing={"kind": "minmax"}, config=CFG), other)  # fmt: skip
-    err = _one_line(capsys, ["predict", str(world["a"]), str(world["scans"] / "case0.nii.gz"), "--out",
-                             str(tmp_path / "o.nii.gz"), "--ensemble", str(other)])  # fmt: skip
+    err = one_line_error(capsys, ["predict", str(world["a"]), str(world["scans"] / "case0.nii.gz"), "--out",
+                                  str(tmp_path / "o.nii.gz"), "--ensemble", str(other)])  # fmt: skip
     assert "predict 9 and 4 classes" in err
 
 
@@ -187,8 +181,8 @@ def test_study_folder_with_a_model_filter(world, tmp_path, capsys):
     assert main(["predict", str(study), str(scan), "--out", str(out), "--models", "swin_unet",
                  "--device", "cpu"]) == 0  # fmt: skip
     np.testing.assert_array_equal(read_image(out)[0], _expected([world["a"], world["b"]], scan))
-    err = _one_line(capsys, ["predict", str(study), str(scan), "--out", str(tmp_path / "u.nii.gz"),
-                             "--models", "unet"])  # fmt: skip
+    err = one_line_error(capsys, ["predict", str(study), str(scan), "--out", str(tmp_path / "u.nii.gz"),
+                                  "--models", "unet"])  # fmt: skip
     assert "no finished run of network(s) unet" in err
 
 
@@ -208,7 +202,7 @@ def test_official_checkpoint_applied_directly(world, tmp_path, capsys):
     assert any("records no classes" in n for n in info["notes"])
     headless = tmp_path / "headless.pth"
     torch.save({k: v for k, v in _net(1).state_dict().items() if ".output." not in k}, headless)
-    err = _one_line(capsys, ["predict", str(headless), str(scan), "--out", str(tmp_path / "h.nii.gz")])
+    err = one_line_error(capsys, ["predict", str(headless), str(scan), "--out", str(tmp_path / "h.nii.gz")])
     assert "without a class head" in err
 
 
@@ -309,6 +303,6 @@ def test_predict_with_an_exported_onnx_model(world, tmp_path, capsys):
     out = tmp_path / "onnx.nii.gz"
     assert main(["predict", str(model), str(scan), "--out", str(out), "--device", "cpu"]) == 0
     np.testing.assert_array_equal(read_image(out)[0], _expected([world["a"]], scan))
-    err = _one_line(capsys, ["predict", str(model), str(scan), "--out", str(tmp_path / "b.nii.gz"),
-                             "--precision", "bf16"])  # fmt: skip
+    err = one_line_error(capsys, ["predict", str(model), str(scan), "--out", str(tmp_path / "b.nii.gz"),
+                                  "--precision", "bf16"])  # fmt: skip
     assert "ONNX models run in fp32" in err

@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from helpers import SWIN_T, TINY_SWIN_WIDTHS, ms_swin_state, rel_index, vgg16_bn_state
 from organseg.errors import CheckpointError
 from organseg.models import create_model
 from organseg.models.pretrained import (
@@ -23,67 +24,8 @@ from organseg.models.pretrained import (
     read_weights,
     swin_layout,
 )
-from organseg.models.swin_unet import shifted_window_mask
 
-TINY = {"embed_dim": 12, "num_heads": (1, 2, 3, 4)}
-SWIN_T = {"embed_dim": 96, "depths": (2, 2, 6, 2), "num_heads": (3, 6, 12, 24)}
-
-
-# ------------------------------------------------------------------------------------------ synthetic files
-
-
-def _rel_index(ws: int) -> torch.Tensor:
-    # written out independently of the model code: (dy + ws-1) * (2ws-1) + (dx + ws-1)
-    ys, xs = torch.meshgrid(torch.arange(ws), torch.arange(ws), indexing="ij")
-    ys, xs = ys.flatten(), xs.flatten()
-    return (ys[:, None] - ys[None, :] + ws - 1) * (2 * ws - 1) + (xs[:, None] - xs[None, :] + ws - 1)
-
-
-def ms_swin_state(
-    embed_dim: int = 96,
-    depths: tuple[int, ...] = (2, 2, 6, 2),
-    num_heads: tuple[int, ...] = (3, 6, 12, 24),
-    window: int = 7,
-    img: int = 224,
-    classes: int = 1000,
-    seed: int = 0,
-) -> dict[str, torch.Tensor]:
-    """A Microsoft-release Swin classifier state dict (``swin_tiny_..._224.pth["model"]`` layout)."""
-    g = torch.Generator().manual_seed(seed)
-
-    def rnd(*shape: int) -> torch.Tensor:
-        return torch.randn(*shape, generator=g)
-
-    sd = {
-        "patch_embed.proj.weight": rnd(embed_dim, 3, 4, 4),
-        "patch_embed.proj.bias": rnd(embed_dim),
-        "patch_embed.norm.weight": rnd(embed_dim),
-        "patch_embed.norm.bias": rnd(embed_dim),
-    }
-    res = img // 4
-    for i, (depth, heads) in enumerate(zip(depths, num_heads, strict=True)):
-        c, r = embed_dim * 2**i, res // 2**i
-        ws = min(window, r)
-        for b in range(depth):
-            p = f"layers.{i}.blocks.{b}."
-            if b % 2 and r > window:
-                sd[p + "attn_mask"] = shifted_window_mask((r, r), ws, ws // 2)
-            sd[p + "norm1.weight"], sd[p + "norm1.bias"] = rnd(c), rnd(c)
-            sd[p + "attn.relative_position_bias_table"] = rnd((2 * ws - 1) ** 2, heads)
-            sd[p + "attn.relative_position_index"] = _rel_index(ws)
-            sd[p + "attn.qkv.weight"], sd[p + "attn.qkv.bias"] = rnd(3 * c, c), rnd(3 * c)
-            sd[p + "attn.proj.weight"], sd[p + "attn.proj.bias"] = rnd(c, c), rnd(c)
-            sd[p + "norm2.weight"], sd[p + "norm2.bias"] = rnd(c), rnd(c)
-            sd[p + "mlp.fc1.weight"], sd[p + "mlp.fc1.bias"] = rnd(4 * c, c), rnd(4 * c)
-            sd[p + "mlp.fc2.weight"], sd[p + "mlp.fc2.bias"] = rnd(c, 4 * c), rnd(c)
-        if i < len(depths) - 1:
-            sd[f"layers.{i}.downsample.reduction.weight"] = rnd(2 * c, 4 * c)
-            sd[f"layers.{i}.downsample.norm.weight"] = rnd(4 * c)
-            sd[f"layers.{i}.downsample.norm.bias"] = rnd(4 * c)
-    c = embed_dim * 2 ** (len(depths) - 1)
-    sd["norm.weight"], sd["norm.bias"] = rnd(c), rnd(c)
-    sd["head.weight"], sd["head.bias"] = rnd(classes, c), rnd(classes)
-    return sd
+# ------------------------------------------------------------------- synthetic files (more in helpers.py)
 
 
 def timm_from_ms(ms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -95,37 +37,6 @@ def timm_from_ms(ms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         k = re.sub(r"^layers\.(\d+)\.downsample", lambda m: f"layers.{int(m[1]) + 1}.downsample", k)
         out[k.replace("head.", "head.fc.")] = v.clone()
     return out
-
-
-VGG16_CONVS = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
-
-
-def vgg16_bn_state(num_batches_tracked: bool = False, seed: int = 0) -> dict[str, torch.Tensor]:
-    """torchvision ``vgg16_bn`` layout (features.N.*); the classifier keeps its names but tiny shapes."""
-    g = torch.Generator().manual_seed(seed)
-    sd: dict[str, torch.Tensor] = {}
-    idx, c_in = 0, 3
-    for v in VGG16_CONVS:
-        if v == "M":
-            idx += 1
-            continue
-        sd[f"features.{idx}.weight"] = torch.randn(v, c_in, 3, 3, generator=g)
-        sd[f"features.{idx}.bias"] = torch.randn(v, generator=g)
-        bn = f"features.{idx + 1}."
-        sd[bn + "weight"], sd[bn + "bias"] = torch.rand(v, generator=g), torch.randn(v, generator=g)
-        sd[bn + "running_mean"], sd[bn + "running_var"] = (
-            torch.randn(v, generator=g),
-            torch.rand(v, generator=g) + 0.5,
-        )
-        if num_batches_tracked:
-            sd[bn + "num_batches_tracked"] = torch.tensor(1234)
-        idx, c_in = idx + 3, v
-    for j in (0, 3, 6):  # real keys, small stand-in shapes (ignored by the loader anyway)
-        sd[f"classifier.{j}.weight"], sd[f"classifier.{j}.bias"] = (
-            torch.randn(4, 4, generator=g),
-            torch.randn(4),
-        )
-    return sd
 
 
 @pytest.fixture(scope="module")
@@ -197,7 +108,7 @@ def tiny_ms() -> dict[str, torch.Tensor]:
 def test_timm_layout_loads_like_ms(tmp_path, tiny_ms, suffix):
     ms_path = tmp_path / "ms.pth"
     torch.save({"model": tiny_ms}, ms_path)
-    ref = create_model("swin_unet", **TINY)
+    ref = create_model("swin_unet", **TINY_SWIN_WIDTHS)
     ms_report = load_swin_imagenet(ref, ms_path)
 
     timm = timm_from_ms(tiny_ms)
@@ -209,7 +120,7 @@ def test_timm_layout_loads_like_ms(tmp_path, tiny_ms, suffix):
         save_file(timm, str(path))
     else:
         torch.save(timm, path)
-    model = create_model("swin_unet", **TINY)
+    model = create_model("swin_unet", **TINY_SWIN_WIDTHS)
     report = load_swin_imagenet(model, path)
     assert report.kind == "swin_imagenet_timm" and ms_report.kind == "swin_imagenet_ms"
     # every learnable tensor lands where the Microsoft file puts it; index/mask buffers stay computed
@@ -235,7 +146,7 @@ def test_layout_detection(tiny_ms):
     assert swin_layout(timm_from_ms(tiny_ms)) == "timm"
     assert detect_kind(tiny_ms) == "swin_imagenet"
     assert detect_kind(vgg16_bn_state()) == "vgg16_bn"
-    assert detect_kind(create_model("swin_unet", **TINY).state_dict()) == "swin_unet"
+    assert detect_kind(create_model("swin_unet", **TINY_SWIN_WIDTHS).state_dict()) == "swin_unet"
     with pytest.raises(CheckpointError, match="unrecognised"):
         detect_kind({"fc.weight": torch.zeros(2, 2)})
 
@@ -244,7 +155,7 @@ def test_other_window_size_drops_mismatched_tensors(tmp_path, tiny_ms):
     # SU#122: a 256x256 model with window 8; the 7x7-window bias tables no longer fit and are dropped
     path = tmp_path / "ms.pth"
     torch.save({"model": tiny_ms}, path)
-    model = create_model("swin_unet", **TINY, img_size=256, window_size=8)
+    model = create_model("swin_unet", **TINY_SWIN_WIDTHS, img_size=256, window_size=8)
     init = {k: v.clone() for k, v in model.state_dict().items()}
     report = load_swin_imagenet(model, path)
     table = "swin_unet.layers.0.blocks.0.attn.relative_position_bias_table"
@@ -256,7 +167,7 @@ def test_other_window_size_drops_mismatched_tensors(tmp_path, tiny_ms):
     )
     # the model's own (8x8) index buffers are kept, not overwritten
     idx = "swin_unet.layers.0.blocks.0.attn.relative_position_index"
-    assert idx in report.kept_computed_keys and torch.equal(model.state_dict()[idx], _rel_index(8))
+    assert idx in report.kept_computed_keys and torch.equal(model.state_dict()[idx], rel_index(8))
     with torch.no_grad():
         assert torch.isfinite(model.eval()(torch.rand(1, 1, 256, 256))).all()
 
@@ -267,7 +178,7 @@ def test_other_window_size_drops_mismatched_tensors(tmp_path, tiny_ms):
 @pytest.mark.parametrize("wrap", ["plain", "module", "model", "state_dict", "bare_net"])
 def test_official_swin_unet_checkpoint(tmp_path, wrap):
     torch.manual_seed(7)
-    src = create_model("swin_unet", **TINY)
+    src = create_model("swin_unet", **TINY_SWIN_WIDTHS)
     sd = src.state_dict()
     if wrap == "module":  # DataParallel
         sd = {"module." + k: v for k, v in sd.items()}
@@ -276,21 +187,21 @@ def test_official_swin_unet_checkpoint(tmp_path, wrap):
     obj = {wrap: sd} if wrap in ("model", "state_dict") else sd
     path = tmp_path / "epoch_149.pth"
     torch.save(obj, path)
-    model = create_model("swin_unet", **TINY)
+    model = create_model("swin_unet", **TINY_SWIN_WIDTHS)
     report = load_swin_unet_checkpoint(model, path)
     assert (report.loaded, report.ignored, report.left_random) == (238, 0, 0)
     for k, v in src.state_dict().items():
         assert torch.equal(model.state_dict()[k], v), k
     # the bare network accepts the wrapper's names too
-    net = create_model("swin_unet", **TINY).swin_unet
+    net = create_model("swin_unet", **TINY_SWIN_WIDTHS).swin_unet
     assert load_swin_unet_checkpoint(net, path).loaded == 238
 
 
 def test_swin_unet_checkpoint_wrong_classes(tmp_path):
-    src = create_model("swin_unet", **TINY, num_classes=4)
+    src = create_model("swin_unet", **TINY_SWIN_WIDTHS, num_classes=4)
     path = tmp_path / "acdc.pth"
     torch.save(src.state_dict(), path)
-    model = create_model("swin_unet", **TINY)
+    model = create_model("swin_unet", **TINY_SWIN_WIDTHS)
     before = model.state_dict()["swin_unet.patch_embed.proj.weight"].clone()
     with pytest.raises(CheckpointError, match=r"acdc\.pth.*shape mismatches.*output\.weight"):
         load_swin_unet_checkpoint(model, path)
@@ -304,7 +215,7 @@ def test_swin_unet_checkpoint_wrong_classes(tmp_path):
 
 
 def test_corrupt_and_missing_files(tmp_path, tiny_ms):
-    model = create_model("swin_unet", **TINY)
+    model = create_model("swin_unet", **TINY_SWIN_WIDTHS)
     good = tmp_path / "good.pth"
     torch.save({"model": tiny_ms}, good)
     data = good.read_bytes()
@@ -326,7 +237,7 @@ def test_corrupt_and_missing_files(tmp_path, tiny_ms):
 
 
 def test_wrong_architecture_files(tmp_path, tiny_ms):
-    swin = create_model("swin_unet", **TINY)
+    swin = create_model("swin_unet", **TINY_SWIN_WIDTHS)
     vgg_path = tmp_path / "vgg16_bn.pth"
     torch.save(vgg16_bn_state(), vgg_path)
     ms_path = tmp_path / "swin_t.pth"
@@ -357,8 +268,9 @@ def test_load_pretrained_dispatch(tmp_path, tiny_ms):
     ms_path = tmp_path / "swin_t.pth"
     torch.save({"model": tiny_ms}, ms_path)
     ckpt = tmp_path / "swin_unet.pth"
-    torch.save({"module." + k: v for k, v in create_model("swin_unet", **TINY).state_dict().items()}, ckpt)
-    swin = create_model("swin_unet", **TINY)
+    state = create_model("swin_unet", **TINY_SWIN_WIDTHS).state_dict()
+    torch.save({"module." + k: v for k, v in state.items()}, ckpt)
+    swin = create_model("swin_unet", **TINY_SWIN_WIDTHS)
     assert load_pretrained(swin, ms_path).kind == "swin_imagenet_ms"
     assert load_pretrained(swin, ckpt).kind == "swin_unet"
     assert load_pretrained(swin, ms_path, kind="swin_imagenet").loaded == 217
@@ -440,8 +352,7 @@ def test_vgg_errors(tmp_path, unet, tiny_ms):
     ],
 )
 def test_official_checkpoint_applied_directly(tmp_path, wrap, args):
-    from organseg.checkpoint import model_from_checkpoint
-    from organseg.models.pretrained import official_swin_unet_checkpoint
+    from organseg.checkpoint import model_from_checkpoint, official_swin_unet_checkpoint
 
     torch.manual_seed(11)
     src = create_model("swin_unet", **args).eval()
@@ -462,9 +373,9 @@ def test_official_checkpoint_applied_directly(tmp_path, wrap, args):
 
 
 def test_official_checkpoint_refusals(tmp_path, tiny_ms):
-    from organseg.models.pretrained import official_swin_unet_checkpoint
+    from organseg.checkpoint import official_swin_unet_checkpoint
 
-    sd = create_model("swin_unet", **TINY).state_dict()
+    sd = create_model("swin_unet", **TINY_SWIN_WIDTHS).state_dict()
     headless = tmp_path / "headless.pth"
     torch.save({k: v for k, v in sd.items() if ".output." not in k}, headless)
     with pytest.raises(CheckpointError, match="without a class head"):
@@ -481,10 +392,10 @@ def test_official_checkpoint_refusals(tmp_path, tiny_ms):
 
 def test_fine_tuning_drops_a_head_of_another_class_count(tmp_path):
     torch.manual_seed(12)
-    src = create_model("swin_unet", **TINY, num_classes=9)
+    src = create_model("swin_unet", **TINY_SWIN_WIDTHS, num_classes=9)
     path = tmp_path / "epoch_149.pth"
     torch.save(src.state_dict(), path)
-    model = create_model("swin_unet", **TINY, num_classes=4)
+    model = create_model("swin_unet", **TINY_SWIN_WIDTHS, num_classes=4)
     head = model.state_dict()["swin_unet.output.weight"].clone()
     report = load_pretrained(model, path)
     assert report.ignored_keys == {"swin_unet.output.weight": "output head skipped"}
@@ -492,5 +403,5 @@ def test_fine_tuning_drops_a_head_of_another_class_count(tmp_path):
     assert torch.equal(model.state_dict()["swin_unet.output.weight"], head)
     assert torch.equal(model.state_dict()["swin_unet.norm.weight"], src.state_dict()["swin_unet.norm.weight"])
     # Same class count: the head is loaded too.
-    same = create_model("swin_unet", **TINY, num_classes=9)
+    same = create_model("swin_unet", **TINY_SWIN_WIDTHS, num_classes=9)
     assert load_pretrained(same, path).ignored == 0

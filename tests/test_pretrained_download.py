@@ -14,13 +14,13 @@ import urllib.request
 import pytest
 import torch
 
+from helpers import SWIN_T, TINY_SWIN_WIDTHS, ms_swin_state, vgg16_bn_state
 from organseg.cli.main import main
 from organseg.errors import CheckpointError
 from organseg.models import create_model
 from organseg.models import hub as pt
 from organseg.models.pretrained import load_pretrained
 from organseg.training.config import load_config, resolve_config
-from test_pretrained import SWIN_T, TINY, ms_swin_state, vgg16_bn_state
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +155,7 @@ def test_offline_message(cache, monkeypatch, where):
 def test_network_the_file_cannot_fit_is_refused_before_download(cache, monkeypatch):
     _no_network(monkeypatch)
     with pytest.raises(CheckpointError, match="do not fit this swin_unet"):
-        pt.resolve_pretrained("imagenet", "swin_unet", create_model("swin_unet", **TINY))
+        pt.resolve_pretrained("imagenet", "swin_unet", create_model("swin_unet", **TINY_SWIN_WIDTHS))
     with pytest.raises(CheckpointError, match="do not fit this unet"):
         pt.resolve_pretrained("imagenet", "unet", create_model("unet", width=0.25))
 

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import dicomgen as g
+from helpers import TINY_SWIN
 from organseg.checkpoint import atomic_torch_save, make_checkpoint
 from organseg.data.classes import SYNAPSE_CLASSES
 from organseg.data.preprocess import ct_window_spec
@@ -32,7 +33,7 @@ from organseg.evaluation.tester import MemberSummary, ProtocolMeans, RunTestResu
 from organseg.prediction.dicomseg import DicomSegRecord, SegmentRecord
 from organseg.prediction.predict import ClassVolume, OrientationRecord, Sidecar, TurnRecord, predict_file
 from record_keys import Keys, check_per_case, check_sidecar, check_summary
-from test_predict_many import CFG, TINY, _dataset, _net, _run, _scan
+from test_predict_many import CFG, _dataset, _net, _run, _scan
 
 #: summary.json fields only a cross-validation's pooled folds write (tests/test_crossval.py checks them)
 POOLED = ("pooled_folds", "folds")
@@ -75,8 +76,9 @@ def _checkpoint(path: Path, *, empty: bool = False) -> Path:
         with torch.no_grad():
             net.swin_unet.output.weight.zero_()
     ckpt = make_checkpoint(
-        net, model_name="swin_unet", model_args={**TINY, "num_classes": 9}, class_names=list(SYNAPSE_CLASSES),
-        preprocessing=ct_window_spec(), orientation=TRANSUNET_ORIENTATION, config=CFG,
+        net, model_name="swin_unet", model_args={**TINY_SWIN, "num_classes": 9},
+        class_names=list(SYNAPSE_CLASSES), preprocessing=ct_window_spec(), orientation=TRANSUNET_ORIENTATION,
+        config=CFG,
     )  # fmt: skip
     atomic_torch_save(ckpt, path)
     return path

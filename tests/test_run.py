@@ -11,14 +11,13 @@ from pathlib import Path
 import pytest
 
 import organseg.training
+from helpers import PNG_MAGIC
 from organseg.cli.main import main
 from organseg.errors import DataError, OrgansegError
-from organseg.formatting import MISSING, fmt_value, num, plot_value, pm, save_figure, signed_pct
+from organseg.formatting import MISSING, duration, fmt_value, num, plot_value, pm, save_figure, signed_pct
 from organseg.run import EXIT_DIVERGED, TRAIN_FILES, ResultsDir, RunDir, read_test_summary
 from organseg.training import TrainingDiverged
 from organseg.training.runlog import RunLog, read_metrics
-
-PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def _records(n: int) -> list[dict]:
@@ -37,9 +36,6 @@ def test_names_and_paths_come_from_one_place(tmp_path):
     assert run.results("test", "last").path == tmp_path / "r" / "results" / "test_last"
     assert set(TRAIN_FILES) == {"config.yaml", "env.json", "summary.json", "metrics.jsonl", "checkpoints",
                                 "tensorboard"}  # fmt: skip
-    import organseg.training.loop as loop
-
-    assert loop.RUN_FILES == TRAIN_FILES  # the trainer's own list is the run folder's
 
 
 def test_metrics_ignores_a_cut_last_line_only(tmp_path):
@@ -122,6 +118,17 @@ def test_numbers_keep_their_formats():
     assert [fmt_value(v) for v in (0.05, [1, 2], None, "x")] == ["0.05", "[1, 2]", "None", "x"]
 
 
+def test_one_duration_formatter_three_styles():
+    """comparison.md's cost table and verdict ("short"), its conditions ("minutes"), progress ("clock")."""
+    short = ["12.3 s", "60.0 s", "1:00", "2:37", "1:02:05"]
+    assert [duration(s) for s in (12.34, 59.96, 60, 157.4, 3725)] == short
+    clock = ["0:00:00", "0:00:59", "1:02:05", "10:00:00"]
+    assert [duration(s, "clock") for s in (0, 59.4, 3725, 36000)] == clock
+    assert [duration(s, "minutes") for s in (45, 60, 258)] == ["45.0 s", "1.0 min", "4.3 min"]
+    for unknown in (None, math.nan, math.inf, -1.0):
+        assert duration(unknown) == duration(unknown, "clock") == duration(unknown, "minutes") == MISSING
+
+
 def test_save_figure_writes_a_png_and_closes_the_figure(tmp_path):
     from organseg.formatting import pyplot
 
@@ -129,7 +136,7 @@ def test_save_figure_writes_a_png_and_closes_the_figure(tmp_path):
     fig, ax = plt.subplots()
     ax.plot([0, 1], [1, 0])
     path = save_figure(fig, tmp_path / "f.png")
-    assert path.read_bytes().startswith(PNG) and not plt.fignum_exists(fig.number)
+    assert path.read_bytes().startswith(PNG_MAGIC) and not plt.fignum_exists(fig.number)
     assert [p.name for p in tmp_path.iterdir()] == ["f.png"]  # no temporary left
 
 

@@ -8,25 +8,17 @@ path on a tiny SYNTHETIC study that sweeps the fraction (2 networks x 2 fraction
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
+from helpers import PNG_MAGIC, fraction_argv, fraction_phantom, write_presets
 from organseg.cli.main import main
-from organseg.data.phantom import write_phantom_set
-from organseg.data.prepare import prepare_synapse
 from organseg.study.comparison import FractionPoint, LearningPoint
 from organseg.study.efficiency import FRACTION_FIGURE, LEARNING_FIGURE, learning_curve
 from organseg.study.paired import bootstrap_mean, mean_ci
 from record_keys import Keys, check_comparison
-
-PNG = b"\x89PNG\r\n\x1a\n"
-TINY_ARGS = {"unet": {"width": 0.125}, "swin_unet": {"embed_dim": 12, "num_heads": [1, 2, 3, 4],
-                                                               "window_size": 2}}  # fmt: skip
-FRACTIONS = ["0.5", "1"]
-
 
 # ------------------------------------------------------------------------------------ the bootstrap mean
 
@@ -99,37 +91,11 @@ def test_learning_curve_reads_images_and_wall_time_from_the_run_records(tmp_path
 # ------------------------------------------------------------------------------------ a fraction study
 
 
-def write_presets(folder: Path) -> str:
-    for model, args in TINY_ARGS.items():
-        cfg = {
-            "model": {"name": model, "args": args},
-            "train": {"img_size": 32, "batch_size": 4, "max_iterations": 4, "augment": "none",
-                      "progress": False, "threads": 1, "lr_scaling": "none"},
-            "val": {"every": 1},
-        }  # fmt: skip
-        (folder / f"tiny_{model}.yaml").write_text(yaml.safe_dump(cfg))
-    return str(folder / "tiny_{model}.yaml")
-
-
-def fraction_phantom(root: Path) -> Path:
-    """4 phantom cases: 1 and 2 train (4 slices each), 3 validates, 4 tests."""
-    write_phantom_set(root / "raw", 4, size=32, num_slices=4, progress=False)
-    prepare_synapse(root / "raw", root / "data", train_cases=[1, 2, 3], val_cases=[3], test_cases=[4],
-                    progress=False)  # fmt: skip
-    return root / "data"
-
-
-def fraction_argv(data: Path, preset: str, out: Path, models=("unet", "swin_unet")) -> list[str]:
-    return ["compare", "--data", str(data), "--models", *models, "--seeds", "1",
-            "--set", f"data.train_fraction={','.join(FRACTIONS)}", "--preset", preset,
-            "--out", str(out), "--device", "cpu", "--no-report"]  # fmt: skip
-
-
 @pytest.fixture(scope="module")
 def fraction_study(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("fraction")
     data = fraction_phantom(root)
-    preset = write_presets(root)
+    preset = write_presets(root, max_iterations=4, val_every=1)
     out = root / "out"
     assert main(fraction_argv(data, preset, out)) == 0
     return {"out": out, "data": data, "preset": preset}
@@ -138,7 +104,7 @@ def fraction_study(tmp_path_factory) -> dict:
 def test_fraction_study_draws_both_figures_and_links_them(fraction_study):
     out = fraction_study["out"]
     for name in (FRACTION_FIGURE, LEARNING_FIGURE):
-        assert (out / name).read_bytes()[:8] == PNG
+        assert (out / name).read_bytes()[:8] == PNG_MAGIC
     md = (out / "comparison.md").read_text()
     assert f"]({FRACTION_FIGURE})" in md and f"]({LEARNING_FIGURE})" in md
     figures = json.loads((out / "comparison.json").read_text())["figures"]
@@ -188,7 +154,7 @@ def test_no_fraction_figure_without_a_fraction_sweep(fraction_study, tmp_path):
     runs = sorted((fraction_study["out"] / "runs").glob("*__train_fraction1"))
     c = collect(tmp_path / "one", runs)
     assert c["efficiency"]["fraction"] == [] and not (tmp_path / "one" / FRACTION_FIGURE).exists()
-    assert (tmp_path / "one" / LEARNING_FIGURE).read_bytes()[:8] == PNG
+    assert (tmp_path / "one" / LEARNING_FIGURE).read_bytes()[:8] == PNG_MAGIC
 
 
 def test_efficiency_records_have_exactly_their_keys(fraction_study):

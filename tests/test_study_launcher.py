@@ -16,6 +16,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from helpers import FRACTIONS, fraction_argv, fraction_phantom, write_presets
 from organseg.cli.main import build_parser, main
 from organseg.errors import OrgansegError
 from organseg.study import run_study
@@ -29,7 +30,6 @@ from organseg.study.launcher import (
     from_args,
     make_executor,
 )
-from test_study_efficiency import FRACTIONS, fraction_argv, fraction_phantom, write_presets
 
 submitit = pytest.importorskip("submitit", reason="the launcher needs the optional extra organseg[slurm]")
 
@@ -39,7 +39,7 @@ def local_study(tmp_path_factory) -> dict:
     """The U-Net half of the fraction study twice: in this process, and as jobs of the local executor."""
     root = tmp_path_factory.mktemp("launcher")
     data = fraction_phantom(root)
-    preset = write_presets(root)
+    preset = write_presets(root, max_iterations=4, val_every=1)  # the fraction study's presets
     assert main(fraction_argv(data, preset, root / "inprocess", models=("unet",))) == 0
     launcher = SubmititLauncher(SlurmOptions(partition="test", gpus_per_run=0), cluster="local", poll_s=0.2)
     kw = dict(

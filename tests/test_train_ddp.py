@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import state_dict_of, tiny_config, tiny_dataset
 from organseg.checkpoint import model_from_checkpoint
 from organseg.training import read_metrics, train
-from test_train_support import state_dict_of, tiny_config, tiny_dataset
 
 TESTS = Path(__file__).resolve().parent
 
@@ -32,6 +32,14 @@ def _config() -> dict:
     )
 
 
+def _torchrun(script: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    proc = subprocess.run([*cmd, str(script)], capture_output=True, text=True, timeout=240, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
 def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     single = tmp_path / "single"
     train(_config(), tiny_dataset(12), single)
@@ -43,26 +51,14 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
             f"""
             import sys
             sys.path.insert(0, {str(TESTS)!r})
-            from test_train_ddp import _config
-            from test_train_support import tiny_dataset
+            from helpers import tiny_dataset
             from organseg.training import train
-            summary = train(_config(), tiny_dataset(12), {str(ddp)!r})
+            summary = train({_config()!r}, tiny_dataset(12), {str(ddp)!r})
             print("RANK_SUMMARY", summary["iterations"], summary["last_val"]["mean_dice"])
             """
         )
     )
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        str(script),
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = _torchrun(script)
     assert proc.stdout.count("RANK_SUMMARY 6 ") == 2  # both ranks finish, same iteration count
 
     a, b = read_metrics(single, "train"), read_metrics(ddp, "train")
@@ -83,3 +79,25 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
         torch.testing.assert_close(v, ref[k], atol=1e-5, rtol=0)
     env_json = (ddp / "env.json").read_text()
     assert '"world_size": 2' in env_json
+
+
+def test_one_rank_out_of_time_stops_every_rank_at_the_same_iteration(tmp_path):
+    out = tmp_path / "ddp"
+    script = tmp_path / "ddp_budget.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import os, sys
+            sys.path.insert(0, {str(TESTS)!r})
+            from helpers import tiny_config, tiny_dataset
+            from organseg.training import train
+            from organseg.training.budget import TimeBudget
+            if os.environ["RANK"] == "0":  # rank 0's clock never runs out; rank 1's does after one iteration
+                TimeBudget.exhausted = lambda self, train_seconds: False
+            summary = train(tiny_config(train={{"time_budget_min": 1e-9}}), tiny_dataset(12), {str(out)!r})
+            print("RANK_SUMMARY", summary["iterations"], summary["stopped"])
+            """
+        )
+    )
+    proc = _torchrun(script)  # a rank left waiting for the other would time out here
+    assert proc.stdout.count("RANK_SUMMARY 1 time_budget") == 2

@@ -19,18 +19,28 @@ import torch
 import yaml
 
 import organseg.training.loop as loop
+from helpers import SIZE, TINY_NET, state_dict_of, tiny_config, tiny_dataset
 from organseg.checkpoint import model_from_checkpoint, read_checkpoint
 from organseg.data.augment import resize_slice
 from organseg.errors import CheckpointError, ConfigError, DataError
+from organseg.run import TRAIN_FILES
 from organseg.training import TrainingDiverged, poly_lr, read_metrics, train
 from organseg.training.data import TrainBatches
 from organseg.training.distributed import DistEnv
 from organseg.training.schedule import make_sgd
-from test_train_support import SIZE, TINY, state_dict_of, tiny_config, tiny_dataset
 
 TESTS = Path(__file__).resolve().parent
 # 12 slices at batch 4: 3 iterations per epoch, 3 epochs, 9 iterations.
 N_SLICES, IPE, EPOCHS = 12, 3, 3
+
+
+def test_tiny_pieces_work():
+    ds = tiny_dataset(4)
+    assert ds.num_classes == 3 and len(ds.train_slices()) == 4 and ds.case_ids("val") == ["val_a", "val_b"]
+    from organseg.models import create_model
+
+    out = create_model(TINY_NET, num_classes=3)(torch.zeros(2, 1, SIZE, SIZE))
+    assert out.shape == (2, 3, SIZE, SIZE)
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +55,7 @@ def test_run_folder_records_and_checkpoints(uninterrupted):
     assert summary["stopped"] == "completed" and summary["iterations"] == IPE * EPOCHS
 
     cfg = yaml.safe_load((out / "config.yaml").read_text())
-    assert cfg["model"] == {"name": TINY, "args": {}, "pretrained": None}
+    assert cfg["model"] == {"name": TINY_NET, "args": {}, "pretrained": None}
     assert (
         cfg["train"]["batch_size"] == 4
         and cfg["train"]["seed"] == 1234
@@ -90,6 +100,14 @@ def test_run_folder_records_and_checkpoints(uninterrupted):
     assert json.loads((out / "summary.json").read_text())["iterations"] == total
 
 
+def test_a_run_folder_holds_only_what_train_files_lists(uninterrupted):
+    # TRAIN_FILES is what train owns in its folder (a dataset kept beside the run is safe) and removes again
+    # when a fresh run fails before its first checkpoint: anything else train wrote would escape both.
+    out, _ = uninterrupted
+    written = {p.name for p in out.iterdir()}
+    assert written <= set(TRAIN_FILES) and {"config.yaml", "checkpoints", "metrics.jsonl"} <= written
+
+
 def test_training_learns_the_tiny_task(uninterrupted):
     recs = read_metrics(uninterrupted[0], "train")
     assert np.mean([r["loss"] for r in recs[-3:]]) < np.mean([r["loss"] for r in recs[:3]])
@@ -102,7 +120,7 @@ def test_resume_after_sigkill_mid_epoch_is_bit_identical(uninterrupted, tmp_path
         f"""
         import os, signal, sys
         sys.path.insert(0, {str(TESTS)!r})
-        from test_train_support import tiny_config, tiny_dataset
+        from helpers import tiny_config, tiny_dataset
         import organseg.training.loop as loop
 
         class KillingLoss(loop.DiceCELoss):
@@ -149,6 +167,14 @@ def test_time_budget_stops_resumably_mid_epoch(uninterrupted, tmp_path):
         state_dict_of(out / "checkpoints" / "last.pt"),
     )
     assert all(torch.equal(ref[k], got[k]) for k in ref)
+
+
+def test_time_budget_is_asked_after_every_iteration_not_only_logged_ones(tmp_path):
+    # log_every 5: no record before the end of the first epoch (iteration 3), yet the run stops after one.
+    cfg = tiny_config(train={"time_budget_min": 1e-9, "log_every": 5})
+    summary = train(cfg, tiny_dataset(N_SLICES), tmp_path / "budget")
+    assert summary["stopped"] == "time_budget" and summary["iterations"] == 1
+    assert read_checkpoint(tmp_path / "budget" / "checkpoints" / "last.pt")["iteration"] == 1
 
 
 def test_existing_run_needs_resume_and_the_same_recipe(uninterrupted, tmp_path):

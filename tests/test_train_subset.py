@@ -8,12 +8,12 @@ import math
 
 import pytest
 
+from helpers import tiny_config, tiny_dataset
 from organseg.errors import ConfigError
 from organseg.training import train
 from organseg.training.config import load_config, resolve_config
 from organseg.training.data import TrainBatches, train_subset
 from organseg.training.distributed import DistEnv
-from test_train_support import tiny_config, tiny_dataset
 
 
 @pytest.mark.parametrize(

@@ -106,9 +106,9 @@ def test_cuda_build_without_a_gpu_and_too_few_gpus(monkeypatch):
 
 
 def test_one_rule_in_every_verb():
-    import organseg.cli.demo as demo
     import organseg.evaluation.tester as testing
     import organseg.prediction.predict as predict
+    import organseg.study.demo as demo
     import organseg.study.runner as compare
     import organseg.training.distributed as distributed
 

@@ -145,8 +145,8 @@ def test_bad_input_is_one_clear_error(tmp_path: Path) -> None:
 
 
 def test_organseg_test_writes_a_viewer_per_case(tmp_path: Path) -> None:
+    from helpers import make_run
     from organseg.evaluation.tester import run_test
-    from test_eval_cli import make_run
 
     rng = np.random.default_rng(0)
     meta = {"origin": (1.0, 2.0, 3.0), "direction": RAS.direction}

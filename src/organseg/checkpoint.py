@@ -19,18 +19,25 @@ Everything is written atomically through :mod:`organseg.fileio`.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from organseg.data.preprocess import validate_spec
 from organseg.errors import CheckpointError, OrgansegError
 from organseg.fileio import atomic_write, atomic_write_bytes, atomic_write_text  # noqa: F401 (earlier home)
 from organseg.imageio.orientation import code_problem
+from organseg.models import create_model, head_key, input_size_problem, model_name_problem
+from organseg.models.pretrained import official_swin_unet_network
+from organseg.models.state import describe_mismatch
+from organseg.models.state import first_keys as _first
 
 FORMAT = "organseg-checkpoint/1"
+#: ``source.kind`` of a checkpoint made from an official Swin-Unet training file (see :func:`read_checkpoint`)
+OFFICIAL_SWIN_UNET = "official_swin_unet"
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
@@ -61,8 +68,6 @@ def read_checkpoint(
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many types for truncated / non-torch files
-        import zipfile
-
         if not zipfile.is_zipfile(path):  # torch.save (>= 1.6) writes a zip archive: say so, not unpickling
             raise CheckpointError(
                 f"{path}: not a PyTorch checkpoint (torch.save writes a zip archive; this file is not one, "
@@ -72,8 +77,6 @@ def read_checkpoint(
         first = (str(exc).strip().splitlines() or [""])[0]
         raise CheckpointError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {first})") from None
     if official and isinstance(obj, dict) and "format" not in obj:
-        from organseg.models.pretrained import official_swin_unet_checkpoint
-
         return official_swin_unet_checkpoint(path)
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise CheckpointError(
@@ -112,8 +115,27 @@ def make_checkpoint(
     }
 
 
-def _first(items: list[str], n: int = 5) -> str:
-    return ", ".join(items[:n]) + (f" and {len(items) - n} more" if len(items) > n else "")
+def official_swin_unet_checkpoint(path: str | Path) -> dict[str, Any]:
+    """An official Swin-Unet training checkpoint (``torch.save(model.state_dict())``, with or without
+    ``module.``) as an organseg checkpoint dict, so ``test`` and ``predict`` can apply it directly: the
+    network and its arguments as :func:`organseg.models.pretrained.official_swin_unet_network` reads them off
+    the tensors, ``source.kind`` :data:`OFFICIAL_SWIN_UNET`. ``class_names`` and ``preprocessing`` are left
+    empty: the file does not say them, so the caller supplies the dataset's (``test``) or the reference
+    defaults (``predict``) and says so."""
+    path = Path(path)
+    model, args = official_swin_unet_network(path)
+    ckpt = make_checkpoint(
+        model, model_name="swin_unet", model_args=args, source={"kind": OFFICIAL_SWIN_UNET, "path": str(path)}
+    )
+    # The file does not record the orientation of its training data: absent, as in a checkpoint written
+    # before the field, not None ("the data had none"), so that predict says which it is.
+    del ckpt["orientation"]
+    return ckpt
+
+
+def is_official_swin_unet(ckpt: dict[str, Any]) -> bool:
+    """Whether ``ckpt`` was made from an official Swin-Unet file (no class names nor preprocessing)."""
+    return (ckpt.get("source") or {}).get("kind") == OFFICIAL_SWIN_UNET
 
 
 def check_state_dict(model: nn.Module, state: dict, source: str = "checkpoint") -> None:
@@ -132,24 +154,6 @@ def check_state_dict(model: nn.Module, state: dict, source: str = "checkpoint") 
             f"{source}: the weights do not fit the network: "
             + describe_mismatch(missing, unexpected, mismatched, "shapes differ (checkpoint vs network)")
         )
-
-
-def describe_mismatch(
-    missing: list[str],
-    unexpected: list[str],
-    shapes: list[str],
-    shapes_title: str = "shape mismatches",
-    first: Callable[..., str] = _first,
-) -> str:
-    """Missing keys, unexpected keys and shape mismatches, the first few of each named, in one line."""
-    parts = []
-    if missing:
-        parts.append(f"{len(missing)} missing keys {first(missing)}")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected keys {first(unexpected)}")
-    if shapes:
-        parts.append(f"{len(shapes)} {shapes_title} {first(shapes, 3)}")
-    return "; ".join(parts)
 
 
 #: What :func:`checkpoint_orientation` says of a checkpoint without the field (written before it existed).
@@ -181,8 +185,6 @@ def validate_checkpoint(ckpt: dict, source: str | Path = "checkpoint") -> nn.Mod
     weight is finite (a NaN checkpoint predicts garbage without a word); the weights fit the network the
     checkpoint describes key by key and shape by shape. Raises CheckpointError naming ``source``.
     """
-    from organseg.models import create_model, head_key, input_size_problem, list_models
-
     src = str(source)
     optional = {"model_args": {}, "class_names": [], "preprocessing": {}, "config": {}}  # absent: empty
     for key, kind in (("model", dict), ("model_name", str), ("model_args", dict), ("class_names", list),
@@ -194,22 +196,21 @@ def validate_checkpoint(ckpt: dict, source: str | Path = "checkpoint") -> nn.Mod
                 + ("nothing (missing)" if value is None else type(value).__name__)
             )
     name, weights, names = ckpt["model_name"], ckpt["model"], ckpt.get("class_names", [])
-    if name not in list_models():
-        raise CheckpointError(f"{src}: unknown model {name!r}; this organseg has {', '.join(list_models())}")
+    name_problem = model_name_problem(name)
+    if name_problem:
+        raise CheckpointError(f"{src}: {name_problem}")
     not_tensors = [k for k, v in weights.items() if not isinstance(v, torch.Tensor)]
     if not_tensors:
         raise CheckpointError(f"{src}: model entries that are not tensors: {_first(not_tensors)}")
     if not all(isinstance(n, str) for n in names):
         raise CheckpointError(f"{src}: class_names must be strings, got {names!r}")
-    official = (ckpt.get("source") or {}).get("kind") == "official_swin_unet"
-    if not names and not official:  # only an official Swin-Unet file lacks them (the dataset supplies them)
+    # only an official Swin-Unet file lacks them (the dataset supplies them)
+    if not names and not is_official_swin_unet(ckpt):
         raise CheckpointError(f"{src}: no class_names: an organseg checkpoint names its classes")
     orientation_problem = checkpoint_orientation_problem(ckpt)
     if orientation_problem:
         raise CheckpointError(f"{src}: {orientation_problem}")
     if ckpt.get("preprocessing"):
-        from organseg.data.preprocess import validate_spec
-
         try:
             validate_spec(ckpt["preprocessing"])
         except OrgansegError as exc:

@@ -19,6 +19,11 @@ class ConfigError(OrgansegError):
     """A configuration value is unknown or invalid."""
 
 
+class UnknownModelError(ConfigError):
+    """A network name the model registry does not know. The message names the key that gave it, the nearest
+    registered name and all of them."""
+
+
 class OutputError(OrgansegError):
     """An output cannot be written where asked: over an input, into a file or read-only place, or the disk is
     full. The message names the path."""

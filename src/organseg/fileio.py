@@ -32,6 +32,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from organseg.errors import DataError, OutputError
 
 PathLike = str | os.PathLike
@@ -451,8 +453,6 @@ def read_json(path: PathLike, what: str = "JSON file", kind: type | None = dict)
 
 def read_yaml(path: PathLike, what: str = "YAML file", loader: Callable[[str], Any] | None = None) -> Any:
     """A YAML document (safe loading); DataError naming the file and the problem in one line."""
-    import yaml
-
     text = read_text(path, what)
     try:
         return loader(text) if loader is not None else yaml.safe_load(text)

@@ -11,7 +11,9 @@ import io
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from organseg.fileio import atomic_write_bytes
 
 MISSING = "–"
 
@@ -39,6 +41,30 @@ def pm(stat: dict[str, Any], scale: float = 1.0) -> str:
 def signed_pct(v: float | None) -> str:
     """A relative change as a signed percentage: ``-0.14`` -> ``"-14.0%"``."""
     return MISSING if is_missing(v) else f"{100 * v:+.1f}%"
+
+
+def duration(seconds: float | None, style: Literal["short", "clock", "minutes"] = "short") -> str:
+    """A span of time, the one way organseg writes them; :data:`MISSING` when it is unknown (None, NaN,
+    infinite or negative).
+
+    ``"short"`` (tables and the verdict of ``comparison.md``): ``12.3 s`` below a minute, else ``m:ss`` or
+    ``h:mm:ss`` (whole seconds, rounded). ``"clock"`` (progress lines, whose elapsed time and ETA tick):
+    always ``h:mm:ss``. ``"minutes"`` (prose about runs that take minutes): ``4.3 min``, or ``45.0 s`` below
+    a minute.
+    """
+    if is_missing(seconds) or not math.isfinite(seconds) or seconds < 0:
+        return MISSING
+    if style == "minutes":
+        return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.1f} s"
+    if style == "short" and seconds < 60:
+        return f"{seconds:.1f} s"
+    m, s = divmod(round(seconds), 60)
+    h, m = divmod(m, 60)
+    if style == "clock":
+        return f"{h}:{m:02d}:{s:02d}"
+    if style != "short":
+        raise ValueError(f"duration style {style!r}: expected 'short', 'clock' or 'minutes'")
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
 def json_number(v: float | int | None) -> float | None:
@@ -85,18 +111,16 @@ def plot_value(v: float | None, scale: float = 1.0) -> float:
 
 def pyplot():
     """matplotlib's pyplot on the Agg backend: files only, never a window (nor a display needed)."""
-    import matplotlib
+    import matplotlib  # noqa: PLC0415 (about a second to import: only the verbs that draw pay it)
 
     matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415 (after matplotlib.use, and as heavy)
 
     return plt
 
 
 def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
     """Write ``fig`` as PNG atomically (a reader never sees half an image) and close it."""
-    from organseg.fileio import atomic_write_bytes
-
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     pyplot().close(fig)

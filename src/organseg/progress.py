@@ -14,6 +14,10 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TextIO
 
+from tqdm.auto import tqdm
+
+from organseg.formatting import duration
+
 #: seconds between two plain progress lines (a 40-case test of ten minutes writes about 60 lines)
 PLAIN_INTERVAL_S = 10.0
 
@@ -24,13 +28,6 @@ def is_terminal(stream: Any) -> bool:
         return bool(stream.isatty())
     except (AttributeError, ValueError, OSError):  # no isatty, or a closed stream
         return False
-
-
-def _hms(seconds: float) -> str:
-    if not math.isfinite(seconds) or seconds < 0:
-        return "?"
-    s = int(seconds)
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
 class PlainProgress:
@@ -114,9 +111,9 @@ class PlainProgress:
             parts[0] += f" ({100.0 * self.n / self.total:.0f}%)"
         if math.isfinite(rate):
             parts.append(f"{rate:.3g} {self.unit}/s")
-        parts.append(f"elapsed {_hms(elapsed)}")
+        parts.append(f"elapsed {duration(elapsed, 'clock')}")
         if self.total and math.isfinite(rate) and rate > 0:
-            parts.append(f"ETA {_hms((self.total - self.n) / rate)}")
+            parts.append(f"ETA {duration((self.total - self.n) / rate, 'clock')}")
         if self.postfix:
             parts.append(self.postfix)
         return (f"{self.desc}: " if self.desc else "") + ", ".join(parts)
@@ -146,8 +143,6 @@ def progress_bar(
     """
     stream = file if file is not None else sys.stderr
     if is_terminal(stream) or (file is None and "ipykernel" in sys.modules):  # a notebook shows a widget
-        from tqdm.auto import tqdm
-
         return tqdm(
             iterable, total=total, desc=desc, unit=unit, disable=disable, leave=leave, initial=initial,
             file=file, **bar_options,
@@ -160,8 +155,6 @@ def progress_bar(
 def progress_write(message: str) -> None:
     """Print a line without breaking a bar on the terminal (tqdm.write), plainly elsewhere."""
     if is_terminal(sys.stderr):
-        from tqdm.auto import tqdm
-
         tqdm.write(message)
     else:
         print(message, flush=True)

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from badinput.inputs import GARBAGE, TRAIN_SETS, Ctx, edit_checkpoint, edit_h5, edit_nifti, edit_npz, truncate
+from synthetic_scan import diagonal_frame
 
 GROUPS = {
     "paths": "Missing, empty, garbage or misplaced files and folders",
@@ -31,6 +32,7 @@ GROUPS = {
     "unwritable": "Unwritable output places",
     "device": "Devices this build does not have",
     "resources": "Crashes and memory-impossible requests",
+    "busy": "Output folders another organseg process is writing",
 }
 
 
@@ -46,7 +48,9 @@ class Case:
     expect: tuple[str, ...] = ()
     group: str = "paths"
     subprocess: bool = False  # may crash the interpreter (SIGSEGV) or exhaust memory: run it apart
-    timeout: float = 60.0
+    # CPU seconds (user + system, all threads) the case may use: a measure of the work done, which a busy
+    # machine does not stretch as it stretches wall-clock time (see probe.py; every case needs a few at most).
+    cpu_limit_s: float = 60.0
     needs_shared: bool = False  # needs ../shared (the real DICOM series)
     mem_gb: float | None = None  # address-space limit of a subprocess case
     allow_new: tuple[str, ...] = field(default=())  # glob patterns (relative to {t}) a case may leave
@@ -1391,7 +1395,7 @@ for v in ("maybe", "2"):
         ["train.compile"],
         group="config",
         subprocess=True,
-        timeout=30,
+        cpu_limit_s=30,
     )
 
 STRUCT = [
@@ -2183,17 +2187,11 @@ def _redirect(rel: str, direction: np.ndarray, out: str | None = None):
     return run
 
 
-def _diagonal_frame() -> np.ndarray:
-    """Image x along the cube diagonal: 54.7 degrees from every patient axis, nearest to none."""
-    u, v = np.array([1.0, 1.0, 1.0]) / np.sqrt(3), np.array([1.0, -1.0, 0.0]) / np.sqrt(2)
-    return np.stack([u, v, np.cross(u, v)], axis=1)
-
-
 _SHEAR = np.array([[1.0, 0.3, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
 ORIENTED = on("ckpt.pt", lambda p: edit_checkpoint(p, _set("orientation", "LPS")))
 for cid, what, setup, argv, expect, group in [
     ("predict-scan-oblique-45", "a scan whose voxel axes are 45 degrees or more from every patient axis",
-     steps(PREDICT_SETUP, ORIENTED, _redirect("scan.nii.gz", _diagonal_frame())), PREDICT, ["scan.nii.gz"],
+     steps(PREDICT_SETUP, ORIENTED, _redirect("scan.nii.gz", diagonal_frame())), PREDICT, ["scan.nii.gz"],
      "scan"),
     ("predict-scan-sheared", "a scan with a sheared (not orthonormal) direction matrix (.mha)",
      steps(PREDICT_SETUP, ORIENTED, _redirect("scan.nii.gz", _SHEAR, "scan.mha")),
@@ -2204,6 +2202,37 @@ for cid, what, setup, argv, expect, group in [
      [*PREDICT, "--ensemble", "{t}/swin.pt"], ["swin.pt"], "checkpoint"),
 ]:
     add(cid, argv[0], what, setup, argv, expect, group=group)
+
+
+# ---------------------------------------------------------------- one writer per folder (issue 27): another
+# process holds the folder (Ctx.hold) while the case runs
+
+
+def held(rel: str):
+    return lambda c: c.hold(rel)
+
+
+BUSY = ["in use by another organseg process", "pid"]
+for cid, what, setup, argv, expect in [
+    ("train-busy-new-out", "train into a new --out another process is writing",
+     steps(TRAIN_SETUP, held("run2")), TRAIN, ["run2"]),
+    ("train-busy-resume", "train --resume of a run that is still training",
+     steps(cp("syn"), cp("run"), held("run")),
+     ["train", "unet_synapse", "--data", "{t}/syn", "--out", "{t}/run", "--resume", *TRAIN_SETS], ["run"]),
+    ("compare-busy-study", "compare on a study folder another compare is writing",
+     steps(COMPARE_SETUP, held("study")), COMPARE, ["study"]),
+    ("compare-busy-collect", "compare --collect into a study folder another compare is writing",
+     steps(cp("run", "study/runs/unet__seed1234"), held("study")),
+     ["compare", "--collect", "--out", "{t}/study"], ["study"]),
+    ("test-busy-results", "test into a run's results folder another test is writing",
+     steps(TEST_SETUP, held("run/results/test_last")), TEST, ["results/test_last"]),
+    ("test-busy-out", "test --out into a folder another process is writing",
+     steps(TEST_SETUP, held("res")), [*TEST, "--out", "{t}/res"], ["res"]),
+    ("predict-busy-out", "predict into an --out folder another predict is writing",
+     steps(PREDICT_SETUP, held("segs")), ["predict", "{t}/ckpt.pt", "{t}/scan.nii.gz", "--out", "{t}/segs"],
+     ["segs"]),
+]:
+    add(cid, argv[0], what, setup, argv, [*expect, *BUSY], group="busy")
 
 
 def by_id() -> dict[str, Case]:

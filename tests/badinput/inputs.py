@@ -9,7 +9,10 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import shutil
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -168,6 +171,34 @@ class Ctx:
         path = self.t / rel
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+    def hold(self, rel: str) -> Path:
+        """Another process takes the lock of the folder ``rel`` (organseg.locks; created if missing) and holds
+        it while the case runs; returns the folder."""
+        path = self.t / rel
+        paths = [str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+        proc = subprocess.Popen([sys.executable, "-c", _HOLD, str(path), str(self.t)], env=env, text=True,
+                                stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)  # fmt: skip
+        _HOLDERS[:] = [p for p in _HOLDERS if p.poll() is None] + [proc]
+        if proc.stdout.readline().strip() != "held":
+            raise RuntimeError(f"the helper process could not hold {path}")
+        return path
+
+
+# The helper of Ctx.hold: holds FOLDER's lock until the case folder is gone (the probe removes it after each
+# case), the process that started it ends, or 120 s have passed: long enough for a case that fails at once.
+_HOLD = """
+import os, sys, time
+from organseg.locks import folder_lock
+folder, case, parent = sys.argv[1], sys.argv[2], os.getppid()
+with folder_lock(folder, "train"):
+    print("held", flush=True)
+    end = time.monotonic() + 120
+    while os.path.isdir(case) and os.getppid() == parent and time.monotonic() < end:
+        time.sleep(0.2)
+"""
+_HOLDERS: list[subprocess.Popen] = []  # kept: a Popen collected while its process runs would warn
 
 
 def truncate(path: Path, keep: float = 0.5) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 
 from organseg.errors import ConfigError
+from organseg.locks import folder_lock
 from organseg.values import FOLDS, WORKERS, option
 
 
@@ -110,10 +111,11 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(
                 f"--collect reads everything from the run folders; {', '.join(given)} do(es) not apply"
             )
-        result = collect(
-            args.out, args.collect or None, split=args.split, checkpoint=args.checkpoint, models=args.models,
-            notes=args.notes,
-        )
+        with folder_lock(args.out, "compare"):  # the study folder's one writer, as run_study
+            result = collect(
+                args.out, args.collect or None, split=args.split, checkpoint=args.checkpoint,
+                models=args.models, notes=args.notes,
+            )
     else:
         if not args.data or not args.models:
             raise ConfigError("--data and --models are needed (or --collect to aggregate finished runs)")

@@ -102,13 +102,12 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.subjects is not None:
         raise ConfigError("--subjects maps a dataset's cases to subjects: give the dataset with --data")
-    from organseg.models import list_models
+    from organseg.models import check_model_name, list_models
     from organseg.models.flops import model_profile
 
     names = args.models or list_models()
-    unknown = [n for n in names if n not in list_models()]
-    if unknown:
-        raise ConfigError(f"unknown model(s) {', '.join(unknown)}; available: {', '.join(list_models())}")
+    for name in names:
+        check_model_name(name, key="--models")
     if args.img_size < 16 or args.img_size % 16:
         raise ConfigError(f"--img-size must be a positive multiple of 16, got {args.img_size}")
     rows = []

@@ -8,6 +8,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -35,6 +36,8 @@ class SegmentationDataset(ABC):
     """A labelled segmentation dataset with train slices and evaluation volumes."""
 
     name: str = "dataset"
+    #: the folder the dataset is read from; None for a dataset in memory (:class:`ArrayDataset`)
+    root: Path | None = None
     #: class index -> human-readable name; index 0 is background.
     class_names: tuple[str, ...] = ()
     #: how raw scanner intensities were mapped to [0, 1], as plain data; recorded in checkpoints so that
@@ -54,6 +57,11 @@ class SegmentationDataset(ABC):
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def location(self) -> str:
+        """Where the dataset is, for messages: its folder, or its name when it is in memory."""
+        return str(self.root) if self.root is not None else self.name
 
     @abstractmethod
     def train_slices(self) -> Sequence[tuple[np.ndarray, np.ndarray]]:
@@ -125,9 +133,8 @@ def check_disjoint_subjects(dataset: SegmentationDataset) -> None:
         if len(seen) > 1:
             (s1, c1), (s2, c2) = list(seen.items())[:2]
             subject = dataset.subject_of(case)
-            where = getattr(dataset, "root", dataset.name)
             raise DataError(
-                f"{where}: subject {subject!r} is on two sides of the split: "
+                f"{dataset.location}: subject {subject!r} is on two sides of the split: "
                 f"{c1} in {dataset.split_source(s1)} and {c2} in {dataset.split_source(s2)}; a patient's "
                 "volumes (e.g. both ACDC frames) must all be in one list"
             )

@@ -8,8 +8,11 @@ either order imports it from here.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
+
+from organseg.errors import DataError, OrgansegError
 
 # Index order of the TransUNet Synapse data (reference_protocol.md §3.4, SAMed mapping).
 SYNAPSE_CLASSES: tuple[str, ...] = (
@@ -66,6 +69,32 @@ ACDC_CLASSES: tuple[str, ...] = ("background", "RV", "Myo", "LV")
 ACDC_PAPER_COLUMNS: tuple[tuple[str, int], ...] = (("RV", 1), ("Myo", 2), ("LV", 3))
 
 
+def same_class_names(a: Sequence[str], b: Sequence[str]) -> bool:
+    """Whether two lists name the same classes in the same order, case aside ("rv" is "RV"): the one
+    comparison of a checkpoint's, a run's and a dataset's classes."""
+    return [str(n).lower() for n in a] == [str(n).lower() for n in b]
+
+
+def check_same_classes(
+    names: Sequence[str] | None,
+    expected: Sequence[str] | None,
+    *,
+    source: str | Path,
+    names_are: str,
+    expected_are: str,
+    then: str = "",
+    error: type[OrgansegError] = DataError,
+) -> None:
+    """Raise ``error`` when ``names`` (a checkpoint's, a run's classes) are not ``expected`` (the dataset's,
+    another network's or run's) by :func:`same_class_names`. An empty list is unknown and agrees with any
+    (an official Swin-Unet checkpoint names no classes). One message, naming the file and both lists:
+    ``SOURCE: NAMES_ARE [names], but EXPECTED_ARE [expected]: THEN``."""
+    if not names or not expected or same_class_names(names, expected):
+        return
+    consequence = f": {then}" if then else ""
+    raise error(f"{source}: {names_are} {list(names)}, but {expected_are} {list(expected)}{consequence}")
+
+
 def paper_columns(class_names: Sequence[str]) -> list[tuple[str, int]]:
     """Table columns (title, class index) for a dataset's class names.
 
@@ -73,10 +102,9 @@ def paper_columns(class_names: Sequence[str]) -> list[tuple[str, int]]:
     order, titled by their names.
     """
     names = tuple(str(n) for n in class_names)
-    folded = tuple(n.lower() for n in names)
-    if folded == tuple(n.lower() for n in SYNAPSE_CLASSES):
+    if same_class_names(names, SYNAPSE_CLASSES):
         return list(SYNAPSE_PAPER_COLUMNS)
-    if folded == tuple(n.lower() for n in ACDC_CLASSES):
+    if same_class_names(names, ACDC_CLASSES):
         return list(ACDC_PAPER_COLUMNS)
     return [(name, i) for i, name in enumerate(names) if i > 0]
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from organseg.errors import DataError
 from organseg.fileio import atomic_write_text
+from organseg.locks import LOCK_FILE
 
 STATUS_FILE = "organseg_status.json"
 STATUS_FORMAT = "organseg-status/1"
@@ -106,11 +107,13 @@ def require_complete(folder: str | Path) -> dict | None:
 
 def own_entries(folder: Path) -> list[Path]:
     """What makes a folder non-empty for a writer: everything but hidden files that are not organseg's own
-    (``.DS_Store`` and the like do not count; prepare's ``.organseg_prepare/`` and temporaries do)."""
+    (``.DS_Store`` and the like do not count; prepare's ``.organseg_prepare/`` and temporaries do; a lock file
+    a killed writer left does not, see :mod:`organseg.locks`)."""
     return sorted(
         p
         for p in folder.iterdir()
-        if not p.name.startswith(".") or p.name.startswith(".organseg") or _TEMPORARY.match(p.name)
+        if (not p.name.startswith(".") or p.name.startswith(".organseg") or _TEMPORARY.match(p.name))
+        and p.name != LOCK_FILE
     )
 
 

@@ -126,8 +126,7 @@ class FoldView(SegmentationDataset):
         self.base, self.fold, self.folds, self.seed = dataset, fold, folds, seed
         self.name, self.class_names = dataset.name, dataset.class_names
         self.preprocessing, self.train_source = dataset.preprocessing, dataset.train_source
-        if hasattr(dataset, "root"):
-            self.root = dataset.root
+        self.root = dataset.root
         self.all_folds = fold_subjects(dataset, folds, seed)
         self.held_out = self.all_folds[fold]
         held = set(self.held_out)
@@ -136,8 +135,7 @@ class FoldView(SegmentationDataset):
         self._val = [c for c in dataset.case_ids("train") if dataset.subject_of(c) in held]
         self._train = [c for c in dataset.case_ids("train") if dataset.subject_of(c) not in held]
         if not self._keep:
-            where = getattr(self, "root", self.name)
-            raise DataError(f"{where}: fold {fold} of {folds} leaves no training slices")
+            raise DataError(f"{self.location}: fold {fold} of {folds} leaves no training slices")
 
     def default_subject(self, case_id: str) -> str:
         return self.base.subject_of(case_id)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from organseg.data.io import read_h5_pair, read_npz_slice
-from organseg.errors import ConfigError
+from organseg.errors import ConfigError, DataError
 
 
 class FileSlices(Sequence):
@@ -33,8 +33,6 @@ class FileSlices(Sequence):
         path = self.paths[index]
         image, label = read_npz_slice(path) if self.fmt == "npz" else read_h5_pair(path, ndim=2)
         if self.num_classes is not None and label.size and int(label.max()) >= self.num_classes:
-            from organseg.errors import DataError
-
             raise DataError(f"{path}: label id {int(label.max())} is outside the {self.num_classes} classes")
         return image, label
 

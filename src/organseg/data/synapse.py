@@ -37,6 +37,7 @@ from organseg.data.io import read_h5_pair, read_list, read_npz_slice, require_fi
 from organseg.data.preprocess import ct_window_spec, validate_spec
 from organseg.data.slices import FileSlices, holdout
 from organseg.errors import ConfigError, DataError
+from organseg.fileio import read_json
 from organseg.imageio.orientation import scan_orientation
 
 SIDECAR = "organseg_synapse.json"
@@ -148,8 +149,6 @@ class SynapseDataset(SegmentationDataset):
         path = self.root / SIDECAR
         if not path.is_file():
             return {}
-        from organseg.fileio import read_json
-
         data = read_json(path, "sidecar JSON")
         names = data.get("class_names")
         if names is not None and list(names) != list(SYNAPSE_CLASSES):

@@ -514,7 +514,7 @@ def evaluate_dataset(
     if max_cases is not None:
         case_ids = case_ids[:max_cases]
     if not case_ids:
-        raise DataError(f"{getattr(dataset, 'root', dataset.name)}: the {split!r} split has no cases")
+        raise DataError(f"{dataset.location}: the {split!r} split has no cases")
     num_classes = dataset.num_classes
     tolerances = _tolerances(nsd_tolerance_mm, num_classes)  # a bad value fails before any prediction
     ref, corr, pres, spacings, surf, slices = [], [], [], [], [], []

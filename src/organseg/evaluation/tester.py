@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from organseg.data.base import SegmentationDataset, Volume
+from organseg.data.classes import check_same_classes
 from organseg.data.detect import resolve_dataset
 from organseg.device import resolve_device
 from organseg.errors import DataError
@@ -26,6 +27,7 @@ from organseg.inference.sources import (
     network_orientation,
 )
 from organseg.inference.targets import RunTarget, checkpoint_patch_size, results_dir
+from organseg.locks import folder_lock
 from organseg.reporting.report import OverlayCollector, write_report
 from organseg.reporting.tables import results_table
 from organseg.reporting.viewer import VIEWER_DIR, CaseViewers, chain
@@ -190,16 +192,18 @@ def members_table(summary: RunTestResult, members: Sequence[RunTestResult | Memb
 def _check_classes(tgt: RunTarget, ckpt: dict[str, Any], dataset: SegmentationDataset) -> None:
     """The network must have been trained on the dataset's classes: scores of a mismatched head are noise."""
     names = list(ckpt.get("class_names") or [])
-    if names and [n.lower() for n in names] != [str(n).lower() for n in dataset.class_names]:
-        raise DataError(
-            f"{tgt.checkpoint_path}: the network was trained on classes {names}, but the dataset "
-            f"{getattr(dataset, 'root', dataset.name)} has {list(dataset.class_names)}"
-        )
+    check_same_classes(
+        names,
+        dataset.class_names,
+        source=tgt.checkpoint_path,
+        names_are="the network was trained on classes",
+        expected_are=f"the dataset {dataset.location} has",
+    )
     # An official checkpoint names no classes: the dataset names them, and the head must count as many.
     if not names and class_count(ckpt) != dataset.num_classes:
         raise DataError(
             f"{tgt.checkpoint_path}: its class head has {class_count(ckpt)} outputs, but the dataset "
-            f"{getattr(dataset, 'root', dataset.name)} has {dataset.num_classes} classes"
+            f"{dataset.location} has {dataset.num_classes} classes"
         )
 
 
@@ -220,7 +224,7 @@ def _checked_results_folder(
     checkpoint, and neither it nor the report may be unwritable."""
     folder = results_dir(tgt, split, out)
     what = "--out" if out is not None else "results folder"
-    inputs: dict[str, Any] = {"--data": getattr(dataset, "root", None), "CHECKPOINT": tgt.checkpoint_path}
+    inputs: dict[str, Any] = {"--data": dataset.root, "CHECKPOINT": tgt.checkpoint_path}
     inputs.update({f"--ensemble member {k}": s for k, s in enumerate(sources[1:], start=1)})
     check_output(folder, inputs, what=what, folder=True)
     check_output_dir(folder, what=what)
@@ -265,40 +269,41 @@ def _test_one(
     _check_classes(tgt, ckpt, dataset)
     model.to(dev)
     folder = _checked_results_folder(tgt, split, out, dataset, sources, report)
-    collector = OverlayCollector()
-    on_case = chain(
-        _nifti_writer(ResultsDir(folder).file(ResultsDir.NIFTI), collector) if save_nifti else collector,
-        CaseViewers(folder / VIEWER_DIR, dataset.class_names) if viewer else None,
-    )
-    result = evaluate_dataset(
-        model,
-        dataset,
-        split,
-        patch_size=checkpoint_patch_size(ckpt),
-        batch_size=batch_size,
-        precision=precision,
-        device=dev,
-        reference_loop=reference_loop,
-        max_cases=max_cases,
-        progress=progress,
-        on_case=on_case,
-        orientation=code,
-    )
-    extra: SummaryExtra = {
-        "model_name": ckpt.get("model_name"),
-        "checkpoint": str(tgt.checkpoint_path),
-        "data": str(getattr(dataset, "root", dataset.name)),
-        "precision": precision,
-        "device": str(dev),
-        "inference": "reference loop" if reference_loop else f"batched ({batch_size} slices)",
-        "orientation": code,
-        "orientation_notes": orientation_notes,
-    }
-    if sources:
-        extra.update(ensemble=list(sources), tta=tta)
-    result.write(folder, extra)
-    collector.save(ResultsDir(folder).file(ResultsDir.OVERLAYS))
-    summary: RunTestResult = {**result.summary(), **extra, "results_dir": str(folder)}
-    summary["table"] = results_table(summary, ckpt.get("model_name"))
-    summary["report"] = str(write_report(_report_root(tgt, out, folder))) if report else None
-    return summary
+    with folder_lock(folder, "test"):  # one writer per results folder (organseg.locks)
+        collector = OverlayCollector()
+        on_case = chain(
+            _nifti_writer(ResultsDir(folder).file(ResultsDir.NIFTI), collector) if save_nifti else collector,
+            CaseViewers(folder / VIEWER_DIR, dataset.class_names) if viewer else None,
+        )
+        result = evaluate_dataset(
+            model,
+            dataset,
+            split,
+            patch_size=checkpoint_patch_size(ckpt),
+            batch_size=batch_size,
+            precision=precision,
+            device=dev,
+            reference_loop=reference_loop,
+            max_cases=max_cases,
+            progress=progress,
+            on_case=on_case,
+            orientation=code,
+        )
+        extra: SummaryExtra = {
+            "model_name": ckpt.get("model_name"),
+            "checkpoint": str(tgt.checkpoint_path),
+            "data": dataset.location,
+            "precision": precision,
+            "device": str(dev),
+            "inference": "reference loop" if reference_loop else f"batched ({batch_size} slices)",
+            "orientation": code,
+            "orientation_notes": orientation_notes,
+        }
+        if sources:
+            extra.update(ensemble=list(sources), tta=tta)
+        result.write(folder, extra)
+        collector.save(ResultsDir(folder).file(ResultsDir.OVERLAYS))
+        summary: RunTestResult = {**result.summary(), **extra, "results_dir": str(folder)}
+        summary["table"] = results_table(summary, ckpt.get("model_name"))
+        summary["report"] = str(write_report(_report_root(tgt, out, folder))) if report else None
+        return summary

@@ -68,7 +68,7 @@ class _Slice:
 
 
 def _read_slice_header(path: Path) -> _Slice:
-    import SimpleITK as sitk
+    import SimpleITK as sitk  # noqa: PLC0415 (about 0.3 s to import: only the verbs that read or write volumes pay it)
 
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
@@ -247,7 +247,7 @@ def _has_dicom_marker(path: Path) -> bool:
 
 def _folder_members(folder: Path) -> dict[str, list[str]]:
     """SeriesInstanceUID -> files of that series directly in ``folder``, as GDCM groups them."""
-    import SimpleITK as sitk
+    import SimpleITK as sitk  # noqa: PLC0415 (about 0.3 s to import: only the verbs that read or write volumes pay it)
 
     ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
     return {uid: list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)) for uid in ids}
@@ -255,7 +255,7 @@ def _folder_members(folder: Path) -> dict[str, list[str]]:
 
 def _series_details(uid: str, files: Sequence[str]) -> SeriesInfo:
     """The series' description, number and modality from its first file's header ('' where unreadable)."""
-    import SimpleITK as sitk
+    import SimpleITK as sitk  # noqa: PLC0415 (about 0.3 s to import: only the verbs that read or write volumes pay it)
 
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(files[0]))

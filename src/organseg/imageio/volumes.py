@@ -24,12 +24,13 @@ import numpy as np
 
 from organseg.errors import DataError, OutputError
 from organseg.fileio import atomic_write
+from organseg.imageio.dicom import dicom_series_files
+from organseg.imageio.formats import describe_itk_error
 
 if TYPE_CHECKING:  # SimpleITK is imported where it is used: augmentation and the phantom do not need it
     import SimpleITK as sitk
 
     from organseg.data.base import Volume
-from organseg.imageio.formats import describe_itk_error
 
 
 @dataclass(frozen=True)
@@ -327,7 +328,7 @@ def _itk_guard(quiet: bool):
     it there; Python's default text encoding would then become ASCII for the rest of the process. With
     ``quiet`` (DICOM series) ITK's multi-line warnings (e.g. "Non uniform sampling or missing slices") are
     switched off meanwhile: the series checks turn every such condition into one DataError first."""
-    import SimpleITK as sitk
+    import SimpleITK as sitk  # noqa: PLC0415 (about 0.3 s to import: only the verbs that read or write volumes pay it)
 
     saved = locale.setlocale(locale.LC_ALL)
     warnings_on = sitk.ProcessObject_GetGlobalWarningDisplay()
@@ -353,15 +354,13 @@ def read_sitk(path: str | Path, *, series_uid: str | None = None) -> sitk.Image:
 
 
 def _read_sitk(path: str | Path, series_uid: str | None) -> sitk.Image:
-    import SimpleITK as sitk
+    import SimpleITK as sitk  # noqa: PLC0415 (about 0.3 s to import: only the verbs that read or write volumes pay it)
 
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: file not found")
     try:
         if path.is_dir():
-            from organseg.imageio.dicom import dicom_series_files
-
             files = [str(f) for f in dicom_series_files(path, series_uid)]
             reader = sitk.ImageSeriesReader()
             reader.SetFileNames(files)
@@ -410,7 +409,7 @@ def read_image(path: str | Path, *, series_uid: str | None = None) -> tuple[np.n
     Raises DataError naming the path for a missing, empty, truncated, non-image, non-3-D or multi-series
     input.
     """
-    import SimpleITK as sitk
+    import SimpleITK as sitk  # noqa: PLC0415 (about 0.3 s to import: only the verbs that read or write volumes pay it)
 
     image = read_sitk(path, series_uid=series_uid)
     return sitk.GetArrayFromImage(image), Geometry.from_sitk(image)
@@ -418,7 +417,7 @@ def read_image(path: str | Path, *, series_uid: str | None = None) -> tuple[np.n
 
 def read_image_info(path: str | Path) -> tuple[tuple[int, int, int], Geometry]:
     """Shape (D, H, W) and geometry from the header only (cheap); DataError like :func:`read_image`."""
-    import SimpleITK as sitk
+    import SimpleITK as sitk  # noqa: PLC0415 (about 0.3 s to import: only the verbs that read or write volumes pay it)
 
     path = Path(path)
     if path.is_dir():
@@ -492,7 +491,7 @@ def write_image(
     replaces the placement fields ITK writes with those of the input the array was read from (see
     :class:`NiftiTransform`): the array must then be in that input's voxel order and shape.
     """
-    import SimpleITK as sitk
+    import SimpleITK as sitk  # noqa: PLC0415 (about 0.3 s to import: only the verbs that read or write volumes pay it)
 
     array = np.asarray(array)
     if array.ndim != 3:

@@ -28,10 +28,11 @@ from torch import nn
 from organseg.checkpoint import (
     PREDATES_ORIENTATION,
     checkpoint_orientation,
+    is_official_swin_unet,
     model_from_checkpoint,
     read_checkpoint,
 )
-from organseg.data.classes import ACDC_CLASSES, SYNAPSE_CLASSES
+from organseg.data.classes import ACDC_CLASSES, SYNAPSE_CLASSES, check_same_classes
 from organseg.data.synapse import TRANSUNET_ORIENTATION
 from organseg.errors import CheckpointError, ConfigError
 from organseg.inference.engine import averaged
@@ -56,7 +57,7 @@ class Member:
 
     @property
     def official(self) -> bool:
-        return (self.ckpt.get("source") or {}).get("kind") == "official_swin_unet"
+        return is_official_swin_unet(self.ckpt)
 
 
 def expand_source(
@@ -135,9 +136,14 @@ def _check_agree(a: Member, b: Member) -> None:
     what = f"ensemble members {a.source} and {b.source}"
     if class_count(a.ckpt) != class_count(b.ckpt):
         raise ConfigError(f"{what} predict {class_count(a.ckpt)} and {class_count(b.ckpt)} classes")
-    na, nb = a.ckpt.get("class_names") or [], b.ckpt.get("class_names") or []
-    if na and nb and [n.lower() for n in na] != [n.lower() for n in nb]:
-        raise ConfigError(f"{what} have other class names: {na} vs {nb}")
+    check_same_classes(
+        b.ckpt.get("class_names"),
+        a.ckpt.get("class_names"),
+        source=b.source,
+        names_are="this ensemble member was trained on classes",
+        expected_are=f"ensemble member {a.source} on",
+        error=ConfigError,
+    )
     pa, pb = a.ckpt.get("preprocessing") or {}, b.ckpt.get("preprocessing") or {}
     if pa and pb and pa != pb:
         raise ConfigError(f"{what} map intensities differently: {pa} vs {pb}")

@@ -6,12 +6,14 @@ from organseg.models import unet as _unet  # noqa: F401  (registers "unet")
 from organseg.models._registry import (
     check_input_size,
     check_model_args,
+    check_model_name,
     create_model,
     has_model,
     head_key,
     input_size_problem,
     list_models,
     model_defaults,
+    model_name_problem,
     register_model,
     takes_image_size,
 )
@@ -25,6 +27,7 @@ from organseg.models.layout import (
 __all__ = [
     "check_input_size",
     "check_model_args",
+    "check_model_name",
     "create_model",
     "has_model",
     "head_key",
@@ -32,6 +35,7 @@ __all__ = [
     "is_channels_last",
     "list_models",
     "model_defaults",
+    "model_name_problem",
     "prefers_channels_last",
     "register_model",
     "set_channels_last",

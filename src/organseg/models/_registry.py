@@ -8,12 +8,14 @@ does not fit it (or None when it does).
 
 from __future__ import annotations
 
+import difflib
+import inspect
 from collections.abc import Callable
 from typing import Any
 
 from torch import nn
 
-from organseg.errors import ConfigError
+from organseg.errors import ConfigError, UnknownModelError
 
 SizeRule = Callable[[int, dict[str, Any]], "str | None"]
 
@@ -49,13 +51,29 @@ def list_models() -> list[str]:
     return sorted(_MODELS)
 
 
+def model_name_problem(name: str) -> str | None:
+    """Why ``name`` is no registered network (naming the nearest registered name and all of them), or None
+    when it is one."""
+    if name in _MODELS:
+        return None
+    near = difflib.get_close_matches(str(name), list_models(), n=1, cutoff=0.5)
+    hint = f" (did you mean {near[0]!r}?)" if near else ""
+    return f"unknown model {name!r}{hint}; available: {', '.join(list_models())}"
+
+
+def check_model_name(name: str, key: str = "model.name") -> None:
+    """UnknownModelError (a ConfigError) naming ``key``, ``name`` and the nearest registered name, when
+    ``name`` is no registered network."""
+    problem = model_name_problem(name)
+    if problem is not None:
+        raise UnknownModelError(f"{key}: {problem}")
+
+
 def create_model(name: str, **overrides) -> nn.Module:
-    """Build a registered model with the paper's configuration, any constructor argument overridden."""
-    try:
-        factory = _MODELS[name]
-    except KeyError:
-        raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}") from None
-    return factory(**overrides)
+    """Build a registered model with the paper's configuration, any constructor argument overridden; an
+    unknown ``name`` raises UnknownModelError."""
+    check_model_name(name)
+    return _MODELS[name](**overrides)
 
 
 def head_key(name: str) -> str | None:
@@ -91,8 +109,6 @@ def has_model(name: str) -> bool:
 
 def model_defaults(name: str) -> dict[str, Any]:
     """The factory's keyword defaults (the paper configuration) of network ``name``."""
-    import inspect
-
     params = inspect.signature(_MODELS[name]).parameters.values()
     return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
 

@@ -18,6 +18,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
+from organseg.models._registry import create_model, has_model, takes_image_size
+
 # Published / reference figures per 224x224 single-channel image, 9 classes.
 # params: the golden state-dict key lists (shared/golden/*_state_dict_keys.tsv).
 # gflops: the project's reference numbers (2 FLOPs per multiply-add): U-Net 86.1, Swin-Unet 12.2
@@ -103,8 +105,6 @@ def describe(model: nn.Module) -> str:
 
 def model_profile(name: str, img_size: int = 224, **overrides: Any) -> dict[str, Any]:
     """Build registered network ``name`` and return its size, cost and configuration as plain data."""
-    from organseg.models import create_model, has_model, takes_image_size
-
     if has_model(name) and takes_image_size(name):
         overrides.setdefault("img_size", img_size)  # a network built for one input size (Swin-Unet)
     model = create_model(name, **overrides)

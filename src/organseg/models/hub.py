@@ -9,16 +9,22 @@ which file to fetch from where and where to put it. Loading the file is :mod:`or
 
 from __future__ import annotations
 
+import hashlib
 import os
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from organseg import __version__
 from organseg.errors import CheckpointError
+from organseg.fileio import atomic_write
 from organseg.formatting import first_names, shape_text
 from organseg.models.pretrained import read_weights
+from organseg.progress import progress_bar
 
 # ------------------------------------------------------------------------------------------- published files
 
@@ -129,14 +135,6 @@ def resolve_pretrained(
 
 def download_weights(pub: PublishedWeights, dest: Path, *, progress: bool = True) -> None:
     """Fetch ``pub.url`` to ``dest`` through a temporary file; only a checked, complete file is renamed."""
-    import hashlib
-    import urllib.error
-    import urllib.request
-
-    from organseg import __version__
-    from organseg.fileio import atomic_write
-    from organseg.progress import progress_bar
-
     def offline(reason: str) -> CheckpointError:
         return CheckpointError(
             f"model.pretrained=imagenet: {pub.filename} ({pub.what}) is not in {dest.parent} and cannot be "

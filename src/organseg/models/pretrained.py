@@ -28,10 +28,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from organseg.errors import CheckpointError
 from organseg.formatting import first_names, shape_text
+from organseg.models._registry import create_model
+from organseg.models.state import describe_mismatch
+from organseg.models.swin_unet import SwinTransformerSys
 
 KINDS = ("auto", "swin_unet", "swin_imagenet", "vgg16_bn")
 # Buffers derived from the architecture: never "left random", whether or not a file supplies them.
@@ -99,8 +103,6 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise CheckpointError(f"{path}: weight file not found")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         try:
             obj: Any = load_file(str(path), device="cpu")
         except Exception as exc:  # SafetensorError, OSError, ...: truncated or not safetensors
@@ -147,8 +149,6 @@ def detect_kind(state: dict[str, torch.Tensor]) -> str:
 
 def _swin_net(model: nn.Module) -> tuple[nn.Module, str]:
     """The SwinTransformerSys inside ``model`` and the prefix its keys carry in ``model.state_dict()``."""
-    from organseg.models.swin_unet import SwinTransformerSys
-
     if isinstance(model, SwinTransformerSys):
         return model, ""
     net = getattr(model, "swin_unet", None)
@@ -160,8 +160,6 @@ def _swin_net(model: nn.Module) -> tuple[nn.Module, str]:
 def _mismatch_message(
     path: Path, what: str, missing: list[str], unexpected: list[str], shapes: list[str]
 ) -> str:
-    from organseg.checkpoint import describe_mismatch
-
     detail = describe_mismatch(missing, unexpected, shapes, first=first_names)
     return f"{path}: does not fit {what}: {detail}"
 
@@ -391,18 +389,15 @@ def load_pretrained(model: nn.Module, path: str | Path, kind: str = "auto") -> L
 # --------------------------------------------------------------------------------------- official checkpoints
 
 
-def official_swin_unet_checkpoint(path: str | Path) -> dict[str, Any]:
-    """An official Swin-Unet training checkpoint (``torch.save(model.state_dict())``, with or without
-    ``module.``) as an organseg checkpoint dict, so ``test`` and ``predict`` can apply it directly.
+def official_swin_unet_network(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """The network an official Swin-Unet training checkpoint (``torch.save(model.state_dict())``, with or
+    without ``module.``) holds, with its weights loaded, and the constructor arguments that rebuild it;
+    :func:`organseg.checkpoint.read_checkpoint` (``official=True``) makes the checkpoint of it.
 
     The architecture is read off the tensors (embedding width, depths, heads, window, input size from the
     shifted-window mask) and the class count off the head (``output.weight``); the result is checked by a
-    strict load. ``class_names`` and ``preprocessing`` are left empty: the file does not say them, so the
-    caller supplies the dataset's (``test``) or the reference defaults (``predict``) and says so. A file
-    with no head cannot be applied (it can still initialise training: ``model.pretrained``)."""
-    from organseg.checkpoint import FORMAT
-    from organseg.models import create_model
-
+    strict load. A file with no head cannot be applied (it can still initialise training:
+    ``model.pretrained``)."""
     path = Path(path)
     state = read_weights(path)
     try:
@@ -423,16 +418,7 @@ def official_swin_unet_checkpoint(path: str | Path) -> dict[str, Any]:
     args = _swin_unet_args(net, path)
     model = create_model("swin_unet", **args)
     _load_swin_unet_state(model, net, path)  # strict: every key and shape must fit
-    return {
-        "format": FORMAT,
-        "model": model.state_dict(),
-        "model_name": "swin_unet",
-        "model_args": args,
-        "class_names": [],
-        "preprocessing": {},
-        "config": {},
-        "source": {"kind": "official_swin_unet", "path": str(path)},
-    }
+    return model, args
 
 
 def _swin_unet_args(net: dict[str, torch.Tensor], path: Path) -> dict[str, Any]:

@@ -57,6 +57,7 @@ from organseg.inference.sources import (
     reference_defaults,
 )
 from organseg.inference.targets import checkpoint_patch_size
+from organseg.locks import folder_locks
 from organseg.prediction.dicomseg import NO_SEGMENT, DicomSegRecord, write_dicom_seg
 from organseg.progress import progress_bar
 from organseg.reporting.report import plot_prediction
@@ -266,6 +267,7 @@ class Case:
     viewer: Path | None = None
     overlay: Path | None = None
     series: str | None = None  # the SeriesInstanceUID of one series of a DICOM media export
+    folder: Path | None = None  # the --out folder (one writer at a time), None when --out names the file
 
     @property
     def outputs(self) -> dict[str, Path]:
@@ -391,6 +393,7 @@ def plan_cases(
             sidecar=base.with_name(base.name + ".json"),
             dicom_seg=base.with_name(base.name + ".dcm") if dicom else None,
             viewer=base.with_name(base.name + ".html") if viewer else None, overlay=png, series=uid,
+            folder=None if one_file else out,
         ))  # fmt: skip
     names = [c.name for c in cases]
     twice = sorted({n for n in names if names.count(n) > 1})
@@ -614,8 +617,9 @@ def predict_many(
         check_predict_outputs(list(sources), case.input, case)
         check_outputs_against(case.outputs, inputs)
     outcomes: list[Outcome] = []
+    folders = {case.folder for case in cases if case.folder is not None}
     bar = progress_bar(total=len(cases), desc="cases", unit="case", disable=not progress or len(cases) < 2)
-    with bar:
+    with folder_locks(folders, "predict"), bar:  # one writer per --out folder (organseg.locks)
         for case in cases:
             if case.done() and not overwrite:
                 outcomes.append(Outcome(case, "skipped", "outputs exist (--overwrite replaces them)"))

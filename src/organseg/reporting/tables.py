@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from organseg.data.classes import ACDC_CLASSES, SYNAPSE_CLASSES, paper_columns
+from organseg.data.classes import ACDC_CLASSES, SYNAPSE_CLASSES, paper_columns, same_class_names
 from organseg.evaluation.evaluate import CorrectedSummary, ReferenceSummary, ResultsSummary
 from organseg.formatting import num
 
@@ -54,10 +54,9 @@ PUBLISHED: dict[str, dict[str, Any]] = {
 
 def dataset_kind(class_names: Sequence[str]) -> str | None:
     """"synapse" or "acdc" when the class names are that dataset's, else None (no published rows)."""
-    folded = tuple(str(n).lower() for n in class_names)
-    if folded == tuple(n.lower() for n in SYNAPSE_CLASSES):
+    if same_class_names(class_names, SYNAPSE_CLASSES):
         return "synapse"
-    if folded == tuple(n.lower() for n in ACDC_CLASSES):
+    if same_class_names(class_names, ACDC_CLASSES):
         return "acdc"
     return None
 

@@ -18,10 +18,12 @@ Modules, in the order a study uses them:
   and cost of :mod:`~organseg.study.cost`);
 - :mod:`~organseg.study.outputs`: ``comparison.md/.json/.csv`` and the console table (the paired tables and
   the verdict written by :mod:`~organseg.study.verdict`);
-- :mod:`~organseg.study.figures`: ``comparison_organs.png``, ``comparison_sweep_<key>.png``.
+- :mod:`~organseg.study.figures`: ``comparison_organs.png``, ``comparison_sweep_<key>.png``;
+- :mod:`~organseg.study.demo`: ``organseg demo``, a whole study on a SYNTHETIC phantom (:func:`run_demo`).
 """
 
 from organseg.study.aggregate import collect, infer_sweep_keys
+from organseg.study.demo import run_demo
 from organseg.study.grid import PlannedRun, Sweep, parse_seeds, parse_sets, plan_runs, run_name, split_values
 from organseg.study.outputs import comparison_markdown, console_table, write_comparison
 from organseg.study.runner import run_state, run_study
@@ -38,6 +40,7 @@ __all__ = [
     "parse_seeds",
     "parse_sets",
     "plan_runs",
+    "run_demo",
     "run_name",
     "run_state",
     "run_study",

@@ -47,7 +47,7 @@ from organseg.study.figures import write_figures
 from organseg.study.grid import NOT_SWEPT, freeze, short_keys
 from organseg.study.outputs import write_comparison
 from organseg.study.paired import study_paired
-from organseg.study.runs import RunResult, check_same_classes, find_runs, read_runs
+from organseg.study.runs import RunResult, common_class_names, find_runs, read_runs
 from organseg.training.config import RUNTIME_KEYS, flatten
 
 # Per protocol, the summary fields a run contributes, in comparison.json's order: "stats" fields are
@@ -270,7 +270,7 @@ def collect(
             f"{out}: none of the {len(dirs)} run folder(s) has {split}_{checkpoint} results "
             f"(test them with `organseg test RUN_DIR --checkpoint {checkpoint} --split {split}`)"
         )
-    class_names = check_same_classes(runs)
+    class_names = common_class_names(runs)
     keys = (
         list(sweep_keys) if sweep_keys is not None else infer_sweep_keys([(r.model, r.config) for r in runs])
     )

@@ -19,26 +19,36 @@ from typing import Any
 
 import numpy as np
 
-from organseg.formatting import MISSING, is_missing, num
+from organseg.errors import DataError, OrgansegError
+from organseg.formatting import MISSING, duration, num
+from organseg.models import check_model_args
+from organseg.models.flops import model_profile
 from organseg.run import ResultsDir, RunDir, RunEnv, TrainSummary
+from organseg.training.config import model_args
 
 _PROFILE_CACHE: dict[str, dict[str, Any] | None] = {}
 
 
 def _profile(cfg: dict, num_classes: int) -> dict[str, Any] | None:
-    """Parameters and GFLOPs of the network a run configuration builds (None if it cannot be built)."""
-    from organseg.models.flops import model_profile
-    from organseg.training.loop import model_args
-
+    """Parameters and GFLOPs of the network a run configuration builds; None (cells left empty) when this
+    organseg cannot build it: the configuration gives no input size, or names a network or arguments its
+    registry or constructor refuse (OrgansegError: a network not registered here, an argument the network
+    does not take or of another type, a Swin-Unet layout that does not fit; ValueError: a U-Net width or
+    class count out of range). Any other exception is a fault of organseg and propagates."""
     img_size = (cfg.get("train") or {}).get("img_size")
     key = json.dumps([cfg.get("model"), img_size, num_classes], sort_keys=True, default=str)
     if key not in _PROFILE_CACHE:
-        try:
-            args = model_args(cfg, num_classes)
-            img = int(args.pop("img_size", cfg["train"]["img_size"]))
-            _PROFILE_CACHE[key] = model_profile(cfg["model"]["name"], img, **args)
-        except Exception:  # noqa: BLE001  any network the registry cannot build here: cells left empty
-            _PROFILE_CACHE[key] = None
+        profile = None
+        if img_size is not None:
+            try:
+                args = model_args(cfg, num_classes)
+                # An argument the constructor lacks is a ConfigError here, not the TypeError of the call.
+                check_model_args(cfg["model"]["name"], args)
+                img = int(args.pop("img_size", img_size))
+                profile = model_profile(cfg["model"]["name"], img, **args)
+            except (OrgansegError, ValueError):
+                profile = None
+        _PROFILE_CACHE[key] = profile  # a fault raised above is not cached: it raises again next time
     return _PROFILE_CACHE[key]
 
 
@@ -59,8 +69,6 @@ def _device(env: RunEnv | None) -> str | None:
 
 def run_cost(run_dir: str | Path, results_dir: str | Path, cfg: dict, num_classes: int) -> dict[str, Any]:
     """The cost of one run from its folder (see the module docstring); None where a record is missing."""
-    from organseg.errors import DataError
-
     # A missing or damaged record leaves its cells empty; it never stops a comparison.
     run = RunDir(run_dir)
     train = run.summary() or TrainSummary()
@@ -129,17 +137,6 @@ def group_cost(
         "test_device": _joined([r["test_device"] for r in runs]),
         "precision": _joined([r["precision"] for r in runs]),
     }
-
-
-def duration(seconds: float | None) -> str:
-    """``12.3 s`` below a minute, else ``m:ss`` or ``h:mm:ss``."""
-    if is_missing(seconds):
-        return MISSING
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    m, s = divmod(round(seconds), 60)
-    h, m = divmod(m, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
 def cost_markdown(records: Sequence[dict[str, Any]]) -> list[str]:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from organseg.fileio import atomic_write_text
-from organseg.formatting import MISSING, fmt_value, num, pm, signed_pct
+from organseg.formatting import MISSING, duration, fmt_value, num, pm, signed_pct
 from organseg.metrics import PROTOCOLS
 from organseg.study.comparison import Comparison
 from organseg.study.cost import cost_markdown
@@ -93,12 +93,6 @@ def _verdict(c: Comparison) -> Lines:
     return [*lines[:2], cond, "", *lines[2:]]
 
 
-def _minutes(v: float | None) -> str:
-    if v is None:
-        return MISSING
-    return f"{v:.1f} min" if v >= 1 else f"{v * 60:.1f} s"
-
-
 def _count(v: float | None, digits: int = 0) -> str:
     return MISSING if v is None else f"{v:,.{digits}f}"
 
@@ -140,8 +134,10 @@ def conditions_markdown(c: Comparison) -> str:
         budget = f" (budget {budgets} min)" if budgets else ""
         device = ", ".join(m["device"]) or "an unrecorded device"
         threads = f", {', '.join(map(str, m['threads']))} thread(s)" if m["threads"] else ""
+        minutes = m["train_minutes"]
+        trained = duration(None if minutes is None else 60 * minutes, "minutes")
         parts.append(
-            f"{model}: {m['runs']} run(s), {init}, {fraction}, trained {_minutes(m['train_minutes'])} per run"
+            f"{model}: {m['runs']} run(s), {init}, {fraction}, trained {trained} per run"
             f"{budget}: {_count(m['iterations'])} iterations, {_count(m['epochs'], 1)} epochs, "
             f"{_count(m['images_seen'])} images seen, {', '.join(m['precision'])} on {device}{threads}."
         )

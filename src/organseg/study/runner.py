@@ -29,14 +29,14 @@ from organseg.device import resolve_device
 from organseg.errors import ConfigError, DataError, OrgansegError
 from organseg.evaluation.tester import run_test
 from organseg.fileio import atomic_write_text, check_output, check_output_dir
+from organseg.locks import folder_lock
 from organseg.progress import progress_bar, progress_write
 from organseg.reporting.tables import dataset_kind
 from organseg.run import EXIT_DIVERGED, STUDY_RUNS, ResultsDir, RunDir
 from organseg.study.aggregate import collect
 from organseg.study.grid import DEFAULT_SEED, PlannedRun, Sweep, parse_sets, plan_runs
 from organseg.training import TrainingDiverged, train
-from organseg.training.config import config_differences, to_yaml
-from organseg.training.loop import check_network
+from organseg.training.config import check_network, config_differences, to_yaml
 from organseg.training.schedule import run_length
 from organseg.values import WORKERS, check_value
 
@@ -221,32 +221,34 @@ def run_study(
     )  # fmt: skip
     for plan in plans:
         check_network(plan.config)  # every network takes its img_size, before any run starts
-    if folds:
-        write_splits(out, dataset, plans)
-    elif not dataset.case_ids(split):
-        raise DataError(f"{data}: the {split!r} split has no cases to test on")
-    t0 = time.perf_counter()
-    print(
-        f"organseg compare: {len(plans)} run(s) in {out / STUDY_RUNS}: "
-        f"{', '.join(models)} x seeds {list(seeds)}" + "".join(f" x {k} {list(v)}" for k, v in sweep.swept),
-        flush=True,
-    )
-    study = _Study(out, plans, dataset, {"split": split, "checkpoint": checkpoint, "device": device,
-                                         "report": report, "progress": progress})  # fmt: skip
-    study.run_all(jobs, launcher, Path(data).resolve())
-    failed = study.failed
-    result = collect(
-        out, [study.run_dir(p).path for p in plans if p.name not in failed],
-        split=split, checkpoint=checkpoint, sweep_keys=sweep.keys, models=models, notes=notes,
-        failed={str(out / STUDY_RUNS / k): v for k, v in failed.items()},
-    )  # fmt: skip
-    result["trained"], result["tested"] = study.trained, study.tested
-    print(
-        f"organseg compare: {len(study.trained)} run(s) trained, {len(study.tested)} tested, "
-        f"{time.perf_counter() - t0:.0f} s",
-        flush=True,
-    )
-    return result
+    with folder_lock(out, "compare"):  # one writer per study folder; a run's lock is its trainer's
+        if folds:
+            write_splits(out, dataset, plans)
+        elif not dataset.case_ids(split):
+            raise DataError(f"{data}: the {split!r} split has no cases to test on")
+        t0 = time.perf_counter()
+        print(
+            f"organseg compare: {len(plans)} run(s) in {out / STUDY_RUNS}: "
+            f"{', '.join(models)} x seeds {list(seeds)}"
+            + "".join(f" x {k} {list(v)}" for k, v in sweep.swept),
+            flush=True,
+        )
+        study = _Study(out, plans, dataset, {"split": split, "checkpoint": checkpoint, "device": device,
+                                             "report": report, "progress": progress})  # fmt: skip
+        study.run_all(jobs, launcher, Path(data).resolve())
+        failed = study.failed
+        result = collect(
+            out, [study.run_dir(p).path for p in plans if p.name not in failed],
+            split=split, checkpoint=checkpoint, sweep_keys=sweep.keys, models=models, notes=notes,
+            failed={str(out / STUDY_RUNS / k): v for k, v in failed.items()},
+        )  # fmt: skip
+        result["trained"], result["tested"] = study.trained, study.tested
+        print(
+            f"organseg compare: {len(study.trained)} run(s) trained, {len(study.tested)} tested, "
+            f"{time.perf_counter() - t0:.0f} s",
+            flush=True,
+        )
+        return result
 
 
 def _check_cv_options(split: str | None, checkpoint: str, folds: int | None) -> str:

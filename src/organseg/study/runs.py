@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from organseg.data.classes import check_same_classes
 from organseg.errors import DataError
 from organseg.evaluation.evaluate import ResultsSummary
 from organseg.run import STUDY_RUNS, ResultsDir, RunDir
@@ -78,12 +79,16 @@ def read_runs(
     return runs, skipped
 
 
-def check_same_classes(runs: Sequence[RunResult]) -> list[str]:
+def common_class_names(runs: Sequence[RunResult]) -> list[str]:
+    """The class names every run was tested on; DataError naming the first run tested on others."""
     class_names = runs[0].summary["class_names"]
     for r in runs[1:]:
-        if [str(n).lower() for n in r.summary["class_names"]] != [str(n).lower() for n in class_names]:
-            raise DataError(
-                f"{r.results.summary_file}: classes {r.summary['class_names']} differ from "
-                f"{runs[0].name}'s {class_names}: these runs were tested on different datasets"
-            )
+        check_same_classes(
+            r.summary["class_names"],
+            class_names,
+            source=r.results.summary_file,
+            names_are="this run was tested on classes",
+            expected_are=f"{runs[0].name} on",
+            then="these runs were tested on different datasets",
+        )
     return class_names

@@ -12,9 +12,8 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from organseg.formatting import MISSING, fmt_value, num
+from organseg.formatting import MISSING, duration, fmt_value, num
 from organseg.study.comparison import PairedRecord, PairedSettings
-from organseg.study.cost import duration
 from organseg.study.paired import ALPHA, HIGHER_IS_BETTER
 
 MINUS = "\u2212"

@@ -3,7 +3,8 @@
 A configuration is a nested dict with five sections (``model``, ``data``, ``train``, ``val``, ``checkpoint``).
 Presets in ``organseg/configs/*.yaml`` only list what differs from :data:`DEFAULTS`; :func:`resolve_config`
 merges, checks and returns the full dict that ``train`` prints, writes to ``RUN_DIR/config.yaml`` and
-stores in every checkpoint.
+stores in every checkpoint. :func:`model_args` and :func:`check_network` read the network a configuration
+builds (its constructor arguments, and whether it takes ``train.img_size``) without building it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import yaml
 
 from organseg.errors import ConfigError, DataError
 from organseg.fileio import read_yaml, yaml_problem
+from organseg.models import check_input_size, check_model_args, check_model_name, takes_image_size
 from organseg.precision import PRECISIONS
 from organseg.values import OPTIONAL_POSITIVE_INT, POSITIVE_INT, SEED, Rule, check_value, max_threads
 
@@ -287,6 +289,36 @@ def effective_lr(train_cfg: dict) -> float:
     if rule == "linear" or (rule == "swin_unet" and batch != ref and batch % 6 == 0):
         return base * batch / ref
     return base
+
+
+# ------------------------------------------------------------------------------ the network it builds
+
+
+def model_args(cfg: dict, num_classes: int) -> dict[str, Any]:
+    """Constructor arguments: ``model.args``, the dataset's class count and, for networks built for one input
+    size (Swin-Unet), ``train.img_size`` unless ``model.args`` sets it."""
+    m = cfg["model"]
+    check_model_name(m["name"])
+    args = {**m["args"], "num_classes": num_classes}
+    if takes_image_size(m["name"]):
+        args.setdefault("img_size", cfg["train"]["img_size"])
+    return args
+
+
+def check_network(cfg: dict) -> None:
+    """The configured network exists and takes ``train.img_size`` inputs (one rule per network, from the
+    registry): raised as a ConfigError naming the key and the nearest sizes that fit, before a run folder
+    exists, instead of a ValueError from the first forward pass."""
+    m, side = cfg["model"], cfg["train"]["img_size"]
+    check_model_name(m["name"])
+    check_model_args(m["name"], m["args"])
+    given = m["args"].get("img_size")
+    if given is not None and given not in (side, [side, side], (side, side)):
+        raise ConfigError(
+            f"model.args.img_size={given} but train.img_size={side}: the network is fed {side}x{side} "
+            "slices; set train.img_size only"
+        )
+    check_input_size(m["name"], side, m["args"])
 
 
 def flatten(cfg: dict, prefix: str = "") -> dict[str, Any]:

@@ -20,14 +20,29 @@ from torch import nn
 
 from organseg.checkpoint import atomic_torch_save, make_checkpoint, read_checkpoint, validate_checkpoint
 from organseg.data.base import SegmentationDataset
-from organseg.errors import CheckpointError, ConfigError, DataError, OrgansegError
+from organseg.data.classes import check_same_classes
+from organseg.data.detect import resolve_dataset
+from organseg.errors import CheckpointError, ConfigError, OrgansegError
 from organseg.fileio import check_output, check_output_dir
+from organseg.formatting import duration
+from organseg.locks import folder_lock
 from organseg.losses import DiceCELoss
-from organseg.models import wants_channels_last
+from organseg.models import create_model, wants_channels_last
+from organseg.models.hub import resolve_pretrained
+from organseg.models.pretrained import load_pretrained
 from organseg.precision import autocast_dtype
 from organseg.progress import progress_bar, progress_write
 from organseg.run import TRAIN_FILES, RunDir
-from organseg.training.config import config_differences, effective_lr, load_config, resolve_config, to_yaml
+from organseg.training.budget import BudgetFit, TimeBudget
+from organseg.training.config import (
+    check_network,
+    config_differences,
+    effective_lr,
+    load_config,
+    model_args,
+    resolve_config,
+    to_yaml,
+)
 from organseg.training.data import TrainBatches
 from organseg.training.distributed import (
     STREAM_MODEL,
@@ -43,15 +58,7 @@ from organseg.training.distributed import (
     sum_over_ranks_fn,
 )
 from organseg.training.runlog import RunLog, environment
-from organseg.training.schedule import (
-    FIT_SKIP,
-    FIT_WINDOW,
-    fit_horizon,
-    is_save_epoch,
-    make_optimizer,
-    run_length,
-    scheduled_lr,
-)
+from organseg.training.schedule import is_save_epoch, make_optimizer, run_length, scheduled_lr
 from organseg.training.validation import validate
 
 # What last.pt carries besides the weights so that a run can continue (see save() in _train).
@@ -67,8 +74,6 @@ RUN_FILES = TRAIN_FILES
 
 
 def open_dataset_for(data: str | Path | SegmentationDataset | None, cfg: dict) -> SegmentationDataset:
-    from organseg.data.detect import resolve_dataset
-
     return resolve_dataset(data, cfg, "no training data: pass --data DIR (or set data.root)")
 
 
@@ -100,7 +105,7 @@ def train(
     raw = config if isinstance(config, dict) else load_config(config)
     cfg = resolve_config(raw, data if isinstance(data, (str, Path)) else None)
     check_network(cfg)  # before the data are read and before the run folder exists
-    data_root = data if isinstance(data, (str, Path)) else getattr(data, "root", None)
+    data_root = data if isinstance(data, (str, Path)) or data is None else data.root
     config_file = config if isinstance(config, (str, Path)) and Path(config).is_file() else None
     check_output(
         out_dir,
@@ -116,20 +121,23 @@ def train(
     saved_cudnn = cudnn.benchmark, cudnn.deterministic
     run_dir = Path(out_dir)
     existed = {name for name in RUN_FILES if (run_dir / name).exists()} if run_dir.is_dir() else None
-    try:
-        if cfg["train"]["threads"]:
-            torch.set_num_threads(cfg["train"]["threads"])
-        set_deterministic(cfg["train"]["deterministic"])
-        return _train(cfg, open_dataset_for(data, cfg), run_dir, resume, env)
-    except BaseException:
-        if env.is_main:
-            _undo_fresh_run(run_dir, existed)
-        raise
-    finally:
-        torch.set_num_threads(threads)
-        set_deterministic(strict)
-        cudnn.benchmark, cudnn.deterministic = saved_cudnn
-        shutdown(env)
+    # One writer per run folder (organseg.locks): rank 0 holds it; the lock file goes at the end, and the
+    # folder too when this call created it and a failed fresh run left it empty.
+    with folder_lock(run_dir, "train", enabled=env.is_main):
+        try:
+            if cfg["train"]["threads"]:
+                torch.set_num_threads(cfg["train"]["threads"])
+            set_deterministic(cfg["train"]["deterministic"])
+            return _train(cfg, open_dataset_for(data, cfg), run_dir, resume, env)
+        except BaseException:
+            if env.is_main:
+                _undo_fresh_run(run_dir, existed)
+            raise
+        finally:
+            torch.set_num_threads(threads)
+            set_deterministic(strict)
+            cudnn.benchmark, cudnn.deterministic = saved_cudnn
+            shutdown(env)
 
 
 def _undo_fresh_run(run_dir: Path, existed: set[str] | None) -> None:
@@ -187,7 +195,15 @@ def _resume_state(
                     f"{last_path}: no training state to resume ({', '.join(missing)} missing): a checkpoint "
                     "for inference only? Train into another --out"
                 )
-            _check_same_classes(state, dataset, last_path)
+            old, new = list(state.get("class_names") or []), list(dataset.class_names)
+            check_same_classes(
+                old,
+                new,
+                source=last_path,
+                names_are=f"the run was trained on {len(old)} classes",
+                expected_are=f"the dataset {dataset.location} has {len(new)}",
+                then="resume with the run's dataset, or train into another --out",
+            )
             diff = config_differences(state["config"], cfg)  # train.fitted_iterations aside: taken below
             if diff:
                 raise ConfigError(
@@ -205,62 +221,86 @@ def _resume_state(
 
 class Trainer:
     """One training run. The parts a recipe variant changes are methods, so that a variant overrides one of
-    them (as nnU-Net's trainer variants do): :meth:`build_optimizer`, :meth:`lr_at` (the schedule),
-    :meth:`step` (forward, loss, backward, update), :meth:`validate` and :meth:`save` (checkpointing).
-    :meth:`fit` is the loop that calls them; its order of operations is what makes resume bit-identical."""
+    them (as nnU-Net's trainer variants do): :meth:`build_optimizer`, :meth:`build_loss`, :meth:`lr_at` (the
+    schedule), :meth:`step` (forward, loss, backward, update), :meth:`validate` and :meth:`save`
+    (checkpointing). All of them work on a Trainer just built, before :meth:`fit`.
+
+    :meth:`fit` is the loop that calls them. What makes a resumed run bit-identical belongs to the loop, not
+    to the seams, so that no variant can lose it: the dropout seed set before every step, the learning rate
+    set after it, ``last.pt`` at every epoch's end.
+
+    ``model`` is the network as built (what checkpoints hold and validation runs); ``wrapped`` is what
+    :meth:`step` calls (DistributedDataParallel and ``torch.compile`` around it, when configured)."""
 
     def __init__(
         self, cfg: dict, dataset: SegmentationDataset, run_dir: Path, env: DistEnv, state: dict | None
     ) -> None:
-        t = self.t = cfg["train"]
-        self.cfg, self.dataset, self.run_dir, self.env, self.main = cfg, dataset, run_dir, env, env.is_main
-        self.rd = RunDir(run_dir)
-        self.last_path = self.rd.checkpoint("last")
-        self.amp_dtype = autocast_dtype(t["precision"], env.device)
-        seed_all(t["seed"])
-        self.args = model_args(cfg, dataset.num_classes)
-        self.model = _build_model(cfg, self.args)
+        train_cfg = self.train_cfg = cfg["train"]
+        self.cfg, self.dataset, self.env, self.main = cfg, dataset, env, env.is_main
+        self.run = RunDir(run_dir)
+        self.last_path = self.run.checkpoint("last")
+        self.amp_dtype = autocast_dtype(train_cfg["precision"], env.device)
+        seed_all(train_cfg["seed"])
+        self.model_args = model_args(cfg, dataset.num_classes)
+        self.model = _build_model(cfg, self.model_args)
         self.batches = TrainBatches(dataset, cfg, env)
-        self.ipe = len(self.batches)
-        self.max_iterations = run_length(t, self.ipe)
-        self.max_epochs = math.ceil(self.max_iterations / self.ipe)
+        self.iterations_per_epoch = len(self.batches)
+        self.max_iterations = run_length(train_cfg, self.iterations_per_epoch)
+        self.max_epochs = math.ceil(self.max_iterations / self.iterations_per_epoch)
         self.pretrained_info = self._load_weights(state)
-        self.channels_last = wants_channels_last(self.model, t["channels_last"])
+        self.channels_last = wants_channels_last(self.model, train_cfg["channels_last"])
         # On the device before the optimizer exists, so that its restored state lands there too.
         fmt = torch.channels_last if self.channels_last else torch.preserve_format
         self.model.to(env.device, memory_format=fmt)
         if env.device.type == "cuda":  # the summary's peak is this run's, not an earlier run's in the process
             torch.cuda.reset_peak_memory_stats(env.device)
-        self.base_lr = effective_lr(t)
+        self.base_lr = effective_lr(train_cfg)
         self.optimizer = self.build_optimizer()
-        self.scaler = torch.amp.GradScaler("cuda", enabled=t["precision"] == "fp16")
-        self.it, self.best, self.train_seconds = 0, -1.0, 0.0
+        self.scaler = torch.amp.GradScaler("cuda", enabled=train_cfg["precision"] == "fp16")
+        self.iteration, self.best_dice, self.train_seconds = 0, -1.0, 0.0
         self.resumed = state is not None
         if state is not None:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scaler.load_state_dict(state["scaler"])
-            self.it, self.best = state["iteration"], state["best_dice"]
+            self.iteration, self.best_dice = state["iteration"], state["best_dice"]
             self.train_seconds = state["train_seconds"]
-        self.net = self._wrap(self.model)
-        self.loss_fn = DiceCELoss(
-            dataset.num_classes, t["ce_weight"], t["dice_weight"], all_reduce=sum_over_ranks_fn(env)
+        self.wrapped = self._wrap(self.model)
+        self.loss_fn = self.build_loss()
+        self.budget = TimeBudget.from_config(
+            train_cfg, self.iteration, self.iterations_per_epoch, agree=lambda h: broadcast_object(h, env)
         )
+        self.stopped = "time_budget" if self.budget.exhausted(self.train_seconds) else "completed"
+        # Records nothing until fit() has written the run's header and opens its metrics.jsonl.
+        self.log = RunLog(self.run.path, enabled=False)
+        # Clocks: the run's (train_seconds = now - start_time, restarted by fit()) and the epoch's (its rate).
+        self.start_time = time.perf_counter() - self.train_seconds
+        self.epoch_start_time, self.epoch_images = time.perf_counter(), 0
+        self.last_loss = math.nan  # the last logged loss (mean over ranks), for the line at an epoch's end
 
     # ----------------------------------------------------------------------------- the seams for variants
 
     def build_optimizer(self) -> torch.optim.Optimizer:
-        return make_optimizer(self.model.parameters(), self.t, self.lr_at(0))
+        """``train.optimizer`` over the network's parameters, at the schedule's first learning rate."""
+        return make_optimizer(self.model.parameters(), self.train_cfg, self.lr_at(0))
+
+    def build_loss(self) -> nn.Module:
+        """The loss, whose ``components(logits, labels)`` gives (loss, ce, dice) to :meth:`step`: the
+        reference ``train.ce_weight`` · CE + ``train.dice_weight`` · Dice, its Dice over the global batch (all
+        ranks)."""
+        train_cfg = self.train_cfg
+        return DiceCELoss(self.dataset.num_classes, train_cfg["ce_weight"], train_cfg["dice_weight"],
+                          all_reduce=sum_over_ranks_fn(self.env))  # fmt: skip
 
     def lr_at(self, step: int) -> float:
-        return scheduled_lr(self.t, self.base_lr, step, self.max_iterations)
+        """The learning rate of step ``step`` (0-based): ``train.schedule`` over ``max_iterations``."""
+        return scheduled_lr(self.train_cfg, self.base_lr, step, self.max_iterations)
 
     def step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """One optimisation step on one batch; returns (loss, ce, dice) for the log."""
-        # dropout / drop-path: a stream of its own per iteration and rank (the determinism design)
-        torch.manual_seed(derive_seed(self.t["seed"], STREAM_MODEL, self.it, self.env.rank))
+        """One optimisation step on one batch; returns (loss, ce, dice) for the log. The loop has seeded
+        torch's generator for this iteration already."""
         amp = self.amp_dtype
         with torch.autocast(self.env.device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            logits = self.net(images)
+            logits = self.wrapped(images)
         loss, ce, dice = self.loss_fn.components(logits, labels)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -269,121 +309,125 @@ class Trainer:
         return loss, ce, dice
 
     def validate(self, epoch: int) -> dict[str, Any] | None:
-        return _validate(self.model, self.dataset, self.cfg, self.env, epoch, self.it, self.log)
+        """The validation record of the network as it is (written to metrics.jsonl once fit() runs), or None
+        when the dataset has no validation cases."""
+        return _validate(self.model, self.dataset, self.cfg, self.env, epoch, self.iteration, self.log)
 
     def save(self, name: str, full: bool, **extra: Any) -> None:
         """``name`` in the run's checkpoints/; only ``full`` ones (last.pt) carry what resuming needs, epoch_N
         and best.pt are for inference."""
         if not self.main:
             return
-        ckpt = _checkpoint(self.model, self.cfg, self.args, self.dataset, iteration=self.it,
-                           epoch=self.it // self.ipe, iterations_per_epoch=self.ipe, **extra)  # fmt: skip
+        per_epoch = self.iterations_per_epoch
+        ckpt = _checkpoint(
+            self.model, self.cfg, self.model_args, self.dataset, **extra,
+            iteration=self.iteration, epoch=self.iteration // per_epoch, iterations_per_epoch=per_epoch,
+        )  # fmt: skip
         if full:
             ckpt.update(optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict(),
-                        best_dice=self.best, train_seconds=self.train_seconds)  # fmt: skip
-        atomic_torch_save(ckpt, self.rd.checkpoint(name))
+                        best_dice=self.best_dice, train_seconds=self.train_seconds)  # fmt: skip
+        atomic_torch_save(ckpt, self.run.checkpoint(name))
 
     # ------------------------------------------------------------------------------------------ the loop
 
     def fit(self) -> dict[str, Any]:
-        t, env = self.t, self.env
+        """Train to the horizon or until the time budget is spent; return the run summary."""
         self._write_header()
-        self.log = RunLog(self.run_dir, enabled=self.main, resume_iteration=self.it if self.resumed else None)
-        self.budget_s = t["time_budget_min"] * 60 if t["time_budget_min"] else math.inf
-        fit_pending = bool(t["time_budget_min"]) and not (
-            t["max_iterations"] or t["budget_images"] or t["fitted_iterations"]
+        self.log = RunLog(
+            self.run.path, enabled=self.main, resume_iteration=self.iteration if self.resumed else None
         )
-        # (first iteration timed, its clock, the iteration at which the horizon is fitted)
-        self.fit_window = (self.it + FIT_SKIP, 0.0, 0) if fit_pending else None
-        self.stopped = "time_budget" if self.train_seconds >= self.budget_s else "completed"
-        self.start_time = time.perf_counter() - self.train_seconds
-        self.v_loss, val_record = math.nan, None
-        self.net.train()
-        while self.it < self.max_iterations and self.stopped == "completed":
-            epoch = self.it // self.ipe
+        self.start_time = time.perf_counter() - self.train_seconds  # writing the header is not training time
+        val_record = None
+        self.wrapped.train()
+        while self.iteration < self.max_iterations and self.stopped == "completed":
+            epoch = self.iteration // self.iterations_per_epoch
             self._epoch(epoch)
-            epoch_done = self.it % self.ipe == 0
-            final = self.it >= self.max_iterations or self.stopped != "completed"
+            epoch_done = self.iteration % self.iterations_per_epoch == 0
+            final = self.iteration >= self.max_iterations or self.stopped != "completed"
             every = self.cfg["val"]["every"]
             if final or (epoch_done and every and (epoch + 1) % every == 0):
                 val_record = self.validate(epoch)
-                if val_record is not None and val_record["mean_dice"] > self.best:
-                    self.best = val_record["mean_dice"]
+                if val_record is not None and val_record["mean_dice"] > self.best_dice:
+                    self.best_dice = val_record["mean_dice"]
                     self.save("best.pt", full=False, val=val_record)
             if epoch_done and is_save_epoch(epoch, self.max_epochs, self.cfg["checkpoint"]["save_interval"]):
                 self.save(f"epoch_{epoch}.pt", full=False)
             self.save("last.pt", full=True)
-            barrier(env)
+            barrier(self.env)
         self.log.close()
         return self._summary(val_record)
 
     def _epoch(self, epoch: int) -> None:
         """The iterations of one epoch (the rest of it, when resuming mid-epoch), until the horizon or the
         time budget; one plain line at its end for logs (the bar is for terminals)."""
-        start = self.it - epoch * self.ipe
-        bar = progress_bar(total=min(self.ipe, self.max_iterations - epoch * self.ipe), initial=start,
-                           desc=f"epoch {epoch + 1}/{self.max_epochs}",
-                           disable=not (self.main and self.t["progress"]), dynamic_ncols=True)  # fmt: skip
-        self.epoch_t0, self.epoch_images = time.perf_counter(), 0
+        per_epoch = self.iterations_per_epoch
+        start = self.iteration - epoch * per_epoch
+        bar = self._progress_bar(epoch, start)
+        self.epoch_start_time, self.epoch_images = time.perf_counter(), 0
         for images, labels in self.batches.epoch(epoch, start):
             if self.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
+            self._seed_iteration()  # here, not in step(): a variant's step() cannot lose it
             loss, ce, dice = self.step(images, labels)
-            lr = self.optimizer.param_groups[0]["lr"]
+            lr = self.optimizer.param_groups[0]["lr"]  # the one this step used
             for group in self.optimizer.param_groups:  # after the step, as the reference
-                group["lr"] = self.lr_at(self.it + 1)
-            self.it += 1
+                group["lr"] = self.lr_at(self.iteration + 1)
+            self.iteration += 1
             self.epoch_images += images.shape[0] * self.env.world_size  # the last batch of an epoch is short
             self.train_seconds = time.perf_counter() - self.start_time
-            self._fit_to_budget()
-            if self.it % self.t["log_every"] == 0 or self.it % self.ipe == 0:
+            self._follow_budget()
+            if self.iteration % self.train_cfg["log_every"] == 0 or self.iteration % per_epoch == 0:
                 self._log_iteration(epoch, lr, loss, ce, dice, bar)
             bar.update(1)
-            if self.stopped != "completed" or self.it >= self.max_iterations:
+            if self.stopped != "completed" or self.iteration >= self.max_iterations:
                 break
         bar.close()
         if self.main:
-            secs = time.perf_counter() - self.epoch_t0
+            secs = time.perf_counter() - self.epoch_start_time
             print(
                 f"epoch {epoch + 1}/{self.max_epochs}: {self.epoch_images} images in {secs:.1f} s "
-                f"({self.epoch_images / secs:.1f} img/s), loss {self.v_loss:.4f}",
+                f"({self.epoch_images / secs:.1f} img/s), loss {self.last_loss:.4f}",
                 flush=True,
             )
 
-    def _fit_to_budget(self) -> None:
-        """``train.time_budget_min`` without a set length: time FIT_WINDOW iterations after FIT_SKIP, then fix
-        the horizon (every rank takes rank 0's) and record it. Half-way from there to that horizon it is
-        fitted once more from the rate since the first fit, so that a machine that got slower or faster
-        (other jobs) still ends its schedule near the budget. Both points are iterations, not clock readings,
-        so every rank takes part in the same broadcasts. A run resumed after the first fit keeps the recorded
-        horizon."""
-        if self.fit_window is None:
-            return
-        first, t0, at = self.fit_window
-        now = time.perf_counter()
-        if self.it == first and t0 == 0.0:
-            self.fit_window = (first, now, first + FIT_WINDOW)
-        if t0 == 0.0 or self.it != at:
-            return
-        second = self.t["fitted_iterations"] is not None
-        per_it = (now - t0) / (self.it - first)
-        cap = self.t["max_epochs"] * self.ipe
-        fitted = fit_horizon(self.budget_s, now - self.start_time, self.it, per_it, cap)
-        fitted = broadcast_object(fitted, self.env)
-        self.max_iterations, self.max_epochs = fitted, math.ceil(fitted / self.ipe)
-        self.t["fitted_iterations"] = fitted
-        key = "time_budget_refit" if second else "time_budget_fit"
-        _record_fit(self.run_dir, self.cfg, self.env, key, per_it, [first, self.it], fitted)
-        refit_at = self.it + (fitted - self.it) // 2
-        self.fit_window = None if second or refit_at <= self.it else (self.it, now, refit_at)
+    def _seed_iteration(self) -> None:
+        """dropout / drop-path: a stream of its own per iteration and rank, whatever ran before (the
+        determinism design: a resumed run draws what the uninterrupted one drew)."""
+        torch.manual_seed(derive_seed(self.train_cfg["seed"], STREAM_MODEL, self.iteration, self.env.rank))
 
-    def _log_iteration(self, epoch: int, lr: float, loss, ce, dice, bar) -> None:
-        """Averaged over ranks: the record, the divergence check and the budget stop (agreed by all ranks)."""
-        over = float(self.train_seconds >= self.budget_s)
-        flag = torch.tensor(over, device=loss.device)
-        stacked = torch.stack([loss.detach(), ce.detach(), dice.detach(), flag])
-        v_loss, v_ce, v_dice, v_over = mean_over_ranks(stacked, self.env).tolist()
-        self.v_loss = v_loss
+    def _follow_budget(self) -> None:
+        """The time budget after an iteration: a horizon it fits becomes the schedule's (every rank takes rank
+        0's), and a spent budget stops the run (one rank's clock past it stops every rank at this iteration;
+        only a run with a budget pays for that agreement)."""
+        fitted = self.budget.after_iteration(self.iteration, self.train_seconds)
+        if fitted is not None:
+            self.max_iterations = fitted.horizon
+            self.max_epochs = math.ceil(fitted.horizon / self.iterations_per_epoch)
+            self.train_cfg["fitted_iterations"] = fitted.horizon  # config.yaml and every later checkpoint
+            _record_fit(self.run, self.cfg, self.env, fitted)
+        if self.budget.limited and self._on_any_rank(self.budget.exhausted(self.train_seconds)):
+            self.stopped = "time_budget"
+
+    def _on_any_rank(self, flag: bool) -> bool:
+        if not self.env.distributed:
+            return flag
+        return mean_over_ranks(torch.tensor(float(flag), device=self.env.device), self.env).item() > 0
+
+    def _progress_bar(self, epoch: int, start: int):
+        per_epoch = self.iterations_per_epoch
+        return progress_bar(
+            total=min(per_epoch, self.max_iterations - epoch * per_epoch), initial=start,
+            desc=f"epoch {epoch + 1}/{self.max_epochs}",
+            disable=not (self.main and self.train_cfg["progress"]), dynamic_ncols=True,
+        )  # fmt: skip
+
+    def _log_iteration(
+        self, epoch: int, lr: float, loss: torch.Tensor, ce: torch.Tensor, dice: torch.Tensor, bar: Any
+    ) -> None:
+        """Averaged over ranks: the record and the divergence check."""
+        stacked = torch.stack([loss.detach(), ce.detach(), dice.detach()])
+        v_loss, v_ce, v_dice = mean_over_ranks(stacked, self.env).tolist()
+        self.last_loss = v_loss
         if not math.isfinite(v_loss):
             good = (
                 f"the last good checkpoint is {self.last_path}"
@@ -391,17 +435,15 @@ class Trainer:
                 else "no checkpoint was written"
             )
             raise TrainingDiverged(
-                f"loss is {v_loss} at iteration {self.it} (epoch {epoch + 1}): training stopped; {good}. "
-                "Try a lower train.base_lr, or --precision fp32"
+                f"loss is {v_loss} at iteration {self.iteration} (epoch {epoch + 1}): training stopped; "
+                f"{good}. Try a lower train.base_lr, or --precision fp32"
             )
-        self.log.write({"kind": "train", "iter": self.it, "epoch": epoch, "loss": v_loss, "ce": v_ce,
+        self.log.write({"kind": "train", "iter": self.iteration, "epoch": epoch, "loss": v_loss, "ce": v_ce,
                         "dice": v_dice, "lr": lr, "time": round(self.train_seconds, 3)})  # fmt: skip
-        rate = self.epoch_images / max(time.perf_counter() - self.epoch_t0, 1e-9)
-        images_left = self.batches.images_seen(self.max_iterations) - self.batches.images_seen(self.it)
-        bar.set_postfix_str(f"loss {v_loss:.4f} lr {lr:.2e} {rate:.1f} img/s ETA {_hms(images_left / rate)}",
-                            refresh=False)  # fmt: skip
-        if v_over > 0:
-            self.stopped = "time_budget"
+        rate = self.epoch_images / max(time.perf_counter() - self.epoch_start_time, 1e-9)
+        images_left = self.batches.images_seen(self.max_iterations) - self.batches.images_seen(self.iteration)
+        eta = duration(images_left / rate, "clock")
+        bar.set_postfix_str(f"loss {v_loss:.4f} lr {lr:.2e} {rate:.1f} img/s ETA {eta}", refresh=False)
 
     # ---------------------------------------------------------------------------------------- set-up, end
 
@@ -409,20 +451,17 @@ class Trainer:
         """A resumed run's own weights, or the configured pretrained ones at a fresh start (every rank loads
         the same file, so no broadcast; concurrent first downloads are safe: temporary, then rename)."""
         if state is not None:
-            if state["iterations_per_epoch"] != self.ipe:
+            if state["iterations_per_epoch"] != self.iterations_per_epoch:
                 raise ConfigError(
                     f"{self.last_path}: {state['iterations_per_epoch']} iterations per epoch there, "
-                    f"{self.ipe} now (another dataset or number of processes?)"
+                    f"{self.iterations_per_epoch} now (another dataset or number of processes?)"
                 )
             self.model.load_state_dict(state["model"])
             return None
         spec = self.cfg["model"]["pretrained"]
         if not spec:
             return None
-        from organseg.models.hub import resolve_pretrained
-        from organseg.models.pretrained import load_pretrained
-
-        name, show = self.cfg["model"]["name"], self.main and self.t["progress"]
+        name, show = self.cfg["model"]["name"], self.main and self.train_cfg["progress"]
         weights = resolve_pretrained(spec, name, self.model, progress=show)
         report = load_pretrained(self.model, weights)
         if self.main:
@@ -438,28 +477,31 @@ class Trainer:
             warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
             device_ids = [self.env.device.index] if self.env.device.type == "cuda" else None
             net = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
-        return torch.compile(net) if self.t["compile"] else net
+        return torch.compile(net) if self.train_cfg["compile"] else net
 
     def _write_header(self) -> None:
         """The resolved configuration and the start line on the console; config.yaml and env.json."""
         if not self.main:
             return
-        t, env, run_dir = self.t, self.env, self.run_dir
+        train_cfg, env, run_dir = self.train_cfg, self.env, self.run.path
         print(f"organseg train: {run_dir}\n{to_yaml(self.cfg)}", flush=True)
         print(
-            f"{self.batches.num_slices} slices, {self.ipe} iterations/epoch, {self.max_iterations} in all, "
-            f"lr {self.base_lr:g}, {env.world_size} process(es) on {env.device}, {t['precision']}"
-            + (f", resuming at iteration {self.it}" if self.resumed else ""),
+            f"{self.batches.num_slices} slices, {self.iterations_per_epoch} iterations/epoch, "
+            f"{self.max_iterations} in all, "
+            f"lr {self.base_lr:g}, {env.world_size} process(es) on {env.device}, {train_cfg['precision']}"
+            + (f", resuming at iteration {self.iteration}" if self.resumed else ""),
             flush=True,
         )
-        if self.it >= self.max_iterations:
+        if self.iteration >= self.max_iterations:
             print("organseg train: the run is already complete; nothing to do", flush=True)
         if not self.dataset.case_ids("val"):
             print("organseg train: the dataset has no validation cases, so no best.pt is written", flush=True)
         run_dir.mkdir(parents=True, exist_ok=True)
-        self.rd.write_config(to_yaml(self.cfg))
-        env_info = environment(env.device, t["precision"], env.world_size)
-        env_info.update(channels_last=self.channels_last, compile=t["compile"], augment=t["augment"])
+        self.run.write_config(to_yaml(self.cfg))
+        env_info = environment(env.device, train_cfg["precision"], env.world_size)
+        env_info.update(
+            channels_last=self.channels_last, compile=train_cfg["compile"], augment=train_cfg["augment"]
+        )
         if self.batches.cases is not None:  # data.train_fraction: which cases this run trained on
             env_info["train_subset"] = {"cases": self.batches.cases, "slices": self.batches.num_slices}
         if getattr(self.dataset, "held_out", None) is not None:  # data.fold: the subjects it never saw
@@ -472,45 +514,45 @@ class Trainer:
         for key in ("time_budget_fit", "time_budget_refit"):  # a resumed run keeps its measurements
             if key in previous:
                 env_info[key] = previous[key]
-        self.rd.write_env(env_info)
+        self.run.write_env(env_info)
 
     def _summary(self, val_record: dict | None) -> dict[str, Any]:
-        it, ckpt_dir = self.it, self.rd.checkpoints_dir
+        iteration, ckpt_dir = self.iteration, self.run.checkpoints_dir
         summary = {
-            "run_dir": str(self.run_dir),
+            "run_dir": str(self.run.path),
             "stopped": self.stopped,
-            "iterations": it,
-            "epochs": round(it / self.ipe, 3),
+            "iterations": iteration,
+            "epochs": round(iteration / self.iterations_per_epoch, 3),
             "max_iterations": self.max_iterations,
             "train_seconds": round(self.train_seconds, 1),
-            "images_per_second": round(self.batches.images_seen(it) / max(self.train_seconds, 1e-9), 2),
-            "best_mean_dice": self.best if self.best >= 0 else None,
+            "images_per_second": round(
+                self.batches.images_seen(iteration) / max(self.train_seconds, 1e-9), 2
+            ),
+            "best_mean_dice": self.best_dice if self.best_dice >= 0 else None,
             "last_val": val_record,
             **_peak_memory(self.env.device),
             "checkpoints": sorted(p.name for p in ckpt_dir.glob("*.pt")) if self.main else [],
         }
         if self.main:
-            self.rd.write_summary(summary)
+            self.run.write_summary(summary)
         return summary
 
 
-def _record_fit(
-    run_dir: Path, cfg: dict, env: DistEnv, key: str, per_it: float, span: list[int], horizon: int
-) -> None:
+def _record_fit(run: RunDir, cfg: dict, env: DistEnv, fitted: BudgetFit) -> None:
     """The fitted horizon goes into config.yaml (and so into every later checkpoint: resume keeps it) and the
-    measurement behind it into env.json under ``key``."""
+    measurement behind it into env.json under ``fitted.key``."""
     if not env.is_main:
         return
-    rd = RunDir(run_dir)
-    rd.write_config(to_yaml(cfg))
-    info = _previous_env(run_dir)
+    run.write_config(to_yaml(cfg))
+    info = _previous_env(run.path)
     budget = cfg["train"]["time_budget_min"]
-    info[key] = {"seconds_per_iteration": round(per_it, 4), "measured_iterations": span,
-                 "budget_min": budget, "horizon": horizon}  # fmt: skip
-    rd.write_env(info)
-    again = " (again, half-way)" if key == "time_budget_refit" else ""
+    per_it, span = fitted.seconds_per_iteration, list(fitted.measured)
+    info[fitted.key] = {"seconds_per_iteration": round(per_it, 4), "measured_iterations": span,
+                        "budget_min": budget, "horizon": fitted.horizon}  # fmt: skip
+    run.write_env(info)
+    again = " (again, half-way)" if fitted.refit else ""
     progress_write(f"time budget {budget:g} min{again}: {per_it:.3f} s/iteration measured over iterations "
-                   f"{span[0]}-{span[1]}, schedule horizon {horizon} iterations")  # fmt: skip
+                   f"{span[0]}-{span[1]}, schedule horizon {fitted.horizon} iterations")  # fmt: skip
 
 
 def _peak_memory(device: torch.device) -> dict[str, Any]:
@@ -529,53 +571,7 @@ def _peak_memory(device: torch.device) -> dict[str, Any]:
     return {"peak_memory_mb": round(mb, 1), "peak_memory_kind": "process peak RSS"}
 
 
-def check_network(cfg: dict) -> None:
-    """The configured network exists and takes ``train.img_size`` inputs (one rule per network, from the
-    registry): raised as a ConfigError naming the key and the nearest sizes that fit, before a run folder
-    exists, instead of a ValueError from the first forward pass."""
-    from organseg.models import check_input_size, check_model_args, has_model, list_models
-
-    m, side = cfg["model"], cfg["train"]["img_size"]
-    if not has_model(m["name"]):
-        raise ConfigError(f"model.name: unknown model {m['name']!r}; available: {', '.join(list_models())}")
-    check_model_args(m["name"], m["args"])
-    given = m["args"].get("img_size")
-    if given is not None and given not in (side, [side, side], (side, side)):
-        raise ConfigError(
-            f"model.args.img_size={given} but train.img_size={side}: the network is fed {side}x{side} "
-            "slices; set train.img_size only"
-        )
-    check_input_size(m["name"], side, m["args"])
-
-
-def _check_same_classes(state: dict, dataset: SegmentationDataset, last_path: Path) -> None:
-    """A run resumed on a dataset of another kind (Synapse run, ACDC data) says so in one line."""
-    old, new = list(state.get("class_names") or []), [str(n) for n in dataset.class_names]
-    if old and [n.lower() for n in old] != [n.lower() for n in new]:
-        raise DataError(
-            f"{last_path}: the run was trained on {len(old)} classes {old}, but the dataset "
-            f"{getattr(dataset, 'root', dataset.name)} has {len(new)} {new}: resume with the run's dataset, "
-            "or train into another --out"
-        )
-
-
-def model_args(cfg: dict, num_classes: int) -> dict[str, Any]:
-    """Constructor arguments: ``model.args``, the dataset's class count and, for networks built for one input
-    size (Swin-Unet), ``train.img_size`` unless ``model.args`` sets it."""
-    from organseg.models import has_model, list_models, takes_image_size
-
-    m = cfg["model"]
-    if not has_model(m["name"]):
-        raise ConfigError(f"unknown model {m['name']!r}; available: {', '.join(list_models())}")
-    args = {**m["args"], "num_classes": num_classes}
-    if takes_image_size(m["name"]):
-        args.setdefault("img_size", cfg["train"]["img_size"])
-    return args
-
-
 def _build_model(cfg: dict, args: dict[str, Any]) -> nn.Module:
-    from organseg.models import create_model
-
     try:
         return create_model(cfg["model"]["name"], **args)
     except (TypeError, ValueError, AssertionError) as exc:
@@ -583,8 +579,14 @@ def _build_model(cfg: dict, args: dict[str, Any]) -> nn.Module:
 
 
 def _validate(
-    model: nn.Module, dataset: SegmentationDataset, cfg: dict, env: DistEnv, epoch: int, it: int, log: RunLog
-):
+    model: nn.Module,
+    dataset: SegmentationDataset,
+    cfg: dict,
+    env: DistEnv,
+    epoch: int,
+    iteration: int,
+    log: RunLog,
+) -> dict[str, Any] | None:
     rec = validate(
         model,
         dataset,
@@ -596,7 +598,7 @@ def _validate(
     )
     if rec is None:
         return None
-    record = {"kind": "val", "epoch": epoch, "iter": it, **rec}
+    record = {"kind": "val", "epoch": epoch, "iter": iteration, **rec}
     log.write(record)
     if env.is_main:
         dice = " ".join(f"{n} {m['dice']:.4f}" for n, m in rec["per_class"].items())
@@ -604,10 +606,3 @@ def _validate(
             f"val epoch {epoch + 1}: mean DSC {rec['mean_dice']:.4f} HD95 {rec['mean_hd95']:.2f} | {dice}"
         )
     return record
-
-
-def _hms(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    s = int(seconds)
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"

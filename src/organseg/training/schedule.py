@@ -1,6 +1,6 @@
-"""The optimisation recipe's arithmetic: optimizers, learning-rate schedules, and the horizon that a time
-budget fits. Pure functions of the configuration's ``train`` section, so that a variant changes them in one
-place and the tests check them without training."""
+"""The optimisation recipe's arithmetic: optimizers, learning-rate schedules and the run's length. Pure
+functions of the configuration's ``train`` section, so that a variant changes them in one place and the tests
+check them without training. The horizon a time budget fits is :mod:`organseg.training.budget`'s."""
 
 from __future__ import annotations
 
@@ -33,21 +33,6 @@ def scheduled_lr(t: dict, base_lr: float, step: int, max_iterations: int) -> flo
         return poly_lr(base_lr, max(step - 1, 0), max_iterations, t["poly_power"])
     span = max_iterations - warm
     return poly_lr(base_lr, min(step - warm, span - 1), span, t["poly_power"])
-
-
-# train.time_budget_min without a set length: the horizon comes from the time per iteration measured over
-# FIT_WINDOW iterations after FIT_SKIP warm ones (allocator, first-call caches), leaving FIT_RESERVE of the
-# budget for the checkpoint writes and validations that the measured iterations do not include.
-FIT_SKIP, FIT_WINDOW, FIT_RESERVE = 2, 8, 0.02
-
-
-def fit_horizon(budget_s: float, elapsed_s: float, done: int, seconds_per_iteration: float, cap: int) -> int:
-    """The number of iterations that ends training at the budget: those done plus as many more as the time
-    left (less the reserve) holds at the measured rate, at least one more, at most ``cap`` (the configured
-    epochs: a budget longer than the whole recipe runs the whole recipe)."""
-    left = budget_s * (1.0 - FIT_RESERVE) - elapsed_s
-    more = int(left / seconds_per_iteration) if seconds_per_iteration > 0 else cap
-    return max(done + 1, min(cap, done + more))
 
 
 def run_length(t: dict, iterations_per_epoch: int) -> int:
