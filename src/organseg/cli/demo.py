@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import argparse
 
-from organseg.study.demo import run_demo
-
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
@@ -36,5 +34,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from organseg.study.demo import run_demo
+
     run_demo(args.out, fast=args.fast, device=args.device, precision=args.precision)
     return 0
