@@ -41,10 +41,13 @@ from organseg.locks import folder_lock
 with folder_lock(sys.argv[1], sys.argv[2]):
     if sys.argv[3:] == ["children"]:
         prog = subprocess.Popen(["sleep", "60"], close_fds=False)
+        ready_r, ready_w = os.pipe()
         forked = os.fork()
-        if forked == 0:
+        if forked == 0:  # fork() returns here after the at-fork handler closed the child's copy of the lock
+            os.write(ready_w, b"1")
             time.sleep(60)
             os._exit(0)
+        os.read(ready_r, 1)  # without this wait, the test could kill us before the child has run at all
         print("children", prog.pid, forked, flush=True)
     print("held", flush=True)
     sys.stdin.read()

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
 
+from organseg.data.augment import BatchAugment, RandomGenerator
 from organseg.data.base import SegmentationDataset
 from organseg.errors import ConfigError, DataError
 from organseg.progress import progress_bar
@@ -35,7 +36,6 @@ class _SeededSlices(Dataset):
     """Indexed by ``(epoch, i)``: slice ``i`` through the reference ``RandomGenerator``, seeded per sample."""
 
     def __init__(self, slices: Sequence[tuple[np.ndarray, np.ndarray]], size: int, seed: int) -> None:
-        from organseg.data.augment import RandomGenerator
 
         self.slices, self.seed = slices, seed
         self.transform = RandomGenerator((size, size))
@@ -137,7 +137,6 @@ class TrainBatches:
                 persistent_workers=workers > 0,
             )
         else:
-            from organseg.data.augment import BatchAugment
 
             # The slices live in memory (Synapse: 2211 x 512² = 2.9 GB with uint8 labels; on a GPU they live
             # there), so a batch is one gather; BatchAugment then does the reference's geometry and its zoom

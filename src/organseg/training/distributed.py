@@ -93,7 +93,8 @@ def sum_over_ranks_fn(env: DistEnv) -> Callable[[torch.Tensor], torch.Tensor] | 
     the *global* batch: exactly what the reference computes on one device (or after DataParallel's gather)."""
     if not env.distributed:
         return None
-    from torch.distributed.nn.functional import all_reduce
+    # Only DDP runs need it, and builds of torch without distributed support lack the module.
+    from torch.distributed.nn.functional import all_reduce  # noqa: PLC0415
 
     # Every rank then holds the same Dice loss; the backward all-reduce sums world_size identical
     # gradients and DDP divides by world_size again, so each sample's gradient is exactly the global one.

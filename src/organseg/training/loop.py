@@ -563,7 +563,7 @@ def _peak_memory(device: torch.device) -> dict[str, Any]:
         return {"peak_memory_mb": round(torch.cuda.max_memory_allocated(device) / 2**20, 1),
                 "peak_memory_kind": "cuda max allocated"}  # fmt: skip
     try:
-        import resource
+        import resource  # noqa: PLC0415 (POSIX only: elsewhere the peak is not measured)
     except ImportError:  # not on POSIX: not recorded
         return {"peak_memory_mb": None, "peak_memory_kind": None}
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS

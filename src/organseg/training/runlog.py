@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+import organseg
+from organseg.device import cpu_info
 from organseg.run import RunDir
 
 
@@ -50,7 +52,6 @@ def device_name(device: torch.device) -> str:
     AVX512-BF16 or neither), e.g. ``AMD EPYC (avx512_bf16)``."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    from organseg.device import cpu_info
 
     name, flags = cpu_info()
     bf16 = [f for f in ("amx_bf16", "avx512_bf16") if f in flags]
@@ -59,7 +60,6 @@ def device_name(device: torch.device) -> str:
 
 def environment(device: torch.device, precision: str, world_size: int) -> dict[str, Any]:
     """Everything needed to tell two runs' set-ups apart: versions, git revision, hardware, command line."""
-    import organseg
 
     return {
         "organseg": organseg.__version__,
@@ -82,7 +82,7 @@ def environment(device: torch.device, precision: str, world_size: int) -> dict[s
 
 def _summary_writer(log_dir: Path):
     try:
-        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415 (the optional extra [tensorboard])
     except ImportError:  # tensorboard is optional: pip install organseg[tensorboard]
         return None
     return SummaryWriter(log_dir=str(log_dir))
