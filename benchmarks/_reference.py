@@ -50,14 +50,28 @@ def official_dataset(slices: Sequence[tuple[np.ndarray, np.ndarray]], size: int)
 
 
 def official_train_rate(
-    model: nn.Module, slices, num_classes: int, *, batch: int, warmup: int, iters: int, img: int,
-    workers: int, device: str,
-) -> float:  # fmt: skip
+    model: nn.Module,
+    slices,
+    num_classes: int,
+    *,
+    batch: int,
+    warmup: int,
+    iters: int,
+    img: int,
+    workers: int,
+    device: str,
+) -> float:
     """Images/s of the official trainer's loop (fp32), data loading inside the timed region as in training;
     ``warmup`` iterations first, untimed. The caller seeds (:func:`official_seed`) before building
     ``model``."""
-    loader = DataLoader(official_dataset(slices, img), batch_size=batch, shuffle=True, num_workers=workers,
-                        pin_memory=device != "cpu", drop_last=True)  # fmt: skip
+    loader = DataLoader(
+        official_dataset(slices, img),
+        batch_size=batch,
+        shuffle=True,
+        num_workers=workers,
+        pin_memory=device != "cpu",
+        drop_last=True,
+    )
     opt = official_sgd(model, 0.05)
     loss_fn = official_loss(num_classes)
     total = warmup + iters

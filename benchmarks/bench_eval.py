@@ -80,8 +80,13 @@ def bench_surface(gt: np.ndarray, spacing, skip_medpy: bool) -> list[dict]:
         pred = perturbed(gt, stray)
         t_hd, _ = timed(case_metrics, pred, gt, 9, "corrected", spacing, repeat=3)
         t_all, both = timed(case_metrics_all, pred, gt, 9, spacing, repeat=3)
-        row = {"case": name, "spacing": list(spacing), "nsd_tolerance_mm": DEFAULT_NSD_TOLERANCE_MM,
-               "corrected_hd95_only_s": t_hd, "both_protocols_plus_nsd_assd_s": t_all}
+        row = {
+            "case": name,
+            "spacing": list(spacing),
+            "nsd_tolerance_mm": DEFAULT_NSD_TOLERANCE_MM,
+            "corrected_hd95_only_s": t_hd,
+            "both_protocols_plus_nsd_assd_s": t_all,
+        }
         if not skip_medpy:
             t_ref, ref = timed(medpy_monai_surface, pred, gt, 9, spacing, DEFAULT_NSD_TOLERANCE_MM)
             ours = both["surface"]
@@ -108,12 +113,21 @@ def bench_metrics(gt: np.ndarray, skip_medpy: bool) -> list[dict]:
         pred = perturbed(gt, stray)
         t_fast, fast = timed(case_metrics, pred, gt, 9, repeat=3)
         t_plain, plain = timed(plain_case, pred, gt, 9)
-        row = {"case": name, "shape": list(gt.shape), "ours_s": t_fast, "plain_box_edt_s": t_plain,
-               "plain_equal": bool(np.array_equal(fast, plain))}
+        row = {
+            "case": name,
+            "shape": list(gt.shape),
+            "ours_s": t_fast,
+            "plain_box_edt_s": t_plain,
+            "plain_equal": bool(np.array_equal(fast, plain)),
+        }
         if not skip_medpy:
             t_medpy, ref = timed(medpy_case, pred, gt, 9)
-            row.update(medpy_s=t_medpy, speedup=t_medpy / t_fast, equal=bool(np.array_equal(fast, ref)),
-                       max_abs_diff=float(np.abs(fast - ref).max()))
+            row.update(
+                medpy_s=t_medpy,
+                speedup=t_medpy / t_fast,
+                equal=bool(np.array_equal(fast, ref)),
+                max_abs_diff=float(np.abs(fast - ref).max()),
+            )
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows
@@ -147,8 +161,13 @@ def _loop_in_child(
     the same weights (seed 0, or the checkpoint). Returns its time and its prediction."""
     with tempfile.TemporaryDirectory() as tmp:
         np.save(Path(tmp) / "image.npy", image)
-        spec = {"name": name, "dir": tmp, "batch_size": batch_size, "device": str(device),
-                "checkpoint": checkpoint}
+        spec = {
+            "name": name,
+            "dir": tmp,
+            "batch_size": batch_size,
+            "device": str(device),
+            "checkpoint": checkpoint,
+        }
         out = run_child(__file__, "--_loop", spec, failed=f"bench_eval: the reference loop of {name} failed")
         return out["seconds"], np.load(Path(tmp) / "pred.npy")
 
@@ -164,8 +183,9 @@ def _run_loop(spec: dict) -> None:
     print(json.dumps({"seconds": seconds}))
 
 
-def bench_inference(image: np.ndarray, models: list[str], batch_size: int, device: torch.device,
-                    checkpoint: str | None) -> list[dict]:
+def bench_inference(
+    image: np.ndarray, models: list[str], batch_size: int, device: torch.device, checkpoint: str | None
+) -> list[dict]:
     rows = []
     for name in models:
         model, label = _network(name, checkpoint)
@@ -176,16 +196,27 @@ def bench_inference(image: np.ndarray, models: list[str], batch_size: int, devic
         stats: dict = {}
         t_batch, fast = _timed_predict(model, image, batch_size, device, stats=stats)
         t_raw, raw = _timed_predict(model, image, batch_size, device, tie_check=False)
-        row = {"model": name, "slices": image.shape[0], "device": str(device), "loop_s": t_loop,
-               "batched_fp32_s": t_batch, "speedup": t_loop / t_batch,
-               "equal": bool(np.array_equal(ref, fast)), "rerun_slices": stats["rerun_slices"],
-               "batched_no_tie_check_s": t_raw, "speedup_no_tie_check": t_loop / t_raw,
-               "no_tie_check_differing_voxels": int((raw != ref).sum())}
+        row = {
+            "model": name,
+            "slices": image.shape[0],
+            "device": str(device),
+            "loop_s": t_loop,
+            "batched_fp32_s": t_batch,
+            "speedup": t_loop / t_batch,
+            "equal": bool(np.array_equal(ref, fast)),
+            "rerun_slices": stats["rerun_slices"],
+            "batched_no_tie_check_s": t_raw,
+            "speedup_no_tie_check": t_loop / t_raw,
+            "no_tie_check_differing_voxels": int((raw != ref).sum()),
+        }
         if device.type == "cuda" or torch.backends.mkldnn.is_available():  # CPU bf16: oneDNN (AMX/AVX-512)
             _timed_predict(model, image[:batch_size], batch_size, device, precision="bf16")  # warm-up
             t_bf16, bf = _timed_predict(model, image, batch_size, device, precision="bf16")
-            row.update(batched_bf16_s=t_bf16, speedup_bf16=t_loop / t_bf16,
-                       bf16_voxel_agreement=float((bf == ref).mean()))
+            row.update(
+                batched_bf16_s=t_bf16,
+                speedup_bf16=t_loop / t_bf16,
+                bf16_voxel_agreement=float((bf == ref).mean()),
+            )
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows
@@ -218,30 +249,41 @@ def main() -> None:
     if not args.skip_inference:
         if args.checkpoint:
             args.models = "checkpoint"  # one network: the checkpoint's
-        results["inference"] = bench_inference(image[: args.infer_slices], args.models.split(","),
-                                               args.batch_size, device, args.checkpoint)
+        results["inference"] = bench_inference(
+            image[: args.infer_slices], args.models.split(","), args.batch_size, device, args.checkpoint
+        )
     print("\n| part | case | MedPy / loop (s) | ours / batched (s) | speed-up | equal |")
     print("|---|---|---|---|---|---|")
     for r in results.get("metrics", []):
         shape = "x".join(map(str, r["shape"]))
-        print(f"| metrics | {r['case']} {shape} | {r.get('medpy_s', float('nan')):.2f} | "
-              f"{r['ours_s']:.2f} | {r.get('speedup', float('nan')):.1f}x | {r.get('equal', '-')} |")
+        print(
+            f"| metrics | {r['case']} {shape} | {r.get('medpy_s', float('nan')):.2f} | "
+            f"{r['ours_s']:.2f} | {r.get('speedup', float('nan')):.1f}x | {r.get('equal', '-')} |"
+        )
     for r in results.get("surface", []):
         ref = r.get("medpy_assd_plus_monai_nsd_s", float("nan"))
         agree = f"max diff {r['max_abs_diff']:.1e}" if "max_abs_diff" in r else "-"
-        print(f"| surface: + NSD, ASSD (HD95 in mm alone) | {r['case']} | {ref:.2f} (MedPy + MONAI) "
-              f"| {r['both_protocols_plus_nsd_assd_s']:.2f} ({r['corrected_hd95_only_s']:.2f}) | "
-              f"{ref / r['both_protocols_plus_nsd_assd_s']:.1f}x | {agree} |")
+        print(
+            f"| surface: + NSD, ASSD (HD95 in mm alone) | {r['case']} | {ref:.2f} (MedPy + MONAI) "
+            f"| {r['both_protocols_plus_nsd_assd_s']:.2f} ({r['corrected_hd95_only_s']:.2f}) | "
+            f"{ref / r['both_protocols_plus_nsd_assd_s']:.1f}x | {agree} |"
+        )
     for r in results.get("inference", []):
-        print(f"| inference fp32 | {r['model']} {r['slices']} slices, {r['device']} | {r['loop_s']:.2f} | "
-              f"{r['batched_fp32_s']:.2f} | {r['speedup']:.2f}x | {r['equal']} "
-              f"({r['rerun_slices']} re-run) |")
-        print(f"| inference fp32, no tie check | {r['model']} | {r['loop_s']:.2f} | "
-              f"{r['batched_no_tie_check_s']:.2f} | {r['speedup_no_tie_check']:.2f}x | "
-              f"{r['no_tie_check_differing_voxels']} voxels differ |")
+        print(
+            f"| inference fp32 | {r['model']} {r['slices']} slices, {r['device']} | {r['loop_s']:.2f} | "
+            f"{r['batched_fp32_s']:.2f} | {r['speedup']:.2f}x | {r['equal']} "
+            f"({r['rerun_slices']} re-run) |"
+        )
+        print(
+            f"| inference fp32, no tie check | {r['model']} | {r['loop_s']:.2f} | "
+            f"{r['batched_no_tie_check_s']:.2f} | {r['speedup_no_tie_check']:.2f}x | "
+            f"{r['no_tie_check_differing_voxels']} voxels differ |"
+        )
         if "batched_bf16_s" in r:
-            print(f"| inference bf16 | {r['model']} | {r['loop_s']:.2f} | {r['batched_bf16_s']:.2f} | "
-                  f"{r['speedup_bf16']:.2f}x | {100 * r['bf16_voxel_agreement']:.3f} % voxels |")
+            print(
+                f"| inference bf16 | {r['model']} | {r['loop_s']:.2f} | {r['batched_bf16_s']:.2f} | "
+                f"{r['speedup_bf16']:.2f}x | {100 * r['bf16_voxel_agreement']:.3f} % voxels |"
+            )
     if args.json:
         args.json.write_text(json.dumps(results, indent=1) + "\n")
 

@@ -176,14 +176,21 @@ def format_table(results: list[dict]) -> str:
             continue
         train = r["case"].startswith("train")
         mem = r["cuda_peak_mb"] if r.get("cuda_peak_mb") is not None else r["peak_rss_mb"]
-        rows.append([
-            r["model"], r["mode"], r["case"],
-            f"{r['median_s']:.3f}", f"{r['min_s']:.3f}", f"{r['cpu_s']:.2f}",
-            f"{r['batch'] / r['median_s']:.1f}",
-            f"{mem:.0f}", f"{r['rss_growth_mb']:.0f}",
-            f"{REFERENCE_TRAIN_S.get(r['model'], float('nan')):.2f}" if train else "",
-            f"{TARGET_TRAIN_S.get(r['model'], float('nan')):.2f}" if train else "",
-        ])  # fmt: skip
+        rows.append(
+            [
+                r["model"],
+                r["mode"],
+                r["case"],
+                f"{r['median_s']:.3f}",
+                f"{r['min_s']:.3f}",
+                f"{r['cpu_s']:.2f}",
+                f"{r['batch'] / r['median_s']:.1f}",
+                f"{mem:.0f}",
+                f"{r['rss_growth_mb']:.0f}",
+                f"{REFERENCE_TRAIN_S.get(r['model'], float('nan')):.2f}" if train else "",
+                f"{TARGET_TRAIN_S.get(r['model'], float('nan')):.2f}" if train else "",
+            ]
+        )
     widths = [max(len(str(x)) for x in col) for col in zip(cols, *rows, strict=True)]
 
     def line(cells: list[str]) -> str:
@@ -229,10 +236,19 @@ def main(argv: list[str] | None = None) -> int:
         args.repeats, args.warmup = 2, 1
         args.cases = [c for c in args.cases if c != "infer-b16"]
     specs = [
-        {"name": m, "mode": mode, "case": c, "repeats": args.repeats, "warmup": args.warmup,
-         "threads": args.threads, "device": args.device}
-        for m in args.models for c in args.cases for mode in args.modes
-    ]  # fmt: skip
+        {
+            "name": m,
+            "mode": mode,
+            "case": c,
+            "repeats": args.repeats,
+            "warmup": args.warmup,
+            "threads": args.threads,
+            "device": args.device,
+        }
+        for m in args.models
+        for c in args.cases
+        for mode in args.modes
+    ]
     results = []
     bar = tqdm(specs, desc="bench", unit="case")
     for spec in bar:

@@ -44,8 +44,14 @@ def make_onnx(name: str, folder: Path) -> tuple[Path, Path, dict, float]:
     metadata, export seconds)."""
     torch.manual_seed(0)
     model = create_model(name).eval()
-    ckpt = make_checkpoint(model, model_name=name, model_args={}, class_names=list(SYNAPSE_CLASSES),
-                           preprocessing=ct_window_spec(), config={"train": {"img_size": 224}})
+    ckpt = make_checkpoint(
+        model,
+        model_name=name,
+        model_args={},
+        class_names=list(SYNAPSE_CLASSES),
+        preprocessing=ct_window_spec(),
+        config={"train": {"img_size": 224}},
+    )
     ckpt_path, onnx_path = folder / f"{name}.pt", folder / f"{name}.onnx"
     atomic_torch_save(ckpt, ckpt_path)
     t = time.perf_counter()
@@ -88,53 +94,82 @@ def main() -> None:
     import onnxruntime  # noqa: PLC0415 (the onnx extra; --help and the children need not have it)
 
     cpu = cpu_description()
-    results: dict = {"cpu": cpu, "threads": args.threads, "slices": args.slices,
-                     "batch_size": args.batch_size, "torch": torch.__version__,
-                     "onnxruntime": onnxruntime.__version__,
-                     "load_before": os.getloadavg(), "rows": []}
-    print(f"CPU: {cpu['model']}, {cpu['cores']} logical cores, flags: {' '.join(cpu['flags']) or 'none'}; "
-          f"{args.threads} threads; load average {results['load_before'][0]:.1f}", flush=True)
+    results: dict = {
+        "cpu": cpu,
+        "threads": args.threads,
+        "slices": args.slices,
+        "batch_size": args.batch_size,
+        "torch": torch.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "load_before": os.getloadavg(),
+        "rows": [],
+    }
+    print(
+        f"CPU: {cpu['model']}, {cpu['cores']} logical cores, flags: {' '.join(cpu['flags']) or 'none'}; "
+        f"{args.threads} threads; load average {results['load_before'][0]:.1f}",
+        flush=True,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         np.save(folder / "image.npy", phantom_ct(args.slices, 224)[0])
         for name in args.models.split(","):
             ckpt, onnx_path, info, export_s = make_onnx(name, folder)
-            row = {"model": name, "export_s": export_s, "onnx_mb": info["bytes"] / 1e6,
-                   "export_max_abs_logit_diff": info["export_check"]["max_abs_logit_diff"]}
+            row = {
+                "model": name,
+                "export_s": export_s,
+                "onnx_mb": info["bytes"] / 1e6,
+                "export_max_abs_logit_diff": info["export_check"]["max_abs_logit_diff"],
+            }
             preds = {}
             # Rounds of one run per backend, not all runs of one backend then the next: on a shared machine
             # the load drifts, and interleaving lets every backend meet the same drift; the best run counts.
             for _ in range(args.repeat):
                 for backend, precision in BACKENDS:
                     key = f"{backend}_{precision}"
-                    spec = {"backend": backend, "precision": precision, "checkpoint": str(ckpt),
-                            "onnx": str(onnx_path), "image": str(folder / "image.npy"), "repeat": 1,
-                            "pred": str(folder / f"{key}.npy"), "batch_size": args.batch_size,
-                            "threads": args.threads}
-                    out = run_child(__file__, "--_child", spec,
-                                    failed=f"bench_onnx: {backend} {precision} failed")
+                    spec = {
+                        "backend": backend,
+                        "precision": precision,
+                        "checkpoint": str(ckpt),
+                        "onnx": str(onnx_path),
+                        "image": str(folder / "image.npy"),
+                        "repeat": 1,
+                        "pred": str(folder / f"{key}.npy"),
+                        "batch_size": args.batch_size,
+                        "threads": args.threads,
+                    }
+                    out = run_child(
+                        __file__, "--_child", spec, failed=f"bench_onnx: {backend} {precision} failed"
+                    )
                     preds[key] = np.load(spec["pred"])
                     row[f"{key}_s"] = min(out["seconds"], row.get(f"{key}_s", float("inf")))
                     row[f"{key}_rerun_slices"] = out["rerun_slices"]
-                    print(json.dumps({"model": name, "backend": key, **out, "load": os.getloadavg()[0]}),
-                          flush=True)
+                    print(
+                        json.dumps({"model": name, "backend": key, **out, "load": os.getloadavg()[0]}),
+                        flush=True,
+                    )
             for key in ("onnx_fp32", "torch_bf16"):
                 row[f"{key}_agreement"] = float((preds[key] == preds["torch_fp32"]).mean())
             results["rows"].append(row)
     results["load_after"] = os.getloadavg()
     n = args.slices
-    print(f"\n{n} slices of 224x224, batch {args.batch_size}, {args.threads} threads, "
-          f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}; CPU {cpu['model']} "
-          f"({' '.join(cpu['flags']) or 'no bf16 flags'}); load average {results['load_before'][0]:.1f} -> "
-          f"{results['load_after'][0]:.1f}\n")
-    print("| network | PyTorch fp32 (s) | ONNX Runtime fp32 (s) | PyTorch bf16 (s) | ORT vs PyTorch fp32 "
-          "| voxels equal to PyTorch fp32: ORT / bf16 | export check max abs logit diff |")
+    print(
+        f"\n{n} slices of 224x224, batch {args.batch_size}, {args.threads} threads, "
+        f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}; CPU {cpu['model']} "
+        f"({' '.join(cpu['flags']) or 'no bf16 flags'}); load average {results['load_before'][0]:.1f} -> "
+        f"{results['load_after'][0]:.1f}\n"
+    )
+    print(
+        "| network | PyTorch fp32 (s) | ONNX Runtime fp32 (s) | PyTorch bf16 (s) | ORT vs PyTorch fp32 "
+        "| voxels equal to PyTorch fp32: ORT / bf16 | export check max abs logit diff |"
+    )
     print("|---|---|---|---|---|---|---|")
     for r in results["rows"]:
-        print(f"| {r['model']} | {r['torch_fp32_s']:.2f} | {r['onnx_fp32_s']:.2f} | "
-              f"{r['torch_bf16_s']:.2f} | "
-              f"{r['torch_fp32_s'] / r['onnx_fp32_s']:.2f}x | {100 * r['onnx_fp32_agreement']:.4f} % / "
-              f"{100 * r['torch_bf16_agreement']:.3f} % | {r['export_max_abs_logit_diff']:.2g} |")
+        print(
+            f"| {r['model']} | {r['torch_fp32_s']:.2f} | {r['onnx_fp32_s']:.2f} | "
+            f"{r['torch_bf16_s']:.2f} | "
+            f"{r['torch_fp32_s'] / r['onnx_fp32_s']:.2f}x | {100 * r['onnx_fp32_agreement']:.4f} % / "
+            f"{100 * r['torch_bf16_agreement']:.3f} % | {r['export_max_abs_logit_diff']:.2g} |"
+        )
     if args.json:
         args.json.write_text(json.dumps(results, indent=1) + "\n")
 

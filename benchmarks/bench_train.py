@@ -82,8 +82,17 @@ def reference_rate(
     # official trainer runs it; --ref-attn sdpa gives the reference loop organseg's attention instead.
     size = {"img_size": img, "attn_impl": ref_attn} if name == "swin_unet" else {}
     model = create_model(name, num_classes=ds.num_classes, **{**size, **args}).to(device).train()
-    return official_train_rate(model, ds.train_slices(), ds.num_classes, batch=batch, warmup=warmup,
-                               iters=iters, img=img, workers=workers, device=device)  # fmt: skip
+    return official_train_rate(
+        model,
+        ds.train_slices(),
+        ds.num_classes,
+        batch=batch,
+        warmup=warmup,
+        iters=iters,
+        img=img,
+        workers=workers,
+        device=device,
+    )
 
 
 def organseg_rate(

@@ -67,10 +67,13 @@ def main() -> None:
     total = sum(e.self_cpu_time_total for e in events)
     rows = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[: args.top]
     bf16 = ", ".join(cpu["flags"]) or "none"
-    print(f"# {args.network}, batch {args.batch}, {args.precision}, {args.optimizer}, {args.threads} "
-          f"threads, torch {torch.__version__}; {cpu['model']} (bf16: {bf16})")  # fmt: skip
-    print(f"# {per_step:.3f} s per step under the profiler ({args.steps} steps after {args.warmup} "
-          "warm-up)\n")  # fmt: skip
+    print(
+        f"# {args.network}, batch {args.batch}, {args.precision}, {args.optimizer}, {args.threads} "
+        f"threads, torch {torch.__version__}; {cpu['model']} (bf16: {bf16})"
+    )
+    print(
+        f"# {per_step:.3f} s per step under the profiler ({args.steps} steps after {args.warmup} warm-up)\n"
+    )
     print("| operator | self CPU per step (ms) | share | calls per step |\n|---|---|---|---|")
     for e in rows:
         ms = e.self_cpu_time_total / 1000 / args.steps

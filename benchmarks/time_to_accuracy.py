@@ -29,15 +29,37 @@ from organseg.study.efficiency import learning_curve
 
 ROOT = Path(__file__).resolve().parents[1]
 ACDC = ROOT.parent / "shared" / "data" / "acdc"
-RECIPE_KEYS = ("optimizer", "base_lr", "weight_decay", "batch_size", "schedule", "warmup_iterations",
-               "ce_weight", "dice_weight", "precision", "augment")  # fmt: skip
+RECIPE_KEYS = (
+    "optimizer",
+    "base_lr",
+    "weight_decay",
+    "batch_size",
+    "schedule",
+    "warmup_iterations",
+    "ce_weight",
+    "dice_weight",
+    "precision",
+    "augment",
+)
 
 
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out_root) / args.name
-    cmd = [sys.executable, "-m", "organseg", "train", args.preset, "--data", str(args.data),
-           "--out", str(out), "--set", f"train.time_budget_min={args.minutes}",
-           "--set", "train.progress=false"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "organseg",
+        "train",
+        args.preset,
+        "--data",
+        str(args.data),
+        "--out",
+        str(out),
+        "--set",
+        f"train.time_budget_min={args.minutes}",
+        "--set",
+        "train.progress=false",
+    ]
     if args.threads:
         cmd += ["--set", f"train.threads={args.threads}"]
     if (out / "checkpoints" / "last.pt").exists():
@@ -92,17 +114,37 @@ def _pct(v: float | None) -> str:
 def report(args: argparse.Namespace) -> int:
     rows = [describe(Path(d)) for d in args.runs if RunDir(d).summary() is not None]
     classes = list(dict.fromkeys(c for r in rows for c in r["per_class"]))  # the dataset's class order
-    head = ["trial", "network", "recipe", "budget (min)", "trained (min)", "threads", "iterations", "images",
-            "img/s", "mean DSC", *classes, "HD95"]  # fmt: skip
+    head = [
+        "trial",
+        "network",
+        "recipe",
+        "budget (min)",
+        "trained (min)",
+        "threads",
+        "iterations",
+        "images",
+        "img/s",
+        "mean DSC",
+        *classes,
+        "HD95",
+    ]
     print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
     for r in rows:
         budget = "–" if r["budget_min"] is None else f"{r['budget_min']:g}"
-        cells = [r["name"], r["network"], _recipe_text(r), budget, f"{r['minutes']:.1f}",
-                 str(r["threads"]),
-                 str(r["iterations"]), str(r["images"]), f"{r['images_per_second']:.2f}",
-                 _pct(r["mean_dice"]),
-                 *(_pct(r["per_class"].get(c)) for c in classes),
-                 "–" if r["mean_hd95"] is None else f"{r['mean_hd95']:.1f}"]  # fmt: skip
+        cells = [
+            r["name"],
+            r["network"],
+            _recipe_text(r),
+            budget,
+            f"{r['minutes']:.1f}",
+            str(r["threads"]),
+            str(r["iterations"]),
+            str(r["images"]),
+            f"{r['images_per_second']:.2f}",
+            _pct(r["mean_dice"]),
+            *(_pct(r["per_class"].get(c)) for c in classes),
+            "–" if r["mean_hd95"] is None else f"{r['mean_hd95']:.1f}",
+        ]
         print("| " + " | ".join(cells) + " |")
     if args.figure:
         _figure(rows, Path(args.figure), args.series)
@@ -124,8 +166,9 @@ def _figure(rows: list[dict], path: Path, series: list[str] | None) -> None:
             continue
         label = pairs[index][1]
         xs, ys = zip(*sorted((m, 100 * d) for m, d in r["curve"]), strict=True)
-        ax.plot(xs, ys, marker="o", color=colors[index % len(colors)],
-                label=None if label in labelled else label)  # fmt: skip
+        ax.plot(
+            xs, ys, marker="o", color=colors[index % len(colors)], label=None if label in labelled else label
+        )
         labelled.add(label)
     ax.set_xlabel("training minutes (2-core CPU, one core per run)")
     ax.set_ylabel("ACDC validation mean DSC (%)")
@@ -141,8 +184,11 @@ def _figure(rows: list[dict], path: Path, series: list[str] | None) -> None:
 def val_by_epoch(run_dir: Path) -> list[tuple[int, float]]:
     """(epochs done, validation mean DSC) of every validation of a run, in order."""
     records = RunDir(run_dir).metrics()
-    return [(int(r["epoch"]) + 1, float(r["mean_dice"])) for r in records
-            if r.get("kind") == "val" and r.get("mean_dice") is not None]  # fmt: skip
+    return [
+        (int(r["epoch"]) + 1, float(r["mean_dice"]))
+        for r in records
+        if r.get("kind") == "val" and r.get("mean_dice") is not None
+    ]
 
 
 def epochs_to_reach(reference: list[tuple[int, float]], fast: list[tuple[int, float]]) -> dict:
@@ -152,9 +198,14 @@ def epochs_to_reach(reference: list[tuple[int, float]], fast: list[tuple[int, fl
         raise SystemExit("epochs: both runs need validation records (val.every > 0)")
     ref_epochs, target = reference[-1]
     reached = next((e for e, d in fast if d >= target), None)
-    return {"reference_epochs": ref_epochs, "target": target, "fast_epochs": fast[-1][0],
-            "fast_best": max(d for _, d in fast), "reached_at": reached,
-            "ratio": None if reached is None else reached / ref_epochs}  # fmt: skip
+    return {
+        "reference_epochs": ref_epochs,
+        "target": target,
+        "fast_epochs": fast[-1][0],
+        "fast_best": max(d for _, d in fast),
+        "reached_at": reached,
+        "ratio": None if reached is None else reached / ref_epochs,
+    }
 
 
 def epochs(args: argparse.Namespace) -> int:
@@ -166,9 +217,11 @@ def epochs(args: argparse.Namespace) -> int:
         print(f"| {Path(name).name} | {pts[-1][0]} | {curve} |")
     where = "never" if r["reached_at"] is None else f"at epoch {r['reached_at']} ({r['ratio']:.2f} of them)"
     verdict = "meets" if r["ratio"] is not None and r["ratio"] <= 1 / 3 else "misses"
-    print(f"\nreference after {r['reference_epochs']} epochs: {100 * r['target']:.2f}; the fast run "
-          f"(best {100 * r['fast_best']:.2f} in {r['fast_epochs']} epochs) reaches it {where}: {verdict} "
-          "the one-third goal")
+    print(
+        f"\nreference after {r['reference_epochs']} epochs: {100 * r['target']:.2f}; the fast run "
+        f"(best {100 * r['fast_best']:.2f} in {r['fast_epochs']} epochs) reaches it {where}: {verdict} "
+        "the one-third goal"
+    )
     return 0
 
 

@@ -69,19 +69,48 @@ def make_run(root: Path, class_names, preprocessing: dict, data_root: str | None
     """A run folder as ``organseg train`` leaves it: config, best/last checkpoints, metrics log."""
     model = tiny_swin(len(class_names))
     args = {**TINY_SWIN, "num_classes": len(class_names)}
-    cfg = {"model": {"name": "swin_unet", "args": dict(TINY_SWIN)}, "data": {"root": data_root},
-           "train": {"img_size": 64, "batch_size": 4, "base_lr": 0.05, "max_epochs": 2}}
+    cfg = {
+        "model": {"name": "swin_unet", "args": dict(TINY_SWIN)},
+        "data": {"root": data_root},
+        "train": {"img_size": 64, "batch_size": 4, "base_lr": 0.05, "max_epochs": 2},
+    }
     root.mkdir(parents=True)
     (root / "config.yaml").write_text(yaml.safe_dump(cfg))
     for name in ("best", "last"):
-        ckpt = make_checkpoint(model, model_name="swin_unet", model_args=args, class_names=class_names,
-                               preprocessing=preprocessing, config=cfg)
+        ckpt = make_checkpoint(
+            model,
+            model_name="swin_unet",
+            model_args=args,
+            class_names=class_names,
+            preprocessing=preprocessing,
+            config=cfg,
+        )
         atomic_torch_save(ckpt, root / "checkpoints" / f"{name}.pt")
-    records = [{"kind": "train", "iter": i, "epoch": i // 5, "loss": 1.0 / (i + 1), "ce": 0.6 / (i + 1),
-                "dice": 0.4 / (i + 1), "lr": 0.05 * (1 - i / 10) ** 0.9} for i in range(10)]
-    records += [{"kind": "val", "epoch": e, "iter": 5 * e + 4, "mean_dice": 0.3 + 0.1 * e, "mean_hd95": 9.0,
-                 "per_class": {n: {"dice": 0.2 + 0.1 * e + 0.05 * k, "hd95": 9.0}
-                               for k, n in enumerate(class_names[1:])}} for e in range(2)]
+    records = [
+        {
+            "kind": "train",
+            "iter": i,
+            "epoch": i // 5,
+            "loss": 1.0 / (i + 1),
+            "ce": 0.6 / (i + 1),
+            "dice": 0.4 / (i + 1),
+            "lr": 0.05 * (1 - i / 10) ** 0.9,
+        }
+        for i in range(10)
+    ]
+    records += [
+        {
+            "kind": "val",
+            "epoch": e,
+            "iter": 5 * e + 4,
+            "mean_dice": 0.3 + 0.1 * e,
+            "mean_hd95": 9.0,
+            "per_class": {
+                n: {"dice": 0.2 + 0.1 * e + 0.05 * k, "hd95": 9.0} for k, n in enumerate(class_names[1:])
+            },
+        }
+        for e in range(2)
+    ]
     (root / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     return root
 
@@ -253,8 +282,10 @@ def state_dict_of(path) -> dict[str, torch.Tensor]:
 
 # ---------------------------------------------------------------------------------------------- tiny studies
 
-TINY_ARGS = {"unet": {"width": 0.125}, "swin_unet": {"embed_dim": 12, "num_heads": [1, 2, 3, 4],
-                                                               "window_size": 2}}  # fmt: skip
+TINY_ARGS = {
+    "unet": {"width": 0.125},
+    "swin_unet": {"embed_dim": 12, "num_heads": [1, 2, 3, 4], "window_size": 2},
+}
 FRACTIONS = ["0.5", "1"]
 
 
@@ -264,10 +295,17 @@ def write_presets(folder: Path, *, max_iterations: int = 2, val_every: int = 0) 
     for model, args in TINY_ARGS.items():
         cfg = {
             "model": {"name": model, "args": args},
-            "train": {"img_size": 32, "batch_size": 4, "max_iterations": max_iterations, "augment": "none",
-                      "progress": False, "threads": 1, "lr_scaling": "none"},
+            "train": {
+                "img_size": 32,
+                "batch_size": 4,
+                "max_iterations": max_iterations,
+                "augment": "none",
+                "progress": False,
+                "threads": 1,
+                "lr_scaling": "none",
+            },
             "val": {"every": val_every},
-        }  # fmt: skip
+        }
         (folder / f"tiny_{model}.yaml").write_text(yaml.safe_dump(cfg))
     return str(folder / "tiny_{model}.yaml")
 
@@ -275,16 +313,32 @@ def write_presets(folder: Path, *, max_iterations: int = 2, val_every: int = 0) 
 def fraction_phantom(root: Path) -> Path:
     """4 phantom cases: 1 and 2 train (4 slices each), 3 validates, 4 tests."""
     write_phantom_set(root / "raw", 4, size=32, num_slices=4, progress=False)
-    prepare_synapse(root / "raw", root / "data", train_cases=[1, 2, 3], val_cases=[3], test_cases=[4],
-                    progress=False)  # fmt: skip
+    prepare_synapse(
+        root / "raw", root / "data", train_cases=[1, 2, 3], val_cases=[3], test_cases=[4], progress=False
+    )
     return root / "data"
 
 
 def fraction_argv(data: Path, preset: str, out: Path, models=("unet", "swin_unet")) -> list[str]:
     """``compare`` sweeping ``data.train_fraction`` over :data:`FRACTIONS`, one seed, on the CPU."""
-    return ["compare", "--data", str(data), "--models", *models, "--seeds", "1",
-            "--set", f"data.train_fraction={','.join(FRACTIONS)}", "--preset", preset,
-            "--out", str(out), "--device", "cpu", "--no-report"]  # fmt: skip
+    return [
+        "compare",
+        "--data",
+        str(data),
+        "--models",
+        *models,
+        "--seeds",
+        "1",
+        "--set",
+        f"data.train_fraction={','.join(FRACTIONS)}",
+        "--preset",
+        preset,
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--no-report",
+    ]
 
 
 # ------------------------------------------------------------------------- synthetic pretrained-weight files

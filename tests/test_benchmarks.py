@@ -15,12 +15,23 @@ sys.path.insert(0, str(BENCH))
 from _common import run_child  # noqa: E402
 
 
-@pytest.mark.parametrize("script", ["bench_data.py", "bench_eval.py", "bench_models.py", "bench_onnx.py",
-                                    "bench_train.py", "profile_step.py", "time_to_accuracy.py"])  # fmt: skip
+@pytest.mark.parametrize(
+    "script",
+    [
+        "bench_data.py",
+        "bench_eval.py",
+        "bench_models.py",
+        "bench_onnx.py",
+        "bench_train.py",
+        "profile_step.py",
+        "time_to_accuracy.py",
+    ],
+)
 def test_benchmark_script_starts(script):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, str(BENCH / script), "--help"], capture_output=True, text=True,
-                          env=env, timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / script), "--help"], capture_output=True, text=True, env=env, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("usage:")
 

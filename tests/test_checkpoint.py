@@ -58,9 +58,13 @@ def _unet_checkpoint(num_classes: int = 3, width: float = 0.125, **fields) -> di
     net = create_model("unet", num_classes=num_classes, width=width)
     names = ["background"] + [f"organ{i}" for i in range(1, num_classes)]
     ckpt = ck.make_checkpoint(
-        net, model_name="unet", model_args={"num_classes": num_classes, "width": width}, class_names=names,
-        preprocessing={"kind": "minmax"}, config={"train": {"img_size": 32}},
-    )  # fmt: skip
+        net,
+        model_name="unet",
+        model_args={"num_classes": num_classes, "width": width},
+        class_names=names,
+        preprocessing={"kind": "minmax"},
+        config={"train": {"img_size": 32}},
+    )
     ckpt.update(fields)
     return ckpt
 
@@ -147,8 +151,16 @@ def test_an_official_swin_unet_file_becomes_a_checkpoint_through_make_checkpoint
     path = tmp_path / "epoch_149.pth"
     torch.save(net.state_dict(), path)
     ckpt = ck.read_checkpoint(path, official=True)
-    assert list(ckpt) == ["format", "model", "model_name", "model_args", "class_names", "preprocessing",
-                          "config", "source"]  # fmt: skip
+    assert list(ckpt) == [
+        "format",
+        "model",
+        "model_name",
+        "model_args",
+        "class_names",
+        "preprocessing",
+        "config",
+        "source",
+    ]
     assert ckpt["format"] == ck.FORMAT and ckpt["model_name"] == "swin_unet"
     assert ck.is_official_swin_unet(ckpt)
     assert (ckpt["class_names"], ckpt["preprocessing"], ckpt["config"]) == ([], {}, {})

@@ -59,9 +59,26 @@ def study(tmp_path_factory, phantom_data) -> dict:
     root = tmp_path_factory.mktemp("study")
     preset = write_presets(root)
     out = root / "out"
-    argv = ["compare", "--data", str(phantom_data), "--models", *MODELS, "--seeds", "1,2",
-            "--set", f"train.base_lr={','.join(LRS)}", "--set", "train.momentum=0.9",
-            "--preset", preset, "--out", str(out), "--device", "cpu", "--no-report"]  # fmt: skip
+    argv = [
+        "compare",
+        "--data",
+        str(phantom_data),
+        "--models",
+        *MODELS,
+        "--seeds",
+        "1,2",
+        "--set",
+        f"train.base_lr={','.join(LRS)}",
+        "--set",
+        "train.momentum=0.9",
+        "--preset",
+        preset,
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--no-report",
+    ]
     assert main(argv) == 0
     return {"out": out, "preset": preset, "data": phantom_data, "argv": argv}
 
@@ -129,8 +146,13 @@ def test_run_names_are_stable_and_readable():
 
 def test_plan_expands_the_grid_with_resolved_configs(tmp_path):
     preset = write_presets(tmp_path)
-    plans = plan_runs(MODELS, [1, 2], parse_sets(["train.base_lr=0.01,0.05", "train.momentum=0.8"]),
-                      preset=preset, precision="bf16")  # fmt: skip
+    plans = plan_runs(
+        MODELS,
+        [1, 2],
+        parse_sets(["train.base_lr=0.01,0.05", "train.momentum=0.8"]),
+        preset=preset,
+        precision="bf16",
+    )
     assert len(plans) == 8 and len({p.name for p in plans}) == 8
     assert plans[0].name == "unet__seed1__base_lr0.01" and plans[-1].name == "swin_unet__seed2__base_lr0.05"
     for p in plans:
@@ -176,8 +198,12 @@ def test_relative_hd95_change_is_against_the_baseline_at_the_same_sweep_values()
         stat = {"mean_hd95": {"mean": hd}, "mean_dice": {"mean": dice}}
         return {"model": model, "sweep": {"train.base_lr": lr}, "reference": stat, "corrected": stat}
 
-    groups = [group("unet", 0.01, 40.0, 0.70), group("unet", 0.05, 20.0, 0.75),
-              group("swin_unet", 0.01, 34.4, 0.72), group("swin_unet", 0.05, 25.0, 0.74)]  # fmt: skip
+    groups = [
+        group("unet", 0.01, 40.0, 0.70),
+        group("unet", 0.05, 20.0, 0.75),
+        group("swin_unet", 0.01, 34.4, 0.72),
+        group("swin_unet", 0.05, 25.0, 0.74),
+    ]
     rel = _relative_changes(groups, "unet")
     assert [r["sweep"]["train.base_lr"] for r in rel] == [0.01, 0.05]
     assert rel[0]["reference"]["hd95_change"] == pytest.approx(-0.14)  # the seed write-up's "-14 %"
@@ -187,11 +213,16 @@ def test_relative_hd95_change_is_against_the_baseline_at_the_same_sweep_values()
 
 def test_infer_sweep_keys_ignores_seeds_models_and_runtime_keys():
     def cfg(model, seed, lr, device, batch):
-        return {"model": {"name": model, "args": {}},
-                "train": {"seed": seed, "base_lr": lr, "device": device, "batch_size": batch}}  # fmt: skip
+        return {
+            "model": {"name": model, "args": {}},
+            "train": {"seed": seed, "base_lr": lr, "device": device, "batch_size": batch},
+        }
 
-    configs = [("unet", cfg("unet", 1, 0.01, "cpu", 16)), ("unet", cfg("unet", 2, 0.05, "cuda", 16)),
-               ("swin_unet", cfg("swin_unet", 1, 0.01, "cpu", 24))]  # fmt: skip
+    configs = [
+        ("unet", cfg("unet", 1, 0.01, "cpu", 16)),
+        ("unet", cfg("unet", 2, 0.05, "cuda", 16)),
+        ("swin_unet", cfg("swin_unet", 1, 0.01, "cpu", 24)),
+    ]
     # batch_size differs between the networks (their presets), not within one: not a sweep.
     assert infer_sweep_keys(configs) == ["train.base_lr"]
 
@@ -230,10 +261,18 @@ def test_aggregates_are_mean_and_std_over_seeds_of_the_run_results(study):
     for g in c["groups"]:
         lr = g["sweep"]["train.base_lr"]
         summaries = [
-            json.loads((out / "runs" / run_name(g["model"], s, [("train.base_lr", f"{lr:g}")]) / "results"
-                        / "test_last" / "summary.json").read_text())
+            json.loads(
+                (
+                    out
+                    / "runs"
+                    / run_name(g["model"], s, [("train.base_lr", f"{lr:g}")])
+                    / "results"
+                    / "test_last"
+                    / "summary.json"
+                ).read_text()
+            )
             for s in SEEDS
-        ]  # fmt: skip
+        ]
         for protocol in ("reference", "corrected"):
             dice = [s[protocol]["mean_dice"] for s in summaries]
             hd = [s[protocol]["mean_hd95"] for s in summaries]
@@ -269,12 +308,22 @@ def test_csv_holds_the_json_numbers(study):
     assert len(paired) == len(c["paired"]) == 2 * 2 * 2 * (1 + len(c["dataset"]["columns"]))
     for row, rec in zip(paired, c["paired"], strict=True):
         assert (row["model"], row["baseline"], row["metric"], row["column"]) == (
-            rec["model_b"], rec["model_a"], rec["metric"], rec["organ"])  # fmt: skip
+            rec["model_b"],
+            rec["model_a"],
+            rec["metric"],
+            rec["organ"],
+        )
         for k in ("diff", "ci_low", "ci_high", "p", "p_holm"):
             assert (row[k] == "") if rec[k] is None else float(row[k]) == pytest.approx(rec[k])
     g = c["groups"][0]
-    row = next(r for r in rows if r["model"] == g["model"] and r["train.base_lr"] == "0.01"
-               and r["protocol"] == "reference" and r["column"] == "mean")  # fmt: skip
+    row = next(
+        r
+        for r in rows
+        if r["model"] == g["model"]
+        and r["train.base_lr"] == "0.01"
+        and r["protocol"] == "reference"
+        and r["column"] == "mean"
+    )
     assert float(row["dice_mean"]) == pytest.approx(g["reference"]["mean_dice"]["mean"])
     assert int(row["n"]) == 2 and row["seeds"] == "1 2"
 
@@ -303,13 +352,31 @@ def test_a_partial_run_is_resumed_and_a_changed_recipe_refused(study, tmp_path):
     partial = {**plan.config, "train": {**plan.config["train"], "time_budget_min": 1e-9}}
     train(partial, study["data"], out / "runs" / plan.name)
     assert run_state(out / "runs" / plan.name, plan.config) == ("partial", 1)
-    result = run_study(study["data"], ["unet"], out, seeds=[1], sets=sets, preset=study["preset"],
-                       device="cpu", report=False, progress=False)  # fmt: skip
+    result = run_study(
+        study["data"],
+        ["unet"],
+        out,
+        seeds=[1],
+        sets=sets,
+        preset=study["preset"],
+        device="cpu",
+        report=False,
+        progress=False,
+    )
     assert result["trained"] == [plan.name] and result["tested"] == [plan.name]
     assert [r["iter"] for r in read_metrics(out / "runs" / plan.name, "train")] == [1, 2]
     with pytest.raises(ConfigError, match=r"another configuration \(train.momentum: 0.9 -> 0.5\)"):
-        run_study(study["data"], ["unet"], out, seeds=[1], sets=["train.base_lr=0.01", "train.momentum=0.5"],
-                  preset=study["preset"], device="cpu", report=False, progress=False)  # fmt: skip
+        run_study(
+            study["data"],
+            ["unet"],
+            out,
+            seeds=[1],
+            sets=["train.base_lr=0.01", "train.momentum=0.5"],
+            preset=study["preset"],
+            device="cpu",
+            report=False,
+            progress=False,
+        )
 
 
 # ----------------------------------------------------------------------------------------------- --collect
@@ -385,8 +452,18 @@ def test_parallel_jobs_train_the_same_runs_as_one_process(study, tmp_path):
     import torch
 
     out = tmp_path / "parallel"
-    result = run_study(study["data"], ["unet"], out, seeds=[1, 2], sets=["train.base_lr=0.01"], jobs=2,
-                       preset=study["preset"], device="cpu", report=False, progress=False)  # fmt: skip
+    result = run_study(
+        study["data"],
+        ["unet"],
+        out,
+        seeds=[1, 2],
+        sets=["train.base_lr=0.01"],
+        jobs=2,
+        preset=study["preset"],
+        device="cpu",
+        report=False,
+        progress=False,
+    )
     names = ["unet__seed1", "unet__seed2"]  # one learning rate: not swept, so not in the name
     assert result["trained"] == names and result["tested"] == names
     for name in names:
@@ -403,8 +480,22 @@ def test_parallel_jobs_train_the_same_runs_as_one_process(study, tmp_path):
 
 def test_a_failing_parallel_run_is_one_clear_error(study, tmp_path, capsys):
     out = tmp_path / "broken"
-    argv = ["compare", "--data", str(study["data"]), "--models", "unet", "swin_unet", "--out", str(out),
-            "--preset", study["preset"], "--set", "model.args.in_chans=0", "--jobs", "2"]  # fmt: skip
+    argv = [
+        "compare",
+        "--data",
+        str(study["data"]),
+        "--models",
+        "unet",
+        "swin_unet",
+        "--out",
+        str(out),
+        "--preset",
+        study["preset"],
+        "--set",
+        "model.args.in_chans=0",
+        "--jobs",
+        "2",
+    ]
     # Every up-front check passes (in_chans is a U-Net argument of the right type); the U-Net child then
     # fails when it builds the network (no input channels).
     assert main(argv) == 2
@@ -425,13 +516,16 @@ def test_paired_records_are_recomputed_from_the_runs_per_case_files(study):
     keys = {"a", "b", "diff", "ci_low", "ci_high", "p", "p_holm", "wins", "losses"}
     assert all(keys <= set(r) for r in c["paired"])
     assert {(r["protocol"], r["metric"]) for r in c["paired"]} == {
-        (p, m) for p in ("reference", "corrected") for m in ("dice", "hd95")}  # fmt: skip
+        (p, m) for p in ("reference", "corrected") for m in ("dice", "hd95")
+    }
     assert {(r["model_a"], r["model_b"]) for r in c["paired"]} == {("unet", "swin_unet")}
-    assert all(r["resampled"] == "subjects and seeds" and r["seeds_a"] == r["seeds_b"] == 2
-               for r in c["paired"])  # fmt: skip
+    assert all(
+        r["resampled"] == "subjects and seeds" and r["seeds_a"] == r["seeds_b"] == 2 for r in c["paired"]
+    )
     counted = {(r["unit_of_analysis"], r["n_subjects"], r["n_volumes"]) for r in c["paired"] if r["n"]}
     assert counted == {("subject", 1, 1)}  # the phantom's one test case is one subject
     for lr in LRS:
+
         def values(model: str, lr: str = lr) -> np.ndarray:
             out_ = []
             for s in SEEDS:
@@ -440,9 +534,12 @@ def test_paired_records_are_recomputed_from_the_runs_per_case_files(study):
                 out_.append([case["classes"]["liver"]["reference"]["dice"]])
             return np.array(out_)
 
-        rec = next(r for r in c["paired"] if r["sweep"]["train.base_lr"] == float(lr)
-                   and (r["protocol"], r["metric"], r["organ"]) == ("reference", "dice", "Liver")
-                   )  # fmt: skip
+        rec = next(
+            r
+            for r in c["paired"]
+            if r["sweep"]["train.base_lr"] == float(lr)
+            and (r["protocol"], r["metric"], r["organ"]) == ("reference", "dice", "Liver")
+        )
         expected = paired_difference(values("unet"), values("swin_unet"))
         for k in ("a", "b", "diff", "ci_low", "ci_high", "p", "wins", "losses"):
             assert rec[k] == (pytest.approx(expected[k]) if expected[k] is not None else None), k
@@ -469,10 +566,13 @@ def test_cost_records_come_from_the_runs_own_records(study):
         assert cost["train_images_per_s"] == pytest.approx(np.mean([t["images_per_second"] for t in trains]))
         assert cost["train_seconds_total"] == pytest.approx(sum(t["train_seconds"] for t in trains))
         assert cost["peak_memory_mb"] == max(t["peak_memory_mb"] for t in trains) > 0
-        tests = [json.loads((out / "runs" / n / "results" / "test_last" / "summary.json").read_text())
-                 for n in g["runs"]]  # fmt: skip
+        tests = [
+            json.loads((out / "runs" / n / "results" / "test_last" / "summary.json").read_text())
+            for n in g["runs"]
+        ]
         assert cost["infer_seconds_per_slice"] == pytest.approx(
-            np.mean([t["inference_seconds"] / t["slices"] for t in tests]))  # fmt: skip
+            np.mean([t["inference_seconds"] / t["slices"] for t in tests])
+        )
         assert cost["train_device"].startswith("cpu") and cost["test_device"] == "cpu"
     md = (out / "comparison.md").read_text()
     assert "## Cost" in md and "| swin_unet, base_lr=0.05 |" in md.split("## Cost")[1]
@@ -506,8 +606,15 @@ def test_the_runs_table_writes_zero_iterations_as_zero_and_only_none_as_missing(
 
     ref = {"mean_dice": 0.5, "mean_hd95": 3.0}
     run = {"name": "unet__seed1", "model": "unet", "seed": 1, "reference": ref}
-    rows = _runs({"runs": [{**run, "iterations": 0, "train_seconds": 0.0},
-                           {**run, "iterations": None, "train_seconds": None}], "skipped": []})  # fmt: skip
+    rows = _runs(
+        {
+            "runs": [
+                {**run, "iterations": 0, "train_seconds": 0.0},
+                {**run, "iterations": None, "train_seconds": None},
+            ],
+            "skipped": [],
+        }
+    )
     cells = [[c.strip() for c in line.split("|")[1:-1]] for line in rows if line.startswith("| `")]
     assert [c[3:5] for c in cells] == [["0", "0.0"], ["–", "–"]]
 

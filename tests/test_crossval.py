@@ -167,8 +167,12 @@ def _nnunet(root: Path, cases: list[str], splits: list[dict] | None = None) -> P
         lab = sitk.GetImageFromArray((np.arange(192).reshape(3, 8, 8) % 2).astype(np.uint8))
         sitk.WriteImage(img, str(root / "imagesTr" / f"{c}_0000.nii.gz"))
         sitk.WriteImage(lab, str(root / "labelsTr" / f"{c}.nii.gz"))
-    meta = {"channel_names": {"0": "MRI"}, "labels": {"background": 0, "x": 1}, "numTraining": len(cases),
-            "file_ending": ".nii.gz"}  # fmt: skip
+    meta = {
+        "channel_names": {"0": "MRI"},
+        "labels": {"background": 0, "x": 1},
+        "numTraining": len(cases),
+        "file_ending": ".nii.gz",
+    }
     (root / "dataset.json").write_text(json.dumps(meta))
     if splits is not None:
         (root / "splits_final.json").write_text(json.dumps(splits))
@@ -177,8 +181,10 @@ def _nnunet(root: Path, cases: list[str], splits: list[dict] | None = None) -> P
 
 def test_nnunet_splits_final_are_the_folds_and_subjects_can_be_mapped(tmp_path) -> None:
     cases = ["s1_a", "s1_b", "s2_a", "s3_a"]
-    splits = [{"train": ["s2_a", "s3_a"], "val": ["s1_a", "s1_b"]},
-              {"train": ["s1_a", "s1_b"], "val": ["s2_a", "s3_a"]}]  # fmt: skip
+    splits = [
+        {"train": ["s2_a", "s3_a"], "val": ["s1_a", "s1_b"]},
+        {"train": ["s1_a", "s1_b"], "val": ["s2_a", "s3_a"]},
+    ]
     root = _nnunet(tmp_path / "nn", cases, splits)
     cfg = {"data": {"root": str(root), "fold": 0, "folds": 2, "subjects": r"^(s\d)_"}}
     view = resolve_dataset(None, cfg, "x")
@@ -187,8 +193,10 @@ def test_nnunet_splits_final_are_the_folds_and_subjects_can_be_mapped(tmp_path) 
     with pytest.raises(ConfigError, match="defines 2 folds but data.folds is 3"):
         resolve_dataset(None, {"data": {**cfg["data"], "folds": 3}}, "x")
     # A map that puts one subject's cases in two folds is one error.
-    bad = [{"train": ["s1_b", "s2_a", "s3_a"], "val": ["s1_a"]},
-           {"train": ["s1_a", "s2_a", "s3_a"], "val": ["s1_b"]}]  # fmt: skip
+    bad = [
+        {"train": ["s1_b", "s2_a", "s3_a"], "val": ["s1_a"]},
+        {"train": ["s1_a", "s2_a", "s3_a"], "val": ["s1_b"]},
+    ]
     bad_root = _nnunet(tmp_path / "nn2", cases, bad)
     with pytest.raises(DataError, match="subject 's1' is held out in folds 0 and 1"):
         resolve_dataset(None, {"data": {**cfg["data"], "root": str(bad_root)}}, "x")
@@ -198,11 +206,17 @@ def test_pooled_result_equals_the_per_case_records(tmp_path) -> None:
     rng = np.random.default_rng(1)
     shape = (4, 2, 2)
     result = EvaluationResult(
-        split="val", class_names=("bg", "a", "b"), case_ids=["p1_f1", "p1_f2", "p2_f1", "p3_f1"],
-        reference=rng.random(shape), corrected=np.where(rng.random(shape) > 0.3, rng.random(shape), np.nan),
-        presence=rng.random(shape) > 0.4, spacings=[None, (1.0, 1.0, 2.0), None, None],
-        surface=rng.random(shape), nsd_tolerance=[1.0, 2.0], subjects=["p1", "p1", "p2", "p3"],
-    )  # fmt: skip
+        split="val",
+        class_names=("bg", "a", "b"),
+        case_ids=["p1_f1", "p1_f2", "p2_f1", "p3_f1"],
+        reference=rng.random(shape),
+        corrected=np.where(rng.random(shape) > 0.3, rng.random(shape), np.nan),
+        presence=rng.random(shape) > 0.4,
+        spacings=[None, (1.0, 1.0, 2.0), None, None],
+        surface=rng.random(shape),
+        nsd_tolerance=[1.0, 2.0],
+        subjects=["p1", "p1", "p2", "p3"],
+    )
     again = EvaluationResult.from_per_case(result.per_case(), result.class_names, "val", [1.0, 2.0])
     assert again.summary() == result.summary()
     assert again.per_case() == result.per_case()
@@ -217,20 +231,51 @@ def cv_study(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("cv")
     write_phantom_set(root / "raw", 5, size=32, num_slices=4, progress=False)
     prepare_synapse(root / "raw", root / "data", train_cases=[1, 2, 3, 4], test_cases=[5], progress=False)
-    for model, args in {"unet": {"width": 0.125},
-                        "swin_unet": {"embed_dim": 12, "num_heads": [1, 2, 3, 4], "window_size": 2}}.items():
-        cfg = {"model": {"name": model, "args": args},
-               "train": {"img_size": 32, "batch_size": 4, "max_iterations": 2, "augment": "none",
-                         "progress": False, "threads": 1, "lr_scaling": "none"},
-               "val": {"every": 0}}  # fmt: skip
+    for model, args in {
+        "unet": {"width": 0.125},
+        "swin_unet": {"embed_dim": 12, "num_heads": [1, 2, 3, 4], "window_size": 2},
+    }.items():
+        cfg = {
+            "model": {"name": model, "args": args},
+            "train": {
+                "img_size": 32,
+                "batch_size": 4,
+                "max_iterations": 2,
+                "augment": "none",
+                "progress": False,
+                "threads": 1,
+                "lr_scaling": "none",
+            },
+            "val": {"every": 0},
+        }
         (root / f"tiny_{model}.yaml").write_text(yaml.safe_dump(cfg))
     out = root / "out"
-    argv = ["compare", "--data", str(root / "data"), "--models", "unet", "swin_unet", "--folds", "2",
-            "--preset", str(root / "tiny_{model}.yaml"), "--out", str(out), "--device", "cpu", "--no-report",
-            "--note", "The recipe was chosen on no patient of this study."]  # fmt: skip
+    argv = [
+        "compare",
+        "--data",
+        str(root / "data"),
+        "--models",
+        "unet",
+        "swin_unet",
+        "--folds",
+        "2",
+        "--preset",
+        str(root / "tiny_{model}.yaml"),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--no-report",
+        "--note",
+        "The recipe was chosen on no patient of this study.",
+    ]
     assert main(argv) == 0
-    return {"out": out, "data": root / "data", "root": root, "comparison": json.loads(
-        (out / "comparison.json").read_text())}  # fmt: skip
+    return {
+        "out": out,
+        "data": root / "data",
+        "root": root,
+        "comparison": json.loads((out / "comparison.json").read_text()),
+    }
 
 
 def test_cv_study_trains_every_fold_and_writes_the_splits(cv_study) -> None:
@@ -265,8 +310,12 @@ def test_cv_statistics_pool_the_out_of_fold_predictions(cv_study) -> None:
     assert paired and {r["unit_of_analysis"] for r in paired} == {"subject"}
     assert {r["n_subjects"] for r in paired if r["organ"] == "mean" and r["metric"] == "dice"} == {4}
     assert c["paired_settings"]["subjects"] == 4 and c["paired_settings"]["cases"] == 4
-    assert [(r["model"], r["fold"]) for r in c["folds"]] == [("unet", 0), ("unet", 1),
-                                                              ("swin_unet", 0), ("swin_unet", 1)]  # fmt: skip
+    assert [(r["model"], r["fold"]) for r in c["folds"]] == [
+        ("unet", 0),
+        ("unet", 1),
+        ("swin_unet", 0),
+        ("swin_unet", 1),
+    ]
     assert c["cross_validation"]["folds"] == 2 and c["cross_validation"]["subjects"] == 4
     assert len(c["runs"]) == 4  # the fold runs themselves
 
@@ -295,20 +344,68 @@ def test_collect_of_a_cv_study_gives_the_same_comparison(cv_study) -> None:
 def test_cv_fold_models_as_one_ensemble(cv_study, tmp_path) -> None:
     out = cv_study["out"]
     before = (out / "runs" / "unet__seed1234_fold0" / "results" / "val_last" / "per_case.json").read_bytes()
-    assert main(["test", str(out), "--models", "unet", "--split", "test", "--no-report", "--no-viewer",
-                 "--device", "cpu", "--out", str(tmp_path / "ens")]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "test",
+                str(out),
+                "--models",
+                "unet",
+                "--split",
+                "test",
+                "--no-report",
+                "--no-viewer",
+                "--device",
+                "cpu",
+                "--out",
+                str(tmp_path / "ens"),
+            ]
+        )
+        == 0
+    )
     summary = json.loads((tmp_path / "ens" / "summary.json").read_text())
     assert len(summary["ensemble"]) == 2 and summary["cases"] == 1  # the dataset's test case
     # Without --out, the members' results go inside the ensemble's folder, never into a fold run's own.
-    assert main(["test", str(out), "--models", "unet", "--split", "test", "--checkpoint", "last",
-                 "--no-report", "--no-viewer", "--device", "cpu"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "test",
+                str(out),
+                "--models",
+                "unet",
+                "--split",
+                "test",
+                "--checkpoint",
+                "last",
+                "--no-report",
+                "--no-viewer",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     fold0 = out / "runs" / "unet__seed1234_fold0" / "results"
     assert (fold0 / "test_last_ensemble2" / "members").is_dir() and not (fold0 / "test_last").exists()
     assert (fold0 / "val_last" / "per_case.json").read_bytes() == before
     # predict takes the study too: one label map from the fold ensemble.
     scan = next((cv_study["root"] / "raw" / "img").glob("*.nii.gz"))
-    assert main(["predict", str(out), str(scan), "--models", "unet", "--out",
-                 str(tmp_path / "pred.nii.gz"), "--device", "cpu"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "predict",
+                str(out),
+                str(scan),
+                "--models",
+                "unet",
+                "--out",
+                str(tmp_path / "pred.nii.gz"),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     sidecar = json.loads((tmp_path / "pred.json").read_text())
     members = [Path(m).parts[-3] for m in sidecar["ensemble"]]
     assert members == ["unet__seed1234_fold0", "unet__seed1234_fold1"]
@@ -324,8 +421,19 @@ def test_cv_fold_models_as_one_ensemble(cv_study, tmp_path) -> None:
     ],
 )
 def test_cv_options_that_cannot_apply_are_one_line(cv_study, tmp_path, capsys, extra, message) -> None:
-    argv = ["compare", "--data", str(cv_study["data"]), "--models", "unet", "--out", str(tmp_path / "o"),
-            "--preset", str(cv_study["root"] / "tiny_{model}.yaml"), "--device", "cpu"]  # fmt: skip
+    argv = [
+        "compare",
+        "--data",
+        str(cv_study["data"]),
+        "--models",
+        "unet",
+        "--out",
+        str(tmp_path / "o"),
+        "--preset",
+        str(cv_study["root"] / "tiny_{model}.yaml"),
+        "--device",
+        "cpu",
+    ]
     if "--folds" not in extra:
         argv += ["--folds", "2"]
     try:
@@ -397,6 +505,15 @@ def test_cv_comparison_and_pooled_results_have_exactly_their_records_keys(cv_stu
     summary = json.loads((pooled / "summary.json").read_text())
     check_summary(keys, summary)
     check_per_case(keys, read_per_case(pooled))
-    pooled_fields = {"pooled_folds", "folds", "checkpoint", "precision", "data", "inference_seconds",
-                     "slices", "inference_seconds_per_case", "inference_seconds_per_slice"}  # fmt: skip
+    pooled_fields = {
+        "pooled_folds",
+        "folds",
+        "checkpoint",
+        "precision",
+        "data",
+        "inference_seconds",
+        "slices",
+        "inference_seconds_per_case",
+        "inference_seconds_per_slice",
+    }
     assert set(summary) == ResultsSummary.__required_keys__ | pooled_fields

@@ -96,9 +96,14 @@ def test_one_class_name_check_case_aside_and_empty_is_unknown():
     check_same_classes(["background", "rv"], ("Background", "RV"), source="x", names_are="", expected_are="")
     check_same_classes([], ACDC_CLASSES, source="x", names_are="", expected_are="")  # an official checkpoint
     with pytest.raises(DataError) as err:
-        check_same_classes(list(SYNAPSE_CLASSES[:3]), ACDC_CLASSES, source="run/last.pt",
-                           names_are="the run was trained on classes", expected_are="the dataset acdc has",
-                           then="use the run's dataset")  # fmt: skip
+        check_same_classes(
+            list(SYNAPSE_CLASSES[:3]),
+            ACDC_CLASSES,
+            source="run/last.pt",
+            names_are="the run was trained on classes",
+            expected_are="the dataset acdc has",
+            then="use the run's dataset",
+        )
     assert str(err.value) == (
         "run/last.pt: the run was trained on classes ['background', 'spleen', 'right kidney'], but the "
         "dataset acdc has ['background', 'RV', 'Myo', 'LV']: use the run's dataset"
@@ -114,8 +119,13 @@ def test_ensemble_members_of_other_classes_are_refused_naming_both(tmp_path):
     paths = []
     for name, classes in (("a.pt", ["background", "liver", "spleen"]), ("b.pt", ["background", "RV", "LV"])):
         net = create_model("unet", num_classes=3, width=0.125)
-        ckpt = make_checkpoint(net, model_name="unet", model_args={"num_classes": 3, "width": 0.125},
-                               class_names=classes, preprocessing={"kind": "minmax"})  # fmt: skip
+        ckpt = make_checkpoint(
+            net,
+            model_name="unet",
+            model_args={"num_classes": 3, "width": 0.125},
+            class_names=classes,
+            preprocessing={"kind": "minmax"},
+        )
         atomic_torch_save(ckpt, tmp_path / name)
         paths.append(tmp_path / name)
     with pytest.raises(ConfigError) as err:

@@ -45,8 +45,11 @@ def test_intact_synthetic_series_reads_in_slice_order(tmp_path):
 
 def test_synthetic_series_with_a_missing_slice_names_the_gap(tmp_path, capfd):
     folder = _series(tmp_path / "s", skip=(2,))
-    with pytest.raises(DataError, match=r"slice gap between s01.dcm \(5.5 mm\) and s03.dcm \(10.5 mm\): 5 mm "
-                       r"where the series spacing is 2.5 mm; 1 slice\(s\) missing"):
+    with pytest.raises(
+        DataError,
+        match=r"slice gap between s01.dcm \(5.5 mm\) and s03.dcm \(10.5 mm\): 5 mm "
+        r"where the series spacing is 2.5 mm; 1 slice\(s\) missing",
+    ):
         read_image(folder)
     assert "WARNING" not in capfd.readouterr().err  # ITK's multi-line warning no longer reaches the terminal
 
@@ -59,8 +62,11 @@ def test_synthetic_series_with_a_duplicate_position(tmp_path):
 
 def test_synthetic_series_with_uneven_spacing(tmp_path):
     folder = _series(tmp_path / "s", positions=[0.0, 2.0, 4.0, 7.0, 9.0])
-    with pytest.raises(DataError, match=r"s02.dcm \(4 mm\) and s03.dcm \(7 mm\): 3 mm where the series "
-                       r"spacing is 2 mm$"):
+    with pytest.raises(
+        DataError,
+        match=r"s02.dcm \(4 mm\) and s03.dcm \(7 mm\): 3 mm where the series "
+        r"spacing is 2 mm$",
+    ):
         read_image(folder)
 
 
@@ -145,8 +151,11 @@ def test_real_series_faults_are_one_line_errors(totalseg_dir, tmp_path, capfd, f
 def test_empty_series_uid_is_listed_visibly(totalseg_dir, tmp_path):
     folder, _ = _real_copy(totalseg_dir, tmp_path)  # this export has an empty SeriesInstanceUID
     _series(folder, n=3, dz=2.0, uid=UID)
-    with pytest.raises(DataError, match=r"2 DICOM series in one folder \(.*'' \(empty SeriesInstanceUID\)"
-                       r"[^;]* \(20 files\)"):
+    with pytest.raises(
+        DataError,
+        match=r"2 DICOM series in one folder \(.*'' \(empty SeriesInstanceUID\)"
+        r"[^;]* \(20 files\)",
+    ):
         read_image(folder)
     image, _ = read_image(folder, series_uid="")
     assert image.shape == (20, 512, 512)
@@ -193,9 +202,12 @@ def test_prepare_killed_half_way_is_refused_until_rerun(tmp_path, monkeypatch):
         with pytest.raises(_Killed):
             _prepare(tmp_path / "raw", tmp_path / "syn")
     assert len(list((tmp_path / "syn" / "train_npz").glob("*.npz"))) == 5
-    with pytest.raises(DataError, match=r"syn: incomplete dataset: `organseg prepare synapse` started "
-                       r"writing it .* and did not finish; re-run `organseg prepare synapse --raw .*raw "
-                       r"--out .*syn --train-cases case0001 case0002 --test-cases case0003` to complete it"):
+    with pytest.raises(
+        DataError,
+        match=r"syn: incomplete dataset: `organseg prepare synapse` started "
+        r"writing it .* and did not finish; re-run `organseg prepare synapse --raw .*raw "
+        r"--out .*syn --train-cases case0001 case0002 --test-cases case0003` to complete it",
+    ):
         open_dataset(tmp_path / "syn")
     summary = _prepare(tmp_path / "raw", tmp_path / "syn")  # the same command finishes it
     assert summary["skipped"] == ["case0001"]  # the finished case was kept
@@ -203,12 +215,17 @@ def test_prepare_killed_half_way_is_refused_until_rerun(tmp_path, monkeypatch):
     assert ds.case_ids("train") == ["case0001", "case0002"] and len(ds.train_slices()) == 8
     status = json.loads((tmp_path / "syn" / "organseg_status.json").read_text())
     assert status["state"] == "complete" and status["counts"] == {
-        "train_cases": 2, "test_cases": 1, "train_slices": 8
+        "train_cases": 2,
+        "test_cases": 1,
+        "train_slices": 8,
     }
     assert "train_npz/case0002_slice003.npz" in status["files"]
     (tmp_path / "syn" / "train_npz" / "case0002_slice003.npz").unlink()
-    with pytest.raises(DataError, match=r"1 file\(s\) written by `organseg prepare synapse` are missing "
-                       r"\(train_npz/case0002_slice003.npz\)"):
+    with pytest.raises(
+        DataError,
+        match=r"1 file\(s\) written by `organseg prepare synapse` are missing "
+        r"\(train_npz/case0002_slice003.npz\)",
+    ):
         open_dataset(tmp_path / "syn")
 
 
@@ -232,9 +249,12 @@ def test_phantom_killed_half_way_is_refused_by_prepare(tmp_path, monkeypatch):
         _kill_after(m, ph, "write_image", 3)  # case 1 whole, case 2 image only
         with pytest.raises(_Killed):
             _phantom(tmp_path / "raw")
-    with pytest.raises(DataError, match=r"raw: incomplete dataset: `organseg phantom` started writing it .* "
-                       r"re-run `organseg phantom --out .*raw --cases 3 --size 32 --seed 0 --slices 4 "
-                       r"--overwrite` to complete it"):
+    with pytest.raises(
+        DataError,
+        match=r"raw: incomplete dataset: `organseg phantom` started writing it .* "
+        r"re-run `organseg phantom --out .*raw --cases 3 --size 32 --seed 0 --slices 4 "
+        r"--overwrite` to complete it",
+    ):
         _prepare(tmp_path / "raw", tmp_path / "syn")
     assert not (tmp_path / "syn").exists()  # refused before anything was written
     _phantom(tmp_path / "raw", overwrite=True)
@@ -246,14 +266,20 @@ def test_phantom_refuses_a_non_empty_folder_and_overwrite_deletes_only_its_own(t
 
     raw = tmp_path / "raw"
     _phantom(raw)
-    with pytest.raises(DataError, match=r"raw: folder is not empty \(.*\); choose a new folder, or pass "
-                       r"--overwrite"):
+    with pytest.raises(
+        DataError,
+        match=r"raw: folder is not empty \(.*\); choose a new folder, or pass "
+        r"--overwrite",
+    ):
         _phantom(raw, cases=1)
     _phantom(raw, cases=1, overwrite=True)
     assert sorted(p.name for p in (raw / "img").iterdir()) == ["img0001.nii.gz"]  # no old case mixed in
     (raw / "img" / "notes.txt").write_text("mine")
-    with pytest.raises(DataError, match=r"img/notes.txt: not written by organseg; --overwrite deletes only "
-                       r"`organseg phantom` output, so nothing was deleted"):
+    with pytest.raises(
+        DataError,
+        match=r"img/notes.txt: not written by organseg; --overwrite deletes only "
+        r"`organseg phantom` output, so nothing was deleted",
+    ):
         _phantom(raw, cases=1, overwrite=True)
     assert (raw / "img" / "img0001.nii.gz").is_file() and (raw / "phantom.json").is_file()
     # A real BTCV folder of the same layout (images without the phantom's mark) is never deleted.
@@ -277,8 +303,11 @@ def test_phantom_impossible_sizes_are_refused_before_writing(tmp_path, monkeypat
     with pytest.raises(ConfigError, match=r"--size: expected an integer in \[32, 2048\].*got 20000"):
         ph.write_phantom_set(tmp_path / "big", 1, 20000, progress=False)  # the API checks as the CLI
     monkeypatch.setattr(ph, "_available_memory", lambda: 2**30)
-    with pytest.raises(ConfigError, match=r"--size 1024 with 112 slices needs about 5.2 GiB of memory per "
-                       r"case, but 1.0 GiB is available"):
+    with pytest.raises(
+        ConfigError,
+        match=r"--size 1024 with 112 slices needs about 5.2 GiB of memory per "
+        r"case, but 1.0 GiB is available",
+    ):
         ph.write_phantom_set(tmp_path / "big", 1, 1024, progress=False)
     assert not (tmp_path / "big").exists()
 
@@ -290,17 +319,26 @@ def test_prepare_out_must_be_new_empty_or_the_same_raw(tmp_path):
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "thesis.tex").write_text("keep me")
-    with pytest.raises(DataError, match=r"foreign: folder is not empty \(thesis.tex\) and is not an earlier "
-                       r"`organseg prepare synapse` output"):
+    with pytest.raises(
+        DataError,
+        match=r"foreign: folder is not empty \(thesis.tex\) and is not an earlier "
+        r"`organseg prepare synapse` output",
+    ):
         _prepare(raw, foreign)
-    with pytest.raises(DataError, match=r"foreign: not an earlier `organseg prepare synapse` output; "
-                       r"--overwrite deletes only"):
+    with pytest.raises(
+        DataError,
+        match=r"foreign: not an earlier `organseg prepare synapse` output; "
+        r"--overwrite deletes only",
+    ):
         _prepare(raw, foreign, overwrite=True)
     assert (foreign / "thesis.tex").read_text() == "keep me" and len(list(foreign.iterdir())) == 1
     _prepare(raw, out)
     assert _prepare(raw, out)["converted"] == []  # the same raw folder: continued, nothing to do
-    with pytest.raises(DataError, match=r"syn: holds an earlier `organseg prepare synapse` of .*raw, not of "
-                       r".*raw2; choose a new folder, or pass --overwrite"):
+    with pytest.raises(
+        DataError,
+        match=r"syn: holds an earlier `organseg prepare synapse` of .*raw, not of "
+        r".*raw2; choose a new folder, or pass --overwrite",
+    ):
         _prepare(other, out)
     (out / "train_npz" / "case0009_slice000.npz").write_bytes(b"stale")
     summary = _prepare(other, out, overwrite=True)
@@ -346,8 +384,11 @@ def test_synapse_images_outside_0_1_are_refused_with_the_file_and_range(tmp_path
     from organseg.data.detect import open_dataset
 
     ds = open_dataset(_synapse(tmp_path / "hu", image_scale=1000.0, test_scale=1.0005))
-    with pytest.raises(DataError, match=r"case0001_slice000.npz: image values span \[[0-9.]+, 9[0-9.]+\], "
-                       r"outside the \[0, 1\] this format stores"):
+    with pytest.raises(
+        DataError,
+        match=r"case0001_slice000.npz: image values span \[[0-9.]+, 9[0-9.]+\], "
+        r"outside the \[0, 1\] this format stores",
+    ):
         ds.train_slices()[0]
     assert ds.volume("case0002").image.max() > 1.0  # a rounding overshoot within the tolerance is accepted
     ds = open_dataset(_synapse(tmp_path / "hu_test", test_scale=-1024.0))
@@ -394,8 +435,11 @@ def test_nifti_zero_or_nan_voxel_size_is_refused(tmp_path, pixdim):
     data[80:84] = struct.pack("<f", pixdim)  # pixdim[1]: ITK would read it as 1 mm
     (tmp_path / "ct.nii").write_bytes(bytes(data))
     for read in (read_image, read_image_info):
-        with pytest.raises(DataError, match=r"ct.nii: voxel spacing \(pixdim\) \((0.0|nan), 1.0, 1.0\) mm is "
-                           r"zero or not a number"):
+        with pytest.raises(
+            DataError,
+            match=r"ct.nii: voxel spacing \(pixdim\) \((0.0|nan), 1.0, 1.0\) mm is "
+            r"zero or not a number",
+        ):
             read(tmp_path / "ct.nii")
 
 
@@ -422,8 +466,11 @@ def test_nnunet_file_ending_that_matches_no_file_names_the_files(tmp_path):
     meta = {"channel_names": {"0": "CT"}, "labels": {"background": 0}, "numTraining": 2}
     meta["file_ending"] = ".nii.gz"
     (tmp_path / "dataset.json").write_text(json.dumps(meta))
-    with pytest.raises(DataError, match=r"imagesTr: 2 file\(s\) do not end with '.nii.gz', the file_ending "
-                       r"of .*dataset.json \(a_0000.nii, b_0000.nii\); fix file_ending or the file names"):
+    with pytest.raises(
+        DataError,
+        match=r"imagesTr: 2 file\(s\) do not end with '.nii.gz', the file_ending "
+        r"of .*dataset.json \(a_0000.nii, b_0000.nii\); fix file_ending or the file names",
+    ):
         NnUNetDataset(tmp_path, progress=False)
     meta["file_ending"] = ".nii"
     (tmp_path / "dataset.json").write_text(json.dumps(meta))
@@ -460,8 +507,11 @@ def test_prepare_bad_split_seed_and_full_disk_are_refused_before_writing(tmp_pat
         _prepare(tmp_path / "raw", tmp_path / "syn", train_cases=None, test_cases=None, split_seed=-1)
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(completion.shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 1000, 1000))
-    with pytest.raises(DataError, match=r"syn: preparing 3 case\(s\) needs about 60.0 KiB of disk space, "
-                       r"but .* has 1000 bytes free"):
+    with pytest.raises(
+        DataError,
+        match=r"syn: preparing 3 case\(s\) needs about 60.0 KiB of disk space, "
+        r"but .* has 1000 bytes free",
+    ):
         _prepare(tmp_path / "raw", tmp_path / "syn")
     assert not (tmp_path / "syn").exists()
 
@@ -490,8 +540,11 @@ def test_prepare_refuses_a_ct_that_is_not_in_hounsfield_units(tmp_path):
     scaled = np.random.default_rng(0).random((4, 8, 8)).astype(np.float32)  # already in [0, 1]
     write_image(scaled, None, raw / "img" / "img0001.nii.gz")
     write_image(np.zeros((4, 8, 8), np.uint8), None, raw / "label" / "label0001.nii.gz")
-    with pytest.raises(DataError, match=r"img0001.nii.gz: image values span \[0.0[0-9]*, 0.9[0-9]*\]; "
-                       r"prepare expects CT in Hounsfield units"):
+    with pytest.raises(
+        DataError,
+        match=r"img0001.nii.gz: image values span \[0.0[0-9]*, 0.9[0-9]*\]; "
+        r"prepare expects CT in Hounsfield units",
+    ):
         _prepare(raw, tmp_path / "syn", train_cases=[1], test_cases=None)
     assert not (tmp_path / "syn").exists()
 
@@ -501,8 +554,11 @@ def test_synapse_sidecar_preprocessing_is_validated(tmp_path):
 
     root = _synapse(tmp_path / "syn")
     (root / SIDECAR).write_text(json.dumps({"preprocessing": {"kind": "ct_window", "window": [275, -125]}}))
-    with pytest.raises(DataError, match=r"organseg_synapse.json: preprocessing 'ct_window': 'window' must be "
-                       r"finite with low < high"):
+    with pytest.raises(
+        DataError,
+        match=r"organseg_synapse.json: preprocessing 'ct_window': 'window' must be "
+        r"finite with low < high",
+    ):
         SynapseDataset(root)
 
 

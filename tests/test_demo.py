@@ -59,8 +59,12 @@ def test_fast_demo_runs_every_step_on_synthetic_data(fast_demo):
     assert "Reduced networks and schedule" in text and "| Swin-Unet (paper) |" in text
     assert f"report {out / 'comparison.md'}" in text and "mean DSC" in text
     # The paired statistics, the verdict and the cost table, in the file and on the console.
-    for section in ("## Verdict", "## Paired: swin_unet − unet, reference protocol",
-                    "## Paired: swin_unet − unet, corrected protocol", "## Cost"):  # fmt: skip
+    for section in (
+        "## Verdict",
+        "## Paired: swin_unet − unet, reference protocol",
+        "## Paired: swin_unet − unet, corrected protocol",
+        "## Cost",
+    ):
         assert section in md and section in text
     c = json.loads((out / "comparison.json").read_text())
     assert c["paired"] and len(c["cost"]) == 2 and all(x["params"] for x in c["cost"])
@@ -74,8 +78,13 @@ def test_a_second_demo_call_reuses_everything(fast_demo, capsys):
 
 
 def test_full_demo_configuration_is_reduced_and_complete():
-    plans = plan_runs(demo.DEMO["models"], demo.DEMO["seeds"], parse_sets(demo.DEMO["sets"]),
-                      preset=demo.DEMO["preset"], kind="synapse")  # fmt: skip
+    plans = plan_runs(
+        demo.DEMO["models"],
+        demo.DEMO["seeds"],
+        parse_sets(demo.DEMO["sets"]),
+        preset=demo.DEMO["preset"],
+        kind="synapse",
+    )
     assert [p.model for p in plans] == ["unet", "swin_unet"]
     n = len(SYNAPSE_CLASSES)
     for p in plans:

@@ -100,11 +100,23 @@ def test_anatomy_codes_of_every_known_class():
 def test_label_map_of_another_series_is_refused(series, tmp_path):
     files, image, geometry = series
     with pytest.raises(DataError, match="source images for 19 label-map slices|off the label map"):
-        write_dicom_seg(_labels(image.shape)[:19], geometry, files, list(SYNAPSE_CLASSES), tmp_path / "s.dcm",
-                        algorithm=ALG)  # fmt: skip
+        write_dicom_seg(
+            _labels(image.shape)[:19],
+            geometry,
+            files,
+            list(SYNAPSE_CLASSES),
+            tmp_path / "s.dcm",
+            algorithm=ALG,
+        )
     with pytest.raises(DataError, match="no foreground class"):
-        write_dicom_seg(np.zeros(image.shape, np.uint8), geometry, files, list(SYNAPSE_CLASSES),
-                        tmp_path / "s.dcm", algorithm=ALG)  # fmt: skip
+        write_dicom_seg(
+            np.zeros(image.shape, np.uint8),
+            geometry,
+            files,
+            list(SYNAPSE_CLASSES),
+            tmp_path / "s.dcm",
+            algorithm=ALG,
+        )
     assert not (tmp_path / "s.dcm").exists()
 
 
@@ -119,5 +131,6 @@ def test_missing_extra_names_it(monkeypatch, series, tmp_path):
 
     monkeypatch.setattr(builtins, "__import__", no_highdicom)
     with pytest.raises(ConfigError, match=r"pip install 'organseg\[dicom\]'"):
-        write_dicom_seg(_labels(image.shape), geometry, files, list(SYNAPSE_CLASSES), tmp_path / "s.dcm",
-                        algorithm=ALG)  # fmt: skip
+        write_dicom_seg(
+            _labels(image.shape), geometry, files, list(SYNAPSE_CLASSES), tmp_path / "s.dcm", algorithm=ALG
+        )

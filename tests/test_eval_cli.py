@@ -48,8 +48,10 @@ def test_cli_test_on_real_acdc_validation(tmp_path: Path, acdc_dir: Path, capsys
     for entry in per_case:
         vol = ds.volume(entry["case"])
         m = case_metrics(predict_volume(model, vol.image, 64), vol.label, 4)
-        got = [[entry["classes"][n]["reference"]["dice"], entry["classes"][n]["reference"]["hd95"]]
-               for n in ACDC_CLASSES[1:]]
+        got = [
+            [entry["classes"][n]["reference"]["dice"], entry["classes"][n]["reference"]["hd95"]]
+            for n in ACDC_CLASSES[1:]
+        ]
         np.testing.assert_allclose(got, m, rtol=0, atol=1e-12)
     rows = (res / "per_case.csv").read_text().splitlines()
     assert len(rows) == 1 + 2 * 3 and rows[0].startswith("case,class_index,class,dice_reference")
@@ -64,8 +66,16 @@ def test_cli_test_on_real_acdc_validation(tmp_path: Path, acdc_dir: Path, capsys
 
 def test_run_test_save_nifti_keeps_spacing(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
-    vols = [Volume(f"case{i}", rng.random((3, 40, 48)).astype(np.float32), rng.integers(0, 4, (3, 40, 48)),
-                   (2.5, 0.8, 0.7), {"origin": (10.0, -5.0, 3.0)}) for i in range(2)]
+    vols = [
+        Volume(
+            f"case{i}",
+            rng.random((3, 40, 48)).astype(np.float32),
+            rng.integers(0, 4, (3, 40, 48)),
+            (2.5, 0.8, 0.7),
+            {"origin": (10.0, -5.0, 3.0)},
+        )
+        for i in range(2)
+    ]
     ds = ArrayDataset([], {"test": vols}, class_names=ACDC_CLASSES)
     run = make_run(tmp_path / "run", list(ACDC_CLASSES), {"kind": "none"})
     summary = run_test(run, data=ds, save_nifti=True, checkpoint="last", device="cpu", progress=False)
@@ -96,12 +106,16 @@ def test_cli_test_errors(tmp_path: Path, capsys) -> None:
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
     one_line_error(capsys, ["test", str(bad), "--data", str(tmp_path)], str(bad))
-    ds = ArrayDataset([], {"test": [Volume("a", np.zeros((1, 8, 8), np.float32), np.zeros((1, 8, 8)))]},
-                      class_names=SYNAPSE_CLASSES)
+    ds = ArrayDataset(
+        [],
+        {"test": [Volume("a", np.zeros((1, 8, 8), np.float32), np.zeros((1, 8, 8)))]},
+        class_names=SYNAPSE_CLASSES,
+    )
     with pytest.raises(DataError, match="trained on classes"):
         run_test(run, data=ds, device="cpu", progress=False)
-    ds_unlabelled = ArrayDataset([], {"test": [Volume("a", np.zeros((1, 8, 8), np.float32), None)]},
-                                 class_names=ACDC_CLASSES)
+    ds_unlabelled = ArrayDataset(
+        [], {"test": [Volume("a", np.zeros((1, 8, 8), np.float32), None)]}, class_names=ACDC_CLASSES
+    )
     with pytest.raises(DataError, match="no label"):
         run_test(run, data=ds_unlabelled, device="cpu", progress=False)
     with pytest.raises(DataError, match="no cases"):
@@ -148,8 +162,9 @@ def ct_checkpoint(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("source", ["example_ct.nii.gz", "example_ct_dicom"])
-def test_cli_predict_keeps_geometry(tmp_path: Path, totalseg_dir: Path, ct_checkpoint: Path, source: str,
-                                    capsys) -> None:
+def test_cli_predict_keeps_geometry(
+    tmp_path: Path, totalseg_dir: Path, ct_checkpoint: Path, source: str, capsys
+) -> None:
     from organseg.imageio.volumes import read_image
 
     src = totalseg_dir / source
@@ -197,8 +212,11 @@ def test_cli_predict_bad_inputs(tmp_path: Path, totalseg_dir: Path, ct_checkpoin
     other.SetMetaData("0008|0060", "CT")
     sitk.WriteImage(other, str(mixed / "other.dcm"))  # a second series in the same folder
     one_line_error(capsys, ["predict", ck, str(mixed), "--out", out], str(mixed), "series")
-    one_line_error(capsys, ["predict", ck, str(totalseg_dir / "example_ct.nii.gz"), "--out",
-                            str(tmp_path / "o.png")], "image suffix")
+    one_line_error(
+        capsys,
+        ["predict", ck, str(totalseg_dir / "example_ct.nii.gz"), "--out", str(tmp_path / "o.png")],
+        "image suffix",
+    )
     one_line_error(capsys, ["predict", str(tmp_path / "missing.pt"), str(flat), "--out", out], "missing.pt")
 
 
@@ -218,8 +236,9 @@ def test_predict_turns_a_non_axial_first_scan(tmp_path: Path, totalseg_dir: Path
     turned.SetOrigin(img.GetOrigin())
     sitk.WriteImage(turned, str(tmp_path / "turned.nii.gz"))
     a = predict_file(ct_checkpoint, src, tmp_path / "a.nii.gz", device="cpu", progress=False)
-    b = predict_file(ct_checkpoint, tmp_path / "turned.nii.gz", tmp_path / "b.nii.gz", device="cpu",
-                     progress=False)
+    b = predict_file(
+        ct_checkpoint, tmp_path / "turned.nii.gz", tmp_path / "b.nii.gz", device="cpu", progress=False
+    )
     assert (a["axial_axis"], b["axial_axis"]) == (0, 1)
     pred_a, _ = read_image(tmp_path / "a.nii.gz")
     pred_b, geom_b = read_image(tmp_path / "b.nii.gz")

@@ -177,8 +177,14 @@ def test_summaries_reference_and_corrected() -> None:
     assert cs["per_class"]["a"]["dice"] == pytest.approx((corr[0, 0, 0] + 1.0) / 2)
     assert cs["per_class"]["b"]["dice"] is None and cs["per_class"]["b"]["false_positive"] == 1
     # class c: missed in case 1 (Dice 0, no HD95), perfect in case 2 (Dice 1, HD95 0)
-    assert cs["per_class"]["c"] == {"dice": 0.5, "hd95": 0.0, "scored": 1, "missed": 1,
-                                    "false_positive": 0, "absent": 0}
+    assert cs["per_class"]["c"] == {
+        "dice": 0.5,
+        "hd95": 0.0,
+        "scored": 1,
+        "missed": 1,
+        "false_positive": 0,
+        "absent": 0,
+    }
     assert cs["per_class"]["d"]["dice"] is None and cs["per_class"]["d"]["absent"] == 2
     assert (cs["missed"], cs["false_positive"], cs["absent"]) == (1, 1, 3)
     assert cs["mean_dice"] == pytest.approx(np.mean([cs["per_class"][n]["dice"] for n in "ac"]))

@@ -44,8 +44,15 @@ def _result(class_names, n_cases: int = 3) -> EvaluationResult:
     corr[0, 0] = np.nan
     pres = np.ones((n_cases, c, 2), bool)
     pres[0, 0] = (True, False)
-    return EvaluationResult("test", tuple(class_names), [f"case{i}" for i in range(n_cases)], ref, corr, pres,
-                            [(3.0, 1.0, 1.0)] * n_cases)
+    return EvaluationResult(
+        "test",
+        tuple(class_names),
+        [f"case{i}" for i in range(n_cases)],
+        ref,
+        corr,
+        pres,
+        [(3.0, 1.0, 1.0)] * n_cases,
+    )
 
 
 def test_tables_in_paper_order() -> None:
@@ -88,8 +95,10 @@ def test_figures_are_written(tmp_path) -> None:
     assert _caption({"z": 4, "count": -1, "file_z": -1}) == "slice 5"  # an overlay file of an older organseg
     np.testing.assert_array_equal(items[2]["label"], collector.items[2]["label"])
     assert plot_overlays(items, ACDC_CLASSES, tmp_path / "ov.png").read_bytes()[:8] == PNG_MAGIC
-    records = [{"kind": "train", "iter": i, "loss": 1 / (i + 1), "ce": 0.5, "dice": 0.5, "lr": 0.01}
-               for i in range(5)]
+    records = [
+        {"kind": "train", "iter": i, "loss": 1 / (i + 1), "ce": 0.5, "dice": 0.5, "lr": 0.01}
+        for i in range(5)
+    ]
     records.append({"kind": "val", "epoch": 0, "mean_dice": 0.4, "per_class": {"RV": {"dice": 0.4}}})
     assert plot_training_curves(records, tmp_path / "curves.png").read_bytes()[:8] == PNG_MAGIC
     assert plot_training_curves([{"kind": "val", "mean_dice": 0.1}], tmp_path / "none.png") is None

@@ -83,7 +83,7 @@ def test_random_volumes_equal_monai_and_medpy(seed: int, spacing) -> None:
         flips = rng.random(shape) < 0.02
         pred[flips] = rng.integers(0, num_classes, flips.sum())
     integral = spacing is None or all(float(s).is_integer() for s in spacing)
-    for tol in ([1.0, 2.0, 3.0] if integral else [1.37, 2.21, 4.03]):
+    for tol in [1.0, 2.0, 3.0] if integral else [1.37, 2.21, 4.03]:
         check_against_references(pred, gt, num_classes, spacing, tol)
     # per-class tolerances
     check_against_references(pred, gt, num_classes, spacing, [1.37 + 0.9 * k for k in range(num_classes - 1)])
@@ -176,13 +176,27 @@ def test_evaluate_dataset_writes_nsd_and_assd(tmp_path) -> None:
 
     rng = np.random.default_rng(0)
     spacing = (2.5, 0.8, 0.7)
-    vols = [Volume(f"case{i}", rng.random((3, 40, 48)).astype(np.float32),
-                   rng.integers(0, 4, (3, 40, 48)), spacing, {}) for i in range(2)]  # fmt: skip
+    vols = [
+        Volume(
+            f"case{i}",
+            rng.random((3, 40, 48)).astype(np.float32),
+            rng.integers(0, 4, (3, 40, 48)),
+            spacing,
+            {},
+        )
+        for i in range(2)
+    ]
     ds = ArrayDataset([], {"test": vols}, class_names=ACDC_CLASSES)
     preds: list[np.ndarray] = []
-    res = evaluate_dataset(tiny_swin(4), ds, "test", patch_size=64, progress=False,
-                           on_case=lambda v, p, m: preds.append(p),
-                           nsd_tolerance_mm=[1.0, 2.0, 3.0])  # fmt: skip
+    res = evaluate_dataset(
+        tiny_swin(4),
+        ds,
+        "test",
+        patch_size=64,
+        progress=False,
+        on_case=lambda v, p, m: preds.append(p),
+        nsd_tolerance_mm=[1.0, 2.0, 3.0],
+    )
     assert res.surface is not None and res.surface.shape == (2, 3, 2)
     for n, vol in enumerate(vols):
         expected = surface_metrics(preds[n], vol.label, 4, spacing, [1.0, 2.0, 3.0])
@@ -206,5 +220,4 @@ def test_evaluate_dataset_writes_nsd_and_assd(tmp_path) -> None:
     case0 = json.loads(paths["per_case_json"].read_text())[0]
     assert set(case0["classes"][ACDC_CLASSES[1]]["corrected"]) == {"dice", "hd95", "nsd", "assd"}
     with pytest.raises(ValueError, match="one per foreground class"):
-        evaluate_dataset(tiny_swin(4), ds, "test", patch_size=64, progress=False,
-                         nsd_tolerance_mm=[1.0, 2.0])  # fmt: skip
+        evaluate_dataset(tiny_swin(4), ds, "test", patch_size=64, progress=False, nsd_tolerance_mm=[1.0, 2.0])

@@ -67,8 +67,9 @@ def test_fit_horizon_fills_the_budget_within_the_cap():
     assert fit_horizon(100.0, 99.0, 4, 0.5, cap=50) == 5  # the budget is spent: one more iteration
 
 
-@pytest.mark.parametrize("preset", ["swin_unet_acdc_fast", "unet_acdc_fast", "swin_unet_synapse_fast",
-                                    "unet_synapse_fast"])  # fmt: skip
+@pytest.mark.parametrize(
+    "preset", ["swin_unet_acdc_fast", "unet_acdc_fast", "swin_unet_synapse_fast", "unet_synapse_fast"]
+)
 def test_fast_presets_resolve_to_the_reference_networks_and_input(preset):
     cfg = resolve_config(load_config(preset))
     reference = resolve_config(load_config(preset.replace("_fast", "")))
@@ -92,8 +93,15 @@ def test_fitted_iterations_cannot_be_set_beside_a_run_length():
 
 def _budget_config() -> dict:
     # AdamW, warm-up over the first 3 steps (so the horizon found at iteration 3 changes no LR already used).
-    return tiny_config(train={"optimizer": "adamw", "base_lr": 1e-3, "schedule": "cosine",
-                              "warmup_iterations": 3, "time_budget_min": 10.0})  # fmt: skip
+    return tiny_config(
+        train={
+            "optimizer": "adamw",
+            "base_lr": 1e-3,
+            "schedule": "cosine",
+            "warmup_iterations": 3,
+            "time_budget_min": 10.0,
+        }
+    )
 
 
 @pytest.fixture()
@@ -161,8 +169,10 @@ def test_resume_keeps_the_fitted_horizon(tmp_path, fixed_fit):
     assert summary["max_iterations"] == summary["iterations"] == 7
     ref, got = state_dict_of(full / "checkpoints" / "last.pt"), state_dict_of(out / "checkpoints" / "last.pt")
     assert all(torch.equal(ref[k], got[k]) for k in ref)
-    assert not config_differences(read_checkpoint(full / "checkpoints" / "last.pt")["config"],
-                                  read_checkpoint(out / "checkpoints" / "last.pt")["config"])  # fmt: skip
+    assert not config_differences(
+        read_checkpoint(full / "checkpoints" / "last.pt")["config"],
+        read_checkpoint(out / "checkpoints" / "last.pt")["config"],
+    )
 
 
 def test_a_budget_beside_a_set_length_only_stops(tmp_path, fixed_fit):
@@ -172,8 +182,9 @@ def test_a_budget_beside_a_set_length_only_stops(tmp_path, fixed_fit):
     summary = train(cfg, tiny_dataset(N_SLICES), out)
     assert not fixed_fit and summary["max_iterations"] == 5
     assert yaml.safe_load((out / "config.yaml").read_text())["train"]["fitted_iterations"] is None
-    assert math.isclose(read_metrics(out, "train")[-1]["lr"], scheduled_lr(
-        resolve_config(cfg)["train"], 1e-3, 4, 5))  # fmt: skip
+    assert math.isclose(
+        read_metrics(out, "train")[-1]["lr"], scheduled_lr(resolve_config(cfg)["train"], 1e-3, 4, 5)
+    )
 
 
 def test_a_study_reuses_a_budget_run_that_finished_its_fitted_horizon(tmp_path, fixed_fit):

@@ -70,8 +70,9 @@ def test_atomic_write_replaces_whole_file_and_leaves_no_temp(tmp_path):
 def test_every_writer_gives_the_mode_open_would(tmp_path, umask, mask, expected):
     umask(mask)
     atomic_torch_save({"w": torch.ones(2)}, tmp_path / "checkpoints" / "last.pt")  # a checkpoint
-    atomic_write_npz(tmp_path / "train_npz" / "case0001_slice000.npz", image=np.zeros((4, 4)),
-                     label=np.zeros((4, 4)))  # fmt: skip  (a dataset slice)
+    atomic_write_npz(
+        tmp_path / "train_npz" / "case0001_slice000.npz", image=np.zeros((4, 4)), label=np.zeros((4, 4))
+    )  # a dataset slice
     atomic_write_h5(tmp_path / "test_vol_h5" / "case0002.npy.h5", image=np.zeros((2, 4, 4)))
     write_image(np.zeros((2, 4, 4), np.uint8), None, tmp_path / "pred.nii.gz")  # a label map
     atomic_write_text(tmp_path / "report.md", "# report\n")  # a report

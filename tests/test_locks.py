@@ -56,8 +56,13 @@ with folder_lock(sys.argv[1], sys.argv[2]):
 
 @contextlib.contextmanager
 def held_by_another_process(folder: Path, what: str = "train", *extra: str) -> Iterator[subprocess.Popen]:
-    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(folder), what, *extra], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True, env=ENV)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(folder), what, *extra],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
     try:
         lines = []
         while not lines or lines[-1] != "held":
@@ -205,19 +210,38 @@ def _writers(t: dict[str, Path], scratch: Path) -> dict[str, tuple[list[str], Pa
     """verb case -> (organseg argv, the folder it writes)."""
     syn, run = str(t["syn"]), t["run"]
     compare = ["compare", "--data", syn, "--models", "unet", "--out", str(scratch / "study"), "--no-report"]
-    compare += [x for s in ("model.args.width=0.0625", "train.img_size=32", "train.max_iterations=1")
-                for x in ("--set", s)]  # fmt: skip
+    compare += [
+        x
+        for s in ("model.args.width=0.0625", "train.img_size=32", "train.max_iterations=1")
+        for x in ("--set", s)
+    ]
     return {
-        "train_new": (["train", "unet_synapse", "--data", syn, "--out", str(scratch / "new"), *TRAIN_SETS],
-                      scratch / "new"),
-        "train_resume": (["train", "unet_synapse", "--data", syn, "--out", str(run), "--resume", *TRAIN_SETS],
-                         run),
+        "train_new": (
+            ["train", "unet_synapse", "--data", syn, "--out", str(scratch / "new"), *TRAIN_SETS],
+            scratch / "new",
+        ),
+        "train_resume": (
+            ["train", "unet_synapse", "--data", syn, "--out", str(run), "--resume", *TRAIN_SETS],
+            run,
+        ),
         "compare": (compare, scratch / "study"),
-        "test": (["test", str(run), "--data", syn, "--checkpoint", "last", "--no-report", "--device", "cpu"],
-                 run / "results" / "test_last"),
-        "predict": (["predict", str(run / "checkpoints" / "last.pt"), str(t["scan"]), "--out",
-                     str(scratch / "pred"), "--device", "cpu"], scratch / "pred"),
-    }  # fmt: skip
+        "test": (
+            ["test", str(run), "--data", syn, "--checkpoint", "last", "--no-report", "--device", "cpu"],
+            run / "results" / "test_last",
+        ),
+        "predict": (
+            [
+                "predict",
+                str(run / "checkpoints" / "last.pt"),
+                str(t["scan"]),
+                "--out",
+                str(scratch / "pred"),
+                "--device",
+                "cpu",
+            ],
+            scratch / "pred",
+        ),
+    }
 
 
 @pytest.mark.parametrize("case", ["train_new", "train_resume", "compare", "test", "predict"])
@@ -225,8 +249,9 @@ def test_a_verb_into_a_folder_being_written_exits_2_with_one_line(tiny, tmp_path
     argv, folder = _writers(tiny, tmp_path)[case]
     before = sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) if folder.exists() else None
     with held_by_another_process(folder, "train") as proc:
-        p = subprocess.run([sys.executable, "-m", "organseg", *argv], capture_output=True, text=True, env=ENV,
-                           timeout=120)  # fmt: skip
+        p = subprocess.run(
+            [sys.executable, "-m", "organseg", *argv], capture_output=True, text=True, env=ENV, timeout=120
+        )
         assert p.returncode == 2, p.stderr
         message = _one_error_line(p.stderr, argv[0])
         _names_the_holder(message, proc.pid)

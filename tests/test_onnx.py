@@ -44,8 +44,14 @@ def make_checkpoint_file(folder: Path, name: str, file_name: str = "best.pt") ->
     model_args = {**args, "num_classes": len(SYNAPSE_CLASSES)}
     model = create_model(name, **model_args).eval()
     cfg = {"model": {"name": name, "args": args}, "train": {"img_size": size}}
-    ckpt = make_checkpoint(model, model_name=name, model_args=model_args, class_names=list(SYNAPSE_CLASSES),
-                           preprocessing=ct_window_spec(), config=cfg)
+    ckpt = make_checkpoint(
+        model,
+        model_name=name,
+        model_args=model_args,
+        class_names=list(SYNAPSE_CLASSES),
+        preprocessing=ct_window_spec(),
+        config=cfg,
+    )
     path = folder / "checkpoints" / file_name
     atomic_torch_save(ckpt, path)
     return path
@@ -112,8 +118,13 @@ def test_paper_size_networks_export_with_parity(tmp_path: Path, name: str) -> No
 
     torch.manual_seed(0)
     model = create_model(name).eval()
-    ckpt = make_checkpoint(model, model_name=name, class_names=list(SYNAPSE_CLASSES),
-                           preprocessing=ct_window_spec(), config={"train": {"img_size": 224}})
+    ckpt = make_checkpoint(
+        model,
+        model_name=name,
+        class_names=list(SYNAPSE_CLASSES),
+        preprocessing=ct_window_spec(),
+        config={"train": {"img_size": 224}},
+    )
     atomic_torch_save(ckpt, tmp_path / "best.pt")
     info = export_onnx(tmp_path / "best.pt", tmp_path / f"{name}.onnx")
     onnx_model, _ = load_onnx(tmp_path / f"{name}.onnx")
@@ -167,8 +178,10 @@ def test_predict_volume_argmax_equal_on_real_ct(exported: dict, totalseg_dir: Pa
     got = predict_volume(onnx_model, image, size, batch_size=8, stats=onnx_stats)
     assert got.shape == ref.shape == image.shape and got.dtype == ref.dtype
     agree = float((got == ref).mean())
-    print(f"{exported['name']}: argmax agreement {agree:.6f} over {ref.size} voxels, "
-          f"{len(np.unique(ref))} classes present, re-run slices torch {torch_stats} onnx {onnx_stats}")
+    print(
+        f"{exported['name']}: argmax agreement {agree:.6f} over {ref.size} voxels, "
+        f"{len(np.unique(ref))} classes present, re-run slices torch {torch_stats} onnx {onnx_stats}"
+    )
     assert len(np.unique(ref)) > 1  # a constant map would agree trivially
     np.testing.assert_array_equal(got, ref)
 
@@ -189,8 +202,9 @@ def test_export_bad_inputs(tmp_path: Path, capsys) -> None:
     """Each refusal is one line, exit 2, before the (slow) export, and leaves nothing behind."""
     ckpt = make_checkpoint_file(tmp_path / "run", "unet")
     before = ckpt.read_bytes()
-    one_line_error(capsys, ["export", str(tmp_path / "missing.pt"), "--onnx", str(tmp_path / "m.onnx")],
-                   "missing.pt")
+    one_line_error(
+        capsys, ["export", str(tmp_path / "missing.pt"), "--onnx", str(tmp_path / "m.onnx")], "missing.pt"
+    )
     one_line_error(capsys, ["export", str(ckpt), "--onnx", str(ckpt)], ".onnx")  # over the checkpoint
     as_onnx = tmp_path / "weights.onnx"
     as_onnx.write_bytes(before)  # a checkpoint whose name ends in .onnx
@@ -198,20 +212,28 @@ def test_export_bad_inputs(tmp_path: Path, capsys) -> None:
     assert ckpt.read_bytes() == before and as_onnx.read_bytes() == before
     blocker = tmp_path / "afile"
     blocker.write_text("a file, not a folder")
-    one_line_error(capsys, ["export", str(ckpt), "--onnx", str(blocker / "sub" / "m.onnx")], str(blocker),
-                   "not a folder")
+    one_line_error(
+        capsys, ["export", str(ckpt), "--onnx", str(blocker / "sub" / "m.onnx")], str(blocker), "not a folder"
+    )
     (tmp_path / "folder.onnx").mkdir()
     one_line_error(capsys, ["export", str(ckpt), "--onnx", str(tmp_path / "folder.onnx")], "folder")
-    one_line_error(capsys, ["export", str(tmp_path / "run"), "--checkpoint", "epoch_7", "--onnx",
-                            str(tmp_path / "m.onnx")], "epoch_7.pt")
+    one_line_error(
+        capsys,
+        ["export", str(tmp_path / "run"), "--checkpoint", "epoch_7", "--onnx", str(tmp_path / "m.onnx")],
+        "epoch_7.pt",
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "folder.onnx", "run", "weights.onnx"]
 
 
 def test_export_without_the_extra_names_it(tmp_path: Path, capsys, monkeypatch) -> None:
     ckpt = make_checkpoint_file(tmp_path, "unet")
     monkeypatch.setitem(sys.modules, "onnxscript", None)  # import onnxscript now raises ImportError
-    one_line_error(capsys, ["export", str(ckpt), "--onnx", str(tmp_path / "m.onnx")], "onnxscript",
-                   "pip install 'organseg[onnx]'")
+    one_line_error(
+        capsys,
+        ["export", str(ckpt), "--onnx", str(tmp_path / "m.onnx")],
+        "onnxscript",
+        "pip install 'organseg[onnx]'",
+    )
     assert not (tmp_path / "m.onnx").exists()
 
 
@@ -232,7 +254,8 @@ def test_load_onnx_errors(tmp_path: Path, exported: dict, monkeypatch) -> None:
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(
-        [helper.make_node("Identity", ["image"], ["logits"])], "plain",
+        [helper.make_node("Identity", ["image"], ["logits"])],
+        "plain",
         [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 1, 4, 4])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 1, 4, 4])],
     )

@@ -47,8 +47,9 @@ def test_bad_direction_is_a_data_error() -> None:
         radiological_orientation((1, 0, 0))
 
 
-@pytest.mark.parametrize("direction", [(1, 0, 0, 0, 1, 0, 0, 0, 1), (-1, 0, 0, 0, -1, 0, 0, 0, 1),
-                                       (0, 0, 1, 1, 0, 0, 0, -1, 0)])
+@pytest.mark.parametrize(
+    "direction", [(1, 0, 0, 0, 1, 0, 0, 0, 1), (-1, 0, 0, 0, -1, 0, 0, 0, 1), (0, 0, 1, 1, 0, 0, 0, -1, 0)]
+)
 def test_every_axis_order_and_flip_gives_the_same_display(direction) -> None:
     base = synthetic_scan(direction)
     ref_arr, ref_geom = _arrays(base)
@@ -77,8 +78,13 @@ def test_overlay_pngs_equal_for_a_reoriented_copy(tmp_path: Path) -> None:
     for n, (arr, geom) in enumerate(((arr0, geom0), (arr1, geom1))):
         image = (arr / 1000.0).astype(np.float32)
         pred = (arr % 4).astype(np.uint8)
-        pngs.append(mpimg.imread(plot_prediction(image, pred, SYNAPSE_CLASSES, tmp_path / f"p{n}.png",
-                                                 geometry=geom, title="scan")))
+        pngs.append(
+            mpimg.imread(
+                plot_prediction(
+                    image, pred, SYNAPSE_CLASSES, tmp_path / f"p{n}.png", geometry=geom, title="scan"
+                )
+            )
+        )
         collector = OverlayCollector()
         vol = Volume("c", image, pred.astype(np.int64), geom.spacing, {"direction": geom.direction})
         collector(vol, pred, np.full((8, 2), 0.5))

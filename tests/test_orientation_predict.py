@@ -81,8 +81,15 @@ def _train(image: np.ndarray, label: np.ndarray, iterations: int, seed: int = 0)
 def _checkpoint(path: Path, state: dict, orientation: str | None = "LPS", legacy: bool = False) -> Path:
     net = create_model("unet", **NET_ARGS)
     net.load_state_dict(state)
-    ckpt = make_checkpoint(net, model_name="unet", model_args=NET_ARGS, class_names=CLASSES,
-                           preprocessing=ct_window_spec(), orientation=orientation, config=CONFIG)
+    ckpt = make_checkpoint(
+        net,
+        model_name="unet",
+        model_args=NET_ARGS,
+        class_names=CLASSES,
+        preprocessing=ct_window_spec(),
+        orientation=orientation,
+        config=CONFIG,
+    )
     if legacy:
         del ckpt["orientation"]  # as written before checkpoints recorded it
     atomic_torch_save(ckpt, path)
@@ -206,8 +213,12 @@ def _nnunet_folder(world: dict, root: Path) -> Path:
     for k, (perm, flips) in enumerate(VARIANTS):
         shutil.copy(world["scans"] / f"v{k:02d}.nii", root / "imagesTs" / f"v{k:02d}_0000.nii")
         sitk.WriteImage(reoriented(world["seg"], perm, flips), str(root / "labelsTs" / f"v{k:02d}.nii"))
-    meta = {"channel_names": {"0": "CT"}, "labels": {n: i for i, n in enumerate(CLASSES)}, "numTraining": 1,
-            "file_ending": ".nii"}
+    meta = {
+        "channel_names": {"0": "CT"},
+        "labels": {n: i for i, n in enumerate(CLASSES)},
+        "numTraining": 1,
+        "file_ending": ".nii",
+    }
     (root / "dataset.json").write_text(json.dumps(meta))
     return root
 
@@ -223,8 +234,16 @@ def test_test_verb_48_storage_orders_one_answer(world: dict, tmp_path: Path) -> 
     # isotropic voxels: no axis is coarsest, so the training case's own order is the dataset's
     train_code = scan_orientation(read_image(data / "imagesTr" / "train_0000.nii")[1].direction).code
     assert ds.orientation == train_code != "LPS"
-    summary = run_test(world["ckpt"], data=ds, split="test", save_nifti=True, out=tmp_path / "res",
-                       report=False, viewer=False, progress=False)
+    summary = run_test(
+        world["ckpt"],
+        data=ds,
+        split="test",
+        save_nifti=True,
+        out=tmp_path / "res",
+        report=False,
+        viewer=False,
+        progress=False,
+    )
     assert summary["orientation"] == "LPS"
     per_case = json.loads((tmp_path / "res" / "per_case.json").read_text())
     scores = {json.dumps(c["classes"], sort_keys=True) for c in per_case}
@@ -297,8 +316,18 @@ def test_oblique_scans_nearest_with_a_warning_or_refused(world: dict, tmp_path: 
     d[0, 1] = 0.3
     sheared.SetDirection(tuple(d.ravel()))
     sitk.WriteImage(sheared, str(tmp_path / "sheared.mha"))  # MetaImage keeps a shear (NIfTI does not)
-    assert main(["predict", str(world["ckpt"]), str(tmp_path / "sheared.mha"), "--out",
-                 str(tmp_path / "d.nii.gz")]) == 2
+    assert (
+        main(
+            [
+                "predict",
+                str(world["ckpt"]),
+                str(tmp_path / "sheared.mha"),
+                "--out",
+                str(tmp_path / "d.nii.gz"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "sheared.mha" in err and "not orthonormal" in err
 

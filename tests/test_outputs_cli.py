@@ -40,8 +40,16 @@ def world(tmp_path_factory) -> dict[str, Path]:
     run = make_run(root / "run", list(SYNAPSE_CLASSES), ct_window_spec(), data_root=str(data))
     a_file = root / "a_file.txt"
     a_file.write_text("a file, not a folder")
-    return {"root": root, "scan": scan, "dicom": dicom, "raw": raw, "data": data, "run": run,
-            "ckpt": run / "checkpoints" / "best.pt", "file": a_file}  # fmt: skip
+    return {
+        "root": root,
+        "scan": scan,
+        "dicom": dicom,
+        "raw": raw,
+        "data": data,
+        "run": run,
+        "ckpt": run / "checkpoints" / "best.pt",
+        "file": a_file,
+    }
 
 
 def _listing(folder: Path) -> dict[str, bytes]:
@@ -59,14 +67,25 @@ def test_predict_never_writes_over_or_into_its_inputs(world, tmp_path, capsys):
     link = tmp_path / "alias.nii.gz"
     link.symlink_to(scan)
     one_line_error(capsys, ["predict", ck, scan, "--out", link], "is the same as INPUT")
-    one_line_error(capsys, ["predict", ck, world["dicom"], "--out", world["dicom"] / "pred.nii.gz"],
-                   "lies inside INPUT")  # fmt: skip
-    one_line_error(capsys, ["predict", ck, scan, "--out", tmp_path / "p.nii.gz", "--overlay", scan],
-                   "--overlay", "is the same as INPUT")  # fmt: skip
-    one_line_error(capsys, ["predict", ck, scan, "--out", tmp_path / "p.nii.gz", "--overlay", ck],
-                   "is the same as CHECKPOINT")  # fmt: skip
-    one_line_error(capsys, ["predict", ck, scan, "--out", tmp_path / "p.nii.gz", "--overlay",
-                            tmp_path / "p.json"], "are the same file")  # fmt: skip
+    one_line_error(
+        capsys, ["predict", ck, world["dicom"], "--out", world["dicom"] / "pred.nii.gz"], "lies inside INPUT"
+    )
+    one_line_error(
+        capsys,
+        ["predict", ck, scan, "--out", tmp_path / "p.nii.gz", "--overlay", scan],
+        "--overlay",
+        "is the same as INPUT",
+    )
+    one_line_error(
+        capsys,
+        ["predict", ck, scan, "--out", tmp_path / "p.nii.gz", "--overlay", ck],
+        "is the same as CHECKPOINT",
+    )
+    one_line_error(
+        capsys,
+        ["predict", ck, scan, "--out", tmp_path / "p.nii.gz", "--overlay", tmp_path / "p.json"],
+        "are the same file",
+    )
     assert scan.read_bytes() == before and list(tmp_path.iterdir()) == [link]
 
 
@@ -82,13 +101,15 @@ def test_test_never_writes_into_the_data_or_over_the_checkpoint(world, tmp_path,
 def test_train_never_writes_into_the_data_or_over_its_config(world, tmp_path, capsys):
     data = world["data"]
     one_line_error(capsys, ["train", "unet_synapse", "--data", data, "--out", data], "is the same as --data")
-    one_line_error(capsys, ["train", "unet_synapse", "--data", data, "--out", data / "run"],
-                   "lies inside --data")  # fmt: skip
+    one_line_error(
+        capsys, ["train", "unet_synapse", "--data", data, "--out", data / "run"], "lies inside --data"
+    )
     run = tmp_path / "run"
     run.mkdir()
     shutil.copy(CONFIGS / "unet_synapse.yaml", run / "config.yaml")
-    one_line_error(capsys, ["train", run / "config.yaml", "--data", data, "--out", run],
-                   "holds PRESET_OR_YAML")  # fmt: skip
+    one_line_error(
+        capsys, ["train", run / "config.yaml", "--data", data, "--out", run], "holds PRESET_OR_YAML"
+    )
     assert sorted(p.name for p in run.iterdir()) == ["config.yaml"]
 
 
@@ -136,8 +157,12 @@ def test_every_verb_names_an_output_place_it_cannot_write(world, tmp_path, capsy
     folder = tmp_path / "folder.nii.gz"
     folder.mkdir()
     one_line_error(capsys, ["predict", ck, scan, "--out", folder], "is a folder; a file is needed here")
-    one_line_error(capsys, ["predict", ck, scan, "--out", tmp_path / "p.nii.gz", "--overlay",
-                            under / "o.png"], "--overlay", "is a file, not a folder")  # fmt: skip
+    one_line_error(
+        capsys,
+        ["predict", ck, scan, "--out", tmp_path / "p.nii.gz", "--overlay", under / "o.png"],
+        "--overlay",
+        "is a file, not a folder",
+    )
     one_line_error(capsys, ["compare", "--collect", "--out", f], "is a file; a folder is needed here")
     assert f.read_text() == "a file, not a folder"
 
@@ -166,8 +191,11 @@ def test_predict_full_disk_leaves_no_label_map_without_its_sidecar(world, tmp_pa
         return real(self, *args, **kwargs)
 
     monkeypatch.setattr(Path, "write_text", full)
-    one_line_error(capsys, ["predict", ck, scan, "--out", out, "--overwrite", "--device", "cpu"],
-                   "pred.nii.gz: cannot write (No space left on device)")  # fmt: skip
+    one_line_error(
+        capsys,
+        ["predict", ck, scan, "--out", out, "--overwrite", "--device", "cpu"],
+        "pred.nii.gz: cannot write (No space left on device)",
+    )
     assert _listing(tmp_path) == before  # the earlier pair untouched, no temporaries
     new = tmp_path / "new.nii.gz"
     one_line_error(capsys, ["predict", ck, scan, "--out", new, "--device", "cpu"], "No space left on device")

@@ -50,8 +50,10 @@ def test_version_equals_the_installed_metadata():
     except importlib.metadata.PackageNotFoundError:
         pytest.skip("organseg is imported from a source folder, not installed (no metadata to compare)")
     if PACKAGE_DIR not in _package_dirs_of(dist):
-        pytest.skip(f"organseg is imported from {PACKAGE_DIR}, not from the installed distribution "
-                    f"{dist.metadata['Name']} {dist.version} (PYTHONPATH points elsewhere)")
+        pytest.skip(
+            f"organseg is imported from {PACKAGE_DIR}, not from the installed distribution "
+            f"{dist.metadata['Name']} {dist.version} (PYTHONPATH points elsewhere)"
+        )
     assert dist.version == organseg.__version__, (
         f"installed metadata says {dist.version}, organseg.__version__ is {organseg.__version__}: "
         "the install is stale, reinstall (make test does; or pip install -e .)"

@@ -133,22 +133,29 @@ def test_wilcoxon_edge_cases() -> None:
 def _write_per_case(folder, values: dict[str, dict[str, float]]) -> str:
     folder.mkdir(parents=True)
     cases = [
-        {"case": case, "classes": {name: {"reference": {"dice": v, "hd95": 1.0},
-                                          "corrected": {"dice": v, "hd95": None}}
-                                   for name, v in organs.items()}}
+        {
+            "case": case,
+            "classes": {
+                name: {"reference": {"dice": v, "hd95": 1.0}, "corrected": {"dice": v, "hd95": None}}
+                for name, v in organs.items()
+            },
+        }
         for case, organs in values.items()
-    ]  # fmt: skip
+    ]
     (folder / "per_case.json").write_text(json.dumps(cases))
     return str(folder)
 
 
 def test_paired_from_runs_reads_per_case_files(tmp_path) -> None:
-    a = _write_per_case(tmp_path / "a", {"c1": {"liver": 0.9, "spleen": 0.8},
-                                         "c2": {"liver": 0.7, "spleen": 0.6}})  # fmt: skip
-    b = _write_per_case(tmp_path / "b", {"c2": {"liver": 0.8, "spleen": 0.6},
-                                         "c1": {"liver": 0.9, "spleen": 0.9}})  # fmt: skip
-    recs, cases, subjects = paired_from_runs([a], [b], ["background", "liver", "spleen"],
-                                             [("Liver", 1), ("Spleen", 2)], resamples=100)  # fmt: skip
+    a = _write_per_case(
+        tmp_path / "a", {"c1": {"liver": 0.9, "spleen": 0.8}, "c2": {"liver": 0.7, "spleen": 0.6}}
+    )
+    b = _write_per_case(
+        tmp_path / "b", {"c2": {"liver": 0.8, "spleen": 0.6}, "c1": {"liver": 0.9, "spleen": 0.9}}
+    )
+    recs, cases, subjects = paired_from_runs(
+        [a], [b], ["background", "liver", "spleen"], [("Liver", 1), ("Spleen", 2)], resamples=100
+    )
     assert cases == ["c1", "c2"]
     assert subjects is None  # these per-case files predate subjects: each volume is its own unit
     assert {r["unit_of_analysis"] for r in recs} == {"volume"}
@@ -173,11 +180,22 @@ def test_verdict_states_only_what_the_records_give() -> None:
     for protocol in ("reference", "corrected"):
         for metric in ("dice", "hd95"):
             for r in paired_table(a, b, ["Liver", "Spleen"], metric, resamples=500):
-                recs.append({"protocol": protocol, "metric": metric, "model_a": "unet",
-                             "model_b": "swin_unet",
-                             "sweep": {}, "seeds_a": 1, "seeds_b": 1, **r})  # fmt: skip
-    cost = [{"model": "unet", "sweep": {}, "params": 2e6, "gflops_per_image": 4.0},
-            {"model": "swin_unet", "sweep": {}, "params": 3e6, "gflops_per_image": 1.0}]  # fmt: skip
+                recs.append(
+                    {
+                        "protocol": protocol,
+                        "metric": metric,
+                        "model_a": "unet",
+                        "model_b": "swin_unet",
+                        "sweep": {},
+                        "seeds_a": 1,
+                        "seeds_b": 1,
+                        **r,
+                    }
+                )
+    cost = [
+        {"model": "unet", "sweep": {}, "params": 2e6, "gflops_per_image": 4.0},
+        {"model": "swin_unet", "sweep": {}, "params": 3e6, "gflops_per_image": 1.0},
+    ]
     text = " ".join(verdict_markdown(recs, cost, {"cases": 12, "alpha": ALPHA}))
     assert "DSC per organ, ahead: swin_unet on Liver; unet on Spleen" in text
     assert "significant: Liver (swin_unet better, +5.00" in text
@@ -210,9 +228,7 @@ def test_paired_difference_counts_subjects_not_volumes() -> None:
     assert (r["wins"], r["losses"]) == (3, 0)
     assert r["p"] == pytest.approx(stats.wilcoxon(np.array([0.1, 0.1, 0.1])).pvalue)
     # The same numbers with each patient's frames already averaged: subjects are what is counted.
-    one = paired_difference(
-        np.array([0.6, 0.6, 0.9]), np.array([0.7, 0.7, 1.0]), resamples=200
-    )
+    one = paired_difference(np.array([0.6, 0.6, 0.9]), np.array([0.7, 0.7, 1.0]), resamples=200)
     assert one["diff"] == pytest.approx(r["diff"]) and one["p"] == pytest.approx(r["p"])
     assert one["ci_low"] == pytest.approx(r["ci_low"]) and one["ci_high"] == pytest.approx(r["ci_high"])
     assert one["unit_of_analysis"] == "volume"

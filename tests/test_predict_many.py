@@ -34,9 +34,13 @@ def _net(seed: int) -> torch.nn.Module:
 
 def _checkpoint(path: Path, seed: int) -> Path:
     ckpt = make_checkpoint(
-        _net(seed), model_name="swin_unet", model_args={**TINY_SWIN, "num_classes": 9},
-        class_names=list(SYNAPSE_CLASSES), preprocessing=ct_window_spec(), config=CFG,
-    )  # fmt: skip
+        _net(seed),
+        model_name="swin_unet",
+        model_args={**TINY_SWIN, "num_classes": 9},
+        class_names=list(SYNAPSE_CLASSES),
+        preprocessing=ct_window_spec(),
+        config=CFG,
+    )
     atomic_torch_save(ckpt, path)
     return path
 
@@ -64,9 +68,12 @@ def world(tmp_path_factory):
     for i in range(3):
         _scan(scans / f"case{i}.nii.gz", i)
     return {
-        "root": root, "scans": scans, "a": _checkpoint(root / "a.pt", 1), "b": _checkpoint(root / "b.pt", 2),
+        "root": root,
+        "scans": scans,
+        "a": _checkpoint(root / "a.pt", 1),
+        "b": _checkpoint(root / "b.pt", 2),
         "c": _checkpoint(root / "c.pt", 3),
-    }  # fmt: skip
+    }
 
 
 def _expected(ckpts: list[Path], scan: Path, tta: bool = False) -> np.ndarray:
@@ -115,8 +122,9 @@ def test_folder_glob_skip_and_overwrite(world, tmp_path, capsys):
     (out / "case1.json").unlink()  # an incomplete case is redone even without --overwrite
     assert main(["predict", str(world["a"]), pattern, "--out", str(out), "--device", "cpu"]) == 0
     assert "1 done, 2 skipped" in capsys.readouterr().out
-    assert main(["predict", str(world["a"]), pattern, "--out", str(out), "--overwrite", "--device", "cpu"]) \
-        == 0
+    assert (
+        main(["predict", str(world["a"]), pattern, "--out", str(out), "--overwrite", "--device", "cpu"]) == 0
+    )
     assert "3 done, 0 skipped" in capsys.readouterr().out
 
 
@@ -136,8 +144,18 @@ def test_bad_plans_are_refused_before_any_work(world, tmp_path, capsys):
     nothing = str(tmp_path / "nothing*.nii.gz")
     err = one_line_error(capsys, ["predict", str(world["a"]), nothing, "--out", "o"])
     assert "no file or folder matches this pattern" in err
-    err = one_line_error(capsys, ["predict", str(world["a"]), str(scans / "case0.nii.gz"), "--out",
-                                  str(tmp_path / "d.nii.gz"), "--format", "dicom-seg"])  # fmt: skip
+    err = one_line_error(
+        capsys,
+        [
+            "predict",
+            str(world["a"]),
+            str(scans / "case0.nii.gz"),
+            "--out",
+            str(tmp_path / "d.nii.gz"),
+            "--format",
+            "dicom-seg",
+        ],
+    )
     assert "needs a DICOM series as input" in err and not (tmp_path / "d.dcm").exists()
     assert not (tmp_path / "o").exists()
 
@@ -164,11 +182,29 @@ def test_ensemble_members_must_agree(world, tmp_path, capsys):
     other = tmp_path / "acdc.pt"
     torch.manual_seed(5)
     net = create_model("swin_unet", num_classes=4, **TINY_SWIN)
-    atomic_torch_save(make_checkpoint(net, model_name="swin_unet", model_args={**TINY_SWIN, "num_classes": 4},
-                                      class_names=["background", "RV", "Myo", "LV"],
-                                      preprocessing={"kind": "minmax"}, config=CFG), other)  # fmt: skip
-    err = one_line_error(capsys, ["predict", str(world["a"]), str(world["scans"] / "case0.nii.gz"), "--out",
-                                  str(tmp_path / "o.nii.gz"), "--ensemble", str(other)])  # fmt: skip
+    atomic_torch_save(
+        make_checkpoint(
+            net,
+            model_name="swin_unet",
+            model_args={**TINY_SWIN, "num_classes": 4},
+            class_names=["background", "RV", "Myo", "LV"],
+            preprocessing={"kind": "minmax"},
+            config=CFG,
+        ),
+        other,
+    )
+    err = one_line_error(
+        capsys,
+        [
+            "predict",
+            str(world["a"]),
+            str(world["scans"] / "case0.nii.gz"),
+            "--out",
+            str(tmp_path / "o.nii.gz"),
+            "--ensemble",
+            str(other),
+        ],
+    )
     assert "predict 9 and 4 classes" in err
 
 
@@ -178,11 +214,16 @@ def test_study_folder_with_a_model_filter(world, tmp_path, capsys):
     _run(study / "runs" / "swin_unet_seed2", 2)
     scan = world["scans"] / "case0.nii.gz"
     out = tmp_path / "s.nii.gz"
-    assert main(["predict", str(study), str(scan), "--out", str(out), "--models", "swin_unet",
-                 "--device", "cpu"]) == 0  # fmt: skip
+    assert (
+        main(
+            ["predict", str(study), str(scan), "--out", str(out), "--models", "swin_unet", "--device", "cpu"]
+        )
+        == 0
+    )
     np.testing.assert_array_equal(read_image(out)[0], _expected([world["a"], world["b"]], scan))
-    err = one_line_error(capsys, ["predict", str(study), str(scan), "--out", str(tmp_path / "u.nii.gz"),
-                                  "--models", "unet"])  # fmt: skip
+    err = one_line_error(
+        capsys, ["predict", str(study), str(scan), "--out", str(tmp_path / "u.nii.gz"), "--models", "unet"]
+    )
     assert "no finished run of network(s) unet" in err
 
 
@@ -238,8 +279,13 @@ def test_dicom_seg_from_the_real_series(world, tmp_path, totalseg_dir, capsys):
     for s in segments:
         back[numbers == s["segment"]] = s["class"]
     d = np.asarray(geometry.direction).reshape(3, 3)
-    ks = [round(float(np.dot(np.asarray(h.ImagePositionPatient, float) - geometry.origin, d[:, 2]))
-                / geometry.spacing[0]) for h in headers]  # fmt: skip
+    ks = [
+        round(
+            float(np.dot(np.asarray(h.ImagePositionPatient, float) - geometry.origin, d[:, 2]))
+            / geometry.spacing[0]
+        )
+        for h in headers
+    ]
     np.testing.assert_array_equal(back, label[ks])  # voxel for voxel, placed by patient position
     algorithm = seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
     assert str(algorithm.AlgorithmName).startswith("organseg swin_unet")
@@ -265,8 +311,16 @@ def test_test_reports_the_ensemble_beside_its_members(world, tmp_path):
 
     runs = [_run(tmp_path / f"r{s}", s) for s in (1, 2)]
     ds = _dataset()
-    summary = run_test(runs[0], data=ds, ensemble=[runs[1]], tta=True, device="cpu", report=False,
-                       viewer=False, progress=False)  # fmt: skip
+    summary = run_test(
+        runs[0],
+        data=ds,
+        ensemble=[runs[1]],
+        tta=True,
+        device="cpu",
+        report=False,
+        viewer=False,
+        progress=False,
+    )
     folder = Path(summary["results_dir"])
     assert folder == runs[0] / "results" / "test_best_ensemble2_tta"
     assert summary["ensemble"] == [str(r / "checkpoints" / "best.pt") for r in runs] and summary["tta"]
@@ -288,8 +342,14 @@ def test_test_applies_an_official_checkpoint_with_the_dataset_classes(tmp_path):
     official = tmp_path / "epoch_149.pth"
     torch.save(_net(1).state_dict(), official)
     summary = run_test(official, data=_dataset(), device="cpu", report=False, viewer=False, progress=False)
-    ref = run_test(_checkpoint(tmp_path / "same.pt", 1), data=_dataset(), device="cpu", report=False,
-                   viewer=False, progress=False)  # fmt: skip
+    ref = run_test(
+        _checkpoint(tmp_path / "same.pt", 1),
+        data=_dataset(),
+        device="cpu",
+        report=False,
+        viewer=False,
+        progress=False,
+    )
     assert summary["class_names"] == list(SYNAPSE_CLASSES)
     assert summary["reference"]["mean_dice"] == ref["reference"]["mean_dice"]
 
@@ -303,6 +363,7 @@ def test_predict_with_an_exported_onnx_model(world, tmp_path, capsys):
     out = tmp_path / "onnx.nii.gz"
     assert main(["predict", str(model), str(scan), "--out", str(out), "--device", "cpu"]) == 0
     np.testing.assert_array_equal(read_image(out)[0], _expected([world["a"]], scan))
-    err = one_line_error(capsys, ["predict", str(model), str(scan), "--out", str(tmp_path / "b.nii.gz"),
-                                  "--precision", "bf16"])  # fmt: skip
+    err = one_line_error(
+        capsys, ["predict", str(model), str(scan), "--out", str(tmp_path / "b.nii.gz"), "--precision", "bf16"]
+    )
     assert "ONNX models run in fp32" in err

@@ -87,9 +87,13 @@ def test_real_swin_t_key_set_ms_layout(tmp_path, swin_t_full):
     assert same("layers_up.3.blocks.1.attn_mask", "layers.0.blocks.1.attn_mask")
     # never loaded: the decoder's own layers and the head
     random = {
-        "layers_up.0.expand.weight", "layers_up.1.upsample.expand.weight", "concat_back_dim.1.weight",
-        "norm_up.weight", "up.expand.weight", "output.weight",
-    }  # fmt: skip
+        "layers_up.0.expand.weight",
+        "layers_up.1.upsample.expand.weight",
+        "concat_back_dim.1.weight",
+        "norm_up.weight",
+        "up.expand.weight",
+        "output.weight",
+    }
     assert {"swin_unet." + k for k in random} <= set(report.left_random_keys)
     for k in random:
         assert torch.equal(state["swin_unet." + k], init["swin_unet." + k])

@@ -59,12 +59,24 @@ def test_results_folder_files_and_run_test_have_exactly_their_records_keys(tmp_p
         check_summary(keys, summary)
         check_per_case(keys, json.loads((folder / "per_case.json").read_text()))
     assert set(alone) - set(json.loads((folders[0] / "summary.json").read_text())) == {
-        "results_dir", "table", "report"
-    }  # fmt: skip
+        "results_dir",
+        "table",
+        "report",
+    }
     keys.complete(ResultsSummary, but=POOLED)
     keys.complete(RunTestResult, but=POOLED)
-    for record in (ReferenceSummary, CorrectedSummary, ReferenceClass, CorrectedClass, CaseRecord, CaseClass,
-                   CaseProtocol, CorrectedCase, MemberSummary, ProtocolMeans):  # fmt: skip
+    for record in (
+        ReferenceSummary,
+        CorrectedSummary,
+        ReferenceClass,
+        CorrectedClass,
+        CaseRecord,
+        CaseClass,
+        CaseProtocol,
+        CorrectedCase,
+        MemberSummary,
+        ProtocolMeans,
+    ):
         keys.complete(record)
 
 
@@ -76,10 +88,14 @@ def _checkpoint(path: Path, *, empty: bool = False) -> Path:
         with torch.no_grad():
             net.swin_unet.output.weight.zero_()
     ckpt = make_checkpoint(
-        net, model_name="swin_unet", model_args={**TINY_SWIN, "num_classes": 9},
-        class_names=list(SYNAPSE_CLASSES), preprocessing=ct_window_spec(), orientation=TRANSUNET_ORIENTATION,
+        net,
+        model_name="swin_unet",
+        model_args={**TINY_SWIN, "num_classes": 9},
+        class_names=list(SYNAPSE_CLASSES),
+        preprocessing=ct_window_spec(),
+        orientation=TRANSUNET_ORIENTATION,
         config=CFG,
-    )  # fmt: skip
+    )
     atomic_torch_save(ckpt, path)
     return path
 
@@ -89,8 +105,9 @@ def test_predict_sidecar_has_exactly_its_records_keys(tmp_path: Path) -> None:
     ckpt = _checkpoint(tmp_path / "net.pt")
     scan = _scan(tmp_path / "scan.nii.gz", 0)
     out = tmp_path / "nifti" / "scan.nii.gz"
-    info = predict_file(ckpt, scan, out, overlay=tmp_path / "nifti" / "scan.png", viewer=True, device="cpu",
-                        progress=False)  # fmt: skip
+    info = predict_file(
+        ckpt, scan, out, overlay=tmp_path / "nifti" / "scan.png", viewer=True, device="cpu", progress=False
+    )
     assert json.loads((tmp_path / "nifti" / "scan.json").read_text()) == info
     check_sidecar(keys, info)
 
@@ -98,8 +115,15 @@ def test_predict_sidecar_has_exactly_its_records_keys(tmp_path: Path) -> None:
     series = tmp_path / "ct"
     g.write_series(series, g.ct_slices(series_uid=g.uid(7), study_uid=g.uid(100), slices=4))
     for net, name in ((ckpt, "seg"), (_checkpoint(tmp_path / "empty.pt", empty=True), "empty")):
-        info = predict_file(net, series, tmp_path / "dicom" / f"{name}.nii.gz", formats="both",
-                            series_uid=g.uid(7), device="cpu", progress=False)  # fmt: skip
+        info = predict_file(
+            net,
+            series,
+            tmp_path / "dicom" / f"{name}.nii.gz",
+            formats="both",
+            series_uid=g.uid(7),
+            device="cpu",
+            progress=False,
+        )
         check_sidecar(keys, json.loads((tmp_path / "dicom" / f"{name}.json").read_text()))
     assert info["dicom_seg"] == {"path": None, "written": False, "reason": info["dicom_seg"]["reason"]}
     for record in (Sidecar, OrientationRecord, TurnRecord, ClassVolume, DicomSegRecord, SegmentRecord):

@@ -34,8 +34,14 @@ def test_names_and_paths_come_from_one_place(tmp_path):
     assert run.config_file.name == "config.yaml" and run.env_file.name == "env.json"
     assert run.checkpoint("best") == run.checkpoint("best.pt") == tmp_path / "r" / "checkpoints" / "best.pt"
     assert run.results("test", "last").path == tmp_path / "r" / "results" / "test_last"
-    assert set(TRAIN_FILES) == {"config.yaml", "env.json", "summary.json", "metrics.jsonl", "checkpoints",
-                                "tensorboard"}  # fmt: skip
+    assert set(TRAIN_FILES) == {
+        "config.yaml",
+        "env.json",
+        "summary.json",
+        "metrics.jsonl",
+        "checkpoints",
+        "tensorboard",
+    }
 
 
 def test_metrics_ignores_a_cut_last_line_only(tmp_path):
@@ -150,8 +156,9 @@ def test_a_diverged_training_process_exits_with_its_own_code(tmp_path, monkeypat
     monkeypatch.setattr(organseg.training, "train", diverge)
     assert main(["train", "unet_synapse", "--out", str(tmp_path / "r")]) == EXIT_DIVERGED != 2
     err = capsys.readouterr().err
-    assert err.splitlines() == ["organseg train: error: loss is nan at iteration 3 (epoch 1): the last good "
-                                 "checkpoint is x"]
+    assert err.splitlines() == [
+        "organseg train: error: loss is nan at iteration 3 (epoch 1): the last good checkpoint is x"
+    ]
 
 
 def _pool(tmp_path: Path):

@@ -123,8 +123,11 @@ def test_fraction_curve_points_are_the_tables_numbers_inside_their_bands(fractio
     for g in c["groups"]:
         frac = g["sweep"]["data.train_fraction"]
         for protocol in ("reference", "corrected"):
-            (rec,) = [r for r in recs if r["model"] == g["model"] and r["fraction"] == frac
-                      and r["protocol"] == protocol]  # fmt: skip
+            (rec,) = [
+                r
+                for r in recs
+                if r["model"] == g["model"] and r["fraction"] == frac and r["protocol"] == protocol
+            ]
             assert rec["mean"] == pytest.approx(g[protocol]["mean_dice"]["mean"], abs=1e-9)
             assert rec["ci_low"] <= rec["mean"] <= rec["ci_high"]
             assert rec["cases"] == 1 and rec["seeds"] == 1 and rec["line"] == g["model"]
@@ -138,8 +141,11 @@ def test_learning_curves_hold_every_validation_of_every_run(fraction_study):
     assert sorted(curves) == sorted(r["name"] for r in c["runs"])
     for name, curve in curves.items():
         run = fraction_study["out"] / "runs" / name
-        val = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()
-               if json.loads(line)["kind"] == "val"]  # fmt: skip
+        val = [
+            json.loads(line)
+            for line in (run / "metrics.jsonl").read_text().splitlines()
+            if json.loads(line)["kind"] == "val"
+        ]
         # 4 iterations: 2 epochs of 2 batches on all the data, 4 epochs of 1 batch on half of it
         assert len(val) == (2 if name.endswith("train_fraction1") else 4), name
         assert [p["iter"] for p in curve["points"]] == [v["iter"] for v in val]

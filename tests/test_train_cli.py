@@ -12,11 +12,29 @@ from organseg.cli.main import main
 
 # A Swin-Unet small enough for seconds on a CPU, 8 real ACDC slices, 2 validation volumes.
 TINY_ACDC = [
-    "--precision", "bf16", "--set", "train.img_size=32", "--set", "model.args.embed_dim=12",
-    "--set", "model.args.num_heads=[1,2,3,4]", "--set", "model.args.window_size=2",
-    "--set", "data.max_train_slices=8", "--set", "train.batch_size=4", "--set", "train.max_epochs=1",
-    "--set", "val.max_cases=2", "--set", "train.progress=false", "--set", "model.pretrained=null",
-]  # fmt: skip
+    "--precision",
+    "bf16",
+    "--set",
+    "train.img_size=32",
+    "--set",
+    "model.args.embed_dim=12",
+    "--set",
+    "model.args.num_heads=[1,2,3,4]",
+    "--set",
+    "model.args.window_size=2",
+    "--set",
+    "data.max_train_slices=8",
+    "--set",
+    "train.batch_size=4",
+    "--set",
+    "train.max_epochs=1",
+    "--set",
+    "val.max_cases=2",
+    "--set",
+    "train.progress=false",
+    "--set",
+    "model.pretrained=null",
+]
 
 
 def test_train_on_real_acdc_from_the_command_line(acdc_dir, tmp_path, capsys):
@@ -50,17 +68,23 @@ def test_train_on_real_acdc_from_the_command_line(acdc_dir, tmp_path, capsys):
         (["unet_acdc", "--set", "train.threads=100000"], "train.threads: expected an integer in [1, "),
         (["unet_acdc", "--device", "gpu"], "train.device: expected auto, cpu, cuda or cuda:N, got 'gpu'"),
         # The U-Net's four poolings: checked before the data are read or the run folder exists.
-        (["unet_acdc", "--set", "train.img_size=100", "--data", "anywhere"],
-         "train.img_size=100: unet takes inputs whose side is a multiple of 16; nearest sizes that fit: 96 "
-         "or 112"),
-        (["swin_unet_acdc", "--set", "train.img_size=100", "--data", "anywhere"],
-         "train.img_size=100: swin_unet does not take 100x100 inputs"),
-        (["swin_unet_acdc", "--set", "model.args.img_size=448", "--data", "anywhere"],
-         "model.args.img_size=448 but train.img_size=224"),
+        (
+            ["unet_acdc", "--set", "train.img_size=100", "--data", "anywhere"],
+            "train.img_size=100: unet takes inputs whose side is a multiple of 16; "
+            "nearest sizes that fit: 96 or 112",
+        ),
+        (
+            ["swin_unet_acdc", "--set", "train.img_size=100", "--data", "anywhere"],
+            "train.img_size=100: swin_unet does not take 100x100 inputs",
+        ),
+        (
+            ["swin_unet_acdc", "--set", "model.args.img_size=448", "--data", "anywhere"],
+            "model.args.img_size=448 but train.img_size=224",
+        ),
         (["unet_acdc", "--set", "model.name=vnet", "--data", "anywhere"], "model.name: unknown model 'vnet'"),
         (["unet_acdc"], "no training data"),
     ],
-)  # fmt: skip
+)
 def test_bad_input_is_one_line_and_exit_code_2(tmp_path, capsys, args, message):
     rc = main(["train", *args, "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err

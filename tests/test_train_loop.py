@@ -399,8 +399,11 @@ def test_fused_sgd_is_the_reference_sgd_update():
 
 def test_epoch_log_counts_the_images_used_not_the_batch_size(tmp_path, capsys):
     # 3 slices at batch 8: one iteration of 3 images per epoch (the batch setting said 8).
-    summary = train(tiny_config(train={"batch_size": 8, "max_epochs": 2}, val={"every": 0}), tiny_dataset(3),
-                    tmp_path / "big_batch")  # fmt: skip
+    summary = train(
+        tiny_config(train={"batch_size": 8, "max_epochs": 2}, val={"every": 0}),
+        tiny_dataset(3),
+        tmp_path / "big_batch",
+    )
     out = capsys.readouterr().out
     assert "epoch 1/2: 3 images in " in out and "epoch 2/2: 3 images in " in out
     assert summary["iterations"] == 2

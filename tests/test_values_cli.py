@@ -48,7 +48,7 @@ def _argparse_error(capsys, argv: list[str]) -> str:
         (f"{PREPARE} --window -125 inf", "argument --window: expected a number, got 'inf'"),
         ("info --img-size -16", "argument --img-size: expected an integer in [16, 4096], got '-16'"),
     ],
-)  # fmt: skip
+)
 def test_numeric_options_are_checked_with_the_key_named(capsys, tmp_path, monkeypatch, argv, message):
     monkeypatch.chdir(tmp_path)
     assert message in _argparse_error(capsys, argv.split())
@@ -56,8 +56,17 @@ def test_numeric_options_are_checked_with_the_key_named(capsys, tmp_path, monkey
 
 
 def test_seeds_of_a_study_are_checked_before_any_data_are_read(tmp_path, capsys):
-    argv = ["compare", "--out", str(tmp_path / "o"), "--data", str(tmp_path / "nowhere"), "--models", "unet",
-            "--seeds", "1,-2"]  # fmt: skip
+    argv = [
+        "compare",
+        "--out",
+        str(tmp_path / "o"),
+        "--data",
+        str(tmp_path / "nowhere"),
+        "--models",
+        "unet",
+        "--seeds",
+        "1,-2",
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("organseg compare: error: --seeds: expected an integer in [0, ")
@@ -121,9 +130,14 @@ def _tiny_checkpoint(path: Path, **fields) -> Path:
     from organseg.models import create_model
 
     net = create_model("unet", num_classes=3, width=0.125)
-    ckpt = ck.make_checkpoint(net, model_name="unet", model_args={"num_classes": 3, "width": 0.125},
-                              class_names=["background", "a", "b"], preprocessing={"kind": "minmax"},
-                              config={"train": {"img_size": 32}})  # fmt: skip
+    ckpt = ck.make_checkpoint(
+        net,
+        model_name="unet",
+        model_args={"num_classes": 3, "width": 0.125},
+        class_names=["background", "a", "b"],
+        preprocessing={"kind": "minmax"},
+        config={"train": {"img_size": 32}},
+    )
     ckpt.update(fields)
     torch.save(ckpt, path)
     return path
@@ -154,9 +168,13 @@ def test_nan_or_mislabelled_checkpoints_stop_test_and_predict(tmp_path, capsys, 
     state["model"]["decoder.final.weight"].fill_(float("nan"))
     torch.save(state, nan)
     heads = _tiny_checkpoint(tmp_path / "heads.pt", class_names=["background", "a", "b", "c", "d"])
-    for ckpt, message in ((nan, "weights with NaN or infinite values: decoder.final.weight"),
-                          (heads, "5 class names ['background', 'a', 'b', 'c', 'd'] but the network's output "
-                                  "layer has 3 channels")):  # fmt: skip
+    for ckpt, message in (
+        (nan, "weights with NaN or infinite values: decoder.final.weight"),
+        (
+            heads,
+            "5 class names ['background', 'a', 'b', 'c', 'd'] but the network's output layer has 3 channels",
+        ),
+    ):
         out = tmp_path / "out"
         if verb == "test":
             argv = ["test", str(ckpt), "--data", str(tmp_path / "nowhere"), "--out", str(out)]

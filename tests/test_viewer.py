@@ -56,8 +56,16 @@ def test_page_is_self_contained_and_holds_exact_oriented_labels(tmp_path: Path) 
 
     image, label, truth = synthetic_case()
     metrics = {"RV": {"DSC": 0.91, "HD95 (mm)": 2.5}, "Myo": {"DSC": None, "HD95 (mm)": float("nan")}}
-    out = write_viewer(tmp_path / "v" / "case.html", image, label=label, truth=truth, geometry=RAS,
-                       class_names=ACDC_CLASSES, metrics=metrics, title="case </script> 1")
+    out = write_viewer(
+        tmp_path / "v" / "case.html",
+        image,
+        label=label,
+        truth=truth,
+        geometry=RAS,
+        class_names=ACDC_CLASSES,
+        metrics=metrics,
+        title="case </script> 1",
+    )
     assert [p.name for p in out.parent.iterdir()] == ["case.html"]  # no temp file left behind
     text = out.read_text(encoding="utf-8")
     # nothing fetched from anywhere: no external script, style, font or link
@@ -102,10 +110,17 @@ def test_missed_and_false_positive_organs_show_a_dash_not_a_score(tmp_path: Path
         "LV": {"DSC": 1.0, "HD95 (mm)": 0.0},
     }
     assert case_metric_cells(pred, truth, [*ACDC_CLASSES, "extra"], np.zeros((4, 2)), "mm")["extra"] == {
-        "DSC": "\u2013 (absent)", "HD95 (mm)": "\u2013 (absent)"
+        "DSC": "\u2013 (absent)",
+        "HD95 (mm)": "\u2013 (absent)",
     }
-    page = write_viewer(tmp_path / "c.html", truth.astype(np.float32), label=pred, truth=truth,
-                        class_names=ACDC_CLASSES, metrics=cells)
+    page = write_viewer(
+        tmp_path / "c.html",
+        truth.astype(np.float32),
+        label=pred,
+        truth=truth,
+        class_names=ACDC_CLASSES,
+        metrics=cells,
+    )
     rows = {c["name"]: c["metrics"] for c in page_data(page)["classes"]}
     assert rows["RV"] == {"DSC": 0.0, "HD95 (mm)": "\u2013 (missed)"}  # the page shows the note as is
 
@@ -116,8 +131,9 @@ def test_no_geometry_keeps_array_order_and_large_volumes_are_subsampled(tmp_path
     assert data["radiological"] is False and data["file_slice"] == list(range(6))
     np.testing.assert_array_equal(unpack(data["label"], label.shape), label)
     assert data["classes"][0]["name"] == "class 1" and data["note"] == ""
-    small = page_data(write_viewer(tmp_path / "b.html", image, label=label, spacing=(2.0, 1.0, 1.0),
-                                   max_voxels=6 * 20 * 25))
+    small = page_data(
+        write_viewer(tmp_path / "b.html", image, label=label, spacing=(2.0, 1.0, 1.0), max_voxels=6 * 20 * 25)
+    )
     assert small["shape"] == [6, 20, 25] and "1 pixel in 2" in small["note"]
     np.testing.assert_array_equal(unpack(small["label"], (6, 20, 25)), label[:, ::2, ::2])
     assert small["spacing"] == [2.0, 2.0, 2.0]
@@ -150,8 +166,16 @@ def test_organseg_test_writes_a_viewer_per_case(tmp_path: Path) -> None:
 
     rng = np.random.default_rng(0)
     meta = {"origin": (1.0, 2.0, 3.0), "direction": RAS.direction}
-    vols = [Volume(f"case{i}", rng.random((3, 40, 48)).astype(np.float32), rng.integers(0, 4, (3, 40, 48)),
-                   (2.5, 0.8, 0.7), meta) for i in range(2)]
+    vols = [
+        Volume(
+            f"case{i}",
+            rng.random((3, 40, 48)).astype(np.float32),
+            rng.integers(0, 4, (3, 40, 48)),
+            (2.5, 0.8, 0.7),
+            meta,
+        )
+        for i in range(2)
+    ]
     ds = ArrayDataset([], {"test": vols}, class_names=ACDC_CLASSES)
     run = make_run(tmp_path / "run", list(ACDC_CLASSES), {"kind": "none"})
     res = Path(run_test(run, data=ds, checkpoint="last", device="cpu", progress=False)["results_dir"])
@@ -170,15 +194,24 @@ def test_organseg_test_writes_a_viewer_per_case(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------- in a real browser
 
-CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--window-size=1200,900")
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1200,900",
+)
 
 
 @pytest.fixture(scope="module")
 def browser():
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install "
-                                    "'organseg[test]')")
+    webdriver = pytest.importorskip(
+        "selenium.webdriver", reason="selenium is not installed (pip install 'organseg[test]')"
+    )
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     driver_exe = shutil.which("chromedriver")
     if not chromium or not driver_exe:
@@ -227,7 +260,10 @@ return [hits, sum, c.dataset.slice, document.getElementById('slice-index').textC
 def set_range(driver, element_id: str, value: int) -> None:
     driver.execute_script(
         "const e = document.getElementById(arguments[0]); e.value = String(arguments[1]);"
-        "e.dispatchEvent(new Event('input'));", element_id, value)
+        "e.dispatchEvent(new Event('input'));",
+        element_id,
+        value,
+    )
 
 
 def rgb(index: int) -> list[int]:
@@ -239,8 +275,16 @@ def test_browser_scrolls_and_toggles_classes(browser, tmp_path: Path) -> None:
     from selenium.webdriver.common.keys import Keys
 
     image, label, truth = synthetic_case()
-    page = write_viewer(tmp_path / "case.html", image, label=label, truth=truth, geometry=RAS,
-                        class_names=ACDC_CLASSES, metrics={"RV": {"DSC": 0.9}}, title="synthetic")
+    page = write_viewer(
+        tmp_path / "case.html",
+        image,
+        label=label,
+        truth=truth,
+        geometry=RAS,
+        class_names=ACDC_CLASSES,
+        metrics={"RV": {"DSC": 0.9}},
+        title="synthetic",
+    )
     open_page(browser, page)
     assert browser.title == "synthetic"
     assert browser.find_element(By.ID, "truth-toggle").is_displayed()
@@ -254,8 +298,10 @@ def test_browser_scrolls_and_toggles_classes(browser, tmp_path: Path) -> None:
     assert z_1 == "1" and sum_1 != sum_mid
     browser.find_element(By.TAG_NAME, "body").send_keys(Keys.ARROW_DOWN)
     assert browser.execute_script(PIXELS_JS, rgb(1))[2] == "2"
-    browser.execute_script("document.getElementById('view').dispatchEvent("
-                           "new WheelEvent('wheel', {deltaY: 100, bubbles: true, cancelable: true}))")
+    browser.execute_script(
+        "document.getElementById('view').dispatchEvent("
+        "new WheelEvent('wheel', {deltaY: 100, bubbles: true, cancelable: true}))"
+    )
     assert browser.execute_script(PIXELS_JS, rgb(1))[2] == "3"
     # full opacity, no outline: the prediction is painted in the classes' exact colours
     set_range(browser, "opacity", 100)
@@ -286,14 +332,22 @@ def test_browser_real_ct(browser, tmp_path: Path, totalseg_dir: Path) -> None:
     for ts, syn in {1: 1, 2: 2, 3: 3, 4: 4, 5: 5, 6: 6, 52: 7, 7: 8}.items():  # TotalSegmentator -> Synapse
         lut[ts] = syn
     labels = lut[seg]
-    page = write_viewer(tmp_path / "ct.html", ct, label=labels, geometry=geom, class_names=SYNAPSE_CLASSES,
-                        window=(-125, 275), title="example_ct_sm")
+    page = write_viewer(
+        tmp_path / "ct.html",
+        ct,
+        label=labels,
+        geometry=geom,
+        class_names=SYNAPSE_CLASSES,
+        window=(-125, 275),
+        title="example_ct_sm",
+    )
     open_page(browser, page)
     from selenium.webdriver.common.by import By
 
     assert not browser.find_element(By.ID, "truth-toggle").is_displayed()  # a prediction without truth
     set_range(browser, "opacity", 100)
-    liver = browser.execute_script("""
+    liver = browser.execute_script(
+        """
 const c = document.getElementById('view'), w = c.width;
 const px = c.getContext('2d').getImageData(0, 0, w, c.height).data, [r, g, b] = arguments[0];
 let left = 0, right = 0;
@@ -301,5 +355,7 @@ for (let i = 0; i < px.length; i += 4) {
   if (px[i] === r && px[i + 1] === g && px[i + 2] === b) { if ((i / 4) % w < w / 2) left++; else right++; }
 }
 return [left, right];
-""", rgb(5))
+""",
+        rgb(5),
+    )
     assert liver[0] > 4 * liver[1], liver  # the left lobe reaches across the midline

@@ -187,8 +187,14 @@ def validate_checkpoint(ckpt: dict, source: str | Path = "checkpoint") -> nn.Mod
     """
     src = str(source)
     optional = {"model_args": {}, "class_names": [], "preprocessing": {}, "config": {}}  # absent: empty
-    for key, kind in (("model", dict), ("model_name", str), ("model_args", dict), ("class_names", list),
-                      ("preprocessing", dict), ("config", dict)):  # fmt: skip
+    for key, kind in (
+        ("model", dict),
+        ("model_name", str),
+        ("model_args", dict),
+        ("class_names", list),
+        ("preprocessing", dict),
+        ("config", dict),
+    ):
         value = ckpt.get(key, optional.get(key))
         if not isinstance(value, kind):
             raise CheckpointError(

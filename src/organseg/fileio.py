@@ -432,8 +432,9 @@ def read_text(path: PathLike, what: str = "file") -> str:
     except IsADirectoryError:
         raise DataError(f"{path}: is a folder, not a {what}") from None
     except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not a text {what} (byte {exc.start} is not UTF-8: binary or damaged)") \
-            from None
+        raise DataError(
+            f"{path}: not a text {what} (byte {exc.start} is not UTF-8: binary or damaged)"
+        ) from None
     except OSError as exc:
         raise DataError(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
 

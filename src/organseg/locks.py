@@ -199,8 +199,9 @@ def _make_folder(folder: Path) -> list[Path]:
             created.append(p)
         except FileExistsError:
             if not p.is_dir():
-                raise OutputError(f"{p}: cannot create the folder, a file of that name is in the way") \
-                    from None
+                raise OutputError(
+                    f"{p}: cannot create the folder, a file of that name is in the way"
+                ) from None
         except OSError as exc:
             raise OutputError(f"{p}: cannot create the folder ({exc.strerror or exc})") from None
     return created
@@ -268,8 +269,9 @@ def _acquire(folder: Path, what: str) -> tuple[_Held, bool]:
                 f"{folder}: in use by another thread of this process ({held.holder.describe()}); wait for it "
                 "to finish, or write elsewhere"
             )
-        holder = Holder(pid=os.getpid(), host=socket.gethostname(), since=time.time(), command=_command(),
-                        what=what)  # fmt: skip
+        holder = Holder(
+            pid=os.getpid(), host=socket.gethostname(), since=time.time(), command=_command(), what=what
+        )
         fd = _lock_file(folder, lock_file, holder, what, created)
         held = _Held(folder, lock_file, fd, holder, threading.get_ident(), created=created)
         _held[key] = held
@@ -309,8 +311,11 @@ def _lock_file(folder: Path, lock_file: Path, holder: Holder, what: str, created
             with contextlib.suppress(OSError):
                 if os.path.getsize(lock_file) == 0:
                     os.unlink(lock_file)  # the empty file this call created
-            _warn(what, f"{folder}: this file system does not lock files ({exc.strerror or exc}); another "
-                        "organseg writing here at the same time would not be detected")  # fmt: skip
+            _warn(
+                what,
+                f"{folder}: this file system does not lock files ({exc.strerror or exc}); another "
+                "organseg writing here at the same time would not be detected",
+            )
             return None
         # The file may have been removed (and another made) between our open and our lock by a holder that
         # was ending: then ours is a lock on a file nobody else will look at.
@@ -420,4 +425,3 @@ __all__ = [
     "holds",
     "read_holder",
 ]
-

@@ -144,9 +144,16 @@ def progress_bar(
     stream = file if file is not None else sys.stderr
     if is_terminal(stream) or (file is None and "ipykernel" in sys.modules):  # a notebook shows a widget
         return tqdm(
-            iterable, total=total, desc=desc, unit=unit, disable=disable, leave=leave, initial=initial,
-            file=file, **bar_options,
-        )  # fmt: skip
+            iterable,
+            total=total,
+            desc=desc,
+            unit=unit,
+            disable=disable,
+            leave=leave,
+            initial=initial,
+            file=file,
+            **bar_options,
+        )
     return PlainProgress(
         iterable, total=total, desc=desc, unit=unit, disable=disable, leave=leave, initial=initial, file=file
     )

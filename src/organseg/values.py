@@ -55,8 +55,13 @@ class Rule:
         elif self.kind == "device":
             text = "auto, cpu, cuda or cuda:N"
         else:
-            noun = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
-                    "mapping": "a mapping"}[self.kind]  # fmt: skip
+            noun = {
+                "int": "an integer",
+                "float": "a number",
+                "bool": "true or false",
+                "str": "a string",
+                "mapping": "a mapping",
+            }[self.kind]
             lo, hi = self.lo, self.upper()
             if lo is not None and hi is not None:
                 left, right = "(" if self.lo_open else "[", ")" if self.hi_open else "]"

@@ -178,8 +178,13 @@ class Ctx:
         path = self.t / rel
         paths = [str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
-        proc = subprocess.Popen([sys.executable, "-c", _HOLD, str(path), str(self.t)], env=env, text=True,
-                                stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)  # fmt: skip
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _HOLD, str(path), str(self.t)],
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+        )
         _HOLDERS[:] = [p for p in _HOLDERS if p.poll() is None] + [proc]
         if proc.stdout.readline().strip() != "held":
             raise RuntimeError(f"the helper process could not hold {path}")

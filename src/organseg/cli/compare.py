@@ -104,17 +104,30 @@ def run(args: argparse.Namespace) -> int:
 
     launcher = from_args(args)  # None: --launcher local
     if args.collect is not None:
-        given = [n for n, v in (("--data", args.data), ("--seeds", args.seeds), ("--set", args.sets),
-                                ("--preset", args.preset), ("--precision", args.precision),
-                                ("--folds", args.folds)) if v]  # fmt: skip
+        given = [
+            n
+            for n, v in (
+                ("--data", args.data),
+                ("--seeds", args.seeds),
+                ("--set", args.sets),
+                ("--preset", args.preset),
+                ("--precision", args.precision),
+                ("--folds", args.folds),
+            )
+            if v
+        ]
         if given:
             raise ConfigError(
                 f"--collect reads everything from the run folders; {', '.join(given)} do(es) not apply"
             )
         with folder_lock(args.out, "compare"):  # the study folder's one writer, as run_study
             result = collect(
-                args.out, args.collect or None, split=args.split, checkpoint=args.checkpoint,
-                models=args.models, notes=args.notes,
+                args.out,
+                args.collect or None,
+                split=args.split,
+                checkpoint=args.checkpoint,
+                models=args.models,
+                notes=args.notes,
             )
     else:
         if not args.data or not args.models:

@@ -58,8 +58,10 @@ def dataset_rows(root: str, subjects: str | None = None) -> dict:
 
 
 def format_dataset(d: dict) -> str:
-    lines = [f"{d['root']}: {d['layout']} layout, {len(d['classes'])} classes ({', '.join(d['classes'])}), "
-             f"{d['train_slices']} training slices"]  # fmt: skip
+    lines = [
+        f"{d['root']}: {d['layout']} layout, {len(d['classes'])} classes ({', '.join(d['classes'])}), "
+        f"{d['train_slices']} training slices"
+    ]
     for split, n in d["splits"].items():
         lines.append(f"  {split:<5} {n['volumes']:>5} volume(s) of {n['subjects']:>4} subject(s)")
     return "\n".join(lines)

@@ -32,31 +32,42 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "or an ONNX model from organseg export",
     )
     p.add_argument(
-        "inputs", nargs="+", metavar="INPUT",
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
         help="NIfTI files, DICOM series folders, folders of scans, globs",
-    )  # fmt: skip
+    )
     p.add_argument(
         "--out", required=True, metavar="OUT", help="the label map (one input, OUT.nii.gz) or a folder"
     )
     p.add_argument(
-        "--ensemble", nargs="+", default=[], metavar="CKPT",
+        "--ensemble",
+        nargs="+",
+        default=[],
+        metavar="CKPT",
         help="more checkpoints, run folders or study folders: the softmax of all members is averaged",
-    )  # fmt: skip
+    )
     p.add_argument(
         "--models", nargs="+", metavar="NAME", help="only these networks of a study folder (e.g. swin_unet)"
     )
     p.add_argument("--tta", action="store_true", help="average over the mirror flips seen in training (4x)")
     p.add_argument(
-        "--format", dest="formats", default="nifti", choices=("nifti", "dicom-seg", "both"),
+        "--format",
+        dest="formats",
+        default="nifti",
+        choices=("nifti", "dicom-seg", "both"),
         help="nifti (default): the label map; dicom-seg: a DICOM Segmentation referencing the input series "
         "(DICOM inputs only; written as OUT_STEM.dcm, or NAME.dcm in the --out folder; needs "
         "organseg[dicom]); both",
-    )  # fmt: skip
+    )
     p.add_argument("--viewer", action="store_true", help="also write OUT_STEM.html, a slice viewer page")
     p.add_argument(
-        "--overlay", nargs="?", const=True, metavar="OUT.png",
+        "--overlay",
+        nargs="?",
+        const=True,
+        metavar="OUT.png",
         help="also draw the slices with the most foreground (default name OUT_STEM.png)",
-    )  # fmt: skip
+    )
     p.add_argument("--overwrite", action="store_true", help="redo cases whose outputs exist")
     p.add_argument(
         "--series",
@@ -87,15 +98,24 @@ def run(args: argparse.Namespace) -> int:
         series=args.series_uid,
     )
     predictor = load_predictor(
-        args.checkpoint, ensemble=args.ensemble, models=args.models, tta=args.tta, batch_size=args.batch_size,
-        precision=args.precision, device=args.device,
-    )  # fmt: skip
+        args.checkpoint,
+        ensemble=args.ensemble,
+        models=args.models,
+        tta=args.tta,
+        batch_size=args.batch_size,
+        precision=args.precision,
+        device=args.device,
+    )
     for note in predictor.notes:
         print(f"organseg predict: {note}")
     outcomes = predict_many(
-        predictor, cases, sources=[args.checkpoint, *args.ensemble], given=args.inputs,
-        overwrite=args.overwrite, series_uid=args.series_uid,
-    )  # fmt: skip
+        predictor,
+        cases,
+        sources=[args.checkpoint, *args.ensemble],
+        given=args.inputs,
+        overwrite=args.overwrite,
+        series_uid=args.series_uid,
+    )
     if len(outcomes) == 1 and outcomes[0].status == "failed":
         from organseg.errors import OrgansegError
 

@@ -21,10 +21,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         ),
     )
     p.add_argument(
-        "target", metavar="RUN_DIR_OR_CHECKPOINT",
+        "target",
+        metavar="RUN_DIR_OR_CHECKPOINT",
         help="a run folder, a checkpoint file (organseg .pt or an official Swin-Unet .pth), an ONNX model, "
         "or a compare study folder (all its runs, as an ensemble)",
-    )  # fmt: skip
+    )
     p.add_argument("--data", metavar="DIR", help="dataset folder (default: the run's data.root)")
     p.add_argument("--split", default="test", choices=("test", "val"), help="default test")
     p.add_argument(
@@ -48,10 +49,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--no-report", action="store_true", help="do not (re)write report.md")
     p.add_argument("--no-viewer", action="store_true", help="no HTML viewer page per case")
     p.add_argument(
-        "--ensemble", nargs="+", default=[], metavar="CKPT",
+        "--ensemble",
+        nargs="+",
+        default=[],
+        metavar="CKPT",
         help="more checkpoints, run folders or study folders: each is tested alone, then the softmax "
         "average of all (results in <split>_<checkpoint>_ensembleN)",
-    )  # fmt: skip
+    )
     p.add_argument(
         "--models", nargs="+", metavar="NAME", help="only these networks of a study folder (e.g. swin_unet)"
     )

@@ -89,4 +89,3 @@ def layout_options(root: str | Path, data_cfg: dict) -> dict:
     if data_cfg.get("fold") is not None and detect_layout(root) == "nnunet":
         return {"cross_validation": True}
     return {}
-

@@ -256,9 +256,8 @@ class NnUNetDataset(SegmentationDataset):
         self.transpose = (axis, *[a for a in range(3) if a != axis])
         self.orientation = transposed_code(stored, self.transpose)
         turned = sum(codes[c] != stored for c in self._train_pairs)
-        self.orientation_note = (
-            f"from the direction matrix of {self._train_pairs[first][0].name}"
-            + (f"; {turned} other training case(s) turned to it" if turned else "")
+        self.orientation_note = f"from the direction matrix of {self._train_pairs[first][0].name}" + (
+            f"; {turned} other training case(s) turned to it" if turned else ""
         )
         self._turns = {case: reorientation(code, self.orientation) for case, code in codes.items()}
 
@@ -422,8 +421,9 @@ class NnUNetDataset(SegmentationDataset):
         return f"the seeded {split} split of {self.root / 'imagesTr'}"
 
     def _iter_raw(self, cases: Sequence[str], progress: bool):
-        bar = progress_bar(cases, desc="intensity percentiles", unit="case", disable=not progress,
-                           leave=False)  # fmt: skip
+        bar = progress_bar(
+            cases, desc="intensity percentiles", unit="case", disable=not progress, leave=False
+        )
         for case in bar:
             img, lab = self._train_pairs[case]
             image, _ = read_image(img)

@@ -251,8 +251,14 @@ class Tube:
 Row = Shared | Organ | Tube
 
 #: Pancreas: a lobulated chain of blobs from the head (right) to the tail (splenic hilum): x, y, t, radius.
-PANCREAS_PATH = ((-32, -8, 0.50, 16), (-12, -14, 0.52, 13), (12, -8, 0.54, 12), (38, 2, 0.56, 11),
-                 (62, 14, 0.58, 10), (82, 24, 0.60, 9))  # fmt: skip
+PANCREAS_PATH = (
+    (-32, -8, 0.50, 16),
+    (-12, -14, 0.52, 13),
+    (12, -8, 0.54, 12),
+    (38, 2, 0.56, 11),
+    (62, 14, 0.58, 10),
+    (82, 24, 0.60, 9),
+)
 
 #: The BTCV organs and great vessels, portal venous phase, in paint order.
 ORGANS: tuple[Row, ...] = (
@@ -261,8 +267,23 @@ ORGANS: tuple[Row, ...] = (
     Organ(LIVER, Tissue("liver"), -72, 0, 0.76, 72, 82, 0.30, 0.26, -10),  # right lobe
     Organ(LIVER, Tissue("liver"), 8, -50, 0.84, 52, 32, 0.12, 0.14, 15),  # left lobe
     # hepatic vessels: brighter tubes inside the liver, still labelled liver
-    *[Organ(LIVER, Tissue("liver", 40), U(-35, 35, -72), U(-40, 40), U(0.62, 0.9), 4, 4, 0.08, 0.08,
-            wob=0.0, drift=(U(-0.3, 0.3), U(-0.3, 0.3)), within=LIVER)] * 4,
+    *[
+        Organ(
+            LIVER,
+            Tissue("liver", 40),
+            U(-35, 35, -72),
+            U(-40, 40),
+            U(0.62, 0.9),
+            4,
+            4,
+            0.08,
+            0.08,
+            wob=0.0,
+            drift=(U(-0.3, 0.3), U(-0.3, 0.3)),
+            within=LIVER,
+        )
+    ]
+    * 4,
     Organ(SPLEEN, Tissue("spleen"), 100, 42, 0.73, 28, 55, 0.15, 0.15, 35, wob=0.08),
     Organ(STOMACH, N(55), 52, -32, 0.78, 46, 34, 0.16, 0.17, 20, wob=0.08, air_front=U(0.2, 0.6)),
     Organ(GALL, N(15, 8), -42, -42, 0.47, 17, 25, 0.07, 0.07, 30, wob=0.04),
@@ -272,13 +293,15 @@ ORGANS: tuple[Row, ...] = (
     Organ(RADR, N(40), -38, 40, 0.6, 5, 12, 0.06, 0.06, -30, wob=0.05),
     Organ(LADR, N(40), 38, 40, 0.6, 5, 12, 0.06, 0.06, 30, wob=0.05),
     Shared("pancreas", N(95, 10)),
-    *[Organ(PANCREAS, Tissue("pancreas"), x, y, t, r * 1.3, r, 0.045, 0.045, 20, wob=0.08)
-      for x, y, t, r in PANCREAS_PATH],
+    *[
+        Organ(PANCREAS, Tissue("pancreas"), x, y, t, r * 1.3, r, 0.045, 0.045, 20, wob=0.08)
+        for x, y, t, r in PANCREAS_PATH
+    ],
     Tube(AORTA, N(170, 25), 14, 24, U(10, 13), None, 0.5, drift=(0.0, -0.02)),
     Tube(IVC, N(135, 15), -24, 20, 14, 10, 0.42),
     Organ(PORTAL, N(160, 15), -24, -4, 0.58, 7, 7, 0.07, 0.07, wob=0.0, drift=(-0.6, 0.1)),
     Organ(ESO, N(40), 6, 12, 0.96, 9, 8, 0.06, 0.06, wob=0.05, air_front=0.5),
-)  # fmt: skip
+)
 
 
 class _Anatomy:
@@ -302,17 +325,39 @@ class _Anatomy:
             return self.shared[v.name] + v.offset
         return v
 
-    def organ(self, label: int | None, h: float, x: float, y: float, t: float, a: float, b: float,
-              lo: float, hi: float, angle: float = 0.0, wob: float = 0.06, **kw) -> Blob:  # fmt: skip
+    def organ(
+        self,
+        label: int | None,
+        h: float,
+        x: float,
+        y: float,
+        t: float,
+        a: float,
+        b: float,
+        lo: float,
+        hi: float,
+        angle: float = 0.0,
+        wob: float = 0.06,
+        **kw,
+    ) -> Blob:
         """A Blob at reference position (x, y) mm and height t (fraction of the extent), its size, position,
         angle and outline varied for this case."""
         rng, sx, sy, size_f = self.rng, self.sx, self.sy, self.size_f
         g = rng.uniform(0.87, 1.13)
         return Blob(
-            label, h, self.normal(x * sx, 4), self.normal(y * sy, 4), self.normal(t * self.E, 6),
-            a * g * size_f, b * g * size_f, lo * g, hi * g, self.normal(angle, 6),
-            wobble=_wobble(rng, wob), **kw,
-        )  # fmt: skip
+            label,
+            h,
+            self.normal(x * sx, 4),
+            self.normal(y * sy, 4),
+            self.normal(t * self.E, 6),
+            a * g * size_f,
+            b * g * size_f,
+            lo * g,
+            hi * g,
+            self.normal(angle, 6),
+            wobble=_wobble(rng, wob),
+            **kw,
+        )
 
     def put(self, blob: Blob, within: int | None = None) -> None:
         """Paint a blob clipped to the abdominal cavity."""
@@ -332,13 +377,38 @@ class _Anatomy:
             x, y, t, h = (self.value(v) for v in (row.x, row.y, row.t, row.hu))
             angle, air = self.value(row.angle), None if row.air_front is None else self.value(row.air_front)
             drift = (self.value(row.drift[0]), self.value(row.drift[1]))
-            k = self.organ(row.label, h, x, y, t, row.a, row.b, row.lo * E, row.hi * E, angle, row.wob,
-                           air_front=air, drift=drift)  # fmt: skip
+            k = self.organ(
+                row.label,
+                h,
+                x,
+                y,
+                t,
+                row.a,
+                row.b,
+                row.lo * E,
+                row.hi * E,
+                angle,
+                row.wob,
+                air_front=air,
+                drift=drift,
+            )
             self.put(k, row.within)
             if row.core is not None:
                 side = -1 if row.x < 0 else 1
-                self.put(Blob(row.label, self.value(row.core), k.x - side * 6, k.y - 4, k.z, k.a * 0.45,
-                              k.b * 0.45, k.c_lo * 0.6, k.c_hi * 0.6, k.angle))  # fmt: skip
+                self.put(
+                    Blob(
+                        row.label,
+                        self.value(row.core),
+                        k.x - side * 6,
+                        k.y - 4,
+                        k.z,
+                        k.a * 0.45,
+                        k.b * 0.45,
+                        k.c_lo * 0.6,
+                        k.c_hi * 0.6,
+                        k.angle,
+                    )
+                )
 
 
 def _paint_body(anat: _Anatomy, A: float, B: float, fat: float, wall: float) -> None:  # noqa: N803
@@ -364,8 +434,20 @@ def _paint_body(anat: _Anatomy, A: float, B: float, fat: float, wall: float) -> 
     size_f = anat.size_f
     for side in (-1, 1):
         cv.paint(Blob(0, hu(52), side * 38 * sx, 80 * sy, E / 2, 26 * sx, 20 * sy, E, E, profile="flat"))
-        cv.paint(Blob(0, hu(50), side * 34 * sx, 52 * sy, 0.1 * E, 18 * size_f, 16 * size_f, 0.1 * E,
-                      0.45 * E, drift=(side * -0.05, 0.0)))  # fmt: skip
+        cv.paint(
+            Blob(
+                0,
+                hu(50),
+                side * 34 * sx,
+                52 * sy,
+                0.1 * E,
+                18 * size_f,
+                16 * size_f,
+                0.1 * E,
+                0.45 * E,
+                drift=(side * -0.05, 0.0),
+            )
+        )
 
 
 def _paint_gut(anat: _Anatomy) -> None:
@@ -378,8 +460,22 @@ def _paint_gut(anat: _Anatomy) -> None:
         anat.put(anat.organ(0, h, bx, by, bt, 22, 18, 30, 30, angle, wob=0.1, air_front=air))
     for side, top in ((-1, 0.5), (1, 0.62)):  # ascending and descending colon
         h = hu(30)
-        anat.put(anat.organ(0, h, side * 108, 5, top / 2, 20, 18, top * E / 2 + 10, top * E / 2, wob=0.1,
-                            profile="flat", air_front=0.2))  # fmt: skip
+        anat.put(
+            anat.organ(
+                0,
+                h,
+                side * 108,
+                5,
+                top / 2,
+                20,
+                18,
+                top * E / 2 + 10,
+                top * E / 2,
+                wob=0.1,
+                profile="flat",
+                air_front=0.2,
+            )
+        )
     anat.put(anat.organ(0, hu(30), 0, -72, 0.5, 85, 16, 18, 18, wob=0.08, air_front=0.1))  # transverse
 
 

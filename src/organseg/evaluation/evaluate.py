@@ -39,7 +39,6 @@ from organseg.run import ResultsDir
 SCORED, MISSED, FALSE_POSITIVE, ABSENT = "scored", "missed", "false_positive", "absent"
 
 
-
 # ------------------------------------------------------------------------------------------------ records
 
 
@@ -343,7 +342,10 @@ class EvaluationResult:
         presence = np.zeros(shape, bool)
         surface = np.full((len(records), len(names), len(SURFACE_METRICS)), np.nan)
         flags = {
-            SCORED: (True, True), MISSED: (False, True), FALSE_POSITIVE: (True, False), ABSENT: (False, False)
+            SCORED: (True, True),
+            MISSED: (False, True),
+            FALSE_POSITIVE: (True, False),
+            ABSENT: (False, False),
         }
         for n, rec in enumerate(records):
             for i, name in enumerate(names):
@@ -422,7 +424,9 @@ class EvaluationResult:
                 classes[name] = {
                     "reference": {"dice": float(r[0]), "hd95": float(r[1])},
                     "corrected": {
-                        "dice": json_number(c[0]), "hd95": json_number(c[1]), **self._surface_cells(n, i)
+                        "dice": json_number(c[0]),
+                        "hd95": json_number(c[1]),
+                        **self._surface_cells(n, i),
                     },
                     "status": _status(bool(p), bool(g)),
                 }

@@ -79,6 +79,7 @@ def _open_dataset(
 
 def _nifti_writer(folder: Path, collector: OverlayCollector):
     """on_case callback: the reference's ``{case}_img/_pred/_gt.nii.gz``, with the case's real geometry."""
+
     def on_case(vol: Volume, pred: np.ndarray, metrics: np.ndarray) -> None:
         collector(vol, pred, metrics)
         geom = Geometry.of_volume(vol)
@@ -125,12 +126,24 @@ def run_test(
     check_value("--max-cases", max_cases, OPTIONAL_POSITIVE_INT)
     targets = [t for s in (target, *ensemble) for t in expand_source(s, checkpoint=checkpoint, models=models)]
     common = dict(
-        split=split, batch_size=batch_size, precision=precision, reference_loop=reference_loop,
-        max_cases=max_cases, progress=progress,
-    )  # fmt: skip
+        split=split,
+        batch_size=batch_size,
+        precision=precision,
+        reference_loop=reference_loop,
+        max_cases=max_cases,
+        progress=progress,
+    )
     if len(targets) == 1 and not tta:
-        return _test_one(targets[0], data=data, save_nifti=save_nifti, out=out, device=device, report=report,
-                         viewer=viewer, **common)  # fmt: skip
+        return _test_one(
+            targets[0],
+            data=data,
+            save_nifti=save_nifti,
+            out=out,
+            device=device,
+            report=report,
+            viewer=viewer,
+            **common,
+        )
     dev = resolve_device(device)
     members = load_members([t.checkpoint_path for t in targets], dev)  # checked to agree before any case
     first = targets[0]
@@ -140,24 +153,41 @@ def run_test(
     # each alone beside the ensemble, never over its run's held-out results.
     whole = any(((m.ckpt.get("config") or {}).get("data") or {}).get("fold") is not None for m in members)
     members_root = Path(out) if out else (results_dir(name, split) if whole else None)
-    member_out = [members_root / "members" / f"{k}_{t.checkpoint_name}" if members_root else None
-                  for k, t in enumerate(targets)]  # fmt: skip
+    member_out = [
+        members_root / "members" / f"{k}_{t.checkpoint_name}" if members_root else None
+        for k, t in enumerate(targets)
+    ]
     alone = [
-        _test_one(t, data=data, out=member_out[k], device=dev, report=False,
-                  viewer=False, whole=whole, **common)  # fmt: skip
+        _test_one(
+            t, data=data, out=member_out[k], device=dev, report=False, viewer=False, whole=whole, **common
+        )
         for k, t in enumerate(targets)
     ]
     summary = _test_one(
-        name, data=data, save_nifti=save_nifti, out=out, device=dev, report=report, viewer=viewer,
-        model=combined(members, tta), ckpt=members[0].ckpt, sources=[str(t.checkpoint_path) for t in targets],
-        tta=tta, whole=whole,
-        orientation=network_orientation([m.ckpt for m in members], [m.source for m in members]), **common,
-    )  # fmt: skip
+        name,
+        data=data,
+        save_nifti=save_nifti,
+        out=out,
+        device=dev,
+        report=report,
+        viewer=viewer,
+        model=combined(members, tta),
+        ckpt=members[0].ckpt,
+        sources=[str(t.checkpoint_path) for t in targets],
+        tta=tta,
+        whole=whole,
+        orientation=network_orientation([m.ckpt for m in members], [m.source for m in members]),
+        **common,
+    )
     summary["members"] = [
-        {"checkpoint": m["checkpoint"], "results_dir": m["results_dir"], "reference": _means(m["reference"]),
-         "corrected": _means(m["corrected"])}
+        {
+            "checkpoint": m["checkpoint"],
+            "results_dir": m["results_dir"],
+            "reference": _means(m["reference"]),
+            "corrected": _means(m["corrected"]),
+        }
         for m in alone
-    ]  # fmt: skip
+    ]
     summary["table"] += "\n\n" + members_table(summary, alone)
     return summary
 
@@ -179,8 +209,12 @@ def members_table(summary: RunTestResult, members: Sequence[RunTestResult | Memb
         # The corrected means are None when no case has the organ pair they need (an organ missed
         # everywhere has no HD95): written as every table writes a missing number.
         r, c = s["reference"], s["corrected"]
-        cells = [num(r["mean_dice"], scale=100), num(r["mean_hd95"]), num(c["mean_dice"], scale=100),
-                 num(c["mean_hd95"])]  # fmt: skip
+        cells = [
+            num(r["mean_dice"], scale=100),
+            num(r["mean_hd95"]),
+            num(c["mean_dice"], scale=100),
+            num(c["mean_hd95"]),
+        ]
         return f"| {label} | " + " | ".join(cells) + " |"
 
     for k, m in enumerate(members):

@@ -200,10 +200,20 @@ def reference_defaults(num_classes: int) -> tuple[list[str], dict[str, Any], str
     Swin-Unet checkpoints), as the reference data were prepared, and the sentence that says so."""
     if num_classes == len(ACDC_CLASSES):
         return list(ACDC_CLASSES), {"kind": "minmax"}, "the ACDC classes and per-image min-max intensities"
-    names = list(SYNAPSE_CLASSES) if num_classes == len(SYNAPSE_CLASSES) else (
-        ["background"] + [f"class_{i}" for i in range(1, num_classes)]
+    names = (
+        list(SYNAPSE_CLASSES)
+        if num_classes == len(SYNAPSE_CLASSES)
+        else (["background"] + [f"class_{i}" for i in range(1, num_classes)])
     )
-    return names, {"kind": "ct_window", "window": [-125, 275]}, (
-        ("the Synapse classes" if num_classes == len(SYNAPSE_CLASSES) else f"{num_classes} unnamed classes")
-        + " and the reference CT window [-125, 275] HU"
+    return (
+        names,
+        {"kind": "ct_window", "window": [-125, 275]},
+        (
+            (
+                "the Synapse classes"
+                if num_classes == len(SYNAPSE_CLASSES)
+                else f"{num_classes} unnamed classes"
+            )
+            + " and the reference CT window [-125, 275] HU"
+        ),
     )

@@ -71,4 +71,3 @@ def checkpoint_patch_size(ckpt: dict[str, Any], default: int = 224) -> tuple[int
         return size, size
     h, w = (int(v) for v in size)
     return h, w
-

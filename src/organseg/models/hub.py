@@ -135,6 +135,7 @@ def resolve_pretrained(
 
 def download_weights(pub: PublishedWeights, dest: Path, *, progress: bool = True) -> None:
     """Fetch ``pub.url`` to ``dest`` through a temporary file; only a checked, complete file is renamed."""
+
     def offline(reason: str) -> CheckpointError:
         return CheckpointError(
             f"model.pretrained=imagenet: {pub.filename} ({pub.what}) is not in {dest.parent} and cannot be "
@@ -152,6 +153,7 @@ def download_weights(pub: PublishedWeights, dest: Path, *, progress: bool = True
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = str(getattr(exc, "reason", None) or exc).strip()
         raise offline(reason.splitlines()[0] if reason else type(exc).__name__) from None
+
     def fetch(tmp: Path) -> None:
         # Streamed into organseg's temporary (umask modes, stale-temporary sweep); only a file that passes
         # every check below is renamed into the cache.

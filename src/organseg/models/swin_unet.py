@@ -328,13 +328,21 @@ class BasicLayer(nn.Module):
         self.use_checkpoint = use_checkpoint
         self.blocks = nn.ModuleList(
             SwinTransformerBlock(
-                dim, input_resolution, num_heads, window_size,
+                dim,
+                input_resolution,
+                num_heads,
+                window_size,
                 shift_size=0 if i % 2 == 0 else window_size // 2,
-                mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, qk_scale=qk_scale, drop=drop, attn_drop=attn_drop,
-                drop_path=drop_path[i], attn_impl=attn_impl,
+                mlp_ratio=mlp_ratio,
+                qkv_bias=qkv_bias,
+                qk_scale=qk_scale,
+                drop=drop,
+                attn_drop=attn_drop,
+                drop_path=drop_path[i],
+                attn_impl=attn_impl,
             )
             for i in range(depth)
-        )  # fmt: skip
+        )
         # The attribute name ("downsample" / "upsample") is part of the state-dict keys.
         if up:
             self.upsample = PatchExpand(input_resolution, dim, 2) if resample else None
@@ -401,11 +409,22 @@ class SwinTransformerSys(nn.Module):
 
         def stage(i: int, up: bool, resample: bool) -> BasicLayer:
             return BasicLayer(
-                embed_dim * 2**i, (res[0] // 2**i, res[1] // 2**i), depths[i], num_heads[i], window_size,
-                mlp_ratio, qkv_bias, qk_scale, drop_rate, attn_drop_rate,
-                drop_path=dpr[sum(depths[:i]) : sum(depths[: i + 1])], resample=resample, up=up,
-                use_checkpoint=use_checkpoint, attn_impl=attn_impl,
-            )  # fmt: skip
+                embed_dim * 2**i,
+                (res[0] // 2**i, res[1] // 2**i),
+                depths[i],
+                num_heads[i],
+                window_size,
+                mlp_ratio,
+                qkv_bias,
+                qk_scale,
+                drop_rate,
+                attn_drop_rate,
+                drop_path=dpr[sum(depths[:i]) : sum(depths[: i + 1])],
+                resample=resample,
+                up=up,
+                use_checkpoint=use_checkpoint,
+                attn_impl=attn_impl,
+            )
 
         self.layers = nn.ModuleList(stage(i, up=False, resample=i < n - 1) for i in range(n))
         # Decoder stage k mirrors encoder stage n-1-k (its depth, heads and drop-path rates: the reference

@@ -42,8 +42,25 @@ from organseg.models.layout import set_channels_last
 # VGG16 configuration ("D" in the VGG paper): output channels of each 3x3 conv, "M" for a 2x2 max-pool.
 # The indices of the resulting nn.Sequential are the seed's (conv, bn, relu per entry; one module per "M").
 VGG16_CFG: tuple[int | str, ...] = (
-    64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"
-)  # fmt: skip
+    64,
+    64,
+    "M",
+    128,
+    128,
+    "M",
+    256,
+    256,
+    256,
+    "M",
+    512,
+    512,
+    512,
+    "M",
+    512,
+    512,
+    512,
+    "M",
+)
 
 # Where the five feature taps cut ``encoder.features`` (the seed's slice bounds).
 _TAPS: tuple[tuple[int, int], ...] = ((0, 6), (6, 13), (13, 23), (23, 33), (33, 43))

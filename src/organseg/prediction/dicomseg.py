@@ -127,9 +127,7 @@ def read_source_series(files: Sequence[str | Path]) -> list[Any]:
     return out
 
 
-def _frame_indices(
-    sources: list[Any], shape: tuple[int, ...], geometry: Geometry, where: str
-) -> list[int]:
+def _frame_indices(sources: list[Any], shape: tuple[int, ...], geometry: Geometry, where: str) -> list[int]:
     """The label-map slice (array axis 0) each source image is; the in-plane axes must be the images' own."""
     d = np.asarray(geometry.direction, dtype=np.float64).reshape(3, 3)  # columns: array x, y, z directions
     origin = np.asarray(geometry.origin, dtype=np.float64)

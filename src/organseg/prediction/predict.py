@@ -206,8 +206,10 @@ class Predictor:
     def name(self) -> str:
         """For the DICOM-SEG algorithm identification: network, ensemble size, TTA."""
         n = len(self.sources)
-        return f"organseg {self.ckpt.get('model_name')}" + (f" ensemble of {n}" if n > 1 else "") + (
-            " + TTA" if self.tta else ""
+        return (
+            f"organseg {self.ckpt.get('model_name')}"
+            + (f" ensemble of {n}" if n > 1 else "")
+            + (" + TTA" if self.tta else "")
         )
 
 
@@ -247,9 +249,18 @@ def load_predictor(
         names, spec, said = reference_defaults(class_count(ckpt))
         notes.append(f"the checkpoint records no classes or preprocessing: using {said}")
     return Predictor(
-        model=model, ckpt=ckpt, sources=sources, class_names=names, preprocessing=spec or {"kind": "none"},
-        tta=tta, batch_size=batch_size, precision=precision, device=dev, notes=notes, orientation=orientation,
-    )  # fmt: skip
+        model=model,
+        ckpt=ckpt,
+        sources=sources,
+        class_names=names,
+        preprocessing=spec or {"kind": "none"},
+        tta=tta,
+        batch_size=batch_size,
+        precision=precision,
+        device=dev,
+        notes=notes,
+        orientation=orientation,
+    )
 
 
 # ------------------------------------------------------------------------------------------ inputs, outputs
@@ -272,9 +283,12 @@ class Case:
     @property
     def outputs(self) -> dict[str, Path]:
         found = {
-            "--out": self.label, "--out's sidecar": self.sidecar, "DICOM-SEG": self.dicom_seg,
-            "viewer": self.viewer, "--overlay": self.overlay,
-        }  # fmt: skip
+            "--out": self.label,
+            "--out's sidecar": self.sidecar,
+            "DICOM-SEG": self.dicom_seg,
+            "viewer": self.viewer,
+            "--overlay": self.overlay,
+        }
         return {k: v for k, v in found.items() if v is not None}
 
     def done(self) -> bool:
@@ -304,10 +318,11 @@ def expand_inputs(items: Sequence[str | Path]) -> list[Path]:
             found += matches
         elif path.is_dir() and not is_dicom_folder(path):
             scans = sorted(
-                p for p in path.iterdir()
+                p
+                for p in path.iterdir()
                 if not p.name.startswith(".")
                 and ((p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES)) or is_dicom_folder(p))
-            )  # fmt: skip
+            )
             # A folder with no scans in it is read as a DICOM series: the reader then says what is wrong.
             found += scans or [path]
         else:
@@ -388,13 +403,19 @@ def plan_cases(
             png = base.with_name(base.name + ".png")
         else:
             png = Path(overlay)
-        cases.append(Case(
-            input=path, name=name, label=label_path if nifti else None,
-            sidecar=base.with_name(base.name + ".json"),
-            dicom_seg=base.with_name(base.name + ".dcm") if dicom else None,
-            viewer=base.with_name(base.name + ".html") if viewer else None, overlay=png, series=uid,
-            folder=None if one_file else out,
-        ))  # fmt: skip
+        cases.append(
+            Case(
+                input=path,
+                name=name,
+                label=label_path if nifti else None,
+                sidecar=base.with_name(base.name + ".json"),
+                dicom_seg=base.with_name(base.name + ".dcm") if dicom else None,
+                viewer=base.with_name(base.name + ".html") if viewer else None,
+                overlay=png,
+                series=uid,
+                folder=None if one_file else out,
+            )
+        )
     names = [c.name for c in cases]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice and not one_file:
@@ -429,10 +450,15 @@ def check_predict_outputs(
 
 
 def _write_views(
-    predictor: Predictor, case: Case, image: np.ndarray, pred: np.ndarray, geometry: Geometry,
+    predictor: Predictor,
+    case: Case,
+    image: np.ndarray,
+    pred: np.ndarray,
+    geometry: Geometry,
     info: Sidecar,
-    written: list[Path], series_uid: str | None,
-) -> None:  # fmt: skip
+    written: list[Path],
+    series_uid: str | None,
+) -> None:
     """The optional outputs of one case (DICOM-SEG, viewer, overlay figure), each added to ``written`` as soon
     as it exists (so that a failure later removes it) and named in ``info``."""
     input_path, names = case.input, predictor.class_names
@@ -448,9 +474,13 @@ def _write_views(
             "tta": str(predictor.tta),
         }
         info["dicom_seg"] = write_dicom_seg(
-            pred, geometry, dicom_series_files(input_path, series_uid), names, case.dicom_seg,
+            pred,
+            geometry,
+            dicom_series_files(input_path, series_uid),
+            names,
+            case.dicom_seg,
             algorithm={"name": predictor.name, "version": __version__, "parameters": params},
-        )  # fmt: skip
+        )
         info["dicom_seg"]["written"] = True
         written.append(case.dicom_seg)
     if case.viewer is not None:
@@ -493,8 +523,9 @@ def scan_turn(
     return turn, record, warnings
 
 
-def predict_case(predictor: Predictor, case: Case, *, series_uid: str | None = None, progress: bool = True
-                 ) -> Sidecar:  # fmt: skip
+def predict_case(
+    predictor: Predictor, case: Case, *, series_uid: str | None = None, progress: bool = True
+) -> Sidecar:
     """Predict one scan and write its files; returns the sidecar's content. On any failure the files this
     call wrote are removed again, so the case is left without a sidecar: not done, redone by the next call."""
     input_path = case.input
@@ -520,9 +551,15 @@ def predict_case(predictor: Predictor, case: Case, *, series_uid: str | None = N
     image = apply_preprocessing(raw, predictor.preprocessing, source=str(input_path))
     start = time.perf_counter()
     pred = predict_turned(
-        predictor.model, image, turn, checkpoint_patch_size(predictor.ckpt), predictor.batch_size,
-        predictor.precision, predictor.device, progress=progress,
-    )  # fmt: skip
+        predictor.model,
+        image,
+        turn,
+        checkpoint_patch_size(predictor.ckpt),
+        predictor.batch_size,
+        predictor.precision,
+        predictor.device,
+        progress=progress,
+    )
     seconds = time.perf_counter() - start
     names = predictor.class_names
     info: Sidecar = {
@@ -581,9 +618,11 @@ def predict_file(
     optionally an overlay PNG, a viewer page and a DICOM-SEG. Returns the sidecar's content."""
     (case,) = plan_cases([Path(input_path)], out, formats=formats, viewer=viewer, overlay=overlay)
     check_predict_outputs(checkpoint if not isinstance(checkpoint, Predictor) else [], input_path, case)
-    predictor = checkpoint if isinstance(checkpoint, Predictor) else load_predictor(
-        checkpoint, batch_size=batch_size, precision=precision, device=device
-    )  # fmt: skip
+    predictor = (
+        checkpoint
+        if isinstance(checkpoint, Predictor)
+        else load_predictor(checkpoint, batch_size=batch_size, precision=precision, device=device)
+    )
     return predict_case(predictor, case, series_uid=series_uid, progress=progress)
 
 

@@ -38,6 +38,7 @@ from organseg.run import ResultsDir, RunDir, read_test_summary
 if TYPE_CHECKING:
     from organseg.imageio.volumes import Geometry
 
+
 class OverlayCollector:
     """``on_case`` callback for :func:`~organseg.evaluation.evaluate.evaluate_dataset`: keeps, per case, the
     axial slice with the most ground-truth foreground (image, truth, prediction) and the case's mean DSC."""
@@ -267,11 +268,13 @@ def plot_training_curves(records: Sequence[dict[str, Any]], path: str | Path) ->
         axes[2].plot(ep, mean, "o-", color="black", linewidth=1.2, markersize=3, label="mean")
         names = list(val[-1].get("per_class", {}))
         for k, name in enumerate(names, start=1):  # the overlays' colour of each class
-            vals = [100 * r["per_class"][name]["dice"] if name in r.get("per_class", {}) else np.nan
-                    for r in val]
+            vals = [
+                100 * r["per_class"][name]["dice"] if name in r.get("per_class", {}) else np.nan for r in val
+            ]
             # markers too: a run validated once (a time-budget run) has one point per class, no line
-            axes[2].plot(ep, vals, ".-", linewidth=0.8, markersize=4, alpha=0.8, color=class_color(k),
-                         label=name)
+            axes[2].plot(
+                ep, vals, ".-", linewidth=0.8, markersize=4, alpha=0.8, color=class_color(k), label=name
+            )
         axes[2].legend(fontsize=6, ncol=2)
         axes[2].xaxis.get_major_locator().set_params(integer=True)
     else:

@@ -17,18 +17,42 @@ from organseg.formatting import num
 #: (column titles after the method, published rows). None = not reported.
 SYNAPSE_PUBLISHED: dict[str, dict[str, float | None]] = {
     "U-Net": {
-        "DSC": 76.85, "HD95": 39.70, "Aorta": 89.07, "Gallbladder": 69.72, "Kidney(L)": 77.77,
-        "Kidney(R)": 68.60, "Liver": 93.43, "Pancreas": 53.98, "Spleen": 86.67, "Stomach": 75.58,
+        "DSC": 76.85,
+        "HD95": 39.70,
+        "Aorta": 89.07,
+        "Gallbladder": 69.72,
+        "Kidney(L)": 77.77,
+        "Kidney(R)": 68.60,
+        "Liver": 93.43,
+        "Pancreas": 53.98,
+        "Spleen": 86.67,
+        "Stomach": 75.58,
     },
     "TransUNet": {
-        "DSC": 77.48, "HD95": 31.69, "Aorta": 87.23, "Gallbladder": 63.13, "Kidney(L)": 81.87,
-        "Kidney(R)": 77.02, "Liver": 94.08, "Pancreas": 55.86, "Spleen": 85.08, "Stomach": 75.62,
+        "DSC": 77.48,
+        "HD95": 31.69,
+        "Aorta": 87.23,
+        "Gallbladder": 63.13,
+        "Kidney(L)": 81.87,
+        "Kidney(R)": 77.02,
+        "Liver": 94.08,
+        "Pancreas": 55.86,
+        "Spleen": 85.08,
+        "Stomach": 75.62,
     },
     "Swin-Unet": {
-        "DSC": 79.13, "HD95": 21.55, "Aorta": 85.47, "Gallbladder": 66.53, "Kidney(L)": 83.28,
-        "Kidney(R)": 79.61, "Liver": 94.29, "Pancreas": 56.58, "Spleen": 90.66, "Stomach": 76.60,
+        "DSC": 79.13,
+        "HD95": 21.55,
+        "Aorta": 85.47,
+        "Gallbladder": 66.53,
+        "Kidney(L)": 83.28,
+        "Kidney(R)": 79.61,
+        "Liver": 94.29,
+        "Pancreas": 56.58,
+        "Spleen": 90.66,
+        "Stomach": 76.60,
     },
-}  # fmt: skip
+}
 
 ACDC_PUBLISHED: dict[str, dict[str, float | None]] = {
     "R50 U-Net": {"DSC": 87.55, "HD95": None, "RV": 87.10, "Myo": 80.63, "LV": 94.92},
@@ -53,7 +77,7 @@ PUBLISHED: dict[str, dict[str, Any]] = {
 
 
 def dataset_kind(class_names: Sequence[str]) -> str | None:
-    """"synapse" or "acdc" when the class names are that dataset's, else None (no published rows)."""
+    """ "synapse" or "acdc" when the class names are that dataset's, else None (no published rows)."""
     if same_class_names(class_names, SYNAPSE_CLASSES):
         return "synapse"
     if same_class_names(class_names, ACDC_CLASSES):
@@ -112,9 +136,7 @@ def results_table(summary: ResultsSummary, model_name: str | None = None, label:
             for t in titles
         }
         lines.append(
-            f"| Δ {label} (reference) − {target} | "
-            + " | ".join(num(diff[t], "+.2f") for t in titles)
-            + " |"
+            f"| Δ {label} (reference) − {target} | " + " | ".join(num(diff[t], "+.2f") for t in titles) + " |"
         )
     notes = []
     if published:

@@ -96,8 +96,10 @@ def _jpeg_data_uri(slice_u8: np.ndarray) -> str:
 def _packed_labels(labels: np.ndarray) -> dict[str, Any]:
     dtype = "<u1" if int(labels.max(initial=0)) < 256 else "<u2"
     raw = np.ascontiguousarray(labels, dtype=dtype).tobytes()
-    return {"dtype": "uint8" if dtype == "<u1" else "uint16",
-            "zlib": base64.b64encode(zlib.compress(raw, 6)).decode("ascii")}
+    return {
+        "dtype": "uint8" if dtype == "<u1" else "uint16",
+        "zlib": base64.b64encode(zlib.compress(raw, 6)).decode("ascii"),
+    }
 
 
 def _label_maps(
@@ -145,14 +147,16 @@ def _class_table(
         if not any(present.values()) and names[i] not in metrics:
             continue  # e.g. most of TotalSegmentator's 117 classes in one abdominal scan
         color = colors[i] if colors is not None and i < len(colors) else class_color(i)
-        classes.append({
-            "index": i,
-            "name": names[i],
-            "color": _hex(color),
-            "voxels": present,
-            "ml": {k: (None if voxel_ml is None else round(n * voxel_ml, 2)) for k, n in present.items()},
-            "metrics": {c: _cell(metrics.get(names[i], {}).get(c)) for c in metric_cols},
-        })
+        classes.append(
+            {
+                "index": i,
+                "name": names[i],
+                "color": _hex(color),
+                "voxels": present,
+                "ml": {k: (None if voxel_ml is None else round(n * voxel_ml, 2)) for k, n in present.items()},
+                "metrics": {c: _cell(metrics.get(names[i], {}).get(c)) for c in metric_cols},
+            }
+        )
     return metric_cols, classes
 
 
@@ -177,8 +181,10 @@ def _display_data(
     if step > 1 or slice_step > 1:
         parts = [f"1 pixel in {step} in-plane"] if step > 1 else []
         parts += [f"1 slice in {slice_step} of {n_display}"] if slice_step > 1 else []
-        note = (f"Shown subsampled to stay under {max_voxels:,} voxels: {', '.join(parts)}. "
-                "Volumes and metrics are from the full resolution.")
+        note = (
+            f"Shown subsampled to stay under {max_voxels:,} voxels: {', '.join(parts)}. "
+            "Volumes and metrics are from the full resolution."
+        )
     return {
         "shape": list(grey.shape),
         "spacing": [disp_spacing[0] * slice_step, disp_spacing[1] * step, disp_spacing[2] * step],
@@ -227,8 +233,19 @@ def write_viewer(
     shown = _display_data(image, maps, geometry, spacing, window, max_voxels)
     data = {
         "title": title,
-        **{k: shown[k] for k in ("shape", "spacing", "has_spacing", "radiological", "file_slice",
-                                 "slice_axis", "window", "note")},
+        **{
+            k: shown[k]
+            for k in (
+                "shape",
+                "spacing",
+                "has_spacing",
+                "radiological",
+                "file_slice",
+                "slice_axis",
+                "window",
+                "note",
+            )
+        },
         "metric_columns": metric_cols,
         "classes": classes,
         **{k: shown[k] for k in ("images", "label", "truth")},
@@ -297,17 +314,19 @@ class CaseViewers:
     def __call__(self, volume: Volume, prediction: np.ndarray, reference_metrics: np.ndarray) -> None:
         hd_unit = "mm" if volume.spacing is not None else "voxels"
         metrics = case_metric_cells(prediction, volume.label, self.class_names, reference_metrics, hd_unit)
-        self.written.append(write_viewer(
-            self.folder / viewer_name(volume.case_id),
-            volume.image,
-            label=prediction,
-            truth=volume.label,
-            geometry=volume_geometry(volume),
-            spacing=volume.spacing,
-            class_names=self.class_names,
-            metrics=metrics,
-            title=f"{volume.case_id}: prediction and ground truth",
-        ))
+        self.written.append(
+            write_viewer(
+                self.folder / viewer_name(volume.case_id),
+                volume.image,
+                label=prediction,
+                truth=volume.label,
+                geometry=volume_geometry(volume),
+                spacing=volume.spacing,
+                class_names=self.class_names,
+                metrics=metrics,
+                title=f"{volume.case_id}: prediction and ground truth",
+            )
+        )
 
 
 def chain(*callbacks: Callable[..., None] | None) -> Callable[..., None]:

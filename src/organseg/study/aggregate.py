@@ -54,9 +54,15 @@ from organseg.training.config import RUNTIME_KEYS, flatten
 # aggregated over seeds (:func:`_stats`), "first" fields (units, tolerances) are taken from the first run.
 PROTOCOL_FIELDS: dict[str, tuple[tuple[str, str], ...]] = {
     "reference": (("stats", "mean_dice"), ("stats", "mean_hd95"), ("first", "hd95_unit")),
-    "corrected": (("stats", "mean_dice"), ("stats", "mean_hd95"), ("first", "hd95_unit"),
-                  ("stats", "mean_nsd"), ("stats", "mean_assd"), ("first", "nsd_tolerance")),
-}  # fmt: skip
+    "corrected": (
+        ("stats", "mean_dice"),
+        ("stats", "mean_hd95"),
+        ("first", "hd95_unit"),
+        ("stats", "mean_nsd"),
+        ("stats", "mean_assd"),
+        ("first", "nsd_tolerance"),
+    ),
+}
 COLUMN_METRICS = ("dice", "hd95")  # per organ column
 
 
@@ -65,12 +71,24 @@ def fold_table(runs: Sequence[RunResult], model_order: Sequence[str]) -> list[Fo
     rows = []
     for pooled in sorted(runs, key=lambda r: (list(model_order).index(r.model), r.seed)):
         for r in pooled.folds:
-            rows.append({
-                "model": r.model, "seed": r.seed, "sweep": dict(pooled.sweep), "fold": r.fold, "run": r.name,
-                "subjects": r.summary.get("subjects"), "volumes": r.summary.get("cases"),
-                **{p: {"mean_dice": r.summary[p].get("mean_dice"), "mean_hd95": r.summary[p].get("mean_hd95")}
-                   for p in PROTOCOLS},
-            })  # fmt: skip
+            rows.append(
+                {
+                    "model": r.model,
+                    "seed": r.seed,
+                    "sweep": dict(pooled.sweep),
+                    "fold": r.fold,
+                    "run": r.name,
+                    "subjects": r.summary.get("subjects"),
+                    "volumes": r.summary.get("cases"),
+                    **{
+                        p: {
+                            "mean_dice": r.summary[p].get("mean_dice"),
+                            "mean_hd95": r.summary[p].get("mean_hd95"),
+                        }
+                        for p in PROTOCOLS
+                    },
+                }
+            )
     return rows
 
 
@@ -84,10 +102,16 @@ def cross_validation_record(out: Path, runs: Sequence[RunResult]) -> CrossValida
         values = [f.summary["reference"].get("mean_dice") for f in r.folds]
         stats = _stats(values)
         finite = [float(v) for v in values if v is not None]
-        spread.append({
-            "model": r.model, "seed": r.seed, "sweep": dict(r.sweep), "mean_dice_across_folds": stats,
-            "min": min(finite) if finite else None, "max": max(finite) if finite else None,
-        })  # fmt: skip
+        spread.append(
+            {
+                "model": r.model,
+                "seed": r.seed,
+                "sweep": dict(r.sweep),
+                "mean_dice_across_folds": stats,
+                "min": min(finite) if finite else None,
+                "max": max(finite) if finite else None,
+            }
+        )
     splits = out / "splits.json"
     return {
         "folds": int(data.get("folds") or len(pooled[0].folds)),
@@ -191,16 +215,20 @@ def _groups(
     groups = []
     for (m, _), members in members_of.items():
         members.sort(key=lambda r: r.seed)
-        groups.append({
-            "model": m,
-            "sweep": dict(members[0].sweep),
-            "label": _label(m, members[0].sweep, short),
-            "n": len(members),
-            "seeds": [r.seed for r in members],
-            "runs": [r.name for r in members],
-            **{p: _group_protocol([protocol_values(r.summary, p, cols) for r in members], p, titles)
-               for p in PROTOCOLS},
-        })  # fmt: skip
+        groups.append(
+            {
+                "model": m,
+                "sweep": dict(members[0].sweep),
+                "label": _label(m, members[0].sweep, short),
+                "n": len(members),
+                "seeds": [r.seed for r in members],
+                "runs": [r.name for r in members],
+                **{
+                    p: _group_protocol([protocol_values(r.summary, p, cols) for r in members], p, titles)
+                    for p in PROTOCOLS
+                },
+            }
+        )
     return groups
 
 

@@ -65,16 +65,20 @@ def conditions(runs: Sequence[RunResult], split: str, checkpoint: str) -> Condit
             train = member.config.get("train") or {}
             iters = summary.iterations if summary else None
             improving, evidence = still_improving(member.run, iters)
-            m["runs"].append({
-                "minutes": None if seconds is None else seconds / 60,
-                "iterations": iters, "epochs": summary.epochs if summary else None,
-                "images": None if iters is None else iters * int(train.get("batch_size") or 0),
-                "device": env.device_name or env.device if env else None,
-                "threads": env.torch_threads if env else None,
-                "init": (member.config.get("model") or {}).get("pretrained") or "scratch",
-                "fraction": (member.config.get("data") or {}).get("train_fraction") or 1.0,
-                "budget_min": train.get("time_budget_min"), "precision": train.get("precision"),
-            })  # fmt: skip
+            m["runs"].append(
+                {
+                    "minutes": None if seconds is None else seconds / 60,
+                    "iterations": iters,
+                    "epochs": summary.epochs if summary else None,
+                    "images": None if iters is None else iters * int(train.get("batch_size") or 0),
+                    "device": env.device_name or env.device if env else None,
+                    "threads": env.torch_threads if env else None,
+                    "init": (member.config.get("model") or {}).get("pretrained") or "scratch",
+                    "fraction": (member.config.get("data") or {}).get("train_fraction") or 1.0,
+                    "budget_min": train.get("time_budget_min"),
+                    "precision": train.get("precision"),
+                }
+            )
             if improving:
                 m["improving"].append(member.name)
             m["evidence"].add(evidence)
@@ -88,7 +92,9 @@ def conditions(runs: Sequence[RunResult], split: str, checkpoint: str) -> Condit
 
         out[model] = {
             "runs": len(rows),
-            "train_minutes": mean("minutes"), "iterations": mean("iterations"), "epochs": mean("epochs"),
+            "train_minutes": mean("minutes"),
+            "iterations": mean("iterations"),
+            "epochs": mean("epochs"),
             "images_seen": mean("images"),
             "time_budget_min": sorted({x["budget_min"] for x in rows if x["budget_min"] is not None}),
             "init": sorted({str(x["init"]) for x in rows}),
@@ -98,6 +104,6 @@ def conditions(runs: Sequence[RunResult], split: str, checkpoint: str) -> Condit
             "precision": sorted({str(x["precision"]) for x in rows if x["precision"]}),
             "still_improving": m["improving"],
             "improving_by": sorted(m["evidence"]),
-        }  # fmt: skip
+        }
     folds = sorted({int(f.config["data"]["folds"]) for r in runs for f in r.folds}) or None
     return {"split": split, "checkpoint": checkpoint, "selection": selection, "folds": folds, "models": out}

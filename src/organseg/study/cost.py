@@ -171,7 +171,9 @@ def cost_markdown(records: Sequence[dict[str, Any]]) -> list[str]:
     if any(r["peak_memory_mb"] is None for r in records):
         notes.append("Peak memory is empty for runs trained before organseg recorded it.")
     if any(r["infer_timing"] and "metrics" in r["infer_timing"] for r in records):
-        notes.append("Some prediction times include the metrics (results written before organseg recorded "
-                     "prediction time on its own).")  # fmt: skip
+        notes.append(
+            "Some prediction times include the metrics (results written before organseg recorded "
+            "prediction time on its own)."
+        )
     lines += ["", *notes] if notes else []
     return [*lines, ""]

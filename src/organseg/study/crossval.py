@@ -55,8 +55,10 @@ def pool_folds(out: Path, runs: Sequence[RunResult], split: str) -> tuple[list[R
         tolerance = (first.summary.get("corrected") or {}).get("nsd_tolerance")
         result = EvaluationResult.from_per_case(records, class_names, split, tolerance)
         folder = ResultsDir(out / CV_DIR / cv_name(first.run.name))
-        timing = {key: sum(float(r.summary.get(key) or 0) for r in members)
-                  for key in ("inference_seconds", "slices")}  # fmt: skip
+        timing = {
+            key: sum(float(r.summary.get(key) or 0) for r in members)
+            for key in ("inference_seconds", "slices")
+        }
         extra: SummaryExtra = {
             "pooled_folds": [r.name for r in members],
             "folds": k,
@@ -72,7 +74,15 @@ def pool_folds(out: Path, runs: Sequence[RunResult], split: str) -> tuple[list[R
             extra["inference_seconds_per_slice"] = round(timing["inference_seconds"] / timing["slices"], 5)
         result.write(folder.path, extra)
         pooled.append(
-            RunResult(first.run, first.model, first.seed, first.config, folder.summary(), folder,
-                      dict(first.sweep), folds=members)
-        )  # fmt: skip
+            RunResult(
+                first.run,
+                first.model,
+                first.seed,
+                first.config,
+                folder.summary(),
+                folder,
+                dict(first.sweep),
+                folds=members,
+            )
+        )
     return plain + pooled, notes

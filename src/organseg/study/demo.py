@@ -102,8 +102,10 @@ def _phantom(raw: Path, spec: dict[str, Any], progress: bool) -> None:
         except (OSError, json.JSONDecodeError):
             have = {}
         same = {k: have.get(k) for k in ("size", "seed", "num_slices")} == {
-            "size": spec["size"], "seed": spec["seed"], "num_slices": spec["slices"]
-        } and len(have.get("cases", [])) == spec["cases"]  # fmt: skip
+            "size": spec["size"],
+            "seed": spec["seed"],
+            "num_slices": spec["slices"],
+        } and len(have.get("cases", [])) == spec["cases"]
         if same:
             print(f"  reusing {raw} ({spec['cases']} cases)", flush=True)
             return
@@ -176,8 +178,9 @@ def run_demo(
     dev = resolve_device(device)
     precision = demo_precision(device, precision)
     sets = parse_sets(spec["sets"])
-    plans = plan_runs(spec["models"], spec["seeds"], sets, preset=spec["preset"], kind="synapse",
-                      precision=precision)  # fmt: skip
+    plans = plan_runs(
+        spec["models"], spec["seeds"], sets, preset=spec["preset"], kind="synapse", precision=precision
+    )
     settings = settings_lines(plans, len(SYNAPSE_CLASSES))
     ph = spec["phantom"]
     n_train = spec["train_cases"]
@@ -189,8 +192,9 @@ def run_demo(
 
     print(f"\n[2/3] prepare synapse -> {out / 'data'}", flush=True)
     ids = list(range(1, ph["cases"] + 1))
-    prepare_synapse(out / "phantom", out / "data", train_cases=ids[:n_train], test_cases=ids[n_train:],
-                    progress=progress)  # fmt: skip
+    prepare_synapse(
+        out / "phantom", out / "data", train_cases=ids[:n_train], test_cases=ids[n_train:], progress=progress
+    )
 
     print(f"\n[3/3] compare: train and test {', '.join(spec['models'])} -> {out}", flush=True)
     command = "organseg demo --fast" if fast else "organseg demo"
@@ -203,9 +207,18 @@ def run_demo(
     # process with two threads (see organseg.study.runner).
     jobs = max(1, min(len(plans), os.cpu_count() or 1))
     result = run_study(
-        out / "data", spec["models"], out, seeds=spec["seeds"], sets=sets, preset=spec["preset"],
-        precision=precision, device=device, jobs=jobs, progress=progress, notes=notes,
-    )  # fmt: skip
+        out / "data",
+        spec["models"],
+        out,
+        seeds=spec["seeds"],
+        sets=sets,
+        preset=spec["preset"],
+        precision=precision,
+        device=device,
+        jobs=jobs,
+        progress=progress,
+        notes=notes,
+    )
     seconds = time.perf_counter() - t0
     report = out / "comparison.md"
     _print_outcome(result, fast, seconds, report, out / STUDY_RUNS)

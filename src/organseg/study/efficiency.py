@@ -85,16 +85,17 @@ def fraction_curves(
             per_case = [read_per_case(runs[n]["results_dir"]) for n in g["runs"]]
         except DataError:
             per_case = []
-        shared = (
-            set.intersection(*({str(x["case"]) for x in p} for p in per_case)) if per_case else set()
-        )
+        shared = set.intersection(*({str(x["case"]) for x in p} for p in per_case)) if per_case else set()
         case_ids = [str(x["case"]) for x in per_case[0] if str(x["case"]) in shared] if per_case else []
         for protocol in PROTOCOLS:
             rec: FractionPoint = {
-                "model": g["model"], "line": _line_label(g["model"], g["sweep"], FRACTION_KEY),
-                "sweep": dict(g["sweep"]), "fraction": float(fraction), "protocol": protocol,
+                "model": g["model"],
+                "line": _line_label(g["model"], g["sweep"], FRACTION_KEY),
+                "sweep": dict(g["sweep"]),
+                "fraction": float(fraction),
+                "protocol": protocol,
                 "seeds": g["n"],
-            }  # fmt: skip
+            }
             if case_ids:
                 x = np.stack([per_case_array(p, case_ids, organs, protocol, "dice") for p in per_case])
                 rec.update(mean_ci(x, resamples=resamples, seed=seed))
@@ -121,8 +122,11 @@ def learning_curve(run_dir: str | Path) -> list[LearningPoint]:
         records = run.metrics()  # the one reader: a cut last line is skipped
     except DataError:  # no log, or a damaged one: no points for this run, the figure goes on
         records = []
-    times = {int(r["iter"]): float(r["time"]) for r in records
-             if r.get("kind") == "train" and "iter" in r and r.get("time") is not None}  # fmt: skip
+    times = {
+        int(r["iter"]): float(r["time"])
+        for r in records
+        if r.get("kind") == "train" and "iter" in r and r.get("time") is not None
+    }
     summary = run.summary()
     if summary is not None and summary.iterations is not None and summary.train_seconds is not None:
         times.setdefault(int(summary.iterations), float(summary.train_seconds))
@@ -132,12 +136,14 @@ def learning_curve(run_dir: str | Path) -> list[LearningPoint]:
         if r.get("kind") != "val" or r.get("mean_dice") is None or "iter" not in r:
             continue
         it = int(r["iter"])
-        points.append({
-            "iter": it,
-            "images": it * batch if batch else None,
-            "seconds": times.get(it),
-            "dice": float(r["mean_dice"]),
-        })  # fmt: skip
+        points.append(
+            {
+                "iter": it,
+                "images": it * batch if batch else None,
+                "seconds": times.get(it),
+                "dice": float(r["mean_dice"]),
+            }
+        )
     return points
 
 
@@ -146,11 +152,16 @@ def learning_curves(c: Comparison) -> list[LearningCurve]:
     (:func:`learning_curve`)."""
     out = []
     for r in c["runs"]:
-        out.append({
-            "name": r["name"], "model": r["model"], "seed": r["seed"], "sweep": dict(r.get("sweep") or {}),
-            "line": _line_label(r["model"], r.get("sweep") or {}, None),
-            "points": learning_curve(r["run_dir"]),
-        })  # fmt: skip
+        out.append(
+            {
+                "name": r["name"],
+                "model": r["model"],
+                "seed": r["seed"],
+                "sweep": dict(r.get("sweep") or {}),
+                "line": _line_label(r["model"], r.get("sweep") or {}, None),
+                "points": learning_curve(r["run_dir"]),
+            }
+        )
     return out
 
 
@@ -181,8 +192,10 @@ def _plot_fractions(
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
     for ax, protocol in zip(axes, PROTOCOLS, strict=True):
         for line in dict.fromkeys(r["line"] for r in curves):
-            pts = sorted((r for r in curves if r["line"] == line and r["protocol"] == protocol),
-                         key=lambda r: r["fraction"])  # fmt: skip
+            pts = sorted(
+                (r for r in curves if r["line"] == line and r["protocol"] == protocol),
+                key=lambda r: r["fraction"],
+            )
             xs = [r["fraction"] for r in pts]
             ys = [np.nan if r["mean"] is None else 100 * r["mean"] for r in pts]
             lo = [np.nan if r["ci_low"] is None else 100 * r["ci_low"] for r in pts]
@@ -235,8 +248,16 @@ def _plot_learning(path: Path, c: Comparison, curves: list[LearningCurve]) -> st
         labelled.add(r["line"])
         for ax, key, scale in ((axes[0], "images", 1.0), (axes[1], "seconds", 1.0 / div)):
             xs = [np.nan if p[key] is None else p[key] * scale for p in r["points"]]
-            ax.plot(xs, ys, ".-", color=colors[r["line"]], label=label if ax is axes[0] else None,
-                    linewidth=1.0, markersize=4, alpha=0.85)  # fmt: skip
+            ax.plot(
+                xs,
+                ys,
+                ".-",
+                color=colors[r["line"]],
+                label=label if ax is axes[0] else None,
+                linewidth=1.0,
+                markersize=4,
+                alpha=0.85,
+            )
     axes[0].set_xlabel("images seen (iterations x train.batch_size)")
     axes[1].set_xlabel(f"training wall time ({unit})")
     axes[0].set_ylabel("validation mean DSC (%)")

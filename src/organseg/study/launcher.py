@@ -154,9 +154,16 @@ class GridPointJob:
         ckpt = rd.checkpoint(self.checkpoint)
         if not _fresh_results(rd.results(self.split, self.checkpoint), ckpt, precision):
             run_test(  # as the local runner: no viewer pages for a study's many runs
-                run_dir, data=dataset, split=self.split, checkpoint=self.checkpoint, precision=precision,
-                device=self.device, report=self.report, progress=False, viewer=False,
-            )  # fmt: skip
+                run_dir,
+                data=dataset,
+                split=self.split,
+                checkpoint=self.checkpoint,
+                precision=precision,
+                device=self.device,
+                report=self.report,
+                progress=False,
+                viewer=False,
+            )
         return {"status": "done"}
 
     def __submitit_checkpoint__(self, *args: Any, **kwargs: Any):
@@ -185,8 +192,13 @@ def _slurm_state(job_id: str) -> str:
     """The state squeue gives a job ("PENDING", "RUNNING", ...), "" when it lists none (finished, or
     squeue cannot tell)."""
     try:
-        out = subprocess.run(["squeue", "-h", "-o", "%T", "-j", job_id], capture_output=True, text=True,
-                             timeout=60, check=False)  # fmt: skip
+        out = subprocess.run(
+            ["squeue", "-h", "-o", "%T", "-j", job_id],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
     except (OSError, subprocess.SubprocessError):
         return ""
     return out.stdout.strip().splitlines()[0].strip() if out.returncode == 0 and out.stdout.strip() else ""
@@ -265,15 +277,20 @@ class SubmititLauncher:
             state = states[plan.name] if states and plan.name in states else run_state(run_dir, plan.config)
             if state[0] == "complete" and fresh:
                 continue  # the study reports it as reused
-            jobs.append(GridPointJob(plan.name, plan.config, str(data), str(run_dir), split, checkpoint,
-                                     device, report))  # fmt: skip
+            jobs.append(
+                GridPointJob(
+                    plan.name, plan.config, str(data), str(run_dir), split, checkpoint, device, report
+                )
+            )
         if self.cluster == "slurm":
             for job in jobs:  # before anything is submitted
                 check_no_live_job(Path(job.run_dir))
         if jobs:
             where = f"partition {self.options.partition}" if self.cluster == "slurm" else "this machine"
-            print(f"organseg compare: {len(jobs)} job(s) on {where}, {self.options.gpus_per_run} GPU(s) each",
-                  flush=True)  # fmt: skip
+            print(
+                f"organseg compare: {len(jobs)} job(s) on {where}, {self.options.gpus_per_run} GPU(s) each",
+                flush=True,
+            )
         failed, done = self._wait(jobs, heads)
         return failed, [j.name for j in jobs if j.name in done]
 
@@ -291,8 +308,11 @@ class SubmititLauncher:
                     job = pending.pop(0)
                     handle = self._submit(job)
                     active[job.name] = (job, handle, 0)
-                    print(f"{heads.get(job.name, job.name)}: job {handle.job_id} submitted "
-                          f"(log {handle.paths.stdout})", flush=True)  # fmt: skip
+                    print(
+                        f"{heads.get(job.name, job.name)}: job {handle.job_id} submitted "
+                        f"(log {handle.paths.stdout})",
+                        flush=True,
+                    )
                 finished = [name for name, (_, handle, _) in active.items() if handle.done()]
                 if not finished:
                     time.sleep(self.poll_s)
@@ -312,8 +332,11 @@ class SubmititLauncher:
             for _, handle, _ in active.values():  # interrupted, or another job failed: stop the rest
                 handle.cancel(check=False)
             if active:
-                print(f"organseg compare: cancelled {len(active)} unfinished job(s); run the same command "
-                      "again to resume them", flush=True)  # fmt: skip
+                print(
+                    f"organseg compare: cancelled {len(active)} unfinished job(s); run the same command "
+                    "again to resume them",
+                    flush=True,
+                )
             raise
         return failed, done
 
@@ -338,8 +361,11 @@ class SubmititLauncher:
                 f"{tries} resubmission(s) (see {handle.paths.stdout}; --slurm-retries sets how many)"
             )
         again = self._submit(job)
-        print(f"{head}: job {handle.job_id} ended without finishing (state {handle.state}); resubmitted as "
-              f"job {again.job_id}, resuming from the last checkpoint", flush=True)  # fmt: skip
+        print(
+            f"{head}: job {handle.job_id} ended without finishing (state {handle.state}); resubmitted as "
+            f"job {again.job_id}, resuming from the last checkpoint",
+            flush=True,
+        )
         return None, again
 
 
@@ -364,30 +390,65 @@ _SLURM_FLAGS = (
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """``compare``'s launcher options (an argument group of their own)."""
     g = p.add_argument_group("cluster jobs (--launcher slurm; docs/compare.md)")
-    g.add_argument("--launcher", choices=LAUNCHERS, default="local",
-                   help="local: train here (default); slurm: one SLURM job per grid point, through submitit "
-                   f"({EXTRA})")  # fmt: skip
+    g.add_argument(
+        "--launcher",
+        choices=LAUNCHERS,
+        default="local",
+        help=f"local: train here (default); slurm: one SLURM job per grid point, through submitit ({EXTRA})",
+    )
     g.add_argument("--slurm-partition", metavar="P", help="partition of the jobs (needed with slurm)")
-    g.add_argument("--gpus-per-run", type=option(Rule("int", lo=0, hi=64)), metavar="N",
-                   help="GPUs per grid point, one training process each (default 1; 0: CPU)")  # fmt: skip
-    g.add_argument("--slurm-time", type=option(POSITIVE_INT), metavar="MIN",
-                   help=f"time limit of a job in minutes (default {DEFAULT_TIME_MIN}); a run that needs "
-                   "longer is requeued and resumes from its last checkpoint")  # fmt: skip
-    g.add_argument("--slurm-cpus-per-run", type=option(POSITIVE_INT), metavar="N",
-                   help="CPU cores per training process (default: the partition's)")  # fmt: skip
-    g.add_argument("--slurm-mem-gb", type=option(Rule("float", lo=0, lo_open=True)), metavar="GB",
-                   help="memory per job (default: the partition's)")  # fmt: skip
+    g.add_argument(
+        "--gpus-per-run",
+        type=option(Rule("int", lo=0, hi=64)),
+        metavar="N",
+        help="GPUs per grid point, one training process each (default 1; 0: CPU)",
+    )
+    g.add_argument(
+        "--slurm-time",
+        type=option(POSITIVE_INT),
+        metavar="MIN",
+        help=f"time limit of a job in minutes (default {DEFAULT_TIME_MIN}); a run that needs "
+        "longer is requeued and resumes from its last checkpoint",
+    )
+    g.add_argument(
+        "--slurm-cpus-per-run",
+        type=option(POSITIVE_INT),
+        metavar="N",
+        help="CPU cores per training process (default: the partition's)",
+    )
+    g.add_argument(
+        "--slurm-mem-gb",
+        type=option(Rule("float", lo=0, lo_open=True)),
+        metavar="GB",
+        help="memory per job (default: the partition's)",
+    )
     g.add_argument("--slurm-account", metavar="A", help="account to charge")
     g.add_argument("--slurm-qos", metavar="Q", help="quality of service")
     g.add_argument("--slurm-constraint", metavar="C", help="node features, e.g. a100")
-    g.add_argument("--slurm-setup", action="append", metavar="CMD",
-                   help="shell line run before each job, e.g. 'module load cuda' (repeatable)")  # fmt: skip
-    g.add_argument("--slurm-extra", action="append", metavar="KEY=VALUE",
-                   help="any other sbatch option, e.g. mail-type=END (repeatable)")  # fmt: skip
-    g.add_argument("--slurm-max-parallel", type=option(POSITIVE_INT), metavar="N",
-                   help="at most N jobs queued or running at once (default: all)")  # fmt: skip
-    g.add_argument("--slurm-retries", type=option(Rule("int", lo=0)), metavar="N",
-                   help=f"resubmissions of a job ending unfinished (default {DEFAULT_RETRIES})")  # fmt: skip
+    g.add_argument(
+        "--slurm-setup",
+        action="append",
+        metavar="CMD",
+        help="shell line run before each job, e.g. 'module load cuda' (repeatable)",
+    )
+    g.add_argument(
+        "--slurm-extra",
+        action="append",
+        metavar="KEY=VALUE",
+        help="any other sbatch option, e.g. mail-type=END (repeatable)",
+    )
+    g.add_argument(
+        "--slurm-max-parallel",
+        type=option(POSITIVE_INT),
+        metavar="N",
+        help="at most N jobs queued or running at once (default: all)",
+    )
+    g.add_argument(
+        "--slurm-retries",
+        type=option(Rule("int", lo=0)),
+        metavar="N",
+        help=f"resubmissions of a job ending unfinished (default {DEFAULT_RETRIES})",
+    )
 
 
 def _extra(items: Sequence[str]) -> tuple[tuple[str, str], ...]:

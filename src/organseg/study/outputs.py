@@ -33,15 +33,49 @@ PROTOCOL_TITLES = {
     "corrected": "Corrected protocol (absent organs not scored, missed organs count 0)",
 }
 # The sections of comparison.md the console shows (by heading).
-CONSOLE_SECTIONS = ("## Verdict", "## Reference protocol", "## Paired", "## Swin-Unet against", "## Against",
-                    "## Sweep", "## Cost")  # fmt: skip
+CONSOLE_SECTIONS = (
+    "## Verdict",
+    "## Reference protocol",
+    "## Paired",
+    "## Swin-Unet against",
+    "## Against",
+    "## Sweep",
+    "## Cost",
+)
 # comparison.csv's columns for the paired rows (kind "paired"; the summary rows leave them empty)
-_PAIRED_FIELDS = ("kind", "baseline", "metric", "a", "b", "diff", "ci_low", "ci_high", "p", "p_holm", "wins",
-                  "losses", "significant", "seeds_a", "seeds_b", "resampled", "unit_of_analysis",
-                  "n_subjects", "n_volumes")  # fmt: skip
+_PAIRED_FIELDS = (
+    "kind",
+    "baseline",
+    "metric",
+    "a",
+    "b",
+    "diff",
+    "ci_low",
+    "ci_high",
+    "p",
+    "p_holm",
+    "wins",
+    "losses",
+    "significant",
+    "seeds_a",
+    "seeds_b",
+    "resampled",
+    "unit_of_analysis",
+    "n_subjects",
+    "n_volumes",
+)
 # comparison.csv's columns of the summary rows; the swept keys go after "model".
-_SUMMARY_FIELDS = ("protocol", "column", "n", "seeds", "dice_mean", "dice_std", "hd95_mean", "hd95_std",
-                   "hd95_unit")  # fmt: skip
+_SUMMARY_FIELDS = (
+    "protocol",
+    "column",
+    "n",
+    "seeds",
+    "dice_mean",
+    "dice_std",
+    "hd95_mean",
+    "hd95_std",
+    "hd95_unit",
+)
 
 
 def _row(cells: Sequence[str]) -> str:
@@ -114,7 +148,8 @@ def conditions_markdown(c: Comparison) -> str:
         )
         seeds = len(cv["spread"]) > len({x["model"] for x in cv["spread"]})
         spread = "; ".join(
-            f"{s['model']}" + (f" seed {s['seed']}" if seeds else "")
+            f"{s['model']}"
+            + (f" seed {s['seed']}" if seeds else "")
             + f" {pm(s['mean_dice_across_folds'], 100)} "
             f"(range {num(s['min'], scale=100)}–{num(s['max'], scale=100)})"
             for s in cv["spread"]
@@ -128,8 +163,9 @@ def conditions_markdown(c: Comparison) -> str:
     parts = [f"**Conditions.** This verdict holds for {where}. Checkpoint: {cond['selection']}."]
     for model, m in cond["models"].items():
         init = ", ".join("from scratch" if i == "scratch" else f"initialised from {i}" for i in m["init"])
-        fraction = ", ".join("all training data" if f >= 1 else f"{f:g} of the training subjects"
-                             for f in m["train_fraction"])  # fmt: skip
+        fraction = ", ".join(
+            "all training data" if f >= 1 else f"{f:g} of the training subjects" for f in m["train_fraction"]
+        )
         budgets = ", ".join(f"{b:g}" for b in m["time_budget_min"])
         budget = f" (budget {budgets} min)" if budgets else ""
         device = ", ".join(m["device"]) or "an unrecorded device"
@@ -157,19 +193,27 @@ def _folds(c: Comparison) -> Lines:
     if not rows:
         return []
     table = [
-        [r["model"], str(r["seed"]), str(r["fold"]), str(r["subjects"]), str(r["volumes"]),
-         num(r["reference"]["mean_dice"], scale=100), num(r["reference"]["mean_hd95"]),
-         num(r["corrected"]["mean_dice"], scale=100)]
+        [
+            r["model"],
+            str(r["seed"]),
+            str(r["fold"]),
+            str(r["subjects"]),
+            str(r["volumes"]),
+            num(r["reference"]["mean_dice"], scale=100),
+            num(r["reference"]["mean_hd95"]),
+            num(r["corrected"]["mean_dice"], scale=100),
+        ]
         for r in rows
-    ]  # fmt: skip
+    ]
     return [
         "## Cross-validation folds",
         "",
         "Each fold's model on its own held-out subjects (the tables above pool the folds: every subject "
         "once).",
         "",
-        *_table(["Model", "seed", "fold", "subjects", "volumes", "DSC (ref)", "HD95 (ref)", "DSC (corr)"],
-                table),
+        *_table(
+            ["Model", "seed", "fold", "subjects", "volumes", "DSC (ref)", "HD95 (ref)", "DSC (corr)"], table
+        ),
         "",
     ]
 
@@ -314,8 +358,16 @@ def _runs(c: Comparison) -> Lines:
 
 #: comparison.md, top to bottom: each section is a function of the comparison dict returning its lines.
 SECTIONS: tuple[Callable[[Comparison], Lines], ...] = (
-    _header, _verdict, _protocols, _folds, _relative, _sweep, _cost, _figures, _runs,
-)  # fmt: skip
+    _header,
+    _verdict,
+    _protocols,
+    _folds,
+    _relative,
+    _sweep,
+    _cost,
+    _figures,
+    _runs,
+)
 
 
 def comparison_markdown(c: Comparison) -> str:
@@ -351,24 +403,35 @@ def comparison_rows(c: Comparison) -> list[dict[str, Any]]:
                 (t, s["columns"][t]["dice"], s["columns"][t]["hd95"]) for t in c["dataset"]["columns"]
             ]
             for col, d, h in entries:
-                rows.append({
-                    "model": g["model"], **sweep, "protocol": p, "column": col, "n": g["n"],
-                    "seeds": " ".join(str(x) for x in g["seeds"]),
-                    "dice_mean": d["mean"], "dice_std": d["std"],
-                    "hd95_mean": h["mean"], "hd95_std": h["std"],
-                    "hd95_unit": s["hd95_unit"], "kind": "summary",
-                })  # fmt: skip
+                rows.append(
+                    {
+                        "model": g["model"],
+                        **sweep,
+                        "protocol": p,
+                        "column": col,
+                        "n": g["n"],
+                        "seeds": " ".join(str(x) for x in g["seeds"]),
+                        "dice_mean": d["mean"],
+                        "dice_std": d["std"],
+                        "hd95_mean": h["mean"],
+                        "hd95_std": h["std"],
+                        "hd95_unit": s["hd95_unit"],
+                        "kind": "summary",
+                    }
+                )
     for r in c.get("paired") or []:
-        rows.append({
-            "model": r["model_b"],
-            **{k: fmt_value(v) for k, v in r["sweep"].items()},
-            "protocol": r["protocol"],
-            "column": r["organ"],
-            "hd95_unit": r["unit"] if r["metric"] == "hd95" else None,
-            "kind": "paired",
-            "baseline": r["model_a"],
-            **{k: r[k] for k in _PAIRED_FIELDS[2:]},
-        })  # fmt: skip
+        rows.append(
+            {
+                "model": r["model_b"],
+                **{k: fmt_value(v) for k, v in r["sweep"].items()},
+                "protocol": r["protocol"],
+                "column": r["organ"],
+                "hd95_unit": r["unit"] if r["metric"] == "hd95" else None,
+                "kind": "paired",
+                "baseline": r["model_a"],
+                **{k: r[k] for k in _PAIRED_FIELDS[2:]},
+            }
+        )
     return rows
 
 

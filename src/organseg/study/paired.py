@@ -210,9 +210,7 @@ def bootstrap_mean(
     return point, dist[np.isfinite(dist)]
 
 
-def mean_ci(
-    x: np.ndarray, *, resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED
-) -> MeanCI:
+def mean_ci(x: np.ndarray, *, resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED) -> MeanCI:
     """``mean``, ``ci_low``, ``ci_high`` (95 % percentile bootstrap, :func:`bootstrap_mean`) and ``cases`` of
     a (seeds, cases, organs) array; None for what cannot be computed."""
     x = np.asarray(x, dtype=np.float64)
@@ -279,7 +277,7 @@ def paired_difference(
     dist = bootstrap_diff(a[:, keep], b[:, keep], resamples=resamples, seed=seed)
     better = d > 0 if higher_is_better else d < 0
     worse = d < 0 if higher_is_better else d > 0
-    lo, hi = (np.percentile(dist, [2.5, 97.5]) if dist.size else (math.nan, math.nan))
+    lo, hi = np.percentile(dist, [2.5, 97.5]) if dist.size else (math.nan, math.nan)
     return {
         "a": float(ma[keep].mean()),
         "b": float(mb[keep].mean()),
@@ -480,10 +478,19 @@ def study_paired(
         resampled = f"{units} and seeds" if max(base["n"], g["n"]) > 1 else units
         for r in recs:
             unit = "fraction" if r["metric"] == "dice" else g[r["protocol"]]["hd95_unit"]
-            out.append({
-                "protocol": r["protocol"], "metric": r["metric"], "organ": r["organ"],
-                "model_a": first, "model_b": g["model"], "sweep": dict(g["sweep"]),
-                "seeds_a": base["n"], "seeds_b": g["n"], "resampled": resampled, "unit": unit,
-                **{k: v for k, v in r.items() if k not in ("protocol", "metric", "organ")},
-            })  # fmt: skip
+            out.append(
+                {
+                    "protocol": r["protocol"],
+                    "metric": r["metric"],
+                    "organ": r["organ"],
+                    "model_a": first,
+                    "model_b": g["model"],
+                    "sweep": dict(g["sweep"]),
+                    "seeds_a": base["n"],
+                    "seeds_b": g["n"],
+                    "resampled": resampled,
+                    "unit": unit,
+                    **{k: v for k, v in r.items() if k not in ("protocol", "metric", "organ")},
+                }
+            )
     return out, settings, notes

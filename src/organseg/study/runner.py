@@ -112,9 +112,16 @@ class _Study:
         if launcher is not None:  # every grid point with work left is a cluster job: train, then test
             o = self.opts
             self.failed, tested = launcher.run(
-                self.plans, self.out / STUDY_RUNS, data_root, self.heads, split=o["split"],
-                checkpoint=o["checkpoint"], device=o["device"], report=o["report"], states=states,
-            )  # fmt: skip
+                self.plans,
+                self.out / STUDY_RUNS,
+                data_root,
+                self.heads,
+                split=o["split"],
+                checkpoint=o["checkpoint"],
+                device=o["device"],
+                report=o["report"],
+                states=states,
+            )
             self.tested = list(tested)
             self.trained, todo = [p.name for p in todo if p.name in tested], []
         if jobs > 1 and len(todo) > 1:
@@ -137,10 +144,16 @@ class _Study:
             f"{self.heads[plan.name]}: testing on the {o['split']} split ({o['checkpoint']}.pt)", flush=True
         )
         run_test(  # no viewer pages: a study's many runs would each write one per case
-            run.path, data=self.dataset, split=o["split"], checkpoint=o["checkpoint"],
-            precision=test_precision, device=o["device"], report=o["report"], progress=o["progress"],
+            run.path,
+            data=self.dataset,
+            split=o["split"],
+            checkpoint=o["checkpoint"],
+            precision=test_precision,
+            device=o["device"],
+            report=o["report"],
+            progress=o["progress"],
             viewer=False,
-        )  # fmt: skip
+        )
         self.tested.append(plan.name)
 
     def train_here(self, todo: Sequence[PlannedRun], states: dict[str, tuple[str, int]]) -> None:
@@ -164,8 +177,15 @@ class _Study:
     def train_parallel(self, todo: Sequence[PlannedRun], jobs: int) -> None:
         """Train and test ``todo`` in child processes, ``jobs`` at once."""
         o = self.opts
-        test_args = ["--checkpoint", o["checkpoint"], "--split", o["split"], "--device", o["device"],
-                     "--no-viewer"]  # fmt: skip
+        test_args = [
+            "--checkpoint",
+            o["checkpoint"],
+            "--split",
+            o["split"],
+            "--device",
+            o["device"],
+            "--no-viewer",
+        ]
         test_args += [] if o["report"] else ["--no-report"]
         n_slices = len(self.dataset.train_slices())
         pool = _ProcessPool(todo, self.out, jobs, n_slices, self.heads, test_args, o["progress"])
@@ -216,9 +236,16 @@ def run_study(
     # With folds, the pool the folds divide (an nnU-Net folder without its own validation split).
     dataset = open_dataset(data, **layout_options(data, {"fold": 0} if folds else {}))
     plans = plan_runs(
-        models, seeds, sweep, preset=preset, kind=dataset_kind(dataset.class_names), precision=precision,
-        device=None if device == "auto" else device, data_root=Path(data).resolve(), folds=folds,
-    )  # fmt: skip
+        models,
+        seeds,
+        sweep,
+        preset=preset,
+        kind=dataset_kind(dataset.class_names),
+        precision=precision,
+        device=None if device == "auto" else device,
+        data_root=Path(data).resolve(),
+        folds=folds,
+    )
     for plan in plans:
         check_network(plan.config)  # every network takes its img_size, before any run starts
     with folder_lock(out, "compare"):  # one writer per study folder; a run's lock is its trainer's
@@ -233,15 +260,30 @@ def run_study(
             + "".join(f" x {k} {list(v)}" for k, v in sweep.swept),
             flush=True,
         )
-        study = _Study(out, plans, dataset, {"split": split, "checkpoint": checkpoint, "device": device,
-                                             "report": report, "progress": progress})  # fmt: skip
+        study = _Study(
+            out,
+            plans,
+            dataset,
+            {
+                "split": split,
+                "checkpoint": checkpoint,
+                "device": device,
+                "report": report,
+                "progress": progress,
+            },
+        )
         study.run_all(jobs, launcher, Path(data).resolve())
         failed = study.failed
         result = collect(
-            out, [study.run_dir(p).path for p in plans if p.name not in failed],
-            split=split, checkpoint=checkpoint, sweep_keys=sweep.keys, models=models, notes=notes,
+            out,
+            [study.run_dir(p).path for p in plans if p.name not in failed],
+            split=split,
+            checkpoint=checkpoint,
+            sweep_keys=sweep.keys,
+            models=models,
+            notes=notes,
             failed={str(out / STUDY_RUNS / k): v for k, v in failed.items()},
-        )  # fmt: skip
+        )
         result["trained"], result["tested"] = study.trained, study.tested
         print(
             f"organseg compare: {len(study.trained)} run(s) trained, {len(study.tested)} tested, "
@@ -340,8 +382,13 @@ class _ProcessPool:
         """Returns {run name: reason} of the runs that diverged; any other failure raises."""
         n = len(self.pending)
         desc = f"training {n} runs, {min(self.jobs, n)} at a time"
-        bar = progress_bar(total=sum(self.totals.values()), desc=desc, unit="it", disable=not self.progress,
-                           dynamic_ncols=True)  # fmt: skip
+        bar = progress_bar(
+            total=sum(self.totals.values()),
+            desc=desc,
+            unit="it",
+            disable=not self.progress,
+            dynamic_ncols=True,
+        )
         try:
             with tempfile.TemporaryDirectory() as tmp:
                 while self.pending or self.running:
@@ -372,8 +419,10 @@ class _ProcessPool:
         cfg_file.write_text(to_yaml(cfg), encoding="utf-8")
         run.path.mkdir(parents=True, exist_ok=True)
         n = cfg["train"]["threads"]
-        progress_write(f"{self.heads[plan.name]}: train, then test, in subprocesses ({n} thread(s)); "
-                       f"log {run.process_log}")  # fmt: skip
+        progress_write(
+            f"{self.heads[plan.name]}: train, then test, in subprocesses ({n} thread(s)); "
+            f"log {run.process_log}"
+        )
         self._start(
             plan.name, "train", [*_ORGANSEG, "train", str(cfg_file), "--out", str(run.path), "--resume"]
         )

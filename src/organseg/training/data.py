@@ -137,7 +137,6 @@ class TrainBatches:
                 persistent_workers=workers > 0,
             )
         else:
-
             # The slices live in memory (Synapse: 2211 x 512² = 2.9 GB with uint8 labels; on a GPU they live
             # there), so a batch is one gather; BatchAugment then does the reference's geometry and its zoom
             # to img_size on the whole batch, on the training device.

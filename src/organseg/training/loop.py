@@ -288,8 +288,12 @@ class Trainer:
         reference ``train.ce_weight`` · CE + ``train.dice_weight`` · Dice, its Dice over the global batch (all
         ranks)."""
         train_cfg = self.train_cfg
-        return DiceCELoss(self.dataset.num_classes, train_cfg["ce_weight"], train_cfg["dice_weight"],
-                          all_reduce=sum_over_ranks_fn(self.env))  # fmt: skip
+        return DiceCELoss(
+            self.dataset.num_classes,
+            train_cfg["ce_weight"],
+            train_cfg["dice_weight"],
+            all_reduce=sum_over_ranks_fn(self.env),
+        )
 
     def lr_at(self, step: int) -> float:
         """The learning rate of step ``step`` (0-based): ``train.schedule`` over ``max_iterations``."""
@@ -320,12 +324,22 @@ class Trainer:
             return
         per_epoch = self.iterations_per_epoch
         ckpt = _checkpoint(
-            self.model, self.cfg, self.model_args, self.dataset, **extra,
-            iteration=self.iteration, epoch=self.iteration // per_epoch, iterations_per_epoch=per_epoch,
-        )  # fmt: skip
+            self.model,
+            self.cfg,
+            self.model_args,
+            self.dataset,
+            **extra,
+            iteration=self.iteration,
+            epoch=self.iteration // per_epoch,
+            iterations_per_epoch=per_epoch,
+        )
         if full:
-            ckpt.update(optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict(),
-                        best_dice=self.best_dice, train_seconds=self.train_seconds)  # fmt: skip
+            ckpt.update(
+                optimizer=self.optimizer.state_dict(),
+                scaler=self.scaler.state_dict(),
+                best_dice=self.best_dice,
+                train_seconds=self.train_seconds,
+            )
         atomic_torch_save(ckpt, self.run.checkpoint(name))
 
     # ------------------------------------------------------------------------------------------ the loop
@@ -416,10 +430,12 @@ class Trainer:
     def _progress_bar(self, epoch: int, start: int):
         per_epoch = self.iterations_per_epoch
         return progress_bar(
-            total=min(per_epoch, self.max_iterations - epoch * per_epoch), initial=start,
+            total=min(per_epoch, self.max_iterations - epoch * per_epoch),
+            initial=start,
             desc=f"epoch {epoch + 1}/{self.max_epochs}",
-            disable=not (self.main and self.train_cfg["progress"]), dynamic_ncols=True,
-        )  # fmt: skip
+            disable=not (self.main and self.train_cfg["progress"]),
+            dynamic_ncols=True,
+        )
 
     def _log_iteration(
         self, epoch: int, lr: float, loss: torch.Tensor, ce: torch.Tensor, dice: torch.Tensor, bar: Any
@@ -438,8 +454,18 @@ class Trainer:
                 f"loss is {v_loss} at iteration {self.iteration} (epoch {epoch + 1}): training stopped; "
                 f"{good}. Try a lower train.base_lr, or --precision fp32"
             )
-        self.log.write({"kind": "train", "iter": self.iteration, "epoch": epoch, "loss": v_loss, "ce": v_ce,
-                        "dice": v_dice, "lr": lr, "time": round(self.train_seconds, 3)})  # fmt: skip
+        self.log.write(
+            {
+                "kind": "train",
+                "iter": self.iteration,
+                "epoch": epoch,
+                "loss": v_loss,
+                "ce": v_ce,
+                "dice": v_dice,
+                "lr": lr,
+                "time": round(self.train_seconds, 3),
+            }
+        )
         rate = self.epoch_images / max(time.perf_counter() - self.epoch_start_time, 1e-9)
         images_left = self.batches.images_seen(self.max_iterations) - self.batches.images_seen(self.iteration)
         eta = duration(images_left / rate, "clock")
@@ -547,12 +573,18 @@ def _record_fit(run: RunDir, cfg: dict, env: DistEnv, fitted: BudgetFit) -> None
     info = _previous_env(run.path)
     budget = cfg["train"]["time_budget_min"]
     per_it, span = fitted.seconds_per_iteration, list(fitted.measured)
-    info[fitted.key] = {"seconds_per_iteration": round(per_it, 4), "measured_iterations": span,
-                        "budget_min": budget, "horizon": fitted.horizon}  # fmt: skip
+    info[fitted.key] = {
+        "seconds_per_iteration": round(per_it, 4),
+        "measured_iterations": span,
+        "budget_min": budget,
+        "horizon": fitted.horizon,
+    }
     run.write_env(info)
     again = " (again, half-way)" if fitted.refit else ""
-    progress_write(f"time budget {budget:g} min{again}: {per_it:.3f} s/iteration measured over iterations "
-                   f"{span[0]}-{span[1]}, schedule horizon {fitted.horizon} iterations")  # fmt: skip
+    progress_write(
+        f"time budget {budget:g} min{again}: {per_it:.3f} s/iteration measured over iterations "
+        f"{span[0]}-{span[1]}, schedule horizon {fitted.horizon} iterations"
+    )
 
 
 def _peak_memory(device: torch.device) -> dict[str, Any]:
@@ -560,8 +592,10 @@ def _peak_memory(device: torch.device) -> dict[str, Any]:
     allocated on the device, on a CPU the peak resident set of the process (data, network and framework
     together; a process that trained several runs reports its peak over all of them)."""
     if device.type == "cuda":
-        return {"peak_memory_mb": round(torch.cuda.max_memory_allocated(device) / 2**20, 1),
-                "peak_memory_kind": "cuda max allocated"}  # fmt: skip
+        return {
+            "peak_memory_mb": round(torch.cuda.max_memory_allocated(device) / 2**20, 1),
+            "peak_memory_kind": "cuda max allocated",
+        }
     try:
         import resource  # noqa: PLC0415 (POSIX only: elsewhere the peak is not measured)
     except ImportError:  # not on POSIX: not recorded
