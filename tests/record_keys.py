@@ -10,7 +10,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from organseg.evaluation.evaluate import (
+from organseg.prediction.dicomseg import DicomSegRecord, SegmentRecord
+from organseg.prediction.predict import ClassVolume, OrientationRecord, Sidecar, TurnRecord
+from organseg.results import (
     CaseClass,
     CaseProtocol,
     CaseRecord,
@@ -21,8 +23,6 @@ from organseg.evaluation.evaluate import (
     ReferenceSummary,
     ResultsSummary,
 )
-from organseg.prediction.dicomseg import DicomSegRecord, SegmentRecord
-from organseg.prediction.predict import ClassVolume, OrientationRecord, Sidecar, TurnRecord
 from organseg.study import comparison as cmp
 from organseg.study.comparison import Comparison
 

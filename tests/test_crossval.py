@@ -23,7 +23,8 @@ from organseg.data.folds import FoldView, apply_data_config, fold_subjects, subj
 from organseg.data.phantom import write_phantom_set
 from organseg.data.prepare import prepare_synapse
 from organseg.errors import ConfigError, DataError
-from organseg.evaluation.evaluate import EvaluationResult, ResultsSummary
+from organseg.evaluation.evaluate import EvaluationResult
+from organseg.results import ResultsSummary
 from organseg.run import ResultsDir, RunDir
 from organseg.study import collect
 from organseg.study.comparison import Comparison, CrossValidationRecord, FoldMeans, FoldRow, FoldSpread

@@ -18,7 +18,10 @@ from organseg.checkpoint import atomic_torch_save, make_checkpoint
 from organseg.data.classes import SYNAPSE_CLASSES
 from organseg.data.preprocess import ct_window_spec
 from organseg.data.synapse import TRANSUNET_ORIENTATION
-from organseg.evaluation.evaluate import (
+from organseg.evaluation.tester import MemberSummary, ProtocolMeans, RunTestResult, run_test
+from organseg.prediction.dicomseg import DicomSegRecord, SegmentRecord
+from organseg.prediction.predict import ClassVolume, OrientationRecord, Sidecar, TurnRecord, predict_file
+from organseg.results import (
     CaseClass,
     CaseProtocol,
     CaseRecord,
@@ -29,9 +32,6 @@ from organseg.evaluation.evaluate import (
     ReferenceSummary,
     ResultsSummary,
 )
-from organseg.evaluation.tester import MemberSummary, ProtocolMeans, RunTestResult, run_test
-from organseg.prediction.dicomseg import DicomSegRecord, SegmentRecord
-from organseg.prediction.predict import ClassVolume, OrientationRecord, Sidecar, TurnRecord, predict_file
 from record_keys import Keys, check_per_case, check_sidecar, check_summary
 from test_predict_many import CFG, _dataset, _net, _run, _scan
 

@@ -26,13 +26,11 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from organseg.errors import DataError
 from organseg.fileio import atomic_write_text, read_json, read_text, read_yaml
-
-if TYPE_CHECKING:  # the record lives beside its writer, which writes through this module: a type, no import
-    from organseg.evaluation.evaluate import ResultsSummary
+from organseg.results import ResultsSummary
 
 CONFIG = "config.yaml"
 ENV = "env.json"

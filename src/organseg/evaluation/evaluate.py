@@ -5,9 +5,8 @@ over classes (every case x class pair counts, the (1, 0) and (0, 0) edge entries
 summary is documented in :func:`corrected_summary`; it also carries the surface metrics NSD and ASSD
 (:func:`organseg.metrics.surface_metrics`), which the reference protocol does not have.
 
-The files of a results folder (:class:`organseg.run.ResultsDir`), as typed records: ``summary.json`` is a
-:class:`ResultsSummary` (its protocol blocks :class:`ReferenceSummary` and :class:`CorrectedSummary`),
-``per_case.json`` a list of :class:`CaseRecord`. They are plain dicts at run time, in the key order written.
+The files it writes are typed by :mod:`organseg.results`: ``summary.json`` a
+:class:`~organseg.results.ResultsSummary`, ``per_case.json`` a list of :class:`~organseg.results.CaseRecord`.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,156 +32,19 @@ from organseg.formatting import json_number
 from organseg.inference.engine import predict_turned, volume_turn
 from organseg.metrics import SURFACE_METRICS, _tolerances, case_metrics_all
 from organseg.progress import progress_bar
+from organseg.results import (
+    CaseClass,
+    CaseRecord,
+    CorrectedClass,
+    CorrectedSummary,
+    ReferenceSummary,
+    ResultsSummary,
+    SummaryExtra,
+)
 from organseg.run import ResultsDir
 
 #: status of a (case, class) pair under the corrected protocol
 SCORED, MISSED, FALSE_POSITIVE, ABSENT = "scored", "missed", "false_positive", "absent"
-
-
-# ------------------------------------------------------------------------------------------------ records
-
-
-class ReferenceClass(TypedDict):
-    """One organ under the reference protocol: the mean over the cases (every case counts, with the edge
-    rules of :mod:`organseg.metrics`: (1, 0) for a prediction on an absent organ, (0, 0) for none)."""
-
-    dice: float  #: Dice as a fraction
-    hd95: float  #: HD95 in voxels
-
-
-class ReferenceSummary(TypedDict):
-    """``summary.json["reference"]``: ``test.py``'s aggregation (:func:`reference_summary`)."""
-
-    mean_dice: float  #: the mean over the organs of ``per_class[*].dice``
-    mean_hd95: float  #: the mean over the organs of ``per_class[*].hd95``
-    hd95_unit: str  #: always ``"voxel"``
-    per_class: dict[str, ReferenceClass]  #: by foreground class name, in class order
-
-
-class _CorrectedClassCounts(TypedDict):
-    #: the mean over the cases whose truth has the organ (a missed one counts 0); None where no case has it
-    dice: float | None
-    hd95: float | None  #: the mean over the cases where both have it; None where no case has both
-    scored: int  #: cases where both have the organ
-    missed: int  #: cases whose truth has it and the prediction not
-    false_positive: int  #: cases whose prediction has it and the truth not (not scored)
-    absent: int  #: cases where neither has it (not scored)
-
-
-class CorrectedClass(_CorrectedClassCounts, total=False):
-    """One organ under the corrected protocol. ``nsd`` and ``assd`` are there when the evaluation measured
-    the surface metrics (every organseg test does): the means over the cases with a value, NSD as Dice
-    (a missed organ counts 0), ASSD as HD95 (both must have the organ); None where no case has one."""
-
-    nsd: float | None
-    assd: float | None
-
-
-class _CorrectedCore(TypedDict):
-    mean_dice: float | None  #: the mean of the organs' ``dice`` over the organs that have one
-    mean_hd95: float | None  #: the mean of the organs' ``hd95`` over the organs that have one
-    hd95_unit: str  #: ``"mm"``, ``"voxel"`` or ``"mixed (mm where the case has a spacing)"``
-    per_class: dict[str, CorrectedClass]  #: by foreground class name, in class order
-    missed: int  #: (case, organ) pairs missed, over all organs
-    false_positive: int  #: (case, organ) pairs predicted on an absent organ
-    absent: int  #: (case, organ) pairs absent from both
-
-
-class CorrectedSummary(_CorrectedCore, total=False):
-    """``summary.json["corrected"]`` (:func:`corrected_summary`). With the surface metrics: ``mean_nsd`` and
-    ``mean_assd`` (the means over the organs that have one), ``nsd_tolerance`` (one per foreground class, in
-    the HD95 unit; None when not recorded) and ``assd_unit`` (the HD95 unit)."""
-
-    mean_nsd: float | None
-    mean_assd: float | None
-    nsd_tolerance: list[float] | None
-    assd_unit: str
-
-
-class _SummaryCore(TypedDict):
-    split: str  #: the dataset split tested (``test``, ``val``)
-    cases: int  #: volumes tested
-    #: distinct subjects (patients) among them; summaries written before organseg recorded subjects lack it
-    #: (readers then count each volume as its subject)
-    subjects: int
-    class_names: list[str]  #: the dataset's classes, background first
-    reference: ReferenceSummary
-    corrected: CorrectedSummary
-    seconds: float  #: evaluation wall time (prediction and metrics), 2 decimals
-
-
-class SummaryExtra(TypedDict, total=False):
-    """The fields of ``summary.json`` that depend on who wrote it, in the order they are written.
-
-    Timing, from :func:`evaluate_dataset` (absent in a result rebuilt from ``per_case.json``):
-    ``slices`` (total), ``inference_seconds`` (prediction only, 3 decimals), ``inference_seconds_per_case``
-    (4 decimals) and ``inference_seconds_per_slice`` (5 decimals).
-
-    ``organseg test`` (:func:`organseg.evaluation.tester.run_test`): ``model_name`` (None for an official
-    checkpoint), ``checkpoint`` (the path), ``data`` (the dataset root or name), ``precision``, ``device``,
-    ``inference`` (``"batched (N slices)"`` or ``"reference loop"``), ``orientation`` (the network's
-    orientation code; None: volumes as stored) and ``orientation_notes``; with ``--ensemble`` or ``--tta``
-    also ``ensemble`` (every member's checkpoint path) and ``tta``.
-
-    A cross-validation's pooled folds (:func:`organseg.study.crossval.pool_folds`, ``OUT/cv/<run>/``):
-    ``pooled_folds`` (the fold run names), ``folds`` (k), ``checkpoint``, ``precision`` and ``data`` of the
-    first fold, and the timing fields summed over the folds."""
-
-    slices: int
-    inference_seconds: float
-    inference_seconds_per_case: float
-    inference_seconds_per_slice: float
-    model_name: str | None
-    checkpoint: str | None
-    data: str | None
-    precision: str | None
-    device: str
-    inference: str
-    orientation: str | None
-    orientation_notes: list[str]
-    ensemble: list[str]
-    tta: bool
-    pooled_folds: list[str]
-    folds: int
-
-
-class ResultsSummary(_SummaryCore, SummaryExtra):
-    """``summary.json`` of a results folder: :meth:`EvaluationResult.summary` (the fields above
-    ``SummaryExtra``'s, always there) followed by the writer's :class:`SummaryExtra` fields."""
-
-
-class CaseProtocol(TypedDict):
-    """One (case, organ) under one protocol."""
-
-    dice: float | None  #: reference: always a number; corrected: None where the organ is not scored
-    hd95: float | None  #: reference: voxels, always a number; corrected: in the summary's unit, or None
-
-
-class CorrectedCase(CaseProtocol, total=False):
-    """The corrected values of one (case, organ), with ``nsd`` and ``assd`` when surfaces were measured."""
-
-    nsd: float | None
-    assd: float | None
-
-
-class CaseClass(TypedDict):
-    """One organ of one case in ``per_case.json``."""
-
-    reference: CaseProtocol
-    corrected: CorrectedCase
-    status: str  #: ``scored``, ``missed``, ``false_positive`` or ``absent`` (:data:`SCORED` ...)
-
-
-class CaseRecord(TypedDict):
-    """One case of ``per_case.json`` (:meth:`EvaluationResult.per_case`); the file is a list of them in the
-    order the cases were tested. Files written before organseg recorded subjects lack ``subject``."""
-
-    case: str
-    subject: str  #: the case's subject (patient); the case itself when the dataset names none
-    spacing: list[float] | None  #: (z, y, x) in mm; None without one (HD95 then in voxels)
-    mean_dice_reference: float  #: the case's mean reference Dice over the organs
-    mean_hd95_reference: float  #: the case's mean reference HD95 over the organs
-    classes: dict[str, CaseClass]  #: by foreground class name, in class order
 
 
 # ------------------------------------------------------------------------------------------- summaries

@@ -14,7 +14,7 @@ from organseg.data.classes import check_same_classes
 from organseg.data.detect import resolve_dataset
 from organseg.device import resolve_device
 from organseg.errors import DataError
-from organseg.evaluation.evaluate import ResultsSummary, SummaryExtra, evaluate_dataset
+from organseg.evaluation.evaluate import evaluate_dataset
 from organseg.fileio import check_output, check_output_dir, check_output_file
 from organseg.formatting import num
 from organseg.imageio.volumes import Geometry, write_image
@@ -31,6 +31,7 @@ from organseg.locks import folder_lock
 from organseg.reporting.report import OverlayCollector, write_report
 from organseg.reporting.tables import results_table
 from organseg.reporting.viewer import VIEWER_DIR, CaseViewers, chain
+from organseg.results import ResultsSummary, SummaryExtra
 from organseg.run import ResultsDir, RunDir
 from organseg.values import OPTIONAL_POSITIVE_INT, POSITIVE_INT, check_value
 

@@ -18,7 +18,7 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -30,7 +30,13 @@ from organseg.imageio.formats import describe_itk_error
 if TYPE_CHECKING:  # SimpleITK is imported where it is used: augmentation and the phantom do not need it
     import SimpleITK as sitk
 
-    from organseg.data.base import Volume
+
+class _Located(Protocol):
+    """What :meth:`Geometry.of_volume` reads of a volume (:class:`organseg.data.base.Volume` has it): the
+    volume's spacing and the origin and direction its ``meta`` may record."""
+
+    spacing: Sequence[float] | None
+    meta: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -56,7 +62,7 @@ class Geometry:
         )
 
     @classmethod
-    def of_volume(cls, volume: Volume) -> Geometry:
+    def of_volume(cls, volume: _Located) -> Geometry:
         """The geometry an evaluation volume records; what it does not know (spacing, origin, direction)
         takes the defaults above, since a NIfTI file needs all three."""
         direction = volume.meta.get("direction")

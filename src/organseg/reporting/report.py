@@ -20,7 +20,6 @@ import numpy as np
 
 from organseg.data.base import Volume
 from organseg.errors import DataError
-from organseg.evaluation.evaluate import ResultsSummary
 from organseg.fileio import (
     atomic_write_bytes,
     atomic_write_text,
@@ -33,6 +32,7 @@ from organseg.imageio.orientation import radiological_orientation
 from organseg.reporting.palette import class_color, colorize
 from organseg.reporting.tables import PUBLISHED, columns, dataset_kind, results_table
 from organseg.reporting.viewer import VIEWER_DIR, viewer_name
+from organseg.results import ResultsSummary
 from organseg.run import ResultsDir, RunDir, read_test_summary
 
 if TYPE_CHECKING:

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from organseg.data.classes import ACDC_CLASSES, SYNAPSE_CLASSES, paper_columns, same_class_names
-from organseg.evaluation.evaluate import CorrectedSummary, ReferenceSummary, ResultsSummary
 from organseg.formatting import num
+from organseg.results import CorrectedSummary, ReferenceSummary, ResultsSummary
 
 #: (column titles after the method, published rows). None = not reported.
 SYNAPSE_PUBLISHED: dict[str, dict[str, float | None]] = {

@@ -19,11 +19,11 @@ import numpy as np
 
 from organseg import __version__
 from organseg.errors import DataError
-from organseg.evaluation.evaluate import ResultsSummary
 from organseg.fileio import check_output_dir
 from organseg.formatting import fmt_value
 from organseg.metrics import PROTOCOLS
 from organseg.reporting.tables import PUBLISHED, columns, dataset_kind
+from organseg.results import ResultsSummary
 from organseg.run import STUDY_RUNS, RunDir
 from organseg.study.comparison import (
     Comparison,

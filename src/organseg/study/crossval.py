@@ -9,7 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from organseg.errors import DataError
-from organseg.evaluation.evaluate import CaseRecord, EvaluationResult, SummaryExtra
+from organseg.evaluation.evaluate import EvaluationResult
+from organseg.results import CaseRecord, SummaryExtra
 from organseg.run import ResultsDir
 from organseg.study.grid import freeze
 from organseg.study.paired import read_per_case

@@ -52,8 +52,8 @@ from typing import TypedDict
 import numpy as np
 
 from organseg.errors import DataError
-from organseg.evaluation.evaluate import CaseRecord
 from organseg.formatting import json_number
+from organseg.results import CaseRecord
 from organseg.run import ResultsDir
 from organseg.study.comparison import GroupRecord, PairedRecord, PairedSettings
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from organseg.data.classes import check_same_classes
 from organseg.errors import DataError
-from organseg.evaluation.evaluate import ResultsSummary
+from organseg.results import ResultsSummary
 from organseg.run import STUDY_RUNS, ResultsDir, RunDir
 from organseg.study.comparison import SkippedRun
 from organseg.study.grid import DEFAULT_SEED
