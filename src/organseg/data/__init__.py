@@ -1,7 +1,16 @@
-"""Datasets, preparation, augmentation and the CT phantom.
+"""Datasets: folders read as one interface, the subjects and folds, augmentation, and the datasets organseg
+writes.
 
-``open_dataset(root)`` reads Synapse (TransUNet format), ACDC (SSL4MIS h5) and nnU-Net v2 raw folders behind
-the one :class:`SegmentationDataset` interface; ``classes`` is the single source of truth for class orders.
+``base``        ``SegmentationDataset``, ``Volume``, ``ArrayDataset``; subjects and their disjointness check
+``detect``      ``open_dataset`` / ``resolve_dataset``: which layout a folder is, and its reader
+``synapse``, ``acdc``, ``nnunet``  the readers (TransUNet Synapse, SSL4MIS ACDC h5, nnU-Net v2 raw)
+``folds``       the subject rule and K cross-validation folds (``FoldView``)
+``classes``     the one source of class orders and the one class-name check
+``preprocess``  intensity mappings (CT window, MRI normalisation) as data
+``augment``     the reference augmentation and its batched torch twin
+``io``, ``slices``  the prepared ``.npz`` / ``.h5`` arrays and the slices training reads
+``phantom``, ``prepare``, ``split``, ``completion``  writing datasets: the synthetic CT, raw BTCV -> Synapse,
+                the split rule, the "in progress" / "complete" record
 """
 
 from organseg.data.base import SPLITS, ArrayDataset, SegmentationDataset, Volume

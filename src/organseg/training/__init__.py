@@ -1,4 +1,12 @@
-"""The training loop, configuration presets, checkpoints and distributed set-up."""
+"""Training: ``train(config, data, out)`` and what it is made of.
+
+``config``       presets, the schema, ``model_args`` / ``check_network``
+``schedule``     optimizers, learning-rate schedules, the run length
+``budget``       ``TimeBudget``: the time budget and the horizon fitted to it
+``loop``         ``train`` and the ``Trainer`` (seams: build_optimizer, build_loss, lr_at, step, validate, save)
+``data``         the batches (``TrainBatches``); ``validation`` the per-epoch validation
+``distributed``  torchrun set-up, seeds, all-reduces; ``runlog`` metrics.jsonl, env.json, TensorBoard
+"""
 
 from organseg.training.config import (
     DEFAULTS,
