@@ -3,7 +3,7 @@
 ``config``       presets, the schema, ``model_args`` / ``check_network``
 ``schedule``     optimizers, learning-rate schedules, the run length
 ``budget``       ``TimeBudget``: the time budget and the horizon fitted to it
-``loop``         ``train`` and the ``Trainer`` (seams: build_optimizer, build_loss, lr_at, step, validate, save)
+``loop``         ``train``, the ``Trainer`` (seams: build_optimizer, build_loss, lr_at, step, validate, save)
 ``data``         the batches (``TrainBatches``); ``validation`` the per-epoch validation
 ``distributed``  torchrun set-up, seeds, all-reduces; ``runlog`` metrics.jsonl, env.json, TensorBoard
 """
