@@ -24,8 +24,10 @@ from torch import nn
 from organseg.checkpoint import atomic_torch_save, make_checkpoint
 from organseg.cli.main import main
 from organseg.data.base import ArrayDataset, Volume
+from organseg.data.classes import SYNAPSE_CLASSES
 from organseg.data.phantom import write_phantom_set
 from organseg.data.prepare import prepare_synapse
+from organseg.data.preprocess import ct_window_spec
 from organseg.imageio.volumes import Geometry, write_image
 from organseg.models import create_model, list_models, register_model
 from organseg.models.swin_unet import shifted_window_mask
@@ -431,3 +433,61 @@ def vgg16_bn_state(num_batches_tracked: bool = False, seed: int = 0) -> dict[str
             torch.randn(4),
         )
     return sd
+
+
+# ------------------------------------------------------------ a tiny Swin-Unet run, CT scans for predict/test
+
+
+TINY_SWIN_CFG = {"model": {"name": "swin_unet", "args": dict(TINY_SWIN)}, "train": {"img_size": 64}}
+
+
+def tiny_swin_net(seed: int) -> torch.nn.Module:
+    """The tiny Swin-Unet with seeded weights and a head that spreads its logits (varied labels)."""
+    torch.manual_seed(seed)
+    net = create_model("swin_unet", num_classes=9, **TINY_SWIN).eval()
+    with torch.no_grad():  # a random head with spread logits: varied labels, so comparisons mean something
+        net.swin_unet.output.weight.normal_(0, 2.0)
+    return net
+
+
+def tiny_swin_checkpoint(path: Path, seed: int) -> Path:
+    """A self-describing checkpoint of :func:`tiny_swin_net` (Synapse classes, CT window) at ``path``."""
+    ckpt = make_checkpoint(
+        tiny_swin_net(seed),
+        model_name="swin_unet",
+        model_args={**TINY_SWIN, "num_classes": 9},
+        class_names=list(SYNAPSE_CLASSES),
+        preprocessing=ct_window_spec(),
+        config=TINY_SWIN_CFG,
+    )
+    atomic_torch_save(ckpt, path)
+    return path
+
+
+def tiny_swin_run(root: Path, seed: int) -> Path:
+    """A run folder as train leaves it (config + best.pt)."""
+    root.mkdir(parents=True)
+    (root / "config.yaml").write_text(yaml.safe_dump(TINY_SWIN_CFG))
+    tiny_swin_checkpoint(root / "checkpoints" / "best.pt", seed)
+    return root
+
+
+def noise_ct_scan(path: Path, seed: int, shape=(3, 40, 36)) -> Path:
+    """A random CT volume in HU with anisotropic spacing, written at ``path``."""
+    rng = np.random.default_rng(seed)
+    hu = rng.uniform(-200, 300, shape).astype(np.float32)
+    write_image(hu, Geometry(spacing=(2.5, 0.8, 0.8), origin=(1.0, 2.0, 3.0)), path)
+    return path
+
+
+def two_ct_volumes():
+    """Two CT-windowed test volumes with two organs each, as a Synapse-classed dataset."""
+    rng = np.random.default_rng(0)
+    vols = []
+    for i in range(2):
+        image = rng.uniform(0, 1, (3, 40, 36)).astype(np.float32)
+        label = np.zeros(image.shape, np.int64)
+        label[:, 10:25, 8:20] = 5
+        label[1:, 26:34, 20:30] = 1
+        vols.append(Volume(f"c{i}", image, label, spacing=(2.5, 0.8, 0.8)))
+    return ArrayDataset([], {"test": vols}, class_names=SYNAPSE_CLASSES)

@@ -10,54 +10,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 
-from helpers import TINY_SWIN, one_line_error
+from helpers import (
+    TINY_SWIN,
+    TINY_SWIN_CFG,
+    noise_ct_scan,
+    one_line_error,
+    tiny_swin_checkpoint,
+    tiny_swin_net,
+    tiny_swin_run,
+    two_ct_volumes,
+)
 from organseg.checkpoint import atomic_torch_save, make_checkpoint
 from organseg.cli.main import main
 from organseg.data.classes import SYNAPSE_CLASSES
 from organseg.data.preprocess import apply_preprocessing, ct_window_spec
-from organseg.imageio.volumes import Geometry, read_image, write_image
+from organseg.imageio.volumes import read_image
 from organseg.inference.engine import averaged, predict_volume
 from organseg.models import create_model
-
-CFG = {"model": {"name": "swin_unet", "args": dict(TINY_SWIN)}, "train": {"img_size": 64}}
-
-
-def _net(seed: int) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    net = create_model("swin_unet", num_classes=9, **TINY_SWIN).eval()
-    with torch.no_grad():  # a random head with spread logits: varied labels, so comparisons mean something
-        net.swin_unet.output.weight.normal_(0, 2.0)
-    return net
-
-
-def _checkpoint(path: Path, seed: int) -> Path:
-    ckpt = make_checkpoint(
-        _net(seed),
-        model_name="swin_unet",
-        model_args={**TINY_SWIN, "num_classes": 9},
-        class_names=list(SYNAPSE_CLASSES),
-        preprocessing=ct_window_spec(),
-        config=CFG,
-    )
-    atomic_torch_save(ckpt, path)
-    return path
-
-
-def _run(root: Path, seed: int) -> Path:
-    """A run folder as train leaves it (config + best.pt)."""
-    root.mkdir(parents=True)
-    (root / "config.yaml").write_text(yaml.safe_dump(CFG))
-    _checkpoint(root / "checkpoints" / "best.pt", seed)
-    return root
-
-
-def _scan(path: Path, seed: int, shape=(3, 40, 36)) -> Path:
-    rng = np.random.default_rng(seed)
-    hu = rng.uniform(-200, 300, shape).astype(np.float32)
-    write_image(hu, Geometry(spacing=(2.5, 0.8, 0.8), origin=(1.0, 2.0, 3.0)), path)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -66,13 +36,13 @@ def world(tmp_path_factory):
     scans = root / "scans"
     scans.mkdir()
     for i in range(3):
-        _scan(scans / f"case{i}.nii.gz", i)
+        noise_ct_scan(scans / f"case{i}.nii.gz", i)
     return {
         "root": root,
         "scans": scans,
-        "a": _checkpoint(root / "a.pt", 1),
-        "b": _checkpoint(root / "b.pt", 2),
-        "c": _checkpoint(root / "c.pt", 3),
+        "a": tiny_swin_checkpoint(root / "a.pt", 1),
+        "b": tiny_swin_checkpoint(root / "b.pt", 2),
+        "c": tiny_swin_checkpoint(root / "c.pt", 3),
     }
 
 
@@ -135,7 +105,7 @@ def test_bad_plans_are_refused_before_any_work(world, tmp_path, capsys):
     assert "2 inputs are written into a folder" in err
     twin = tmp_path / "twin"
     twin.mkdir()
-    _scan(twin / "case0.nii.gz", 9)
+    noise_ct_scan(twin / "case0.nii.gz", 9)
     same = [str(scans / "case0.nii.gz"), str(twin / "case0.nii.gz")]
     err = one_line_error(capsys, ["predict", str(world["a"]), *same, "--out", str(tmp_path / "o")])
     assert "inputs with the same name would write the same files: case0" in err
@@ -189,7 +159,7 @@ def test_ensemble_members_must_agree(world, tmp_path, capsys):
             model_args={**TINY_SWIN, "num_classes": 4},
             class_names=["background", "RV", "Myo", "LV"],
             preprocessing={"kind": "minmax"},
-            config=CFG,
+            config=TINY_SWIN_CFG,
         ),
         other,
     )
@@ -210,8 +180,8 @@ def test_ensemble_members_must_agree(world, tmp_path, capsys):
 
 def test_study_folder_with_a_model_filter(world, tmp_path, capsys):
     study = tmp_path / "study"
-    _run(study / "runs" / "swin_unet_seed1", 1)
-    _run(study / "runs" / "swin_unet_seed2", 2)
+    tiny_swin_run(study / "runs" / "swin_unet_seed1", 1)
+    tiny_swin_run(study / "runs" / "swin_unet_seed2", 2)
     scan = world["scans"] / "case0.nii.gz"
     out = tmp_path / "s.nii.gz"
     assert (
@@ -229,7 +199,9 @@ def test_study_folder_with_a_model_filter(world, tmp_path, capsys):
 
 def test_official_checkpoint_applied_directly(world, tmp_path, capsys):
     official = tmp_path / "epoch_149.pth"
-    torch.save({"module." + k: v for k, v in _net(1).state_dict().items()}, official)  # DataParallel names
+    torch.save(
+        {"module." + k: v for k, v in tiny_swin_net(1).state_dict().items()}, official
+    )  # DataParallel names
     scan = world["scans"] / "case1.nii.gz"
     out = tmp_path / "off.nii.gz"
     assert main(["predict", str(official), str(scan), "--out", str(out), "--device", "cpu"]) == 0
@@ -242,7 +214,7 @@ def test_official_checkpoint_applied_directly(world, tmp_path, capsys):
     assert [c["name"] for c in info["classes"]] == list(SYNAPSE_CLASSES)
     assert any("records no classes" in n for n in info["notes"])
     headless = tmp_path / "headless.pth"
-    torch.save({k: v for k, v in _net(1).state_dict().items() if ".output." not in k}, headless)
+    torch.save({k: v for k, v in tiny_swin_net(1).state_dict().items() if ".output." not in k}, headless)
     err = one_line_error(capsys, ["predict", str(headless), str(scan), "--out", str(tmp_path / "h.nii.gz")])
     assert "without a class head" in err
 
@@ -291,26 +263,12 @@ def test_dicom_seg_from_the_real_series(world, tmp_path, totalseg_dir, capsys):
     assert str(algorithm.AlgorithmName).startswith("organseg swin_unet")
 
 
-def _dataset():
-    from organseg.data.base import ArrayDataset, Volume
-
-    rng = np.random.default_rng(0)
-    vols = []
-    for i in range(2):
-        image = rng.uniform(0, 1, (3, 40, 36)).astype(np.float32)
-        label = np.zeros(image.shape, np.int64)
-        label[:, 10:25, 8:20] = 5
-        label[1:, 26:34, 20:30] = 1
-        vols.append(Volume(f"c{i}", image, label, spacing=(2.5, 0.8, 0.8)))
-    return ArrayDataset([], {"test": vols}, class_names=SYNAPSE_CLASSES)
-
-
 def test_test_reports_the_ensemble_beside_its_members(world, tmp_path):
     from organseg.evaluation.evaluate import evaluate_dataset
     from organseg.evaluation.tester import run_test
 
-    runs = [_run(tmp_path / f"r{s}", s) for s in (1, 2)]
-    ds = _dataset()
+    runs = [tiny_swin_run(tmp_path / f"r{s}", s) for s in (1, 2)]
+    ds = two_ct_volumes()
     summary = run_test(
         runs[0],
         data=ds,
@@ -330,7 +288,7 @@ def test_test_reports_the_ensemble_beside_its_members(world, tmp_path):
         assert (r / "results" / "test_best" / "summary.json").is_file()
     assert "member 1:" in summary["table"] and "**ensemble + mirror TTA**" in summary["table"]
     # The ensemble's numbers are those of the averaged network itself.
-    nets = [_net(1), _net(2)]
+    nets = [tiny_swin_net(1), tiny_swin_net(2)]
     direct = evaluate_dataset(averaged(nets, tta=True), ds, "test", patch_size=64, progress=False).summary()
     assert summary["reference"]["mean_dice"] == pytest.approx(direct["reference"]["mean_dice"], abs=1e-12)
     assert json.loads((folder / "summary.json").read_text())["tta"] is True
@@ -340,11 +298,13 @@ def test_test_applies_an_official_checkpoint_with_the_dataset_classes(tmp_path):
     from organseg.evaluation.tester import run_test
 
     official = tmp_path / "epoch_149.pth"
-    torch.save(_net(1).state_dict(), official)
-    summary = run_test(official, data=_dataset(), device="cpu", report=False, viewer=False, progress=False)
+    torch.save(tiny_swin_net(1).state_dict(), official)
+    summary = run_test(
+        official, data=two_ct_volumes(), device="cpu", report=False, viewer=False, progress=False
+    )
     ref = run_test(
-        _checkpoint(tmp_path / "same.pt", 1),
-        data=_dataset(),
+        tiny_swin_checkpoint(tmp_path / "same.pt", 1),
+        data=two_ct_volumes(),
         device="cpu",
         report=False,
         viewer=False,

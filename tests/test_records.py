@@ -13,7 +13,14 @@ import pytest
 import torch
 
 import dicomgen as g
-from helpers import TINY_SWIN
+from helpers import (
+    TINY_SWIN,
+    TINY_SWIN_CFG,
+    noise_ct_scan,
+    tiny_swin_net,
+    tiny_swin_run,
+    two_ct_volumes,
+)
 from organseg.checkpoint import atomic_torch_save, make_checkpoint
 from organseg.data.classes import SYNAPSE_CLASSES
 from organseg.data.preprocess import ct_window_spec
@@ -33,15 +40,14 @@ from organseg.results import (
     ResultsSummary,
 )
 from record_keys import Keys, check_per_case, check_sidecar, check_summary
-from test_predict_many import CFG, _dataset, _net, _run, _scan
 
 #: summary.json fields only a cross-validation's pooled folds write (tests/test_crossval.py checks them)
 POOLED = ("pooled_folds", "folds")
 
 
 def test_results_folder_files_and_run_test_have_exactly_their_records_keys(tmp_path: Path) -> None:
-    runs = [_run(tmp_path / f"r{s}", s) for s in (1, 2)]
-    opts = {"data": _dataset(), "device": "cpu", "report": False, "viewer": False, "progress": False}
+    runs = [tiny_swin_run(tmp_path / f"r{s}", s) for s in (1, 2)]
+    opts = {"data": two_ct_volumes(), "device": "cpu", "report": False, "viewer": False, "progress": False}
     alone = run_test(runs[0], **opts)
     both = run_test(runs[0], ensemble=[runs[1]], tta=True, **opts)
     keys = Keys()
@@ -83,7 +89,7 @@ def test_results_folder_files_and_run_test_have_exactly_their_records_keys(tmp_p
 def _checkpoint(path: Path, *, empty: bool = False) -> Path:
     """A tiny Swin-Unet that records an orientation (its scans are turned, with a tilt); ``empty``: a zero
     head, so every voxel is background."""
-    net = _net(1)
+    net = tiny_swin_net(1)
     if empty:
         with torch.no_grad():
             net.swin_unet.output.weight.zero_()
@@ -94,7 +100,7 @@ def _checkpoint(path: Path, *, empty: bool = False) -> Path:
         class_names=list(SYNAPSE_CLASSES),
         preprocessing=ct_window_spec(),
         orientation=TRANSUNET_ORIENTATION,
-        config=CFG,
+        config=TINY_SWIN_CFG,
     )
     atomic_torch_save(ckpt, path)
     return path
@@ -103,7 +109,7 @@ def _checkpoint(path: Path, *, empty: bool = False) -> Path:
 def test_predict_sidecar_has_exactly_its_records_keys(tmp_path: Path) -> None:
     keys = Keys()
     ckpt = _checkpoint(tmp_path / "net.pt")
-    scan = _scan(tmp_path / "scan.nii.gz", 0)
+    scan = noise_ct_scan(tmp_path / "scan.nii.gz", 0)
     out = tmp_path / "nifti" / "scan.nii.gz"
     info = predict_file(
         ckpt, scan, out, overlay=tmp_path / "nifti" / "scan.png", viewer=True, device="cpu", progress=False
