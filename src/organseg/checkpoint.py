@@ -11,13 +11,25 @@ A checkpoint is a dict saved with ``torch.save`` and read with ``weights_only=Tr
     orientation   patient orientation code of the training arrays ("LPS", see organseg.imageio.orientation),
                   or None when the training data had none; absent in checkpoints written before it existed
     config        the resolved run configuration (plain data), may be {}
+    dataset       where the training data were and what they were (organseg.data.identity), when written
+                  by ``train``; absent in checkpoints written before it existed
     ...           training state (optimizer, scheduler, RNG, epoch, iteration) when written by ``train``
+    checksum      {"sha256": hex}: the digest of everything above (:func:`payload_digest`), added by
+                  :func:`atomic_torch_save` and verified by :func:`read_checkpoint`
 
 Everything is written atomically through :mod:`organseg.fileio`.
+
+Why a checksum inside the dict, over the loaded values, rather than a digest of the file's bytes beside it: it
+travels with the file (a checkpoint copied to another machine or renamed keeps it; a ``last.pt.sha256`` beside
+it would be left behind), and ``torch.load`` does not check the zip's CRCs, so bytes flipped in a tensor's
+data load as other numbers without a word. Hashing the loaded tensors' bytes in the dict's own order catches
+exactly that; damage to the pickled structure mostly fails to load at all, and what loads differently
+(a changed number) changes the digest too. Checkpoints written before the field still load, unchecked.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import zipfile
 from pathlib import Path
@@ -36,12 +48,63 @@ from organseg.models.state import describe_mismatch
 from organseg.models.state import first_keys as _first
 
 FORMAT = "organseg-checkpoint/1"
+#: The key of the checksum record (``{"sha256": hex digest of the rest}``) in a checkpoint file.
+CHECKSUM = "checksum"
 #: ``source.kind`` of a checkpoint made from an official Swin-Unet training file (see :func:`read_checkpoint`)
 OFFICIAL_SWIN_UNET = "official_swin_unet"
 
 
+def _feed(digest: Any, obj: Any) -> None:
+    """Add ``obj`` to ``digest`` in a canonical form: the type of every value, tensors by dtype, shape and
+    raw bytes, containers in their own order (a dict saved and loaded keeps its key order)."""
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous()
+        digest.update(f"T{t.dtype}{tuple(t.shape)}:".encode())
+        if t.numel():
+            digest.update(t.reshape(-1).view(torch.uint8).numpy())
+    elif isinstance(obj, dict):
+        digest.update(f"D{len(obj)}:".encode())
+        for key, value in obj.items():
+            _feed(digest, key)
+            _feed(digest, value)
+    elif isinstance(obj, (list, tuple)):
+        digest.update(f"{type(obj).__name__[0]}{len(obj)}:".encode())
+        for value in obj:
+            _feed(digest, value)
+    else:  # str, numbers, None, torch.Size / dtype: their repr is exact (floats round-trip)
+        digest.update(f"{type(obj).__name__}={obj!r};".encode())
+
+
+def payload_digest(ckpt: dict[str, Any]) -> str:
+    """The SHA-256 of a checkpoint dict's contents, its :data:`CHECKSUM` record aside (64 hex digits)."""
+    digest = hashlib.sha256()
+    _feed(digest, {k: v for k, v in ckpt.items() if k != CHECKSUM})
+    return digest.hexdigest()
+
+
+def _verify_checksum(obj: dict[str, Any], path: Path) -> dict[str, Any]:
+    """``obj`` without its checksum record, after checking it; CheckpointError on a mismatch. A checkpoint
+    written before checksums (no record) is returned as it is."""
+    record = obj.pop(CHECKSUM, None)
+    if record is None:
+        return obj
+    expected = record.get("sha256") if isinstance(record, dict) else None
+    actual = payload_digest(obj)
+    if expected != actual:
+        raise CheckpointError(
+            f"{path}: checksum mismatch (the file changed after it was written): its contents hash to "
+            f"sha256 {actual[:12]}..., it was written as {str(expected)[:12]}...; the disk or a copy damaged "
+            "it: use another checkpoint of the run (epoch_N.pt, best.pt) or train again"
+        )
+    return obj
+
+
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` through :func:`organseg.fileio.atomic_write` (temporary file, mode, clean-up)."""
+    """``torch.save`` through :func:`organseg.fileio.atomic_write` (temporary file, mode, clean-up). An
+    organseg checkpoint dict gets its :data:`CHECKSUM` record here, over what is written."""
+    if isinstance(obj, dict) and obj.get("format") == FORMAT:
+        obj = {k: v for k, v in obj.items() if k != CHECKSUM}
+        obj[CHECKSUM] = {"sha256": payload_digest(obj)}
 
     def write(tmp: Path) -> None:
         # Through a Python file object: a failed write (disk full) then raises OSError, which atomic_write
@@ -83,7 +146,7 @@ def read_checkpoint(
             f"{path}: not an organseg checkpoint (expected a dict with format={FORMAT!r}); "
             "official Swin-Unet or ImageNet weights are loaded with organseg.models.pretrained"
         )
-    return obj
+    return _verify_checksum(obj, path)
 
 
 def make_checkpoint(

@@ -208,7 +208,10 @@ def staged(*targets: PathLike, suffix: bool = False) -> Iterator[list[Path]]:
     """Temporary paths for a set of files that belong together (a label map and its JSON sidecar).
 
     The body writes each temporary; on success all are renamed into place, on any failure none is, and a
-    target already renamed when a later rename fails is removed again, so the set appears whole or not at all.
+    target already renamed when a later rename fails is put back as it was (the earlier file, kept by a hard
+    link until the set is in place; removed when there was none), so the set appears whole or not at all and
+    a failing write never loses what was there. The last target is renamed last: a set whose last file marks
+    it complete (a results folder's ``summary.json``) is never marked before the rest is in place.
     ``suffix=True`` keeps each target's format suffix on its temporary (for writers that choose the format
     from the name). An OSError becomes an OutputError naming the target.
     """
@@ -229,23 +232,55 @@ def staged(*targets: PathLike, suffix: bool = False) -> Iterator[list[Path]]:
         for tmp, final in zip(temps, finals, strict=True):
             current = final
             os.chmod(tmp, mode)
-        done: list[Path] = []
+        done: list[tuple[Path, Path | None]] = []
         try:
             for tmp, final in zip(temps, finals, strict=True):
                 current = final
-                os.replace(tmp, final)
-                done.append(final)
+                previous = _keep_previous(final) if len(finals) > 1 else None
+                try:
+                    os.replace(tmp, final)
+                except BaseException:
+                    if previous is not None:
+                        with contextlib.suppress(OSError):
+                            previous.unlink()
+                    raise
+                done.append((final, previous))
         except BaseException:
-            for final in done:
+            for final, previous in reversed(done):
                 with contextlib.suppress(OSError):
-                    final.unlink()
+                    if previous is not None:
+                        os.replace(previous, final)
+                    else:
+                        final.unlink()
             raise
+        finally:
+            for _, previous in done:
+                if previous is not None:
+                    with contextlib.suppress(OSError):
+                        previous.unlink()
     except OSError as exc:
         raise OutputError(f"{current}: cannot write ({_reason(exc)})") from None
     finally:
         for tmp in temps:
             with contextlib.suppress(OSError):
                 tmp.unlink()
+
+
+def _keep_previous(final: Path) -> Path | None:
+    """A hard link to ``final`` (None when there is none) under a temporary name: the earlier file of a set,
+    put back by :func:`staged` if a later rename of the set fails. Without hard links (some network file
+    systems) the earlier file cannot be kept cheaply, and None leaves the old behaviour: removed."""
+    if not final.is_file():
+        return None
+    keep = _make_temp(final, "")  # a temporary's name: swept like one when a killed writer leaves it
+    try:
+        keep.unlink()
+        os.link(final, keep)
+    except OSError:
+        with contextlib.suppress(OSError):
+            keep.unlink()
+        return None
+    return keep
 
 
 def atomic_write(path: PathLike, write: Callable[[Path], None], *, suffix: bool = False) -> None:

@@ -80,6 +80,23 @@ class _SummaryCore(TypedDict):
     seconds: float  #: evaluation wall time (prediction and metrics), 2 decimals
 
 
+class ProtocolMeans(TypedDict, total=False):
+    """A member's means under one protocol (the keys its summary block has of these three)."""
+
+    mean_dice: float | None
+    mean_hd95: float | None
+    hd95_unit: str
+
+
+class MemberSummary(TypedDict):
+    """``members[k]`` of an ensemble's or TTA's ``summary.json``: one member tested alone."""
+
+    checkpoint: str
+    results_dir: str  #: the member's own results folder
+    reference: ProtocolMeans
+    corrected: ProtocolMeans
+
+
 class SummaryExtra(TypedDict, total=False):
     """The fields of ``summary.json`` that depend on who wrote it, in the order they are written.
 
@@ -90,8 +107,13 @@ class SummaryExtra(TypedDict, total=False):
     ``organseg test`` (:func:`organseg.evaluation.tester.run_test`): ``model_name`` (None for an official
     checkpoint), ``checkpoint`` (the path), ``data`` (the dataset root or name), ``precision``, ``device``,
     ``inference`` (``"batched (N slices)"`` or ``"reference loop"``), ``orientation`` (the network's
-    orientation code; None: volumes as stored) and ``orientation_notes``; with ``--ensemble`` or ``--tta``
-    also ``ensemble`` (every member's checkpoint path) and ``tta``.
+    orientation code; None: volumes as stored) and ``orientation_notes``; then what the results are of, so
+    that they are reused only for the same (:meth:`organseg.run.ResultsDir.stale`): ``checkpoint_sha256`` (the
+    SHA-256 of the checkpoint file tested; None for an ensemble or TTA), ``max_cases`` (the ``--max-cases``
+    that cut the split short; None: the whole split)
+    and ``data_fingerprint`` (the dataset's, :mod:`organseg.data.identity`; None when not recorded); with
+    ``--ensemble`` or ``--tta`` also ``ensemble`` (every member's checkpoint path), ``tta`` and ``members``
+    (each member tested alone: :class:`MemberSummary`).
 
     A cross-validation's pooled folds (:func:`organseg.study.crossval.pool_folds`, ``OUT/cv/<run>/``):
     ``pooled_folds`` (the fold run names), ``folds`` (k), ``checkpoint``, ``precision`` and ``data`` of the
@@ -109,8 +131,12 @@ class SummaryExtra(TypedDict, total=False):
     inference: str
     orientation: str | None
     orientation_notes: list[str]
+    checkpoint_sha256: str | None
+    max_cases: int | None
+    data_fingerprint: str | None
     ensemble: list[str]
     tta: bool
+    members: list[MemberSummary]
     pooled_folds: list[str]
     folds: int
 

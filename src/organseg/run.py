@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from organseg.errors import DataError
-from organseg.fileio import atomic_write_text, read_json, read_text, read_yaml
+from organseg.fileio import atomic_write_text, file_sha256, read_json, read_text, read_yaml
 from organseg.results import ResultsSummary
 
 CONFIG = "config.yaml"
@@ -143,6 +143,50 @@ class ResultsDir:
 
     def summary(self) -> ResultsSummary:
         return read_test_summary(self.summary_file)
+
+    def stale(
+        self,
+        checkpoint: str | Path,
+        *,
+        split: str | None = None,
+        precision: str | None = None,
+        data_fingerprint: str | None = None,
+    ) -> str | None:
+        """Why these results are not the test of ``checkpoint`` as it is now, in words; None when they are.
+
+        The one reuse rule (``compare`` tests such a run again, ``compare --collect`` skips it, saying why):
+        results are of a checkpoint when they were computed from its very bytes (``checkpoint_sha256``; a
+        summary written before organseg recorded it: written after the checkpoint file), on the whole split
+        (no ``--max-cases``), and, when given, on ``split``, at ``precision`` and on the dataset of
+        ``data_fingerprint``."""
+        if not self.exists():
+            return f"no {self.summary_file}"
+        try:
+            s = self.summary()
+        except DataError as exc:
+            return str(exc)
+        checkpoint = Path(checkpoint)
+        if not checkpoint.is_file():
+            return f"{checkpoint} is gone"
+        if "checkpoint_sha256" in s:
+            if s.get("checkpoint_sha256") is None:
+                return "they are an ensemble's or a TTA's, not this checkpoint's alone"
+            if s["checkpoint_sha256"] != file_sha256(checkpoint):
+                return f"they were tested with another {checkpoint.name} (the run was trained on since)"
+        elif self.summary_file.stat().st_mtime < checkpoint.stat().st_mtime:
+            return f"{checkpoint.name} was written after them (the run was trained on or resumed since)"
+        elif Path(str(s.get("checkpoint"))).name != checkpoint.name:
+            return f"they were tested with {s.get('checkpoint')}, not {checkpoint.name}"
+        if s.get("max_cases") is not None:
+            return f"they cover {s.get('cases')} case(s) only (--max-cases {s['max_cases']}), not the split"
+        if split is not None and s.get("split") != split:
+            return f"they are of the {s.get('split')} split, not {split}"
+        if precision is not None and s.get("precision") != precision:
+            return f"they were tested at precision {s.get('precision')}, not {precision}"
+        recorded = s.get("data_fingerprint")  # unknown in a summary written before organseg recorded it
+        if data_fingerprint is not None and recorded is not None and recorded != data_fingerprint:
+            return f"they were tested on another dataset ({s.get('data')})"
+        return None
 
 
 class RunDir:

@@ -320,14 +320,16 @@ class EvaluationResult:
         return "\n".join(lines) + "\n"
 
     def write(self, folder: str | Path, extra_summary: SummaryExtra | None = None) -> dict[str, Path]:
-        """Write ``per_case.csv``, ``per_case.json``, ``summary.json``, ``reference_log.txt`` atomically, as
-        one set: a full disk leaves the previous results folder as it was, not a mix of old and new files."""
+        """Write ``per_case.csv``, ``per_case.json``, ``reference_log.txt``, ``summary.json`` atomically, as
+        one set: a full disk leaves the previous results folder as it was, not a mix of old and new files.
+        ``summary.json`` comes last: it marks the results folder complete (:meth:`ResultsDir.exists`), so the
+        caller writes every other file of the folder before this."""
         res = ResultsDir(folder)
         paths = {
             "per_case_csv": res.file(res.PER_CASE_CSV),
             "per_case_json": res.file(res.PER_CASE_JSON),
-            "summary": res.summary_file,
             "reference_log": res.file(res.REFERENCE_LOG),
+            "summary": res.summary_file,
         }
         rows = self.rows()
         buf = io.StringIO()
@@ -339,8 +341,8 @@ class EvaluationResult:
         texts = [
             buf.getvalue(),
             json.dumps(self.per_case(), indent=1) + "\n",
-            json.dumps(summary, indent=1) + "\n",
             self.reference_log(),
+            json.dumps(summary, indent=1) + "\n",
         ]
         with staged(*paths.values()) as temps:
             for tmp, text in zip(temps, texts, strict=True):

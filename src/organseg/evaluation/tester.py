@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypedDict
@@ -12,10 +13,11 @@ import torch
 from organseg.data.base import SegmentationDataset, Volume
 from organseg.data.classes import check_same_classes
 from organseg.data.detect import resolve_dataset
+from organseg.data.identity import check_same_dataset, dataset_fingerprint, mismatch_message, recorded_root
 from organseg.device import resolve_device
 from organseg.errors import DataError
 from organseg.evaluation.evaluate import evaluate_dataset
-from organseg.fileio import check_output, check_output_dir, check_output_file
+from organseg.fileio import check_output, check_output_dir, check_output_file, file_sha256
 from organseg.formatting import num
 from organseg.imageio.volumes import Geometry, write_image
 from organseg.inference.sources import (
@@ -31,26 +33,9 @@ from organseg.locks import folder_lock
 from organseg.reporting.report import OverlayCollector, write_report
 from organseg.reporting.tables import results_table
 from organseg.reporting.viewer import VIEWER_DIR, CaseViewers, chain
-from organseg.results import ResultsSummary, SummaryExtra
+from organseg.results import MemberSummary, ProtocolMeans, ResultsSummary, SummaryExtra
 from organseg.run import ResultsDir, RunDir
 from organseg.values import OPTIONAL_POSITIVE_INT, POSITIVE_INT, check_value
-
-
-class ProtocolMeans(TypedDict, total=False):
-    """A member's means under one protocol (the keys its summary block has of these three)."""
-
-    mean_dice: float | None
-    mean_hd95: float | None
-    hd95_unit: str
-
-
-class MemberSummary(TypedDict):
-    """``members[k]`` of an ensemble's or TTA's :class:`RunTestResult`: one member tested alone."""
-
-    checkpoint: str
-    results_dir: str  #: the member's own results folder
-    reference: ProtocolMeans
-    corrected: ProtocolMeans
 
 
 class _RunTestCore(TypedDict):
@@ -60,22 +45,37 @@ class _RunTestCore(TypedDict):
 
 
 class RunTestResult(ResultsSummary, _RunTestCore, total=False):
-    """What :func:`run_test` returns: the ``summary.json`` written (:class:`ResultsSummary`), then
-    ``results_dir``, ``table`` and ``report``; with ``--ensemble`` or ``--tta`` also ``members``."""
-
-    members: list[MemberSummary]
+    """What :func:`run_test` returns: the ``summary.json`` written (:class:`ResultsSummary`, with
+    ``--ensemble`` or ``--tta`` its ``members``), then ``results_dir``, ``table`` and ``report``."""
 
 
 def _open_dataset(
-    data: str | Path | SegmentationDataset | None, ckpt: dict[str, Any], whole: bool = False
+    data: str | Path | SegmentationDataset | None, ckpt: dict[str, Any], tgt: RunTarget, whole: bool = False
 ) -> SegmentationDataset:
     """The checkpoint's dataset (its ``data.fold`` view), or with ``whole`` the dataset's own splits: the
-    fold models of a cross-validation tested as one ensemble (every fold saw all but its own subjects)."""
+    fold models of a cross-validation tested as one ensemble (every fold saw all but its own subjects).
+
+    Without ``data``, the folder the run recorded (:mod:`organseg.data.identity`), which must still be the
+    dataset it was trained on; a ``data`` given that is another dataset is tested as asked, with a note."""
     missing = "no test data: pass --data DIR (the checkpoint's configuration has no data.root)"
     config = ckpt.get("config")
+    record = ckpt.get("dataset")
+    source = tgt.checkpoint_path
+    if data is None:
+        env = RunDir(tgt.run_dir).env() if tgt.run_dir is not None else None
+        root = recorded_root(record, config, source, env.raw.get("cwd") if env else None)
+        if root is not None:
+            config = {**(config or {}), "data": {**((config or {}).get("data") or {}), "root": root}}
     if whole and config:
         config = {**config, "data": {**(config.get("data") or {}), "fold": None}}
-    return resolve_dataset(data, config, missing)
+    dataset = resolve_dataset(data, config, missing)
+    if data is None:
+        check_same_dataset(record, dataset, source)
+    elif record:
+        note = mismatch_message(record, dataset, source)
+        if note:
+            print(f"organseg test: note: {note}; testing on it as asked", file=sys.stderr, flush=True)
+    return dataset
 
 
 def _nifti_writer(folder: Path, collector: OverlayCollector):
@@ -164,6 +164,15 @@ def run_test(
         )
         for k, t in enumerate(targets)
     ]
+    members_record: list[MemberSummary] = [
+        {
+            "checkpoint": m["checkpoint"],
+            "results_dir": m["results_dir"],
+            "reference": _means(m["reference"]),
+            "corrected": _means(m["corrected"]),
+        }
+        for m in alone
+    ]
     summary = _test_one(
         name,
         data=data,
@@ -178,17 +187,9 @@ def run_test(
         tta=tta,
         whole=whole,
         orientation=network_orientation([m.ckpt for m in members], [m.source for m in members]),
+        members=members_record,
         **common,
     )
-    summary["members"] = [
-        {
-            "checkpoint": m["checkpoint"],
-            "results_dir": m["results_dir"],
-            "reference": _means(m["reference"]),
-            "corrected": _means(m["corrected"]),
-        }
-        for m in alone
-    ]
     summary["table"] += "\n\n" + members_table(summary, alone)
     return summary
 
@@ -289,6 +290,7 @@ def _test_one(
     tta: bool = False,
     whole: bool = False,
     orientation: tuple[str | None, list[str]] | None = None,
+    members: list[MemberSummary] | None = None,
 ) -> RunTestResult:
     """One network (``tgt``'s checkpoint, or ``model`` with ``ckpt``'s fields) on ``split`` (of the whole
     dataset, not the checkpoint's fold, with ``whole``). ``orientation``: the network's orientation code and
@@ -300,7 +302,7 @@ def _test_one(
         model, ckpt = member.model, member.ckpt
     assert ckpt is not None
     code, orientation_notes = orientation or network_orientation([ckpt], [str(tgt.checkpoint_path)])
-    dataset = _open_dataset(data, ckpt, whole)
+    dataset = _open_dataset(data, ckpt, tgt, whole)
     _check_classes(tgt, ckpt, dataset)
     model.to(dev)
     folder = _checked_results_folder(tgt, split, out, dataset, sources, report)
@@ -334,10 +336,22 @@ def _test_one(
             "orientation": code,
             "orientation_notes": orientation_notes,
         }
+        # What the results are of, so that they are reused only for the same (organseg.run.ResultsDir.stale):
+        # the checkpoint's bytes, the whole split or not, and the dataset.
+        cut = max_cases is not None and max_cases < len(dataset.case_ids(split))
+        extra.update(
+            checkpoint_sha256=None if sources else file_sha256(tgt.checkpoint_path),
+            max_cases=max_cases if cut else None,
+            data_fingerprint=dataset_fingerprint(dataset)["digest"],
+        )
         if sources:
             extra.update(ensemble=list(sources), tta=tta)
-        result.write(folder, extra)
+        if members is not None:
+            extra.update(members=members)
+        # summary.json is the results folder's completion mark: the overlays first, then the set whose last
+        # file is the summary (ResultsDir.exists() is true only once everything is in place).
         collector.save(ResultsDir(folder).file(ResultsDir.OVERLAYS))
+        result.write(folder, extra)
         summary: RunTestResult = {**result.summary(), **extra, "results_dir": str(folder)}
         summary["table"] = results_table(summary, ckpt.get("model_name"))
         summary["report"] = str(write_report(_report_root(tgt, out, folder))) if report else None

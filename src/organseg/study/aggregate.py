@@ -10,6 +10,7 @@ the same swept values form a group; its numbers are the mean and sample standard
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from organseg import __version__
-from organseg.errors import DataError
+from organseg.errors import DataError, OutputError
 from organseg.fileio import check_output_dir
 from organseg.formatting import fmt_value
 from organseg.metrics import PROTOCOLS
@@ -264,6 +265,19 @@ def _costs(groups: Sequence[GroupRecord], runs: Sequence[RunResult], n_classes: 
     ]
 
 
+def _check_out_outside_runs(out: Path, dirs: Sequence[Path]) -> None:
+    """The comparison files may not go into a run folder being collected (nor below one): they would mix with
+    the run's own files, and a later collect would read that folder as a study."""
+    where = Path(os.path.realpath(out))
+    for d in dirs:
+        run = Path(os.path.realpath(d))
+        if where == run or run in where.parents:
+            raise OutputError(
+                f"--out {out}: is {'' if where == run else 'inside '}the run folder {d} being collected; "
+                "write the comparison to a folder of its own"
+            )
+
+
 def collect(
     out: str | Path,
     run_dirs: Sequence[str | Path] | None = None,
@@ -287,6 +301,7 @@ def collect(
     dirs = [Path(d) for d in run_dirs] if run_dirs is not None else find_runs(out)
     if not dirs:
         raise DataError(f"{out / STUDY_RUNS}: no run folders (with config.yaml) to collect")
+    _check_out_outside_runs(out, dirs)
     if split is None:
         folds = [(RunDir(d).config.get("data") or {}).get("fold") for d in dirs if RunDir(d).is_run()]
         cv = any(f is not None for f in folds)

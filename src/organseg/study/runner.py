@@ -25,6 +25,7 @@ from organseg.checkpoint import read_checkpoint
 from organseg.data import open_dataset
 from organseg.data.detect import layout_options
 from organseg.data.folds import apply_data_config
+from organseg.data.identity import dataset_fingerprint
 from organseg.device import resolve_device
 from organseg.errors import ConfigError, DataError, OrgansegError
 from organseg.evaluation.tester import run_test
@@ -71,17 +72,9 @@ def run_state(run_dir: Path, cfg: dict) -> tuple[str, int]:
 
 
 def _fresh_results(results: ResultsDir, checkpoint: Path, precision: str) -> bool:
-    """Whether the results' ``summary.json`` was computed from this very checkpoint file at this precision."""
-    summary = results.summary_file
-    if not summary.is_file() or not checkpoint.is_file():
-        return False
-    if summary.stat().st_mtime < checkpoint.stat().st_mtime:
-        return False
-    try:
-        s = results.summary()
-    except DataError:
-        return False
-    return s.get("precision") == precision and Path(str(s.get("checkpoint"))).name == checkpoint.name
+    """Whether the results are the test of this very checkpoint on the whole split at ``precision`` (the
+    one rule: :meth:`organseg.run.ResultsDir.stale`); the cluster launcher asks it too."""
+    return results.stale(checkpoint, precision=precision) is None
 
 
 class _Study:
@@ -89,6 +82,7 @@ class _Study:
 
     def __init__(self, out: Path, plans: list[PlannedRun], dataset: Any, test_options: dict[str, Any]):
         self.out, self.plans, self.dataset, self.opts = out, plans, dataset, test_options
+        self.data_fingerprint = dataset_fingerprint(dataset)["digest"]
         self.heads = {p.name: f"[{n}/{len(plans)}] {p.name}" for n, p in enumerate(plans, start=1)}
         self.trained: list[str] = []
         self.tested: list[str] = []
@@ -137,11 +131,20 @@ class _Study:
         run = self.run_dir(plan)
         test_precision = plan.config["train"]["precision"]
         results = run.results(o["split"], o["checkpoint"])
-        if _fresh_results(results, run.checkpoint(o["checkpoint"]), test_precision):
+        # Reused only when they are the test of this very checkpoint on the whole split (ResultsDir.stale).
+        stale = results.stale(
+            run.checkpoint(o["checkpoint"]),
+            split=o["split"],
+            precision=test_precision,
+            data_fingerprint=self.data_fingerprint,
+        )
+        if stale is None:
             print(f"{self.heads[plan.name]}: {o['split']} results up to date, reused", flush=True)
             return
+        again = f", again: {stale}" if results.exists() else ""
         print(
-            f"{self.heads[plan.name]}: testing on the {o['split']} split ({o['checkpoint']}.pt)", flush=True
+            f"{self.heads[plan.name]}: testing on the {o['split']} split ({o['checkpoint']}.pt){again}",
+            flush=True,
         )
         run_test(  # no viewer pages: a study's many runs would each write one per case
             run.path,

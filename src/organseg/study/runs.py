@@ -5,6 +5,7 @@ tested on the same classes.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,9 +56,22 @@ def find_runs(out: str | Path) -> list[Path]:
 def read_runs(
     dirs: Sequence[Path], split: str, checkpoint: str, models: Sequence[str] | None
 ) -> tuple[list[RunResult], list[SkippedRun]]:
-    """The tested runs among ``dirs`` (of ``models``), and the untested ones as skipped records."""
+    """The tested runs among ``dirs`` (of ``models``), and the others as skipped records: untested, or tested
+    otherwise than as they are now (:meth:`ResultsDir.stale`: another checkpoint, a part of the split).
+
+    A folder named twice (the same path, or two paths of one folder: a symbolic link, ``runs/x`` and
+    ``./runs/x``) is counted once, with a note: counting it twice would make one run two seeds."""
     runs, skipped = [], []
+    seen: dict[str, Path] = {}
     for d in dirs:
+        key = os.path.realpath(d)
+        if key in seen:
+            print(
+                f"organseg compare: {d}: the run folder {seen[key]} again; counted once (duplicate dropped)",
+                flush=True,
+            )
+            continue
+        seen[key] = Path(d)
         run = RunDir(d)
         if not run.is_run():
             raise DataError(f"{d}: not a run folder (no config.yaml)")
@@ -70,6 +84,15 @@ def read_runs(
             reason = (
                 f"no {results.summary_file}: test it with "
                 f"`organseg test {d} --checkpoint {checkpoint} --split {split}`"
+            )
+            print(f"organseg compare: skipping {d.name}: {reason}", flush=True)
+            skipped.append({"run_dir": str(d), "reason": reason})
+            continue
+        stale = results.stale(run.checkpoint(checkpoint), split=split)
+        if stale is not None:
+            reason = (
+                f"{results.summary_file} is not the test of {checkpoint}.pt as it is now: {stale}; "
+                f"test it again with `organseg test {d} --checkpoint {checkpoint} --split {split}`"
             )
             print(f"organseg compare: skipping {d.name}: {reason}", flush=True)
             skipped.append({"run_dir": str(d), "reason": reason})

@@ -22,6 +22,7 @@ from organseg.checkpoint import atomic_torch_save, make_checkpoint, read_checkpo
 from organseg.data.base import SegmentationDataset
 from organseg.data.classes import check_same_classes
 from organseg.data.detect import resolve_dataset
+from organseg.data.identity import check_same_dataset, data_record
 from organseg.errors import CheckpointError, ConfigError, OrgansegError
 from organseg.fileio import check_output, check_output_dir
 from organseg.formatting import duration
@@ -77,14 +78,14 @@ def open_dataset_for(data: str | Path | SegmentationDataset | None, cfg: dict) -
     return resolve_dataset(data, cfg, "no training data: pass --data DIR (or set data.root)")
 
 
-def _checkpoint(model: nn.Module, cfg: dict, args: dict, dataset: SegmentationDataset, **state: Any) -> dict:
+def _checkpoint(model: nn.Module, cfg: dict, args: dict, data: SegmentationDataset, **state: Any) -> dict:
     return make_checkpoint(
         model,
         model_name=cfg["model"]["name"],
         model_args=args,
-        class_names=list(dataset.class_names),
-        preprocessing=dataset.preprocessing,
-        orientation=dataset.orientation,
+        class_names=list(data.class_names),
+        preprocessing=data.preprocessing,
+        orientation=data.orientation,
         config=cfg,
         **state,
     )
@@ -204,6 +205,7 @@ def _resume_state(
                 expected_are=f"the dataset {dataset.location} has {len(new)}",
                 then="resume with the run's dataset, or train into another --out",
             )
+            check_same_dataset(state.get("dataset"), dataset, last_path)
             diff = config_differences(state["config"], cfg)  # train.fitted_iterations aside: taken below
             if diff:
                 raise ConfigError(
@@ -239,6 +241,9 @@ class Trainer:
         self.cfg, self.dataset, self.env, self.main = cfg, dataset, env, env.is_main
         self.run = RunDir(run_dir)
         self.last_path = self.run.checkpoint("last")
+        # Where the data are and what they are, in every checkpoint (organseg.data.identity): test and resume
+        # find and check the dataset by it, whatever folder they are started from.
+        self.data_record = data_record(dataset, cfg["data"].get("root"))
         self.amp_dtype = autocast_dtype(train_cfg["precision"], env.device)
         seed_all(train_cfg["seed"])
         self.model_args = model_args(cfg, dataset.num_classes)
@@ -329,6 +334,7 @@ class Trainer:
             self.model_args,
             self.dataset,
             **extra,
+            dataset=self.data_record,
             iteration=self.iteration,
             epoch=self.iteration // per_epoch,
             iterations_per_epoch=per_epoch,

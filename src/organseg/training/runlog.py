@@ -77,6 +77,7 @@ def environment(device: torch.device, precision: str, world_size: int) -> dict[s
         "world_size": world_size,
         "precision": precision,
         "command": sys.argv,
+        "cwd": os.getcwd(),  # what a relative data.root or --out of the command line is relative to
     }
 
 
