@@ -156,13 +156,26 @@ def test_flipped_bytes_in_a_checkpoint_are_a_checksum_mismatch(world, run, capsy
     last = RunDir(run).checkpoint("last")
     _flip(last)
     torch.load(last, weights_only=True)  # torch itself does not notice
-    resume = ["train", "unet_synapse", "--data", str(world / "a" / "syn"), "--out", str(run), "--resume", *SETS]
+    resume = [
+        "train",
+        "unet_synapse",
+        "--data",
+        str(world / "a" / "syn"),
+        "--out",
+        str(run),
+        "--resume",
+        *SETS,
+    ]
     for argv in (resume, ["test", str(run), "--checkpoint", "last", *data(world), *TEST]):
         one_line_error(capsys, argv, "last.pt", "checksum mismatch (the file changed after it was written)")
 
 
 def test_checksum_round_trip_and_old_checkpoints_without_one(tmp_path) -> None:
-    ckpt = {"format": "organseg-checkpoint/1", "model": {"w": torch.arange(6.0).reshape(2, 3)}, "iteration": 7}
+    ckpt = {
+        "format": "organseg-checkpoint/1",
+        "model": {"w": torch.arange(6.0).reshape(2, 3)},
+        "iteration": 7,
+    }
     atomic_torch_save(ckpt, tmp_path / "new.pt")
     assert "checksum" in torch.load(tmp_path / "new.pt", weights_only=True)
     back = read_checkpoint(tmp_path / "new.pt")
@@ -259,7 +272,9 @@ def test_compare_tests_again_results_of_a_part_of_the_split(world, study, capsys
     argv = ["compare", "--data", str(world / "a" / "syn"), "--models", "unet", "--seeds", "1"]
     assert main([*argv, "--preset", preset, "--out", str(out), "--device", "cpu", "--no-report"]) == 0
     text = capsys.readouterr().out
-    assert "again: they cover 1 case(s) only (--max-cases 1)" in text and "reused" not in text.split("train")[-1]
+    assert (
+        "again: they cover 1 case(s) only (--max-cases 1)" in text and "reused" not in text.split("train")[-1]
+    )
     assert _summary(run)["cases"] == 2
 
 

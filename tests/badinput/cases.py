@@ -16,7 +16,17 @@ from pathlib import Path
 
 import numpy as np
 
-from badinput.inputs import GARBAGE, TRAIN_SETS, Ctx, edit_checkpoint, edit_h5, edit_nifti, edit_npz, truncate
+from badinput.inputs import (
+    GARBAGE,
+    TRAIN_SETS,
+    Ctx,
+    edit_checkpoint,
+    edit_h5,
+    edit_nifti,
+    edit_npz,
+    flip_tensor_bytes,
+    truncate,
+)
 from synthetic_scan import diagonal_frame
 
 GROUPS = {
@@ -33,6 +43,7 @@ GROUPS = {
     "device": "Devices this build does not have",
     "resources": "Crashes and memory-impossible requests",
     "busy": "Output folders another organseg process is writing",
+    "right-runs": "The right data, the right runs: a run's dataset, checkpoint checksums, results reused",
 }
 
 
@@ -2580,6 +2591,131 @@ for cid, what, setup, argv, expect in [
     ),
 ]:
     add(cid, argv[0], what, setup, argv, [*expect, *BUSY], group="busy")
+
+
+# ---------------------------------------------------------------- the right data, the right runs (issue 27):
+# a run records its dataset (where and what: organseg.data.identity), checkpoints carry a checksum, results
+# are reused only when they are the test of the checkpoint as it is, on the whole split
+
+
+def _record(fn):
+    """Change the dataset record of the run's last.pt with ``fn(record, ctx)``."""
+
+    def run(c: Ctx) -> None:
+        edit_checkpoint(c.t / "run/checkpoints/last.pt", lambda ck: fn(ck["dataset"], c))
+
+    return run
+
+
+def _other_test_cases(record: dict, c: Ctx) -> None:
+    """The run's dataset folder is {t}/syn, whose test cases have changed since (as the record says)."""
+    record["resolved"] = str(c.t / "syn")
+    record["fingerprint"]["splits"]["test"] = {"cases": 2, "sha256": "0123456789abcdef"}
+    record["fingerprint"]["digest"] = "0123456789abcdef"
+
+
+def _old_relative_run(c: Ctx) -> None:
+    """A run written before the record: data.root relative, no starting folder in env.json."""
+
+    def fn(ck: dict) -> None:
+        ck.pop("dataset")
+        ck["config"]["data"]["root"] = "../syn"
+
+    edit_checkpoint(c.t / "run/checkpoints/last.pt", fn)
+    env = c.t / "run/env.json"
+    env.write_text(json.dumps({k: v for k, v in json.loads(env.read_text()).items() if k != "cwd"}))
+
+
+def _summary_edit(rel: str, **values):
+    def run(c: Ctx) -> None:
+        path = c.t / rel
+        path.write_text(json.dumps({**json.loads(path.read_text()), **values}))
+
+    return run
+
+
+RESUME = ["train", "unet_synapse", "--data", "{t}/syn", "--out", "{t}/run", "--resume", *TRAIN_SETS]
+COLLECTED = "study/runs/unet__seed1234"
+for cid, verb, what, setup, argv, expect in [
+    (
+        "test-run-data-changed",
+        "test",
+        "test a run without --data: its recorded dataset folder now lists other test cases",
+        steps(cp("run"), cp("syn"), _record(_other_test_cases)),
+        ["test", "{t}/run", "--checkpoint", "last", "--no-report"],
+        ["last.pt", "syn", "other test cases"],
+    ),
+    (
+        "test-run-relative-root-unrecorded",
+        "test",
+        "test without --data a run of an older organseg whose data.root is relative (../syn)",
+        steps(cp("run"), _old_relative_run),
+        ["test", "{t}/run", "--checkpoint", "last", "--no-report"],
+        ["data.root", "../syn", "ambiguous", "--data"],
+    ),
+    (
+        "train-resume-data-changed",
+        "train",
+        "train --resume on a dataset whose test cases are not the run's",
+        steps(cp("run"), cp("syn"), _record(_other_test_cases)),
+        RESUME,
+        ["last.pt", "syn", "other test cases"],
+    ),
+    (
+        "test-checkpoint-flipped-bytes",
+        "test",
+        "last.pt with 256 flipped bytes in a tensor (torch.load reads it without a word)",
+        steps(TEST_SETUP, on("run/checkpoints/last.pt", flip_tensor_bytes)),
+        [*TEST, "--checkpoint", "last"],
+        ["last.pt", "checksum mismatch"],
+    ),
+    (
+        "train-resume-flipped-bytes",
+        "train",
+        "train --resume of a last.pt with 256 flipped bytes in a tensor",
+        steps(cp("run"), cp("syn"), on("run/checkpoints/last.pt", flip_tensor_bytes)),
+        RESUME,
+        ["last.pt", "checksum mismatch"],
+    ),
+    (
+        "compare-collect-results-of-older-checkpoint",
+        "compare",
+        "compare --collect of a run trained on (last.pt rewritten) since it was tested",
+        steps(
+            cp("run", COLLECTED),
+            on(f"{COLLECTED}/checkpoints/last.pt", lambda p: edit_checkpoint(p, _set("iteration", 2))),
+        ),
+        ["compare", "--collect", "--out", "{t}/study"],
+        ["test_last", "another last.pt"],
+    ),
+    (
+        "compare-collect-results-of-max-cases",
+        "compare",
+        "compare --collect of a run tested with --max-cases (a part of the split)",
+        steps(
+            cp("run", COLLECTED), _summary_edit(f"{COLLECTED}/results/test_last/summary.json", max_cases=1)
+        ),
+        ["compare", "--collect", "--out", "{t}/study"],
+        ["test_last", "--max-cases 1"],
+    ),
+    (
+        "compare-collect-out-is-run",
+        "compare",
+        "compare --collect RUN --out RUN: the comparison into the run folder it collects",
+        cp("run"),
+        ["compare", "--collect", "{t}/run", "--out", "{t}/run"],
+        ["--out", "run"],
+    ),
+    (
+        "compare-collect-out-in-run",
+        "compare",
+        "compare --collect RUN --out RUN/cmp: the comparison inside the run folder it collects",
+        cp("run"),
+        ["compare", "--collect", "{t}/run", "--out", "{t}/run/cmp"],
+        ["--out", "run/cmp", "inside"],
+    ),
+]:
+    add(cid, verb, what, setup, argv, expect, group="right-runs")
 
 
 def by_id() -> dict[str, Case]:

@@ -309,9 +309,11 @@ def collect(
     runs, skipped = read_runs(dirs, split, checkpoint, models)
     skipped = [{"run_dir": k, "reason": v} for k, v in (failed or {}).items()] + skipped
     if not runs:
+        # The reason of the first (a stale result says what it is of) rather than only "no results".
+        first = f"; {Path(skipped[-1]['run_dir']).name}: {skipped[-1]['reason']}" if skipped else ""
         raise DataError(
             f"{out}: none of the {len(dirs)} run folder(s) has {split}_{checkpoint} results "
-            f"(test them with `organseg test RUN_DIR --checkpoint {checkpoint} --split {split}`)"
+            f"(test them with `organseg test RUN_DIR --checkpoint {checkpoint} --split {split}`){first}"
         )
     class_names = common_class_names(runs)
     keys = (
