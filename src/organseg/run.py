@@ -138,7 +138,9 @@ class ResultsDir:
         return self.path / self.SUMMARY
 
     def exists(self) -> bool:
-        """Whether a test wrote its summary here (the other files are written with it, as one set)."""
+        """Whether a test finished here: ``summary.json`` is the folder's completion mark, written last (after
+        the overlays, viewer pages and NIfTI files, renamed after the per-case files of its set), so a test
+        stopped half-way (a full disk, a kill) leaves no summary and no folder that later commands accept."""
         return self.summary_file.is_file()
 
     def summary(self) -> ResultsSummary:

@@ -271,7 +271,7 @@ def _check_out_outside_runs(out: Path, dirs: Sequence[Path]) -> None:
     where = Path(os.path.realpath(out))
     for d in dirs:
         run = Path(os.path.realpath(d))
-        if where == run or run in where.parents:
+        if RunDir(d).is_run() and (where == run or run in where.parents):  # not a run: read_runs says so
             raise OutputError(
                 f"--out {out}: is {'' if where == run else 'inside '}the run folder {d} being collected; "
                 "write the comparison to a folder of its own"
