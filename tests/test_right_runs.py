@@ -115,10 +115,10 @@ def test_a_changed_dataset_is_one_line_naming_both(world, run, capsys) -> None:
     assert not (run / "results" / "test_last").exists()
 
 
-def test_another_dataset_given_with_data_is_tested_with_a_note(world, run, capsys) -> None:
+def test_another_dataset_given_with_data_is_tested_with_a_warning(world, run, capsys) -> None:
     assert main(["test", str(run), "--data", str(world / "b" / "syn"), *TEST]) == 0
     err = capsys.readouterr().err
-    assert "note:" in err and str(world / "b" / "syn") in err and "trained on the dataset" in err
+    assert "warning:" in err and str(world / "b" / "syn") in err and "trained on the dataset" in err
 
 
 def test_an_old_run_with_a_relative_root_is_ambiguous_unless_its_folder_is_known(world, run, capsys) -> None:

@@ -7,7 +7,7 @@ is read, so a fingerprint costs a folder listing. Later uses check it:
 
 * ``test`` without ``--data`` opens the recorded folder (not ``data.root`` against whatever folder the command
   is started from) and refuses it when its fingerprint differs: the folder was changed or replaced since;
-* ``test --data DIR`` on a dataset with another fingerprint says so in one line and tests it as asked
+* ``test --data DIR`` on a dataset with another fingerprint warns in one line and tests it as asked
   (testing a network on another dataset of the same classes is a legitimate external test);
 * ``train --resume`` refuses another dataset; a study tests again a run whose results were computed on
   another one (the results' ``data_fingerprint``).

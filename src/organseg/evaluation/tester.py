@@ -56,7 +56,7 @@ def _open_dataset(
     fold models of a cross-validation tested as one ensemble (every fold saw all but its own subjects).
 
     Without ``data``, the folder the run recorded (:mod:`organseg.data.identity`), which must still be the
-    dataset it was trained on; a ``data`` given that is another dataset is tested as asked, with a note."""
+    dataset it was trained on; a ``data`` given that is another dataset is tested as asked, with a warning."""
     missing = "no test data: pass --data DIR (the checkpoint's configuration has no data.root)"
     config = ckpt.get("config")
     record = ckpt.get("dataset")
@@ -74,7 +74,7 @@ def _open_dataset(
     elif record:
         note = mismatch_message(record, dataset, source)
         if note:
-            print(f"organseg test: note: {note}; testing on it as asked", file=sys.stderr, flush=True)
+            print(f"organseg test: warning: {note}; testing on it as asked", file=sys.stderr, flush=True)
     return dataset
 
 
