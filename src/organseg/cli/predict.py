@@ -87,6 +87,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from organseg.prediction.predict import expand_inputs, load_predictor, plan_cases, predict_many
+    from organseg.progress import progress_write
 
     inputs = expand_inputs(args.inputs)
     cases = plan_cases(
@@ -115,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
         given=args.inputs,
         overwrite=args.overwrite,
         series_uid=args.series_uid,
+        on_redo=lambda line: progress_write(f"organseg predict: {line}"),
     )
     if len(outcomes) == 1 and outcomes[0].status == "failed":
         from organseg.errors import OrgansegError
@@ -135,7 +137,11 @@ def run(args: argparse.Namespace) -> int:
     failed = [o for o in outcomes if o.status == "failed"]
     if len(outcomes) > 1 or skipped:
         done = len(outcomes) - len(skipped) - len(failed)
-        print(f"organseg predict: {done} done, {len(skipped)} skipped (outputs exist), {len(failed)} failed")
+        redone = sum(bool(o.redone) for o in outcomes)
+        print(
+            f"organseg predict: {done} done, {len(skipped)} skipped (outputs exist), {len(failed)} failed"
+            + (f"; {redone} redone (a previous output was damaged)" if redone else "")
+        )
         for o in skipped:
             print(f"  skipped {o.case.input}: {o.reason}")
         for o in failed:
