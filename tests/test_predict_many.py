@@ -408,3 +408,16 @@ def test_a_missing_extra_is_found_before_any_work(world, tmp_path, capsys, monke
     argv = ["predict", world["a"], series, "--out", tmp_path / "s.dcm", "--format", "dicom-seg"]
     one_line_error(capsys, argv, "pip install 'organseg[dicom]'")
     assert not called and not (tmp_path / "s.dcm").exists()
+
+
+def test_test_checks_every_members_results_folder_before_any_work(world, tmp_path):
+    from organseg.errors import OutputError
+    from organseg.evaluation.tester import run_test
+
+    runs = [tiny_swin_run(tmp_path / f"r{s}", s) for s in (1, 2)]
+    (runs[1] / "results").write_text("a file where the member's results folder goes")
+    with pytest.raises(OutputError, match=r"r2/results is a file, not a folder"):
+        run_test(
+            runs[0], data=two_ct_volumes(), ensemble=[runs[1]], device="cpu", report=False, progress=False
+        )
+    assert not (runs[0] / "results").exists()  # the first member was not tested meanwhile
