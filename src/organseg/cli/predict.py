@@ -20,9 +20,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
             "along the axial axis and write a label map with the input's geometry, plus a JSON sidecar with "
             "the class names and per-class volumes in millilitres. With one INPUT, --out may name the label "
             "map (OUT.nii.gz); otherwise --out is a folder and every case is named after its input "
-            "(DIR/NAME.nii.gz, NAME.json, NAME.dcm, NAME.html, NAME.png). A case whose files all exist is "
-            "skipped unless --overwrite; a case that fails is reported at the end and the others go on "
-            "(exit 1 if any failed)."
+            "(DIR/NAME.nii.gz, NAME.json, NAME.dcm, NAME.html, NAME.png). A case whose files all exist and "
+            "read back whole is skipped unless --overwrite (one with a damaged file is redone, and said); an "
+            "option that cannot apply to the inputs is refused; a case that fails is reported at the end and "
+            "the others go on (exit 1 if any failed)."
         ),
     )
     p.add_argument(
