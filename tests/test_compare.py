@@ -631,3 +631,13 @@ def test_comparison_json_has_exactly_its_records_keys(study, tmp_path):
     keys.complete(Comparison, but=("folds", "cross_validation"))  # tests/test_crossval.py: a cv study
     for record in (*PLAIN_STUDY_RECORDS, SkippedRun):
         keys.complete(record)
+
+
+def test_checkpoint_best_without_validation_cases_is_refused_before_any_run(phantom_data, tmp_path):
+    # The phantom set has no validation cases: training writes no best.pt, found before the first run trains.
+    out = tmp_path / "out"
+    with pytest.raises(
+        ConfigError, match=r"--checkpoint best: .*data has no validation cases, so training writes"
+    ):
+        run_study(phantom_data, ["unet"], out, checkpoint="best", device="cpu", report=False, progress=False)
+    assert not out.exists()

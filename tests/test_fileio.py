@@ -28,7 +28,7 @@ from organseg.fileio import (
     staged,
     sweep_stale,
 )
-from organseg.imageio.volumes import write_image
+from organseg.imageio.volumes import read_image, write_image
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -292,3 +292,51 @@ def test_check_outputs_against_many_inputs(tmp_path):
         check_outputs_against({"--out's sidecar": json_input}, [*inputs, json_input])
     with pytest.raises(OutputError, match="lies inside INPUT"):
         check_outputs_against({"viewer": tmp_path / "series" / "a.html"}, inputs)
+
+
+# ---------------------------------------------------------------- temporaries are never the reason (issue 27)
+
+
+def test_a_long_final_name_gets_a_bounded_temporary(tmp_path, monkeypatch):
+    # A name that fits the file system (255 bytes) must be written, whatever its temporary would have been.
+    target = tmp_path / ("a" * 240 + ".nii.gz")
+    seen = []
+    real = fileio._make_temp
+
+    def spy(final, suffix):
+        tmp = real(final, suffix)
+        seen.append(tmp.name)
+        return tmp
+
+    monkeypatch.setattr(fileio, "_make_temp", spy)
+    write_image(np.zeros((2, 3, 3), np.uint8), None, target)
+    assert target.is_file() and [p.name for p in tmp_path.iterdir()] == [target.name]
+    assert len(seen[0].encode()) < 160 and seen[0].endswith(".tmp.nii.gz")
+    # two long names with the same head get different temporaries (the hash of the whole name)
+    assert fileio._temp_stem("b" * 200 + "1") != fileio._temp_stem("b" * 200 + "2")
+    assert fileio._temp_stem("short.json") == "short.json"
+
+
+def test_a_stale_temporary_of_a_long_name_is_swept(tmp_path):
+    target = tmp_path / ("c" * 230 + ".json")
+    stale = tmp_path / f".{fileio._temp_stem(target.name)}.{_dead_pid()}.abc123_x.tmp"
+    stale.write_bytes(b"half")
+    old = time.time() - fileio.STALE_GRACE_S - 5
+    os.utime(stale, (old, old))
+    atomic_write_text(target, "{}")
+    assert [p.name for p in tmp_path.iterdir()] == [target.name]
+
+
+def test_an_upper_case_nifti_name_is_written(tmp_path):
+    # ITK's NIfTI writer takes only a lower-case .nii.gz: the temporary carries that, the final name is kept.
+    target = tmp_path / "SEG.NII.GZ"
+    write_image(np.ones((2, 3, 3), np.uint8), None, target)
+    assert [p.name for p in tmp_path.iterdir()] == ["SEG.NII.GZ"]
+    assert read_image(target)[0].sum() == 18
+    assert fileio.keep_suffix("SEG.NII.GZ") == ".nii.gz" and fileio.keep_suffix("x." + "y" * 40) == ""
+
+
+def test_a_symlink_loop_in_an_output_path_is_one_line(tmp_path):
+    (tmp_path / "loop").symlink_to("loop")
+    with pytest.raises(OutputError, match=r"loop/seg\.nii\.gz: the path runs through a loop of symbolic"):
+        check_output(tmp_path / "loop" / "seg.nii.gz", {"INPUT": tmp_path / "scan.nii.gz"})

@@ -245,3 +245,38 @@ def test_format_both_of_an_empty_prediction_writes_what_it_can(tmp_path, ckpts, 
     # the case is complete: a second call skips it rather than redo it for the SEG that cannot exist
     assert main(argv) == 0
     assert "1 skipped" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- the scan's modality and the checkpoint's
+
+
+def test_a_series_of_another_modality_than_the_checkpoints_is_said(tmp_path, ckpts, capsys):
+    series = g.ct_slices(series_uid=g.uid(7), study_uid=STUDY)
+    for ds in series:
+        ds.Modality = "MR"
+    g.write_series(tmp_path / "mr", series)
+    out = tmp_path / "mr.nii.gz"
+    assert (
+        main(["predict", str(ckpts["net"]), str(tmp_path / "mr"), "--out", str(out), "--device", "cpu"]) == 0
+    )
+    warning = "DICOM Modality MR, but the checkpoint maps intensities with the CT window [-125, 275] HU"
+    assert warning in capsys.readouterr().err
+    assert any(
+        warning in w for w in json.loads(out.with_suffix("").with_suffix(".json").read_text())["warnings"]
+    )
+    # a CT series through the CT window: no word
+    g.write_series(tmp_path / "ct", g.ct_slices(series_uid=g.uid(8), study_uid=STUDY))
+    argv = ["predict", str(ckpts["net"]), str(tmp_path / "ct"), "--out", str(tmp_path / "ct.nii.gz")]
+    assert main(argv) == 0 and "Modality" not in capsys.readouterr().err
+
+
+def test_modality_mismatch_rule():
+    from organseg.data.preprocess import modality_mismatch
+
+    ct = ct_window_spec()
+    assert modality_mismatch(ct, "CT", "s") is None and modality_mismatch(ct, "", "s") is None
+    assert modality_mismatch(ct, "OT", "s") is None  # says nothing of the intensities
+    assert "made for CT" in modality_mismatch(ct, "PT", "s")
+    assert "as for MRI" in modality_mismatch({"kind": "zscore_minmax", "clip": [-3, 3]}, "CT", "s")
+    assert modality_mismatch({"kind": "minmax"}, "MR", "s") is None
+    assert modality_mismatch({"kind": "none"}, "MR", "s") is None

@@ -304,3 +304,18 @@ def test_a_graph_that_fits_its_metadata_loads(tmp_path: Path) -> None:
 def test_is_onnx_path() -> None:
     assert is_onnx_path("a/b/model.onnx") and is_onnx_path("M.ONNX")
     assert not is_onnx_path("run/checkpoints/best.pt") and not is_onnx_path("run.onnx.d/best.pt")
+
+
+def test_export_takes_an_official_checkpoint_as_predict_does(tmp_path: Path, capsys) -> None:
+    args, _ = NETWORKS["swin_unet"]
+    torch.manual_seed(0)
+    official = tmp_path / "epoch_149.pth"
+    net = create_model("swin_unet", num_classes=len(SYNAPSE_CLASSES), **args).eval()
+    torch.save({"module." + k: v for k, v in net.state_dict().items()}, official)  # as the official trainer
+    out = tmp_path / "official.onnx"
+    assert main(["export", str(official), "--onnx", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "official Swin-Unet checkpoint, 9 classes" in printed and "reference CT window" in printed
+    _, info = load_onnx(out)
+    assert info["class_names"] == list(SYNAPSE_CLASSES) and info["preprocessing"]["kind"] == "ct_window"
+    assert info["source_checkpoint"]["name"] == "epoch_149.pth"

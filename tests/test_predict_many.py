@@ -327,3 +327,97 @@ def test_predict_with_an_exported_onnx_model(world, tmp_path, capsys):
         capsys, ["predict", str(model), str(scan), "--out", str(tmp_path / "b.nii.gz"), "--precision", "bf16"]
     )
     assert "ONNX models run in fp32" in err
+
+
+# ------------------------------------------------------------ nothing skipped or ignored silently (issue 27)
+
+
+def _damage_zero(p: Path) -> None:
+    p.write_bytes(b"")
+
+
+def _damage_half(p: Path) -> None:
+    p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+
+
+def _damage_json(p: Path) -> None:
+    p.write_text('{"input": ')
+
+
+def _other_input(p: Path) -> None:
+    info = json.loads(p.read_text())
+    p.write_text(json.dumps({**info, "input": "/elsewhere/scan.nii.gz"}))
+
+
+@pytest.mark.parametrize(
+    ("file", "damage", "why"),
+    [
+        ("case1.nii.gz", _damage_zero, "case1.nii.gz is damaged (0 bytes)"),
+        ("case1.nii.gz", _damage_half, "case1.nii.gz is damaged (file is truncated or corrupt"),
+        ("case1.json", _damage_json, "case1.json is damaged (not JSON"),
+        ("case1.json", _other_input, "case1.json names another input (/elsewhere/scan.nii.gz)"),
+    ],
+)
+def test_a_case_with_a_damaged_output_is_redone_and_said(world, tmp_path, capsys, file, damage, why):
+    out, scans = tmp_path / "out", world["scans"]
+    argv = ["predict", str(world["a"]), str(scans), "--out", str(out), "--device", "cpu"]
+    assert main(argv) == 0
+    good = (out / "case1.nii.gz").read_bytes()
+    damage(out / file)
+    capsys.readouterr()
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert f"organseg predict: redoing case1: its previous output {out / why}" in printed
+    assert "1 done, 2 skipped (outputs exist), 0 failed; 1 redone" in printed
+    assert (out / "case1.nii.gz").read_bytes() == good or read_image(out / "case1.nii.gz")[0].size
+    assert json.loads((out / "case1.json").read_text())["input"] == str(scans / "case1.nii.gz")
+    assert main(argv) == 0 and "0 done, 3 skipped" in capsys.readouterr().out  # whole again: skipped
+
+
+def test_an_option_that_cannot_apply_is_refused(world, tmp_path, capsys):
+    scans, ckpt = world["scans"], str(world["a"])
+    two = [str(scans / "case0.nii.gz"), str(scans / "case1.nii.gz")]
+    out = tmp_path / "o"
+    one_line_error(
+        capsys, ["predict", ckpt, *two, "--out", out, "--overlay", "x.png"], "--overlay x.png", "o"
+    )
+    one = str(scans / "case0.nii.gz")
+    one_line_error(capsys, ["predict", ckpt, one, "--out", out, "--series-uid", "1.2"], "--series 1.2", one)
+    one_line_error(
+        capsys, ["predict", ckpt, one, "--out", tmp_path / "x.dcm"], "--out", "x.dcm", "--format nifti"
+    )
+    one_line_error(capsys, ["predict", ckpt, *two, "--out", out, "--format", "both"], "--format both")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing was predicted
+
+
+def test_a_missing_extra_is_found_before_any_work(world, tmp_path, capsys, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_highdicom(name, *args, **kwargs):
+        if name.startswith("highdicom"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_highdicom)
+    called = []
+    monkeypatch.setattr("organseg.prediction.predict.predict_case", lambda *a, **k: called.append(a))
+    series = tmp_path / "series"  # the extra is checked before any series is read
+    series.mkdir()
+    argv = ["predict", world["a"], series, "--out", tmp_path / "s.dcm", "--format", "dicom-seg"]
+    one_line_error(capsys, argv, "pip install 'organseg[dicom]'")
+    assert not called and not (tmp_path / "s.dcm").exists()
+
+
+def test_test_checks_every_members_results_folder_before_any_work(world, tmp_path):
+    from organseg.errors import OutputError
+    from organseg.evaluation.tester import run_test
+
+    runs = [tiny_swin_run(tmp_path / f"r{s}", s) for s in (1, 2)]
+    (runs[1] / "results").write_text("a file where the member's results folder goes")
+    with pytest.raises(OutputError, match=r"r2/results is a file, not a folder"):
+        run_test(
+            runs[0], data=two_ct_volumes(), ensemble=[runs[1]], device="cpu", report=False, progress=False
+        )
+    assert not (runs[0] / "results").exists()  # the first member was not tested meanwhile

@@ -75,9 +75,27 @@ def file_mode() -> int:
     return 0o666 & ~process_umask()
 
 
+# A temporary's name is bounded whatever its target's: ``.STEM.PID.RANDOM.tmp[SUFFIX]`` with STEM the target's
+# name up to this many bytes, else its head and a hash of the whole name. A final name that fits the file
+# system (255 bytes) must never fail because its temporary does not.
+_TEMP_STEM_BYTES = 100
+_TEMP_SUFFIX_CHARS = 16
+
+
+def _temp_stem(name: str) -> str:
+    """The part of a temporary's name that says which target it belongs to: the name itself when short, else
+    its first 60 bytes (whole characters) and 12 hex digits of its SHA-1."""
+    raw = name.encode("utf-8", "surrogateescape")
+    if len(raw) <= _TEMP_STEM_BYTES:
+        return name
+    head = raw[:60].decode("utf-8", "ignore")
+    return f"{head}~{hashlib.sha1(raw).hexdigest()[:12]}"
+
+
 def _temp_pattern(name: str, suffix: str) -> re.Pattern[str]:
     # mkstemp's random part uses [a-z0-9_], never a dot, so one target's temporaries never match another's.
-    return re.compile(rf"^\.{re.escape(name)}\.(\d+)\.[a-z0-9_]+\.tmp{re.escape(suffix)}$")
+    stem = re.escape(_temp_stem(name))
+    return re.compile(rf"^\.{stem}\.(\d+)\.[a-z0-9_]+\.tmp(?i:{re.escape(suffix)})$")
 
 
 def _legacy_pattern(name: str) -> re.Pattern[str]:
@@ -135,7 +153,8 @@ def sweep_stale(target: PathLike, *, now: float | None = None) -> list[Path]:
         return []
     name = target.name
     hidden = _hidden_names(folder)
-    candidates = [n for n in hidden if n.startswith(f".{name}.") or n.startswith(".tmp-")]
+    stem = _temp_stem(name)
+    candidates = [n for n in hidden if n.startswith((f".{name}.", f".{stem}.", ".tmp-"))]
     if not candidates:
         return []
     now = time.time() if now is None else now
@@ -173,16 +192,19 @@ def _suffixes(name: str) -> list[str]:
 
 
 def keep_suffix(name: str) -> str:
-    """The suffix a writer that picks its format by name (SimpleITK) needs: ``.nii.gz`` for a gzip NIfTI."""
+    """The suffix a writer that picks its format by name (SimpleITK) needs: ``.nii.gz`` for a gzip NIfTI.
+    In lower case (ITK's NIfTI writer takes ``.nii.gz`` only, while ``SEG.NII.GZ`` is a fine final name; the
+    readers go by content), and none beyond :data:`_TEMP_SUFFIX_CHARS` (no format has such a suffix)."""
     lower = name.lower()
     for double in (".nii.gz", ".tar.gz"):
         if lower.endswith(double):
-            return name[-len(double) :]
-    return Path(name).suffix
+            return double
+    suffix = Path(lower).suffix
+    return suffix if len(suffix) <= _TEMP_SUFFIX_CHARS else ""
 
 
 def _make_temp(target: Path, suffix: str) -> Path:
-    prefix = f".{target.name}.{os.getpid()}."
+    prefix = f".{_temp_stem(target.name)}.{os.getpid()}."
     fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=f".tmp{suffix}", dir=target.parent)
     os.close(fd)
     return Path(tmp)
@@ -319,7 +341,15 @@ def atomic_write_text(path: PathLike, text: str) -> None:
 
 
 def _resolved(path: PathLike) -> Path:
-    return Path(os.path.abspath(path)).resolve(strict=False)
+    try:
+        return Path(os.path.abspath(path)).resolve(strict=False)
+    except (RuntimeError, OSError) as exc:  # Python < 3.13 raises RuntimeError for a loop, later ones ELOOP
+        if isinstance(exc, OSError) and exc.errno != errno.ELOOP:
+            raise
+        raise OutputError(
+            f"{path}: the path runs through a loop of symbolic links (a link that leads back to itself); "
+            "fix or remove the link"
+        ) from None
 
 
 def _same(a: PathLike, b: PathLike) -> bool:

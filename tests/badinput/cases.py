@@ -44,6 +44,7 @@ GROUPS = {
     "resources": "Crashes and memory-impossible requests",
     "busy": "Output folders another organseg process is writing",
     "right-runs": "The right data, the right runs: a run's dataset, checkpoint checksums, results reused",
+    "applies": "Options that cannot apply, and what can be checked before the work",
 }
 
 
@@ -2716,6 +2717,140 @@ for cid, verb, what, setup, argv, expect in [
     ),
 ]:
     add(cid, verb, what, setup, argv, expect, group="right-runs")
+
+# ---------------------------------------------------------------- nothing ignored, checks before the work
+# (issue 27): an option that cannot apply is refused, a missing extra found before any case, every output
+# place first
+
+
+def _hide(module: str):
+    """Shadow an installed optional package with a module that fails to import, as if the extra were missing:
+    a subprocess case runs ``python -m organseg`` in the case folder, which comes first on ``sys.path``."""
+    return wr(f"{module}.py", f"raise ImportError('{module} hidden by the bad-input probe')\n")
+
+
+def _loop(rel: str):
+    return lambda c: (c.t / rel).symlink_to(rel)
+
+
+HIDDEN = {"subprocess": True, "allow_new": ("__pycache__/*",)}  # the shadow module's bytecode may stay
+for cid, what, setup, argv, expect, kw in [
+    (
+        "predict-overlay-file-of-many-cases",
+        "--overlay x.png with two inputs written into a folder (each case has its own NAME.png)",
+        steps(PREDICT_SETUP, cp("scan.nii.gz", "other.nii.gz")),
+        [
+            "predict",
+            "{t}/ckpt.pt",
+            "{t}/scan.nii.gz",
+            "{t}/other.nii.gz",
+            "--out",
+            "{t}/o",
+            "--overlay",
+            "x.png",
+        ],
+        ["--overlay", "x.png"],
+        {},
+    ),
+    (
+        "predict-series-of-nifti",
+        "--series-uid given for a NIfTI input (it picks a series of a DICOM folder)",
+        PREDICT_SETUP,
+        [*PREDICT, "--series-uid", "1.2.3"],
+        ["--series", "scan.nii.gz"],
+        {},
+    ),
+    (
+        "predict-out-dcm-format-nifti",
+        "--out x.dcm with --format nifti (a .dcm is the DICOM-SEG, which nifti does not write)",
+        PREDICT_SETUP,
+        replace_opt(PREDICT, "--out", "{t}/out/x.dcm"),
+        ["--out", "x.dcm", "--format nifti"],
+        {},
+    ),
+    (
+        "predict-dicom-seg-without-extra",
+        "--format dicom-seg of two series without highdicom installed: found before any case is predicted",
+        steps(CKPT, _gen_series("d1", 1), _gen_series("d2", 2), _hide("highdicom")),
+        ["predict", "{t}/ckpt.pt", "{t}/d1", "{t}/d2", "--out", "{t}/out", "--format", "dicom-seg"],
+        ["--format dicom-seg", "pip install 'organseg[dicom]'"],
+        HIDDEN,
+    ),
+    (
+        "predict-onnx-without-extra",
+        "an .onnx model without onnxruntime installed",
+        steps(cp("scan.nii.gz"), _onnx(), _hide("onnxruntime")),
+        ONNX_PREDICT,
+        ["onnxruntime", "pip install 'organseg[onnx]'"],
+        HIDDEN,
+    ),
+    (
+        "export-without-extra",
+        "export without onnxscript installed: found before the checkpoint is read",
+        steps(cp("unet.pt", "ckpt.pt"), _hide("onnxscript")),
+        ["export", "{t}/ckpt.pt", "--onnx", "{t}/m.onnx"],
+        ["onnxscript", "pip install 'organseg[onnx]'"],
+        HIDDEN,
+    ),
+    (
+        "export-official-headless",
+        "export of an official Swin-Unet .pth without its class head (export reads it as predict does)",
+        _official(headless=True),
+        ["export", "{t}/official.pth", "--onnx", "{t}/m.onnx"],
+        ["official.pth"],
+        {},
+    ),
+    (
+        "export-official-imagenet",
+        "export of ImageNet encoder weights given as an official Swin-Unet checkpoint",
+        _official(imagenet=True),
+        ["export", "{t}/official.pth", "--onnx", "{t}/m.onnx"],
+        ["official.pth"],
+        {},
+    ),
+    (
+        "test-ensemble-member-results-unwritable",
+        "test --ensemble whose second member's results folder cannot be written: found before the first "
+        "member is tested",
+        steps(TEST_SETUP, cp("run", "run2"), rm("run2/results"), wr("run2/results", "a file")),
+        [*TEST, "--ensemble", "{t}/run2"],
+        ["run2/results"],
+        {},
+    ),
+    (
+        "compare-checkpoint-best-without-val",
+        "compare --checkpoint best on a dataset without validation cases (no best.pt is ever written)",
+        COMPARE_SETUP,
+        [*COMPARE, "--checkpoint", "best"],
+        ["--checkpoint best", "syn", "validation"],
+        {},
+    ),
+    (
+        "predict-out-symlink-loop",
+        "--out through a symbolic link that points at itself",
+        steps(PREDICT_SETUP, _loop("loop")),
+        replace_opt(PREDICT, "--out", "{t}/loop/seg.nii.gz"),
+        ["loop/seg.nii.gz", "symbolic link"],
+        {},
+    ),
+    (
+        "predict-input-symlink-loop",
+        "an input through a symbolic link that points at itself",
+        steps(cp("unet.pt", "ckpt.pt"), _loop("loop")),
+        ["predict", "{t}/ckpt.pt", "{t}/loop/scan.nii.gz", "--out", "{t}/out/seg.nii.gz"],
+        ["loop/scan.nii.gz", "symbolic link"],
+        {},
+    ),
+    (
+        "predict-out-name-too-long",
+        "--out whose file name is longer than the file system allows: the message names it, not a temporary",
+        PREDICT_SETUP,
+        replace_opt(PREDICT, "--out", "{t}/out/" + "s" * 250 + ".nii.gz"),
+        ["s" * 40, "too long"],
+        {},
+    ),
+]:
+    add(cid, argv[0], what, setup, argv, expect, group="applies", **kw)
 
 
 def by_id() -> dict[str, Case]:

@@ -20,7 +20,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
             "Needs: pip install 'organseg[onnx]'."
         ),
     )
-    p.add_argument("target", metavar="RUN_DIR_OR_CHECKPOINT", help="a run folder or a checkpoint file (.pt)")
+    p.add_argument(
+        "target",
+        metavar="RUN_DIR_OR_CHECKPOINT",
+        help="a run folder or a checkpoint file (organseg .pt or an official Swin-Unet .pth: its classes and "
+        "preprocessing are then the reference defaults, as predict takes them)",
+    )
     p.add_argument("--onnx", required=True, metavar="OUT.onnx", help="the ONNX file to write")
     p.add_argument(
         "--checkpoint",
@@ -34,6 +39,8 @@ def run(args: argparse.Namespace) -> int:
     from organseg.inference.onnx import export_onnx
 
     info = export_onnx(args.target, args.onnx, checkpoint=args.checkpoint)
+    for note in info.get("notes") or []:
+        print(f"organseg export: {note}")
     h, w = info["input_size"]
     check = info["export_check"]
     print(

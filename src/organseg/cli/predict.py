@@ -20,9 +20,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
             "along the axial axis and write a label map with the input's geometry, plus a JSON sidecar with "
             "the class names and per-class volumes in millilitres. With one INPUT, --out may name the label "
             "map (OUT.nii.gz); otherwise --out is a folder and every case is named after its input "
-            "(DIR/NAME.nii.gz, NAME.json, NAME.dcm, NAME.html, NAME.png). A case whose files all exist is "
-            "skipped unless --overwrite; a case that fails is reported at the end and the others go on "
-            "(exit 1 if any failed)."
+            "(DIR/NAME.nii.gz, NAME.json, NAME.dcm, NAME.html, NAME.png). A case whose files all exist and "
+            "read back whole is skipped unless --overwrite (one with a damaged file is redone, and said); an "
+            "option that cannot apply to the inputs is refused; a case that fails is reported at the end and "
+            "the others go on (exit 1 if any failed)."
         ),
     )
     p.add_argument(
@@ -87,6 +88,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from organseg.prediction.predict import expand_inputs, load_predictor, plan_cases, predict_many
+    from organseg.progress import progress_write
 
     inputs = expand_inputs(args.inputs)
     cases = plan_cases(
@@ -115,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
         given=args.inputs,
         overwrite=args.overwrite,
         series_uid=args.series_uid,
+        on_redo=lambda line: progress_write(f"organseg predict: {line}"),
     )
     if len(outcomes) == 1 and outcomes[0].status == "failed":
         from organseg.errors import OrgansegError
@@ -135,7 +138,11 @@ def run(args: argparse.Namespace) -> int:
     failed = [o for o in outcomes if o.status == "failed"]
     if len(outcomes) > 1 or skipped:
         done = len(outcomes) - len(skipped) - len(failed)
-        print(f"organseg predict: {done} done, {len(skipped)} skipped (outputs exist), {len(failed)} failed")
+        redone = sum(bool(o.redone) for o in outcomes)
+        print(
+            f"organseg predict: {done} done, {len(skipped)} skipped (outputs exist), {len(failed)} failed"
+            + (f"; {redone} redone (a previous output was damaged)" if redone else "")
+        )
         for o in skipped:
             print(f"  skipped {o.case.input}: {o.reason}")
         for o in failed:

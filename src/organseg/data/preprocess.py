@@ -83,6 +83,47 @@ def _window(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return x
 
 
+#: Kinds that read raw values as Hounsfield units: made for CT. The per-image kinds (zscore_minmax, minmax)
+#: are what MRI and other non-quantitative scans get.
+CT_KINDS = ("ct_window", "percentile")
+#: DICOM Modality (0008,0060) values that say nothing of the intensities: no warning either way.
+_UNSAID_MODALITIES = ("", "OT")
+
+
+def describe_spec(spec: dict) -> str:
+    """A few words for messages: ``the CT window [-125, 275] HU``, ``per-image zscore_minmax``."""
+    kind = spec.get("kind")
+    if kind == "ct_window":
+        lo, hi = (float(v) for v in spec["window"])
+        return f"the CT window [{lo:g}, {hi:g}] HU"
+    if kind == "percentile":
+        return f"the CT clip [{float(spec['lower']):g}, {float(spec['upper']):g}] HU"
+    if kind in ("zscore_minmax", "minmax"):
+        return f"per-image {kind} normalisation"
+    return f"preprocessing {kind}"
+
+
+def modality_mismatch(spec: dict, modality: str, source: str) -> str | None:
+    """A warning when a scan's DICOM Modality and the checkpoint's preprocessing disagree: an MR (or PET,
+    ultrasound ...) series through a CT window, or a CT series through a per-image normalisation made for
+    MRI; None when they agree or either says nothing (no Modality, ``OT``, preprocessing ``none``)."""
+    modality = (modality or "").strip().upper()
+    kind = spec.get("kind")
+    if modality in _UNSAID_MODALITIES or kind not in (*CT_KINDS, "zscore_minmax", "minmax"):
+        return None
+    if kind in CT_KINDS and modality != "CT":
+        return (
+            f"{source}: DICOM Modality {modality}, but the checkpoint maps intensities with "
+            f"{describe_spec(spec)}, made for CT: check that this network is meant for {modality} scans"
+        )
+    if kind not in CT_KINDS and modality == "CT":
+        return (
+            f"{source}: DICOM Modality CT, but the checkpoint maps intensities with "
+            f"{describe_spec(spec)}, as for MRI, not a CT window: check that this network was trained on CT"
+        )
+    return None
+
+
 def apply_preprocessing(image: np.ndarray, spec: dict, *, source: str | None = None) -> np.ndarray:
     """Map raw intensities to float32 in [0, 1] following ``spec`` (see module docstring).
 

@@ -158,6 +158,12 @@ def run_test(
         members_root / "members" / f"{k}_{t.checkpoint_name}" if members_root else None
         for k, t in enumerate(targets)
     ]
+    # Every folder this call writes, checked before the first member is tested: a member's results folder
+    # that cannot be written must not fail the call after the others' work.
+    dataset = _open_dataset(data, members[0].ckpt, whole)
+    for k, t in enumerate(targets):
+        _checked_results_folder(t, split, member_out[k], dataset, (), report=False)
+    _checked_results_folder(name, split, out, dataset, [str(t.checkpoint_path) for t in targets], report)
     alone = [
         _test_one(
             t, data=data, out=member_out[k], device=dev, report=False, viewer=False, whole=whole, **common

@@ -46,10 +46,16 @@ import torch
 from torch import nn
 
 from organseg import __version__
-from organseg.checkpoint import checkpoint_orientation_problem, model_from_checkpoint, read_checkpoint
+from organseg.checkpoint import (
+    checkpoint_orientation_problem,
+    is_official_swin_unet,
+    model_from_checkpoint,
+    read_checkpoint,
+)
 from organseg.data.preprocess import validate_spec
 from organseg.errors import CheckpointError, ConfigError, OrgansegError
 from organseg.fileio import file_sha256
+from organseg.inference.official import with_reference_defaults
 from organseg.inference.targets import checkpoint_patch_size, resolve_target
 
 FORMAT = "organseg-onnx/1"
@@ -232,7 +238,11 @@ def export_onnx(
     source = resolve_target(target, checkpoint).checkpoint_path
     out = Path(out)
     _check_output(out, source)
-    ckpt = read_checkpoint(source)
+    ckpt = read_checkpoint(source, official=True)  # as test and predict take it
+    notes = []
+    if is_official_swin_unet(ckpt):
+        ckpt, note = with_reference_defaults(ckpt, source)
+        notes.append(note)
     pending = _PendingFile(out)
     try:
         model, ckpt = model_from_checkpoint(ckpt)
@@ -246,7 +256,7 @@ def export_onnx(
     except BaseException:
         pending.discard()
         raise
-    return {**meta, "path": str(out), "bytes": len(data)}
+    return {**meta, "path": str(out), "bytes": len(data), "notes": notes}
 
 
 def _checked_export(model: nn.Module, size: tuple[int, int], opset: int, check_batch: int, source: Path):

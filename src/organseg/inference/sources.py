@@ -32,13 +32,16 @@ from organseg.checkpoint import (
     model_from_checkpoint,
     read_checkpoint,
 )
-from organseg.data.classes import ACDC_CLASSES, SYNAPSE_CLASSES, check_same_classes
-from organseg.data.synapse import TRANSUNET_ORIENTATION
+from organseg.data.classes import check_same_classes
 from organseg.errors import CheckpointError, ConfigError
 from organseg.inference.engine import averaged
+from organseg.inference.official import (  # noqa: F401 (reference_defaults: re-exported, predict's import)
+    class_count,
+    official_orientation,
+    reference_defaults,
+)
 from organseg.inference.onnx import is_onnx_path, load_onnx
 from organseg.inference.targets import RunTarget, checkpoint_patch_size, resolve_target
-from organseg.models import head_key
 from organseg.run import STUDY_RUNS, RunDir
 
 
@@ -92,21 +95,13 @@ def load_member(target: RunTarget, device: torch.device) -> Member:
     member = Member(target, model.to(device), ckpt)
     if member.official:
         n = class_count(ckpt)
-        orientation = TRANSUNET_ORIENTATION if n == 9 else None
+        orientation = official_orientation(n)
         member.ckpt = {**ckpt, "orientation": orientation}
         said = f"{orientation}, as the TransUNet Synapse files" if orientation else "none"
         member.notes.append(
             f"{path}: official Swin-Unet checkpoint, {n} classes from its head; orientation {said}"
         )
     return member
-
-
-def class_count(ckpt: dict[str, Any]) -> int:
-    head = head_key(ckpt["model_name"])
-    weights = ckpt.get("model") or {}
-    if head in weights:
-        return int(weights[head].shape[0])
-    return int(ckpt.get("model_args", {}).get("num_classes", 0))
 
 
 def load_members(
@@ -193,27 +188,3 @@ def network_orientation(
 def combined(members: Sequence[Member], tta: bool = False) -> nn.Module:
     """The one network to run: a single member as it is, else the softmax average (and/or mirror TTA)."""
     return averaged([m.model for m in members], tta=tta)
-
-
-def reference_defaults(num_classes: int) -> tuple[list[str], dict[str, Any], str]:
-    """Class names and preprocessing for a network whose checkpoint does not record them (official
-    Swin-Unet checkpoints), as the reference data were prepared, and the sentence that says so."""
-    if num_classes == len(ACDC_CLASSES):
-        return list(ACDC_CLASSES), {"kind": "minmax"}, "the ACDC classes and per-image min-max intensities"
-    names = (
-        list(SYNAPSE_CLASSES)
-        if num_classes == len(SYNAPSE_CLASSES)
-        else (["background"] + [f"class_{i}" for i in range(1, num_classes)])
-    )
-    return (
-        names,
-        {"kind": "ct_window", "window": [-125, 275]},
-        (
-            (
-                "the Synapse classes"
-                if num_classes == len(SYNAPSE_CLASSES)
-                else f"{num_classes} unnamed classes"
-            )
-            + " and the reference CT window [-125, 275] HU"
-        ),
-    )

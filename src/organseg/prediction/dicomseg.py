@@ -91,6 +91,11 @@ def _highdicom():
     return highdicom, pydicom
 
 
+def require_dicom_extra() -> None:
+    """Before any work: ConfigError naming ``pip install 'organseg[dicom]'`` when the extra is missing."""
+    _highdicom()
+
+
 def anatomy_code(name: str, index: int) -> tuple[tuple[str, str, str], tuple[str, str, str] | None]:
     """((value, scheme, meaning), laterality modifier or None) for a class name."""
     hit = _ANATOMY.get(name.strip().lower())

@@ -21,7 +21,7 @@ from __future__ import annotations
 import glob
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypedDict
@@ -32,7 +32,7 @@ from torch import nn
 
 from organseg import __version__
 from organseg.checkpoint import model_from_checkpoint
-from organseg.data.preprocess import apply_preprocessing
+from organseg.data.preprocess import apply_preprocessing, modality_mismatch
 from organseg.device import resolve_device
 from organseg.errors import ConfigError, DataError, OrgansegError
 from organseg.fileio import (
@@ -43,10 +43,22 @@ from organseg.fileio import (
     file_sha256,
     staged,
 )
-from organseg.imageio.dicom import dicom_series_files, find_series, is_dicom_folder, is_media_export
+from organseg.imageio.dicom import (
+    dicom_series_files,
+    find_series,
+    is_dicom_folder,
+    is_media_export,
+    select_series,
+)
 from organseg.imageio.formats import IMAGE_SUFFIXES
 from organseg.imageio.orientation import Reorientation, reorientation, scan_orientation
-from organseg.imageio.volumes import Geometry, read_image, read_nifti_transform, write_image
+from organseg.imageio.volumes import (
+    Geometry,
+    check_image_file,
+    read_image,
+    read_nifti_transform,
+    write_image,
+)
 from organseg.inference.engine import predict_turned
 from organseg.inference.onnx import OnnxModel
 from organseg.inference.sources import (
@@ -58,7 +70,7 @@ from organseg.inference.sources import (
 )
 from organseg.inference.targets import checkpoint_patch_size
 from organseg.locks import folder_locks
-from organseg.prediction.dicomseg import NO_SEGMENT, DicomSegRecord, write_dicom_seg
+from organseg.prediction.dicomseg import NO_SEGMENT, DicomSegRecord, require_dicom_extra, write_dicom_seg
 from organseg.progress import progress_bar
 from organseg.reporting.report import plot_prediction
 from organseg.reporting.viewer import write_viewer
@@ -292,16 +304,92 @@ class Case:
         return {k: v for k, v in found.items() if v is not None}
 
     def done(self) -> bool:
-        """Whether every output exists; a DICOM-SEG counts as done when the sidecar records that none could
-        be written (an empty prediction has no segment)."""
+        """Whether the case's outputs are all there and read back whole (:meth:`check_done`)."""
+        return self.check_done()[0]
+
+    def check_done(self) -> tuple[bool, str | None]:
+        """(done, why not): done when every output exists and reads back whole; a DICOM-SEG counts as done
+        when the sidecar records that none could be written (an empty prediction has no segment). ``why
+        not`` is None when an output is simply missing, else the damaged file and what is wrong with it (a
+        0-byte or truncated label map, a sidecar that does not parse or names another input): the case is
+        then redone, and the caller says so."""
         missing = [p for p in self.outputs.values() if not p.is_file()]
-        if missing == [self.dicom_seg] and self.sidecar.is_file():
+        if self.sidecar in missing or (missing and missing != [self.dicom_seg]):
+            return False, None
+        try:
+            info = json.loads(self.sidecar.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            return False, f"{self.sidecar} is damaged (not JSON: {type(exc).__name__})"
+        if not isinstance(info, dict):
+            return False, f"{self.sidecar} is damaged (not a JSON object)"
+        problem = _sidecar_problem(info, self)
+        if problem:
+            return False, f"{self.sidecar} {problem}"
+        if missing:  # only the DICOM-SEG: done if the sidecar says why there is none
+            return (info.get("dicom_seg") or {}).get("written") is False, None
+        for path in self.outputs.values():
+            problem = _output_problem(path, self, info)
+            if problem:
+                return False, f"{path} is damaged ({problem})"
+        return True, None
+
+
+def _same_path(a: str | Path, b: str | Path) -> bool:
+    try:
+        return str(a) == str(b) or Path(a).resolve() == Path(b).resolve()
+    except (OSError, RuntimeError):
+        return False
+
+
+def _sidecar_problem(info: dict[str, Any], case: Case) -> str | None:
+    """Why a sidecar that parses is not this case's: it names another input (or series) or another label
+    map, or lacks the label map's shape."""
+    if not _same_path(str(info.get("input")), case.input):
+        return f"names another input ({info.get('input')})"
+    if case.series is not None and info.get("series") != case.series:
+        return f"names another series ({info.get('series')})"
+    if case.label is not None and not _same_path(str(info.get("output")), case.label):
+        return f"names another label map ({info.get('output')})"
+    shape = info.get("shape")
+    if not (isinstance(shape, list) and len(shape) == 3 and all(isinstance(n, int) for n in shape)):
+        return "is damaged (no label map shape)"
+    return None
+
+
+_PNG_START, _PNG_END = b"\x89PNG\r\n\x1a\n", b"IEND\xaeB`\x82"
+
+
+def _output_problem(path: Path, case: Case, info: dict[str, Any]) -> str | None:
+    """What is wrong with one existing output file of a finished case (None: it reads back whole). The
+    label map's header and length (:func:`check_image_file`) and its shape against the sidecar's; the other
+    files by their format's first and last bytes."""
+    if path == case.sidecar:
+        return None
+    try:
+        size = path.stat().st_size
+        if size == 0:
+            return "0 bytes"
+        if path == case.label:
             try:
-                seg = json.loads(self.sidecar.read_text(encoding="utf-8")).get("dicom_seg") or {}
-            except (OSError, ValueError, AttributeError):
-                return False
-            return seg.get("written") is False
-        return not missing
+                shape, _ = check_image_file(path)
+            except DataError as exc:
+                return str(exc).removeprefix(f"{path}: ")
+            if list(shape) != info["shape"]:
+                return f"shape {list(shape)}, its sidecar says {info['shape']}"
+            return None
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+            fh.seek(max(0, size - 64))
+            tail = fh.read()
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    if path == case.dicom_seg and head[128:132] != b"DICM":
+        return "no DICOM header"
+    if path == case.overlay and not (head.startswith(_PNG_START) and tail.endswith(_PNG_END)):
+        return "not a whole PNG image"
+    if path == case.viewer and b"</html>" not in tail:
+        return "the page is cut short"
+    return None
 
 
 def expand_inputs(items: Sequence[str | Path]) -> list[Path]:
@@ -351,6 +439,33 @@ def _export_series(path: Path) -> list[tuple[str, str]]:
     return [(f"{_case_name(path)}_{tag}", s.uid) for tag, s in zip(tags, found, strict=True)]
 
 
+def check_options_apply(
+    inputs: Sequence[Path], out: str | Path, *, formats: str = "nifti", series: str | None = None
+) -> None:
+    """Before any work: an option that cannot apply to these inputs is refused (one ConfigError), not
+    ignored, and an optional extra an option needs must be installed. ``--series`` and a DICOM-SEG need a
+    DICOM input (a series folder or a media export; a folder of scans has been expanded by now), a ``.dcm``
+    ``--out`` is the DICOM-SEG's name, which ``--format nifti`` does not write."""
+    # a missing input fails as its own case, with its own message
+    dicom_inputs = [p for p in inputs if Path(p).is_dir() or not Path(p).exists()]
+    if series is not None and not dicom_inputs:
+        what = f"{inputs[0]} is not a DICOM folder" if len(inputs) == 1 else "no input is a DICOM folder"
+        raise ConfigError(f"--series {series}: picks a series of a DICOM folder, but {what}; leave it out")
+    if formats != "nifti" and inputs and not dicom_inputs:
+        what = f"{inputs[0]} is not one" if len(inputs) == 1 else f"none of the {len(inputs)} inputs is one"
+        raise ConfigError(
+            f"--format {formats} needs a DICOM series as input (a DICOM-SEG references the images it "
+            f"segments); {what}: use --format nifti"
+        )
+    if formats == "nifti" and str(out).lower().endswith(".dcm"):
+        raise ConfigError(
+            f"--out {out}: a .dcm name is the DICOM-SEG, which --format nifti does not write; name the label "
+            f"map ({_stem(Path(out).name)}.nii.gz) or add --format dicom-seg or both"
+        )
+    if formats != "nifti":
+        require_dicom_extra()
+
+
 def plan_cases(
     inputs: Sequence[Path],
     out: str | Path,
@@ -367,6 +482,7 @@ def plan_cases(
     (:func:`_export_series`); with ``series`` (a UID or a SeriesDescription) it is one case, that series."""
     if formats not in FORMATS:
         raise ConfigError(f"--format {formats!r}: expected one of {', '.join(FORMATS)}")
+    check_options_apply(inputs, out, formats=formats, series=series)
     planned: list[tuple[Path, str, str | None]] = []
     for path in inputs:
         if series is None and is_media_export(path):
@@ -397,6 +513,11 @@ def plan_cases(
         else:
             base = out / name
             label_path = base.with_name(base.name + ".nii.gz")
+        if isinstance(overlay, str | Path) and not one_file:
+            raise ConfigError(
+                f"--overlay {overlay}: names one figure, but {len(planned)} cases are written into the "
+                f"folder {out}, each with its own NAME.png there: give --overlay without a file name"
+            )
         if overlay is None or overlay is False:
             png = None
         elif overlay is True or not one_file:
@@ -548,6 +669,10 @@ def predict_case(
         raise DataError(f"{input_path}: image of shape {raw.shape} is a single slice; a 3-D scan is needed")
     # To the training slices' orientation (or, for a checkpoint without one, the axial axis first) and back.
     turn, orientation, warnings = scan_turn(predictor.orientation, geometry, str(input_path))
+    if Path(input_path).is_dir():  # a DICOM series says its modality; a NIfTI file does not
+        modality = select_series(find_series(input_path), series_uid, input_path).modality
+        mismatch = modality_mismatch(predictor.preprocessing, modality, str(input_path))
+        warnings += [mismatch] if mismatch else []
     image = apply_preprocessing(raw, predictor.preprocessing, source=str(input_path))
     start = time.perf_counter()
     pred = predict_turned(
@@ -635,6 +760,7 @@ class Outcome:
     status: str  # "done" | "skipped" | "failed"
     reason: str = ""
     info: Sidecar | None = None
+    redone: str = ""  # why a case whose files were there was done again (a damaged output), "" otherwise
 
 
 def predict_many(
@@ -646,8 +772,11 @@ def predict_many(
     overwrite: bool = False,
     series_uid: str | None = None,
     progress: bool = True,
+    on_redo: Callable[[str], None] | None = None,
 ) -> list[Outcome]:
     """Every case in turn, one progress bar over the cases; a failing case is recorded and the rest go on.
+    A case is skipped only when its outputs read back whole (:meth:`Case.check_done`); one with a damaged
+    output is redone, and ``on_redo`` gets the line that says so before its work starts.
 
     Before any work, no output may land on (or in) an input: its own, another case's, or a folder of scans
     named in ``given`` (the inputs as the user gave them, before expansion)."""
@@ -660,16 +789,20 @@ def predict_many(
     bar = progress_bar(total=len(cases), desc="cases", unit="case", disable=not progress or len(cases) < 2)
     with folder_locks(folders, "predict"), bar:  # one writer per --out folder (organseg.locks)
         for case in cases:
-            if case.done() and not overwrite:
+            done, damaged = (False, None) if overwrite else case.check_done()
+            if done:
                 outcomes.append(Outcome(case, "skipped", "outputs exist (--overwrite replaces them)"))
             else:
+                redo = f"redoing {case.name}: its previous output {damaged}" if damaged else ""
+                if redo and on_redo is not None:
+                    on_redo(redo)
                 try:
                     inner = progress and len(cases) == 1  # the slice bar only when there is no case bar
                     info = predict_case(predictor, case, series_uid=series_uid, progress=inner)
-                    outcomes.append(Outcome(case, "done", info=info))
+                    outcomes.append(Outcome(case, "done", info=info, redone=redo))
                 except (OrgansegError, OSError, RuntimeError, ValueError, MemoryError) as exc:
                     # One bad scan (a damaged file, an odd geometry, memory) must not stop the others.
                     reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-                    outcomes.append(Outcome(case, "failed", reason))
+                    outcomes.append(Outcome(case, "failed", reason, redone=redo))
             bar.update(1)
     return outcomes

@@ -238,6 +238,12 @@ def run_study(
     split = _check_cv_options(split, checkpoint, folds)
     # With folds, the pool the folds divide (an nnU-Net folder without its own validation split).
     dataset = open_dataset(data, **layout_options(data, {"fold": 0} if folds else {}))
+    if checkpoint == "best" and not folds and not dataset.case_ids("val"):
+        # training writes best.pt only when it validates: found now, not after every run has trained
+        raise ConfigError(
+            f"--checkpoint best: {data} has no validation cases, so training writes no best.pt; "
+            "use last (or epoch_N), or give the dataset a validation split"
+        )
     plans = plan_runs(
         models,
         seeds,
