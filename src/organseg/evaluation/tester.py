@@ -160,7 +160,7 @@ def run_test(
     ]
     # Every folder this call writes, checked before the first member is tested: a member's results folder
     # that cannot be written must not fail the call after the others' work.
-    dataset = _open_dataset(data, members[0].ckpt, whole)
+    dataset = _open_dataset(data, members[0].ckpt, targets[0], whole)
     for k, t in enumerate(targets):
         _checked_results_folder(t, split, member_out[k], dataset, (), report=False)
     _checked_results_folder(name, split, out, dataset, [str(t.checkpoint_path) for t in targets], report)
