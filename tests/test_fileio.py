@@ -151,7 +151,8 @@ def test_full_disk_is_one_line_naming_the_target_and_keeps_the_old_file(tmp_path
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(fileio.os, "fsync", full)
-    with pytest.raises(OutputError, match=r"summary\.json: cannot write \(No space left on device\)") as exc:
+    full_line = r"summary\.json: disk full \(needs ~1 kB, .* free on /.*\): free some space"
+    with pytest.raises(OutputError, match=full_line) as exc:
         atomic_write_text(target, "new")
     assert "\n" not in str(exc.value) and ".tmp" not in str(exc.value)
     assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["summary.json"]
@@ -185,7 +186,7 @@ def test_full_disk_in_torch_save_and_itk_are_one_line(tmp_path, monkeypatch):
         return Full(fh) if "w" in mode and ".tmp" in str(file) else fh
 
     monkeypatch.setattr(builtins, "open", full_open)
-    with pytest.raises(OutputError, match=r"last\.pt: cannot write \(No space left on device\)"):
+    with pytest.raises(OutputError, match=r"last\.pt: disk full \(.* free on "):
         atomic_torch_save({"w": torch.ones(4)}, tmp_path / "last.pt")
     monkeypatch.setattr(builtins, "open", real_open)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TextIO
 
@@ -20,6 +21,10 @@ from organseg.formatting import duration
 
 #: seconds between two plain progress lines (a 40-case test of ten minutes writes about 60 lines)
 PLAIN_INTERVAL_S = 10.0
+
+# Every bar progress_bar made that may still be open: a loop that raises leaves its bar open until the
+# exception is gone (the traceback keeps the loop's frame), which is after the command line printed it.
+_bars: weakref.WeakSet = weakref.WeakSet()
 
 
 def is_terminal(stream: Any) -> bool:
@@ -125,6 +130,19 @@ class PlainProgress:
         self._shown = self.n
 
 
+def abandon_bars() -> None:
+    """End every open bar of a loop an error interrupted, before the error is printed: a terminal bar is
+    erased (no half-drawn line before the message), a plain one prints no final line (its "n/total" would
+    read as a result)."""
+    for bar in list(_bars):
+        if isinstance(bar, PlainProgress):
+            bar._closed = True
+        else:
+            bar.leave = False
+            bar.close()
+    _bars.clear()
+
+
 def progress_bar(
     iterable: Iterable | None = None,
     *,
@@ -143,7 +161,7 @@ def progress_bar(
     """
     stream = file if file is not None else sys.stderr
     if is_terminal(stream) or (file is None and "ipykernel" in sys.modules):  # a notebook shows a widget
-        return tqdm(
+        bar = tqdm(
             iterable,
             total=total,
             desc=desc,
@@ -154,9 +172,20 @@ def progress_bar(
             file=file,
             **bar_options,
         )
-    return PlainProgress(
-        iterable, total=total, desc=desc, unit=unit, disable=disable, leave=leave, initial=initial, file=file
-    )
+    else:
+        bar = PlainProgress(
+            iterable,
+            total=total,
+            desc=desc,
+            unit=unit,
+            disable=disable,
+            leave=leave,
+            initial=initial,
+            file=file,
+        )
+    if not disable:
+        _bars.add(bar)
+    return bar
 
 
 def progress_write(message: str) -> None:
