@@ -13,6 +13,7 @@ from organseg.errors import OrgansegError
 from organseg.fileio import NO_ROOM, no_room_error
 from organseg.progress import abandon_bars
 from organseg.runtime import tune_malloc
+from organseg.stopping import StopSignal, stop_on_signals
 
 # The order verbs appear in --help: the path a user walks.
 _ORDER = ["demo", "info", "phantom", "prepare", "train", "test", "predict", "export", "report", "compare"]
@@ -58,7 +59,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     tune_malloc()
     try:
-        return int(args._run(args) or 0)
+        with stop_on_signals():
+            return int(args._run(args) or 0)
+    except StopSignal as exc:
+        # SIGTERM, SIGHUP or SIGINT: the clean-ups ran on the way out (children stopped, temporaries removed)
+        abandon_bars()
+        print(f"organseg {args.verb}: {exc}", file=sys.stderr)
+        return exc.exit_code
     except OrgansegError as exc:
         abandon_bars()
         print(f"organseg {args.verb}: error: {exc}", file=sys.stderr)
