@@ -643,7 +643,7 @@ def test_checkpoint_best_without_validation_cases_is_refused_before_any_run(phan
     assert not out.exists()
 
 
-# ------------------------------------------------------------------------------------- a study stopped by a signal
+# ------------------------------------------------------------------------------- a study stopped by a signal
 
 
 def _alive(pid: int) -> bool:
@@ -701,7 +701,7 @@ def test_sigterm_stops_a_parallel_study_and_its_children_and_a_rerun_resumes(pha
     assert all(0 < it < 150 for it in stopped_at), stopped_at
 
     assert main(argv) == 0  # the same command: both runs resume from their last.pt and finish
-    for r, it in zip(runs, stopped_at, strict=True):
+    for r in runs:
         assert torch.load(r / "checkpoints" / "last.pt", weights_only=True)["iteration"] == 150
         assert "resuming at iteration" in (r / "train.log").read_text()
         assert (r / "results" / "test_last" / "summary.json").is_file() and not (r / LOCK_FILE).exists()

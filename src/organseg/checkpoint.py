@@ -115,7 +115,7 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
             try:
                 torch.save(obj, out)
             except RuntimeError:
-                if out.error is not None:
+                if out.error is not None:  # what torch's writer swallowed: ENOSPC, a stop signal
                     raise out.error from None
                 raise
             fh.flush()

@@ -377,18 +377,18 @@ def _remove(temps: list[Path]) -> None:
 
 
 class WholeWrites:
-    """A binary file whose ``write`` writes all it is given or raises the OSError that stopped it, and keeps
-    that error (:attr:`error`) for whoever drives it.
+    """A binary file whose ``write`` writes all it is given or raises what stopped it, and keeps that
+    exception (:attr:`error`) for whoever drives it.
 
     ``torch.save``'s zip writer swallows an exception its file raises and fails later with its own
     ("unexpected pos ...", a multi-line RuntimeError), and a buffered file may return a short count when the
-    disk fills in the middle of a write; either way the reason (ENOSPC) is lost. The caller re-raises
-    :attr:`error` instead, which :func:`staged` words (:func:`no_room_error`). After a failure every write
-    fails at once."""
+    disk fills in the middle of a write; either way the reason (ENOSPC, or a stop signal whose handler ran in
+    the write: organseg.stopping) is lost. The caller re-raises :attr:`error` instead, which :func:`staged`
+    words (:func:`no_room_error`). After a failure every write fails at once."""
 
     def __init__(self, fh: Any) -> None:
         self.fh = fh
-        self.error: OSError | None = None
+        self.error: BaseException | None = None
 
     def write(self, data: Any) -> int:
         if self.error is not None:
@@ -401,7 +401,7 @@ class WholeWrites:
                 if not n:
                     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # no progress: nothing more fits
                 done += n
-        except OSError as exc:
+        except BaseException as exc:
             self.error = exc
             raise
         return done

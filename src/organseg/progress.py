@@ -8,6 +8,7 @@ every :data:`PLAIN_INTERVAL_S` seconds and one at the end, each with count/total
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -65,11 +66,15 @@ class PlainProgress:
     def __iter__(self) -> Iterator:
         if self.iterable is None:
             raise TypeError("PlainProgress without an iterable is not iterable")
-        try:
-            for item in self.iterable:
-                yield item
-                self.update(1)
-        finally:
+        for item in self.iterable:
+            yield item
+            self.update(1)
+        # Only a finished loop prints its last line here. A loop left by an exception stays open until the
+        # command line ends it without one (abandon_bars), one left by ``break`` until it is dropped.
+        self.close()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
             self.close()
 
     def __enter__(self) -> PlainProgress:
@@ -130,6 +135,23 @@ class PlainProgress:
         self._shown = self.n
 
 
+class _TerminalBar(tqdm):
+    """tqdm's bar, except that a loop left early does not close it: tqdm's own ``__iter__`` closes it (and
+    draws it, with a newline, as it stood) as soon as an exception leaves the loop, before the command line
+    prints the error; kept open, :func:`abandon_bars` erases it instead."""
+
+    def __iter__(self) -> Iterator:
+        inner = super().__iter__()
+        self._inner = inner  # closed with the bar, not with the loop
+        yield from _detached(inner)
+
+
+def _detached(inner: Iterator) -> Iterator:
+    # A plain for loop, not ``yield from``: closing this generator must not close ``inner``.
+    for item in inner:  # noqa: UP028 (see above)
+        yield item
+
+
 def abandon_bars() -> None:
     """End every open bar of a loop an error interrupted, before the error is printed: a terminal bar is
     erased (no half-drawn line before the message), a plain one prints no final line (its "n/total" would
@@ -161,7 +183,7 @@ def progress_bar(
     """
     stream = file if file is not None else sys.stderr
     if is_terminal(stream) or (file is None and "ipykernel" in sys.modules):  # a notebook shows a widget
-        bar = tqdm(
+        bar = _TerminalBar(
             iterable,
             total=total,
             desc=desc,
