@@ -14,6 +14,7 @@ ignored, so the clean-up (bounded: :data:`STOP_WAIT_S`) is not cut short.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -63,15 +64,26 @@ def stop_on_signals() -> Iterator[None]:
         yield
         return
     stopping = False
+    owner = os.getpid()
 
     def on_signal(signum: int, frame: object) -> None:
         nonlocal stopping
+        if os.getpid() != owner:
+            # A forked child (a DataLoader worker) inherited the handler: it ends as it would have without it
+            # (torch's workers expect KeyboardInterrupt on Ctrl-C; SIGTERM ends them at once).
+            handler = previous.get(signum, signal.SIG_DFL)
+            signal.signal(signum, handler)
+            if callable(handler):
+                handler(signum, frame)
+            else:
+                os.kill(os.getpid(), signum)
+            return
         if stopping:
             return  # the clean-up of the first one is running
         stopping = True
         raise StopSignal(signum)
 
-    previous = {}
+    previous: dict[int, object] = {}
     for signum in STOP_SIGNALS:
         # A signal the process was told to ignore (nohup: SIGHUP; a background job: SIGINT) stays ignored,
         # and a handler of the program that embeds organseg stays in place.
