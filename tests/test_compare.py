@@ -641,3 +641,67 @@ def test_checkpoint_best_without_validation_cases_is_refused_before_any_run(phan
     ):
         run_study(phantom_data, ["unet"], out, checkpoint="best", device="cpu", report=False, progress=False)
     assert not out.exists()
+
+
+# ------------------------------------------------------------------------------- a study stopped by a signal
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, ended but not yet reaped, counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc (Linux)")
+def test_sigterm_stops_a_parallel_study_and_its_children_and_a_rerun_resumes(phantom_data, tmp_path):
+    """SIGTERM to `compare --jobs 2` (kill, scancel) stops its two child trainings, says so in one line
+    (exit 143), and the same command resumes both runs from their last.pt."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import torch
+
+    from organseg.locks import LOCK_FILE, read_holder
+
+    preset = write_presets(tmp_path, max_iterations=150)  # long enough to be stopped in the middle
+    out = tmp_path / "out"
+    argv = ["compare", "--data", str(phantom_data), "--models", "unet", "--seeds", "1,2", "--preset", preset]
+    argv += ["--out", str(out), "--device", "cpu", "--no-report", "--jobs", "2"]
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "organseg", *argv]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    runs = [out / "runs" / name for name in ("unet__seed1", "unet__seed2")]
+    try:
+        # Both children train and have a checkpoint to resume from; their pids are in their locks.
+        deadline = time.monotonic() + 120
+        while not all((r / "checkpoints" / "last.pt").is_file() and (r / LOCK_FILE).is_file() for r in runs):
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() < deadline, "the child trainings did not start"
+            time.sleep(0.2)
+        children = [read_holder(r).pid for r in runs]
+        assert all(_alive(pid) for pid in children) and proc.pid not in children
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    last = err.strip().splitlines()[-1]
+    assert last == "organseg compare: stopped by SIGTERM: 2 run(s) stopped, re-run the same command to resume"
+    assert "Traceback" not in err
+    assert not [pid for pid in children if _alive(pid)]  # stopped (and reaped) before the compare ended
+    stopped_at = [torch.load(r / "checkpoints" / "last.pt", weights_only=True)["iteration"] for r in runs]
+    assert all(0 < it < 150 for it in stopped_at), stopped_at
+
+    assert main(argv) == 0  # the same command: both runs resume from their last.pt and finish
+    for r in runs:
+        assert torch.load(r / "checkpoints" / "last.pt", weights_only=True)["iteration"] == 150
+        assert "resuming at iteration" in (r / "train.log").read_text()
+        assert (r / "results" / "test_last" / "summary.json").is_file() and not (r / LOCK_FILE).exists()

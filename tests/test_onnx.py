@@ -319,3 +319,34 @@ def test_export_takes_an_official_checkpoint_as_predict_does(tmp_path: Path, cap
     _, info = load_onnx(out)
     assert info["class_names"] == list(SYNAPSE_CLASSES) and info["preprocessing"]["kind"] == "ct_window"
     assert info["source_checkpoint"]["name"] == "epoch_149.pth"
+
+
+def test_a_killed_exports_temporaries_are_swept_by_the_next_export(tmp_path: Path) -> None:
+    """The export writes through organseg.fileio: a temporary that names its process, removed by the next
+    export of the same file once that process is gone (a live one's stays), as every other writer's is; the
+    temporaries of earlier versions' exporter (no pid in the name) go once an hour old."""
+    import subprocess
+    import time
+
+    from organseg import fileio
+
+    ckpt = make_checkpoint_file(tmp_path, "unet")
+    out = tmp_path / "deploy" / "m.onnx"
+    out.parent.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    old = time.time() - fileio.STALE_GRACE_S - 5
+    ancient = time.time() - fileio.LEGACY_STALE_S - 5
+    left = {
+        f".m.onnx.{dead.pid}.k3j_9x.tmp": (old, False),  # a killed export's: swept
+        f".m.onnx.{os.getpid()}.a1b2c3.tmp": (old, True),  # a live writer's: kept, however old
+        ".m.onnx.q8w7e6.tmp": (ancient, False),  # an earlier exporter's, hours old: swept
+        ".m.onnx.z1x2c3.tmp": (time.time(), True),  # an earlier exporter's, maybe still running: kept
+        f".other.onnx.{dead.pid}.k3j_9x.tmp": (old, True),  # another target's: not this write's business
+    }
+    for name, (mtime, _) in left.items():
+        (out.parent / name).write_bytes(b"half a model")
+        os.utime(out.parent / name, (mtime, mtime))
+    assert main(["export", str(ckpt), "--onnx", str(out)]) == 0
+    kept = sorted(p.name for p in out.parent.iterdir())
+    assert kept == sorted(["m.onnx", *(n for n, (_, keep) in left.items() if keep)])

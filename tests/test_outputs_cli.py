@@ -19,6 +19,7 @@ from organseg.data.prepare import prepare_synapse
 from organseg.data.preprocess import ct_window_spec
 from organseg.imageio.volumes import Geometry, write_image
 from organseg.progress import PlainProgress, progress_bar
+from small_disk import small_disk
 
 CONFIGS = Path(__file__).resolve().parents[1] / "src" / "organseg" / "configs"
 
@@ -194,11 +195,11 @@ def test_predict_full_disk_leaves_no_label_map_without_its_sidecar(world, tmp_pa
     one_line_error(
         capsys,
         ["predict", ck, scan, "--out", out, "--overwrite", "--device", "cpu"],
-        "pred.nii.gz: cannot write (No space left on device)",
+        "pred.nii.gz: disk full (",
     )
     assert _listing(tmp_path) == before  # the earlier pair untouched, no temporaries
     new = tmp_path / "new.nii.gz"
-    one_line_error(capsys, ["predict", ck, scan, "--out", new, "--device", "cpu"], "No space left on device")
+    one_line_error(capsys, ["predict", ck, scan, "--out", new, "--device", "cpu"], "disk full")
     assert _listing(tmp_path) == before  # no new.nii.gz without new.json
 
 
@@ -237,6 +238,27 @@ def test_progress_bar_picks_plain_lines_off_a_terminal():
     assert isinstance(progress_bar(range(3), file=io.StringIO()), PlainProgress)
     assert not isinstance(progress_bar(range(3), file=Tty()), PlainProgress)
     assert list(progress_bar(range(3), file=io.StringIO(), disable=True)) == [0, 1, 2]
+
+
+def test_an_error_inside_a_loop_ends_its_bar_before_the_message(world, tmp_path, monkeypatch):
+    """On a terminal, a loop that fails (here: the disk fills at the first case's viewer page) leaves no
+    half-drawn bar in front of the error: the bar is erased and the message starts its own line."""
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    err = Tty()
+    monkeypatch.setattr("sys.stderr", err)
+    res = tmp_path / "res"
+    argv = ["test", str(world["run"]), "--data", str(world["data"]), "--out", str(res), "--no-report"]
+    with small_disk(tmp_path, 2_000):
+        assert main([*argv, "--device", "cpu"]) == 2
+    # What a terminal shows: each line as its last carriage return leaves it.
+    screen = [line.rsplit("\r", 1)[-1] for line in err.getvalue().split("\n")]
+    shown = [line for line in screen if line.strip()]
+    assert len(shown) == 1 and shown[0].startswith("organseg test: error: "), screen  # no bar left over
+    assert "viewer" in shown[0] and "disk full" in shown[0]
 
 
 def test_verbs_print_no_carriage_returns_into_a_log(world, tmp_path, capsys):

@@ -22,12 +22,13 @@ import organseg.training.loop as loop
 from helpers import SIZE, TINY_NET, state_dict_of, tiny_config, tiny_dataset
 from organseg.checkpoint import model_from_checkpoint, read_checkpoint
 from organseg.data.augment import resize_slice
-from organseg.errors import CheckpointError, ConfigError, DataError
+from organseg.errors import CheckpointError, ConfigError, DataError, NoRoomError
 from organseg.run import TRAIN_FILES
 from organseg.training import TrainingDiverged, poly_lr, read_metrics, train
 from organseg.training.data import TrainBatches
 from organseg.training.distributed import DistEnv
 from organseg.training.schedule import make_sgd
+from small_disk import small_disk
 
 TESTS = Path(__file__).resolve().parent
 # 12 slices at batch 4: 3 iterations per epoch, 3 epochs, 9 iterations.
@@ -208,6 +209,30 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch
     last = read_checkpoint(out / "checkpoints" / "last.pt")
     assert last["iteration"] == IPE
     assert all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
+
+
+def test_a_full_disk_at_a_checkpoint_keeps_the_last_one_and_the_run_resumes(tmp_path):
+    """The disk fills while last.pt of epoch 2 is written: one line naming it, the space it needs and what
+    is free; the last.pt of epoch 1 stays whole, no temporary is left, and --resume after freeing space goes
+    on."""
+    cfg = tiny_config(val={"every": 0}, checkpoint={"save_interval": 100})
+    ref = tmp_path / "ref"
+    train(cfg, tiny_dataset(N_SLICES), ref)
+    size = (ref / "checkpoints" / "last.pt").stat().st_size
+    small = sum(p.stat().st_size for p in ref.rglob("*") if p.is_file() and p.parent.name != "checkpoints")
+    out = tmp_path / "run"
+    with small_disk(tmp_path, small + size + size // 2), pytest.raises(NoRoomError) as err:
+        train(cfg, tiny_dataset(N_SLICES), out)  # room for one last.pt, not for its next version beside it
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(
+        f"{out / 'checkpoints' / 'last.pt'}: disk full (needs ~"
+    )
+    assert " free on " in message and message.endswith("free some space and resume with --resume")
+    assert read_checkpoint(out / "checkpoints" / "last.pt")["iteration"] == IPE
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["last.pt"]
+    summary = train(cfg, tiny_dataset(N_SLICES), out, resume=True)
+    assert summary["iterations"] == IPE * EPOCHS
+    assert read_checkpoint(out / "checkpoints" / "last.pt")["iteration"] == IPE * EPOCHS
 
 
 class _Recorder:

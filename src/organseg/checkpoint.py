@@ -40,7 +40,7 @@ from torch import nn
 
 from organseg.data.preprocess import validate_spec
 from organseg.errors import CheckpointError, OrgansegError
-from organseg.fileio import atomic_write, atomic_write_bytes, atomic_write_text  # noqa: F401 (earlier home)
+from organseg.fileio import WholeWrites, atomic_write, atomic_write_bytes, atomic_write_text  # noqa: F401 (earlier home)
 from organseg.imageio.orientation import code_problem
 from organseg.models import create_model, head_key, input_size_problem, model_name_problem
 from organseg.models.pretrained import official_swin_unet_network
@@ -107,14 +107,32 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
         obj[CHECKSUM] = {"sha256": payload_digest(obj)}
 
     def write(tmp: Path) -> None:
-        # Through a Python file object: a failed write (disk full) then raises OSError, which atomic_write
-        # turns into one line naming the checkpoint, instead of torch's multi-line RuntimeError.
+        # Through a file object that keeps the OSError torch's writer swallows (see WholeWrites): a full disk
+        # then ends in one line naming the checkpoint and the space it needs (atomic_write), not in torch's
+        # multi-line RuntimeError about an "unexpected pos".
         with open(tmp, "wb") as fh:
-            torch.save(obj, fh)
+            out = WholeWrites(fh)
+            try:
+                torch.save(obj, out)
+            except RuntimeError:
+                if out.error is not None:  # what torch's writer swallowed: ENOSPC, a stop signal
+                    raise out.error from None
+                raise
             fh.flush()
             os.fsync(fh.fileno())
 
-    atomic_write(path, write)
+    atomic_write(path, write, size_hint=_tensor_bytes(obj))
+
+
+def _tensor_bytes(obj: Any) -> int:
+    """About the size of ``torch.save(obj)``: its tensors' bytes (the rest is small)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.nelement() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, list | tuple):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
 
 
 def read_checkpoint(

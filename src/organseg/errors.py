@@ -27,3 +27,16 @@ class UnknownModelError(ConfigError):
 class OutputError(OrgansegError):
     """An output cannot be written where asked: over an input, into a file or read-only place, or the disk is
     full. The message names the path."""
+
+
+class NoRoomError(OutputError):
+    """A write ran out of room (disk full, quota exceeded, file size limit): the message names the file, the
+    space it needs and what is free, then what to do (``hint``), which a caller that knows better (``train``:
+    resume) replaces with :meth:`with_hint`."""
+
+    def __init__(self, path: object, problem: str, hint: str = "free some space and run the command again"):
+        self.path, self.problem, self.hint = path, problem, hint
+        super().__init__(f"{path}: {problem}: {hint}")
+
+    def with_hint(self, hint: str) -> NoRoomError:
+        return NoRoomError(self.path, self.problem, hint)

@@ -4,8 +4,9 @@ Every writer in organseg goes through this module (see docs/files.md):
 
 - **Atomic**: the content goes to a hidden temporary file in the target's own folder, then ``os.replace``
   puts it in place, so a reader (or a re-run after a crash) sees the old file or the whole new one, never half
-  of one. A failed write removes its temporary file; an :class:`OSError` (no space left, read-only folder)
-  becomes one :class:`~organseg.errors.OutputError` line naming the target, not the temporary.
+  of one. A failed write removes its temporary file; an :class:`OSError` (read-only folder) becomes one
+  :class:`~organseg.errors.OutputError` line naming the target, not the temporary. No room for the file (disk
+  full, quota exceeded, file size limit: :func:`no_room_error`) says how much it needs and how much is free.
 - **Modes as ``open()`` would give**: ``mkstemp`` creates files 0600; the final file gets ``0o666 & ~umask``
   (0644 under the usual umask 022), so a colleague or a container can read datasets, checkpoints and reports.
 - **No leftovers**: temporaries are named ``.NAME.PID.RANDOM.tmp[SUFFIX]``. A writer killed with SIGKILL
@@ -34,7 +35,12 @@ from typing import Any
 
 import yaml
 
-from organseg.errors import DataError, OutputError
+from organseg.errors import DataError, NoRoomError, OutputError
+
+try:
+    import resource
+except ImportError:  # Windows: no file size limit to read
+    resource = None  # type: ignore[assignment]
 
 PathLike = str | os.PathLike
 
@@ -219,6 +225,57 @@ def _mkdir(folder: Path) -> None:
         raise OutputError(f"{folder}: cannot create the folder ({_reason(exc)})") from None
 
 
+#: errnos that mean "no room for this file": the one message of :func:`no_room_error`
+NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def _mb(n: int | float) -> str:
+    mb = n / 1e6
+    if mb < 0.1:
+        return f"{max(1, round(n / 1e3))} kB"
+    return f"{mb / 1e3:.1f} GB" if mb >= 10_000 else f"{mb:.0f} MB" if mb >= 10 else f"{mb:.1f} MB"
+
+
+def _mount_point(path: Path) -> Path:
+    p = Path(os.path.abspath(path))
+    while not os.path.ismount(p) and p.parent != p:
+        p = p.parent
+    return p
+
+
+def no_room_error(target: PathLike, code: int | None, need: int = 0, *, more: bool = False) -> NoRoomError:
+    """The one message of a write that ran out of room (``code``: ENOSPC, EDQUOT or EFBIG): the file, about
+    how much it needs (``need`` bytes, 0: unknown; ``more``: at least that, the part written before the
+    failure) and how much is free where it goes. Call it after the failed write's temporary is gone, so that
+    "free" is what a re-run finds."""
+    target = Path(target)
+    needs = f"needs {'over' if more else '~'}{' ' if more else ''}{_mb(need)}, " if need > 0 else ""
+    place = _nearest_existing(target.parent)
+    try:
+        st = os.statvfs(place)
+        free = f"{_mb(st.f_bavail * st.f_frsize)} free on {_mount_point(place)}"
+    except (OSError, AttributeError):
+        free = "free space unknown"
+    if code == errno.EDQUOT:
+        return NoRoomError(target, f"disk quota exceeded ({needs}{free}; your quota is full)")
+    if code == errno.EFBIG:
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0] if resource is not None else -1
+        if resource is not None and limit != resource.RLIM_INFINITY:
+            why = f"the file size limit of this process (ulimit -f) is {_mb(limit)}"
+        else:
+            why = f"beyond the largest file the file system on {_mount_point(place)} takes"
+        hint = "raise the limit and run the command again"
+        return NoRoomError(target, f"file too large ({needs}{why})", hint)
+    return NoRoomError(target, f"disk full ({needs}{free})")
+
+
+def _size(path: Path) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
+
+
 def _reason(exc: OSError) -> str:
     if exc.errno == errno.ENOTDIR:
         return "a part of the path is a file, not a folder"
@@ -226,7 +283,7 @@ def _reason(exc: OSError) -> str:
 
 
 @contextlib.contextmanager
-def staged(*targets: PathLike, suffix: bool = False) -> Iterator[list[Path]]:
+def staged(*targets: PathLike, suffix: bool = False, size_hint: int = 0) -> Iterator[list[Path]]:
     """Temporary paths for a set of files that belong together (a label map and its JSON sidecar).
 
     The body writes each temporary; on success all are renamed into place, on any failure none is, and a
@@ -235,7 +292,9 @@ def staged(*targets: PathLike, suffix: bool = False) -> Iterator[list[Path]]:
     a failing write never loses what was there. The last target is renamed last: a set whose last file marks
     it complete (a results folder's ``summary.json``) is never marked before the rest is in place.
     ``suffix=True`` keeps each target's format suffix on its temporary (for writers that choose the format
-    from the name). An OSError becomes an OutputError naming the target.
+    from the name). An OSError becomes an OutputError naming the target; no room for it, a
+    :class:`~organseg.errors.NoRoomError` that says about how much it needs (``size_hint``: the bytes the
+    writer expects to write, when it knows).
     """
     finals = [Path(t) for t in targets]
     temps: list[Path] = []
@@ -281,11 +340,17 @@ def staged(*targets: PathLike, suffix: bool = False) -> Iterator[list[Path]]:
                     with contextlib.suppress(OSError):
                         previous.unlink()
     except OSError as exc:
-        raise OutputError(f"{current}: cannot write ({_reason(exc)})") from None
+        if exc.errno not in NO_ROOM:
+            raise OutputError(f"{current}: cannot write ({_reason(exc)})") from None
+        # What the file needs: as much as its previous version, or more than the part written before the
+        # failure; the temporaries go first, so the space they held counts as free.
+        expected = max(_size(current), size_hint if finals and current == finals[0] else 0)
+        mine = [tmp for tmp, final in zip(temps, finals, strict=False) if final == current]
+        written = max([0, *map(_size, mine)])
+        _remove(temps)
+        raise no_room_error(current, exc.errno, max(expected, written), more=written > expected) from None
     finally:
-        for tmp in temps:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
+        _remove(temps)
 
 
 def _keep_previous(final: Path) -> Path | None:
@@ -305,9 +370,52 @@ def _keep_previous(final: Path) -> Path | None:
     return keep
 
 
-def atomic_write(path: PathLike, write: Callable[[Path], None], *, suffix: bool = False) -> None:
-    """Call ``write(tmp)`` to fill a temporary file, then put it in place as ``path`` (see module doc)."""
-    with staged(path, suffix=suffix) as (tmp,):
+def _remove(temps: list[Path]) -> None:
+    for tmp in temps:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+class WholeWrites:
+    """A binary file whose ``write`` writes all it is given or raises what stopped it, and keeps that
+    exception (:attr:`error`) for whoever drives it.
+
+    ``torch.save``'s zip writer swallows an exception its file raises and fails later with its own
+    ("unexpected pos ...", a multi-line RuntimeError), and a buffered file may return a short count when the
+    disk fills in the middle of a write; either way the reason (ENOSPC, or a stop signal whose handler ran in
+    the write: organseg.stopping) is lost. The caller re-raises :attr:`error` instead, which :func:`staged`
+    words (:func:`no_room_error`). After a failure every write fails at once."""
+
+    def __init__(self, fh: Any) -> None:
+        self.fh = fh
+        self.error: BaseException | None = None
+
+    def write(self, data: Any) -> int:
+        if self.error is not None:
+            raise self.error
+        view = memoryview(data).cast("B")
+        done = 0
+        try:
+            while done < len(view):
+                n = self.fh.write(view[done:])
+                if not n:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # no progress: nothing more fits
+                done += n
+        except BaseException as exc:
+            self.error = exc
+            raise
+        return done
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+
+def atomic_write(
+    path: PathLike, write: Callable[[Path], None], *, suffix: bool = False, size_hint: int = 0
+) -> None:
+    """Call ``write(tmp)`` to fill a temporary file, then put it in place as ``path`` (see module doc);
+    ``size_hint``: about how many bytes it writes, for the message when they do not fit."""
+    with staged(path, suffix=suffix, size_hint=size_hint) as (tmp,):
         write(tmp)
 
 
@@ -329,7 +437,7 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> None:
             fh.flush()
             os.fsync(fh.fileno())
 
-    atomic_write(path, write)
+    atomic_write(path, write, size_hint=len(data))
 
 
 def atomic_write_text(path: PathLike, text: str) -> None:

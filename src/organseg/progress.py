@@ -8,9 +8,11 @@ every :data:`PLAIN_INTERVAL_S` seconds and one at the end, each with count/total
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TextIO
 
@@ -20,6 +22,10 @@ from organseg.formatting import duration
 
 #: seconds between two plain progress lines (a 40-case test of ten minutes writes about 60 lines)
 PLAIN_INTERVAL_S = 10.0
+
+# Every bar progress_bar made that may still be open: a loop that raises leaves its bar open until the
+# exception is gone (the traceback keeps the loop's frame), which is after the command line printed it.
+_bars: weakref.WeakSet = weakref.WeakSet()
 
 
 def is_terminal(stream: Any) -> bool:
@@ -60,11 +66,15 @@ class PlainProgress:
     def __iter__(self) -> Iterator:
         if self.iterable is None:
             raise TypeError("PlainProgress without an iterable is not iterable")
-        try:
-            for item in self.iterable:
-                yield item
-                self.update(1)
-        finally:
+        for item in self.iterable:
+            yield item
+            self.update(1)
+        # Only a finished loop prints its last line here. A loop left by an exception stays open until the
+        # command line ends it without one (abandon_bars), one left by ``break`` until it is dropped.
+        self.close()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
             self.close()
 
     def __enter__(self) -> PlainProgress:
@@ -125,6 +135,36 @@ class PlainProgress:
         self._shown = self.n
 
 
+class _TerminalBar(tqdm):
+    """tqdm's bar, except that a loop left early does not close it: tqdm's own ``__iter__`` closes it (and
+    draws it, with a newline, as it stood) as soon as an exception leaves the loop, before the command line
+    prints the error; kept open, :func:`abandon_bars` erases it instead."""
+
+    def __iter__(self) -> Iterator:
+        inner = super().__iter__()
+        self._inner = inner  # closed with the bar, not with the loop
+        yield from _detached(inner)
+
+
+def _detached(inner: Iterator) -> Iterator:
+    # A plain for loop, not ``yield from``: closing this generator must not close ``inner``.
+    for item in inner:  # noqa: UP028 (see above)
+        yield item
+
+
+def abandon_bars() -> None:
+    """End every open bar of a loop an error interrupted, before the error is printed: a terminal bar is
+    erased (no half-drawn line before the message), a plain one prints no final line (its "n/total" would
+    read as a result)."""
+    for bar in list(_bars):
+        if isinstance(bar, PlainProgress):
+            bar._closed = True
+        else:
+            bar.leave = False
+            bar.close()
+    _bars.clear()
+
+
 def progress_bar(
     iterable: Iterable | None = None,
     *,
@@ -143,7 +183,7 @@ def progress_bar(
     """
     stream = file if file is not None else sys.stderr
     if is_terminal(stream) or (file is None and "ipykernel" in sys.modules):  # a notebook shows a widget
-        return tqdm(
+        bar = _TerminalBar(
             iterable,
             total=total,
             desc=desc,
@@ -154,9 +194,20 @@ def progress_bar(
             file=file,
             **bar_options,
         )
-    return PlainProgress(
-        iterable, total=total, desc=desc, unit=unit, disable=disable, leave=leave, initial=initial, file=file
-    )
+    else:
+        bar = PlainProgress(
+            iterable,
+            total=total,
+            desc=desc,
+            unit=unit,
+            disable=disable,
+            leave=leave,
+            initial=initial,
+            file=file,
+        )
+    if not disable:
+        _bars.add(bar)
+    return bar
 
 
 def progress_write(message: str) -> None:

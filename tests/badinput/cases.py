@@ -45,6 +45,7 @@ GROUPS = {
     "busy": "Output folders another organseg process is writing",
     "right-runs": "The right data, the right runs: a run's dataset, checkpoint checksums, results reused",
     "applies": "Options that cannot apply, and what can be checked before the work",
+    "disks": "Disks that fill up during a write",
 }
 
 
@@ -66,6 +67,8 @@ class Case:
     needs_shared: bool = False  # needs ../shared (the real DICOM series)
     mem_gb: float | None = None  # address-space limit of a subprocess case
     allow_new: tuple[str, ...] = field(default=())  # glob patterns (relative to {t}) a case may leave
+    # bytes the writes under {t} may use in all, as on a disk that fills up (tests/small_disk.py); in-process
+    disk_free: int | None = None
 
 
 CASES: list[Case] = []
@@ -2851,6 +2854,62 @@ for cid, what, setup, argv, expect, kw in [
     ),
 ]:
     add(cid, argv[0], what, setup, argv, expect, group="applies", **kw)
+
+
+# ---------------------------------------------------------------- disks that fill up during a write
+# Simulated in this process (tests/small_disk.py: a part written, then ENOSPC): the message names the file,
+# the space it needs and what is free, and the previous file stays whole. A compare stopped by a signal and
+# the sweep of a killed export's temporary are no faults of the input (and exit 0 or sweep a file): they are
+# tested in tests/test_compare.py and tests/test_onnx.py.
+DISK = "disk full"
+for cid, what, setup, argv, free, expect, allow in [
+    (
+        "train-disk-full-first-checkpoint",
+        "train on a disk without room for the first checkpoint (the fresh run folder is removed)",
+        TRAIN_SETUP,
+        TRAIN,
+        100_000,
+        ["checkpoints/last.pt", "needs ~", "run the command again"],
+        (),
+    ),
+    (
+        "train-disk-full-later-checkpoint",
+        "train on a disk with room for one last.pt but not the next (last.pt stays, the run resumes)",
+        TRAIN_SETUP,
+        [*TRAIN, "--set", "train.max_iterations=5"],  # two epochs of 4 iterations: two last.pt
+        1_200_000,
+        ["checkpoints/last.pt", "needs ~", "resume with --resume"],
+        ("run2/*",),
+    ),
+    (
+        "test-disk-full",
+        "test on a disk that fills up at the first case's viewer page",
+        TEST_SETUP,
+        TEST,
+        2_000,
+        ["viewer/case", "free on"],
+        (),
+    ),
+    (
+        "predict-disk-full",
+        "predict on a disk that fills up at the label map's sidecar",
+        PREDICT_SETUP,
+        PREDICT,
+        0,
+        ["seg.nii.gz"],
+        (),
+    ),
+    (
+        "export-disk-full",
+        "export to a disk without room for the ONNX file",
+        cp("unet.pt", "ckpt.pt"),
+        ["export", "{t}/ckpt.pt", "--onnx", "{t}/m.onnx"],
+        10_000,
+        ["m.onnx", "needs ~"],
+        (),
+    ),
+]:
+    add(cid, argv[0], what, setup, argv, [*expect, DISK], group="disks", disk_free=free, allow_new=allow)
 
 
 def by_id() -> dict[str, Case]:

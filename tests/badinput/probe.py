@@ -45,6 +45,7 @@ if __name__ == "__main__":  # run alone: import this worktree's organseg and the
 
 from badinput.cases import CASES, GROUPS, Case, by_id
 from badinput.inputs import DICOM, ROOT, Base, Ctx, build_base
+from small_disk import small_disk
 
 CLEAN, TRACEBACK, BAD, SKIP, ERROR = "CLEAN", "TRACEBACK", "BAD", "SKIP", "ERROR"
 DOC = ROOT / "docs" / "bad_input.md"
@@ -89,9 +90,11 @@ def _wall_limit_text() -> str:
     return f"the {WALL_LIMIT_S:g} s wall-clock backstop"
 
 
-def _run_inprocess(argv: list[str], cpu_limit_s: float) -> tuple[int | None, str, BaseException | None, str]:
-    """Run ``organseg *argv`` here; returns (exit code, stderr, escaped exception, the limit it ran past or
-    "")."""
+def _run_inprocess(
+    argv: list[str], cpu_limit_s: float, disk: contextlib.AbstractContextManager | None = None
+) -> tuple[int | None, str, BaseException | None, str]:
+    """Run ``organseg *argv`` here (inside ``disk``, a simulated small disk, if given); returns (exit code,
+    stderr, escaped exception, the limit it ran past or "")."""
     import torch
 
     from organseg.cli.main import main
@@ -115,7 +118,8 @@ def _run_inprocess(argv: list[str], cpu_limit_s: float) -> tuple[int | None, str
     signal.setitimer(signal.ITIMER_PROF, cpu_limit_s)
     signal.setitimer(signal.ITIMER_REAL, WALL_LIMIT_S)
     try:
-        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+        disk = disk or contextlib.nullcontext()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out), disk:
             rc = main(argv)
     except SystemExit as e:  # argparse
         rc = e.code if isinstance(e.code, int) else 2
@@ -189,7 +193,8 @@ def run_case(case: Case, base: Base, work: Path) -> Outcome:
         cmd = [sys.executable, "-m", "organseg", *argv]
         rc, stderr, timed_out = _run_subprocess(cmd, t, case.cpu_limit_s, case.mem_gb)
     else:
-        rc, stderr, exc, timed_out = _run_inprocess(argv, case.cpu_limit_s)
+        disk = small_disk(t, case.disk_free) if case.disk_free is not None else None
+        rc, stderr, exc, timed_out = _run_inprocess(argv, case.cpu_limit_s, disk)
     seconds, cpu_seconds = time.perf_counter() - t0, _cpu_seconds() - cpu0
     after = snapshot(t)
 

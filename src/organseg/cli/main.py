@@ -10,7 +10,10 @@ import sys
 
 from organseg import __version__
 from organseg.errors import OrgansegError
+from organseg.fileio import NO_ROOM, no_room_error
+from organseg.progress import abandon_bars
 from organseg.runtime import tune_malloc
+from organseg.stopping import StopSignal, stop_on_signals
 
 # The order verbs appear in --help: the path a user walks.
 _ORDER = ["demo", "info", "phantom", "prepare", "train", "test", "predict", "export", "report", "compare"]
@@ -56,16 +59,29 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     tune_malloc()
     try:
-        return int(args._run(args) or 0)
+        with stop_on_signals():
+            return int(args._run(args) or 0)
+    except StopSignal as exc:
+        # SIGTERM, SIGHUP or SIGINT: the clean-ups ran on the way out (children stopped, temporaries removed)
+        abandon_bars()
+        print(f"organseg {args.verb}: {exc}", file=sys.stderr)
+        return exc.exit_code
     except OrgansegError as exc:
+        abandon_bars()
         print(f"organseg {args.verb}: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
+        abandon_bars()
         # Last resort: every known output fault has its own message (organseg.fileio); an unforeseen one
-        # still ends in one line naming the path instead of a traceback.
-        print(f"organseg {args.verb}: error: {describe_os_error(exc)}", file=sys.stderr)
+        # (a full disk under a file that grows in place: metrics.jsonl) ends in one line naming the path.
+        if exc.errno in NO_ROOM and exc.filename is not None:
+            exc = no_room_error(exc.filename, exc.errno)
+            print(f"organseg {args.verb}: error: {exc}", file=sys.stderr)
+        else:
+            print(f"organseg {args.verb}: error: {describe_os_error(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        abandon_bars()
         print(f"organseg {args.verb}: interrupted", file=sys.stderr)
         return 130
 

@@ -34,8 +34,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
-import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -54,7 +52,7 @@ from organseg.checkpoint import (
 )
 from organseg.data.preprocess import validate_spec
 from organseg.errors import CheckpointError, ConfigError, OrgansegError
-from organseg.fileio import file_sha256
+from organseg.fileio import atomic_write_bytes, check_output_file, file_sha256
 from organseg.inference.official import with_reference_defaults
 from organseg.inference.targets import checkpoint_patch_size, resolve_target
 
@@ -90,54 +88,6 @@ def is_onnx_path(path: str | Path) -> bool:
 
 
 # ----------------------------------------------------------------------------------------------- export
-
-
-def _current_umask() -> int:
-    """The process umask, read without changing it where Linux reports it (os.umask can only swap it, which
-    other threads could see for a moment)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-class _PendingFile:
-    """A temporary file beside ``path``, created before the export so that an unwritable place fails in a
-    second, not after a minute of exporting; :meth:`commit` writes it, gives it the mode a plain ``open``
-    would (0644 under umask 022; ``mkstemp`` makes 0600) and renames it into place."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        existing = next(p for p in (path.parent, *path.parent.parents) if p.exists())
-        if not existing.is_dir():
-            raise ConfigError(f"--onnx {path}: cannot write there, {existing} is a file, not a folder")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        except OSError as exc:
-            raise ConfigError(f"--onnx {path}: cannot write there ({exc.strerror or exc})") from None
-        os.close(fd)
-        self.tmp = Path(tmp)
-
-    def commit(self, data: bytes) -> None:
-        try:
-            with open(self.tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.chmod(self.tmp, 0o666 & ~_current_umask())
-            os.replace(self.tmp, self.path)
-        except OSError as exc:
-            self.discard()
-            raise ConfigError(f"--onnx {self.path}: cannot write ({exc.strerror or exc})") from None
-
-    def discard(self) -> None:
-        self.tmp.unlink(missing_ok=True)
 
 
 def _check_output(out: Path, source: Path) -> None:
@@ -243,19 +193,18 @@ def export_onnx(
     if is_official_swin_unet(ckpt):
         ckpt, note = with_reference_defaults(ckpt, source)
         notes.append(note)
-    pending = _PendingFile(out)
-    try:
-        model, ckpt = model_from_checkpoint(ckpt)
-        model = model.float().eval()
-        size = checkpoint_patch_size(ckpt)
-        proto, diff, scale = _checked_export(model, size, opset, check_batch, source)
-        meta = _export_metadata(ckpt, source, size, check_batch, diff, scale)
-        _stamp(proto, meta, size)
-        data = proto.SerializeToString()
-        pending.commit(data)
-    except BaseException:
-        pending.discard()
-        raise
+    # An unwritable place fails now, not after a minute of exporting. The file is written like every other
+    # (organseg.fileio): a temporary that names this process, swept by the next export of the same file once
+    # its writer is gone (a killed export cannot remove it), the mode open() gives, a full disk in one line.
+    check_output_file(out, what="--onnx")
+    model, ckpt = model_from_checkpoint(ckpt)
+    model = model.float().eval()
+    size = checkpoint_patch_size(ckpt)
+    proto, diff, scale = _checked_export(model, size, opset, check_batch, source)
+    meta = _export_metadata(ckpt, source, size, check_batch, diff, scale)
+    _stamp(proto, meta, size)
+    data = proto.SerializeToString()
+    atomic_write_bytes(out, data)
     return {**meta, "path": str(out), "bytes": len(data), "notes": notes}
 
 

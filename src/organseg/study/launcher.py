@@ -44,6 +44,7 @@ from organseg.errors import ConfigError, OrgansegError
 from organseg.evaluation.tester import run_test
 from organseg.fileio import atomic_write_text
 from organseg.run import RunDir
+from organseg.stopping import StopSignal
 from organseg.study.runner import _fresh_results, run_state
 from organseg.training import train
 from organseg.training.loop import TrainingDiverged
@@ -328,10 +329,14 @@ class SubmititLauncher:
                     else:
                         done.append(name)
                         print(f"{head}: job {handle.job_id} finished ({len(done)}/{len(jobs)})", flush=True)
-        except BaseException:
+        except BaseException as exc:
             for _, handle, _ in active.values():  # interrupted, or another job failed: stop the rest
                 handle.cancel(check=False)
-            if active:
+            if isinstance(
+                exc, StopSignal
+            ):  # SIGTERM (scancel of this job), SIGHUP or SIGINT: one line says it
+                exc.runs = len(active)
+            elif active:
                 print(
                     f"organseg compare: cancelled {len(active)} unfinished job(s); run the same command "
                     "again to resume them",

@@ -34,6 +34,7 @@ from organseg.locks import folder_lock
 from organseg.progress import progress_bar, progress_write
 from organseg.reporting.tables import dataset_kind
 from organseg.run import EXIT_DIVERGED, STUDY_RUNS, ResultsDir, RunDir
+from organseg.stopping import STOP_WAIT_S, StopSignal
 from organseg.study.aggregate import collect
 from organseg.study.grid import DEFAULT_SEED, PlannedRun, Sweep, parse_sets, plan_runs
 from organseg.training import TrainingDiverged, train
@@ -174,8 +175,15 @@ class _Study:
                 print(f"{self.heads[plan.name]}: diverged: {exc}", flush=True)
                 self.failed[plan.name] = f"diverged: {exc}"
                 continue
+            except StopSignal as stop:
+                stop.runs = 1  # its last.pt is whole: the same command resumes it
+                raise
             self.trained.append(plan.name)
-            self.test(plan)
+            try:
+                self.test(plan)
+            except StopSignal as stop:
+                stop.runs = 1
+                raise
 
     def train_parallel(self, todo: Sequence[PlannedRun], jobs: int) -> None:
         """Train and test ``todo`` in child processes, ``jobs`` at once."""
@@ -406,13 +414,31 @@ class _ProcessPool:
                     time.sleep(1.0)
                     self._reap()
                     self._show(bar)
+        except StopSignal as stop:  # SIGTERM, SIGHUP or SIGINT to this process (organseg.stopping)
+            stop.runs = len(self.running)
+            raise
         finally:
             bar.close()
-            for _, proc, log in self.running.values():  # interrupted, or another run failed
-                proc.terminate()
-                proc.wait()
-                log.close()
+            self._stop_children()
         return self.failed
+
+    def _stop_children(self) -> None:
+        """Stop the runs still going (the study was stopped, or another run failed): SIGTERM to each, up to
+        :data:`STOP_WAIT_S` seconds in all for them to end, then SIGKILL. Their checkpoints are written
+        atomically, so a run killed in the middle of one keeps its last whole ``last.pt`` and the same command
+        resumes it."""
+        for _, proc, _ in self.running.values():
+            if proc.poll() is None:
+                proc.terminate()
+        deadline = time.monotonic() + STOP_WAIT_S
+        for _, proc, log in self.running.values():
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            log.close()
+        self.running.clear()
 
     def _start(self, name: str, phase: str, cmd: list[str]) -> None:
         log = RunDir(self.out / STUDY_RUNS / name).process_log.open("a", encoding="utf-8")

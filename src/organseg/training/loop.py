@@ -23,7 +23,7 @@ from organseg.data.base import SegmentationDataset
 from organseg.data.classes import check_same_classes
 from organseg.data.detect import resolve_dataset
 from organseg.data.identity import check_same_dataset, data_record
-from organseg.errors import CheckpointError, ConfigError, OrgansegError
+from organseg.errors import CheckpointError, ConfigError, NoRoomError, OrgansegError
 from organseg.fileio import check_output, check_output_dir
 from organseg.formatting import duration
 from organseg.locks import folder_lock
@@ -346,7 +346,14 @@ class Trainer:
                 best_dice=self.best_dice,
                 train_seconds=self.train_seconds,
             )
-        atomic_torch_save(ckpt, self.run.checkpoint(name))
+        try:
+            atomic_torch_save(ckpt, self.run.checkpoint(name))
+        except NoRoomError as exc:
+            # The previous last.pt is whole (atomic writes): the run resumes from it once there is room. A
+            # fresh run without one is removed again (_undo_fresh_run) and starts over.
+            if self.run.checkpoint("last.pt").is_file():
+                raise exc.with_hint("free some space and resume with --resume") from None
+            raise
 
     # ------------------------------------------------------------------------------------------ the loop
 
