@@ -205,7 +205,7 @@ def test_a_full_disk_during_test_leaves_no_summary(world, run, monkeypatch, caps
         return real(path, _enospc if str(path).endswith("overlay_slices.npz") else write, **kw)
 
     monkeypatch.setattr(fileio, "atomic_write", full_for_overlays)
-    one_line_error(capsys, ["test", str(run), *data(world), *TEST], "overlay_slices.npz", "No space left")
+    one_line_error(capsys, ["test", str(run), *data(world), *TEST], "overlay_slices.npz", "disk full")
     assert not (run / "results" / "test_last" / "summary.json").exists()
     assert RunDir(run).all_results() == []
 
