@@ -182,29 +182,20 @@ def progress_bar(
     ``bar_options`` (e.g. ``dynamic_ncols``) only apply to the tqdm bar.
     """
     stream = file if file is not None else sys.stderr
-    if is_terminal(stream) or (file is None and "ipykernel" in sys.modules):  # a notebook shows a widget
-        bar = _TerminalBar(
-            iterable,
-            total=total,
-            desc=desc,
-            unit=unit,
-            disable=disable,
-            leave=leave,
-            initial=initial,
-            file=file,
-            **bar_options,
-        )
-    else:
-        bar = PlainProgress(
-            iterable,
-            total=total,
-            desc=desc,
-            unit=unit,
-            disable=disable,
-            leave=leave,
-            initial=initial,
-            file=file,
-        )
+    # A notebook shows the tqdm widget too.
+    terminal = is_terminal(stream) or (file is None and "ipykernel" in sys.modules)
+    bar_class, extra = (_TerminalBar, bar_options) if terminal else (PlainProgress, {})
+    bar = bar_class(
+        iterable,
+        total=total,
+        desc=desc,
+        unit=unit,
+        disable=disable,
+        leave=leave,
+        initial=initial,
+        file=file,
+        **extra,
+    )
     if not disable:
         _bars.add(bar)
     return bar
