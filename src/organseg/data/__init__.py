@@ -5,6 +5,7 @@ writes.
 ``detect``      ``open_dataset`` / ``resolve_dataset``: which layout a folder is, and its reader
 ``synapse``, ``acdc``, ``nnunet``  the readers (TransUNet Synapse, SSL4MIS ACDC h5, nnU-Net v2 raw)
 ``folds``       the subject rule and K cross-validation folds (``FoldView``)
+``identity``    which dataset a run was trained on: its record and fingerprint
 ``classes``     the one source of class orders and the one class-name check
 ``preprocess``  intensity mappings (CT window, MRI normalisation) as data
 ``augment``     the reference augmentation and its batched torch twin
