@@ -80,20 +80,21 @@ def read_runs(
         if models is not None and model not in models:
             continue
         results = run.results(split, checkpoint)
+        # Only a complete test of the checkpoint as it is now, on the whole split, is collected.
+        again = f"`organseg test {d} --checkpoint {checkpoint} --split {split}`"
         if not results.exists():
+            reason = f"no {results.summary_file}: test it with {again}"
+        else:
+            stale = results.stale(run.checkpoint(checkpoint), split=split)
             reason = (
-                f"no {results.summary_file}: test it with "
-                f"`organseg test {d} --checkpoint {checkpoint} --split {split}`"
+                None
+                if stale is None
+                else (
+                    f"{results.summary_file} is not the test of {checkpoint}.pt as it is now: {stale}; "
+                    f"test it again with {again}"
+                )
             )
-            print(f"organseg compare: skipping {d.name}: {reason}", flush=True)
-            skipped.append({"run_dir": str(d), "reason": reason})
-            continue
-        stale = results.stale(run.checkpoint(checkpoint), split=split)
-        if stale is not None:
-            reason = (
-                f"{results.summary_file} is not the test of {checkpoint}.pt as it is now: {stale}; "
-                f"test it again with `organseg test {d} --checkpoint {checkpoint} --split {split}`"
-            )
+        if reason is not None:
             print(f"organseg compare: skipping {d.name}: {reason}", flush=True)
             skipped.append({"run_dir": str(d), "reason": reason})
             continue
