@@ -14,6 +14,7 @@ from organseg.errors import ConfigError
 from organseg.models import create_model, list_models
 from organseg.models.swin_unet import (
     DropPath,
+    SwinTransformerBlock,
     SwinUnet,
     WindowAttention,
     _PermuteTokens,
@@ -398,3 +399,30 @@ def test_token_permutation_gradient_is_the_inverse_gather():
     (fast,) = torch.autograd.grad(out, x, g)
     assert torch.equal(out, x.index_select(1, idx))
     assert torch.equal(fast, plain)
+
+
+def test_bf16_training_step_unchanged_by_the_early_cast(monkeypatch):
+    """Under autocast the block casts norm1's output before the window gather; the loss and every gradient
+    must be bit-identical to the block that lets qkv cast after the gather (the plain formulation)."""
+
+    def plain_forward(self, x):
+        x = x + self.drop_path(self._window_attention(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+    torch.manual_seed(0)
+    model = create_model("swin_unet", **SMALL, drop_path_rate=0.0).train()
+    x = torch.rand(2, 1, 112, 112)
+
+    def grads():
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(x)
+        out.float().square().mean().backward()
+        return out.detach().clone(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    out_new, g_new = grads()
+    monkeypatch.setattr(SwinTransformerBlock, "forward", plain_forward)
+    out_old, g_old = grads()
+    assert out_new.dtype == torch.bfloat16
+    assert torch.equal(out_new, out_old)
+    assert all(torch.equal(g_new[n], g_old[n]) for n in g_old)

@@ -262,7 +262,14 @@ class SwinTransformerBlock(nn.Module):
         H, W = self.input_resolution
         if x.shape[1] != H * W:
             raise ValueError(f"expected {H * W} tokens ({H}x{W}), got {x.shape[1]}")
-        x = x + self.drop_path(self._window_attention(self.norm1(x)))
+        h = self.norm1(x)
+        dev = x.device.type
+        if self.attn.attn_impl != "reference" and torch.is_autocast_enabled(dev):
+            # Under autocast the LayerNorm gives fp32 and qkv casts it to the autocast type anyway; casting
+            # first makes the window gather (and its backward) move half the bytes, with the same numbers:
+            # a gather commutes with an elementwise cast.
+            h = h.to(torch.get_autocast_dtype(dev))
+        x = x + self.drop_path(self._window_attention(h))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
