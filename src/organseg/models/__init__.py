@@ -1,5 +1,6 @@
-"""Networks: ``create_model("unet" | "swin_unet", **overrides)``, the registry's accessors and the layout
-policy. Code outside ``organseg.models`` imports from here, not from the private ``_registry``."""
+"""Networks: ``create_model("unet" | "swin_unet" | "mypkg.nets:build_mynet", **overrides)``, the registry's
+accessors and the layout policy (networks of one's own: :mod:`organseg.models.external`, docs/networks.md).
+Code outside ``organseg.models`` imports from here, not from the private ``_registry``."""
 
 from organseg.models import swin_unet as _swin_unet  # noqa: F401  (registers "swin_unet")
 from organseg.models import unet as _unet  # noqa: F401  (registers "unet")
@@ -11,12 +12,15 @@ from organseg.models._registry import (
     has_model,
     head_key,
     input_size_problem,
+    is_builtin,
     list_models,
     model_defaults,
     model_name_problem,
+    model_source,
     register_model,
     takes_image_size,
 )
+from organseg.models.external import ENTRY_POINT_GROUP, check_contract, is_external
 from organseg.models.layout import (
     is_channels_last,
     prefers_channels_last,
@@ -25,6 +29,8 @@ from organseg.models.layout import (
 )
 
 __all__ = [
+    "ENTRY_POINT_GROUP",
+    "check_contract",
     "check_input_size",
     "check_model_args",
     "check_model_name",
@@ -32,10 +38,13 @@ __all__ = [
     "has_model",
     "head_key",
     "input_size_problem",
+    "is_external",
+    "is_builtin",
     "is_channels_last",
     "list_models",
     "model_defaults",
     "model_name_problem",
+    "model_source",
     "prefers_channels_last",
     "register_model",
     "set_channels_last",

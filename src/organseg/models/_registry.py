@@ -4,6 +4,11 @@ Besides its factory, a network may tell the registry two things the rest of the 
 instead of failing deep inside a forward pass or a weight load: ``head``, the state-dict key of its output
 layer's weight (the first dimension is the number of classes), and ``size_problem``, why a square input side
 does not fit it (or None when it does).
+
+Besides registered names, every accessor here takes a network of one's own: an import path
+(``mypkg.nets:build_mynet``) or a name an installed package announces (entry-point group ``organseg.models``),
+resolved by :mod:`organseg.models.external`; such a factory carries ``head`` and ``size_problem`` as
+attributes (docs/networks.md).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from typing import Any
 from torch import nn
 
 from organseg.errors import ConfigError, UnknownModelError
+from organseg.models import external
 
 SizeRule = Callable[[int, dict[str, Any]], "str | None"]
 
@@ -47,15 +53,34 @@ def register_model(
 
 
 def list_models() -> list[str]:
-    """Names accepted by :func:`create_model`."""
-    return sorted(_MODELS)
+    """Names accepted by :func:`create_model`: the registered networks, then those installed packages announce
+    (entry points; an import path is accepted too but listed nowhere)."""
+    return sorted(_MODELS) + [n for n in external.entry_point_names() if n not in _MODELS]
+
+
+def _factory(name: str) -> Callable[..., nn.Module]:
+    """The factory of a registered network or of one's own (resolved; NetworkLoadError if it cannot be)."""
+    return _MODELS[name] if name in _MODELS else external.resolve(name).factory
+
+
+def is_builtin(name: str) -> bool:
+    """Whether ``name`` is registered in this package (not an import path nor an installed package's)."""
+    return name in _MODELS
+
+
+def model_source(name: str) -> dict[str, Any] | None:
+    """What a checkpoint records of where network ``name`` comes from: None for a registered network; for
+    one of one's own its import path, entry point, distribution and version (plain data)."""
+    return None if name in _MODELS else external.resolve(name).record()
 
 
 def model_name_problem(name: str) -> str | None:
-    """Why ``name`` is no registered network (naming the nearest registered name and all of them), or None
-    when it is one."""
+    """Why ``name`` is no network (naming the nearest registered name and all of them, or why an import path
+    or entry point does not load), or None when it is one."""
     if name in _MODELS:
         return None
+    if external.is_external(name):
+        return external.problem(name)
     near = difflib.get_close_matches(str(name), list_models(), n=1, cutoff=0.5)
     hint = f" (did you mean {near[0]!r}?)" if near else ""
     return f"unknown model {name!r}{hint}; available: {', '.join(list_models())}"
@@ -73,18 +98,20 @@ def create_model(name: str, **overrides) -> nn.Module:
     """Build a registered model with the paper's configuration, any constructor argument overridden; an
     unknown ``name`` raises UnknownModelError."""
     check_model_name(name)
-    return _MODELS[name](**overrides)
+    return _factory(name)(**overrides)
 
 
 def head_key(name: str) -> str | None:
     """The state-dict key of ``name``'s output layer weight (its first dimension is the class count)."""
-    return _HEADS.get(name)
+    if name in _MODELS:
+        return _HEADS.get(name)
+    return getattr(_factory(name), "head", None)
 
 
 def input_size_problem(name: str, side: int, args: dict[str, Any] | None = None) -> str | None:
     """Why a ``side`` x ``side`` input does not fit network ``name`` built with ``args``; None if it fits
     (or the network states no rule)."""
-    rule = _SIZE_RULES.get(name)
+    rule = _SIZE_RULES.get(name) if name in _MODELS else getattr(_factory(name), "size_problem", None)
     return rule(side, dict(args or {})) if rule is not None else None
 
 
@@ -103,13 +130,13 @@ def check_input_size(
 
 
 def has_model(name: str) -> bool:
-    """Whether ``name`` is a registered network."""
-    return name in _MODELS
+    """Whether ``name`` is a network: registered, or an import path or entry point that loads."""
+    return model_name_problem(name) is None
 
 
 def model_defaults(name: str) -> dict[str, Any]:
     """The factory's keyword defaults (the paper configuration) of network ``name``."""
-    params = inspect.signature(_MODELS[name]).parameters.values()
+    params = inspect.signature(_factory(name)).parameters.values()
     return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
 
 

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from organseg.models._registry import create_model, has_model, takes_image_size
+from organseg.models._registry import create_model, has_model, model_source, takes_image_size
 
 # Published / reference figures per 224x224 single-channel image, 9 classes.
 # params: the golden state-dict key lists (shared/golden/*_state_dict_keys.tsv).
@@ -103,6 +103,17 @@ def describe(model: nn.Module) -> str:
     return ", ".join(f"{k} {v}" for k, v in cfg.items())
 
 
+def _origin(name: str, description: str) -> str:
+    """``description``, after where a network of one's own comes from (its import path and package)."""
+    source = model_source(name)
+    if source is None:
+        return description
+    package = (
+        f"{source['distribution']} {source['version'] or ''}".strip() if source["distribution"] else "local"
+    )
+    return ", ".join(x for x in (f"{source['path']} ({package})", description) if x)
+
+
 def model_profile(name: str, img_size: int = 224, **overrides: Any) -> dict[str, Any]:
     """Build registered network ``name`` and return its size, cost and configuration as plain data."""
     if has_model(name) and takes_image_size(name):
@@ -119,6 +130,6 @@ def model_profile(name: str, img_size: int = 224, **overrides: Any) -> dict[str,
         "img_size": img_size,
         "ref_params": int(ref["params"]) if ref and paper_setting else None,
         "ref_gflops": ref.get("gflops") if paper_setting else None,
-        "description": describe(model),
+        "description": _origin(name, describe(model)),
         "config": dict(getattr(model, "config", {})),
     }

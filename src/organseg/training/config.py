@@ -19,7 +19,14 @@ import yaml
 
 from organseg.errors import ConfigError, DataError
 from organseg.fileio import read_yaml, yaml_problem
-from organseg.models import check_input_size, check_model_args, check_model_name, takes_image_size
+from organseg.models import (
+    check_contract,
+    check_input_size,
+    check_model_args,
+    check_model_name,
+    is_builtin,
+    takes_image_size,
+)
 from organseg.precision import PRECISIONS
 from organseg.values import OPTIONAL_POSITIVE_INT, POSITIVE_INT, SEED, Rule, check_value, max_threads
 
@@ -308,7 +315,8 @@ def model_args(cfg: dict, num_classes: int) -> dict[str, Any]:
 def check_network(cfg: dict) -> None:
     """The configured network exists and takes ``train.img_size`` inputs (one rule per network, from the
     registry): raised as a ConfigError naming the key and the nearest sizes that fit, before a run folder
-    exists, instead of a ValueError from the first forward pass."""
+    exists, instead of a ValueError from the first forward pass. A network of one's own (an import path or
+    entry point) is also built and run once on a dummy input (``models.check_contract``)."""
     m, side = cfg["model"], cfg["train"]["img_size"]
     check_model_name(m["name"])
     check_model_args(m["name"], m["args"])
@@ -319,6 +327,9 @@ def check_network(cfg: dict) -> None:
             "slices; set train.img_size only"
         )
     check_input_size(m["name"], side, m["args"])
+    if not is_builtin(m["name"]):  # a network of one's own: its factory and forward pass keep the contract
+        args = {**m["args"], "img_size": side} if takes_image_size(m["name"]) else dict(m["args"])
+        check_contract(m["name"], args, side)
 
 
 def flatten(cfg: dict, prefix: str = "") -> dict[str, Any]:
