@@ -4,7 +4,10 @@ A checkpoint is a dict saved with ``torch.save`` and read with ``weights_only=Tr
 
     format        "organseg-checkpoint/1"
     model         state dict (reference key names)
-    model_name    registry name, e.g. "swin_unet"
+    model_name    registry name, e.g. "swin_unet", or a network of one's own: an import path
+                  ("mypkg.nets:build_mynet") or an installed package's entry-point name (docs/networks.md)
+    model_source  only for a network of one's own: {"path": "module:factory", "entry_point": name or None,
+                  "distribution": the package providing the module or None (a local module), "version"}
     model_args    constructor overrides used to build it (plain data)
     class_names   list of class names, index 0 background
     preprocessing plain dict describing how raw intensities were mapped to [0, 1] (see organseg.data)
@@ -42,7 +45,14 @@ from organseg.data.preprocess import validate_spec
 from organseg.errors import CheckpointError, OrgansegError
 from organseg.fileio import WholeWrites, atomic_write, atomic_write_bytes, atomic_write_text  # noqa: F401 (earlier home)
 from organseg.imageio.orientation import code_problem
-from organseg.models import create_model, head_key, input_size_problem, model_name_problem
+from organseg.models import (
+    create_model,
+    head_key,
+    input_size_problem,
+    is_builtin,
+    model_name_problem,
+    model_source,
+)
 from organseg.models.pretrained import official_swin_unet_network
 from organseg.models.state import describe_mismatch
 from organseg.models.state import first_keys as _first
@@ -183,6 +193,7 @@ def make_checkpoint(
     known to predate it."""
     module = model.module if hasattr(model, "module") else model  # DDP / DataParallel
     module = getattr(module, "_orig_mod", module)  # torch.compile
+    source = model_source(model_name)
     return {
         "format": FORMAT,
         "model": {k: v.detach().cpu() for k, v in module.state_dict().items()},
@@ -192,6 +203,7 @@ def make_checkpoint(
         "preprocessing": dict(preprocessing or {}),
         "orientation": orientation,
         "config": dict(config or {}),
+        **({"model_source": source} if source is not None else {}),
         **extra,
     }
 
@@ -285,7 +297,7 @@ def validate_checkpoint(ckpt: dict, source: str | Path = "checkpoint") -> nn.Mod
     name, weights, names = ckpt["model_name"], ckpt["model"], ckpt.get("class_names", [])
     name_problem = model_name_problem(name)
     if name_problem:
-        raise CheckpointError(f"{src}: {name_problem}")
+        raise CheckpointError(f"{src}: {name_problem}{_install_hint(ckpt.get('model_source'))}")
     not_tensors = [k for k, v in weights.items() if not isinstance(v, torch.Tensor)]
     if not_tensors:
         raise CheckpointError(f"{src}: model entries that are not tensors: {_first(not_tensors)}")
@@ -322,13 +334,34 @@ def validate_checkpoint(ckpt: dict, source: str | Path = "checkpoint") -> nn.Mod
         )
         if problem:
             raise CheckpointError(f"{src}: its config says train.img_size={side}, but {name} {problem}")
+    # A factory of one's own may raise anything; organseg's own raise these or have a fault worth a traceback.
+    failures = (TypeError, ValueError, AssertionError, OrgansegError) if is_builtin(name) else Exception
     try:
         model = create_model(name, **args)
-    except (TypeError, ValueError, AssertionError, OrgansegError) as exc:
+    except failures as exc:
         raise CheckpointError(f"{src}: cannot build {name} with model_args {args}: {exc}") from None
     check_state_dict(model, weights, src)
     model.load_state_dict(weights)
     return model.eval()
+
+
+def _install_hint(source: Any) -> str:
+    """What to install for a network of one's own that no longer loads, from the checkpoint's
+    ``model_source`` record ("" without one)."""
+    if not isinstance(source, dict):
+        return ""
+    module = str(source.get("path", "?")).partition(":")[0]
+    dist, version = source.get("distribution"), source.get("version")
+    if dist:
+        pin = f"{dist}=={version}" if version else str(dist)
+        return (
+            f"; the checkpoint was written with module {module!r} of package {pin}: install it "
+            f"(pip install '{pin}')"
+        )
+    return (
+        f"; the checkpoint was written with the local module {module!r} (no installed package): put the "
+        "folder holding it on PYTHONPATH"
+    )
 
 
 def model_from_checkpoint(
