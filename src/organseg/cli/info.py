@@ -104,7 +104,14 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.subjects is not None:
         raise ConfigError("--subjects maps a dataset's cases to subjects: give the dataset with --data")
-    from organseg.models import check_model_name, list_models
+    from organseg.models import (
+        check_contract,
+        check_input_size,
+        check_model_name,
+        is_builtin,
+        list_models,
+        takes_image_size,
+    )
     from organseg.models.flops import model_profile
 
     names = args.models or list_models()
@@ -114,6 +121,11 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--img-size must be a positive multiple of 16, got {args.img_size}")
     rows = []
     for name in names:
+        if not is_builtin(name):  # a network of one's own: built and run once before it is counted
+            check_input_size(name, args.img_size, key="--img-size")
+            check_contract(
+                name, {"img_size": args.img_size} if takes_image_size(name) else {}, args.img_size, "--models"
+            )
         try:
             rows.append(model_profile(name, img_size=args.img_size))
         except ValueError as exc:  # e.g. a Swin-Unet window grid that does not fit this size

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from organseg.errors import ConfigError
-from organseg.models import list_models
+from organseg.models import is_builtin, is_external, list_models, model_name_problem
 from organseg.study.comparison import Comparison
 from organseg.training.config import apply_overrides, load_config, parse_override, resolve_config
 from organseg.values import SEED, check_value
@@ -125,7 +125,8 @@ def run_name(model: str, seed: int, sweep: Sequence[tuple[str, str]] = (), fold:
     """The run folder name: ``swin_unet__seed1234__base_lr0.05`` (sweep = (key, raw value) pairs), with
     ``_fold<k>`` after it for a cross-validation fold."""
     short = short_keys([k for k, _ in sweep])
-    name = "__".join([model, f"seed{seed}", *(f"{short[k]}{safe_name(v)}" for k, v in sweep)])
+    # safe_name: a network of one's own may be an import path (mypkg.nets:build_mynet), not a folder name
+    name = "__".join([safe_name(model), f"seed{seed}", *(f"{short[k]}{safe_name(v)}" for k, v in sweep)])
     return name if fold is None else f"{name}_fold{fold}"
 
 
@@ -134,6 +135,11 @@ def preset_for(template: str | None, model: str, kind: str | None) -> str:
     preset for the dataset (``unet_acdc``); datasets that are neither Synapse nor ACDC get the Synapse
     recipe."""
     if template is None:
+        if not is_builtin(model):
+            raise ConfigError(
+                f"--models {model}: a network of one's own has no preset of its own; name the recipe it "
+                "trains with: --preset unet_synapse (or a YAML file; see docs/networks.md)"
+            )
         return f"{model}_{kind or 'synapse'}"
     try:
         return template.format(model=model)
@@ -169,8 +175,10 @@ def plan_runs(
     into resolved configurations."""
     if not models:
         raise ConfigError("--models: name at least one network")
-    unknown = [m for m in models if m not in list_models()]
+    unknown = [m for m in models if model_name_problem(m) is not None]
     if unknown:
+        if is_external(unknown[0]):  # an import path or entry point that does not load: say why
+            raise ConfigError(f"--models: {model_name_problem(unknown[0])}")
         raise ConfigError(f"--models: unknown network(s) {unknown}; available: {', '.join(list_models())}")
     if len(set(models)) != len(models):
         raise ConfigError(f"--models: a network is repeated ({list(models)})")
