@@ -154,7 +154,7 @@ def test_run_names_of_an_import_path_are_folder_names():
     [
         ("nomodule_xyz.nets:build", ["model.name", "cannot import module 'nomodule_xyz.nets'", "No module"]),
         ("badnets:build_missing", ["model.name", "module 'badnets' has no attribute 'build_missing'"]),
-        ("badnets:NOT_CALLABLE", ["model.name", "'NOT_CALLABLE' is a int, not a callable factory"]),
+        ("badnets:NOT_CALLABLE", ["model.name", "'NOT_CALLABLE' is of type int, not a callable factory"]),
         ("badnets:build_raising", ["model.name=badnets:build_raising", "raised ValueError: no weights here"]),
         (
             "badnets:build_half",

@@ -50,6 +50,7 @@ from organseg.models import (
     head_key,
     input_size_problem,
     is_builtin,
+    missing_module,
     model_name_problem,
     model_source,
 )
@@ -297,7 +298,8 @@ def validate_checkpoint(ckpt: dict, source: str | Path = "checkpoint") -> nn.Mod
     name, weights, names = ckpt["model_name"], ckpt["model"], ckpt.get("class_names", [])
     name_problem = model_name_problem(name)
     if name_problem:
-        raise CheckpointError(f"{src}: {name_problem}{_install_hint(ckpt.get('model_source'))}")
+        # a network of one's own whose module is gone: what to install says more than why the import failed
+        raise CheckpointError(f"{src}: {missing_module(ckpt.get('model_source')) or name_problem}")
     not_tensors = [k for k, v in weights.items() if not isinstance(v, torch.Tensor)]
     if not_tensors:
         raise CheckpointError(f"{src}: model entries that are not tensors: {_first(not_tensors)}")
@@ -343,25 +345,6 @@ def validate_checkpoint(ckpt: dict, source: str | Path = "checkpoint") -> nn.Mod
     check_state_dict(model, weights, src)
     model.load_state_dict(weights)
     return model.eval()
-
-
-def _install_hint(source: Any) -> str:
-    """What to install for a network of one's own that no longer loads, from the checkpoint's
-    ``model_source`` record ("" without one)."""
-    if not isinstance(source, dict):
-        return ""
-    module = str(source.get("path", "?")).partition(":")[0]
-    dist, version = source.get("distribution"), source.get("version")
-    if dist:
-        pin = f"{dist}=={version}" if version else str(dist)
-        return (
-            f"; the checkpoint was written with module {module!r} of package {pin}: install it "
-            f"(pip install '{pin}')"
-        )
-    return (
-        f"; the checkpoint was written with the local module {module!r} (no installed package): put the "
-        "folder holding it on PYTHONPATH"
-    )
 
 
 def model_from_checkpoint(

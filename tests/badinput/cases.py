@@ -46,6 +46,7 @@ GROUPS = {
     "right-runs": "The right data, the right runs: a run's dataset, checkpoint checksums, results reused",
     "applies": "Options that cannot apply, and what can be checked before the work",
     "disks": "Disks that fill up during a write",
+    "networks": "Networks of one's own: import paths, entry points, the contract, checkpoints of them",
 }
 
 
@@ -2910,6 +2911,152 @@ for cid, what, setup, argv, free, expect, allow in [
     ),
 ]:
     add(cid, argv[0], what, setup, argv, [*expect, DISK], group="disks", disk_free=free, allow_new=allow)
+
+
+# ---------------------------------------------------------------- networks of one's own (docs/networks.md)
+# A subprocess runs in the case folder ({t}), which `python -m` puts on sys.path: the user's modules and a
+# fake distribution's dist-info written there are importable and announced, for that process alone.
+
+BYO_NETS = """
+from torch import nn
+
+NOT_CALLABLE = 3
+
+
+class Net(nn.Module):
+    def __init__(self, num_classes, in_chans, stride):
+        super().__init__()
+        self.conv = nn.Conv2d(in_chans, num_classes, stride, stride=stride)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+def build(num_classes: int = 9, in_chans: int = 1, stride: int = 1):
+    return Net(num_classes, in_chans, stride)
+
+
+def build_half(num_classes: int = 9, in_chans: int = 1):
+    return Net(num_classes, in_chans, 2)
+
+
+def build_raising(num_classes: int = 9, in_chans: int = 1):
+    raise RuntimeError("the factory needs a GPU")
+"""
+BYO_DIST = "byonets_dist-0.3.dist-info"
+BYO_SETUP = steps(
+    TRAIN_SETUP,
+    wr("byonets.py", BYO_NETS),
+    wr(f"{BYO_DIST}/METADATA", "Metadata-Version: 2.1\nName: byonets-dist\nVersion: 0.3\n"),
+    wr(f"{BYO_DIST}/top_level.txt", "byonets\n"),
+    wr(
+        f"{BYO_DIST}/entry_points.txt",
+        "[organseg.models]\nbyo_good = byonets:build\nbyo_gone = byonets:gone\n",
+    ),
+)
+# TRAIN without its U-Net width (a key these networks do not take)
+BYO_SETS = [
+    x
+    for pair in zip(TRAIN_SETS[::2], TRAIN_SETS[1::2], strict=True)
+    if "model.args" not in pair[1]
+    for x in pair
+]
+BYO_TRAIN = ["train", "unet_synapse", "--data", "{t}/syn", "--out", "{t}/run2", *BYO_SETS]
+for slug, what, name, extra, expect in (
+    (
+        "unimportable",
+        "a module that cannot be imported",
+        "nomodule_byo.nets:build",
+        [],
+        ["nomodule_byo.nets"],
+    ),
+    ("no-attribute", "a module without the factory named", "byonets:build_other", [], ["build_other"]),
+    ("not-callable", "an attribute that is no callable", "byonets:NOT_CALLABLE", [], ["NOT_CALLABLE"]),
+    (
+        "factory-raises",
+        "a factory that raises",
+        "byonets:build_raising",
+        [],
+        ["build_raising", "RuntimeError"],
+    ),
+    ("wrong-shape", "a network whose output is half the input", "byonets:build_half", [], ["(1, 3, 16, 16)"]),
+    (
+        "unknown-arg",
+        "a model.args key the factory lacks",
+        "byonets:build",
+        ["model.args.depth=3"],
+        ["model.args.depth"],
+    ),
+    (
+        "bad-arg-type",
+        "a model.args value unlike the default",
+        "byonets:build",
+        ["model.args.stride=x"],
+        ["model.args.stride"],
+    ),
+    (
+        "entry-point-fails",
+        "an installed entry point whose factory is gone",
+        "byo_gone",
+        [],
+        ["byo_gone", "byonets-dist"],
+    ),
+):
+    argv = [*BYO_TRAIN, "--set", f"model.name={name}", *[x for e in extra for x in ("--set", e)]]
+    add(
+        f"train-byo-{slug}",
+        "train",
+        what,
+        BYO_SETUP,
+        argv,
+        ["model.", *expect],
+        group="networks",
+        subprocess=True,
+    )
+add(
+    "compare-byo-unimportable",
+    "compare",
+    "compare --models: an import path that cannot be imported",
+    COMPARE_SETUP,
+    [*replace_opt(COMPARE, "--models", "nomodule_byo.nets:build"), "--preset", "unet_synapse"],
+    ["--models", "nomodule_byo.nets"],
+    group="networks",
+)
+add(
+    "compare-byo-no-preset",
+    "compare",
+    "compare --models: a network of one's own without --preset",
+    BYO_SETUP,
+    replace_opt(COMPARE, "--models", "byonets:build"),
+    ["--preset", "byonets:build"],
+    group="networks",
+    subprocess=True,
+)
+add(
+    "info-byo-wrong-shape",
+    "info",
+    "info --models: a network whose output is half the input",
+    BYO_SETUP,
+    ["info", "--models", "byonets:build_half", "--img-size", "32"],
+    ["--models", "(1, 3, 16, 16)"],
+    group="networks",
+    subprocess=True,
+)
+for slug, dist, expect in (("package", "gone-nets", "gone-nets==0.4"), ("local", None, "PYTHONPATH")):
+    record = {"path": "gone_nets:build", "entry_point": None, "distribution": dist, "version": dist and "0.4"}
+
+    def _gone(ck: dict, record: dict = record) -> None:
+        ck["model_name"], ck["model_source"] = record["path"], record
+
+    add(
+        f"predict-byo-module-gone-{slug}",
+        "predict",
+        f"a checkpoint of a network whose module is gone ({slug} module)",
+        steps(PREDICT_SETUP, on("ckpt.pt", lambda p, fn=_gone: edit_checkpoint(p, fn))),
+        PREDICT,
+        ["ckpt.pt", "gone_nets", expect],
+        group="networks",
+    )
 
 
 def by_id() -> dict[str, Case]:

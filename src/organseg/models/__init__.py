@@ -20,7 +20,7 @@ from organseg.models._registry import (
     register_model,
     takes_image_size,
 )
-from organseg.models.external import ENTRY_POINT_GROUP, check_contract, is_external
+from organseg.models.external import ENTRY_POINT_GROUP, check_contract, is_external, missing_module
 from organseg.models.layout import (
     is_channels_last,
     prefers_channels_last,
@@ -42,6 +42,7 @@ __all__ = [
     "is_builtin",
     "is_channels_last",
     "list_models",
+    "missing_module",
     "model_defaults",
     "model_name_problem",
     "model_source",

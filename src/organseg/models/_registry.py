@@ -70,8 +70,14 @@ def is_builtin(name: str) -> bool:
 
 def model_source(name: str) -> dict[str, Any] | None:
     """What a checkpoint records of where network ``name`` comes from: None for a registered network; for
-    one of one's own its import path, entry point, distribution and version (plain data)."""
-    return None if name in _MODELS else external.resolve(name).record()
+    one of one's own its import path, entry point, distribution and version (plain data); None too for a
+    name that is neither (a checkpoint of it is refused when it is read, with the reason)."""
+    if name in _MODELS or not external.is_external(name):
+        return None
+    try:
+        return external.resolve(name).record()
+    except external.NetworkLoadError:
+        return None
 
 
 def model_name_problem(name: str) -> str | None:

@@ -41,12 +41,7 @@ _PROBE_CLASSES = 3
 
 
 class NetworkLoadError(ConfigError):
-    """A network named by import path or entry point cannot be loaded; ``module`` is the module that failed
-    to import (None when the import worked and something else is wrong)."""
-
-    def __init__(self, message: str, module: str | None = None) -> None:
-        super().__init__(message)
-        self.module = module
+    """A network named by import path or entry point cannot be loaded (the message says why)."""
 
 
 @dataclass(frozen=True)
@@ -119,13 +114,12 @@ def _load_path(name: str, path: str, what: str) -> Callable[..., nn.Module]:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise NetworkLoadError(
-            f"{what} {path!r}: cannot import module {module_name!r} ({_first_line(exc)}); is it installed or "
-            "on PYTHONPATH?",
-            module=module_name,
+            f"{what} {path!r}: cannot import module {module_name!r} ({_first_line(exc)}): install its "
+            "package or put the folder holding it on PYTHONPATH",
         ) from None
     except Exception as exc:  # the user's module raised while it was imported
         raise NetworkLoadError(
-            f"{what} {path!r}: importing module {module_name!r} raised {_first_line(exc)}", module=module_name
+            f"{what} {path!r}: importing module {module_name!r} raised {_first_line(exc)}"
         ) from None
     factory: Any = module
     for part in attr.split("."):
@@ -134,15 +128,16 @@ def _load_path(name: str, path: str, what: str) -> Callable[..., nn.Module]:
         factory = getattr(factory, part)
     if not callable(factory):
         raise NetworkLoadError(
-            f"{what} {path!r}: {attr!r} is a {type(factory).__name__}, not a callable factory returning the "
-            f"network (see {DOCS})"
+            f"{what} {path!r}: {attr!r} is of type {type(factory).__name__}, not a callable factory "
+            f"returning the network (see {DOCS})"
         )
     return factory
 
 
 def is_external(name: str) -> bool:
     """Whether ``name`` is an import path or a name an installed package announces."""
-    return is_import_path(name) or (isinstance(name, str) and name in _entry_points())
+    # _RESOLVED first: listing the entry points reads every installed distribution's metadata
+    return is_import_path(name) or name in _RESOLVED or (isinstance(name, str) and name in _entry_points())
 
 
 def resolve(name: str) -> External:
@@ -188,6 +183,29 @@ def _check_signature(name: str, factory: Callable[..., Any]) -> None:
     head = getattr(factory, "head", None)
     if head is not None and not isinstance(head, str):
         raise NetworkLoadError(f"{name}: the factory's head should be a state-dict key (str), got {head!r}")
+
+
+def missing_module(record: Any) -> str | None:
+    """For a checkpoint's ``model_source`` record: why its module cannot be imported here and what to
+    install (the package and version recorded, or PYTHONPATH for a local module); None when it imports."""
+    if not isinstance(record, dict) or not isinstance(record.get("path"), str):
+        return None
+    module = record["path"].partition(":")[0]
+    try:
+        importlib.import_module(module)
+    except ImportError as exc:
+        why = _first_line(exc)
+    except Exception:
+        return None  # it imports but raises: the ordinary message says what it raised
+    else:
+        return None
+    dist, version = record.get("distribution"), record.get("version")
+    if dist:
+        pin = f"{dist}=={version}" if version else str(dist)
+        fix = f"install {pin}, the package it was trained with (pip install '{pin}')"
+    else:
+        fix = "it was a local module when the checkpoint was written: put the folder holding it on PYTHONPATH"
+    return f"its network's module {module!r} cannot be imported here ({why}): {fix}"
 
 
 def problem(name: str) -> str | None:
