@@ -154,7 +154,7 @@ def resolve(name: str) -> External:
             raise NetworkLoadError(f"no network {name!r}: neither an import path nor an entry point")
         provider = ep.dist.name if ep.dist is not None else "an installed package"
         what = f"entry point {name!r} (group {ENTRY_POINT_GROUP}, from {provider})"
-        path, entry = ep.value.replace(" ", ""), name
+        path, entry = f"{ep.module}:{ep.attr}" if ep.attr else ep.value, name  # extras ("[gpu]") aside
         factory = _load_path(name, path, what)
     dist, version = _distribution(path.partition(":")[0])
     _check_signature(name, factory)
