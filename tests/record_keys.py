@@ -117,6 +117,11 @@ def check_comparison(keys: Keys, c: Mapping[str, Any]) -> None:
     for r in c["paired"]:
         keys.check(r, cmp.PairedRecord)
     keys.check(c["paired_settings"], cmp.PairedSettings)
+    for r in c["ranking"]:
+        keys.check(r, cmp.RankingRecord)
+        keys.check(r["kendall_tau"], cmp.KendallSummary)
+        for e in r["networks"]:
+            keys.check(e, cmp.RankEntry)
     if c["published"] is not None:
         keys.check(c["published"], cmp.PublishedRecord)
     for r in c.get("folds", []):
@@ -157,6 +162,9 @@ PLAIN_STUDY_RECORDS = (
     cmp.Change,
     cmp.PairedRecord,
     cmp.PairedSettings,
+    cmp.RankingRecord,
+    cmp.RankEntry,
+    cmp.KendallSummary,
     cmp.PublishedRecord,
     cmp.ConditionsRecord,
     cmp.ModelConditions,

@@ -14,13 +14,14 @@ from organseg.values import FOLDS, WORKERS, option
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "compare",
-        help="U-Net vs Swin-Unet over seeds and swept settings: train, test, aggregate (or --collect)",
+        help="networks (U-Net, Swin-Unet, ...) over seeds and swept settings: train, test, aggregate, rank",
         description=(
             "Run every network x seed x value of every swept --set key (several swept keys: their cartesian "
             "product) as a run folder OUT/runs/<model>__seed<N>__<key><value>: finished runs are reused, "
             "partial ones resumed. Each is tested on --split with both metric protocols. Writes "
             "OUT/comparison.md/.json/.csv (mean ± std over seeds, per organ, the published rows, the "
-            "relative HD95 change between the networks, a sweep table) and PNG figures. With --collect, "
+            "relative HD95 change and paired statistics against the baseline, the ranking and its bootstrap "
+            "stability, a sweep table) and PNG figures. With --collect, "
             "nothing is trained or tested: finished run folders (OUT/runs/* or the RUN_DIRs) are aggregated."
         ),
     )
@@ -91,6 +92,18 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         metavar="RUN_DIR",
         help="only aggregate finished runs: OUT/runs/* or the run folders given",
     )
+    p.add_argument(
+        "--baseline",
+        metavar="NAME",
+        help="the network every other one is compared with (default unet when compared, else the first)",
+    )
+    p.add_argument(
+        "--pairs",
+        choices=("baseline", "all"),
+        default="baseline",
+        help="paired statistics of each network against the baseline (default), or of every pair; Holm's "
+        "correction covers the organs x the comparisons made",
+    )
     p.add_argument("--no-report", action="store_true", help="do not write each run's report.md")
     from organseg.study.launcher import add_arguments
 
@@ -128,6 +141,8 @@ def run(args: argparse.Namespace) -> int:
                 checkpoint=args.checkpoint,
                 models=args.models,
                 notes=args.notes,
+                baseline=args.baseline,
+                pairs=args.pairs,
             )
     else:
         if not args.data or not args.models:
@@ -148,6 +163,8 @@ def run(args: argparse.Namespace) -> int:
             launcher=launcher,
             folds=args.folds,
             notes=args.notes,
+            baseline=args.baseline,
+            pairs=args.pairs,
         )
     print(console_table(result))
     print(f"organseg compare: wrote {args.out}/comparison.md, comparison.json, comparison.csv")

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from organseg import __version__
-from organseg.errors import DataError, OutputError
+from organseg.errors import ConfigError, DataError, OutputError
 from organseg.fileio import check_output_dir
 from organseg.formatting import fmt_value
 from organseg.metrics import PROTOCOLS
@@ -47,7 +47,9 @@ from organseg.study.efficiency import add_efficiency
 from organseg.study.figures import write_figures
 from organseg.study.grid import NOT_SWEPT, freeze, short_keys
 from organseg.study.outputs import write_comparison
-from organseg.study.paired import study_paired
+from organseg.study.paired import PAIRS, study_paired
+from organseg.study.ranking import DEFAULT_RESAMPLES as RANK_RESAMPLES
+from organseg.study.ranking import study_ranking
 from organseg.study.runs import RunResult, common_class_names, find_runs, read_runs
 from organseg.training.config import RUNTIME_KEYS, flatten
 
@@ -249,6 +251,26 @@ def _published(kind: str | None, baseline: str, model_order: Sequence[str]) -> P
     return pub
 
 
+def check_comparisons(
+    models: Sequence[str], baseline: str | None, pairs: str, where: str = "--models"
+) -> str:
+    """The baseline of a study of ``models`` (those given, or found in the runs: ``where`` says which):
+    ``baseline`` when given, else ``unet`` when present, else the first network. A ConfigError when
+    ``baseline`` is not one of them, ``pairs`` is not one of :data:`PAIRS`, or ``--baseline`` / ``--pairs
+    all`` is asked of fewer than two networks (there is nothing to compare)."""
+    if pairs not in PAIRS:
+        raise ConfigError(f"--pairs {pairs}: one of {', '.join(PAIRS)}")
+    names = ", ".join(models) or "none"
+    if baseline is not None and baseline not in models:
+        raise ConfigError(f"--baseline {baseline}: not one of the networks ({where}: {names})")
+    if len(models) < 2 and (baseline is not None or pairs != "baseline"):
+        option = f"--baseline {baseline}" if baseline is not None else f"--pairs {pairs}"
+        raise ConfigError(f"{option}: needs two networks or more to compare; {where} gives {names} only")
+    if baseline is not None:
+        return baseline
+    return "unet" if "unet" in models else models[0]
+
+
 def _costs(groups: Sequence[GroupRecord], runs: Sequence[RunResult], n_classes: int) -> list[dict[str, Any]]:
     by_name = {r.name: r for r in runs}
 
@@ -288,6 +310,9 @@ def collect(
     models: Sequence[str] | None = None,
     notes: Sequence[str] = (),
     failed: dict[str, str] | None = None,
+    baseline: str | None = None,
+    pairs: str = "baseline",
+    rank_resamples: int = RANK_RESAMPLES,
 ) -> Comparison:
     """Aggregate finished run folders and write ``OUT/comparison.{md,json,csv}`` and the figures.
 
@@ -295,8 +320,13 @@ def collect(
     ``results/<split>_<checkpoint>/summary.json`` is listed as skipped (with the command that tests it).
     ``sweep_keys``: default inferred (:func:`infer_sweep_keys`). ``models``: keep / order these networks.
     ``split``: default ``test``, or ``val`` (each fold's held-out subjects) for a cross-validation study,
-    whose fold runs are pooled (:func:`pool_folds`).
+    whose fold runs are pooled (:func:`pool_folds`). ``baseline``: the network the others are compared with
+    (default ``unet`` when present, else the first network); ``pairs``: ``"baseline"`` (each network against
+    it) or ``"all"`` (every pair) for the paired statistics (:func:`~organseg.study.paired.study_paired`);
+    ``rank_resamples``: bootstrap resamples of the ranking (:mod:`~organseg.study.ranking`).
     """
+    if pairs not in PAIRS:  # before any folder is read
+        raise ConfigError(f"--pairs {pairs}: one of {', '.join(PAIRS)}")
     out = check_output_dir(out)
     dirs = [Path(d) for d in run_dirs] if run_dirs is not None else find_runs(out)
     if not dirs:
@@ -327,10 +357,12 @@ def collect(
     cols = columns(class_names)
     kind = dataset_kind(class_names)
     groups = _groups(runs, model_order, keys, cols)
-    baseline = "unet" if "unet" in model_order else model_order[0]
+    baseline = check_comparisons(model_order, baseline, pairs, where="the runs collected")
+    results_dirs = {r.name: r.results.path for r in runs}
     paired, paired_settings, paired_notes = study_paired(
-        groups, {r.name: r.results.path for r in runs}, class_names, cols
+        groups, results_dirs, class_names, cols, baseline=baseline, pairs=pairs
     )
+    ranking, ranking_notes = study_ranking(groups, results_dirs, class_names, cols, resamples=rank_resamples)
     comparison: Comparison = {
         "organseg": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -352,9 +384,10 @@ def collect(
         "relative": _relative_changes(groups, baseline),
         "paired": paired,
         "paired_settings": paired_settings,
+        "ranking": ranking,
         "cost": _costs(groups, runs, len(class_names)),
         "published": _published(kind, baseline, model_order),
-        "notes": [*notes, *cv_notes, *paired_notes],
+        "notes": [*notes, *cv_notes, *paired_notes, *ranking_notes],
     }
     if any(r.folds for r in runs):
         comparison["folds"] = fold_table(runs, model_order)

@@ -142,9 +142,10 @@ class RelativeRecord(TypedDict):
 
 
 class PairedRecord(TypedDict):
-    """``paired[k]``: network B (``model_b``) against the first network A (``model_a``) at the same swept
-    values, for one protocol, metric and organ (or ``"mean"``: the per-volume mean over the organs every
-    run of both has). The statistics are defined in :mod:`organseg.study.paired`."""
+    """``paired[k]``: network B (``model_b``) against network A (``model_a``: the baseline, or with
+    ``--pairs all`` the earlier of the two in ``models``) at the same swept values, for one protocol, metric
+    and organ (or ``"mean"``: the per-volume mean over the organs every run of both has). The statistics are
+    defined in :mod:`organseg.study.paired`."""
 
     protocol: str  #: ``"reference"`` or ``"corrected"``
     metric: str  #: ``"dice"`` or ``"hd95"``
@@ -168,8 +169,12 @@ class PairedRecord(TypedDict):
     n_subjects: int
     n_volumes: int  #: the volumes they hold
     unit_of_analysis: str  #: ``"subject"``, or ``"volume"`` for results that predate subjects
-    p_holm: float | None  #: Holm-adjusted over the organs of one (protocol, metric); the mean row: ``p``
+    #: Holm-adjusted over its family: the organs x the comparisons of one (swept values, protocol, metric);
+    #: the mean rows: over the comparisons (with two networks: ``p``)
+    p_holm: float | None
     significant: bool  #: ``p_holm < alpha``
+    comparisons: int  #: the comparisons (network pairs) of its Holm family
+    family_size: int  #: the p-values adjusted together (records without a p not counted)
 
 
 class _PairedMethod(TypedDict):
@@ -180,16 +185,57 @@ class _PairedMethod(TypedDict):
     test: str
     correction: str
     difference: str
+    baseline: str  #: the network every other one is compared with
+    pairs: str  #: ``"baseline"`` (each network against it) or ``"all"`` (every pair)
 
 
 class PairedSettings(_PairedMethod, total=False):
     """``paired_settings``: the method (``resamples``, ``seed``, ``alpha`` and the sentences ``ci``,
-    ``test``, ``correction``, ``difference``) and, once a pair was tested, what it paired over: ``cases``
-    (volumes), ``subjects`` and ``unit_of_analysis``."""
+    ``test``, ``correction``, ``difference``), which comparisons (``baseline``, ``pairs``) and, once a
+    pair was tested, what it paired over: ``cases`` (volumes), ``subjects`` and ``unit_of_analysis``."""
 
     cases: int
     subjects: int
     unit_of_analysis: str
+
+
+class RankEntry(TypedDict):
+    """One network of a ranking (:mod:`organseg.study.ranking`)."""
+
+    model: str
+    mean: float | None  #: its mean DSC over the ranked subjects (a fraction)
+    rank: int  #: on the full data, 1 the best; equal means share the better rank
+    rank_counts: list[int]  #: ``[k]``: the bootstrap resamples where it ranked ``k + 1``
+    rank_frequency: list[float]  #: ``rank_counts`` as fractions of the resamples
+    mean_rank: float | None  #: its mean rank over the resamples
+
+
+class KendallSummary(TypedDict):
+    """Kendall's tau-b between the bootstrap rankings and the full-data ranking."""
+
+    median: float | None
+    mean: float | None
+    q25: float | None
+    q75: float | None
+    n: int  #: resamples where tau is defined (not every network tied)
+
+
+class RankingRecord(TypedDict):
+    """``ranking[k]``: the networks ranked at one set of swept values under one protocol, and how stable the
+    ranking is under a bootstrap of the subjects (:mod:`organseg.study.ranking` defines it)."""
+
+    protocol: str
+    metric: str  #: ``"dice"``: what ranks (higher first)
+    sweep: dict[str, Any]
+    statistic: str  #: in words
+    ties: str  #: ``"min"``: equal means share the better rank (1, 1, 3)
+    n_subjects: int  #: subjects ranked over (every network has a value)
+    n_volumes: int
+    unit_of_analysis: str  #: ``"subject"``, or ``"volume"`` for results that predate subjects
+    resamples: int
+    seed: int
+    networks: list[RankEntry]  #: in the order of ``models``
+    kendall_tau: KendallSummary
 
 
 class PublishedRecord(TypedDict):
@@ -326,7 +372,7 @@ class _ComparisonCore(TypedDict):
     checkpoint: str  #: ``best``, ``last`` or ``epoch_N``
     dataset: DatasetRecord
     models: list[str]  #: the networks in table order (the U-Net first unless ``--models`` orders them)
-    baseline: str  #: ``unet`` when present, else the first network
+    baseline: str  #: ``--baseline``; default ``unet`` when present, else the first network
     sweep_keys: list[str]
     runs: list[RunRecord]
     skipped: list[SkippedRun]
@@ -334,6 +380,7 @@ class _ComparisonCore(TypedDict):
     relative: list[RelativeRecord]
     paired: list[PairedRecord]
     paired_settings: PairedSettings
+    ranking: list[RankingRecord]  #: empty with one network
     cost: list[dict[str, Any]]  #: per group, :func:`organseg.study.cost.group_cost`
     published: PublishedRecord | None
     notes: list[str]  #: printed under the title of ``comparison.md``

@@ -26,7 +26,58 @@ def write_figures(out: Path, c: Comparison) -> dict[str, str]:
         path = _plot_sweep(out / f"comparison_sweep_{safe_name(key)}.png", c, key)
         if path is not None:
             figures[f"DSC vs {key}"] = path
+    if c.get("ranking"):
+        figures["ranking stability"] = _plot_ranks(out / RANK_FIGURE, c)
     return figures
+
+
+RANK_FIGURE = "comparison_ranks.png"
+
+
+def _plot_ranks(path: Path, c: Comparison) -> str:
+    """challengeR's "blob plot": per ranking (protocol, swept values), each network (by its full-data rank,
+    left to right) against the ranks it took in the bootstrap resamples, a disc's area the share of
+    resamples, a black cross its full-data rank."""
+    plt = pyplot()
+    ranking = c["ranking"]
+    protocols = list(dict.fromkeys(r["protocol"] for r in ranking))
+    combos = list(dict.fromkeys(freeze(r["sweep"]) for r in ranking))
+    k = max(len(r["networks"]) for r in ranking)
+    fig, axes = plt.subplots(
+        len(combos),
+        len(protocols),
+        figsize=(max(4.0, 1.0 + 0.9 * k) * len(protocols), (1.2 + 0.55 * k) * len(combos) + 0.6),
+        squeeze=False,
+    )
+    for rec in ranking:
+        ax = axes[combos.index(freeze(rec["sweep"]))][protocols.index(rec["protocol"])]
+        order = sorted(rec["networks"], key=lambda e: e["rank"])
+        for x, e in enumerate(order):
+            ranks = np.arange(1, len(e["rank_frequency"]) + 1)
+            freq = np.asarray(e["rank_frequency"])
+            shown = freq > 0
+            color = (
+                _model_color(c["models"].index(e["model"])) if e["model"] in c["models"] else (0.3, 0.3, 0.3)
+            )
+            ax.scatter(np.full(shown.sum(), x), ranks[shown], s=600 * freq[shown], color=color, alpha=0.8)
+            ax.scatter([x], [e["rank"]], marker="x", color="black", s=30, zorder=3)
+        ax.set_xticks(range(len(order)), [e["model"] for e in order], rotation=20, fontsize=8)
+        ax.set_yticks(range(1, len(order) + 1))
+        ax.set_ylim(len(order) + 0.6, 0.4)
+        ax.set_xlim(-0.6, len(order) - 0.4)
+        ax.set_ylabel("rank")
+        ax.grid(alpha=0.3)
+        sweep = ", ".join(f"{key}={fmt_value(v)}" for key, v in rec["sweep"].items())
+        ax.set_title(f"{rec['protocol']} protocol" + (f", {sweep}" if sweep else ""), fontsize=8)
+    synth = " — SYNTHETIC DATA" if c["dataset"]["synthetic"] else ""
+    fig.suptitle(
+        f"Ranks by mean DSC over {ranking[0]['resamples']:,} bootstrap resamples of the subjects "
+        f"(disc area: share; ×: full data){synth}",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    save_figure(fig, path)
+    return path.name
 
 
 def _model_color(index: int) -> tuple[float, float, float]:

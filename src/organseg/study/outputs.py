@@ -23,7 +23,7 @@ from organseg.metrics import PROTOCOLS
 from organseg.study.comparison import Comparison
 from organseg.study.cost import cost_markdown
 from organseg.study.grid import evaluated_on, freeze
-from organseg.study.verdict import paired_markdown, verdict_markdown
+from organseg.study.verdict import paired_markdown, ranking_markdown, ranking_verdict, verdict_markdown
 
 Lines = list[str]
 Column = tuple[str, Callable[[Mapping[str, Any]], str]]  # header, cell of a record
@@ -35,6 +35,7 @@ PROTOCOL_TITLES = {
 # The sections of comparison.md the console shows (by heading).
 CONSOLE_SECTIONS = (
     "## Verdict",
+    "## Ranking",
     "## Reference protocol",
     "## Paired",
     "## Swin-Unet against",
@@ -63,6 +64,8 @@ _PAIRED_FIELDS = (
     "unit_of_analysis",
     "n_subjects",
     "n_volumes",
+    "comparisons",
+    "family_size",
 )
 # comparison.csv's columns of the summary rows; the swept keys go after "model".
 _SUMMARY_FIELDS = (
@@ -118,13 +121,20 @@ def _header(c: Comparison) -> Lines:
 
 
 def _verdict(c: Comparison) -> Lines:
-    lines = verdict_markdown(c.get("paired") or [], c.get("cost") or [], c.get("paired_settings") or {})
-    cond = conditions_markdown(c)
-    if not cond:
+    """The conditions, the ranking (when the study ranks networks), then each compared pair."""
+    paired = c.get("paired") or []
+    lines = verdict_markdown(paired, c.get("cost") or [], c.get("paired_settings") or {})
+    opening = [conditions_markdown(c), ""] if conditions_markdown(c) else []
+    opening += ranking_verdict(c.get("ranking") or [], paired)
+    if not opening:
         return lines
     if not lines:
-        return ["## Verdict", "", cond, ""]
-    return [*lines[:2], cond, "", *lines[2:]]
+        return ["## Verdict", "", *opening]
+    return [*lines[:2], *opening, *lines[2:]]
+
+
+def _ranking(c: Comparison) -> Lines:
+    return ranking_markdown(c.get("ranking") or [])
 
 
 def _count(v: float | None, digits: int = 0) -> str:
@@ -284,7 +294,9 @@ def _relative(c: Comparison) -> Lines:
         return []
     base = c["baseline"]
     lines = [
-        "## Swin-Unet against U-Net" if base == "unet" else f"## Against {base}",
+        "## Swin-Unet against U-Net"
+        if base == "unet" and sorted(c["models"]) == ["swin_unet", "unet"]
+        else f"## Against {base}",
         "",
         f"Relative HD95 change (HD95_model − HD95_{base}) / HD95_{base} of the mean "
         "over seeds (negative: smaller boundary errors), and the DSC difference in points.",
@@ -360,6 +372,7 @@ def _runs(c: Comparison) -> Lines:
 SECTIONS: tuple[Callable[[Comparison], Lines], ...] = (
     _header,
     _verdict,
+    _ranking,
     _protocols,
     _folds,
     _relative,
@@ -377,7 +390,7 @@ def comparison_markdown(c: Comparison) -> str:
 
 def console_table(c: Comparison) -> str:
     """What ``compare`` and ``demo`` print: comparison.md's sections in :data:`CONSOLE_SECTIONS` (the verdict,
-    reference-protocol table, paired tables, HD95 change, sweep and cost)."""
+    the ranking, reference-protocol table, paired tables, HD95 change, sweep and cost)."""
     keep, on = [], False
     for line in comparison_markdown(c).splitlines():
         if line.startswith("## "):

@@ -19,14 +19,23 @@ metric protocol, metric (DSC, HD95) and organ, and for the per-volume mean over 
 ``p``, ``p_holm``
     Two-sided Wilcoxon signed-rank test (``scipy.stats.wilcoxon``, its defaults: zero differences dropped,
     exact distribution for small samples) of the per-subject differences, then Holm's step-down correction
-    over the organs of one (protocol, metric). The mean over organs is one test of its own and is not part of
-    the family (``p_holm == p``). When every difference is 0 there is nothing to test: ``p = 1``. With n
-    subjects the exact test cannot go below ``2 / 2^n`` (1.95e-3 for 10 patients).
+    over one **family** (:func:`adjust_families`): for one protocol, one metric and one set of swept values,
+    every organ of every comparison made there (``organs x comparisons`` p-values: with networks A, B, C
+    compared with the baseline A, the organs of B - A and of C - A; with ``pairs="all"`` also C - B). The
+    mean over organs is not in that family: the mean rows of the comparisons form a family of their own
+    (one p per comparison), so with two networks ``p_holm == p`` for the mean row and the organ rows are
+    corrected over the organs only, as before. ``comparisons`` and ``family_size`` say which family a record
+    was adjusted in. When every difference is 0 there is nothing to test: ``p = 1``. With n subjects the
+    exact test cannot go below ``2 / 2^n`` (1.95e-3 for 10 patients).
 ``wins``, ``losses``
     Subjects where B is better (higher DSC, lower HD95) / worse than A; equal subjects count in neither.
 ``n``, ``n_subjects``, ``n_volumes``, ``unit_of_analysis``
     Paired subjects (``n == n_subjects``), the volumes they hold, and ``"subject"`` (``"volume"`` for
     results written before organseg recorded subjects: each volume is then its own unit, and a note says so).
+
+Which networks are compared (:func:`comparison_pairs`): each network with the **baseline** (``"unet"`` when
+present, else the first network; ``baseline=`` chooses), B - A with A the baseline; with ``pairs="all"``
+every pair, the baseline's first, then the others in the order of the networks (A the earlier one).
 
 Which subjects pair: those where both networks have a value in at least one volume (the corrected protocol
 leaves an organ absent from the truth unscored, and the HD95 of a missed organ). For the per-volume mean, a
@@ -418,79 +427,154 @@ def paired_from_runs(
 # ------------------------------------------------------------------------------------------------ studies
 
 
+PAIRS = ("baseline", "all")
+
+
+def comparison_pairs(models: Sequence[str], baseline: str, pairs: str = "baseline") -> list[tuple[str, str]]:
+    """The (A, B) comparisons of a study's networks (B - A): every network against ``baseline``, in the
+    networks' order; with ``pairs="all"`` then every other pair, A the earlier network in ``models``."""
+    if pairs not in PAIRS:
+        raise ValueError(f"pairs={pairs!r}: one of {', '.join(PAIRS)}")
+    out = [(baseline, m) for m in models if m != baseline]
+    if pairs == "all":
+        others = [m for m in models if m != baseline]
+        out += [(a, b) for i, a in enumerate(others) for b in others[i + 1 :]]
+    return out
+
+
+def _family_key(r: PairedRecord) -> tuple[str, str, str, bool]:
+    sweep = json.dumps(r.get("sweep") or {}, sort_keys=True, default=str)
+    return sweep, r["protocol"], r["metric"], r["organ"] == "mean"
+
+
+def adjust_families(records: list[PairedRecord]) -> None:
+    """Holm's correction over each family, in place (``p_holm``, ``significant``, ``comparisons``,
+    ``family_size``). A family is every organ record of every comparison with the same swept values,
+    protocol and metric; the mean rows of those comparisons are a family of their own. ``family_size`` is
+    the number of p-values adjusted together (records without a p are not counted), ``comparisons`` the
+    number of comparisons in the family. With one comparison this is :func:`paired_table`'s correction over
+    the organs, and the mean row keeps its p."""
+    families: dict[tuple[str, str, str, bool], list[PairedRecord]] = {}
+    for r in records:
+        families.setdefault(_family_key(r), []).append(r)
+    for family in families.values():
+        adjusted = holm([math.nan if r["p"] is None else r["p"] for r in family])
+        size = sum(1 for r in family if r["p"] is not None)
+        comparisons = len({(r["model_a"], r["model_b"]) for r in family})
+        for r, q in zip(family, adjusted, strict=True):
+            r["p_holm"] = json_number(q)
+            r["significant"] = r["p_holm"] is not None and r["p_holm"] < ALPHA
+            r["comparisons"] = comparisons
+            r["family_size"] = size
+
+
 def study_paired(
     groups: Sequence[GroupRecord],
     results_dirs: dict[str, str | Path | list[CaseRecord]],
     class_names: Sequence[str],
     columns: Sequence[tuple[str, int]],
     *,
+    baseline: str | None = None,
+    pairs: str = "baseline",
     resamples: int = DEFAULT_RESAMPLES,
     seed: int = DEFAULT_SEED,
 ) -> tuple[list[PairedRecord], PairedSettings, list[str]]:
-    """Paired records of every network against the first one, at the same swept values, from a study's
+    """Paired records of every comparison (:func:`comparison_pairs`: each network against ``baseline``,
+    default the first network; ``pairs="all"``: every pair) at the same swept values, from a study's
     groups (``model``, ``sweep``, ``runs``: run names, ``n``: seeds) and each run's results folder (or its
-    per-case records: a cross-validation's pooled folds). Returns the records (``comparison.json``'s
-    ``"paired"``), the settings and notes for what could not be
+    per-case records: a cross-validation's pooled folds), Holm-adjusted per family (:func:`adjust_families`).
+    Returns the records (``comparison.json``'s ``"paired"``), the settings and notes for what could not be
     paired (results written before organseg wrote ``per_case.json``)."""
     models = list(dict.fromkeys(g["model"] for g in groups))
+    baseline = models[0] if baseline is None and models else baseline
     settings: PairedSettings = {
         "resamples": resamples,
         "seed": seed,
         "alpha": ALPHA,
         "ci": "95 % percentile bootstrap",
         "test": "Wilcoxon signed-rank (scipy.stats.wilcoxon), two-sided",
-        "correction": "Holm over the organs of each protocol and metric; the mean row is not adjusted",
-        "difference": "second network minus first (model_b - model_a)",
+        "correction": "Holm over the organs x the comparisons of each protocol, metric and swept values; "
+        "the mean rows: over the comparisons",
+        "difference": "model_b minus model_a (model_a: the baseline; with pairs 'all', the earlier network)",
+        "baseline": baseline or "",
+        "pairs": pairs,
     }
     out: list[PairedRecord] = []
     notes: list[str] = []
     if len(models) < 2:
         return out, settings, notes
-    first = models[0]
-    for g in groups:
-        if g["model"] == first:
-            continue
-        base = next((x for x in groups if x["model"] == first and x["sweep"] == g["sweep"]), None)
-        if base is None:
-            continue
-        try:
-            recs, case_ids, subjects = paired_from_runs(
-                [results_dirs[n] for n in base["runs"]],
-                [results_dirs[n] for n in g["runs"]],
+    for combo in dict.fromkeys(json.dumps(g["sweep"], sort_keys=True, default=str) for g in groups):
+        at = {g["model"]: g for g in groups if json.dumps(g["sweep"], sort_keys=True, default=str) == combo}
+        for model_a, model_b in comparison_pairs([m for m in models if m in at], baseline, pairs):
+            if model_a not in at:
+                continue
+            out += _pair_records(
+                at[model_a],
+                at[model_b],
+                results_dirs,
                 class_names,
                 columns,
+                settings,
+                notes,
                 resamples=resamples,
                 seed=seed,
             )
-        except DataError as exc:
-            notes.append(f"No paired statistics for {g['label']} against {base['label']}: {exc}")
-            continue
-        settings["cases"] = len(case_ids)
-        settings["subjects"] = len(set(subjects)) if subjects is not None else len(case_ids)
-        settings["unit_of_analysis"] = "subject" if subjects is not None else "volume"
-        if subjects is None:
-            notes.append(
-                f"The results of {g['label']} or {base['label']} were written before organseg recorded each "
-                "volume's subject: every volume counts as its own subject here. Test the runs again to pool "
-                "a patient's volumes."
-            )
-        units = "subjects" if subjects is not None else "volumes"
-        resampled = f"{units} and seeds" if max(base["n"], g["n"]) > 1 else units
-        for r in recs:
-            unit = "fraction" if r["metric"] == "dice" else g[r["protocol"]]["hd95_unit"]
-            out.append(
-                {
-                    "protocol": r["protocol"],
-                    "metric": r["metric"],
-                    "organ": r["organ"],
-                    "model_a": first,
-                    "model_b": g["model"],
-                    "sweep": dict(g["sweep"]),
-                    "seeds_a": base["n"],
-                    "seeds_b": g["n"],
-                    "resampled": resampled,
-                    "unit": unit,
-                    **{k: v for k, v in r.items() if k not in ("protocol", "metric", "organ")},
-                }
-            )
+    adjust_families(out)
     return out, settings, notes
+
+
+def _pair_records(
+    base: GroupRecord,
+    g: GroupRecord,
+    results_dirs: dict[str, str | Path | list[CaseRecord]],
+    class_names: Sequence[str],
+    columns: Sequence[tuple[str, int]],
+    settings: PairedSettings,
+    notes: list[str],
+    *,
+    resamples: int,
+    seed: int,
+) -> list[PairedRecord]:
+    """The paired records of group ``g`` (B) against group ``base`` (A); notes what cannot be paired."""
+    try:
+        recs, case_ids, subjects = paired_from_runs(
+            [results_dirs[n] for n in base["runs"]],
+            [results_dirs[n] for n in g["runs"]],
+            class_names,
+            columns,
+            resamples=resamples,
+            seed=seed,
+        )
+    except DataError as exc:
+        notes.append(f"No paired statistics for {g['label']} against {base['label']}: {exc}")
+        return []
+    settings["cases"] = len(case_ids)
+    settings["subjects"] = len(set(subjects)) if subjects is not None else len(case_ids)
+    settings["unit_of_analysis"] = "subject" if subjects is not None else "volume"
+    if subjects is None:
+        notes.append(
+            f"The results of {g['label']} or {base['label']} were written before organseg recorded each "
+            "volume's subject: every volume counts as its own subject here. Test the runs again to pool "
+            "a patient's volumes."
+        )
+    units = "subjects" if subjects is not None else "volumes"
+    resampled = f"{units} and seeds" if max(base["n"], g["n"]) > 1 else units
+    out: list[PairedRecord] = []
+    for r in recs:
+        unit = "fraction" if r["metric"] == "dice" else g[r["protocol"]]["hd95_unit"]
+        out.append(
+            {
+                "protocol": r["protocol"],
+                "metric": r["metric"],
+                "organ": r["organ"],
+                "model_a": base["model"],
+                "model_b": g["model"],
+                "sweep": dict(g["sweep"]),
+                "seeds_a": base["n"],
+                "seeds_b": g["n"],
+                "resampled": resampled,
+                "unit": unit,
+                **{k: v for k, v in r.items() if k not in ("protocol", "metric", "organ")},
+            }
+        )
+    return out

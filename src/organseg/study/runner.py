@@ -35,7 +35,7 @@ from organseg.progress import progress_bar, progress_write
 from organseg.reporting.tables import dataset_kind
 from organseg.run import EXIT_DIVERGED, STUDY_RUNS, ResultsDir, RunDir
 from organseg.stopping import STOP_WAIT_S, StopSignal
-from organseg.study.aggregate import collect
+from organseg.study.aggregate import check_comparisons, collect
 from organseg.study.grid import DEFAULT_SEED, PlannedRun, Sweep, parse_sets, plan_runs
 from organseg.training import TrainingDiverged, train
 from organseg.training.config import check_network, config_differences, to_yaml
@@ -223,6 +223,8 @@ def run_study(
     notes: Sequence[str] = (),
     launcher: Any = None,
     folds: int | None = None,
+    baseline: str | None = None,
+    pairs: str = "baseline",
 ) -> dict[str, Any]:
     """Train (or reuse / resume) and test every grid point, then aggregate (see :func:`collect`).
 
@@ -235,8 +237,12 @@ def run_study(
     ``folds`` K: K-fold cross-validation over the training subjects (``data.fold``, run folders
     ``..._fold<k>``); each fold's model is tested on its held-out subjects (the ``val`` split of the fold),
     and the statistics pool the out-of-fold predictions. ``split`` defaults to ``test`` (``val`` with folds).
+
+    ``baseline`` and ``pairs``: which networks the paired statistics compare (:func:`collect`); checked
+    against ``models`` before anything trains.
     """
     check_value("--jobs", jobs, WORKERS)
+    check_comparisons(list(dict.fromkeys(models)), baseline, pairs)
     resolve_device(device)  # a device this machine lacks fails before any data are read
     sweep = sets if isinstance(sets, Sweep) else parse_sets(list(sets))
     out = Path(out)
@@ -300,6 +306,8 @@ def run_study(
             models=models,
             notes=notes,
             failed={str(out / STUDY_RUNS / k): v for k, v in failed.items()},
+            baseline=baseline,
+            pairs=pairs,
         )
         result["trained"], result["tested"] = study.trained, study.tested
         print(

@@ -13,8 +13,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from organseg.formatting import MISSING, duration, fmt_value, num
-from organseg.study.comparison import PairedRecord, PairedSettings
+from organseg.study.comparison import PairedRecord, PairedSettings, RankingRecord
 from organseg.study.paired import ALPHA, HIGHER_IS_BETTER
+from organseg.study.ranking import rank_order
 
 MINUS = "\u2212"
 
@@ -71,10 +72,9 @@ def paired_markdown(
             f"Difference {b} {MINUS} {a} over {_units(settings)} "
             f"({first['seeds_a']} and {first['seeds_b']} seed(s)), DSC in points, HD95 in {unit}; "
             f"{_unit_rule(settings)}; [95 % bootstrap interval, {settings['resamples']:,} resamples of the "
-            f"{first['resampled']}, seed {settings['seed']}]; p: Wilcoxon signed-rank, Holm-adjusted over "
-            f"the organs (the mean row is one test, not adjusted), significant when below "
-            f"{fmt_value(settings['alpha'])}. W/L: {_unit_name(settings)}s where {b} is better / worse "
-            "(higher DSC, lower HD95).",
+            f"{first['resampled']}, seed {settings['seed']}]; p: Wilcoxon signed-rank, {_holm_text(first)}, "
+            f"significant when below {fmt_value(settings['alpha'])}. W/L: {_unit_name(settings)}s where {b} "
+            "is better / worse (higher DSC, lower HD95).",
             "",
             f"| Organ | {a} DSC | {b} DSC | ΔDSC | W/L | {a} HD95 | {b} HD95 | ΔHD95 | W/L |",
             "|---|---|---|---|---|---|---|---|---|",
@@ -92,6 +92,17 @@ def paired_markdown(
             )
         lines.append("")
     return lines
+
+
+def _holm_text(rec: PairedRecord) -> str:
+    """How the p-values of a paired table were adjusted: over the organs, or the organs x the comparisons."""
+    k = rec.get("comparisons", 1)
+    if k <= 1:
+        return "Holm-adjusted over the organs (the mean row is one test, not adjusted)"
+    return (
+        f"Holm-adjusted over the organs × the {k} comparisons at these swept values (the mean rows: over "
+        f"the {k} comparisons)"
+    )
 
 
 def _names(organs: Sequence[str]) -> str:
@@ -131,17 +142,19 @@ def _significance(recs: Sequence[PairedRecord], a: str, b: str, metric: str, sca
         return "no organ could be tested"
     sig = [r for r in organs if r["significant"]]
     hib = HIGHER_IS_BETTER[metric]
+    k = organs[0].get("comparisons", 1)
+    family = _organs(len(organs)) + (f" × the {k} comparisons" if k > 1 else "")
     if not sig:
         best = min(r["p_holm"] for r in organs)
         return (
-            f"after Holm's correction over {_organs(len(organs))} none of the differences is significant "
+            f"after Holm's correction over {family} none of the differences is significant "
             f"(smallest adjusted p = {_p(best)})"
         )
     items = []
     for r in sig:
         winner = b if (r["diff"] > 0) == hib else a
         items.append(f"{r['organ']} ({winner} better, {_signed(r['diff'], scale, 2)}, p={_p(r['p_holm'])})")
-    return f"after Holm's correction over {_organs(len(organs))} significant: " + "; ".join(items)
+    return f"after Holm's correction over {family} significant: " + "; ".join(items)
 
 
 def _organs(n: int) -> str:
@@ -271,4 +284,141 @@ def verdict_markdown(
         if cost_text:
             sentences.append(cost_text)
         lines += [" ".join(sentences), ""]
+    return lines
+
+
+# ------------------------------------------------------------------------------------------------ ranking
+
+
+def _pct(v: float | None) -> str:
+    return num(v, ".1f", scale=100)
+
+
+def _order_text(rec: RankingRecord) -> str:
+    """``1. swin_unet 81.20 %, 2. unet 80.10 %, 2. nnunet 80.10 %``."""
+    return ", ".join(f"{e['rank']}. {e['model']} {num(e['mean'], scale=100)} %" for e in rank_order(rec))
+
+
+def _mean_rows(paired: Sequence[PairedRecord], rec: RankingRecord) -> list[PairedRecord]:
+    sweep = rec["sweep"]
+    return [
+        r
+        for r in paired
+        if r["organ"] == "mean"
+        and r["metric"] == "dice"
+        and r["protocol"] == rec["protocol"]
+        and (r.get("sweep") or {}) == sweep
+        and r["diff"] is not None
+    ]
+
+
+def _significant_text(paired: Sequence[PairedRecord], rec: RankingRecord) -> str:
+    """Which of the compared pairs differ significantly in mean DSC (the paired mean rows)."""
+    rows = _mean_rows(paired, rec)
+    if not rows:
+        return "no pair of networks was tested"
+    k = rows[0].get("comparisons", 1)
+    sig = [r for r in rows if r["significant"]]
+    family = "" if k <= 1 else f" (Holm over the {k} comparisons)"
+    items = []
+    for r in sig:
+        better, worse = (r["model_b"], r["model_a"]) if r["diff"] > 0 else (r["model_a"], r["model_b"])
+        items.append(f"{better} over {worse} ({_signed(abs(r['diff']), 100, 2)} points, p={_p(r['p_holm'])})")
+    if not items:
+        return f"none of the {len(rows)} tested difference(s) of the mean DSC is significant{family}"
+    rest = [f"{r['model_b']} − {r['model_a']} (p={_p(r['p_holm'])})" for r in rows if not r["significant"]]
+    text = f"significant differences of the mean DSC{family}: " + "; ".join(items)
+    return text + (f"; not significant: {', '.join(rest)}" if rest else "")
+
+
+def _stability_text(rec: RankingRecord) -> str:
+    order = rank_order(rec)
+    parts = []
+    for e in order:
+        if not any(e["rank_counts"]):
+            continue
+        top = max(range(len(e["rank_frequency"])), key=lambda k: e["rank_frequency"][k])
+        parts.append(
+            f"{e['model']} ranks {e['rank']} in {_pct(e['rank_frequency'][e['rank'] - 1])} % of the resamples"
+            + ("" if top == e["rank"] - 1 else f" (most often {top + 1}: {_pct(e['rank_frequency'][top])} %)")
+        )
+    tau = rec["kendall_tau"]
+    text = "; ".join(parts)
+    if tau["n"]:
+        text += (
+            f"; Kendall's τ between the bootstrap rankings and this one: median {num(tau['median'])} "
+            f"(quartiles {num(tau['q25'])}–{num(tau['q75'])})"
+        )
+    return text
+
+
+def ranking_verdict(ranking: Sequence[RankingRecord], paired: Sequence[PairedRecord]) -> list[str]:
+    """The verdict's ranking paragraph(s), one per set of swept values (corrected protocol, else the
+    first): the order by mean DSC, which differences are significant, how stable the order is."""
+    lines = []
+    for combo in dict.fromkeys(_sweep_key(r) for r in ranking):
+        recs = [r for r in ranking if _sweep_key(r) == combo]
+        rec = next((r for r in recs if r["protocol"] == "corrected"), recs[0])
+        if not rec["n_subjects"]:
+            continue
+        sweep = f" ({_sweep_text(rec['sweep'])})" if rec["sweep"] else ""
+        unit = "subject" if rec["unit_of_analysis"] == "subject" else "volume"
+        lines += [
+            f"**Ranking{sweep}** by mean DSC over {rec['n_subjects']} {unit}(s), {rec['protocol']} protocol "
+            f"(equal means share the better rank): {_order_text(rec)}; {_significant_text(paired, rec)}. "
+            f"Under {rec['resamples']:,} bootstrap resamples of the {unit}s: {_stability_text(rec)}.",
+            "",
+        ]
+    return lines
+
+
+def _sweep_key(r: RankingRecord) -> str:
+    return json.dumps(r.get("sweep") or {}, sort_keys=True, default=str)
+
+
+def ranking_markdown(ranking: Sequence[RankingRecord]) -> list[str]:
+    """``## Ranking``: per protocol and swept values, the networks by mean DSC with their rank-frequency
+    table (the share of bootstrap resamples in which each takes each rank) and Kendall's tau."""
+    if not ranking:
+        return []
+    first = ranking[0]
+    unit = "subject" if first["unit_of_analysis"] == "subject" else "volume"
+    lines = [
+        "## Ranking",
+        "",
+        f"Networks ranked by their mean DSC over the {unit}s (per volume the mean over the organs every run "
+        f"has, per {unit} the mean over its volumes and seeds); equal means share the better rank (1, 1, 3). "
+        f"Stability as challengeR reports it: {first['resamples']:,} bootstrap resamples of the {unit}s "
+        f"(seed {first['seed']}), the networks ranked again on each; a cell is the share of resamples in "
+        "which the network takes that rank. Kendall's τ compares each bootstrap ranking with the full-data "
+        "one (1: the same order). Which differences are significant: the paired tables.",
+        "",
+    ]
+    for rec in ranking:
+        sweep = f", {_sweep_text(rec['sweep'])}" if rec["sweep"] else ""
+        k = len(rec["networks"])
+        tau = rec["kendall_tau"]
+        tau_text = (
+            f"median {num(tau['median'])}, mean {num(tau['mean'])}, quartiles {num(tau['q25'])}–"
+            f"{num(tau['q75'])} ({tau['n']:,} resamples)"
+            if tau["n"]
+            else "undefined (every resample ties every network)"
+        )
+        lines += [
+            f"{rec['protocol'].capitalize()} protocol{sweep}: {rec['n_subjects']} {unit}(s) "
+            f"({rec['n_volumes']} volume(s)). Kendall's τ: {tau_text}.",
+            "",
+            "| Rank | Network | mean DSC | mean rank | "
+            + " | ".join(f"rank {i + 1}" for i in range(k))
+            + " |",
+            "|---" * (4 + k) + "|",
+        ]
+        for e in rank_order(rec):
+            cells = [f"{_pct(f)} %" for f in e["rank_frequency"]]
+            lines.append(
+                f"| {e['rank']} | {e['model']} | {num(e['mean'], scale=100)} | {num(e['mean_rank'])} | "
+                + " | ".join(cells)
+                + " |"
+            )
+        lines.append("")
     return lines
