@@ -2912,6 +2912,48 @@ for cid, what, setup, argv, free, expect, allow in [
 ]:
     add(cid, argv[0], what, setup, argv, [*expect, DISK], group="disks", disk_free=free, allow_new=allow)
 
+# compare with several networks: which are compared (--baseline, --pairs), checked before anything trains, and
+# against the networks a --collect finds.
+COLLECT_ONE = ["compare", "--collect", "--out", "{t}/study"]
+for cid, what, setup, argv, expect in [
+    (
+        "compare--baseline-unknown",
+        "--baseline names a network not in --models",
+        COMPARE_SETUP,
+        [*COMPARE, "--baseline", "swin_unet"],
+        ["--baseline", "swin_unet"],
+    ),
+    (
+        "compare--pairs-unknown",
+        "--pairs of no known kind",
+        COMPARE_SETUP,
+        [*COMPARE, "--pairs", "some"],
+        ["--pairs"],
+    ),
+    (
+        "compare--pairs-all-one-network",
+        "--pairs all with a single network",
+        COMPARE_SETUP,
+        [*COMPARE, "--pairs", "all"],
+        ["--pairs", "unet"],
+    ),
+    (
+        "compare--collect-baseline-unknown",
+        "--collect --baseline names a network none of the runs is",
+        cp("run", "study/runs/unet__seed1234"),
+        [*COLLECT_ONE, "--baseline", "swin_unet"],
+        ["--baseline", "swin_unet"],
+    ),
+    (
+        "compare--collect-baseline-one-network",
+        "--collect --baseline with runs of a single network",
+        cp("run", "study/runs/unet__seed1234"),
+        [*COLLECT_ONE, "--baseline", "unet"],
+        ["--baseline", "unet"],
+    ),
+]:
+    add(cid, "compare", what, setup, argv, expect, group="options")
+
 
 # ---------------------------------------------------------------- networks of one's own (docs/networks.md)
 # A subprocess runs in the case folder ({t}), which `python -m` puts on sys.path: the user's modules and a

@@ -265,7 +265,7 @@ def check_comparisons(
         raise ConfigError(f"--baseline {baseline}: not one of the networks ({where}: {names})")
     if len(models) < 2 and (baseline is not None or pairs != "baseline"):
         option = f"--baseline {baseline}" if baseline is not None else f"--pairs {pairs}"
-        raise ConfigError(f"{option}: needs two networks or more to compare; {where} gives {names} only")
+        raise ConfigError(f"{option}: needs two networks or more to compare; {where}: {names} only")
     if baseline is not None:
         return baseline
     return "unet" if "unet" in models else models[0]
