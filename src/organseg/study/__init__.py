@@ -1,4 +1,4 @@
-"""``organseg compare``: U-Net vs Swin-Unet over seeds and swept settings, as a package.
+"""``organseg compare``: U-Net vs Swin-Unet (or any networks) over seeds and swept settings, as a package.
 
 A study is a grid: every model x seed x value of every swept ``--set key=v1,v2``. Each grid point is an
 ordinary run folder (:class:`organseg.run.RunDir`) under ``OUT/runs/`` with a stable name
@@ -14,11 +14,12 @@ Modules, in the order a study uses them:
 - :mod:`~organseg.study.runs`: the tested run folders as the aggregation reads them (``RunResult``);
 - :mod:`~organseg.study.crossval`: a cross-validation's fold runs pooled into one result per seed;
 - :mod:`~organseg.study.aggregate`: run folders -> the comparison dict (groups over seeds, HD95 change,
-  the conditions of :mod:`~organseg.study.conditions`, paired statistics of :mod:`~organseg.study.paired`
-  and cost of :mod:`~organseg.study.cost`);
+  the conditions of :mod:`~organseg.study.conditions`, paired statistics of :mod:`~organseg.study.paired`,
+  the ranking of :mod:`~organseg.study.ranking` and cost of :mod:`~organseg.study.cost`);
 - :mod:`~organseg.study.outputs`: ``comparison.md/.json/.csv`` and the console table (the paired tables and
   the verdict written by :mod:`~organseg.study.verdict`);
-- :mod:`~organseg.study.figures`: ``comparison_organs.png``, ``comparison_sweep_<key>.png``;
+- :mod:`~organseg.study.figures`: ``comparison_organs.png``, ``comparison_sweep_<key>.png``,
+  ``comparison_ranks.png``;
 - :mod:`~organseg.study.demo`: ``organseg demo``, a whole study on a SYNTHETIC phantom (:func:`run_demo`).
 """
 

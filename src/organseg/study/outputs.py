@@ -2,10 +2,11 @@
 ``comparison.csv`` and the console table, all from the comparison dict of
 :func:`organseg.study.aggregate.collect`.
 
-``comparison.md`` holds a verdict from the numbers, paper-format tables (mean ± std over seeds), the published
-rows, paired statistics per protocol, the HD95 change, the sweep table and the cost table. The paired
-statistics (computed by :mod:`organseg.study.paired`, written by :mod:`organseg.study.verdict`) and the cost
-table (:mod:`organseg.study.cost`) are written there; this module places them.
+``comparison.md`` holds a verdict from the numbers, the ranking of the networks with its bootstrap stability,
+paper-format tables (mean ± std over seeds), the published rows, paired statistics per protocol, the HD95
+change, the sweep table and the cost table. The paired statistics (computed by :mod:`organseg.study.paired`,
+written by :mod:`organseg.study.verdict`) and the cost table (:mod:`organseg.study.cost`) are written there;
+this module places them.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
-"""The paired statistics in words: the paired tables of ``comparison.md`` and its opening verdict, written
-from the paired records (:func:`organseg.study.paired.study_paired`) and the cost records
-(:mod:`organseg.study.cost`) only, so the text always says what the numbers say.
+"""The paired statistics in words: the paired tables of ``comparison.md``, its opening verdict and its
+ranking section, written from the paired records (:func:`organseg.study.paired.study_paired`), the ranking
+records (:mod:`organseg.study.ranking`) and the cost records (:mod:`organseg.study.cost`) only, so the text
+always says what the numbers say.
 
 A cell of a paired table reads ``+1.80 [−0.40, +4.10] p=0.12 (n.s.)``: the difference B − A (DSC in points,
 HD95 in its unit), its 95 % bootstrap interval, the Holm-adjusted p and whether it is significant.
