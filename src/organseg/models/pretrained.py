@@ -11,6 +11,9 @@ Three kinds of file, one function each, plus :func:`load_pretrained` that tells 
   (``{"model": ...}``, ``layers.i.downsample`` ends stage i, ``head.*``, index and mask buffers included) and
   timm >= 0.9 (``layers.{i+1}.downsample`` starts the next stage, ``head.fc.*``, no index/mask buffers),
   from ``.pth`` or ``.safetensors``. timm files are renamed to the Microsoft layout first.
+* a Swin-Unet encoder pretrained by ``organseg pretrain`` (masked image modelling): a file tagged
+  ``{"format": SIMMIM_FORMAT, "model": ...}`` whose weights are in the Microsoft Swin layout, loaded exactly
+  as ImageNet Swin weights (encoder, mirrored decoder) but reported as kind ``swin_simmim``.
 * ``load_vgg16_bn_imagenet``: torchvision's VGG16-BN (``features.N.*``) into the U-Net encoder
   (``encoder.features.N.*``, same indices), the RGB first conv summed to one input channel.
 
@@ -37,7 +40,9 @@ from organseg.models._registry import create_model
 from organseg.models.state import describe_mismatch
 from organseg.models.swin_unet import SwinTransformerSys
 
-KINDS = ("auto", "swin_unet", "swin_imagenet", "vgg16_bn")
+KINDS = ("auto", "swin_unet", "swin_imagenet", "swin_simmim", "vgg16_bn")
+#: The format tag of the encoder file ``organseg pretrain`` writes (organseg.training.pretrain).
+SIMMIM_FORMAT = "organseg-simmim-encoder/1"
 # Buffers derived from the architecture: never "left random", whether or not a file supplies them.
 _COMPUTED = ("relative_position_index", "attn_mask", "num_batches_tracked")
 
@@ -99,7 +104,11 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
 
     Unwraps ``{"model": ...}`` / ``{"state_dict": ...}`` and strips a DataParallel ``module.`` prefix.
     """
-    path = Path(path)
+    return _read_tagged(Path(path))[0]
+
+
+def _read_tagged(path: Path) -> tuple[dict[str, torch.Tensor], str | None]:
+    """:func:`read_weights` and the file's ``format`` tag (None when it has none)."""
     if not path.is_file():
         raise CheckpointError(f"{path}: weight file not found")
     if path.suffix == ".safetensors":
@@ -115,6 +124,7 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
         except Exception as exc:  # truncated zip, foreign pickle, non-tensor objects refused by weights_only
             msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             raise CheckpointError(f"{path}: cannot read weight file ({type(exc).__name__}: {msg})") from None
+    tag = obj.get("format") if isinstance(obj, dict) and isinstance(obj.get("format"), str) else None
     for wrapper in ("model", "state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
             obj = obj[wrapper]
@@ -126,7 +136,7 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: holds no tensors (keys {first_names([str(k) for k in obj])})")
     if all(k.startswith("module.") for k in state):
         state = {k[len("module.") :]: v for k, v in state.items()}
-    return state
+    return state, tag
 
 
 # --------------------------------------------------------------------------------------------- detection
@@ -239,7 +249,10 @@ def load_swin_imagenet(model: nn.Module, path: str | Path) -> LoadReport:
     return _load_swin_imagenet_state(model, read_weights(path), path)
 
 
-def _load_swin_imagenet_state(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> LoadReport:
+def _load_swin_imagenet_state(
+    model: nn.Module, state: dict[str, torch.Tensor], path: Path, kind: str | None = None
+) -> LoadReport:
+    """``kind``: the report's kind (default ``swin_imagenet_<layout>``)."""
     net, prefix = _swin_net(model)
     if any(k.startswith("swin_unet.") or k.startswith("layers_up.") for k in state):
         raise CheckpointError(
@@ -291,7 +304,7 @@ def _load_swin_imagenet_state(model: nn.Module, state: dict[str, torch.Tensor], 
         )
     net.load_state_dict(load, strict=False)
 
-    report = LoadReport(str(path), f"swin_imagenet_{layout}")
+    report = LoadReport(str(path), kind or f"swin_imagenet_{layout}")
     report.loaded_keys = [prefix + k for k in target if k in load]
     report.ignored_keys = {k: mismatched.get(k, "not in model") for k in state if k not in used}
     for k in target:
@@ -366,8 +379,10 @@ def load_pretrained(model: nn.Module, path: str | Path, kind: str = "auto") -> L
     if kind not in KINDS:
         raise CheckpointError(f"{path}: unknown weight kind {kind!r}; expected one of {KINDS}")
     path = Path(path)
-    state = read_weights(path)
-    if kind == "auto":
+    state, tag = _read_tagged(path)
+    if kind == "auto" and tag == SIMMIM_FORMAT:
+        kind = "swin_simmim"
+    elif kind == "auto":
         try:
             kind = detect_kind(state)
         except CheckpointError as exc:
@@ -383,6 +398,8 @@ def load_pretrained(model: nn.Module, path: str | Path, kind: str = "auto") -> L
         return _load_swin_unet_state(model, state, path, skip_output=head is None or head.shape != want)
     if kind == "swin_imagenet":
         return _load_swin_imagenet_state(model, state, path)
+    if kind == "swin_simmim":  # the same layout and rule as ImageNet weights: encoder, mirrored decoder
+        return _load_swin_imagenet_state(model, state, path, kind="swin_simmim")
     return _load_vgg_state(model, state, path)
 
 

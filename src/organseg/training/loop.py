@@ -141,7 +141,7 @@ def train(
             shutdown(env)
 
 
-def _undo_fresh_run(run_dir: Path, existed: set[str] | None) -> None:
+def _undo_fresh_run(run_dir: Path, existed: set[str] | None, files: tuple[str, ...] = RUN_FILES) -> None:
     """A run that fails before its first checkpoint (bad data found while loading, an interrupt in the first
     iterations) has nothing to resume: remove the files it created, so no half-made run folder is left (and
     the folder itself if this call created it). A run with a checkpoint is kept: it resumes."""
@@ -149,7 +149,7 @@ def _undo_fresh_run(run_dir: Path, existed: set[str] | None) -> None:
     if ckpts.is_dir() and any(ckpts.glob("*.pt")):
         return
     before = existed or set()
-    for name in RUN_FILES:
+    for name in files:
         path = run_dir / name
         if name in before or not path.exists():
             continue
@@ -232,7 +232,14 @@ class Trainer:
     set after it, ``last.pt`` at every epoch's end.
 
     ``model`` is the network as built (what checkpoints hold and validation runs); ``wrapped`` is what
-    :meth:`step` calls (DistributedDataParallel and ``torch.compile`` around it, when configured)."""
+    :meth:`step` calls (DistributedDataParallel and ``torch.compile`` around it, when configured).
+
+    A variant that trains another objective (``organseg pretrain``) also sets :attr:`verb` (its console
+    lines), :attr:`log_fields` (what :meth:`step` returns, as metrics.jsonl names it) and overrides
+    :meth:`build_model`."""
+
+    verb = "train"
+    log_fields: tuple[str, ...] = ("loss", "ce", "dice")
 
     def __init__(
         self, cfg: dict, dataset: SegmentationDataset, run_dir: Path, env: DistEnv, state: dict | None
@@ -247,7 +254,7 @@ class Trainer:
         self.amp_dtype = autocast_dtype(train_cfg["precision"], env.device)
         seed_all(train_cfg["seed"])
         self.model_args = model_args(cfg, dataset.num_classes)
-        self.model = _build_model(cfg, self.model_args)
+        self.model = self.build_model()
         self.batches = TrainBatches(dataset, cfg, env)
         self.iterations_per_epoch = len(self.batches)
         self.max_iterations = run_length(train_cfg, self.iterations_per_epoch)
@@ -283,6 +290,10 @@ class Trainer:
         self.last_loss = math.nan  # the last logged loss (mean over ranks), for the line at an epoch's end
 
     # ----------------------------------------------------------------------------- the seams for variants
+
+    def build_model(self) -> nn.Module:
+        """The network ``model.name`` with :attr:`model_args`: what checkpoints hold."""
+        return _build_model(self.cfg, self.model_args)
 
     def build_optimizer(self) -> torch.optim.Optimizer:
         """``train.optimizer`` over the network's parameters, at the schedule's first learning rate."""
@@ -395,7 +406,7 @@ class Trainer:
             if self.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             self._seed_iteration()  # here, not in step(): a variant's step() cannot lose it
-            loss, ce, dice = self.step(images, labels)
+            parts = self.step(images, labels)
             lr = self.optimizer.param_groups[0]["lr"]  # the one this step used
             for group in self.optimizer.param_groups:  # after the step, as the reference
                 group["lr"] = self.lr_at(self.iteration + 1)
@@ -404,7 +415,7 @@ class Trainer:
             self.train_seconds = time.perf_counter() - self.start_time
             self._follow_budget()
             if self.iteration % self.train_cfg["log_every"] == 0 or self.iteration % per_epoch == 0:
-                self._log_iteration(epoch, lr, loss, ce, dice, bar)
+                self._log_iteration(epoch, lr, parts, bar)
             bar.update(1)
             if self.stopped != "completed" or self.iteration >= self.max_iterations:
                 break
@@ -450,13 +461,12 @@ class Trainer:
             dynamic_ncols=True,
         )
 
-    def _log_iteration(
-        self, epoch: int, lr: float, loss: torch.Tensor, ce: torch.Tensor, dice: torch.Tensor, bar: Any
-    ) -> None:
-        """Averaged over ranks: the record and the divergence check."""
-        stacked = torch.stack([loss.detach(), ce.detach(), dice.detach()])
-        v_loss, v_ce, v_dice = mean_over_ranks(stacked, self.env).tolist()
-        self.last_loss = v_loss
+    def _log_iteration(self, epoch: int, lr: float, parts: tuple[torch.Tensor, ...], bar: Any) -> None:
+        """Averaged over ranks: the record (``parts`` named by :attr:`log_fields`, the loss first) and the
+        divergence check."""
+        stacked = torch.stack([p.detach() for p in parts])
+        values = mean_over_ranks(stacked, self.env).tolist()
+        v_loss = self.last_loss = values[0]
         if not math.isfinite(v_loss):
             good = (
                 f"the last good checkpoint is {self.last_path}"
@@ -472,9 +482,7 @@ class Trainer:
                 "kind": "train",
                 "iter": self.iteration,
                 "epoch": epoch,
-                "loss": v_loss,
-                "ce": v_ce,
-                "dice": v_dice,
+                **dict(zip(self.log_fields, values, strict=True)),
                 "lr": lr,
                 "time": round(self.train_seconds, 3),
             }
@@ -506,7 +514,7 @@ class Trainer:
         if self.main:
             print(f"pretrained weights {spec}: {report}", flush=True)
         info = {"spec": str(spec), "path": str(weights)}
-        return {**info, "loaded": report.loaded, "left_random": report.left_random}
+        return {**info, "kind": report.kind, "loaded": report.loaded, "left_random": report.left_random}
 
     def _wrap(self, model: nn.Module) -> nn.Module:
         net: nn.Module = model
@@ -523,7 +531,7 @@ class Trainer:
         if not self.main:
             return
         train_cfg, env, run_dir = self.train_cfg, self.env, self.run.path
-        print(f"organseg train: {run_dir}\n{to_yaml(self.cfg)}", flush=True)
+        print(f"organseg {self.verb}: {run_dir}\n{to_yaml(self.cfg)}", flush=True)
         print(
             f"{self.batches.num_slices} slices, {self.iterations_per_epoch} iterations/epoch, "
             f"{self.max_iterations} in all, "
@@ -532,8 +540,8 @@ class Trainer:
             flush=True,
         )
         if self.iteration >= self.max_iterations:
-            print("organseg train: the run is already complete; nothing to do", flush=True)
-        if not self.dataset.case_ids("val"):
+            print(f"organseg {self.verb}: the run is already complete; nothing to do", flush=True)
+        if self.verb == "train" and not self.dataset.case_ids("val"):
             print("organseg train: the dataset has no validation cases, so no best.pt is written", flush=True)
         run_dir.mkdir(parents=True, exist_ok=True)
         self.run.write_config(to_yaml(self.cfg))
