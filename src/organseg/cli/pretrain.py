@@ -39,7 +39,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         metavar="DIR",
         action="append",
         default=[],
-        help="a folder of NIfTI files or DICOM series, sliced as prepare slices (repeatable; needs --intensity)",
+        help="NIfTI files or DICOM series, sliced as prepare slices (repeatable; with --intensity)",
     )
     p.add_argument(
         "--intensity",
@@ -76,12 +76,14 @@ def run(args: argparse.Namespace) -> int:
     if args.volumes and args.intensity is None:
         raise ConfigError("--volumes: say how to map their intensities with --intensity ct, mri or minmax")
     if (args.intensity or args.window) and not args.volumes:
-        raise ConfigError("--intensity and --window apply to --volumes folders (a --data dataset maps its own)")
+        raise ConfigError(
+            "--intensity and --window apply to --volumes folders (a --data dataset maps its own)"
+        )
     if args.window and args.intensity != "ct":
         raise ConfigError(f"--window is a CT window in HU; it needs --intensity ct (got {args.intensity})")
-    sources: list = list(args.data)
+    sources: list = [{"path": folder, "kind": "dataset"} for folder in args.data]
     for folder in args.volumes:
-        entry = {"path": folder, "intensity": args.intensity}
+        entry = {"path": folder, "kind": "volumes", "intensity": args.intensity}
         if args.window:
             entry["window"] = list(args.window)
         sources.append(entry)

@@ -33,7 +33,8 @@ from organseg.imageio.volumes import read_image
 
 #: ``intensity`` of a volume source -> how it is mapped to [0, 1]
 INTENSITIES = ("ct", "mri", "minmax")
-SOURCE_KEYS = ("path", "split", "intensity", "window")
+SOURCE_KEYS = ("path", "kind", "split", "intensity", "window")
+SOURCE_KINDS = ("dataset", "volumes")
 HELD_OUT_SPLITS = ("val", "test")
 
 
@@ -155,6 +156,7 @@ def _volume_source(path: Path, spec: dict) -> _Source:
     cases: list[str] = []
     for p in paths:
         raw, _ = read_image(p)
+        _check_not_labels(raw, p)
         mapped = map_intensities(raw, spec, source=str(p))
         name = p.name.split(".")[0] if p.is_file() else p.name
         for k in range(mapped.shape[0]):
@@ -162,6 +164,17 @@ def _volume_source(path: Path, spec: dict) -> _Source:
             cases.append(name)
     record = SourceRecord(str(path), "volumes", spec, len(images), cases)
     return _Source(record, images, cases)
+
+
+def _check_not_labels(raw: np.ndarray, path: Path) -> None:
+    """A folder of label maps given as images would pretrain on a few flat grey levels without a word."""
+    if raw.size and np.issubdtype(raw.dtype, np.integer) and raw.min() >= 0 and raw.max() < 256:
+        values = np.unique(raw[:: max(1, raw.shape[0] // 8)])
+        if len(values) <= 16:
+            raise DataError(
+                f"{path}: holds {len(values)} distinct integer values ({', '.join(map(str, values[:8]))}): a "
+                "label map, not an image; pretraining reads images (give the images folder)"
+            )
 
 
 def check_source(entry: Any, index: int) -> dict[str, Any]:
@@ -184,6 +197,11 @@ def check_source(entry: Any, index: int) -> dict[str, Any]:
         )
     if split != "train":
         raise ConfigError(f"{where}: split must be 'train' (the only split pretrained on), got {split!r}")
+    kind = entry.get("kind")
+    if kind is not None and kind not in SOURCE_KINDS:
+        raise ConfigError(
+            f"{where}: kind must be dataset or volumes (or absent: told by the folder), got {kind!r}"
+        )
     intensity = entry.get("intensity")
     if intensity is not None and intensity not in INTENSITIES:
         raise ConfigError(f"{where}: intensity must be one of {', '.join(INTENSITIES)}, got {intensity!r}")
@@ -194,7 +212,7 @@ def check_source(entry: Any, index: int) -> dict[str, Any]:
         or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in window)
     ):
         raise ConfigError(f"{where}: window must be two numbers [low, high] in HU, got {window!r}")
-    return {"path": entry["path"], "split": "train", "intensity": intensity, "window": window}
+    return {"path": entry["path"], "kind": kind, "split": "train", "intensity": intensity, "window": window}
 
 
 class PretrainImages(SegmentationDataset):
@@ -218,10 +236,15 @@ class PretrainImages(SegmentationDataset):
             path = Path(entry["path"])
             if not path.exists():
                 raise DataError(f"{path}: folder not found (data.sources[{i}])")
-            try:
-                layout = detect_layout(path)
-            except DataError:
+            if entry["kind"] == "dataset":
+                layout = detect_layout(path)  # a folder given as a dataset must be one: its error, as train's
+            elif entry["kind"] == "volumes":
                 layout = None
+            else:
+                try:
+                    layout = detect_layout(path)
+                except DataError:
+                    layout = None
             if layout is not None:
                 if entry["intensity"] is not None or entry["window"] is not None:
                     raise ConfigError(
