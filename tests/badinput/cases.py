@@ -47,6 +47,7 @@ GROUPS = {
     "applies": "Options that cannot apply, and what can be checked before the work",
     "disks": "Disks that fill up during a write",
     "networks": "Networks of one's own: import paths, entry points, the contract, checkpoints of them",
+    "pretrain": "Pretraining images and recipe (organseg pretrain)",
 }
 
 
@@ -3099,6 +3100,138 @@ for slug, dist, expect in (("package", "gone-nets", "gone-nets==0.4"), ("local",
         ["ckpt.pt", "gone_nets", expect],
         group="networks",
     )
+
+
+# ---------------------------------------------------------------- pretrain (issue 26): images it must not
+# read (held-out splits, label maps, nothing at all) and recipes it cannot run
+PRETRAIN_SETS = [
+    "--set",
+    "model.args.embed_dim=12",
+    "--set",
+    "model.args.num_heads=[1,2,3,4]",
+    "--set",
+    "model.args.window_size=2",
+    "--set",
+    "train.img_size=32",
+    "--set",
+    "pretrain.mask_patch_size=8",
+    "--set",
+    "train.batch_size=2",
+    "--set",
+    "train.max_iterations=1",
+    "--set",
+    "train.progress=false",
+]
+PRETRAIN_OUT = ["--out", "{t}/pre", *PRETRAIN_SETS]
+SYN_DATA = ["pretrain", "--data", "{t}/syn", *PRETRAIN_OUT]
+for cid, what, setup, argv, expect in [
+    (
+        "pretrain-no-images",
+        "pretrain with neither --data nor --volumes",
+        NOTHING,
+        ["pretrain", *PRETRAIN_OUT],
+        ["--data"],
+    ),
+    (
+        "pretrain-data-empty",
+        "pretrain --data names an empty folder",
+        md("e"),
+        ["pretrain", "--data", "{t}/e", *PRETRAIN_OUT],
+        ["e", "empty"],
+    ),
+    (
+        "pretrain-volumes-empty",
+        "pretrain --volumes names a folder without volumes",
+        wr("v/notes.txt", "x"),
+        ["pretrain", "--volumes", "{t}/v", "--intensity", "ct", *PRETRAIN_OUT],
+        ["v", "no volumes"],
+    ),
+    (
+        "pretrain-volumes-labels-only",
+        "pretrain --volumes names a folder of label maps (BTCV label/)",
+        cp("raw/label", "labels"),
+        ["pretrain", "--volumes", "{t}/labels", "--intensity", "ct", *PRETRAIN_OUT],
+        ["label0001", "label map"],
+    ),
+    (
+        "pretrain-volumes-no-intensity",
+        "pretrain --volumes without --intensity",
+        cp("raw/img", "scans"),
+        ["pretrain", "--volumes", "{t}/scans", *PRETRAIN_OUT],
+        ["--intensity"],
+    ),
+    (
+        "pretrain-volumes-in-dataset",
+        "pretrain --volumes names an nnU-Net dataset's imagesTr (held-out cases are the dataset's to say)",
+        cp("nnunet"),
+        ["pretrain", "--volumes", "{t}/nnunet/imagesTr", "--intensity", "ct", *PRETRAIN_OUT],
+        ["imagesTr", "nnunet"],
+    ),
+    (
+        "pretrain-split-test",
+        "pretrain data.sources names a dataset's test split",
+        cp("syn"),
+        ["pretrain", *PRETRAIN_OUT, "--set", "data.sources=[{path: {t}/syn, split: test}]"],
+        ["data.sources[0]", "test"],
+    ),
+    (
+        "pretrain-source-unknown-key",
+        "pretrain data.sources item with an unknown key",
+        cp("syn"),
+        ["pretrain", *PRETRAIN_OUT, "--set", "data.sources=[{path: {t}/syn, labels: true}]"],
+        ["data.sources[0]", "labels"],
+    ),
+    (
+        "pretrain-unet",
+        "pretrain model.name=unet (no masked image modelling for a CNN)",
+        cp("syn"),
+        [*SYN_DATA, "--set", "model.name=unet"],
+        ["model.name", "unet"],
+    ),
+    (
+        "pretrain-unknown-model",
+        "pretrain model.name of no network",
+        cp("syn"),
+        [*SYN_DATA, "--set", "model.name=vit"],
+        ["vit"],
+    ),
+    (
+        "pretrain-unknown-key",
+        "pretrain with a key pretraining does not have",
+        cp("syn"),
+        [*SYN_DATA, "--set", "train.ce_weight=1"],
+        ["train.ce_weight"],
+    ),
+    (
+        "pretrain-mask-ratio",
+        "pretrain.mask_ratio=1 (nothing visible)",
+        cp("syn"),
+        [*SYN_DATA, "--set", "pretrain.mask_ratio=1"],
+        ["pretrain.mask_ratio"],
+    ),
+    (
+        "pretrain-mask-patch",
+        "pretrain.mask_patch_size not a multiple of the patch size",
+        cp("syn"),
+        [*SYN_DATA, "--set", "pretrain.mask_patch_size=6"],
+        ["pretrain.mask_patch_size"],
+    ),
+    (
+        "pretrain-unknown-preset",
+        "pretrain names a preset that does not exist",
+        cp("syn"),
+        ["pretrain", "nosuch", "--data", "{t}/syn", *PRETRAIN_OUT],
+        ["nosuch"],
+    ),
+    (
+        "pretrain-window-without-ct",
+        "pretrain --window with --intensity mri",
+        cp("raw/img", "scans"),
+        ["pretrain", "--volumes", "{t}/scans", "--intensity", "mri", "--window", "0", "1", *PRETRAIN_OUT],
+        ["--window"],
+    ),
+]:
+    add(cid, "pretrain", what, setup, argv, expect, group="pretrain")
 
 
 def by_id() -> dict[str, Case]:
