@@ -18,12 +18,14 @@ from organseg.errors import ConfigError, DataError
 from organseg.imageio.volumes import Geometry, write_image
 from organseg.models import create_model
 from organseg.models.pretrained import SIMMIM_FORMAT, load_pretrained
-from organseg.training import read_metrics, train
+from organseg.training import list_presets, read_metrics, train
 from organseg.training.pretrain import (
     ENCODER_FILE,
     LOSS_FIGURE,
     RECONSTRUCTION_FIGURE,
     SimMIM,
+    list_pretrain_presets,
+    load_pretrain_config,
     mask_count,
     masked_l1,
     pretrain,
@@ -252,3 +254,16 @@ def test_the_command_line_pretrains_and_refuses_in_one_line(phantom, tmp_path, c
     )
     assert not (tmp_path / "q").exists()
     shutil.rmtree(tmp_path / "p")
+
+
+def test_the_pretraining_preset_ships_apart_from_train_presets_and_is_simmims_recipe():
+    assert list_pretrain_presets() == ["swin_unet_simmim"]
+    assert "swin_unet_simmim" not in list_presets()  # not a train preset: train would refuse its keys
+    cfg = resolve_pretrain_config(load_pretrain_config("swin_unet_simmim"))
+    assert cfg["pretrain"]["mask_patch_size"] == 32 and cfg["pretrain"]["mask_ratio"] == 0.6
+    assert (cfg["train"]["optimizer"], cfg["train"]["schedule"], cfg["train"]["weight_decay"]) == (
+        "adamw",
+        "cosine",
+        0.05,
+    )
+    assert resolve_pretrain_config(cfg) == cfg  # a run's config.yaml reads back as itself (resume)
