@@ -88,6 +88,12 @@ def test_the_wrapper_leaves_the_supervised_network_as_it_was():
     # The mask token is used: hiding other cells changes the reconstruction.
     other = simmim(x, random_masks(2, simmim.mask_grid(), 0.6, torch.Generator().manual_seed(1)))
     assert not torch.allclose(out, other)
+    # Only the encoder, the mask token and the head learn; the decoder and class head are carried along.
+    masked_l1(out, x, upsample_mask(torch.ones(2, 4, 4, dtype=torch.bool), 8)).backward()
+    grads = {n: p.grad is not None for n, p in simmim.named_parameters()}
+    assert grads["mask_token"] and grads["head.weight"] and grads["swin_unet.patch_embed.proj.weight"]
+    assert grads["swin_unet.layers.3.blocks.0.attn.qkv.weight"]
+    assert not any(v for n, v in grads.items() if n.startswith(("swin_unet.layers_up", "swin_unet.output")))
 
 
 # ------------------------------------------------------------------------------------- end to end, resume

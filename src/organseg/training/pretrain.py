@@ -47,6 +47,8 @@ LOSS_FIGURE = "pretrain_loss.png"
 RECONSTRUCTION_FIGURE = "pretrain_reconstructions.png"
 PRETRAIN_FILES = (*TRAIN_FILES, ENCODER_FILE, LOSS_FIGURE, RECONSTRUCTION_FIGURE)
 
+#: The Swin-Unet parts that pretraining leaves out (prefixes in SwinTransformerSys).
+_DECODER = ("layers_up.", "concat_back_dim.", "norm_up.", "up.", "output.")
 STREAM_MASK = 11  # derive_seed stream of the masks (organseg.training.distributed uses 1..3)
 
 # SimMIM's Swin recipe (Xie et al. 2022, section 4.1 and their Swin configurations): mask patches 32, ratio
@@ -224,6 +226,11 @@ class SimMIM(nn.Module):
         self.mask_token = nn.Parameter(torch.zeros(1, 1, net.embed_dim))
         nn.init.trunc_normal_(self.mask_token, std=0.02)
         self.head = nn.Conv2d(net.num_features, self.stride**2, kernel_size=1)
+        # The decoder and the class head take no part: frozen, so that no optimizer state is kept for them
+        # and DistributedDataParallel does not wait for their gradients.
+        for name, p in net.named_parameters():
+            if name.startswith(_DECODER):
+                p.requires_grad_(False)
 
     def mask_grid(self) -> tuple[int, int]:
         h, w = self.swin_unet.patch_embed.img_size
@@ -265,10 +272,8 @@ def _decay_groups(model: SimMIM, weight_decay: float) -> list[dict[str, Any]]:
     """SimMIM's parameter groups: no weight decay for biases, norms, the bias tables and the mask token."""
     decay, plain = [], []
     for name, p in model.named_parameters():
-        if name.startswith(("swin_unet.layers_up", "swin_unet.concat_back_dim", "swin_unet.norm_up")):
-            continue  # the decoder does not take part
-        if name.startswith(("swin_unet.up.", "swin_unet.output")):
-            continue
+        if not p.requires_grad:
+            continue  # the decoder (SimMIM.__init__)
         skip = p.ndim < 2 or name.endswith(_NO_DECAY)
         (plain if skip else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
