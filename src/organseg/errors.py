@@ -24,6 +24,11 @@ class UnknownModelError(ConfigError):
     registered name and all of them."""
 
 
+class ExtraNotInstalledError(ConfigError):
+    """A network's library is an optional extra that is not installed. The message names the network, the
+    missing package and the ``pip install 'organseg[EXTRA]'`` that brings it."""
+
+
 class OutputError(OrgansegError):
     """An output cannot be written where asked: over an input, into a file or read-only place, or the disk is
     full. The message names the path."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from organseg.errors import ConfigError
+from organseg.errors import ConfigError, ExtraNotInstalledError
 from organseg.formatting import num
 from organseg.values import Rule, option
 
@@ -65,6 +65,13 @@ def format_dataset(d: dict) -> str:
     for split, n in d["splits"].items():
         lines.append(f"  {split:<5} {n['volumes']:>5} volume(s) of {n['subjects']:>4} subject(s)")
     return "\n".join(lines)
+
+
+def missing_row(name: str, img_size: int, why: str) -> dict:
+    """The row of a network whose library (an optional extra) is not installed: no numbers, and what to
+    install in the configuration column."""
+    empty = dict.fromkeys(("params", "gflops", "gmacs", "ref_params", "ref_gflops"))
+    return {"name": name, **empty, "img_size": img_size, "description": why, "config": {}, "missing": why}
 
 
 def format_table(rows: list[dict]) -> str:
@@ -128,6 +135,10 @@ def run(args: argparse.Namespace) -> int:
             )
         try:
             rows.append(model_profile(name, img_size=args.img_size))
+        except ExtraNotInstalledError as exc:
+            if args.models:  # asked for by name: say what to install
+                raise
+            rows.append(missing_row(name, args.img_size, str(exc)))
         except ValueError as exc:  # e.g. a Swin-Unet window grid that does not fit this size
             raise ConfigError(f"{name} at {args.img_size}x{args.img_size}: {exc}") from None
     if args.json:

@@ -1,7 +1,12 @@
 """Networks: ``create_model("unet" | "swin_unet" | "mypkg.nets:build_mynet", **overrides)``, the registry's
-accessors and the layout policy (networks of one's own: :mod:`organseg.models.external`, docs/networks.md).
+accessors and the layout policy (networks of one's own: :mod:`organseg.models.external`, docs/networks.md;
+networks of the field, built by their own libraries, optional extras: :mod:`organseg.models.library`).
 Code outside ``organseg.models`` imports from here, not from the private ``_registry``."""
 
+from organseg.models import monai_attention_unet as _monai_attention_unet  # noqa: F401  (registers it)
+from organseg.models import monai_basic_unet as _monai_basic_unet  # noqa: F401  (registers it)
+from organseg.models import monai_swin_unetr as _monai_swin_unetr  # noqa: F401  (registers it)
+from organseg.models import nnunet_2d as _nnunet_2d  # noqa: F401  (registers it)
 from organseg.models import swin_unet as _swin_unet  # noqa: F401  (registers "swin_unet")
 from organseg.models import unet as _unet  # noqa: F401  (registers "unet")
 from organseg.models._registry import (

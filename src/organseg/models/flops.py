@@ -85,6 +85,9 @@ def count_model_flops(model: nn.Module, img_size: int = 224, batch: int = 1, on_
 
 def describe(model: nn.Module) -> str:
     """A one-line architecture summary from the model's constructor configuration."""
+    own = getattr(model, "describe", None)
+    if callable(own):  # a network of the field words its own (nnU-Net: the plan it derived)
+        return str(own())
     cfg: dict[str, Any] = dict(getattr(model, "config", {}))
     if "embed_dim" in cfg:  # Swin-Unet
         return (
