@@ -3233,6 +3233,46 @@ for cid, what, setup, argv, expect in [
 ]:
     add(cid, "pretrain", what, setup, argv, expect, group="pretrain")
 
+# ---------------------------------------------------------------- networks of the field (optional extras)
+# A network whose library is not installed is named with the extra that brings it, before any work (the input
+# size check asks for the library); its input-size rule is nnU-Net's plan.
+FIELD = [*TRAIN, "--set", "model.args={}"]
+for cid, what, setup, argv, expect, kw in [
+    (
+        "train-nnunet_2d-without-extra",
+        "model.name=nnunet_2d without dynamic-network-architectures installed",
+        steps(TRAIN_SETUP, _hide("dynamic_network_architectures")),
+        [*FIELD, "--set", "model.name=nnunet_2d"],
+        ["nnunet_2d", "pip install 'organseg[nnunet]'"],
+        HIDDEN,
+    ),
+    (
+        "train-monai_swin_unetr-without-extra",
+        "model.name=monai_swin_unetr without monai installed",
+        steps(TRAIN_SETUP, _hide("monai")),
+        [*FIELD, "--set", "model.name=monai_swin_unetr"],
+        ["monai_swin_unetr", "pip install 'organseg[monai]'"],
+        HIDDEN,
+    ),
+    (
+        "info-nnunet_2d-without-extra",
+        "info --models nnunet_2d without dynamic-network-architectures installed",
+        _hide("dynamic_network_architectures"),
+        ["info", "--models", "nnunet_2d"],
+        ["nnunet_2d", "pip install 'organseg[nnunet]'"],
+        HIDDEN,
+    ),
+    (
+        "train-nnunet_2d-img-size-208",
+        "nnunet_2d with train.img_size=208 (nnU-Net's plan pools it 5 times: not a multiple of 32)",
+        TRAIN_SETUP,
+        [*FIELD, "--set", "model.name=nnunet_2d", "--set", "train.img_size=208"],
+        ["train.img_size=208", "nnunet_2d", "192 or 224"],
+        {},
+    ),
+]:
+    add(cid, argv[0], what, setup, argv, expect, group="config", **kw)
+
 
 def by_id() -> dict[str, Case]:
     ids = [c.id for c in CASES]
