@@ -6,10 +6,11 @@ STAMP := $(VENV)/.installed
 .PHONY: demo test lint bench package-check clean-venv
 
 # __init__.py holds the version: the editable install's metadata must follow it.
-$(STAMP): pyproject.toml requirements-dev.txt src/organseg/__init__.py
+$(STAMP): pyproject.toml requirements-dev.txt requirements-nodeps.txt src/organseg/__init__.py
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements-dev.txt
+	$(PY) -m pip install -q --no-deps -r requirements-nodeps.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
