@@ -26,7 +26,7 @@ _EXTRA = "monai"
 class MonaiAttentionUnet(ExternalNet):
     """MONAI's ``AttentionUnet(spatial_dims=2)`` (``net``) as an organseg network.
 
-    ``prefers_channels_last``: measured (docs/networks.md).
+    ``prefers_channels_last``: a bf16 training step measured 7 % faster channels-last (docs/networks.md).
     """
 
     prefers_channels_last = True

@@ -40,8 +40,11 @@ def _require() -> ModuleType:
 class MonaiSwinUNETR(ExternalNet):
     """MONAI's ``SwinUNETR(spatial_dims=2)`` (``net``) as an organseg network.
 
-    ``prefers_channels_last`` stays False: measured slower channels-last (docs/networks.md).
+    ``prefers_channels_last``: its convolutional encoder and decoder blocks at full and half resolution carry
+    much of the work; a bf16 training step measured 6 % faster channels-last (docs/networks.md).
     """
+
+    prefers_channels_last = True
 
 
 def _size_problem(side: int, args: dict) -> str | None:

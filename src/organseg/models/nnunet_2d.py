@@ -97,7 +97,8 @@ def plan_2d(
 class NnUNet2D(ExternalNet):
     """nnU-Net's 2-D ``PlainConvUNet`` (``net``) as an organseg network.
 
-    ``prefers_channels_last``: 3x3 convolutions throughout, as the U-Net (measured: docs/networks.md).
+    ``prefers_channels_last``: 3x3 convolutions throughout, as the U-Net; a bf16 training step measured 4 %
+    faster channels-last (docs/networks.md).
     """
 
     prefers_channels_last = True
