@@ -36,7 +36,7 @@ def require_extra(module: str, network: str, package: str, extra: str) -> Module
         ) from None
 
 
-class ExternalNet(nn.Module):
+class LibraryNet(nn.Module):
     """A library's 2-D segmentation module as an organseg network (see the module notes).
 
     Args:

@@ -17,13 +17,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from organseg.models._registry import register_model
-from organseg.models.library import ExternalNet, require_extra
+from organseg.models.library import LibraryNet, require_extra
 
 NAME = "monai_attention_unet"
 _EXTRA = "monai"
 
 
-class MonaiAttentionUnet(ExternalNet):
+class MonaiAttentionUnet(LibraryNet):
     """MONAI's ``AttentionUnet(spatial_dims=2)`` (``net``) as an organseg network.
 
     ``prefers_channels_last``: a bf16 training step measured 7 % faster channels-last (docs/networks.md).

@@ -25,7 +25,7 @@ from types import ModuleType
 from typing import Any
 
 from organseg.models._registry import register_model
-from organseg.models.library import ExternalNet, require_extra
+from organseg.models.library import LibraryNet, require_extra
 
 NAME = "monai_swin_unetr"
 _EXTRA = "monai"
@@ -37,7 +37,7 @@ def _require() -> ModuleType:
     return nets
 
 
-class MonaiSwinUNETR(ExternalNet):
+class MonaiSwinUNETR(LibraryNet):
     """MONAI's ``SwinUNETR(spatial_dims=2)`` (``net``) as an organseg network.
 
     ``prefers_channels_last``: its convolutional encoder and decoder blocks at full and half resolution carry

@@ -40,7 +40,7 @@ from typing import Any
 from torch import nn
 
 from organseg.models._registry import register_model
-from organseg.models.library import ExternalNet, require_extra
+from organseg.models.library import LibraryNet, require_extra
 
 NAME = "nnunet_2d"
 _MODULE = "dynamic_network_architectures.architectures.unet"
@@ -94,7 +94,7 @@ def plan_2d(
     }
 
 
-class NnUNet2D(ExternalNet):
+class NnUNet2D(LibraryNet):
     """nnU-Net's 2-D ``PlainConvUNet`` (``net``) as an organseg network.
 
     ``prefers_channels_last``: 3x3 convolutions throughout, as the U-Net; a bf16 training step measured 4 %
