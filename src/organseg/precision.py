@@ -66,7 +66,10 @@ def resolve_precision(
     if precision not in INFERENCE_PRECISIONS:
         raise ConfigError(f"--precision {precision!r}: expected one of {', '.join(INFERENCE_PRECISIONS)}")
     if precision != "auto":
-        autocast_dtype(precision, device)
+        try:
+            autocast_dtype(precision, device)
+        except ConfigError as exc:
+            raise ConfigError(f"--precision {precision}: {exc}") from None
         return precision, "as requested"
     if fp32_only:
         return "fp32", f"auto: {fp32_only}"

@@ -135,6 +135,7 @@ def run_test(
     """
     check_value("--batch-size", batch_size, POSITIVE_INT)
     check_value("--max-cases", max_cases, OPTIONAL_POSITIVE_INT)
+    resolve_precision(precision, resolve_device(device))  # a precision the device lacks fails before any work
     targets = [t for s in (target, *ensemble) for t in expand_source(s, checkpoint=checkpoint, models=models)]
     common = dict(
         split=split,
