@@ -37,8 +37,11 @@ from scipy import ndimage
 from _common import phantom_ct, run_child
 from _reference import medpy_case, medpy_monai_surface
 from organseg.checkpoint import model_from_checkpoint
+from organseg.data.detect import resolve_dataset
 from organseg.device import resolve_device
 from organseg.inference.engine import predict_volume
+from organseg.inference.onnx import export_onnx, load_onnx
+from organseg.inference.targets import checkpoint_patch_size
 from organseg.metrics import DEFAULT_NSD_TOLERANCE_MM, case_metrics, case_metrics_all, dice, hd95
 from organseg.models import create_model
 from organseg.runtime import tune_malloc
@@ -222,6 +225,72 @@ def bench_inference(
     return rows
 
 
+ENGINES = (("torch", "fp32"), ("torch", "bf16"), ("onnxruntime", "fp32"))
+
+
+def bench_engines(
+    checkpoints: list[str], data: str | None, volumes: int, batch_size: int, repeat: int
+) -> list[dict]:
+    """Torch fp32, torch bf16 and ONNX Runtime fp32 (the checkpoint exported with ``export_onnx``) on the same
+    volumes, interleaved in one process: round r runs every engine once, in turn, so a shared machine's
+    drifting load hits all of them alike. Per engine: every round's seconds and their median; ratios are of
+    medians against torch fp32; label maps are compared voxel by voxel with torch fp32's (whose predictions
+    equal the reference loop's). Volumes: the first ``volumes`` of the dataset's val (else test) split with
+    ``data``, else a 32-slice phantom."""
+    if data:
+        ds = resolve_dataset(data, None, "--data")
+        split = "val" if ds.case_ids("val") else "test"
+        images = [ds.volume(c).image for c in ds.case_ids(split)[:volumes]]
+    else:
+        images = [phantom_ct(32, 224)[0]]
+    rows = []
+    for ckpt in checkpoints:
+        model, saved = model_from_checkpoint(ckpt)
+        model, label, size = (
+            model.eval(),
+            f"{saved['model_name']} ({Path(ckpt).name})",
+            checkpoint_patch_size(saved),
+        )
+        with tempfile.TemporaryDirectory() as tmp:
+            t = time.perf_counter()
+            export_onnx(ckpt, Path(tmp) / "m.onnx")
+            export_s = time.perf_counter() - t
+            ort_model, _ = load_onnx(Path(tmp) / "m.onnx", threads=torch.get_num_threads())
+        nets = {"torch": model, "onnxruntime": ort_model}
+        for e in ENGINES:  # warm-up: oneDNN and ONNX Runtime pick kernels per shape on first use
+            predict_volume(nets[e[0]], images[0][:batch_size], size, batch_size, precision=e[1])
+        seconds: dict[str, list[float]] = {f"{n} {p}": [] for n, p in ENGINES}
+        preds: dict[str, list[np.ndarray]] = {}
+        for _ in range(repeat):
+            for e in ENGINES:
+                t = time.perf_counter()
+                preds[f"{e[0]} {e[1]}"] = [
+                    predict_volume(nets[e[0]], im, size, batch_size, precision=e[1]) for im in images
+                ]
+                s = time.perf_counter() - t
+                seconds[f"{e[0]} {e[1]}"].append(s)
+        ref = preds["torch fp32"]
+        med = {k: float(np.median(v)) for k, v in seconds.items()}
+        row = {
+            "model": label,
+            "slices": int(sum(im.shape[0] for im in images)),
+            "batch_size": batch_size,
+            "export_s": export_s,
+            "seconds": seconds,
+            "median_s": med,
+            "speedup_vs_torch_fp32": {k: med["torch fp32"] / v for k, v in med.items()},
+            "voxel_agreement_vs_torch_fp32": {
+                k: float(
+                    sum(int((a == b).sum()) for a, b in zip(v, ref, strict=True)) / sum(a.size for a in ref)
+                )
+                for k, v in preds.items()
+            },
+        }
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--slices", type=int, default=100, help="phantom slices for the metric part")
@@ -235,11 +304,32 @@ def main() -> None:
     ap.add_argument("--skip-inference", action="store_true")
     ap.add_argument("--skip-metrics", action="store_true")
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument(
+        "--engines",
+        nargs="+",
+        metavar="CKPT",
+        help="only compare torch fp32 / torch bf16 / ONNX Runtime fp32 on these checkpoints (interleaved)",
+    )
+    ap.add_argument("--data", help="with --engines: a dataset whose first --volumes val volumes to predict")
+    ap.add_argument("--volumes", type=int, default=4, help="with --engines and --data (default 4)")
+    ap.add_argument("--repeat", type=int, default=3, help="with --engines: rounds (default 3)")
     ap.add_argument("--_loop", help=argparse.SUPPRESS)  # child: the reference loop of one network
     args = ap.parse_args()
     if args._loop:
         return _run_loop(json.loads(args._loop))
     tune_malloc()  # as the organseg command line does; the reference loop runs in a plain child process
+    if args.engines:
+        rows = bench_engines(args.engines, args.data, args.volumes, args.batch_size, args.repeat)
+        print("\n| network | slices | torch fp32 | torch bf16 | ONNX Runtime fp32 | voxels = torch fp32 |")
+        print("|---|---|---|---|---|---|")
+        for r in rows:
+            m, x, a = r["median_s"], r["speedup_vs_torch_fp32"], r["voxel_agreement_vs_torch_fp32"]
+            cells = [f"{m[k]:.1f} s ({x[k]:.2f}x)" for k in ("torch fp32", "torch bf16", "onnxruntime fp32")]
+            agree = f"bf16 {100 * a['torch bf16']:.3f} %, ORT {100 * a['onnxruntime fp32']:.3f} %"
+            print(f"| {r['model']} | {r['slices']} | " + " | ".join(cells) + f" | {agree} |")
+        if args.json:
+            args.json.write_text(json.dumps(rows, indent=1) + "\n")
+        return None
     device = resolve_device(args.device)  # organseg's one rule (auto, cpu, cuda, cuda:N)
     image, gt, spacing = phantom_ct(args.slices, args.size)
     results: dict = {"torch_threads": torch.get_num_threads()}

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import organseg.precision
 from organseg.data.classes import TOTALSEG_TO_BTCV, remap_labels
 from organseg.imageio.volumes import read_image, write_image
 
@@ -77,3 +78,11 @@ def _restore_locale():
     saved = locale.setlocale(locale.LC_ALL)
     yield
     locale.setlocale(locale.LC_ALL, saved)
+
+
+@pytest.fixture(autouse=True)
+def _cpu_without_fast_bf16(monkeypatch):
+    # `test` and `predict` default to --precision auto, which runs bf16 on a CPU with AVX512-BF16 or AMX. The
+    # suite's expected label maps are fp32 ones, and must not depend on the machine that runs it: every test
+    # sees a CPU without those flags unless it says otherwise (tests/test_inference_precision.py).
+    monkeypatch.setattr(organseg.precision, "cpu_info", lambda: ("test CPU without bf16 flags", frozenset()))

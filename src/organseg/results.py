@@ -97,6 +97,27 @@ class MemberSummary(TypedDict):
     corrected: ProtocolMeans
 
 
+class AgreementRecord(TypedDict):
+    """``summary.json["agreement"]``: a reduced precision chosen by ``--precision auto`` measured against the
+    fp32 path (whose predictions equal the reference loop's) on a sample, the first case of the split
+    (:mod:`organseg.evaluation.agreement`)."""
+
+    case: str  #: the sample: the split's first case (after ``--max-cases``)
+    precision: str  #: the precision checked (``bf16``)
+    voxels: int  #: voxels of the sample
+    differing_voxels: int  #: voxels whose label differs between the two predictions
+    voxel_agreement: float  #: the share of equal voxels, 0..1
+    dice_fp32: dict[str, float]  #: reference-protocol Dice per foreground class, fp32 prediction
+    dice: dict[str, float]  #: the same of the ``precision`` prediction
+    dice_difference: dict[str, float]  #: ``dice - dice_fp32`` per class
+    max_abs_dice_difference: float
+    seconds_fp32: float  #: predicting the sample in fp32
+    seconds: float  #: predicting the sample at ``precision``
+    min_voxel_agreement: float  #: the fallback rule's bounds (module constants when written)
+    max_dice_difference: float
+    passed: bool  #: False: the run fell back to fp32 for every case
+
+
 class SummaryExtra(TypedDict, total=False):
     """The fields of ``summary.json`` that depend on who wrote it, in the order they are written.
 
@@ -106,14 +127,19 @@ class SummaryExtra(TypedDict, total=False):
 
     ``organseg test`` (:func:`organseg.evaluation.tester.run_test`): ``model_name`` (None for an official
     checkpoint), ``checkpoint`` (the path), ``data`` (the dataset root or name), ``precision``, ``device``,
-    ``inference`` (``"batched (N slices)"`` or ``"reference loop"``), ``orientation`` (the network's
+    ``inference`` (``"batched (N slices)"`` or ``"reference loop"``), ``engine`` (``torch`` or
+    ``onnxruntime``: an ONNX model), ``orientation`` (the network's
     orientation code; None: volumes as stored) and ``orientation_notes``; then what the results are of, so
     that they are reused only for the same (:meth:`organseg.run.ResultsDir.stale`): ``checkpoint_sha256`` (the
     SHA-256 of the checkpoint file tested; None for an ensemble or TTA), ``max_cases`` (the ``--max-cases``
     that cut the split short; None: the whole split)
     and ``data_fingerprint`` (the dataset's, :mod:`organseg.data.identity`; None when not recorded); with
     ``--ensemble`` or ``--tta`` also ``ensemble`` (every member's checkpoint path), ``tta`` and ``members``
-    (each member tested alone: :class:`MemberSummary`).
+    (each member tested alone: :class:`MemberSummary`). The precision fields: ``precision`` is the precision
+    every case was predicted at; ``precision_requested`` the ``--precision`` given (``auto`` too),
+    ``precision_choice`` why ``precision`` was used, in words, ``agreement`` the measured agreement of an
+    ``auto`` choice of bf16 with fp32 (:class:`AgreementRecord`; None when nothing was checked) and
+    ``precision_note`` the sentence the console and the report show.
 
     A cross-validation's pooled folds (:func:`organseg.study.crossval.pool_folds`, ``OUT/cv/<run>/``):
     ``pooled_folds`` (the fold run names), ``folds`` (k), ``checkpoint``, ``precision`` and ``data`` of the
@@ -127,8 +153,13 @@ class SummaryExtra(TypedDict, total=False):
     checkpoint: str | None
     data: str | None
     precision: str | None
+    precision_requested: str
+    precision_choice: str
+    agreement: AgreementRecord | None
+    precision_note: str
     device: str
     inference: str
+    engine: str
     orientation: str | None
     orientation_notes: list[str]
     checkpoint_sha256: str | None

@@ -3274,6 +3274,34 @@ for cid, what, setup, argv, expect, kw in [
     add(cid, argv[0], what, setup, argv, expect, group="config", **kw)
 
 
+# ---------------------------------------------------------------- --precision of test and predict (issue 24)
+
+for verb, setup, argv in (("test", TEST_SETUP, TEST), ("predict", PREDICT_SETUP, PREDICT)):
+    for value, slug, expect in (
+        ("fp64", "unknown", ["--precision", "fp64"]),
+        ("AUTO", "case", ["--precision", "AUTO"]),
+        ("fp16", "fp16-cpu", ["--precision fp16", "CUDA"]),
+    ):
+        add(
+            f"{verb}--precision-{slug}",
+            verb,
+            f"--precision {value}" + (" on a CPU" if value == "fp16" else ""),
+            setup,
+            [*argv, "--precision", value, "--device", "cpu"],
+            expect,
+            group="options",
+        )
+add(
+    "predict--precision-bf16-onnx",
+    "predict",
+    "--precision bf16 with an ONNX model (fp32 only)",
+    steps(cp("scan.nii.gz"), _onnx()),
+    [*ONNX_PREDICT, "--precision", "bf16"],
+    ["--precision bf16", "ONNX"],
+    group="options",
+)
+
+
 def by_id() -> dict[str, Case]:
     ids = [c.id for c in CASES]
     dup = sorted({i for i in ids if ids.count(i) > 1})

@@ -81,7 +81,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument(
         "--batch-size", type=option(POSITIVE_INT), default=16, help="slices per forward pass (default 16)"
     )
-    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"), help="default fp32")
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=("auto", "fp32", "bf16", "fp16"),  # organseg.precision.INFERENCE_PRECISIONS (no torch here)
+        help="auto (default): bf16 where the hardware has fast bf16 (a few boundary voxels differ from "
+        "fp32), else fp32; fp32 for ONNX models",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     return p
 
@@ -110,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
     )
     for note in predictor.notes:
         print(f"organseg predict: {note}")
+    print(f"organseg predict: precision {predictor.precision} ({predictor.precision_choice})")
     outcomes = predict_many(
         predictor,
         cases,

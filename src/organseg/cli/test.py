@@ -38,7 +38,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument(
         "--batch-size", type=option(POSITIVE_INT), default=16, help="slices per forward pass (default 16)"
     )
-    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"), help="default fp32")
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=("auto", "fp32", "bf16", "fp16"),  # organseg.precision.INFERENCE_PRECISIONS (no torch here)
+        help="auto (default): bf16 where the hardware has fast bf16, checked against fp32 on the first case "
+        "(fp32 for the whole run if it disagrees), else fp32; fp32: the reference protocol's numbers exactly",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument(
         "--reference-loop", action="store_true", help="one slice per forward pass, as the reference (slower)"
@@ -89,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
     for note in summary.get("orientation_notes") or []:
         print(f"organseg test: {note}")
     print(summary["table"])
+    print(f"organseg test: {summary['precision_note']}")
     print(
         f"organseg test: {summary['cases']} volume(s) of {summary.get('subjects', summary['cases'])} "
         f"subject(s) on the {summary['split']} split; results in {summary['results_dir']}"

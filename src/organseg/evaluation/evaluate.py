@@ -27,12 +27,14 @@ from torch import nn
 
 from organseg.data.base import SegmentationDataset, Volume
 from organseg.errors import DataError
+from organseg.evaluation.agreement import agreement_record, describe
 from organseg.fileio import staged
 from organseg.formatting import json_number
 from organseg.inference.engine import predict_turned, volume_turn
 from organseg.metrics import SURFACE_METRICS, _tolerances, case_metrics_all
 from organseg.progress import progress_bar
 from organseg.results import (
+    AgreementRecord,
     CaseClass,
     CaseRecord,
     CorrectedClass,
@@ -158,6 +160,8 @@ class EvaluationResult:
     slices: list[int] | None = None
     inference_seconds: float | None = None
     subjects: list[str] | None = None  # the subject (patient) of each case; None: each case is one
+    precision: str | None = None  # the precision every case was predicted at (after a fallback)
+    agreement: AgreementRecord | None = None  # the sample's measured agreement (evaluate_dataset's check)
 
     @property
     def hd95_unit(self) -> str:
@@ -365,6 +369,8 @@ def evaluate_dataset(
     on_case: Callable[[Volume, np.ndarray, np.ndarray], None] | None = None,
     nsd_tolerance_mm: float | Sequence[float] | None = None,
     orientation: str | None = None,
+    agreement_check: bool = False,
+    on_warning: Callable[[str], None] | None = None,
 ) -> EvaluationResult:
     """Predict every case of ``split`` and score it under both protocols.
 
@@ -377,6 +383,12 @@ def evaluate_dataset(
     picking report slices) so predictions need not stay in memory. ``max_cases`` keeps the first N cases.
     ``nsd_tolerance_mm``: the NSD tolerance, one value or one per foreground class (default
     :data:`organseg.metrics.DEFAULT_NSD_TOLERANCE_MM`).
+
+    ``agreement_check`` (with a ``precision`` other than fp32, batched): the first case is predicted at
+    ``precision`` and in fp32 and compared (:mod:`organseg.evaluation.agreement`); when the comparison fails
+    the fallback rule, the whole split is predicted in fp32 and ``on_warning`` gets the sentence that says so.
+    The result's ``precision`` and ``agreement`` record what happened; ``inference_seconds`` counts the path
+    used, not the check's second prediction (its time is in the record).
     """
     case_ids = dataset.case_ids(split)
     if max_cases is not None:
@@ -387,6 +399,8 @@ def evaluate_dataset(
     tolerances = _tolerances(nsd_tolerance_mm, num_classes)  # a bad value fails before any prediction
     ref, corr, pres, spacings, surf, slices = [], [], [], [], [], []
     infer_seconds = 0.0
+    check = agreement_check and precision != "fp32" and not reference_loop
+    agreement: AgreementRecord | None = None
     start = time.perf_counter()
     bar = progress_bar(case_ids, desc=f"{split} cases", unit="case", disable=not progress)
     for case_id in bar:
@@ -399,7 +413,29 @@ def evaluate_dataset(
         pred = predict_turned(
             model, vol.image, turn, patch_size, batch_size, precision, device, reference_loop=reference_loop
         )
-        infer_seconds += time.perf_counter() - t0
+        seconds = time.perf_counter() - t0
+        infer_seconds += seconds
+        if check:
+            check = False
+            t0 = time.perf_counter()
+            pred_fp32 = predict_turned(model, vol.image, turn, patch_size, batch_size, "fp32", device)
+            seconds_fp32 = time.perf_counter() - t0
+            agreement = agreement_record(
+                case_id,
+                precision,
+                pred,
+                pred_fp32,
+                vol.label,
+                dataset.class_names,
+                seconds,
+                seconds_fp32,
+            )
+            if not agreement["passed"]:
+                # The rule failed on the sample: every case in fp32, this one's fp32 prediction included.
+                precision, pred = "fp32", pred_fp32
+                infer_seconds += seconds_fp32 - seconds
+                if on_warning is not None:
+                    on_warning(f"{describe(agreement)}: falling back to fp32 for the whole run")
         m = case_metrics_all(pred, vol.label, num_classes, spacing=vol.spacing, tolerance_mm=tolerances)
         r = m["reference"]
         ref.append(r)
@@ -427,4 +463,6 @@ def evaluate_dataset(
         slices=slices,
         inference_seconds=infer_seconds,
         subjects=[dataset.subject_of(c) for c in case_ids],
+        precision=precision,
+        agreement=agreement,
     )

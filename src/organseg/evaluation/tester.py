@@ -16,10 +16,12 @@ from organseg.data.detect import resolve_dataset
 from organseg.data.identity import check_same_dataset, dataset_fingerprint, mismatch_message, recorded_root
 from organseg.device import resolve_device
 from organseg.errors import DataError
+from organseg.evaluation.agreement import describe
 from organseg.evaluation.evaluate import evaluate_dataset
 from organseg.fileio import check_output, check_output_dir, check_output_file, file_sha256
 from organseg.formatting import num
 from organseg.imageio.volumes import Geometry, write_image
+from organseg.inference.onnx import OnnxModel
 from organseg.inference.sources import (
     class_count,
     combined,
@@ -30,10 +32,11 @@ from organseg.inference.sources import (
 )
 from organseg.inference.targets import RunTarget, checkpoint_patch_size, results_dir
 from organseg.locks import folder_lock
+from organseg.precision import resolve_precision
 from organseg.reporting.report import OverlayCollector, write_report
 from organseg.reporting.tables import results_table
 from organseg.reporting.viewer import VIEWER_DIR, CaseViewers, chain
-from organseg.results import MemberSummary, ProtocolMeans, ResultsSummary, SummaryExtra
+from organseg.results import AgreementRecord, MemberSummary, ProtocolMeans, ResultsSummary, SummaryExtra
 from organseg.run import ResultsDir, RunDir
 from organseg.values import OPTIONAL_POSITIVE_INT, POSITIVE_INT, check_value
 
@@ -122,9 +125,17 @@ def run_test(
     ``tta``, every member is first tested alone (its own results folder, as ``organseg test MEMBER`` would
     write it), then the softmax average is tested into ``<split>_<checkpoint>_ensembleN[_tta]`` beside the
     first member's results (or ``out``); the summary's ``members`` and ``table`` give the members beside it.
+
+    ``precision``: fp32 (the default here: the reference protocol's numbers, bit-identical to the reference
+    loop), bf16, fp16, or ``auto`` (the ``organseg test`` default): bf16 where the hardware has fast bf16
+    (:func:`organseg.precision.resolve_precision`; fp32 for ONNX models and the reference loop), checked
+    against fp32 on the split's first case, with a fall back to fp32 for the whole run when the check fails
+    (:mod:`organseg.evaluation.agreement` states the rule). The summary records ``precision`` (the one used),
+    ``precision_requested``, ``precision_choice``, ``agreement`` and ``precision_note``.
     """
     check_value("--batch-size", batch_size, POSITIVE_INT)
     check_value("--max-cases", max_cases, OPTIONAL_POSITIVE_INT)
+    resolve_precision(precision, resolve_device(device))  # a precision the device lacks fails before any work
     targets = [t for s in (target, *ensemble) for t in expand_source(s, checkpoint=checkpoint, models=models)]
     common = dict(
         split=split,
@@ -249,6 +260,12 @@ def _check_classes(tgt: RunTarget, ckpt: dict[str, Any], dataset: SegmentationDa
         )
 
 
+def precision_note(used: str, choice: str, agreement: AgreementRecord | None) -> str:
+    """The sentence that says which precision a test ran at and why (console, ``summary.json``, report)."""
+    note = f"precision {used} ({choice})"
+    return note if agreement is None else f"{note}; checked {describe(agreement)}"
+
+
 def _report_root(tgt: RunTarget, out: str | Path | None, folder: Path) -> Path:
     """Where the report goes: the run folder when testing a run into its own results, else the results."""
     return tgt.run_dir if tgt.run_dir is not None and out is None else folder
@@ -312,6 +329,9 @@ def _test_one(
     _check_classes(tgt, ckpt, dataset)
     model.to(dev)
     folder = _checked_results_folder(tgt, split, out, dataset, sources, report)
+    onnx = any(isinstance(m, OnnxModel) for m in model.modules())
+    fp32_only = "ONNX Runtime runs fp32" if onnx else "the reference loop" if reference_loop else None
+    chosen, choice = resolve_precision(precision, dev, fp32_only=fp32_only)
     with folder_lock(folder, "test"):  # one writer per results folder (organseg.locks)
         collector = OverlayCollector()
         on_case = chain(
@@ -324,21 +344,31 @@ def _test_one(
             split,
             patch_size=checkpoint_patch_size(ckpt),
             batch_size=batch_size,
-            precision=precision,
+            precision=chosen,
             device=dev,
             reference_loop=reference_loop,
             max_cases=max_cases,
             progress=progress,
             on_case=on_case,
             orientation=code,
+            agreement_check=precision == "auto",
+            on_warning=lambda line: print(f"organseg test: warning: {line}", file=sys.stderr, flush=True),
         )
+        used = result.precision or chosen
+        if used != chosen:
+            choice += f"; fp32 after all: {chosen} failed the agreement check"
         extra: SummaryExtra = {
             "model_name": ckpt.get("model_name"),
             "checkpoint": str(tgt.checkpoint_path),
             "data": dataset.location,
-            "precision": precision,
+            "precision": used,
+            "precision_requested": precision,
+            "precision_choice": choice,
+            "agreement": result.agreement,
+            "precision_note": precision_note(used, choice, result.agreement),
             "device": str(dev),
             "inference": "reference loop" if reference_loop else f"batched ({batch_size} slices)",
+            "engine": "onnxruntime" if onnx else "torch",
             "orientation": code,
             "orientation_notes": orientation_notes,
         }

@@ -70,6 +70,7 @@ from organseg.inference.sources import (
 )
 from organseg.inference.targets import checkpoint_patch_size
 from organseg.locks import folder_locks
+from organseg.precision import resolve_precision
 from organseg.prediction.dicomseg import NO_SEGMENT, DicomSegRecord, require_dicom_extra, write_dicom_seg
 from organseg.progress import progress_bar
 from organseg.reporting.report import plot_prediction
@@ -129,7 +130,9 @@ class _SidecarCore(TypedDict):
     axial_axis: int  #: the scan's array axis the network sliced along
     orientation: OrientationRecord
     preprocessing: dict[str, Any]  #: the checkpoint's intensity preprocessing (``{"kind": ...}``)
-    precision: str
+    precision: str  #: the precision the network ran at (``--precision auto`` resolved)
+    precision_choice: str  #: why: "as requested", or auto's reason ("auto: CPU has avx512_bf16")
+    engine: str  #: ``torch``, or ``onnxruntime`` for an ONNX model
     seconds: float  #: prediction time (network only), 3 decimals
     classes: list[ClassVolume]  #: every class in label order, background first
 
@@ -199,6 +202,9 @@ class Predictor:
     precision: str = "fp32"
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     notes: list[str] = field(default_factory=list)
+    #: why ``precision`` (the one every case runs at) was chosen: "as requested", or ``auto``'s reason
+    precision_choice: str = "as requested"
+    engine: str = "torch"  #: or "onnxruntime": an ONNX model (fp32 only)
     #: the orientation code every scan is turned to; None: scans go in as stored, slices along the axial axis
     orientation: str | None = None
     _digests: list[str] | None = field(default=None, repr=False, compare=False)
@@ -235,9 +241,17 @@ def load_predictor(
     precision: str = "fp32",
     device: str | torch.device | None = "auto",
 ) -> Predictor:
-    """Build the network(s) once for any number of cases; every setting is checked here, before any scan."""
+    """Build the network(s) once for any number of cases; every setting is checked here, before any scan.
+
+    ``precision="auto"`` (the ``organseg predict`` default) runs bf16 where the hardware has fast bf16, else
+    fp32, and fp32 for ONNX models (:func:`organseg.precision.resolve_precision`); the predictor's
+    ``precision`` is the one chosen and ``precision_choice`` says why. Unlike ``test``, nothing is checked
+    against fp32 here (a scan to predict has no ground truth, and a second fp32 pass would cost more than
+    bf16 saves on one scan): ``organseg test`` measures the agreement on the split."""
     check_value("--batch-size", batch_size, POSITIVE_INT)
     dev = resolve_device(device)
+    resolve_precision(precision, dev)  # a bad name or a precision the device lacks fails before any loading
+    onnx = False
     if isinstance(checkpoint, dict):  # an in-memory checkpoint (tests, notebooks)
         model, ckpt = model_from_checkpoint(checkpoint, source="checkpoint")
         model, sources, notes = model.to(dev), ["checkpoint"], []
@@ -246,7 +260,8 @@ def load_predictor(
         orientation, orientation_notes = network_orientation([ckpt], sources)
     else:
         members = load_members([checkpoint, *ensemble], dev, models=models)
-        if precision != "fp32" and any(isinstance(m.model, OnnxModel) for m in members):
+        onnx = any(isinstance(m.model, OnnxModel) for m in members)
+        if precision not in ("fp32", "auto") and onnx:
             raise ConfigError(f"--precision {precision}: ONNX models run in fp32; use the PyTorch checkpoint")
         model, ckpt = combined(members, tta), members[0].ckpt
         sources, notes = [m.source for m in members], [n for m in members for n in m.notes]
@@ -255,6 +270,9 @@ def load_predictor(
         if known is not None:
             ckpt = {**ckpt, "class_names": known["class_names"], "preprocessing": known.get("preprocessing")}
     notes += orientation_notes
+    precision, choice = resolve_precision(
+        precision, dev, fp32_only="ONNX Runtime runs fp32" if onnx else None
+    )
     names = list(ckpt.get("class_names") or [])
     spec = dict(ckpt.get("preprocessing") or {})
     if not names:
@@ -272,6 +290,8 @@ def load_predictor(
         device=dev,
         notes=notes,
         orientation=orientation,
+        precision_choice=choice,
+        engine="onnxruntime" if onnx else "torch",
     )
 
 
@@ -703,6 +723,10 @@ def predict_case(
         "orientation": {**orientation, "turn": {"axes": list(turn.axes), "flips": list(turn.flips)}},
         "preprocessing": predictor.preprocessing,
         "precision": predictor.precision,
+        "precision_choice": predictor.precision_choice,
+        "engine": "onnxruntime"
+        if any(isinstance(m, OnnxModel) for m in predictor.model.modules())
+        else "torch",
         "seconds": round(seconds, 3),
         "classes": class_volumes(pred, names, geometry.spacing),
     }

@@ -337,7 +337,10 @@ def write_report(root: str | Path) -> Path:
         for key in ("model_name", "checkpoint", "data", "precision", "device"):
             if summary.get(key):
                 facts.append(f"{key.replace('_', ' ')}: `{summary[key]}`")
-        lines += ["; ".join(facts) + ".", "", results_table(summary, model), ""]
+        lines += ["; ".join(facts) + ".", ""]
+        if summary.get("precision_note"):  # which path predicted, and its measured agreement with fp32
+            lines += [f"Inference: {summary['precision_note']}.", ""]
+        lines += [results_table(summary, model), ""]
         bars = plot_dice_bars(summary, fig_dir / f"{name}_dice.png", model)
         lines += [f"![per-organ DSC]({bars.relative_to(root).as_posix()})", ""]
         overlay_file = ResultsDir(folder).file(ResultsDir.OVERLAYS)
