@@ -103,8 +103,8 @@ def test_full_demo_configuration_is_reduced_and_complete():
 
 
 def test_precision_falls_back_to_fp32_without_fast_bf16(monkeypatch):
-    monkeypatch.setattr(demo, "cpu_has_fast_bf16", lambda: False)
+    monkeypatch.setattr(demo, "fast_bf16", lambda device: None)
     assert demo.demo_precision("cpu", None) == "fp32"
     assert demo.demo_precision("cpu", "bf16") == "bf16"  # an explicit choice wins
-    monkeypatch.setattr(demo, "cpu_has_fast_bf16", lambda: True)
+    monkeypatch.setattr(demo, "fast_bf16", lambda device: "CPU has avx512_bf16")
     assert demo.demo_precision("cpu", None) is None  # the presets' own choice

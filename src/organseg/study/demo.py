@@ -22,6 +22,7 @@ from organseg.device import resolve_device
 from organseg.fileio import check_output_dir
 from organseg.formatting import duration
 from organseg.models import create_model
+from organseg.precision import fast_bf16
 from organseg.run import STUDY_RUNS
 from organseg.study.grid import parse_sets, plan_runs
 from organseg.study.outputs import console_table
@@ -48,19 +49,11 @@ FAST: dict[str, Any] = {
 TARGET_DSC = 0.70  # what the full demo reaches for both networks (reference protocol); see docs/compare.md
 
 
-def cpu_has_fast_bf16() -> bool:
-    """AMX or AVX512-BF16 (Linux): elsewhere bf16 on the CPU is emulated and slower than fp32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
 def demo_precision(device: str, precision: str | None) -> str | None:
     """The precision override of the demo: the explicit choice, else fp32 on a CPU without fast bf16 (where
     bf16 is emulated and slower), else None (the presets' choice: bf16 for the U-Net, fp32 for Swin-Unet)."""
-    if precision is None and resolve_device(device).type == "cpu" and not cpu_has_fast_bf16():
+    dev = resolve_device(device)
+    if precision is None and dev.type == "cpu" and fast_bf16(dev) is None:
         return "fp32"
     return precision
 
