@@ -213,14 +213,47 @@ def test_the_study_progress_bar_follows_a_fitted_horizon(tmp_path):
 
     from organseg.study.runner import _ProcessPool
 
+    # With a run of set length beside it, the bar counts iterations (the budgeted one's once it has fitted).
     plan = SimpleNamespace(name="r", config=resolve_config(_budget_config()))
-    pool = _ProcessPool([plan], tmp_path, 1, N_SLICES, {"r": "[1/1] r"}, [], progress=False)
-    assert pool.totals == {"r": IPE * EPOCHS}  # nothing fitted yet: the configured epochs
+    fixed = SimpleNamespace(name="f", config=resolve_config(tiny_config(train={"max_iterations": 4})))
+    heads = {"r": "[1/2] r", "f": "[2/2] f"}
+    pool = _ProcessPool([plan, fixed], tmp_path, 1, N_SLICES, heads, [], progress=False)
+    assert pool.totals == {"r": IPE * EPOCHS, "f": 4}  # nothing fitted yet: the configured epochs
     _fitted_run(tmp_path, "r", 5)
     pool.running["r"] = ("train", None, None)
-    bar = SimpleNamespace(total=IPE * EPOCHS)
+    bar = SimpleNamespace(total=IPE * EPOCHS + 4)
     pool._refit_totals(bar)
-    assert pool.totals == {"r": 5} and bar.total == 5
+    assert pool.totals == {"r": 5, "f": 4} and bar.total == 9
+
+
+def test_a_study_of_budgets_alone_counts_training_seconds(tmp_path):
+    # Networks of one study share no iteration count, and a budgeted run knows its length in iterations only
+    # once it has fitted its horizon; its seconds are known from the start, so the ETA holds from the start.
+    from types import SimpleNamespace
+
+    from organseg.study.runner import _ProcessPool
+
+    other = resolve_config(
+        {**_budget_config(), "train": {**_budget_config()["train"], "time_budget_min": 0.5}}
+    )
+    plans = [
+        SimpleNamespace(name="a", config=resolve_config(_budget_config())),
+        SimpleNamespace(name="b", config=other),
+    ]
+    pool = _ProcessPool(plans, tmp_path, 2, N_SLICES, {"a": "a", "b": "b"}, [], progress=False)
+    assert pool.by_time and pool.totals == {"a": 600, "b": 30}
+    run = tmp_path / "runs" / "a"
+    run.mkdir(parents=True)
+    (run / "metrics.jsonl").write_text(
+        '{"kind": "train", "iter": 40, "loss": 0.5, "time": 61.7}\n{"kind": "val", "epoch": 1, "time": 70}\n'
+    )
+    pool.running["a"] = ("train", None, None)
+    pool.finished["b"] = pool.totals["b"]
+    bar = SimpleNamespace(n=0, total=630, set_postfix_str=lambda text, refresh: setattr(bar, "post", text))
+    bar.refresh = lambda: None
+    pool._show(bar)
+    assert bar.n == 30 + 61 and bar.total == 630  # the last training record's clock, not the validation's
+    assert bar.post == "a 61/600 s"
 
 
 def test_waiting_runs_take_the_fitted_horizon_of_a_run_like_them(tmp_path):
@@ -232,12 +265,14 @@ def test_waiting_runs_take_the_fitted_horizon_of_a_run_like_them(tmp_path):
 
     cfg = resolve_config(_budget_config())
     other = resolve_config({**_budget_config(), "train": {**_budget_config()["train"], "seed": 7}})
-    plans = [SimpleNamespace(name=n, config=c) for n, c in (("f0", cfg), ("f1", cfg), ("s7", other))]
+    fixed = resolve_config(tiny_config(train={"max_iterations": 4}))  # so that the bar counts iterations
+    named = (("f0", cfg), ("f1", cfg), ("s7", other), ("x", fixed))
+    plans = [SimpleNamespace(name=n, config=c) for n, c in named]
     pool = _ProcessPool(plans, tmp_path, 1, N_SLICES, {p.name: p.name for p in plans}, [], progress=False)
     pool.pending = plans[1:]
     _fitted_run(tmp_path, "f0", 5)
     pool.running["f0"] = ("train", None, None)
-    bar = SimpleNamespace(total=3 * IPE * EPOCHS)
+    bar = SimpleNamespace(total=3 * IPE * EPOCHS + 4)
     pool._refit_totals(bar)
-    assert pool.totals == {"f0": 5, "f1": 5, "s7": IPE * EPOCHS}  # another seed is another recipe
-    assert bar.total == 10 + IPE * EPOCHS
+    assert pool.totals == {"f0": 5, "f1": 5, "s7": IPE * EPOCHS, "x": 4}  # another seed is another recipe
+    assert bar.total == 10 + IPE * EPOCHS + 4

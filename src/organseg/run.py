@@ -327,6 +327,14 @@ class RunDir:
     def last_iteration(self, tail_bytes: int = 4096) -> int:
         """The last training iteration logged, from the log's tail only (a long run's log is megabytes and a
         study's progress bar asks every second); 0 when there is none yet."""
+        return int(self._last_logged("iter", tail_bytes))
+
+    def last_train_seconds(self, tail_bytes: int = 4096) -> float:
+        """The training seconds of the last iteration logged (the run's own clock, resumes included: what a
+        time budget counts), from the log's tail only; 0 when there is none yet."""
+        return float(self._last_logged("time", tail_bytes))
+
+    def _last_logged(self, key: str, tail_bytes: int) -> float:
         path = self.metrics_file
         try:
             with path.open("rb") as f:
@@ -336,7 +344,7 @@ class RunDir:
             records = list(_parse_records(text, path, cut_head=start > 0))
         except (OSError, DataError):  # no log yet, or one a progress bar need not judge
             return 0
-        return next((int(r["iter"]) for r in reversed(records) if "iter" in r), 0)
+        return next((r[key] for r in reversed(records) if "iter" in r and key in r), 0)
 
 
 def _parse_records(text: str, path: Path, *, cut_head: bool = False) -> Iterator[dict[str, Any]]:

@@ -359,6 +359,12 @@ def write_splits(out: Path, dataset: Any, plans: Sequence[PlannedRun]) -> list[d
     return folds
 
 
+def _budget_seconds(cfg: dict) -> int | None:
+    """The training seconds of a run that a time budget alone ends (no set length), else None."""
+    t = cfg["train"]
+    return math.ceil(60 * t["time_budget_min"]) if t["time_budget_min"] and not t["max_iterations"] else None
+
+
 def _total_iterations(cfg: dict, n_slices: int) -> int:
     """For the progress bar: a run with a time budget and no set length is re-estimated once it has fitted its
     horizon (the bar reads the run's own records)."""
@@ -379,7 +385,11 @@ class _ProcessPool:
 
     Separate processes with one or a few threads each use a small CPU far better than one process with every
     thread: PyTorch's per-operator thread synchronisation costs more than these small layers gain, and it
-    collapses when another program competes for the cores."""
+    collapses when another program competes for the cores.
+
+    The bar counts iterations, or, when every run is ended by a time budget alone, training seconds: runs of
+    different networks then have no common iteration count, and their budgets are known before any starts
+    (an iteration count is known only once a run has fitted its horizon), so the ETA holds from the start."""
 
     def __init__(
         self,
@@ -399,7 +409,13 @@ class _ProcessPool:
         self.running: dict[str, tuple[str, subprocess.Popen, Any]] = {}  # name -> (phase, process, log)
         self.finished: dict[str, int] = {}
         self.failed: dict[str, str] = {}
-        self.totals = {p.name: _total_iterations(p.config, n_slices) for p in plans}
+        budgets = {p.name: _budget_seconds(p.config) for p in plans}
+        self.by_time = bool(plans) and None not in budgets.values()
+        self.totals = (
+            {n: b for n, b in budgets.items() if b is not None}
+            if self.by_time
+            else {p.name: _total_iterations(p.config, n_slices) for p in plans}
+        )
         self.config_stamps: dict[str, int] = {}  # config.yaml's mtime when the bar last read it
         self.shown: tuple[int, str] = (0, "")
 
@@ -410,7 +426,7 @@ class _ProcessPool:
         bar = progress_bar(
             total=sum(self.totals.values()),
             desc=desc,
-            unit="it",
+            unit="s" if self.by_time else "it",
             disable=not self.progress,
             dynamic_ncols=True,
         )
@@ -498,6 +514,8 @@ class _ProcessPool:
     def _refit_totals(self, bar: Any) -> None:
         """A run with a time budget fits its horizon after its first iterations (config.yaml's
         ``train.fitted_iterations``; half-way once more): the bar's total follows it."""
+        if self.by_time:  # the bar counts the budgets' seconds, known from the start
+            return
         for name, (phase, _, _) in self.running.items():
             plan_t = self.by_name[name].config["train"]
             if phase != "train" or not plan_t["time_budget_min"] or plan_t["max_iterations"]:
@@ -523,14 +541,15 @@ class _ProcessPool:
 
     def _show(self, bar: Any) -> None:
         self._refit_totals(bar)
-        done = {
-            n: RunDir(self.out / STUDY_RUNS / n).last_iteration()
-            for n, r in self.running.items()
-            if r[0] == "train"
-        }
+        runs = {n: RunDir(self.out / STUDY_RUNS / n) for n, r in self.running.items() if r[0] == "train"}
+        if self.by_time:
+            done = {n: int(run.last_train_seconds()) for n, run in runs.items()}
+        else:
+            done = {n: run.last_iteration() for n, run in runs.items()}
         now = sum(self.finished.values()) + sum(min(d, self.totals[n]) for n, d in done.items())
+        unit = " s" if self.by_time else ""
         state = ", ".join(
-            f"{n} {done[n]}/{self.totals[n]}" if phase == "train" else f"{n} testing"
+            f"{n} {done[n]}/{self.totals[n]}{unit}" if phase == "train" else f"{n} testing"
             for n, (phase, _, _) in self.running.items()
         )
         if (now, state) != self.shown:  # redraw on change only: piped logs stay short
