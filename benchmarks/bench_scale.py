@@ -141,16 +141,17 @@ def child_load(spec: dict) -> None:
     print(json.dumps(result))
 
 
-def make_checkpoint(prep: Path, work: Path, log: Path) -> Path:
-    """A tiny U-Net run (width 0.125, one training step on 4 slices): its cost per slice is small."""
-    run = work / "tiny_unet_run"
+def make_checkpoint(prep: Path, work: Path, log: Path, img_size: int) -> Path:
+    """A tiny U-Net run (width 0.125, ``img_size``² input, one training step on 4 slices): its cost per slice
+    is small."""
+    run = work / f"tiny_unet_{img_size}_run"
     if (run / "checkpoints" / "last.pt").is_file() or any(run.glob("*.pt")):
         return run
     cfg = work / "tiny_unet.yaml"
     cfg.write_text(
         "model: {name: unet, args: {width: 0.125}}\n"
         f"data: {{root: {json.dumps(str(prep))}, max_train_slices: 4}}\n"
-        "train: {img_size: 224, batch_size: 2, max_iterations: 1, progress: false, threads: 1}\n"
+        f"train: {{img_size: {img_size}, batch_size: 2, max_iterations: 1, progress: false, threads: 1}}\n"
         "val: {every: 0}\n"
     )
     timed([*ORGANSEG, "train", str(cfg), "--out", str(run)], log)
@@ -171,9 +172,22 @@ def run_n(n: int, args: argparse.Namespace, distinct: Path, shapes: list, log: P
 
     # prepare is always run: the other stages read its output
     workers = ["--workers", str(args.workers)] if args.workers else []
-    m = timed(
-        [*ORGANSEG, "prepare", "synapse", "--raw", str(raw), "--out", str(prep), "--quiet", *workers], log
-    )
+    # The last 40 % are test cases, named: with all 30 BTCV reference ids present (N >= 40) prepare would
+    # otherwise use the reference 18/12 split and leave the other cases out.
+    split = ["--test-cases", *(str(i) for i in range(train_n + 1, n + 1))] if n > train_n else []
+    cmd = [
+        *ORGANSEG,
+        "prepare",
+        "synapse",
+        "--raw",
+        str(raw),
+        "--out",
+        str(prep),
+        "--quiet",
+        *workers,
+        *split,
+    ]
+    m = timed(cmd, log)
     row("prepare", n, m, f"{voxels / 1e6:.0f} M voxels, workers {args.workers or 'default'}")
     if "load" in args.stages:
         spec = {
@@ -189,7 +203,7 @@ def run_n(n: int, args: argparse.Namespace, distinct: Path, shapes: list, log: P
         note = f"{out['slices']} slices {where}; setup {out['setup_s']:.1f} s, {out['batch_s']:.2f} s/batch"
         row("load", train_n, {**m, **out}, note)
     if "test" in args.stages or "predict" in args.stages:
-        run = make_checkpoint(prep, args.work, log)
+        run = make_checkpoint(prep, args.work, log, args.img_size)
     if "test" in args.stages:
         cmd = [*ORGANSEG, "test", str(run), "--data", str(prep), "--out", str(root / "results")]
         row("test", n - train_n, timed(cmd, log), "tiny U-Net; report and viewer pages")
@@ -229,6 +243,7 @@ def main() -> None:
     p.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
     p.add_argument("--workers", type=int, default=None, help="prepare --workers (default: its own)")
     p.add_argument("--batches", type=int, default=20, help="batches fetched by the load stage")
+    p.add_argument("--img-size", type=int, default=64, help="the tiny U-Net's input side (test, predict)")
     p.add_argument("--threads", type=int, default=1, help="torch threads of the load stage")
     p.add_argument(
         "--in-memory", default=None, choices=("auto", "true", "false"), help="data.in_memory for load"
@@ -262,8 +277,8 @@ def main() -> None:
     header = (
         f"CPU: {cpu['model']}, {cpu['cores']} cores (load average {load:.1f} at the start); "
         f"SYNTHETIC phantoms {args.size}² x {args.slices[0]}-{args.slices[1]} slices "
-        f"({args.distinct} distinct, linked); test/predict with a tiny U-Net (width 0.125): the pipeline's "
-        "cost, not the network's"
+        f"({args.distinct} distinct, linked); test/predict with a tiny U-Net (width 0.125, "
+        f"{args.img_size}² input): the pipeline's cost, not the network's"
     )
     print(table(rows, header))
     if args.json:
