@@ -189,18 +189,13 @@ def run_n(n: int, args: argparse.Namespace, distinct: Path, shapes: list, log: P
     ]
     m = timed(cmd, log)
     row("prepare", n, m, f"{voxels / 1e6:.0f} M voxels, workers {args.workers or 'default'}")
-    if "load" in args.stages:
-        spec = {
-            "data": str(prep),
-            "batches": args.batches,
-            "threads": args.threads,
-            "in_memory": args.in_memory,
-        }
-        cmd = [sys.executable, __file__, "--child-load", json.dumps(spec)]
-        m = timed(cmd, log)
+    for setting in args.in_memory if "load" in args.stages else ():
+        spec = {"data": str(prep), "batches": args.batches, "threads": args.threads, "in_memory": setting}
+        m = timed([sys.executable, __file__, "--child-load", json.dumps(spec)], log)
         out = json.loads(log.read_text().strip().splitlines()[-1])
         where = "held in memory" if out["in_memory"] else "read per batch"
-        note = f"{out['slices']} slices {where}; setup {out['setup_s']:.1f} s, {out['batch_s']:.2f} s/batch"
+        note = f"in_memory {setting}: {out['slices']} slices {where}; setup {out['setup_s']:.1f} s, "
+        note += f"{out['batch_s']:.2f} s/batch"
         row("load", train_n, {**m, **out}, note)
     if "test" in args.stages or "predict" in args.stages:
         run = make_checkpoint(prep, args.work, log, args.img_size)
@@ -246,15 +241,18 @@ def main() -> None:
     p.add_argument("--img-size", type=int, default=64, help="the tiny U-Net's input side (test, predict)")
     p.add_argument("--threads", type=int, default=1, help="torch threads of the load stage")
     p.add_argument(
-        "--in-memory", default=None, choices=("auto", "true", "false"), help="data.in_memory for load"
+        "--in-memory",
+        nargs="+",
+        default=["true", "false"],
+        choices=("auto", "true", "false"),
+        help="data.in_memory of the load stage, one run each (default: true and false)",
     )
     p.add_argument("--work", type=Path, default=Path("/work/scale_tmp/bench"))
     p.add_argument("--max-disk-gb", type=float, default=20.0, help="refuse a set whose files need more")
     p.add_argument("--keep", action="store_true", help="keep each N's files")
     p.add_argument("--json", type=Path, help="also write the rows here")
     args = p.parse_args()
-    if args.in_memory in ("true", "false"):
-        args.in_memory = args.in_memory == "true"
+    args.in_memory = [{"true": True, "false": False}.get(v, v) for v in args.in_memory]
     args.work.mkdir(parents=True, exist_ok=True)
     mean = sum(args.slices) / 2
     biggest = (

@@ -18,9 +18,11 @@ must be new, empty, or an earlier prepare of the same raw folder (continued; fin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import multiprocessing
+import multiprocessing.pool
 import os
 import re
 import shlex
@@ -366,7 +368,9 @@ def _pass1_headers(job: _Job, selected: list[RawCase], planned: list[Path]) -> t
     return todo, max((int(np.prod(shapes[c.number])) for c in todo), default=0)
 
 
-def _pass2_voxels(job: _Job, todo: list[RawCase], progress: bool, workers: int) -> None:
+def _pass2_voxels(
+    job: _Job, todo: list[RawCase], progress: bool, pool: multiprocessing.pool.Pool | None
+) -> None:
     """Pass 2, voxels of every case still to convert (NaN/inf, label ids, truncated data). Nothing is written
     yet, so a bad input leaves no partial output. The first bad case in case order is the one reported,
     however many workers read."""
@@ -374,21 +378,23 @@ def _pass2_voxels(job: _Job, todo: list[RawCase], progress: bool, workers: int) 
         total=len(todo), desc="checking", unit="case", disable=not progress or not todo, leave=False
     )
     with bar:
-        for _ in _in_order(_check_case, [(job, c) for c in todo], workers):
+        for _ in _in_order(_check_case, [(job, c) for c in todo], pool):
             bar.update(1)
 
 
 def _pass3_convert(
-    job: _Job, selected: list[RawCase], todo: list[RawCase], progress: bool, workers: int
+    job: _Job,
+    selected: list[RawCase],
+    todo: list[RawCase],
+    progress: bool,
+    pool: multiprocessing.pool.Pool | None,
 ) -> list[str]:
     """Pass 3, convert: each case's arrays, then its record (which is what marks it finished). Returns the
     names of the cases converted, in case order."""
     converted = []
     with progress_bar(total=len(selected), desc="prepare synapse", unit="case", disable=not progress) as bar:
         bar.update(len(selected) - len(todo))  # finished by an earlier run: skipped
-        for case, notes in zip(
-            todo, _in_order(_convert_case, [(job, c) for c in todo], workers), strict=True
-        ):
+        for case, notes in zip(todo, _in_order(_convert_case, [(job, c) for c in todo], pool), strict=True):
             for note in notes:
                 log.warning("%s", note)
             converted.append(case.name)
@@ -418,25 +424,35 @@ def _call(item: tuple[Callable, tuple]) -> object:
     return fn(*args)
 
 
-def _in_order(fn: Callable, jobs: list[tuple], workers: int) -> Iterator:
-    """``fn(*args)`` of each of ``jobs``, yielded in the order of ``jobs``: in this process with one worker,
-    else in ``workers`` processes (spawned: SimpleITK's and tqdm's threads do not survive a fork). An error of
-    a job is raised when its turn comes, so the first failing job in order is the one reported, as the
-    serial loop does; then, or when this process is stopped (Ctrl-C, SIGTERM), the workers are terminated
-    and the files they were writing removed (each file is written atomically, a case's record last)."""
-    if workers <= 1 or len(jobs) <= 1:
-        for args in jobs:
-            yield fn(*args)
+@contextlib.contextmanager
+def _worker_pool(workers: int) -> Iterator[multiprocessing.pool.Pool | None]:
+    """``workers`` processes for both passes (None: this process alone), spawned (SimpleITK's and tqdm's
+    threads do not survive a fork). When the body fails or this process is stopped (Ctrl-C, SIGTERM) the
+    workers are terminated, and the files they were writing removed (each file is written atomically, a
+    case's record last)."""
+    if workers <= 1:
+        yield None
         return
-    pool = multiprocessing.get_context("spawn").Pool(min(workers, len(jobs)), initializer=_worker_start)
+    pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_worker_start)
     try:
-        yield from pool.imap(_call, [(fn, args) for args in jobs], chunksize=1)
+        yield pool
         pool.close()
     except BaseException:
         pool.terminate()
         raise
     finally:
         pool.join()
+
+
+def _in_order(fn: Callable, jobs: list[tuple], pool: multiprocessing.pool.Pool | None) -> Iterator:
+    """``fn(*args)`` of each of ``jobs``, yielded in the order of ``jobs`` (in ``pool``'s processes when there
+    is one). An error of a job is raised when its turn comes, so the first failing job in order is the one
+    reported, as the serial loop does."""
+    if pool is None:
+        for args in jobs:
+            yield fn(*args)
+        return
+    yield from pool.imap(_call, [(fn, args) for args in jobs], chunksize=1)
 
 
 def default_workers() -> int:
@@ -617,25 +633,26 @@ def prepare_synapse(
     selected = [cases[i] for i in sorted(roles)]
     todo, largest = _pass1_headers(job, selected, planned)
     workers = _fit_workers(min(workers, len(todo)), largest)
-    _pass2_voxels(job, todo, progress, workers)
-    # The record says "in progress" before the first file is deleted or written.
-    finish = _finish_command(
-        raw,
-        out,
-        {
-            "--train-cases": [cases[i].name for i in train] if train_cases is not None else None,
-            "--test-cases": [cases[i].name for i in test] if test_cases is not None else None,
-            "--val-cases": [cases[i].name for i in sorted(val)] or None,
-            "--test-fraction": test_fraction if test_fraction != DEFAULT_TEST_FRACTION else None,
-            "--split-seed": split_seed if split_seed != 1234 else None,
-            "--window": [*spec["window"]] if tuple(spec["window"]) != tuple(SYNAPSE_WINDOW) else None,
-            "--unknown-labels": unknown_labels if unknown_labels != "error" else None,
-            "--compress": bool(compress),
-        },
-    )
-    mark_started(out, writer=WRITER, finish=finish, source=str(raw.resolve()))
-    delete_planned(planned)
-    converted = _pass3_convert(job, selected, todo, progress, workers)
+    with _worker_pool(workers) as pool:  # one pool for both passes: starting the processes takes seconds
+        _pass2_voxels(job, todo, progress, pool)
+        # The record says "in progress" before the first file is deleted or written.
+        finish = _finish_command(
+            raw,
+            out,
+            {
+                "--train-cases": [cases[i].name for i in train] if train_cases is not None else None,
+                "--test-cases": [cases[i].name for i in test] if test_cases is not None else None,
+                "--val-cases": [cases[i].name for i in sorted(val)] or None,
+                "--test-fraction": test_fraction if test_fraction != DEFAULT_TEST_FRACTION else None,
+                "--split-seed": split_seed if split_seed != 1234 else None,
+                "--window": [*spec["window"]] if tuple(spec["window"]) != tuple(SYNAPSE_WINDOW) else None,
+                "--unknown-labels": unknown_labels if unknown_labels != "error" else None,
+                "--compress": bool(compress),
+            },
+        )
+        mark_started(out, writer=WRITER, finish=finish, source=str(raw.resolve()))
+        delete_planned(planned)
+        converted = _pass3_convert(job, selected, todo, progress, pool)
     return _write_index(raw, job, cases, (train, test, val), rule, converted)
 
 
