@@ -211,16 +211,25 @@ def run_n(n: int, args: argparse.Namespace, distinct: Path, shapes: list, log: P
 
 
 def table(rows: list[dict], header: str) -> str:
+    """Per stage and N: total, per volume and, against the stage's previous N, the time each added volume
+    cost (what stays flat when a stage scales; the total also holds the process's start, its imports)."""
     lines = [
         header,
         "",
-        "| stage | N | volumes | total | per volume | peak RSS | |",
-        "|---|---:|---:|---:|---:|---:|---|",
+        "| stage | N | volumes | total | per volume | per added volume | peak RSS | |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
     ]
+    previous: dict[str, dict] = {}
     for r in rows:
         per = r["seconds"] / max(1, r["volumes"])
+        key = f"{r['stage']} {r['note'].split(':')[0] if r['stage'] == 'load' else ''}"
+        before = previous.get(key)
+        added = "–"
+        if before is not None and r["volumes"] > before["volumes"]:
+            added = f"{(r['seconds'] - before['seconds']) / (r['volumes'] - before['volumes']):.2f} s"
+        previous[key] = r
         lines.append(
-            f"| {r['stage']} | {r['n']} | {r['volumes']} | {r['seconds']:.1f} s | {per:.2f} s | "
+            f"| {r['stage']} | {r['n']} | {r['volumes']} | {r['seconds']:.1f} s | {per:.2f} s | {added} | "
             f"{r['peak_rss_mib']:.0f} MiB | {r['note']} |"
         )
     return "\n".join(lines)
