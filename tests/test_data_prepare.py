@@ -198,3 +198,40 @@ def test_cli_prepare_and_phantom(tmp_path, capsys):
     )
     summary = json.loads(capsys.readouterr().out)
     assert summary["train"] == ["case0001"] and summary["test"] == ["case0002"]
+
+
+def _files(root) -> dict[str, bytes]:
+    # organseg_status.json names its own folder and the times it was written
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != "organseg_status.json"
+    }
+
+
+def test_prepare_workers_write_the_same_bytes(tmp_path):
+    write_phantom_set(tmp_path / "raw", cases=4, size=40, seed=2, num_slices=5, progress=False)
+    one = prepare_synapse(tmp_path / "raw", tmp_path / "one", workers=1, progress=False)
+    two = prepare_synapse(tmp_path / "raw", tmp_path / "two", workers=2, progress=False)
+    assert {k: v for k, v in one.items() if k != "out"} == {k: v for k, v in two.items() if k != "out"}
+    a, b = _files(tmp_path / "one"), _files(tmp_path / "two")
+    assert len(a) > 10 and a.keys() == b.keys()
+    assert [k for k in a if a[k] != b[k]] == []
+
+
+def test_prepare_workers_report_the_first_bad_case_and_write_nothing(tmp_path):
+    raw = tmp_path / "raw"
+    write_tiny_raw(raw, [1, 2, 3, 4, 5])
+    for i in (3, 5):  # two bad cases: the first in case order is the one named, as without workers
+        img = raw / "img" / f"img{i:04d}.nii.gz"
+        img.write_bytes(img.read_bytes()[: img.stat().st_size // 2])
+    with pytest.raises(DataError, match="img0003"):
+        prepare_synapse(raw, tmp_path / "out", workers=3, progress=False)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.npz"))
+
+
+@pytest.mark.parametrize("workers", [0, -1, 1.5, True])
+def test_prepare_workers_must_be_a_count(tmp_path, workers):
+    write_tiny_raw(tmp_path / "raw", [1, 2])
+    with pytest.raises(ConfigError, match="--workers"):
+        prepare_synapse(tmp_path / "raw", tmp_path / "out", workers=workers, progress=False)

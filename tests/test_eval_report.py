@@ -80,9 +80,11 @@ def test_figures_are_written(tmp_path) -> None:
 
     collector = OverlayCollector()
     rng = np.random.default_rng(1)
+    labels = []
     for i in range(4):
         label = np.zeros((3, 20, 24), np.int64)
         label[i % 3, 5:12, 6:15] = 1 + i % 3
+        labels.append(label)
         vol = Volume(f"c{i}", rng.random((3, 20, 24)).astype(np.float32), label)
         collector(vol, label.astype(np.uint8), np.full((3, 2), 0.1 * i))
     assert [it["z"] for it in collector.items] == [0, 1, 2, 0]
@@ -93,7 +95,12 @@ def test_figures_are_written(tmp_path) -> None:
     assert [(it["file_z"], it["count"]) for it in items] == [(0, 3), (1, 3), (2, 3), (0, 3)]
     assert _caption(items[1]) == slice_caption(1, 3, 1) == "slice 2 / 3 (file slice 1)"
     assert _caption({"z": 4, "count": -1, "file_z": -1}) == "slice 5"  # an overlay file of an older organseg
-    np.testing.assert_array_equal(items[2]["label"], collector.items[2]["label"])
+    np.testing.assert_array_equal(items[2]["label"], labels[2][2])  # the slice with the most foreground
+    assert "label" not in collector.items[2]  # the slices went to disk as the cases came
+    # a report reads the slices of the three cases it draws (best, median, worst), in case order
+    picked = load_overlays(tmp_path / "ov.npz", only=3)
+    assert [it["case"] for it in picked] == ["c0", "c1", "c3"]
+    np.testing.assert_array_equal(picked[2]["pred"], items[3]["pred"])
     assert plot_overlays(items, ACDC_CLASSES, tmp_path / "ov.png").read_bytes()[:8] == PNG_MAGIC
     records = [
         {"kind": "train", "iter": i, "loss": 1 / (i + 1), "ce": 0.5, "dice": 0.5, "lr": 0.01}

@@ -14,7 +14,7 @@ from organseg.data.classes import SYNAPSE_CLASSES
 from organseg.errors import DataError
 from organseg.imageio.orientation import DisplayOrientation, radiological_orientation
 from organseg.imageio.volumes import Geometry, read_image
-from organseg.reporting.report import OverlayCollector, plot_prediction
+from organseg.reporting.report import OverlayCollector, load_overlays, plot_prediction
 from synthetic_scan import RAS_STORAGE, reoriented, synthetic_scan
 
 
@@ -88,7 +88,8 @@ def test_overlay_pngs_equal_for_a_reoriented_copy(tmp_path: Path) -> None:
         collector = OverlayCollector()
         vol = Volume("c", image, pred.astype(np.int64), geom.spacing, {"direction": geom.direction})
         collector(vol, pred, np.full((8, 2), 0.5))
-        items.append(collector.items[0])
+        collector.save(tmp_path / f"ov{n}.npz")
+        items.append(load_overlays(tmp_path / f"ov{n}.npz")[0])
     assert arr0.shape != arr1.shape
     np.testing.assert_array_equal(pngs[0], pngs[1])
     for key in ("image", "label", "pred"):

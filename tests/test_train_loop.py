@@ -18,6 +18,7 @@ import pytest
 import torch
 import yaml
 
+import organseg.training.data as training_data
 import organseg.training.loop as loop
 from helpers import SIZE, TINY_NET, state_dict_of, tiny_config, tiny_dataset
 from organseg.checkpoint import model_from_checkpoint, read_checkpoint
@@ -481,3 +482,34 @@ def test_unet_size_is_checked_before_the_run_folder_exists(tmp_path):
         "32 or 48"
     )
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("augment", ["batched", "none"])
+@pytest.mark.parametrize("sizes", [((SIZE, SIZE),), ((SIZE, SIZE), (40, 36))])
+def test_batches_read_from_disk_are_the_batches_held_in_memory(augment, sizes):
+    """data.in_memory: false reads each batch's slices when it is needed (a dataset larger than memory);
+    the batches, a resumed epoch's too, are the ones the slices held in memory give."""
+    ds = tiny_dataset(10, sizes=sizes)
+    held = TrainBatches(ds, loop.resolve_config(tiny_config(train={"augment": augment})), DistEnv())
+    cfg = loop.resolve_config(tiny_config(train={"augment": augment}, data={"in_memory": False}))
+    read = TrainBatches(ds, cfg, DistEnv())
+    assert held.in_memory and not read.in_memory and not hasattr(read, "images")
+    for epoch, start in ((0, 0), (1, 0), (1, 2)):
+        a, b = list(held.epoch(epoch, start)), list(read.epoch(epoch, start))
+        assert len(a) == len(b) == 3 - start
+        for (xa, ya), (xb, yb) in zip(a, b, strict=True):
+            assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+def test_in_memory_auto_holds_only_what_fits(monkeypatch):
+    ds = tiny_dataset(10)
+    need = training_data.slices_bytes(ds.train_slices())
+    assert need == 10 * SIZE * SIZE * training_data.BYTES_PER_PIXEL
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(training_data, "available_memory", lambda: 2 * need)
+    assert training_data.hold_in_memory("auto", ds.train_slices(), cpu)
+    monkeypatch.setattr(training_data, "available_memory", lambda: 2 * need - 1)
+    assert not training_data.hold_in_memory("auto", ds.train_slices(), cpu)
+    assert training_data.hold_in_memory(True, ds.train_slices(), cpu)
+    monkeypatch.setattr(training_data, "available_memory", lambda: None)
+    assert training_data.hold_in_memory("auto", ds.train_slices(), cpu)

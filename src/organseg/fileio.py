@@ -511,11 +511,23 @@ def check_output(
                 )
 
 
-def check_outputs_against(outputs: Mapping[str, PathLike], inputs: Sequence[PathLike]) -> None:
+def input_index(inputs: Sequence[PathLike]) -> dict[Path, PathLike]:
+    """The inputs by resolved path, for :func:`check_outputs_against` (made once for many outputs)."""
+    return {_resolved(p): p for p in inputs}
+
+
+def check_outputs_against(
+    outputs: Mapping[str, PathLike],
+    inputs: Sequence[PathLike],
+    *,
+    index: Mapping[Path, PathLike] | None = None,
+) -> None:
     """:func:`check_output` of every output against every input, for many of both (``predict`` over a folder
-    of scans): the inputs are indexed by resolved path once, so each output costs a look-up per parent folder
-    instead of a comparison with every input; only a hit goes through ``check_output`` for its message."""
-    index = {_resolved(p): p for p in inputs}
+    of scans): the inputs are indexed by resolved path once (``index``, :func:`input_index`, when the caller
+    checks the outputs of many cases against the same inputs), so each output costs a look-up per parent
+    folder instead of a comparison with every input; only a hit goes through ``check_output`` for its
+    message."""
+    index = input_index(inputs) if index is None else index
     for what, out in outputs.items():
         r = _resolved(out)
         for place in (r, *r.parents):

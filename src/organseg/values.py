@@ -26,6 +26,22 @@ def max_threads() -> int:
     return 4 * (os.cpu_count() or 1)
 
 
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux MemAvailable), None where unknown: how many
+    processes, or how much data held in memory, a machine can take."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 @dataclass(frozen=True)
 class Rule:
     """What one configuration key accepts: a kind, a range, or a list of choices, and whether null is allowed.

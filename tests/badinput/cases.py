@@ -1152,6 +1152,7 @@ INT_OPTS = [
     ("compare", "--jobs", COMPARE_SETUP, COMPARE, ["-1", "0", "x"]),
     ("compare", "--seeds", COMPARE_SETUP, COMPARE, ["x", "1.5", "true"]),
     ("info", "--img-size", NOTHING, ["info", "--models", "unet"], ["-16", "0", "100", "x"]),
+    ("prepare", "--workers", PREPARE_SETUP, PREPARE, ["-1", "0", "1.5", "x", "100000"]),
 ]
 for verb, opt, setup, argv, values in INT_OPTS:
     for v in values:
@@ -1377,6 +1378,7 @@ CHOICE_KEYS = {
     "train.schedule": ["step", "1"],
     "train.channels_last": ["maybe", "2"],
     "train.deterministic": ["maybe", "2"],
+    "data.in_memory": ["maybe", "2"],
     "train.progress": ["maybe", "2"],
     "model.name": ["1", "null"],
     "model.args": ["5", "unet"],

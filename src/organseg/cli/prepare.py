@@ -6,7 +6,7 @@ import argparse
 import json
 import logging
 
-from organseg.data.prepare import DEFAULT_TEST_FRACTION, prepare_synapse
+from organseg.data.prepare import DEFAULT_TEST_FRACTION, WORKERS_RULE, prepare_synapse
 from organseg.data.preprocess import SYNAPSE_WINDOW
 from organseg.values import FINITE, SEED, Rule, option
 
@@ -71,6 +71,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "files, and nothing if the folder holds anything else). Without it --out must be new, empty, or an "
         "earlier prepare of the same --raw, which is continued",
     )
+    syn.add_argument(
+        "--workers",
+        type=option(WORKERS_RULE),
+        default=None,
+        metavar="N",
+        help="processes reading and converting cases at once (default: the cores this process may use; "
+        "fewer when memory is short). The files written are the same whatever N",
+    )
     syn.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
@@ -90,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
         compress=args.compress,
         progress=not args.quiet,
         overwrite=args.overwrite,
+        workers=args.workers,
     )
     print(json.dumps(summary, indent=1))
     return 0

@@ -18,11 +18,16 @@ must be new, empty, or an earlier prepare of the same raw folder (continued; fin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import multiprocessing
+import multiprocessing.pool
+import os
 import re
 import shlex
-from collections.abc import Sequence
+import signal
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,8 +54,16 @@ from organseg.fileio import atomic_write_text, check_output, check_output_dir
 from organseg.imageio.formats import IMAGE_SUFFIXES
 from organseg.imageio.volumes import Geometry, grid_relation, read_image_info, read_sitk
 from organseg.progress import progress_bar
+from organseg.values import Rule, available_memory, check_value, max_threads
 
 log = logging.getLogger("organseg.data")
+
+#: ``--workers``: processes that read and convert cases at once (each holds one case in memory).
+WORKERS_RULE = Rule("int", lo=1, hi=max_threads, why="processes; 4 x the CPU cores here")
+#: Peak memory of one worker per voxel of its case (int16 HU, the float32 image, labels, the label count's
+#: sort), measured about 12 bytes on 512² phantoms; with a margin. More workers than memory allows for the
+#: largest case are not started.
+WORKER_BYTES_PER_VOXEL = 24
 
 MARKERS = PREPARE_RECORDS
 FORMAT = "organseg-synapse/1"
@@ -152,9 +165,11 @@ def _check_headers(case: RawCase) -> tuple[int, int, int]:
 
 
 def _load_case(
-    case: RawCase, unknown_labels: str, *, warn: bool = True
+    case: RawCase, unknown_labels: str, *, notes: list[str] | None = None
 ) -> tuple[np.ndarray, np.ndarray, Geometry, dict]:
-    """Image (HU), BTCV label on the image grid, the image geometry and label statistics; all checks."""
+    """Image (HU), BTCV label on the image grid, the image geometry and label statistics; all checks.
+    ``notes`` receives the warning about label ids mapped to background (the caller logs it: a worker
+    process has no logging of its own)."""
     img = read_sitk(case.image)
     lab = read_sitk(case.label)
     relation = grid_relation(
@@ -194,10 +209,8 @@ def _load_case(
                 f"{case.label}: label ids outside the BTCV map 0..13 ({detail}); "
                 "fix the file or pass --unknown-labels background to map them to background"
             )
-        if warn:
-            log.warning(
-                "%s: label ids outside the BTCV map 0..13 mapped to background (%s)", case.label, detail
-            )
+        if notes is not None:
+            notes.append(_unknown_note(case, detail))
     values, counts = np.unique(label, return_counts=True)
     dropped = {
         BTCV_CLASSES[int(v)]: int(c)
@@ -210,6 +223,10 @@ def _load_case(
         "unknown_id_voxels": {str(k): v for k, v in unknown.items()},
     }
     return image, label, Geometry.from_sitk(img), stats
+
+
+def _unknown_note(case: RawCase, detail: str) -> str:
+    return f"{case.label}: label ids outside the BTCV map 0..13 mapped to background ({detail})"
 
 
 # ---------------------------------------------------------------------------------------------------- writing
@@ -339,40 +356,136 @@ class _Job:
     compress: bool
 
 
-def _pass1_headers(job: _Job, selected: list[RawCase], planned: list[Path]) -> list[RawCase]:
+def _pass1_headers(job: _Job, selected: list[RawCase], planned: list[Path]) -> tuple[list[RawCase], int]:
     """Pass 1, headers of every selected case (cheap): shapes and geometry, then the disk space that the cases
-    still to convert need. Returns those cases: all with ``--overwrite``, else the ones not finished by an
-    earlier run."""
+    still to convert need. Returns those cases (all with ``--overwrite``, else the ones not finished by an
+    earlier run) and the voxel count of the largest of them."""
     shapes = {case.number: _check_headers(case) for case in selected}
     todo = [c for c in selected if planned or _done(job.out, c, job.roles[c.number], job.options) is None]
     # float32 image + uint8 label per voxel, uncompressed (compression saves about half on CT).
     need = sum(int(np.prod(shapes[c.number])) for c in todo) * (5 if not job.compress else 3)
     check_disk_space(job.out, need, f"preparing {len(todo)} case(s)")
-    return todo
+    return todo, max((int(np.prod(shapes[c.number])) for c in todo), default=0)
 
 
-def _pass2_voxels(job: _Job, todo: list[RawCase], progress: bool) -> None:
+def _pass2_voxels(
+    job: _Job, todo: list[RawCase], progress: bool, pool: multiprocessing.pool.Pool | None
+) -> None:
     """Pass 2, voxels of every case still to convert (NaN/inf, label ids, truncated data). Nothing is written
-    yet, so a bad input leaves no partial output."""
-    checking = progress_bar(todo, desc="checking", unit="case", disable=not progress or not todo, leave=False)
-    for case in checking:
-        _load_case(case, job.unknown_labels, warn=False)
+    yet, so a bad input leaves no partial output. The first bad case in case order is the one reported,
+    however many workers read."""
+    bar = progress_bar(
+        total=len(todo), desc="checking", unit="case", disable=not progress or not todo, leave=False
+    )
+    with bar:
+        for _ in _in_order(_check_case, [(job, c) for c in todo], pool):
+            bar.update(1)
 
 
-def _pass3_convert(job: _Job, selected: list[RawCase], todo: list[RawCase], progress: bool) -> list[str]:
+def _pass3_convert(
+    job: _Job,
+    selected: list[RawCase],
+    todo: list[RawCase],
+    progress: bool,
+    pool: multiprocessing.pool.Pool | None,
+) -> list[str]:
     """Pass 3, convert: each case's arrays, then its record (which is what marks it finished). Returns the
-    names of the cases converted."""
+    names of the cases converted, in case order."""
     converted = []
-    for case in progress_bar(selected, desc="prepare synapse", unit="case", disable=not progress):
-        if case in todo:
-            _convert_case(job, case)
+    with progress_bar(total=len(selected), desc="prepare synapse", unit="case", disable=not progress) as bar:
+        bar.update(len(selected) - len(todo))  # finished by an earlier run: skipped
+        for case, notes in zip(todo, _in_order(_convert_case, [(job, c) for c in todo], pool), strict=True):
+            for note in notes:
+                log.warning("%s", note)
             converted.append(case.name)
+            bar.update(1)
     return converted
 
 
-def _convert_case(job: _Job, case: RawCase) -> None:
+def _check_case(job: _Job, case: RawCase) -> None:
+    _load_case(case, job.unknown_labels)
+
+
+def _worker_start() -> None:
+    """In each worker process: Ctrl-C reaches the whole process group, and the parent alone decides what it
+    means (it stops the pool); the parent's SIGTERM ends the worker through ``SystemExit``, so the atomic
+    write it is in removes its temporary file (organseg.fileio.staged)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)  # the processes share the cores, not one reader
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _call(item: tuple[Callable, tuple]) -> object:
+    fn, args = item
+    return fn(*args)
+
+
+@contextlib.contextmanager
+def _worker_pool(workers: int) -> Iterator[multiprocessing.pool.Pool | None]:
+    """``workers`` processes for both passes (None: this process alone), spawned (SimpleITK's and tqdm's
+    threads do not survive a fork). When the body fails or this process is stopped (Ctrl-C, SIGTERM) the
+    workers are terminated, and the files they were writing removed (each file is written atomically, a
+    case's record last)."""
+    if workers <= 1:
+        yield None
+        return
+    pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_worker_start)
+    try:
+        yield pool
+        pool.close()
+    except BaseException:
+        pool.terminate()
+        raise
+    finally:
+        pool.join()
+
+
+def _in_order(fn: Callable, jobs: list[tuple], pool: multiprocessing.pool.Pool | None) -> Iterator:
+    """``fn(*args)`` of each of ``jobs``, yielded in the order of ``jobs`` (in ``pool``'s processes when there
+    is one). An error of a job is raised when its turn comes, so the first failing job in order is the one
+    reported, as the serial loop does."""
+    if pool is None:
+        for args in jobs:
+            yield fn(*args)
+        return
+    yield from pool.imap(_call, [(fn, args) for args in jobs], chunksize=1)
+
+
+def default_workers() -> int:
+    """The cores this process may run on (its CPU affinity; all cores where the system cannot tell)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _fit_workers(workers: int, voxels: int) -> int:
+    """``workers``, fewer when the memory available would not hold that many of the largest case at once."""
+    have = available_memory()
+    if have is None or workers <= 1:
+        return workers
+    fit = max(1, int(have // max(1, voxels * WORKER_BYTES_PER_VOXEL)))
+    if fit < workers:
+        log.warning(
+            "--workers %d: the largest case needs about %.1f GiB per worker and %.1f GiB is available; "
+            "using %d worker(s)",
+            workers,
+            voxels * WORKER_BYTES_PER_VOXEL / 2**30,
+            have / 2**30,
+            fit,
+        )
+    return min(workers, fit)
+
+
+def _convert_case(job: _Job, case: RawCase) -> list[str]:
+    """One case's files, then its record; returns the warnings for the caller to log."""
     out, role = job.out, job.roles[case.number]
-    image, label, geom, stats = _load_case(case, job.unknown_labels)
+    notes: list[str] = []
+    image, label, geom, stats = _load_case(case, job.unknown_labels, notes=notes)
     image01 = apply_preprocessing(image, job.spec, source=str(case.image))
     classes = remap_labels(label, BTCV_TO_SYNAPSE)
     del image, label
@@ -405,6 +518,7 @@ def _convert_case(job: _Job, case: RawCase) -> None:
         "source": _fingerprint(case),
     }
     atomic_write_text(out / MARKERS / f"{case.name}.json", json.dumps(meta, indent=1))
+    return notes
 
 
 def _write_lists(
@@ -478,6 +592,7 @@ def prepare_synapse(
     compress: bool = False,
     progress: bool = True,
     overwrite: bool = False,
+    workers: int | None = None,
 ) -> dict:
     """Convert a raw BTCV folder to the TransUNet Synapse format in ``out``; returns a summary dict.
 
@@ -485,8 +600,11 @@ def prepare_synapse(
     with a warning giving the voxel counts (the reference script would have kept them and crashed in the
     loss). BTCV organs outside the 8 Synapse classes always become background (counts recorded in the
     sidecar). ``out`` must be new, empty or an earlier prepare of ``raw`` (continued); ``overwrite`` replaces
-    an earlier prepare output of any raw folder (see the module docstring).
+    an earlier prepare output of any raw folder (see the module docstring). ``workers``: processes reading
+    and converting cases at once (default :func:`default_workers`, fewer when memory is short); the files
+    written are the same bytes whatever the number.
     """
+    workers = default_workers() if workers is None else check_value("--workers", workers, WORKERS_RULE)
     if unknown_labels not in ("error", "background"):
         raise ConfigError(f"unknown_labels must be 'error' or 'background', got {unknown_labels!r}")
     spec = ct_window_spec(window)
@@ -513,26 +631,28 @@ def prepare_synapse(
     }
     job = _Job(out, roles, spec, options, unknown_labels, bool(compress))
     selected = [cases[i] for i in sorted(roles)]
-    todo = _pass1_headers(job, selected, planned)
-    _pass2_voxels(job, todo, progress)
-    # The record says "in progress" before the first file is deleted or written.
-    finish = _finish_command(
-        raw,
-        out,
-        {
-            "--train-cases": [cases[i].name for i in train] if train_cases is not None else None,
-            "--test-cases": [cases[i].name for i in test] if test_cases is not None else None,
-            "--val-cases": [cases[i].name for i in sorted(val)] or None,
-            "--test-fraction": test_fraction if test_fraction != DEFAULT_TEST_FRACTION else None,
-            "--split-seed": split_seed if split_seed != 1234 else None,
-            "--window": [*spec["window"]] if tuple(spec["window"]) != tuple(SYNAPSE_WINDOW) else None,
-            "--unknown-labels": unknown_labels if unknown_labels != "error" else None,
-            "--compress": bool(compress),
-        },
-    )
-    mark_started(out, writer=WRITER, finish=finish, source=str(raw.resolve()))
-    delete_planned(planned)
-    converted = _pass3_convert(job, selected, todo, progress)
+    todo, largest = _pass1_headers(job, selected, planned)
+    workers = _fit_workers(min(workers, len(todo)), largest)
+    with _worker_pool(workers) as pool:  # one pool for both passes: starting the processes takes seconds
+        _pass2_voxels(job, todo, progress, pool)
+        # The record says "in progress" before the first file is deleted or written.
+        finish = _finish_command(
+            raw,
+            out,
+            {
+                "--train-cases": [cases[i].name for i in train] if train_cases is not None else None,
+                "--test-cases": [cases[i].name for i in test] if test_cases is not None else None,
+                "--val-cases": [cases[i].name for i in sorted(val)] or None,
+                "--test-fraction": test_fraction if test_fraction != DEFAULT_TEST_FRACTION else None,
+                "--split-seed": split_seed if split_seed != 1234 else None,
+                "--window": [*spec["window"]] if tuple(spec["window"]) != tuple(SYNAPSE_WINDOW) else None,
+                "--unknown-labels": unknown_labels if unknown_labels != "error" else None,
+                "--compress": bool(compress),
+            },
+        )
+        mark_started(out, writer=WRITER, finish=finish, source=str(raw.resolve()))
+        delete_planned(planned)
+        converted = _pass3_convert(job, selected, todo, progress, pool)
     return _write_index(raw, job, cases, (train, test, val), rule, converted)
 
 

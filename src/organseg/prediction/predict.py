@@ -21,6 +21,7 @@ from __future__ import annotations
 import glob
 import json
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,7 @@ from organseg.fileio import (
     check_output_file,
     check_outputs_against,
     file_sha256,
+    input_index,
     staged,
 )
 from organseg.imageio.dicom import (
@@ -557,8 +559,7 @@ def plan_cases(
                 folder=None if one_file else out,
             )
         )
-    names = [c.name for c in cases]
-    twice = sorted({n for n in names if names.count(n) > 1})
+    twice = sorted(n for n, k in Counter(c.name for c in cases).items() if k > 1)
     if twice and not one_file:
         raise ConfigError(f"inputs with the same name would write the same files: {', '.join(twice)}")
     return cases
@@ -805,9 +806,10 @@ def predict_many(
     Before any work, no output may land on (or in) an input: its own, another case's, or a folder of scans
     named in ``given`` (the inputs as the user gave them, before expansion)."""
     inputs = [c.input for c in cases] + [Path(g) for g in given if Path(g).exists()]
+    index = input_index(inputs)  # once: per case it made the checks grow as the square of the cases
     for case in cases:
         check_predict_outputs(list(sources), case.input, case)
-        check_outputs_against(case.outputs, inputs)
+        check_outputs_against(case.outputs, inputs, index=index)
     outcomes: list[Outcome] = []
     folders = {case.folder for case in cases if case.folder is not None}
     bar = progress_bar(total=len(cases), desc="cases", unit="case", disable=not progress or len(cases) < 2)

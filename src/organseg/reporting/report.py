@@ -10,7 +10,9 @@ from files in the run folder, so a report can be rebuilt at any time without the
 
 from __future__ import annotations
 
-import io
+import os
+import shutil
+import tempfile
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,7 +23,7 @@ import numpy as np
 from organseg.data.base import Volume
 from organseg.errors import DataError
 from organseg.fileio import (
-    atomic_write_bytes,
+    atomic_write,
     atomic_write_text,
     check_output_dir,
     check_output_file,
@@ -39,12 +41,26 @@ if TYPE_CHECKING:
     from organseg.imageio.volumes import Geometry
 
 
+def _write_member(zf: zipfile.ZipFile, name: str, value: np.ndarray) -> None:
+    """One ``NAME.npy`` member, as ``np.savez_compressed`` writes it."""
+    info = zipfile.ZipInfo(f"{name}.npy")
+    info.compress_type = zipfile.ZIP_DEFLATED
+    with zf.open(info, "w", force_zip64=True) as fh:
+        np.lib.format.write_array(fh, np.asanyarray(value), allow_pickle=False)
+
+
 class OverlayCollector:
     """``on_case`` callback for :func:`~organseg.evaluation.evaluate.evaluate_dataset`: keeps, per case, the
-    axial slice with the most ground-truth foreground (image, truth, prediction) and the case's mean DSC."""
+    axial slice with the most ground-truth foreground (image, truth, prediction) and the case's mean DSC.
+
+    The slices go to a temporary file as each case comes (a 512² case's three slices are 1.5 MB: a thousand
+    test volumes held 1.5 GB until the end); :attr:`items` keeps the rest. :meth:`save` writes the file,
+    once."""
 
     def __init__(self) -> None:
         self.items: list[dict[str, Any]] = []
+        self._spool = tempfile.TemporaryFile(prefix="organseg-overlays-")  # noqa: SIM115 (closed by save)
+        self._zip = zipfile.ZipFile(self._spool, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True)
 
     def __call__(self, volume: Volume, prediction: np.ndarray, reference_metrics: np.ndarray) -> None:
         # Slices are kept as radiologists view them (imageio.orientation); "z" is the slice's index
@@ -56,22 +72,26 @@ class OverlayCollector:
         area = (label_d > 0).reshape(label_d.shape[0], -1).sum(axis=1)
         z = int(np.argmax(area))
         _, row_mm, col_mm = orient.spacing(volume.spacing) if volume.spacing is not None else (1.0, 1.0, 1.0)
+        n = len(self.items)
+        image = np.array(orient.apply(np.asarray(volume.image))[z], dtype=np.float32)
+        _write_member(self._zip, f"image_{n}", image)
+        _write_member(self._zip, f"label_{n}", np.array(label_d[z], dtype=np.uint8))
+        _write_member(self._zip, f"pred_{n}", np.array(orient.apply(np.asarray(prediction))[z], np.uint8))
         self.items.append(
             {
                 "case": volume.case_id,
                 "z": z,
                 "file_z": orient.array_index(z, np.shape(label)),
                 "count": int(label_d.shape[0]),
-                "image": np.array(orient.apply(np.asarray(volume.image))[z], dtype=np.float32),
-                "label": np.array(label_d[z], dtype=np.uint8),
-                "pred": np.array(orient.apply(np.asarray(prediction))[z], dtype=np.uint8),
                 "dice": float(np.mean(reference_metrics[:, 0])),
                 "aspect": float(row_mm / col_mm),
             }
         )
 
     def save(self, path: str | Path) -> None:
-        arrays: dict[str, np.ndarray] = {
+        """The slices and, last, the cases' records (the members ``np.savez_compressed`` of them all has),
+        put in place as ``path`` atomically."""
+        meta: dict[str, np.ndarray] = {
             "cases": np.array([it["case"] for it in self.items]),
             "z": np.array([it["z"] for it in self.items], dtype=np.int64),
             "dice": np.array([it["dice"] for it in self.items], dtype=np.float64),
@@ -79,16 +99,24 @@ class OverlayCollector:
             "file_z": np.array([it.get("file_z", -1) for it in self.items], dtype=np.int64),
             "count": np.array([it.get("count", -1) for it in self.items], dtype=np.int64),
         }
-        for n, it in enumerate(self.items):
-            for key in ("image", "label", "pred"):
-                arrays[f"{key}_{n}"] = it[key]
-        buf = io.BytesIO()
-        np.savez_compressed(buf, **arrays)
-        atomic_write_bytes(path, buf.getvalue())
+        for key, value in meta.items():
+            _write_member(self._zip, key, value)
+        self._zip.close()
+
+        def copy(tmp: Path) -> None:
+            self._spool.seek(0)
+            with open(tmp, "wb") as fh:
+                shutil.copyfileobj(self._spool, fh, 1 << 20)
+                fh.flush()
+                os.fsync(fh.fileno())
+
+        atomic_write(path, copy)
+        self._spool.close()
 
 
-def load_overlays(path: str | Path) -> list[dict[str, Any]]:
-    """The report slices ``organseg test`` kept; DataError naming the file when it is damaged."""
+def load_overlays(path: str | Path, *, only: int | None = None) -> list[dict[str, Any]]:
+    """The report slices ``organseg test`` kept; DataError naming the file when it is damaged. With ``only``,
+    the slices of the ``only`` :func:`representative` cases alone are read (a report draws three of them)."""
     path = Path(path)
     try:
         with np.load(path, allow_pickle=False) as f:
@@ -98,20 +126,25 @@ def load_overlays(path: str | Path) -> list[dict[str, Any]]:
             # files written before the file index and count were kept (-1) show the slice number alone
             file_z = f["file_z"] if "file_z" in f.files else np.full(n, -1)
             count = f["count"] if "count" in f.files else np.full(n, -1)
-            return [
+            cases, zs, dice = f["cases"], f["z"], f["dice"]
+            items = [
                 {
-                    "case": str(f["cases"][i]),
-                    "z": int(f["z"][i]),
-                    "dice": float(f["dice"][i]),
-                    "image": f[f"image_{i}"],
-                    "label": f[f"label_{i}"],
-                    "pred": f[f"pred_{i}"],
+                    "index": i,
+                    "case": str(cases[i]),
+                    "z": int(zs[i]),
+                    "dice": float(dice[i]),
                     "aspect": float(aspect[i]),
                     "file_z": int(file_z[i]),
                     "count": int(count[i]),
                 }
                 for i in range(n)
             ]
+            if only is not None:
+                items = sorted(representative(items, only), key=lambda it: it["index"])
+            for it in items:
+                i = it.pop("index")
+                it.update(image=f[f"image_{i}"], label=f[f"label_{i}"], pred=f[f"pred_{i}"])
+            return items
     except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         # A truncated .npz is a damaged zip archive; say so in one line instead of zipfile's traceback.
         raise DataError(f"{path}: cannot read overlay slices, truncated or damaged ({exc})") from None
@@ -345,7 +378,7 @@ def write_report(root: str | Path) -> Path:
         lines += [f"![per-organ DSC]({bars.relative_to(root).as_posix()})", ""]
         overlay_file = ResultsDir(folder).file(ResultsDir.OVERLAYS)
         if overlay_file.is_file():
-            items = load_overlays(overlay_file)
+            items = load_overlays(overlay_file, only=3)
             if items:
                 png = plot_overlays(items, summary["class_names"], fig_dir / f"{name}_overlays.png")
                 lines += [

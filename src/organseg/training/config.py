@@ -40,6 +40,7 @@ DEFAULTS: dict[str, Any] = {
     "data": {
         "root": None,
         "max_train_slices": None,  # first N training slices only: smoke tests and demos
+        "in_memory": "auto",  # hold the training slices in memory; auto: when they fit (training.data)
         "train_fraction": None,  # a seeded subset of the training cases (patients), nested across fractions
         "subset_seed": 0,  # which cases a fraction keeps: the same for every network and train.seed
         "subjects": None,  # case -> subject (patient): a regex (first group) or a .json map; None: layout's
@@ -98,6 +99,7 @@ LR_SCALINGS = ("none", "linear", "swin_unet")
 RUNTIME_KEYS = frozenset(
     {
         "data.root",
+        "data.in_memory",
         "train.num_workers",
         "train.device",
         "train.threads",
@@ -208,6 +210,7 @@ SCHEMA: dict[str, Rule] = {
     "model.pretrained": Rule("str", optional=True),
     "data.root": Rule("str", optional=True),
     "data.max_train_slices": OPTIONAL_POSITIVE_INT,
+    "data.in_memory": Rule("choice", choices=("auto", True, False)),
     "data.train_fraction": Rule("float", lo=0, hi=1, lo_open=True, optional=True, why="of the cases"),
     "data.subset_seed": SEED,
     "data.subjects": Rule("str", optional=True),

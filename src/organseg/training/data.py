@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -30,6 +31,13 @@ from organseg.data.base import SegmentationDataset
 from organseg.errors import ConfigError, DataError
 from organseg.progress import progress_bar
 from organseg.training.distributed import STREAM_BATCH, STREAM_SAMPLE, DistEnv, derive_seed
+from organseg.values import available_memory
+
+#: Bytes per pixel of a training slice held in memory: the float32 image and the uint8 label.
+BYTES_PER_PIXEL = 5
+#: ``data.in_memory: auto`` holds the slices when they take at most this share of the memory available
+#: (of the GPU's free memory when they live there); else they are read from disk batch by batch.
+MEMORY_SHARE = 0.5
 
 
 class _SeededSlices(Dataset):
@@ -65,19 +73,57 @@ class _EpochBatches(Sampler):
         return len(self.batches)
 
 
-def _load_all(
-    slices: Sequence[tuple[np.ndarray, np.ndarray]], device: torch.device, show: bool
+def _as_tensors(
+    pairs: Sequence[tuple[np.ndarray, np.ndarray]], device: torch.device
 ) -> tuple[torch.Tensor | list[torch.Tensor], torch.Tensor | list[torch.Tensor]]:
-    """Every training slice in memory at its own size (one stacked tensor when all sizes agree, as Synapse's
-    512²; a list otherwise, as ACDC). Labels as uint8: a quarter of the memory of int64."""
+    """Slices as tensors on ``device``, one stacked tensor when all sizes agree (as Synapse's 512²), a list
+    otherwise (as ACDC). Labels as uint8: a quarter of the memory of int64."""
     images, labels = [], []
-    for i in progress_bar(range(len(slices)), desc="loading training slices", disable=not show, leave=False):
-        image, label = slices[i]
+    for image, label in pairs:
         images.append(torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).to(device))
         labels.append(torch.from_numpy(np.ascontiguousarray(label)).to(device=device, dtype=torch.uint8))
     if len({tuple(x.shape) for x in images}) == 1:
         return torch.stack(images), torch.stack(labels)
     return images, labels
+
+
+def _load_all(
+    slices: Sequence[tuple[np.ndarray, np.ndarray]], device: torch.device, show: bool
+) -> tuple[torch.Tensor | list[torch.Tensor], torch.Tensor | list[torch.Tensor]]:
+    """Every training slice in memory at its own size (:func:`_as_tensors`). Slices of one size go straight
+    into one preallocated tensor: stacking a list of them held twice their size at the peak."""
+    bar = progress_bar(range(len(slices)), desc="loading training slices", disable=not show, leave=False)
+    first = np.shape(slices[0][0]) if len(slices) else ()
+    images = torch.empty((len(slices), *first), dtype=torch.float32, device=device)
+    labels = torch.empty((len(slices), *first), dtype=torch.uint8, device=device)
+    for i in bar:
+        image, label = slices[i]
+        if np.shape(image) != first:  # mixed sizes (as ACDC): a list, as _as_tensors gives
+            bar.close()
+            return _as_tensors([slices[k] for k in range(len(slices))], device)
+        images[i] = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
+        labels[i] = torch.from_numpy(np.ascontiguousarray(label)).to(torch.uint8)
+    return images, labels
+
+
+def slices_bytes(slices: Sequence[tuple[np.ndarray, np.ndarray]]) -> int:
+    """About how many bytes the training slices take in memory (:data:`BYTES_PER_PIXEL`), from the first
+    slice's size (one file read): Synapse's 2211 slices of 512² take 2.9 GB, 1,000 CT volumes of 200 slices
+    about 260 GB."""
+    image, _ = slices[0]
+    return len(slices) * int(np.prod(np.shape(image))) * BYTES_PER_PIXEL
+
+
+def hold_in_memory(setting: str | bool, slices: Sequence, device: torch.device) -> bool:
+    """``data.in_memory``: True / False as given; "auto" holds the slices when they take at most
+    :data:`MEMORY_SHARE` of the memory available (the GPU's free memory on a GPU), or when that is unknown."""
+    if setting is not True and setting is not False:
+        if device.type == "cuda":
+            have: int | None = torch.cuda.mem_get_info(device)[0]
+        else:
+            have = available_memory()
+        return have is None or slices_bytes(slices) <= MEMORY_SHARE * have
+    return setting
 
 
 def train_subset(slice_cases: Sequence[str], fraction: float, seed: int) -> tuple[list[int], list[str]]:
@@ -137,14 +183,25 @@ class TrainBatches:
                 persistent_workers=workers > 0,
             )
         else:
-            # The slices live in memory (Synapse: 2211 x 512² = 2.9 GB with uint8 labels; on a GPU they live
-            # there), so a batch is one gather; BatchAugment then does the reference's geometry and its zoom
-            # to img_size on the whole batch, on the training device.
-            self.images, self.labels = _load_all(slices, env.device, show=env.is_main and t["progress"])
+            # With data.in_memory the slices live in memory (Synapse: 2211 x 512² = 2.9 GB with uint8 labels;
+            # on a GPU they live there), so a batch is one gather. Without (a dataset larger than memory:
+            # 1,000 CT volumes are about 260 GB) each batch's slices are read from disk, the next batch's
+            # while this one trains; the batches are the same. BatchAugment then does the reference's geometry
+            # and its zoom to img_size on the whole batch, on the training device.
+            self.in_memory = hold_in_memory(cfg["data"]["in_memory"], slices, env.device)
+            if self.in_memory:
+                self.images, self.labels = _load_all(slices, env.device, show=env.is_main and t["progress"])
+            else:
+                self._slices = slices
+                self._reader = ThreadPoolExecutor(1, thread_name_prefix="organseg-slices")
             self._augment = BatchAugment((t["img_size"], t["img_size"]))
 
     def __len__(self) -> int:
         return math.ceil(len(self.sampler) / self.batch)
+
+    def _read(self, indices: list[int]) -> Future:
+        """The slices of one batch, read from disk in the reader thread (file reads release the GIL)."""
+        return self._reader.submit(lambda: _as_tensors([self._slices[i] for i in indices], self.env.device))
 
     @property
     def images_per_iteration(self) -> int:
@@ -170,8 +227,14 @@ class TrainBatches:
             for images, labels in self._loader:
                 yield images.to(dev, non_blocking=True), labels.to(dev, non_blocking=True).long()
             return
+        ahead: Future | None = None
         for k in range(start, len(batches)):
-            if isinstance(self.images, torch.Tensor):
+            if not self.in_memory:
+                if ahead is None:
+                    ahead = self._read(batches[k])
+                images, labels = ahead.result()
+                ahead = self._read(batches[k + 1]) if k + 1 < len(batches) else None
+            elif isinstance(self.images, torch.Tensor):
                 idx = torch.tensor(batches[k], device=dev)
                 images, labels = self.images[idx], self.labels[idx]
             else:
