@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+import organseg.precision
 import organseg.study.demo as demo
 from organseg.cli.main import main
 from organseg.data.classes import SYNAPSE_CLASSES
@@ -27,7 +28,10 @@ def fast_demo(tmp_path_factory) -> tuple[Path, str, dict]:
     capture = tmp_path_factory.mktemp("log") / "stdout.txt"
     import contextlib
 
-    with capture.open("w") as f, contextlib.redirect_stdout(f):
+    # The CPU every test sees (tests/conftest.py: no bf16 flags), also here, outside any one test: the demo's
+    # precision follows it, and a later call in a test must plan the same runs to reuse them.
+    with pytest.MonkeyPatch.context() as mp, capture.open("w") as f, contextlib.redirect_stdout(f):
+        mp.setattr(organseg.precision, "cpu_info", lambda: ("test CPU without bf16 flags", frozenset()))
         result = run_demo(out, fast=True, device="cpu")
     return out, capture.read_text(), result
 
