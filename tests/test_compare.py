@@ -227,6 +227,15 @@ def test_infer_sweep_keys_ignores_seeds_models_and_runtime_keys():
     assert infer_sweep_keys(configs) == ["train.base_lr"]
 
 
+def test_the_horizons_runs_fitted_to_one_time_budget_are_no_sweep():
+    # Folds of one time budget fit a few iterations apart (train writes train.fitted_iterations): one group.
+    def cfg(fold, fitted):
+        train = {"seed": 1, "time_budget_min": 10.0, "fitted_iterations": fitted}
+        return {"model": {"name": "unet", "args": {}}, "data": {"fold": fold}, "train": train}
+
+    assert infer_sweep_keys([("unet", cfg(0, 286)), ("unet", cfg(1, 279)), ("unet", cfg(2, 285))]) == []
+
+
 # ----------------------------------------------------------------------------------------------- the study
 
 

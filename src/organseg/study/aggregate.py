@@ -51,7 +51,7 @@ from organseg.study.paired import PAIRS, study_paired
 from organseg.study.ranking import DEFAULT_RESAMPLES as RANK_RESAMPLES
 from organseg.study.ranking import study_ranking
 from organseg.study.runs import RunResult, common_class_names, find_runs, read_runs
-from organseg.training.config import RUNTIME_KEYS, flatten
+from organseg.training.config import RUNTIME_KEYS, TRAINER_KEYS, flatten
 
 # Per protocol, the summary fields a run contributes, in comparison.json's order: "stats" fields are
 # aggregated over seeds (:func:`_stats`), "first" fields (units, tolerances) are taken from the first run.
@@ -128,7 +128,8 @@ def cross_validation_record(out: Path, runs: Sequence[RunResult]) -> CrossValida
 
 def infer_sweep_keys(configs: Sequence[tuple[str, dict]]) -> list[str]:
     """Keys whose values differ between runs of the same network: what a study swept. ``configs`` are
-    (model name, config) pairs; seeds, the model and runtime keys never count."""
+    (model name, config) pairs; seeds, the model, runtime keys and the values train writes itself (the
+    horizon each run fitted to its time budget: runs of one budget fit a few iterations apart) never count."""
     by_model: dict[str, list[dict[str, Any]]] = {}
     for model, cfg in configs:
         by_model.setdefault(model, []).append(flatten(cfg))
@@ -136,7 +137,7 @@ def infer_sweep_keys(configs: Sequence[tuple[str, dict]]) -> list[str]:
     for flats in by_model.values():
         order = list(dict.fromkeys(k for f in flats for k in f))
         for k in order:
-            if k in NOT_SWEPT or k in RUNTIME_KEYS or k in keys:
+            if k in NOT_SWEPT or k in RUNTIME_KEYS or k in TRAINER_KEYS or k in keys:
                 continue
             if len({freeze(f.get(k)) for f in flats}) > 1:
                 keys.append(k)
