@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -179,12 +180,12 @@ def _dataset(cases: int = 3) -> ArrayDataset:
     return ArrayDataset([], {"test": vols}, class_names=("bg", "low", "high"))
 
 
-def test_evaluate_dataset_keeps_bf16_when_the_sample_agrees():
-    model, warnings = _PrecisionSensitive(bf16_shift=0.0), []
-    ds = _dataset()
+def _checked_bf16(model) -> tuple[Any, list[str]]:
+    """``evaluate_dataset`` in bf16 with the fp32 agreement check, and the warnings it gave."""
+    warnings: list[str] = []
     res = evaluate_dataset(
         model,
-        ds,
+        _dataset(),
         patch_size=32,
         precision="bf16",
         device=CPU,
@@ -192,6 +193,12 @@ def test_evaluate_dataset_keeps_bf16_when_the_sample_agrees():
         agreement_check=True,
         on_warning=warnings.append,
     )
+    return res, warnings
+
+
+def test_evaluate_dataset_keeps_bf16_when_the_sample_agrees():
+    model = _PrecisionSensitive(bf16_shift=0.0)
+    res, warnings = _checked_bf16(model)
     assert res.precision == "bf16" and not warnings
     rec = res.agreement
     assert rec is not None and rec["passed"] and rec["case"] == "case0" and rec["differing_voxels"] == 0
@@ -200,22 +207,12 @@ def test_evaluate_dataset_keeps_bf16_when_the_sample_agrees():
 
 
 def test_evaluate_dataset_falls_back_to_fp32_for_the_whole_run():
-    model, warnings = _PrecisionSensitive(bf16_shift=0.1), []
-    ds = _dataset()
-    res = evaluate_dataset(
-        model,
-        ds,
-        patch_size=32,
-        precision="bf16",
-        device=CPU,
-        progress=False,
-        agreement_check=True,
-        on_warning=warnings.append,
-    )
+    model = _PrecisionSensitive(bf16_shift=0.1)
+    res, warnings = _checked_bf16(model)
     assert res.precision == "fp32" and res.agreement is not None and not res.agreement["passed"]
     assert len(warnings) == 1 and "falling back to fp32" in warnings[0] and "case0" in warnings[0]
     assert model.calls == {"fp32": 9, "bf16": 3}  # only the sample in bf16
-    fp32 = evaluate_dataset(_PrecisionSensitive(0.1), ds, patch_size=32, device=CPU, progress=False)
+    fp32 = evaluate_dataset(_PrecisionSensitive(0.1), _dataset(), patch_size=32, device=CPU, progress=False)
     np.testing.assert_array_equal(res.reference, fp32.reference)  # the fp32 numbers, every case
 
 
