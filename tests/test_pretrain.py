@@ -273,3 +273,14 @@ def test_the_pretraining_preset_ships_apart_from_train_presets_and_is_simmims_re
         0.05,
     )
     assert resolve_pretrain_config(cfg) == cfg  # a run's config.yaml reads back as itself (resume)
+
+
+def test_pretraining_configures_every_data_key_the_training_loop_reads():
+    # The loop is train's: a data key train gains (as data.in_memory did) must be set or fixed here too.
+    from organseg.training.config import DEFAULTS
+    from organseg.training.pretrain import _FIXED, PRETRAIN_DEFAULTS
+
+    given = set(PRETRAIN_DEFAULTS["data"]) | set(_FIXED["data"])
+    assert set(DEFAULTS["data"]) <= given, set(DEFAULTS["data"]) - given
+    resolved = resolve_pretrain_config({})
+    assert resolved["data"]["in_memory"] == "auto"

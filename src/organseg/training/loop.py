@@ -12,6 +12,7 @@ import shutil
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -115,24 +116,33 @@ def train(
         owned=RUN_FILES,
     )
     check_output_dir(out_dir)
+    run_dir = Path(out_dir)
+    with run_session(cfg, run_dir, "train", RUN_FILES) as env:
+        return _train(cfg, open_dataset_for(data, cfg), run_dir, resume, env)
+
+
+@contextlib.contextmanager
+def run_session(cfg: dict, run_dir: Path, verb: str, files: tuple[str, ...]) -> Iterator[DistEnv]:
+    """The process around one run of ``verb`` (train, pretrain): the distributed environment it yields, the
+    run folder's lock, the configured threads and determinism, and on the way out the caller's threads,
+    determinism and cuDNN flags back (they are process-wide: tests, notebooks and compare call on) and, when
+    the run fails before its first checkpoint, the files it created (``files``: the verb's own) removed."""
     env = init_distributed(cfg["train"]["device"])
-    # Threads and determinism are process-wide: put them back for the caller (tests, notebooks, compare).
     cudnn = torch.backends.cudnn
     threads, strict = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     saved_cudnn = cudnn.benchmark, cudnn.deterministic
-    run_dir = Path(out_dir)
-    existed = {name for name in RUN_FILES if (run_dir / name).exists()} if run_dir.is_dir() else None
+    existed = {name for name in files if (run_dir / name).exists()} if run_dir.is_dir() else None
     # One writer per run folder (organseg.locks): rank 0 holds it; the lock file goes at the end, and the
     # folder too when this call created it and a failed fresh run left it empty.
-    with folder_lock(run_dir, "train", enabled=env.is_main):
+    with folder_lock(run_dir, verb, enabled=env.is_main):
         try:
             if cfg["train"]["threads"]:
                 torch.set_num_threads(cfg["train"]["threads"])
             set_deterministic(cfg["train"]["deterministic"])
-            return _train(cfg, open_dataset_for(data, cfg), run_dir, resume, env)
+            yield env
         except BaseException:
             if env.is_main:
-                _undo_fresh_run(run_dir, existed)
+                _undo_fresh_run(run_dir, existed, files)
             raise
         finally:
             torch.set_num_threads(threads)

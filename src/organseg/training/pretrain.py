@@ -31,13 +31,12 @@ from organseg.data.unlabeled import PretrainImages
 from organseg.errors import ConfigError, NoRoomError
 from organseg.fileio import check_output, check_output_dir
 from organseg.formatting import pyplot, save_figure
-from organseg.locks import folder_lock
 from organseg.models import check_model_name, create_model
 from organseg.models.pretrained import SIMMIM_FORMAT
 from organseg.run import TRAIN_FILES, RunDir
 from organseg.training.config import SCHEMA, _merge, check_network, load_config, presets_dir
-from organseg.training.distributed import derive_seed, init_distributed, set_deterministic, shutdown
-from organseg.training.loop import Trainer, _checkpoint, _resume_state, _undo_fresh_run
+from organseg.training.distributed import derive_seed
+from organseg.training.loop import Trainer, _checkpoint, _resume_state, run_session
 from organseg.training.schedule import make_optimizer, scheduled_lr
 from organseg.values import Rule, check_value
 
@@ -59,6 +58,7 @@ PRETRAIN_DEFAULTS: dict[str, Any] = {
     "data": {
         "sources": [],  # folders: prepared datasets (training split) or NIfTI / DICOM volumes (unlabeled.py)
         "max_train_slices": None,
+        "in_memory": "auto",  # as train's: unlabeled sets are often larger than memory (training.data)
         "subjects": None,
         "fold": None,  # a cross-validation fold whose held-out subjects stay unseen
         "folds": 5,
@@ -483,32 +483,17 @@ def pretrain(
     paths = {f"data.sources[{i}]": _source_path(s) for i, s in enumerate(cfg["data"]["sources"])}
     check_output(out_dir, paths, folder=True, owned=PRETRAIN_FILES)
     check_output_dir(out_dir)
-    env = init_distributed(cfg["train"]["device"])
-    threads, strict = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     run_dir = Path(out_dir)
-    existed = {n for n in PRETRAIN_FILES if (run_dir / n).exists()} if run_dir.is_dir() else None
-    with folder_lock(run_dir, "pretrain", enabled=env.is_main):
-        try:
-            if cfg["train"]["threads"]:
-                torch.set_num_threads(cfg["train"]["threads"])
-            set_deterministic(cfg["train"]["deterministic"])
-            if isinstance(sources, SegmentationDataset):
-                dataset = sources
-            else:
-                dataset = PretrainImages(cfg["data"]["sources"], cfg["data"])
-            state = _resume_state(cfg, dataset, run_dir, resume, env)
-            if state is not None and "simmim" not in state:
-                last = RunDir(run_dir).checkpoint("last")
-                raise ConfigError(f"{last}: a train run, not a pretraining run; pretrain into another --out")
-            return Pretrainer(cfg, dataset, run_dir, env, state).fit()
-        except BaseException:
-            if env.is_main:
-                _undo_fresh_run(run_dir, existed, PRETRAIN_FILES)
-            raise
-        finally:
-            torch.set_num_threads(threads)
-            set_deterministic(strict)
-            shutdown(env)
+    with run_session(cfg, run_dir, "pretrain", PRETRAIN_FILES) as env:
+        if isinstance(sources, SegmentationDataset):
+            dataset = sources
+        else:
+            dataset = PretrainImages(cfg["data"]["sources"], cfg["data"])
+        state = _resume_state(cfg, dataset, run_dir, resume, env)
+        if state is not None and "simmim" not in state:
+            last = RunDir(run_dir).checkpoint("last")
+            raise ConfigError(f"{last}: a train run, not a pretraining run; pretrain into another --out")
+        return Pretrainer(cfg, dataset, run_dir, env, state).fit()
 
 
 def _source_path(entry: Any) -> str | None:
