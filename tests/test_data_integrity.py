@@ -171,7 +171,8 @@ def _phantom(raw, cases: int = 3, **kw):
 def _prepare(raw, out, **kw):
     from organseg.data.prepare import prepare_synapse
 
-    split = {"train_cases": [1, 2], "test_cases": [3]}
+    # One worker: prepare runs in this process, where the tests' stand-ins for a kill or a full disk apply.
+    split = {"train_cases": [1, 2], "test_cases": [3], "workers": 1}
     return prepare_synapse(raw, out, progress=False, **{**split, **kw})
 
 

@@ -23,6 +23,7 @@ from organseg.data.phantom import write_phantom_set
 from organseg.data.prepare import prepare_synapse
 from organseg.errors import CheckpointError, OutputError
 from organseg.fileio import staged
+from organseg.reporting import report
 from organseg.run import RunDir
 from organseg.study import collect, parse_sets, run_study
 
@@ -205,6 +206,7 @@ def test_a_full_disk_during_test_leaves_no_summary(world, run, monkeypatch, caps
         return real(path, _enospc if str(path).endswith("overlay_slices.npz") else write, **kw)
 
     monkeypatch.setattr(fileio, "atomic_write", full_for_overlays)
+    monkeypatch.setattr(report, "atomic_write", full_for_overlays)  # the overlays' writer (test streams them)
     one_line_error(capsys, ["test", str(run), *data(world), *TEST], "overlay_slices.npz", "disk full")
     assert not (run / "results" / "test_last" / "summary.json").exists()
     assert RunDir(run).all_results() == []
