@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 
+from organseg.cli.train import add_run_options
 from organseg.values import FINITE, option
 
 
@@ -53,18 +54,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         metavar=("LO", "HI"),
         help="HU window of --intensity ct (default -125 275, Synapse's)",
     )
-    p.add_argument("--out", metavar="RUN_DIR", required=True, help="the run folder")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        metavar="KEY=VALUE",
-        action="append",
-        default=[],
-        help="override a configuration key, e.g. --set pretrain.mask_ratio=0.5 (repeatable; values are YAML)",
-    )
-    p.add_argument("--resume", action="store_true", help="continue RUN_DIR/checkpoints/last.pt if it exists")
-    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), help="same as --set train.precision=...")
-    p.add_argument("--device", help="auto, cpu, cuda or cuda:N (same as --set train.device=...)")
+    add_run_options(p, "pretrain.mask_ratio=0.5")
     return p
 
 

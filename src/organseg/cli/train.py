@@ -21,6 +21,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("config", metavar="PRESET_OR_YAML", help="a preset name or a YAML configuration file")
     p.add_argument("--data", metavar="DIR", help="dataset folder (else data.root of the configuration)")
+    add_run_options(p, "train.base_lr=0.01")
+    p.add_argument("--compile", action="store_true", help="torch.compile the network (train.compile=true)")
+    return p
+
+
+def add_run_options(p: argparse.ArgumentParser, example: str) -> None:
+    """The options of a verb that runs the training loop (train, pretrain): --out, --set, --resume,
+    --precision and --device; ``example`` is the --set example of its help."""
     p.add_argument("--out", metavar="RUN_DIR", required=True, help="the run folder")
     p.add_argument(
         "--set",
@@ -28,13 +36,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         action="append",
         default=[],
-        help="override a configuration key, e.g. --set train.base_lr=0.01 (repeatable; values are YAML)",
+        help=f"override a configuration key, e.g. --set {example} (repeatable; values are YAML)",
     )
     p.add_argument("--resume", action="store_true", help="continue RUN_DIR/checkpoints/last.pt if it exists")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), help="same as --set train.precision=...")
-    p.add_argument("--compile", action="store_true", help="torch.compile the network (train.compile=true)")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N (same as --set train.device=...)")
-    return p
 
 
 def run(args: argparse.Namespace) -> int:
