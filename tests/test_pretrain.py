@@ -13,6 +13,7 @@ import torch
 from helpers import fraction_phantom, one_line_error
 from organseg.checkpoint import read_checkpoint
 from organseg.cli.main import main
+from organseg.data.detect import open_dataset
 from organseg.data.unlabeled import PretrainImages
 from organseg.errors import ConfigError, DataError
 from organseg.imageio.volumes import Geometry, write_image
@@ -284,3 +285,43 @@ def test_pretraining_configures_every_data_key_the_training_loop_reads():
     assert set(DEFAULTS["data"]) <= given, set(DEFAULTS["data"]) - given
     resolved = resolve_pretrain_config({})
     assert resolved["data"]["in_memory"] == "auto"
+
+
+def _nnunet_raw(root):
+    import SimpleITK as sitk
+
+    for i, case in enumerate(("c1", "c2", "c3")):
+        img = np.random.default_rng(i).normal(size=(3, 8, 8)).astype(np.float32)
+        lab = (np.arange(192).reshape(3, 8, 8) % 2).astype(np.uint8)
+        (root / "imagesTr").mkdir(parents=True, exist_ok=True)
+        (root / "labelsTr").mkdir(parents=True, exist_ok=True)
+        sitk.WriteImage(sitk.GetImageFromArray(img), str(root / "imagesTr" / f"{case}_0000.nii.gz"))
+        sitk.WriteImage(sitk.GetImageFromArray(lab), str(root / "labelsTr" / f"{case}.nii.gz"))
+    meta = {"channel_names": {"0": "MRI"}, "labels": {"background": 0, "x": 1}, "numTraining": 3}
+    (root / "dataset.json").write_text(json.dumps({**meta, "file_ending": ".nii.gz"}))
+    return root
+
+
+def test_every_dataset_layout_is_a_source_and_its_labels_are_never_read(phantom, tmp_path):
+    root = _nnunet_raw(tmp_path / "nn")
+    slices = PretrainImages([str(root)]).train_slices()
+    training = open_dataset(root).train_slices()  # its own training split: the validation case stays out
+    assert len(slices) == len(training) == 6 and all(not s[1].any() for s in slices)
+    assert all(np.isfinite(s[0]).all() and s[0].min() >= 0 and s[0].max() <= 1 for s in slices)
+    synapse = PretrainImages([str(phantom)]).train_slices()
+    assert len(synapse) == 8 and not any(s[1].any() for s in synapse)  # the phantom's two training cases
+
+
+def test_acdc_and_real_ct_in_nifti_and_dicom_pretrain_together(acdc_dir, totalseg_dir, tmp_path):
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    (scans / "ct.nii.gz").symlink_to(totalseg_dir / "example_ct.nii.gz")
+    (scans / "series").symlink_to(totalseg_dir / "example_ct_dicom", target_is_directory=True)
+    fold = {"fold": 0, "folds": 5, "fold_seed": 12345, "subjects": None}
+    both = PretrainImages([str(acdc_dir), {"path": str(scans), "intensity": "ct"}], fold)
+    acdc_only = PretrainImages([str(acdc_dir)], fold)
+    n_ct = len(both.train_slices()) - len(acdc_only.train_slices())
+    assert n_ct == 112 + 20  # the NIfTI's axial slices and the DICOM series', one per image
+    kinds = [r["preprocessing"]["kind"] for r in both.records()]
+    assert kinds[1] == "ct_window" and len(kinds) == 2
+    assert 0 < len(acdc_only.train_slices()) < 1312  # ACDC's 1,312 training slices less the fold's held-out
