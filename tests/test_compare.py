@@ -180,6 +180,9 @@ def test_default_preset_follows_the_dataset():
     assert [p.config["train"]["batch_size"] for p in plans] == [16, 24]  # unet_acdc, swin_unet_acdc
     plans = plan_runs(["unet"], [1234], Sweep(), kind=None)  # own data: the Synapse recipe
     assert plans[0].config["val"]["every"] == 10
+    # a network with only a fast recipe is not mixed with the others' reference recipes: the error says how
+    with pytest.raises(ConfigError, match=r'nnunet_2d_acdc_fast; .*--preset "\{model\}_acdc_fast"'):
+        plan_runs(["unet", "nnunet_2d"], [1234], Sweep(), kind="acdc")
 
 
 def test_stats_mean_and_sample_std():

@@ -1233,6 +1233,15 @@ add(
     group="options",
 )
 add(
+    "compare--models-no-reference-preset",
+    "compare",
+    "--models with a network that has only a fast preset, and no --preset",
+    COMPARE_SETUP,
+    [*replace_opt(COMPARE, "--models", None), "--models", "unet", "nnunet_2d"],
+    ["nnunet_2d_synapse_fast"],
+    group="options",
+)
+add(
     "compare--preset-missing-yaml",
     "compare",
     "--preset is a YAML file that does not exist",

@@ -14,7 +14,13 @@ from typing import Any
 from organseg.errors import ConfigError
 from organseg.models import is_builtin, is_external, list_models, model_name_problem
 from organseg.study.comparison import Comparison
-from organseg.training.config import apply_overrides, load_config, parse_override, resolve_config
+from organseg.training.config import (
+    apply_overrides,
+    list_presets,
+    load_config,
+    parse_override,
+    resolve_config,
+)
 from organseg.values import SEED, check_value
 
 DEFAULT_SEED = 1234  # the reference recipe's seed
@@ -140,7 +146,15 @@ def preset_for(template: str | None, model: str, kind: str | None) -> str:
                 f"--models {model}: a network of one's own has no preset of its own; name the recipe it "
                 "trains with: --preset unet_synapse (or a YAML file; see docs/networks.md)"
             )
-        return f"{model}_{kind or 'synapse'}"
+        name = f"{model}_{kind or 'synapse'}"
+        if name not in list_presets() and f"{name}_fast" in list_presets():
+            # the networks of the field have no published recipe to reproduce, only the fast one; mixing it
+            # with the other networks' reference recipes would compare recipes, not networks
+            raise ConfigError(
+                f"--models {model}: no reference preset ({name}), only {name}_fast; compare every network "
+                f'with its fast recipe: --preset "{{model}}_{kind or "synapse"}_fast"'
+            )
+        return name
     try:
         return template.format(model=model)
     except (KeyError, IndexError, ValueError) as exc:
