@@ -25,7 +25,7 @@ from organseg.checkpoint import atomic_torch_save, make_checkpoint  # noqa: E402
 from organseg.cli.main import main  # noqa: E402
 from organseg.data.classes import SYNAPSE_CLASSES  # noqa: E402
 from organseg.data.preprocess import ct_window_spec  # noqa: E402
-from organseg.errors import CheckpointError, ConfigError  # noqa: E402
+from organseg.errors import CheckpointError, ConfigError, ExtraNotInstalledError  # noqa: E402
 from organseg.inference.engine import predict_volume  # noqa: E402
 from organseg.inference.onnx import PARITY_TOLERANCE, OnnxModel, is_onnx_path, load_onnx  # noqa: E402
 from organseg.inference.targets import checkpoint_patch_size  # noqa: E402
@@ -350,3 +350,13 @@ def test_a_killed_exports_temporaries_are_swept_by_the_next_export(tmp_path: Pat
     assert main(["export", str(ckpt), "--onnx", str(out)]) == 0
     kept = sorted(p.name for p in out.parent.iterdir())
     assert kept == sorted(["m.onnx", *(n for n, (_, keep) in left.items() if keep)])
+
+
+def test_a_missing_onnxruntime_is_one_error_naming_the_extra(tmp_path, monkeypatch):
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"not read")
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import raises ImportError, as when not installed
+    needs = r"onnxruntime, not installed: pip install 'organseg\[onnx\]'"
+    with pytest.raises(ExtraNotInstalledError, match=needs):
+        load_onnx(model)
+    assert issubclass(ExtraNotInstalledError, ConfigError)  # the CLI's one-line error family

@@ -25,8 +25,8 @@ class UnknownModelError(ConfigError):
 
 
 class ExtraNotInstalledError(ConfigError):
-    """A network's library is an optional extra that is not installed. The message names the network, the
-    missing package and the ``pip install 'organseg[EXTRA]'`` that brings it."""
+    """An optional extra is not installed (a network's library, ONNX support). The message names what needs
+    it, the missing package and the ``pip install 'organseg[EXTRA]'`` that brings it."""
 
 
 class OutputError(OrgansegError):

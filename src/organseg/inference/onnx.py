@@ -51,7 +51,7 @@ from organseg.checkpoint import (
     read_checkpoint,
 )
 from organseg.data.preprocess import validate_spec
-from organseg.errors import CheckpointError, ConfigError, OrgansegError
+from organseg.errors import CheckpointError, ConfigError, ExtraNotInstalledError
 from organseg.fileio import atomic_write_bytes, check_output_file, file_sha256
 from organseg.inference.official import with_reference_defaults
 from organseg.inference.targets import checkpoint_patch_size, resolve_target
@@ -67,10 +67,6 @@ _EXTRA = "pip install 'organseg[onnx]'"
 _PROTOBUF_LIMIT = 2**31 - 1  # one serialized ModelProto; beyond it ONNX needs external data files
 
 
-class MissingExtraError(OrgansegError):
-    """An optional package of the ``onnx`` extra is not installed."""
-
-
 def _require(*names: str) -> None:
     missing = []
     for name in names:
@@ -79,7 +75,7 @@ def _require(*names: str) -> None:
         except ImportError:
             missing.append(name)
     if missing:
-        raise MissingExtraError(f"ONNX support needs {', '.join(missing)}, not installed: {_EXTRA}")
+        raise ExtraNotInstalledError(f"ONNX support needs {', '.join(missing)}, not installed: {_EXTRA}")
 
 
 def is_onnx_path(path: str | Path) -> bool:
