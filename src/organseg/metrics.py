@@ -246,7 +246,7 @@ def _hd95_of(distances: dict[int, tuple[np.ndarray, np.ndarray]]) -> dict[int, f
     return {c: float(np.percentile(np.hstack(d), 95)) for c, d in distances.items()}
 
 
-def _tolerances(tolerance_mm: float | Sequence[float] | None, num_classes: int) -> np.ndarray:
+def nsd_tolerances(tolerance_mm: float | Sequence[float] | None, num_classes: int) -> np.ndarray:
     """One NSD tolerance per foreground class from a scalar, a per-class sequence or None (the default)."""
     tol = DEFAULT_NSD_TOLERANCE_MM if tolerance_mm is None else tolerance_mm
     arr = np.atleast_1d(np.asarray(tol, dtype=np.float64))
@@ -297,7 +297,7 @@ def surface_metrics(
     """
     pred, gt = _check_labels(pred, gt, num_classes)
     sampling = _sampling(spacing, pred.ndim)
-    tolerances = _tolerances(tolerance_mm, num_classes)
+    tolerances = nsd_tolerances(tolerance_mm, num_classes)
     n_pred, n_gt, _ = _counts(pred, gt, num_classes)
     both = [c for c in range(1, num_classes) if n_pred[c] and n_gt[c]]
     (dist,) = _directed_distances(pred, gt, num_classes, both, [sampling])
@@ -355,7 +355,7 @@ def case_metrics_all(
     (C-1, 2) NSD and ASSD as :func:`surface_metrics`, "presence": (C-1, 2) bool}``."""
     pred, gt = _check_labels(pred, gt, num_classes)
     sampling = _sampling(spacing, pred.ndim)
-    tolerances = _tolerances(tolerance_mm, num_classes)
+    tolerances = nsd_tolerances(tolerance_mm, num_classes)
     n_pred, n_gt, n_both = _counts(pred, gt, num_classes)
     both = [c for c in range(1, num_classes) if n_pred[c] and n_gt[c]]
     d_ref, d_corr = _directed_distances(pred, gt, num_classes, both, [None, sampling])

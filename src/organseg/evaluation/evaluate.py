@@ -31,7 +31,7 @@ from organseg.evaluation.agreement import agreement_record, describe
 from organseg.fileio import staged
 from organseg.formatting import json_number
 from organseg.inference.engine import predict_turned, volume_turn
-from organseg.metrics import SURFACE_METRICS, _tolerances, case_metrics_all
+from organseg.metrics import SURFACE_METRICS, case_metrics_all, nsd_tolerances
 from organseg.progress import progress_bar
 from organseg.results import (
     AgreementRecord,
@@ -396,7 +396,7 @@ def evaluate_dataset(
     if not case_ids:
         raise DataError(f"{dataset.location}: the {split!r} split has no cases")
     num_classes = dataset.num_classes
-    tolerances = _tolerances(nsd_tolerance_mm, num_classes)  # a bad value fails before any prediction
+    tolerances = nsd_tolerances(nsd_tolerance_mm, num_classes)  # a bad value fails before any prediction
     ref, corr, pres, spacings, surf, slices = [], [], [], [], [], []
     infer_seconds = 0.0
     check = agreement_check and precision != "fp32" and not reference_loop

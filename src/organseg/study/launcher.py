@@ -45,7 +45,7 @@ from organseg.evaluation.tester import run_test
 from organseg.fileio import atomic_write_text
 from organseg.run import RunDir
 from organseg.stopping import StopSignal
-from organseg.study.runner import _fresh_results, run_state
+from organseg.study.runner import fresh_results, run_state
 from organseg.training import train
 from organseg.training.loop import TrainingDiverged
 from organseg.values import POSITIVE_INT, Rule, option
@@ -153,7 +153,7 @@ class GridPointJob:
         precision = cfg["train"]["precision"]
         rd = RunDir(run_dir)
         ckpt = rd.checkpoint(self.checkpoint)
-        if not _fresh_results(rd.results(self.split, self.checkpoint), ckpt, precision):
+        if not fresh_results(rd.results(self.split, self.checkpoint), ckpt, precision):
             run_test(  # as the local runner: no viewer pages for a study's many runs
                 run_dir,
                 data=dataset,
@@ -274,7 +274,7 @@ class SubmititLauncher:
             run_dir = Path(runs_dir) / plan.name
             rd = RunDir(run_dir)
             precision = plan.config["train"]["precision"]
-            fresh = _fresh_results(rd.results(split, checkpoint), rd.checkpoint(checkpoint), precision)
+            fresh = fresh_results(rd.results(split, checkpoint), rd.checkpoint(checkpoint), precision)
             state = states[plan.name] if states and plan.name in states else run_state(run_dir, plan.config)
             if state[0] == "complete" and fresh:
                 continue  # the study reports it as reused

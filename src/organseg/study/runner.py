@@ -72,7 +72,7 @@ def run_state(run_dir: Path, cfg: dict) -> tuple[str, int]:
     return ("complete" if done >= target or spent else "partial"), done
 
 
-def _fresh_results(results: ResultsDir, checkpoint: Path, precision: str) -> bool:
+def fresh_results(results: ResultsDir, checkpoint: Path, precision: str) -> bool:
     """Whether the results are the test of this very checkpoint on the whole split at ``precision`` (the
     one rule: :meth:`organseg.run.ResultsDir.stale`); the cluster launcher asks it too."""
     return results.stale(checkpoint, precision=precision) is None

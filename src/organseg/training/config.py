@@ -184,7 +184,7 @@ def apply_overrides(cfg: dict, items: list[str] | tuple[str, ...]) -> dict:
     return cfg
 
 
-def _merge(defaults: dict, given: dict, prefix: str = "") -> dict:
+def merge_config(defaults: dict, given: dict, prefix: str = "") -> dict:
     out = copy.deepcopy(defaults)
     for key, value in given.items():
         name = f"{prefix}{key}"
@@ -194,7 +194,7 @@ def _merge(defaults: dict, given: dict, prefix: str = "") -> dict:
         if isinstance(defaults[key], dict) and name != "model.args":
             if not isinstance(value, dict):
                 raise ConfigError(f"configuration key {name!r} must be a section (mapping)")
-            out[key] = _merge(defaults[key], value, f"{name}.")
+            out[key] = merge_config(defaults[key], value, f"{name}.")
         else:
             out[key] = copy.deepcopy(value)
     return out
@@ -258,7 +258,7 @@ SCHEMA: dict[str, Rule] = {
 def resolve_config(cfg: dict, data_root: str | Path | None = None) -> dict:
     """Merge with :data:`DEFAULTS`, fill ``data.root``, and check every value against :data:`SCHEMA`;
     raises ConfigError naming the key. Exact conversions are recorded ("1e-3" is stored as 0.001)."""
-    out = _merge(DEFAULTS, cfg or {})
+    out = merge_config(DEFAULTS, cfg or {})
     if data_root is not None:
         out["data"]["root"] = str(data_root)
     if isinstance(out["data"]["root"], Path):

@@ -79,7 +79,7 @@ def open_dataset_for(data: str | Path | SegmentationDataset | None, cfg: dict) -
     return resolve_dataset(data, cfg, "no training data: pass --data DIR (or set data.root)")
 
 
-def _checkpoint(model: nn.Module, cfg: dict, args: dict, data: SegmentationDataset, **state: Any) -> dict:
+def run_checkpoint(model: nn.Module, cfg: dict, args: dict, data: SegmentationDataset, **state: Any) -> dict:
     return make_checkpoint(
         model,
         model_name=cfg["model"]["name"],
@@ -180,11 +180,11 @@ def _previous_env(run_dir: Path) -> dict[str, Any]:
 def _train(
     cfg: dict, dataset: SegmentationDataset, run_dir: Path, resume: bool, env: DistEnv
 ) -> dict[str, Any]:
-    state = _resume_state(cfg, dataset, run_dir, resume, env)
+    state = resume_state(cfg, dataset, run_dir, resume, env)
     return Trainer(cfg, dataset, run_dir, env, state).fit()
 
 
-def _resume_state(
+def resume_state(
     cfg: dict, dataset: SegmentationDataset, run_dir: Path, resume: bool, env: DistEnv
 ) -> dict[str, Any] | None:
     """The checked ``last.pt`` to continue, or None for a fresh start. Rank 0 reads it and hands it (or the
@@ -349,7 +349,7 @@ class Trainer:
         if not self.main:
             return
         per_epoch = self.iterations_per_epoch
-        ckpt = _checkpoint(
+        ckpt = run_checkpoint(
             self.model,
             self.cfg,
             self.model_args,

@@ -34,9 +34,9 @@ from organseg.formatting import pyplot, save_figure
 from organseg.models import check_model_name, create_model
 from organseg.models.pretrained import SIMMIM_FORMAT
 from organseg.run import TRAIN_FILES, RunDir
-from organseg.training.config import SCHEMA, _merge, check_network, load_config, presets_dir
+from organseg.training.config import SCHEMA, check_network, load_config, merge_config, presets_dir
 from organseg.training.distributed import derive_seed
-from organseg.training.loop import Trainer, _checkpoint, _resume_state, run_session
+from organseg.training.loop import Trainer, resume_state, run_checkpoint, run_session
 from organseg.training.schedule import make_optimizer, scheduled_lr
 from organseg.values import Rule, check_value
 
@@ -136,7 +136,7 @@ def resolve_pretrain_config(cfg: dict | None) -> dict:
                     del given[section][key]
             if section in ("val", "checkpoint") and not given[section]:
                 del given[section]
-    out = _merge(PRETRAIN_DEFAULTS, given)
+    out = merge_config(PRETRAIN_DEFAULTS, given)
     for name, rule in PRETRAIN_SCHEMA.items():
         section, key = name.split(".")
         out[section][key] = check_value(name, out[section][key], rule)
@@ -345,7 +345,7 @@ class Pretrainer(Trainer):
         if not (self.main and full):
             return  # no best.pt (no validation) and no epoch_N.pt: last.pt and the encoder file
         state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
-        ckpt = _checkpoint(self.model, self.cfg, self.model_args, self.dataset, dataset=self.data_record)
+        ckpt = run_checkpoint(self.model, self.cfg, self.model_args, self.dataset, dataset=self.data_record)
         ckpt["model"] = {k: v for k, v in state.items() if k.startswith("swin_unet.")}
         own = {k: v for k, v in state.items() if not k.startswith("swin_unet.")}
         ckpt.update(
@@ -489,7 +489,7 @@ def pretrain(
             dataset = sources
         else:
             dataset = PretrainImages(cfg["data"]["sources"], cfg["data"])
-        state = _resume_state(cfg, dataset, run_dir, resume, env)
+        state = resume_state(cfg, dataset, run_dir, resume, env)
         if state is not None and "simmim" not in state:
             last = RunDir(run_dir).checkpoint("last")
             raise ConfigError(f"{last}: a train run, not a pretraining run; pretrain into another --out")
