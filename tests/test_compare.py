@@ -214,6 +214,22 @@ def test_relative_hd95_change_is_against_the_baseline_at_the_same_sweep_values()
     assert rel[0]["reference"]["dice_points"] == pytest.approx(2.0)
 
 
+def test_the_seed_write_ups_hd95_change_is_quoted_only_beside_swin_unet_against_unet():
+    from organseg.study.outputs import _relative
+
+    def comparison(model, baseline):
+        change = {"hd95_change": -0.2, "dice_points": 1.0}
+        row = {"model": model, "baseline": baseline, "sweep": {}, "reference": change, "corrected": change}
+        published = {"relative_hd95": {model: -0.457 if model == "swin_unet" else 0.84}}
+        return {"relative": [row], "baseline": baseline, "models": [baseline, model], "published": published}
+
+    assert "write-up measured −14% (Swin-Unet against U-Net)" in "\n".join(
+        _relative(comparison("swin_unet", "unet"))
+    )
+    other = "\n".join(_relative(comparison("unet", "swin_unet")))
+    assert "Published (Swin-Unet paper): unet +84.0%." in other and "14%" not in other
+
+
 def test_infer_sweep_keys_ignores_seeds_models_and_runtime_keys():
     def cfg(model, seed, lr, device, batch):
         return {
