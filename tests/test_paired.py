@@ -203,6 +203,12 @@ def test_verdict_states_only_what_the_records_give() -> None:
     assert "smallest p the exact Wilcoxon" not in text  # 12 cases can reach significance
     few = " ".join(verdict_markdown(recs, cost, {"cases": 4, "alpha": ALPHA}))
     assert "smallest p the exact Wilcoxon test can give is 0.12" in few
+    # a third network against the same baseline: the baseline's cost is told once, each pair's FLOP ratio
+    third = [{**r, "model_b": "nnunet_2d"} for r in recs]
+    cost.append({"model": "nnunet_2d", "sweep": {}, "params": 5e6, "gflops_per_image": 8.0})
+    three = " ".join(verdict_markdown(recs + third, cost, {"cases": 12, "alpha": ALPHA}))
+    assert three.count("unet has 2.00 M parameters") == 1 and three.count("nnunet_2d has 5.00 M") == 1
+    assert "Per image unet needs 2.0× fewer FLOPs than nnunet_2d" in three
 
 
 # ------------------------------------------------------------------------------------------ subjects

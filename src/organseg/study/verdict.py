@@ -203,13 +203,20 @@ def _p_floor(recs: Sequence[PairedRecord], settings: PairedSettings) -> str:
     return ""
 
 
-def _cost_sentence(cost: Sequence[dict[str, Any]], a: str, b: str, sweep: dict[str, Any]) -> str:
+def _cost_sentence(
+    cost: Sequence[dict[str, Any]], a: str, b: str, sweep: dict[str, Any], told: set[tuple[str, str]]
+) -> str:
+    """What A and B cost, each network's figures told once per swept values (``told`` collects them: with
+    several networks against one baseline, the baseline's figures are in the first paragraph only); the FLOP
+    ratio of the pair always."""
     by = {c["model"]: c for c in cost if (c.get("sweep") or {}) == sweep}
     parts = []
     for m in (a, b):
         c = by.get(m)
-        if c is None:
+        key = (m, json.dumps(sweep, sort_keys=True, default=str))
+        if c is None or key in told:
             continue
+        told.add(key)
         bits = []
         if c.get("params") is not None:
             bits.append(f"{num(c['params'] / 1e6)} M parameters")
@@ -228,7 +235,8 @@ def _cost_sentence(cost: Sequence[dict[str, Any]], a: str, b: str, sweep: dict[s
     if ca and cb and ca.get("gflops_per_image") and cb.get("gflops_per_image"):
         ratio = ca["gflops_per_image"] / cb["gflops_per_image"]
         cheaper, other, k = (b, a, ratio) if ratio >= 1 else (a, b, 1 / ratio)
-        text += f". Per image {cheaper} needs {num(k, '.1f')}× fewer FLOPs than {other}"
+        flops = f"Per image {cheaper} needs {num(k, '.1f')}× fewer FLOPs than {other}"
+        text = f"{text}. {flops}" if text else flops
     return f"Cost: {text}." if text else ""
 
 
@@ -240,6 +248,7 @@ def verdict_markdown(
     if not paired:
         return []
     lines = ["## Verdict", ""]
+    told: set[tuple[str, str]] = set()
     for a, b, sweep_json in _pairs(paired):
         sweep = json.loads(sweep_json)
         recs = [r for r in paired if _key(r) == (a, b, sweep_json)]
@@ -281,7 +290,7 @@ def verdict_markdown(
         floor = _p_floor(recs, settings)
         if floor:
             sentences.append(floor)
-        cost_text = _cost_sentence(cost, a, b, sweep)
+        cost_text = _cost_sentence(cost, a, b, sweep, told)
         if cost_text:
             sentences.append(cost_text)
         lines += [" ".join(sentences), ""]
