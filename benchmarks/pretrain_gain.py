@@ -245,7 +245,8 @@ def _figure(rows: list[dict], path: Path) -> None:
     bx.set_ylabel("SimMIM loss, L1 on masked pixels (moving mean)")
     for a in (ax, bx):
         a.grid(alpha=0.3)
-        a.legend(fontsize=7)
+        if a.get_legend_handles_labels()[0]:
+            a.legend(fontsize=7)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     print(f"figure: {path}")

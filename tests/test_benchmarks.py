@@ -25,6 +25,7 @@ from _common import run_child  # noqa: E402
         "bench_train.py",
         "profile_step.py",
         "time_to_accuracy.py",
+        "pretrain_gain.py",
     ],
 )
 def test_benchmark_script_starts(script):

@@ -325,3 +325,34 @@ def test_acdc_and_real_ct_in_nifti_and_dicom_pretrain_together(acdc_dir, totalse
     kinds = [r["preprocessing"]["kind"] for r in both.records()]
     assert kinds[1] == "ct_window" and len(kinds) == 2
     assert 0 < len(acdc_only.train_slices()) < 1312  # ACDC's 1,312 training slices less the fold's held-out
+
+
+def test_the_pretraining_study_report_pairs_each_arm_with_scratch_by_subject(
+    pretrained, phantom, tmp_path, capsys
+):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import pretrain_gain
+
+    weights = pretrained[0] / ENCODER_FILE
+    for name, start in (("swin_scratch1_s1", None), ("swin_pre1_acdc_ft1_s1", str(weights))):
+        cfg = {
+            "model": {"name": "swin_unet", "args": SWIN_ARGS, "pretrained": start},
+            "train": {"img_size": 32, "batch_size": 4, "max_iterations": 2, "progress": False, "threads": 1},
+            "val": {"every": 0},
+        }
+        train(cfg, phantom, tmp_path / name)
+        assert (
+            main(["test", str(tmp_path / name), "--split", "val", "--checkpoint", "last", "--no-viewer"]) == 0
+        )
+    capsys.readouterr()
+    args = type("A", (), {"root": str(tmp_path), "figure": str(tmp_path / "gain.png")})
+    assert pretrain_gain.report(args) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| swin_")]
+    assert [r.split("|")[1].strip() for r in rows] == ["swin_scratch1", "swin_pre1_acdc_ft1"]
+    pre = [c.strip() for c in rows[1].strip("|").split("|")]
+    assert " + " in pre[2] and pre[-1].endswith("(vs swin_scratch1)") and "p=" in pre[-1]
+    assert rows[0].rstrip(" |").endswith("–")  # scratch is the baseline
+    assert (tmp_path / "gain.png").stat().st_size > 1000
