@@ -10,12 +10,17 @@ was chosen on (the fast presets were tuned on the separate validation patients).
     python benchmarks/pretrain_gain.py run pretrain --pretrain-min 20 --finetune-min 40 60 --seed 1234
     python benchmarks/pretrain_gain.py run pretrain --pretrain-min 20 --finetune-min 40 60 --seed 1234 \\
         --volumes CT_FOLDER --tag acdcct                   # ACDC images + CT volumes (another modality)
+    python benchmarks/pretrain_gain.py run probe --pretrain-min 5 --lrs 1e-4 5e-4 1e-3 2e-3   # the LR check
+    python benchmarks/pretrain_gain.py run pretrain --pretrain-lr 1e-3 --finetune-min 40   # tag acdclr1e-3
     python benchmarks/pretrain_gain.py report studies/pretrain --figure docs/figures/pretrain_gain.png
 
 ``run`` names its run folders ``swin_scratch{T}_s{seed}``, ``unet_scratch{T}_s{seed}``,
-``pre{P}_{tag}_s{seed}`` and ``swin_pre{P}_{tag}_ft{F}_s{seed}`` under ``--out-root``, resumes an interrupted
+``pre{P}_{tag}_s{seed}``, ``swin_pre{P}_{tag}_ft{F}_s{seed}`` and ``probe{P}_lr{LR}_s{seed}`` under
+``--out-root``, resumes an interrupted
 run (the same command) and tests each finished run with ``organseg test --split val`` (the fold's held-out
-subjects). ``report`` groups the folders by arm (the name without ``_s{seed}``), counts an arm's CPU minutes
+subjects). ``probe`` pretrains only, once per learning rate, for the recipe check: which rate lowers the
+masked-pixel loss most within the budget (training images only, so no held-out subject takes part in the
+choice). ``report`` groups the folders by arm (the name without ``_s{seed}``), counts an arm's CPU minutes
 as its pretraining's plus its fine-tuning's training seconds, and compares each arm with the Swin-Unet from
 scratch at the same total minutes by subject (a patient's mean over its ED and ES frames; paired bootstrap
 interval and Wilcoxon signed-rank p from ``organseg.study.paired``), with the training-loss curves drawn
@@ -86,29 +91,59 @@ def _train(
 def run(args: argparse.Namespace) -> int:
     root = Path(args.out_root)
     s = args.seed
+    if args.lane == "probe":
+        for lr in args.lrs:
+            out = root / f"probe{args.pretrain_min:g}_lr{lr}_s{s}"
+            if not (out / "summary.json").exists():
+                _pretrain(out, args, ["--set", f"train.base_lr={lr}"])
+        return 0
     if args.lane in ("scratch", "unet"):
         net = "swin_unet" if args.lane == "scratch" else "unet"
         folder = root / f"{net.split('_')[0]}_scratch{args.minutes:g}_s{s}"
         _train(f"{net}_acdc_fast", folder, args.minutes, args)
         return 0
-    pre = root / f"pre{args.pretrain_min:g}_{args.tag}_s{s}"
-    if not (pre / "pretrained.pt").exists():
-        sources = ["--data", str(args.data)]
-        for folder in args.volumes or []:
-            sources += ["--volumes", folder, "--intensity", "ct", "--window", *map(str, args.window)]
-        resume = ["--resume"] if (pre / "checkpoints" / "last.pt").exists() else []
-        _organseg(
-            "pretrain", *sources, "--out", str(pre), *resume, *_common(args),
-            "--set", f"train.time_budget_min={args.pretrain_min:g}", "--precision", "bf16",
-        )  # fmt: skip
+    tag = args.tag or ("acdc" if args.pretrain_lr is None else f"acdclr{args.pretrain_lr}")
+    pre = root / f"pre{args.pretrain_min:g}_{tag}_s{s}"
+    if not (pre / "summary.json").exists():
+        lr = [] if args.pretrain_lr is None else ["--set", f"train.base_lr={args.pretrain_lr}"]
+        _pretrain(pre, args, lr)
     for minutes in args.finetune_min:
-        run_dir = root / f"swin_pre{args.pretrain_min:g}_{args.tag}_ft{minutes:g}_s{s}"
+        run_dir = root / f"swin_pre{args.pretrain_min:g}_{tag}_ft{minutes:g}_s{s}"
         weights = ("--set", f"model.pretrained={pre / 'pretrained.pt'}")
         _train("swin_unet_acdc_fast", run_dir, minutes, args, weights)
     return 0
 
 
+def _pretrain(out: Path, args: argparse.Namespace, extra: Sequence[str]) -> None:
+    sources = ["--data", str(args.data)]
+    for folder in args.volumes or []:
+        sources += ["--volumes", folder, "--intensity", "ct", "--window", *map(str, args.window)]
+    resume = ["--resume"] if (out / "checkpoints" / "last.pt").exists() else []
+    _organseg(
+        "pretrain", *sources, "--out", str(out), *resume, *_common(args),
+        "--set", f"train.time_budget_min={args.pretrain_min:g}", "--precision", "bf16", *extra,
+    )  # fmt: skip
+
+
 # ------------------------------------------------------------------------------------------------ report
+
+
+def probe_table(root: Path) -> list[str]:
+    """The learning-rate check: per probe run, its iterations and the mean masked-pixel loss of its last 10 %
+    of iterations (the schedule's end, where the rate has decayed)."""
+    lines = []
+    for d in sorted(root.glob("probe*_lr*_s*")):
+        run = RunDir(d)
+        if run.summary() is None:
+            continue
+        losses = [r["loss"] for r in run.metrics() if r.get("kind") == "train"]
+        late = losses[-max(1, len(losses) // 10) :]
+        lr = run.config["train"]["base_lr"]
+        lines.append(f"| {d.name} | {lr:g} | {len(losses)} | {_minutes(run):.1f} | {np.mean(late):.4f} |")
+    if not lines:
+        return []
+    head = "| probe | learning rate | iterations | minutes | masked-pixel L1, last 10 % of iterations |"
+    return [head, "|---|---|---|---|---|", *lines, ""]
 
 
 def _minutes(run: RunDir) -> float:
@@ -189,6 +224,7 @@ def report(args: argparse.Namespace) -> int:
                      "stats": stats, "network": runs[0].config["model"]["name"]})  # fmt: skip
     rows.sort(key=lambda r: (r["network"] != "swin_unet", r["pre_min"] > 0, r["total"]))
     scratch = [r for r in rows if r["network"] == "swin_unet" and not r["pre_min"]]
+    print("\n".join(probe_table(root)))
     print(f"runs under {root}; reference protocol, DSC in %, statistics by subject (patient)\n")
     head = ["arm", "seeds", "CPU min (pretrain + fine-tune)", "fine-tune images", "mean DSC [95 % CI]",
             *names, "HD95 (vox)", "vs Swin-Unet from scratch: ΔDSC [95 % CI], p, wins/losses"]  # fmt: skip
@@ -256,7 +292,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="verb", required=True)
     r = sub.add_parser("run", help="one lane: train (and pretrain) then test")
-    r.add_argument("lane", choices=("scratch", "unet", "pretrain"))
+    r.add_argument("lane", choices=("scratch", "unet", "pretrain", "probe"))
     r.add_argument("--out-root", default="studies/pretrain")
     r.add_argument("--data", default=str(ACDC))
     r.add_argument("--fold", type=int, default=0)
@@ -267,7 +303,9 @@ def main() -> int:
     r.add_argument("--finetune-min", type=float, nargs="+", default=[40, 60])
     r.add_argument("--volumes", action="append", help="a folder of CT volumes to pretrain on as well")
     r.add_argument("--window", type=float, nargs=2, default=(-125, 275), help="CT window of --volumes")
-    r.add_argument("--tag", default="acdc", help="names the pretraining data in the run folders")
+    r.add_argument("--pretrain-lr", help="pretraining learning rate (default: the preset's)")
+    r.add_argument("--lrs", nargs="+", default=["1e-4", "5e-4", "1e-3", "2e-3"], help="probe: the rates")
+    r.add_argument("--tag", help="names the pretraining in the run folders (default acdc, acdclr<LR>)")
     r.add_argument("--set", action="append", help="KEY=VALUE for every train / pretrain of the lane")
     r.set_defaults(fn=run)
     q = sub.add_parser("report", help="the table (Markdown) and the loss curves")
