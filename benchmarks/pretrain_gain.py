@@ -227,27 +227,40 @@ def report(args: argparse.Namespace) -> int:
     print("\n".join(probe_table(root)))
     print(f"runs under {root}; reference protocol, DSC in %, statistics by subject (patient)\n")
     head = ["arm", "seeds", "CPU min (pretrain + fine-tune)", "fine-tune images", "mean DSC [95 % CI]",
-            *names, "HD95 (vox)", "vs Swin-Unet from scratch: ΔDSC [95 % CI], p, wins/losses"]  # fmt: skip
+            *names, "HD95 (vox)", "vs Swin-Unet from scratch: ΔDSC [95 % CI], p, wins/losses",
+            "ΔHD95 [95 % CI], p"]  # fmt: skip
     print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
     for r in rows:
         st = r["stats"]
         m = st["mean"]
         ci = f"{100 * m['mean']:.2f} [{100 * m['ci_low']:.2f}, {100 * m['ci_high']:.2f}]"
-        versus = "–"
+        versus = hd_versus = "–"
         base = min(scratch, key=lambda b: abs(b["total"] - r["total"]), default=None)
         if base is not None and base is not r and r["network"] == "swin_unet":
             recs, _, _ = paired_from_runs(
                 [b.path / RESULTS for b in base["runs"]], [x.path / RESULTS for x in r["runs"]],
                 class_names, columns, ("reference",),
             )  # fmt: skip
-            d = next(x for x in recs if x["organ"] == "mean" and x["metric"] == "dice")
+            d, h = (
+                next(x for x in recs if x["organ"] == "mean" and x["metric"] == m) for m in ("dice", "hd95")
+            )
             versus = (
                 f"{100 * d['diff']:+.2f} [{100 * d['ci_low']:+.2f}, {100 * d['ci_high']:+.2f}], "
                 f"p={d['p']:.2g}, {d['wins']}/{d['losses']} (vs {base['arm']})"
             )
+            hd_versus = f"{h['diff']:+.2f} [{h['ci_low']:+.2f}, {h['ci_high']:+.2f}], p={h['p']:.2g}"
         minutes = f"{r['pre_min']:.1f} + {r['ft_min']:.1f}" if r["pre_min"] else f"{r['ft_min']:.1f}"
-        cells = [r["arm"], str(len(r["runs"])), minutes, f"{r['images']:,.0f}", ci,
-                 *(f"{100 * st[n]['mean']:.2f}" for n in names), f"{st['hd95']:.2f}", versus]  # fmt: skip
+        organs = [f"{100 * st[n]['mean']:.2f}" for n in names]
+        cells = [
+            r["arm"],
+            str(len(r["runs"])),
+            minutes,
+            f"{r['images']:,.0f}",
+            ci,
+            *organs,
+            f"{st['hd95']:.2f}",
+        ]
+        cells += [versus, hd_versus]
         print("| " + " | ".join(cells) + " |")
     print(f"\n{rows[0]['stats']['subjects']} held-out subjects; CPU: {_cpu(rows[0]['runs'][0])}")
     if args.figure:
