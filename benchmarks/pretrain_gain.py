@@ -277,12 +277,14 @@ def _figure(rows: list[dict], path: Path) -> None:
     plt = pyplot()
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.2))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    drawn: set[Path] = set()  # one pretraining may start several fine-tunings: drawn once
     for i, r in enumerate(rows):
         c = colors[i % len(colors)]
         for k, run in enumerate(r["runs"]):
             pre = r["pre"][k]
             offset = _minutes(pre) if pre is not None else 0.0
-            if pre is not None:
+            if pre is not None and pre.path not in drawn:
+                drawn.add(pre.path)
                 t, y = _loss_curve(pre, 0.0)
                 bx.plot(t, y, color=c, lw=1, label=f"{pre.path.name}" if k == 0 else None)
             t, y = _loss_curve(run, offset)
