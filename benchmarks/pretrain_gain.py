@@ -10,7 +10,7 @@ was chosen on (the fast presets were tuned on the separate validation patients).
     python benchmarks/pretrain_gain.py run pretrain --pretrain-min 20 --finetune-min 40 60 --seed 1234
     python benchmarks/pretrain_gain.py run pretrain --pretrain-min 20 --finetune-min 40 60 --seed 1234 \\
         --volumes CT_FOLDER --tag acdcct                   # ACDC images + CT volumes (another modality)
-    python benchmarks/pretrain_gain.py run probe --pretrain-min 5 --lrs 1e-4 5e-4 1e-3 2e-3   # the LR check
+    python benchmarks/pretrain_gain.py run probe --pretrain-min 20 --lrs 1e-4 2e-3   # the LR check
     python benchmarks/pretrain_gain.py run pretrain --pretrain-lr 1e-3 --finetune-min 40   # tag acdclr1e-3
     python benchmarks/pretrain_gain.py report studies/pretrain --figure docs/figures/pretrain_gain.png
 
@@ -20,7 +20,9 @@ was chosen on (the fast presets were tuned on the separate validation patients).
 run (the same command) and tests each finished run with ``organseg test --split val`` (the fold's held-out
 subjects). ``probe`` pretrains only, once per learning rate, for the recipe check: which rate lowers the
 masked-pixel loss most within the budget (training images only, so no held-out subject takes part in the
-choice). ``report`` groups the folders by arm (the name without ``_s{seed}``), counts an arm's CPU minutes
+choice). Give it the budget the recipe is for: on ACDC, 5-minute probes ended within 0.001 of each other at
+every rate from 1e-4 to 2e-3, while over 20 minutes 1e-4 reached 0.087 and 2e-3 stalled at 0.108.
+``report`` groups the folders by arm (the name without ``_s{seed}``), counts an arm's CPU minutes
 as its pretraining's plus its fine-tuning's training seconds, and compares each arm with the Swin-Unet from
 scratch at the same total minutes by subject (a patient's mean over its ED and ES frames; paired bootstrap
 interval and Wilcoxon signed-rank p from ``organseg.study.paired``), with the training-loss curves drawn
