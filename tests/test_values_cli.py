@@ -184,3 +184,12 @@ def test_nan_or_mislabelled_checkpoints_stop_test_and_predict(tmp_path, capsys, 
         err = capsys.readouterr().err.strip()
         assert err == f"organseg {verb}: error: {ckpt}: {message}"
         assert not out.exists()
+
+
+def test_verbs_are_listed_in_the_order_a_user_walks(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    verbs = ["demo", "info", "phantom", "prepare", "pretrain", "train", "test", "predict", "export", "report"]
+    where = [text.index(f"\n    {v} ") for v in verbs]
+    assert where == sorted(where)

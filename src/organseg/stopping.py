@@ -9,6 +9,10 @@ process pool terminates its children, a SLURM study cancels its jobs, atomic wri
 locks are released. The command line then prints one line and exits with 128 + the signal's number (143 for
 SIGTERM), as a shell reports a process a signal ended. A second signal while the first is being handled is
 ignored, so the clean-up (bounded: :data:`STOP_WAIT_S`) is not cut short.
+
+A parent killed outright (SIGKILL, the kernel's out-of-memory killer) runs no clean-up at all. The processes
+a study starts therefore watch it themselves (:func:`stop_with_parent`): when it is gone they stop as if sent
+SIGTERM, instead of training on for hours, unseen, holding the run folder's lock.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import contextlib
 import os
 import signal
 import threading
+import time
 from collections.abc import Iterator
 
 STOP_SIGNALS = tuple(
@@ -24,6 +29,10 @@ STOP_SIGNALS = tuple(
 )
 #: seconds a stopped command waits for its child processes to end after SIGTERM before it kills them
 STOP_WAIT_S = 10.0
+#: the environment variable through which a parent asks its organseg child to stop when it dies
+PARENT_ENV = "ORGANSEG_PARENT_PID"
+#: seconds between two looks at whether the parent still lives
+PARENT_POLL_S = 1.0
 
 
 class StopSignal(BaseException):  # noqa: N818 (a stop, like KeyboardInterrupt, not an error)
@@ -97,3 +106,27 @@ def stop_on_signals() -> Iterator[None]:
         for signum, handler in previous.items():
             with contextlib.suppress(OSError, ValueError, TypeError):
                 signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+
+
+def stop_with_parent(poll_s: float = PARENT_POLL_S) -> threading.Thread | None:
+    """If :data:`PARENT_ENV` names this process's parent, watch it from a daemon thread and send this process
+    SIGTERM once it is gone (this process is then re-parented, so ``os.getppid()`` changes). Inside
+    :func:`stop_on_signals` that ends the command with its clean-ups, as a stop of the parent itself would.
+
+    The variable is removed from the environment as it is read, so that this process's own children do not
+    take their parent for the one named. Returns the watching thread, or None when no parent was named (or
+    the value is not a process id). Polling, not Linux's ``PR_SET_PDEATHSIG``: one mechanism everywhere, and
+    a second of delay is nothing beside a training run."""
+    value = os.environ.pop(PARENT_ENV, None)
+    if value is None or not value.strip().isdigit():
+        return None
+    parent = int(value)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    thread = threading.Thread(target=watch, name="organseg-parent-watch", daemon=True)
+    thread.start()
+    return thread

@@ -13,10 +13,22 @@ from organseg.errors import OrgansegError
 from organseg.fileio import NO_ROOM, no_room_error
 from organseg.progress import abandon_bars
 from organseg.runtime import tune_malloc
-from organseg.stopping import StopSignal, stop_on_signals
+from organseg.stopping import StopSignal, stop_on_signals, stop_with_parent
 
 # The order verbs appear in --help: the path a user walks.
-_ORDER = ["demo", "info", "phantom", "prepare", "train", "test", "predict", "export", "report", "compare"]
+_ORDER = [
+    "demo",
+    "info",
+    "phantom",
+    "prepare",
+    "pretrain",
+    "train",
+    "test",
+    "predict",
+    "export",
+    "report",
+    "compare",
+]
 
 
 def _verb_modules() -> list[str]:
@@ -60,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     tune_malloc()
     try:
         with stop_on_signals():
+            stop_with_parent()  # a study's run: stop when the study is killed (organseg.stopping)
             return int(args._run(args) or 0)
     except StopSignal as exc:
         # SIGTERM, SIGHUP or SIGINT: the clean-ups ran on the way out (children stopped, temporaries removed)

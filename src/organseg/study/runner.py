@@ -34,7 +34,7 @@ from organseg.locks import folder_lock
 from organseg.progress import progress_bar, progress_write
 from organseg.reporting.tables import dataset_kind
 from organseg.run import EXIT_DIVERGED, STUDY_RUNS, ResultsDir, RunDir
-from organseg.stopping import STOP_WAIT_S, StopSignal
+from organseg.stopping import PARENT_ENV, STOP_WAIT_S, StopSignal
 from organseg.study.aggregate import check_comparisons, collect
 from organseg.study.grid import DEFAULT_SEED, PlannedRun, Sweep, parse_sets, plan_runs
 from organseg.training import TrainingDiverged, train
@@ -403,7 +403,9 @@ class _ProcessPool:
     ) -> None:
         self.out, self.jobs, self.heads, self.test_args, self.progress = out, jobs, heads, test_args, progress
         self.threads = max(1, (os.cpu_count() or 1) // jobs)
-        self.env = {**os.environ, "OMP_NUM_THREADS": str(self.threads)}  # the test processes' torch threads
+        # OMP_NUM_THREADS: the test processes' torch threads; PARENT_ENV: the runs stop if this process is
+        # killed outright (SIGKILL, out of memory), when no clean-up of ours can stop them.
+        self.env = {**os.environ, "OMP_NUM_THREADS": str(self.threads), PARENT_ENV: str(os.getpid())}
         self.pending = list(plans)
         self.by_name = {p.name: p for p in plans}
         self.running: dict[str, tuple[str, subprocess.Popen, Any]] = {}  # name -> (phase, process, log)
