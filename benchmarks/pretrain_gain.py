@@ -239,8 +239,12 @@ def report(args: argparse.Namespace) -> int:
         versus = hd_versus = "–"
         base = min(scratch, key=lambda b: abs(b["total"] - r["total"]), default=None)
         if base is not None and base is not r and r["network"] == "swin_unet":
+            # Seed-matched where the seeds overlap: an arm run with seed 1234 only is paired with scratch's
+            # seed-1234 run, not with a mean over seeds that arm never had.
+            seeds = {_seed(x) for x in r["runs"]}
+            base_runs = [b for b in base["runs"] if _seed(b) in seeds] or base["runs"]
             recs, _, _ = paired_from_runs(
-                [b.path / RESULTS for b in base["runs"]], [x.path / RESULTS for x in r["runs"]],
+                [b.path / RESULTS for b in base_runs], [x.path / RESULTS for x in r["runs"]],
                 class_names, columns, ("reference",),
             )  # fmt: skip
             d, h = (
@@ -248,7 +252,8 @@ def report(args: argparse.Namespace) -> int:
             )
             versus = (
                 f"{100 * d['diff']:+.2f} [{100 * d['ci_low']:+.2f}, {100 * d['ci_high']:+.2f}], "
-                f"p={d['p']:.2g}, {d['wins']}/{d['losses']} (vs {base['arm']})"
+                f"p={d['p']:.2g}, {d['wins']}/{d['losses']} (vs {base['arm']}, "
+                f"seed {', '.join(sorted(str(_seed(b)) for b in base_runs))})"
             )
             hd_versus = f"{h['diff']:+.2f} [{h['ci_low']:+.2f}, {h['ci_high']:+.2f}], p={h['p']:.2g}"
         minutes = f"{r['pre_min']:.1f} + {r['ft_min']:.1f}" if r["pre_min"] else f"{r['ft_min']:.1f}"
@@ -268,6 +273,13 @@ def report(args: argparse.Namespace) -> int:
     if args.figure:
         _figure(rows, Path(args.figure))
     return 0
+
+
+def _seed(run: RunDir) -> int:
+    """The seed in a run folder's name (``NAME_s<seed>``)."""
+    m = NAME.match(run.path.name)
+    assert m is not None, run.path  # arms() admits only such names
+    return int(m["seed"])
 
 
 def _cpu(run: RunDir) -> str:

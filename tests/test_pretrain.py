@@ -347,12 +347,16 @@ def test_the_pretraining_study_report_pairs_each_arm_with_scratch_by_subject(
         assert (
             main(["test", str(tmp_path / name), "--split", "val", "--checkpoint", "last", "--no-viewer"]) == 0
         )
+    shutil.copytree(tmp_path / "swin_scratch1_s1", tmp_path / "swin_scratch1_s2")  # scratch has a second seed
     capsys.readouterr()
     args = type("A", (), {"root": str(tmp_path), "figure": str(tmp_path / "gain.png")})
     assert pretrain_gain.report(args) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| swin_")]
     assert [r.split("|")[1].strip() for r in rows] == ["swin_scratch1", "swin_pre1_acdc_ft1"]
     pre = [c.strip() for c in rows[1].strip("|").split("|")]
-    assert " + " in pre[2] and pre[-2].endswith("(vs swin_scratch1)") and "p=" in pre[-2] and "p=" in pre[-1]
+    assert [r.split("|")[2].strip() for r in rows] == ["2", "1"]  # seeds per arm
+    # paired with scratch's run of the same seed, not with its mean over a seed the arm never had
+    assert " + " in pre[2] and pre[-2].endswith("(vs swin_scratch1, seed 1)")
+    assert "p=" in pre[-2] and "p=" in pre[-1]
     assert rows[0].rstrip(" |").endswith("– | –")  # scratch is the baseline
     assert (tmp_path / "gain.png").stat().st_size > 1000
