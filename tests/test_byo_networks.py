@@ -250,8 +250,14 @@ def test_export_to_onnx(runs, tmp_path):
     pytest.importorskip("onnxruntime", reason="onnxruntime is not installed: pip install 'organseg[onnx]'")
     pytest.importorskip("onnxscript", reason="onnxscript is not installed: pip install 'organseg[onnx]'")
     out = tmp_path / "mynet.onnx"
-    assert main(["export", str(runs["path"] / "checkpoints" / "last.pt"), "--onnx", str(out)]) == 0
-    assert out.stat().st_size > 0
+    ckpt = runs["path"] / "checkpoints" / "last.pt"
+    assert main(["export", str(ckpt), "--onnx", str(out)]) == 0
+    from organseg.checkpoint import read_checkpoint
+    from organseg.inference.onnx import load_onnx
+
+    _, info = load_onnx(out)
+    source = read_checkpoint(ckpt)["model_source"]
+    assert source["path"] and info["model_source"] == source  # where the network's code came from
 
 
 def test_compare_trains_and_tests_networks_of_ones_own(user_code, phantom, tmp_path):

@@ -11,7 +11,8 @@ Deployments often have no PyTorch; an ONNX file and ONNX Runtime are enough ther
   ``preprocessing`` (the spec of :func:`organseg.data.preprocess.apply_preprocessing`), ``orientation`` (the
   patient orientation code of the training slices, see :mod:`~organseg.imageio.orientation`, or null;
   absent when
-  the checkpoint predates it), ``input_size`` ([H, W]), ``source_checkpoint`` (file name and sha256),
+  the checkpoint predates it), ``model_source`` (a network of one's own only: the checkpoint's record of its
+  code), ``input_size`` ([H, W]), ``source_checkpoint`` (file name and sha256),
   ``export_check`` (the largest logit difference between ONNX Runtime and PyTorch measured at export),
   ``torch_version``.
 
@@ -237,6 +238,9 @@ def _export_metadata(
         "organseg_version": __version__,
         "model_name": ckpt.get("model_name"),
         "model_args": ckpt.get("model_args") or {},
+        # A network of one's own: where its code came from (import path, package and version), as the
+        # checkpoint records it. The graph runs without it; whoever receives the file learns what it is.
+        **({"model_source": ckpt["model_source"]} if ckpt.get("model_source") is not None else {}),
         "class_names": list(ckpt.get("class_names") or []),
         "preprocessing": ckpt.get("preprocessing") or {"kind": "none"},
         # absent, not null, for a checkpoint that predates orientation records: predict then says so
