@@ -4,6 +4,9 @@ validates it first. Each bad value ends in one line and exit code 2, with nothin
 
 from __future__ import annotations
 
+import argparse
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,7 +14,7 @@ import torch
 
 import organseg.device as device_mod
 from organseg import checkpoint as ck
-from organseg.cli.main import main
+from organseg.cli.main import build_parser, main
 from organseg.device import resolve_device
 from organseg.errors import ConfigError
 from organseg.values import max_threads
@@ -193,3 +196,24 @@ def test_verbs_are_listed_in_the_order_a_user_walks(capsys):
     verbs = ["demo", "info", "phantom", "prepare", "pretrain", "train", "test", "predict", "export", "report"]
     where = [text.index(f"\n    {v} ") for v in verbs]
     assert where == sorted(where)
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["--version"], ["test", "--help"], ["predict", "--help"]])
+def test_help_loads_only_the_named_verbs_dependencies(argv):
+    """``organseg --help`` lists every verb from its HELP line; a verb's own options are built only when it
+    is named, so help answers at once instead of after torch's seconds of import (train's presets list
+    needs the model registry; test's and predict's options need nothing heavy)."""
+    code = (
+        "import sys\nfrom organseg.cli.main import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n"
+        "    pass\nprint(sorted(m for m in ('torch', 'numpy', 'SimpleITK') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_every_verb_is_built_in_full_when_named():
+    parser = build_parser("phantom")
+    verbs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert "--size" in verbs["phantom"].format_help() and "--out" not in verbs["train"].format_help()
+    full = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert "--out" in full["train"].format_help()

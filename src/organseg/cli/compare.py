@@ -10,11 +10,14 @@ from organseg.errors import ConfigError
 from organseg.locks import folder_lock
 from organseg.values import FOLDS, WORKERS, option
 
+#: the verb's line in ``organseg --help``
+HELP = "networks (U-Net, Swin-Unet, ...) over seeds and swept settings: train, test, aggregate, rank"
+
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "compare",
-        help="networks (U-Net, Swin-Unet, ...) over seeds and swept settings: train, test, aggregate, rank",
+        help=HELP,
         description=(
             "Run every network x seed x value of every swept --set key (several swept keys: their cartesian "
             "product) as a run folder OUT/runs/<model>__seed<N>__<key><value>: finished runs are reused, "

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import argparse
 
+#: the verb's line in ``organseg --help``
+HELP = "the main job on built-in SYNTHETIC data: phantom -> prepare -> train both networks -> compare"
+
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "demo",
-        help="the main job on built-in SYNTHETIC data: phantom -> prepare -> train both networks -> compare",
+        help=HELP,
         description=(
             "On a machine with no data: write SYNTHETIC phantom CT cases, prepare them as Synapse, train "
             "U-Net and Swin-Unet at reduced size with a reduced schedule that fits two CPU cores (presets "

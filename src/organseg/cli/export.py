@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import argparse
 
+#: the verb's line in ``organseg --help``
+HELP = "export a trained network to ONNX (needs the onnx extra)"
+
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "export",
-        help="export a trained network to ONNX (needs the onnx extra)",
+        help=HELP,
         description=(
             "Write the checkpoint's network as an ONNX model: input 'image' (B, 1, H, W) float32 in [0, 1] "
             "after the checkpoint's preprocessing, output 'logits' (B, classes, H, W) float32, any batch B, "

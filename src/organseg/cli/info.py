@@ -10,11 +10,14 @@ from organseg.errors import ConfigError, ExtraNotInstalledError
 from organseg.formatting import num
 from organseg.values import Rule, option
 
+#: the verb's line in ``organseg --help``
+HELP = "parameters, GFLOPs and configuration of the networks"
+
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "info",
-        help="parameters, GFLOPs and configuration of the networks",
+        help=HELP,
         description="Parameters and forward GFLOPs per image (torch FlopCounterMode: a multiply-add is "
         "2 FLOPs, GMACs = GFLOPs / 2) of every registered network, beside the reference figures.",
     )

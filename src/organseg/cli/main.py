@@ -1,5 +1,6 @@
 """``organseg`` entry point. Each verb lives in ``organseg/cli/<verb>.py`` and exposes
-``add_parser(subparsers)`` and ``run(args) -> int``; verbs are discovered, so adding one touches one file."""
+``HELP``, ``add_parser(subparsers)`` and ``run(args) -> int``; verbs are discovered, so adding one touches one
+file."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import argparse
 import importlib
 import pkgutil
 import sys
+from collections.abc import Sequence
 
 from organseg import __version__
 from organseg.errors import OrgansegError
@@ -42,7 +44,11 @@ def _verb_modules() -> list[str]:
     return sorted(names, key=lambda n: (_ORDER.index(n) if n in _ORDER else len(_ORDER), n))
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line, or, with ``verb``, that verb's parser in full and every other verb as its
+    ``HELP`` line only (all of them so for a ``verb`` that names none). A verb's options may need its heavy
+    dependencies (the presets list needs the model registry, hence torch: seconds); ``organseg --help`` and
+    one verb's start should not pay for every verb's."""
     parser = argparse.ArgumentParser(
         prog="organseg",
         description="U-Net and Swin-Unet for multi-organ CT and cardiac MRI: reproduce, compare, apply.",
@@ -52,9 +58,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for name in _verb_modules():
         module = importlib.import_module(f"organseg.cli.{name}")
-        p = module.add_parser(sub)
+        full = verb is None or verb == name
+        p = module.add_parser(sub) if full else sub.add_parser(name, help=module.HELP)
         p.set_defaults(_run=module.run)
     return parser
+
+
+def named_verb(argv: Sequence[str]) -> str | None:
+    """The verb of a command line: its first word that is not an option (``organseg`` itself has only
+    ``--help`` and ``--version``, which take no value)."""
+    return next((a for a in argv if not a.startswith("-")), None)
 
 
 def describe_os_error(exc: OSError) -> str:
@@ -67,7 +80,9 @@ def describe_os_error(exc: OSError) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    verb = named_verb(argv)
+    parser = build_parser(verb or "")  # no verb named (``organseg --help``): each verb's help line only
     args = parser.parse_args(argv)
     tune_malloc()
     try:

@@ -5,14 +5,20 @@ from __future__ import annotations
 
 import argparse
 
-from organseg.data.phantom import MAX_SIZE, SIZE_RULE, SLICES_RULE, write_phantom_set
 from organseg.values import POSITIVE_INT, SEED, option
+
+#: the verb's line in ``organseg --help``
+HELP = "write synthetic abdominal CT cases (raw BTCV layout) to try the pipeline without data"
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
+    # Imported here, not above: ``organseg --help`` imports every verb module and builds only the verb named
+    # (organseg.cli.main); the phantom generator needs torch, seconds to load.
+    from organseg.data.phantom import MAX_SIZE, SIZE_RULE, SLICES_RULE
+
     parser = subparsers.add_parser(
         "phantom",
-        help="write synthetic abdominal CT cases (raw BTCV layout) to try the pipeline without data",
+        help=HELP,
         description="Write SYNTHETIC abdominal CT phantoms (HU, BTCV label ids, realistic spacing) as "
         "img/imgNNNN.nii.gz + label/labelNNNN.nii.gz, with SYNTHETIC.txt and phantom.json. Not patient data. "
         "--out must be a new or empty folder (or use --overwrite). "
@@ -48,6 +54,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from organseg.data.phantom import write_phantom_set
+
     # write_phantom_set checks the counts, the memory one case needs and the output folder before writing.
     paths = write_phantom_set(
         args.out,

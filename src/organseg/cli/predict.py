@@ -10,11 +10,14 @@ import sys
 
 from organseg.values import POSITIVE_INT, option
 
+#: the verb's line in ``organseg --help``
+HELP = "segment NIfTI files or DICOM series with trained networks (one, an ensemble, TTA)"
+
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "predict",
-        help="segment NIfTI files or DICOM series with trained networks (one, an ensemble, TTA)",
+        help=HELP,
         description=(
             "Apply the checkpoint's preprocessing (e.g. the CT window) to each INPUT, predict slice by slice "
             "along the axial axis and write a label map with the input's geometry, plus a JSON sidecar with "

@@ -6,17 +6,24 @@ import argparse
 import json
 import logging
 
-from organseg.data.prepare import DEFAULT_TEST_FRACTION, WORKERS_RULE, prepare_synapse
-from organseg.data.preprocess import SYNAPSE_WINDOW
 from organseg.values import FINITE, SEED, Rule, option
 
 TEST_FRACTION = Rule("float", lo=0, hi=1, hi_open=True)
 
 
+#: the verb's line in ``organseg --help``
+HELP = "convert raw data to a training layout (synapse: BTCV img/, label/ -> train_npz/, test_vol_h5/)"
+
+
 def add_parser(subparsers) -> argparse.ArgumentParser:
+    # Imported here, not above: ``organseg --help`` imports every verb module and builds only the verb named
+    # (organseg.cli.main), so a verb's own dependencies load when it is the one run.
+    from organseg.data.prepare import DEFAULT_TEST_FRACTION, WORKERS_RULE
+    from organseg.data.preprocess import SYNAPSE_WINDOW
+
     parser = subparsers.add_parser(
         "prepare",
-        help="convert raw data to a training layout (synapse: BTCV img/, label/ -> train_npz/, test_vol_h5/)",
+        help=HELP,
         description="Convert raw data to a training layout. nnU-Net v2 raw folders and the SSL4MIS ACDC "
         "folder are read directly and need no preparation.",
     )
@@ -84,6 +91,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from organseg.data.prepare import prepare_synapse
+
     logging.basicConfig(level=logging.WARNING, format="organseg prepare: warning: %(message)s")
     summary = prepare_synapse(
         args.raw,

@@ -12,11 +12,14 @@ import argparse
 from organseg.cli.train import add_run_options
 from organseg.values import FINITE, option
 
+#: the verb's line in ``organseg --help``
+HELP = "pretrain the Swin-Unet encoder on unlabeled scans (masked image modelling, SimMIM)"
+
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "pretrain",
-        help="pretrain the Swin-Unet encoder on unlabeled scans (masked image modelling, SimMIM)",
+        help=HELP,
         description="Pretrain the Swin-Unet encoder by masked image modelling (SimMIM) on images only: the "
         "training split of prepared datasets (labels ignored) and folders of NIfTI / DICOM volumes. Writes "
         "RUN_DIR/pretrained.pt for model.pretrained. Validation and test data are refused.",

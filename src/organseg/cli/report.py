@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import argparse
 
+#: the verb's line in ``organseg --help``
+HELP = "write report.md and figures for a run folder"
+
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "report",
-        help="write report.md and figures for a run folder",
+        help=HELP,
         description=(
             "Build RUN_DIR/report.md and RUN_DIR/report/*.png from the files in the run folder: "
             "results/*/summary.json (tables, DSC bars), results/*/overlay_slices.npz (overlays) and "

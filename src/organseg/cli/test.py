@@ -8,11 +8,14 @@ import argparse
 
 from organseg.values import POSITIVE_INT, option
 
+#: the verb's line in ``organseg --help``
+HELP = "evaluate a trained network (reference and corrected metrics, paper-format table, report)"
+
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "test",
-        help="evaluate a trained network (reference and corrected metrics, paper-format table, report)",
+        help=HELP,
         description=(
             "Evaluate a run's checkpoint on a dataset split with the reference test protocol (TransUNet / "
             "Swin-Unet test.py: slice-wise cubic zoom, MedPy Dice and HD95 in voxels, the (1,0)/(0,0) edge "

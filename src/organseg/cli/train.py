@@ -10,13 +10,16 @@ import argparse
 import os
 import sys
 
+#: the verb's line in ``organseg --help``
+HELP = "train a network with a preset or YAML configuration"
+
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     from organseg.training.config import list_presets
 
     p = subparsers.add_parser(
         "train",
-        help="train a network with a preset or YAML configuration",
+        help=HELP,
         description=f"Train U-Net or Swin-Unet, reference recipe. Presets: {', '.join(list_presets())}.",
     )
     p.add_argument("config", metavar="PRESET_OR_YAML", help="a preset name or a YAML configuration file")
