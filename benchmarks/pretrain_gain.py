@@ -12,6 +12,8 @@ was chosen on (the fast presets were tuned on the separate validation patients).
         --volumes CT_FOLDER --tag acdcct                   # ACDC images + CT volumes (another modality)
     python benchmarks/pretrain_gain.py run probe --pretrain-min 20 --lrs 1e-4 2e-3   # the LR check
     python benchmarks/pretrain_gain.py run pretrain --pretrain-lr 1e-3 --finetune-min 40   # tag acdclr1e-3
+    python benchmarks/pretrain_gain.py run pretrain --finetune-min 40 \\
+        --pretrain-set pretrain.mask_patch_size=16 --tag acdcmask16      # a recipe variant, tagged by hand
     python benchmarks/pretrain_gain.py report studies/pretrain --figure docs/figures/pretrain_gain.png
 
 ``run`` names its run folders ``swin_scratch{T}_s{seed}``, ``unet_scratch{T}_s{seed}``,
@@ -124,6 +126,7 @@ def _pretrain(out: Path, args: argparse.Namespace, extra: Sequence[str]) -> None
     _organseg(
         "pretrain", *sources, "--out", str(out), *resume, *_common(args),
         "--set", f"train.time_budget_min={args.pretrain_min:g}", "--precision", "bf16", *extra,
+        *[x for kv in args.pretrain_set or [] for x in ("--set", kv)],
     )  # fmt: skip
 
 
@@ -336,6 +339,9 @@ def main() -> int:
     r.add_argument("--lrs", nargs="+", default=["1e-4", "5e-4", "1e-3", "2e-3"], help="probe: the rates")
     r.add_argument("--tag", help="names the pretraining in the run folders (default acdc, acdclr<LR>)")
     r.add_argument("--set", action="append", help="KEY=VALUE for every train / pretrain of the lane")
+    r.add_argument(
+        "--pretrain-set", action="append", metavar="KEY=VALUE", help="for the pretraining only (give a --tag)"
+    )
     r.set_defaults(fn=run)
     q = sub.add_parser("report", help="the table (Markdown) and the loss curves")
     q.add_argument("root")
