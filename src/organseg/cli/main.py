@@ -67,7 +67,7 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
 def named_verb(argv: Sequence[str]) -> str | None:
     """The verb of a command line: its first word that is not an option (``organseg`` itself has only
     ``--help`` and ``--version``, which take no value)."""
-    return next((a for a in argv if not a.startswith("-")), None)
+    return next((str(a) for a in argv if not str(a).startswith("-")), None)
 
 
 def describe_os_error(exc: OSError) -> str:
