@@ -110,7 +110,8 @@ def stop_on_signals() -> Iterator[None]:
 
 def stop_with_parent(poll_s: float = PARENT_POLL_S) -> threading.Thread | None:
     """If :data:`PARENT_ENV` names this process's parent, watch it from a daemon thread and send this process
-    SIGTERM once it is gone (this process is then re-parented, so ``os.getppid()`` changes). Inside
+    SIGTERM once it is gone (this process is then re-parented, so ``os.getppid()`` changes; a parent killed
+    while this process was starting is gone already, and it stops at once). Inside
     :func:`stop_on_signals` that ends the command with its clean-ups, as a stop of the parent itself would.
 
     The variable is removed from the environment as it is read, so that this process's own children do not
